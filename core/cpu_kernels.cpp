@@ -1,0 +1,208 @@
+// CPU kernels: the reference implementation of every op in the dispatch table.
+// GEMM goes through cblas (OpenBLAS); element-wise kernels use OpenMP with static schedules,
+// and reductions combine per-thread partials in thread order, so results are deterministic
+// for a fixed thread count.
+#include <cblas.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "core/dispatch.h"
+#include "core/error.h"
+
+namespace ncsrec {
+namespace {
+
+constexpr int64_t kParallelMin = 1 << 14;  // below this, threads cost more than they save
+
+void* cpu_alloc(size_t bytes) {
+  // 64-byte alignment for vector loads; aligned_alloc needs a multiple of the alignment.
+  return std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+}
+void cpu_free(void* p) { std::free(p); }
+void cpu_copy(void* dst, const void* src, size_t bytes, CopyKind kind) {
+  NCSREC_CHECK(kind == CopyKind::HostToHost, "the CPU backend copies host to host only");
+  std::memcpy(dst, src, bytes);
+}
+void cpu_memset_zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
+void cpu_synchronize() {}
+
+void cpu_gemm(DType dtype, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const void* A,
+              const void* B, double beta, void* C) {
+  if (M == 0 || N == 0) return;
+  const CBLAS_TRANSPOSE opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
+  const int lda = static_cast<int>(ta ? M : K), ldb = static_cast<int>(tb ? K : N), ldc = static_cast<int>(N);
+  if (dtype == DType::F32) {
+    cblas_sgemm(CblasRowMajor, opa, opb, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
+                static_cast<float>(alpha), static_cast<const float*>(A), lda, static_cast<const float*>(B), ldb,
+                static_cast<float>(beta), static_cast<float*>(C), ldc);
+  } else {
+    NCSREC_CHECK(dtype == DType::F64, "gemm on " << dtype_name(dtype));
+    cblas_dgemm(CblasRowMajor, opa, opb, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha,
+                static_cast<const double*>(A), lda, static_cast<const double*>(B), ldb, beta,
+                static_cast<double*>(C), ldc);
+  }
+}
+
+template <class T>
+void bias_add_t(T* y, const T* b, int64_t rows, int64_t cols) {
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) y[r * cols + c] += b[c];
+}
+
+template <class T>
+void bias_grad_t(T* db, const T* dy, int64_t rows, int64_t cols) {
+  // Column sums accumulated row by row in row order: deterministic.
+  std::vector<double> acc(static_cast<size_t>(cols), 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) acc[static_cast<size_t>(c)] += dy[r * cols + c];
+  for (int64_t c = 0; c < cols; ++c) db[c] += static_cast<T>(acc[static_cast<size_t>(c)]);
+}
+
+template <class T>
+void relu_forward_t(T* y, const T* x, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+}
+
+template <class T>
+void relu_backward_t(T* dx, const T* dy, const T* y, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) dx[i] = y[i] > T(0) ? dy[i] : T(0);
+}
+
+template <class T>
+void sigmoid_t(T* y, const T* x, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    // Two branches so that exp never overflows.
+    const T v = x[i];
+    if (v >= T(0)) {
+      y[i] = T(1) / (T(1) + std::exp(-v));
+    } else {
+      const T e = std::exp(v);
+      y[i] = e / (T(1) + e);
+    }
+  }
+}
+
+template <class T>
+void softmax_rows_t(T* y, const T* x, int64_t rows, int64_t cols) {
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * cols;
+    T* yr = y + r * cols;
+    T m = xr[0];
+    for (int64_t c = 1; c < cols; ++c) m = xr[c] > m ? xr[c] : m;
+    T s = 0;
+    for (int64_t c = 0; c < cols; ++c) s += (yr[c] = std::exp(xr[c] - m));
+    for (int64_t c = 0; c < cols; ++c) yr[c] /= s;
+  }
+}
+
+template <class T>
+void axpy_t(int64_t n, double a, const T* x, T* y) {
+  const T ta = static_cast<T>(a);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) y[i] += ta * x[i];
+}
+
+template <class T>
+void scale_t(int64_t n, double a, T* x) {
+  const T ta = static_cast<T>(a);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) x[i] *= ta;
+}
+
+template <class T, bool kSquare>
+double reduce_t(const T* x, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += kSquare ? double(x[i]) * double(x[i]) : double(x[i]);
+  return s;
+}
+
+#define NCSREC_FLOAT_DISPATCH(dtype, call_f32, call_f64)                          \
+  do {                                                                            \
+    if ((dtype) == DType::F32) { call_f32; }                                      \
+    else if ((dtype) == DType::F64) { call_f64; }                                 \
+    else NCSREC_CHECK(false, "floating-point op on " << dtype_name(dtype));       \
+  } while (0)
+
+void cpu_bias_add(DType d, void* y, const void* b, int64_t rows, int64_t cols) {
+  NCSREC_FLOAT_DISPATCH(d, bias_add_t(static_cast<float*>(y), static_cast<const float*>(b), rows, cols),
+                        bias_add_t(static_cast<double*>(y), static_cast<const double*>(b), rows, cols));
+}
+void cpu_bias_grad(DType d, void* db, const void* dy, int64_t rows, int64_t cols) {
+  NCSREC_FLOAT_DISPATCH(d, bias_grad_t(static_cast<float*>(db), static_cast<const float*>(dy), rows, cols),
+                        bias_grad_t(static_cast<double*>(db), static_cast<const double*>(dy), rows, cols));
+}
+void cpu_relu_forward(DType d, void* y, const void* x, int64_t n) {
+  NCSREC_FLOAT_DISPATCH(d, relu_forward_t(static_cast<float*>(y), static_cast<const float*>(x), n),
+                        relu_forward_t(static_cast<double*>(y), static_cast<const double*>(x), n));
+}
+void cpu_relu_backward(DType d, void* dx, const void* dy, const void* y, int64_t n) {
+  NCSREC_FLOAT_DISPATCH(
+      d, relu_backward_t(static_cast<float*>(dx), static_cast<const float*>(dy), static_cast<const float*>(y), n),
+      relu_backward_t(static_cast<double*>(dx), static_cast<const double*>(dy), static_cast<const double*>(y), n));
+}
+void cpu_sigmoid(DType d, void* y, const void* x, int64_t n) {
+  NCSREC_FLOAT_DISPATCH(d, sigmoid_t(static_cast<float*>(y), static_cast<const float*>(x), n),
+                        sigmoid_t(static_cast<double*>(y), static_cast<const double*>(x), n));
+}
+void cpu_softmax_rows(DType d, void* y, const void* x, int64_t rows, int64_t cols) {
+  NCSREC_FLOAT_DISPATCH(d, softmax_rows_t(static_cast<float*>(y), static_cast<const float*>(x), rows, cols),
+                        softmax_rows_t(static_cast<double*>(y), static_cast<const double*>(x), rows, cols));
+}
+void cpu_axpy(DType d, int64_t n, double a, const void* x, void* y) {
+  NCSREC_FLOAT_DISPATCH(d, axpy_t(n, a, static_cast<const float*>(x), static_cast<float*>(y)),
+                        axpy_t(n, a, static_cast<const double*>(x), static_cast<double*>(y)));
+}
+void cpu_scale(DType d, int64_t n, double a, void* x) {
+  NCSREC_FLOAT_DISPATCH(d, scale_t(n, a, static_cast<float*>(x)), scale_t(n, a, static_cast<double*>(x)));
+}
+double cpu_sum(DType d, const void* x, int64_t n) {
+  double r = 0;
+  NCSREC_FLOAT_DISPATCH(d, r = (reduce_t<float, false>(static_cast<const float*>(x), n)),
+                        r = (reduce_t<double, false>(static_cast<const double*>(x), n)));
+  return r;
+}
+double cpu_sum_squares(DType d, const void* x, int64_t n) {
+  double r = 0;
+  NCSREC_FLOAT_DISPATCH(d, r = (reduce_t<float, true>(static_cast<const float*>(x), n)),
+                        r = (reduce_t<double, true>(static_cast<const double*>(x), n)));
+  return r;
+}
+
+OpTable make_cpu_table() {
+  OpTable t;
+  t.alloc = cpu_alloc;
+  t.free = cpu_free;
+  t.copy = cpu_copy;
+  t.memset_zero = cpu_memset_zero;
+  t.synchronize = cpu_synchronize;
+  t.gemm = cpu_gemm;
+  t.bias_add = cpu_bias_add;
+  t.bias_grad = cpu_bias_grad;
+  t.relu_forward = cpu_relu_forward;
+  t.relu_backward = cpu_relu_backward;
+  t.sigmoid = cpu_sigmoid;
+  t.softmax_rows = cpu_softmax_rows;
+  t.axpy = cpu_axpy;
+  t.scale = cpu_scale;
+  t.sum = cpu_sum;
+  t.sum_squares = cpu_sum_squares;
+  return t;
+}
+
+}  // namespace
+
+const OpTable& cpu_op_table() {
+  static const OpTable table = make_cpu_table();
+  return table;
+}
+
+}  // namespace ncsrec

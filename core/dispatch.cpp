@@ -1,0 +1,32 @@
+#include "core/dispatch.h"
+
+#include "core/error.h"
+
+namespace ncsrec {
+
+const OpTable& cpu_op_table();  // core/cpu_kernels.cpp
+
+namespace {
+OpTable& cuda_slot() {
+  static OpTable table;
+  return table;
+}
+}  // namespace
+
+const OpTable& ops_for(Device device) {
+  if (device == Device::CPU) return cpu_op_table();
+  const OpTable& t = cuda_slot();
+  if (!t.alloc)
+    throw UserError("the CUDA backend is not available (built without CUDA, or no GPU/driver on this machine); "
+                    "use device: cpu");
+  return t;
+}
+
+bool device_available(Device device) { return device == Device::CPU || cuda_slot().alloc != nullptr; }
+
+void register_ops(Device device, const OpTable& table) {
+  NCSREC_CHECK(device == Device::CUDA, "only the CUDA slot can be registered");
+  cuda_slot() = table;
+}
+
+}  // namespace ncsrec

@@ -1,0 +1,61 @@
+// The op dispatch table: one table of raw-pointer kernels per device (llm.c style).
+//
+// core/ registers the CPU kernels at start-up (core/cpu_kernels.cpp). cuda/ registers its
+// kernels into the CUDA slot when it is linked and a GPU is present (cuda/register.cu); core
+// never includes a CUDA header. Kernels take raw pointers, sizes and the element type; shape
+// checks happen one level up, in core/ops.h. Every array is contiguous and row-major.
+//
+// Gradient contract (said once, kept everywhere): parameter-gradient kernels accumulate
+// (`+=`), input-gradient kernels write (`=`).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace ncsrec {
+
+enum class CopyKind : uint8_t { HostToHost, HostToDevice, DeviceToHost, DeviceToDevice };
+
+struct OpTable {
+  // memory
+  void* (*alloc)(size_t bytes) = nullptr;
+  void (*free)(void* ptr) = nullptr;
+  void (*copy)(void* dst, const void* src, size_t bytes, CopyKind kind) = nullptr;
+  void (*memset_zero)(void* ptr, size_t bytes) = nullptr;
+  void (*synchronize)() = nullptr;
+
+  // C[M,N] = alpha * op(A) * op(B) + beta * C; op(A) is [M,K], op(B) is [K,N]; row-major.
+  void (*gemm)(DType dtype, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha,
+               const void* A, const void* B, double beta, void* C) = nullptr;
+  // y[r,c] += b[c] for r < rows
+  void (*bias_add)(DType dtype, void* y, const void* b, int64_t rows, int64_t cols) = nullptr;
+  // db[c] += sum_r dy[r,c]   (a parameter gradient: accumulates)
+  void (*bias_grad)(DType dtype, void* db, const void* dy, int64_t rows, int64_t cols) = nullptr;
+  // y = max(x, 0); may run in place
+  void (*relu_forward)(DType dtype, void* y, const void* x, int64_t n) = nullptr;
+  // dx = dy * (y > 0); may run in place (dx == dy)
+  void (*relu_backward)(DType dtype, void* dx, const void* dy, const void* y, int64_t n) = nullptr;
+  // y = 1 / (1 + exp(-x))
+  void (*sigmoid)(DType dtype, void* y, const void* x, int64_t n) = nullptr;
+  // row-wise softmax of x[rows, cols] into y
+  void (*softmax_rows)(DType dtype, void* y, const void* x, int64_t rows, int64_t cols) = nullptr;
+  // y += a * x
+  void (*axpy)(DType dtype, int64_t n, double a, const void* x, void* y) = nullptr;
+  // x *= a
+  void (*scale)(DType dtype, int64_t n, double a, void* x) = nullptr;
+  // sum of x (computed in double)
+  double (*sum)(DType dtype, const void* x, int64_t n) = nullptr;
+  // sum of x*x (computed in double)
+  double (*sum_squares)(DType dtype, const void* x, int64_t n) = nullptr;
+};
+
+// The table for a device. Throws a clear error if the device has no backend registered.
+const OpTable& ops_for(Device device);
+// True when a backend is registered for the device.
+bool device_available(Device device);
+// Called by a backend library (cuda/) to install its kernels.
+void register_ops(Device device, const OpTable& table);
+
+}  // namespace ncsrec

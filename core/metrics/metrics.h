@@ -1,0 +1,43 @@
+// Evaluation metrics for one task. Each task owns its own accumulator: no state is shared
+// between tasks (a known bug elsewhere reported the first task's AUC for the second).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace ncsrec {
+
+// Exact ROC AUC: the probability that a random positive scores above a random negative, ties
+// counted as half. Labels > 0.5 are positives. Weighted when `weights` is non-null (each pair
+// counts w_pos * w_neg). Returns NaN when either class is empty. O(n log n).
+double auc_exact(const float* scores, const float* labels, const float* weights, int64_t n);
+
+// Group AUC: the impression-weighted mean of per-group AUCs, over groups (users) that have both
+// a positive and a negative. NaN if no group qualifies.
+double gauc(const float* scores, const float* labels, const int64_t* groups, int64_t n);
+
+struct TaskMetricValues {
+  int64_t count = 0;         // samples evaluated
+  double positives = 0;      // sum of labels
+  double auc = 0;            // NaN when undefined
+  double gauc = 0;           // NaN when undefined or no groups given
+  double logloss = 0;        // mean binary cross-entropy of the predicted probabilities
+  double calibration = 0;    // mean prediction / mean label (NaN when no positives)
+  double mean_prediction = 0, mean_label = 0;
+};
+
+// Accumulates (probability, label, group) triples; compute() at the end.
+class TaskMetrics {
+ public:
+  void add(const float* probabilities, const float* labels, const int64_t* groups, int64_t n);
+  TaskMetricValues compute() const;
+  int64_t size() const { return static_cast<int64_t>(probs_.size()); }
+  void clear();
+
+ private:
+  std::vector<float> probs_, labels_;
+  std::vector<int64_t> groups_;
+  bool has_groups_ = true;
+};
+
+}  // namespace ncsrec

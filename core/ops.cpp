@@ -1,0 +1,76 @@
+#include "core/ops.h"
+
+#include "core/error.h"
+
+namespace ncsrec::ops {
+namespace {
+
+void same_place(const Tensor& a, const Tensor& b, const char* op) {
+  NCSREC_CHECK(a.dtype() == b.dtype() && a.device() == b.device(),
+               op << ": operands " << a.describe() << " and " << b.describe() << " differ in dtype or device");
+}
+void same_size(const Tensor& a, const Tensor& b, const char* op) {
+  same_place(a, b, op);
+  NCSREC_CHECK(a.numel() == b.numel(), op << ": sizes differ: " << a.describe() << " vs " << b.describe());
+}
+
+}  // namespace
+
+void gemm(Tensor& C, const Tensor& A, bool ta, const Tensor& B, bool tb, double alpha, double beta) {
+  same_place(C, A, "gemm");
+  same_place(C, B, "gemm");
+  NCSREC_CHECK(A.ndim() == 2 && B.ndim() == 2 && C.ndim() == 2, "gemm needs 2-D operands");
+  const int64_t M = ta ? A.dim(1) : A.dim(0), K = ta ? A.dim(0) : A.dim(1);
+  const int64_t Kb = tb ? B.dim(1) : B.dim(0), N = tb ? B.dim(0) : B.dim(1);
+  NCSREC_CHECK(K == Kb && C.dim(0) == M && C.dim(1) == N,
+               "gemm shapes: A " << A.describe() << (ta ? "ᵀ" : "") << ", B " << B.describe() << (tb ? "ᵀ" : "")
+                                 << ", C " << C.describe());
+  ops_for(C.device()).gemm(C.dtype(), ta, tb, M, N, K, alpha, A.raw(), B.raw(), beta, C.raw());
+}
+
+void bias_add(Tensor& y, const Tensor& b) {
+  same_place(y, b, "bias_add");
+  NCSREC_CHECK(y.ndim() == 2 && b.numel() == y.dim(1), "bias_add: " << y.describe() << " + " << b.describe());
+  ops_for(y.device()).bias_add(y.dtype(), y.raw(), b.raw(), y.dim(0), y.dim(1));
+}
+
+void bias_grad(Tensor& db, const Tensor& dy) {
+  same_place(db, dy, "bias_grad");
+  NCSREC_CHECK(dy.ndim() == 2 && db.numel() == dy.dim(1), "bias_grad: " << db.describe() << " from " << dy.describe());
+  ops_for(db.device()).bias_grad(db.dtype(), db.raw(), dy.raw(), dy.dim(0), dy.dim(1));
+}
+
+void relu_forward(Tensor& y, const Tensor& x) {
+  same_size(y, x, "relu_forward");
+  ops_for(y.device()).relu_forward(y.dtype(), y.raw(), x.raw(), y.numel());
+}
+
+void relu_backward(Tensor& dx, const Tensor& dy, const Tensor& y) {
+  same_size(dx, dy, "relu_backward");
+  same_size(dx, y, "relu_backward");
+  ops_for(dx.device()).relu_backward(dx.dtype(), dx.raw(), dy.raw(), y.raw(), dx.numel());
+}
+
+void sigmoid(Tensor& y, const Tensor& x) {
+  same_size(y, x, "sigmoid");
+  ops_for(y.device()).sigmoid(y.dtype(), y.raw(), x.raw(), y.numel());
+}
+
+void softmax_rows(Tensor& y, const Tensor& x) {
+  same_size(y, x, "softmax_rows");
+  NCSREC_CHECK(x.ndim() == 2, "softmax_rows needs a 2-D tensor, got " << x.describe());
+  ops_for(y.device()).softmax_rows(y.dtype(), y.raw(), x.raw(), x.dim(0), x.dim(1));
+}
+
+void axpy(Tensor& y, double a, const Tensor& x) {
+  same_size(y, x, "axpy");
+  ops_for(y.device()).axpy(y.dtype(), y.numel(), a, x.raw(), y.raw());
+}
+
+void scale(Tensor& x, double a) { ops_for(x.device()).scale(x.dtype(), x.numel(), a, x.raw()); }
+
+double sum(const Tensor& x) { return ops_for(x.device()).sum(x.dtype(), x.raw(), x.numel()); }
+
+double sum_squares(const Tensor& x) { return ops_for(x.device()).sum_squares(x.dtype(), x.raw(), x.numel()); }
+
+}  // namespace ncsrec::ops

@@ -1,0 +1,26 @@
+// Tensor-level ops: shape and dtype checks, then one call into the dispatch table of the
+// tensors' device. Layers call these, never the kernels directly.
+#pragma once
+
+#include "core/dispatch.h"
+#include "core/tensor.h"
+
+namespace ncsrec::ops {
+
+// C = alpha * op(A) * op(B) + beta * C, all 2-D.
+void gemm(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha = 1.0,
+          double beta = 0.0);
+// y[r, :] += b
+void bias_add(Tensor& y, const Tensor& b);
+// db += column sums of dy
+void bias_grad(Tensor& db, const Tensor& dy);
+void relu_forward(Tensor& y, const Tensor& x);
+void relu_backward(Tensor& dx, const Tensor& dy, const Tensor& y);
+void sigmoid(Tensor& y, const Tensor& x);
+void softmax_rows(Tensor& y, const Tensor& x);
+void axpy(Tensor& y, double a, const Tensor& x);
+void scale(Tensor& x, double a);
+double sum(const Tensor& x);
+double sum_squares(const Tensor& x);
+
+}  // namespace ncsrec::ops

@@ -1,0 +1,143 @@
+#include "core/tensor.h"
+
+#include <sstream>
+
+#include "core/dispatch.h"
+#include "core/error.h"
+
+namespace ncsrec {
+
+size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return 4;
+    case DType::F64: return 8;
+    case DType::I64: return 8;
+    case DType::U8: return 1;
+  }
+  return 0;
+}
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return "f32";
+    case DType::F64: return "f64";
+    case DType::I64: return "i64";
+    case DType::U8: return "u8";
+  }
+  return "?";
+}
+
+const char* device_name(Device device) { return device == Device::CPU ? "cpu" : "cuda"; }
+
+std::string shape_string(const Shape& shape) {
+  std::ostringstream os;
+  os << '[';
+  for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
+  os << ']';
+  return os.str();
+}
+
+int64_t shape_numel(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+Storage::Storage(size_t bytes_, Device device_) : bytes(bytes_), device(device_) {
+  ptr = bytes ? ops_for(device).alloc(bytes) : nullptr;
+  NCSREC_CHECK(ptr != nullptr || bytes == 0, "out of memory allocating " << bytes << " bytes on "
+                                                                       << device_name(device));
+}
+
+Storage::~Storage() {
+  if (ptr) ops_for(device).free(ptr);
+}
+
+Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
+  for (int64_t d : shape) NCSREC_CHECK(d >= 0, "negative dimension in shape " << shape_string(shape));
+  Tensor t;
+  t.storage_ = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
+  t.shape_ = std::move(shape);
+  t.dtype_ = dtype;
+  t.device_ = device;
+  return t;
+}
+
+Tensor Tensor::zeros(Shape shape, DType dtype, Device device) {
+  Tensor t = empty(std::move(shape), dtype, device);
+  t.zero_();
+  return t;
+}
+
+int64_t Tensor::dim(int64_t i) const {
+  if (i < 0) i += ndim();
+  NCSREC_CHECK(i >= 0 && i < ndim(), "dimension " << i << " out of range for " << describe());
+  return shape_[static_cast<size_t>(i)];
+}
+
+void* Tensor::raw() {
+  return storage_ ? static_cast<char*>(storage_->ptr) + offset_ * static_cast<int64_t>(dtype_size(dtype_)) : nullptr;
+}
+const void* Tensor::raw() const { return const_cast<Tensor*>(this)->raw(); }
+
+void Tensor::check_dtype(DType want) const {
+  NCSREC_CHECK(dtype_ == want, "tensor " << describe() << " accessed as " << dtype_name(want));
+}
+
+Tensor Tensor::view(int64_t offset, Shape shape) const {
+  NCSREC_CHECK(defined(), "view of an undefined tensor");
+  NCSREC_CHECK(offset >= 0 && offset + shape_numel(shape) <= numel(),
+               "view at " << offset << " of shape " << shape_string(shape) << " exceeds " << describe());
+  Tensor t = *this;
+  t.offset_ = offset_ + offset;
+  t.shape_ = std::move(shape);
+  return t;
+}
+
+Tensor Tensor::slice_rows(int64_t begin, int64_t end) const {
+  NCSREC_CHECK(ndim() >= 1 && 0 <= begin && begin <= end && end <= shape_[0],
+               "rows [" << begin << ", " << end << ") out of range for " << describe());
+  Shape s = shape_;
+  s[0] = end - begin;
+  const int64_t row = shape_[0] ? numel() / shape_[0] : 0;
+  return view(begin * row, s);
+}
+
+Tensor Tensor::reshape(Shape shape) const {
+  NCSREC_CHECK(shape_numel(shape) == numel(), "cannot reshape " << describe() << " to " << shape_string(shape));
+  return view(0, std::move(shape));
+}
+
+Tensor Tensor::to(Device device) const {
+  Tensor t = empty(shape_, dtype_, device);
+  t.copy_from(*this);
+  return t;
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  NCSREC_CHECK(src.numel() == numel() && src.dtype() == dtype_,
+               "copy from " << src.describe() << " into " << describe());
+  const size_t n = nbytes();
+  if (n == 0) return;
+  if (device_ == Device::CPU && src.device() == Device::CPU) {
+    ops_for(Device::CPU).copy(raw(), src.raw(), n, CopyKind::HostToHost);
+  } else if (device_ == Device::CPU) {
+    ops_for(src.device()).copy(raw(), src.raw(), n, CopyKind::DeviceToHost);
+  } else if (src.device() == Device::CPU) {
+    ops_for(device_).copy(raw(), src.raw(), n, CopyKind::HostToDevice);
+  } else {
+    ops_for(device_).copy(raw(), src.raw(), n, CopyKind::DeviceToDevice);
+  }
+}
+
+void Tensor::zero_() {
+  if (nbytes()) ops_for(device_).memset_zero(raw(), nbytes());
+}
+
+std::string Tensor::describe() const {
+  std::ostringstream os;
+  os << dtype_name(dtype_) << shape_string(shape_) << " on " << device_name(device_);
+  return os.str();
+}
+
+}  // namespace ncsrec

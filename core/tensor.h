@@ -1,0 +1,88 @@
+// Tensor: a typed, shaped view of a buffer on one device.
+//
+// Storage is reference-counted and freed through the owning device's allocator in the
+// dispatch table, so a tensor made on the GPU is freed by cudaFree without core knowing CUDA.
+// Views (`view`, `slice_rows`) share storage; this is how parameters live as named views of
+// one contiguous buffer. Tensors are always contiguous row-major: there are no strides.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ncsrec {
+
+enum class DType : uint8_t { F32, F64, I64, U8 };
+enum class Device : uint8_t { CPU, CUDA };
+
+size_t dtype_size(DType dtype);
+const char* dtype_name(DType dtype);
+const char* device_name(Device device);
+
+template <class T> constexpr DType dtype_of();
+template <> constexpr DType dtype_of<float>() { return DType::F32; }
+template <> constexpr DType dtype_of<double>() { return DType::F64; }
+template <> constexpr DType dtype_of<int64_t>() { return DType::I64; }
+template <> constexpr DType dtype_of<uint8_t>() { return DType::U8; }
+
+using Shape = std::vector<int64_t>;
+std::string shape_string(const Shape& shape);
+int64_t shape_numel(const Shape& shape);
+
+struct Storage {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  Device device = Device::CPU;
+  Storage(size_t bytes, Device device);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+  static Tensor empty(Shape shape, DType dtype, Device device = Device::CPU);
+  static Tensor zeros(Shape shape, DType dtype, Device device = Device::CPU);
+
+  bool defined() const { return storage_ != nullptr; }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+  const Shape& shape() const { return shape_; }
+  int64_t ndim() const { return static_cast<int64_t>(shape_.size()); }
+  int64_t dim(int64_t i) const;
+  int64_t numel() const { return shape_numel(shape_); }
+  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
+
+  void* raw();
+  const void* raw() const;
+  template <class T> T* data() { check_dtype(dtype_of<T>()); return static_cast<T*>(raw()); }
+  template <class T> const T* data() const { check_dtype(dtype_of<T>()); return static_cast<const T*>(raw()); }
+
+  // A view of `shape` starting `offset` elements into this tensor's storage (shares storage).
+  Tensor view(int64_t offset, Shape shape) const;
+  // Rows [begin, end) of the leading dimension (shares storage).
+  Tensor slice_rows(int64_t begin, int64_t end) const;
+  Tensor reshape(Shape shape) const;
+
+  // Deep copy, possibly to another device.
+  Tensor to(Device device) const;
+  Tensor clone() const { return to(device_); }
+  void copy_from(const Tensor& src);  // same numel and dtype, any devices
+  void zero_();
+
+  std::string describe() const;  // "f32[4, 8] on cpu"
+
+ private:
+  void check_dtype(DType want) const;
+  std::shared_ptr<Storage> storage_;
+  int64_t offset_ = 0;  // in elements
+  Shape shape_;
+  DType dtype_ = DType::F32;
+  Device device_ = Device::CPU;
+};
+
+}  // namespace ncsrec

@@ -1,0 +1,45 @@
+// Fixed-size embedding tables and their sparse optimizers: a step touches only the rows in
+// the batch (the rows of a SparseGrad); every other row and its optimizer state stay
+// bit-identical. Hash tables with open vocabularies are a later issue; this table maps ids
+// to rows modulo its size (core/layers/embedding_bag.h).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/layers/embedding_bag.h"
+#include "core/optim.h"
+#include "core/tensor.h"
+
+namespace ncsrec {
+
+class EmbeddingTable {
+ public:
+  // Rows are initialised N(0, init_scale²) from (seed, table name, row), independent of order.
+  EmbeddingTable(std::string name, int64_t rows, int64_t dim, DType dtype, uint64_t seed, double init_scale);
+  const std::string& name() const { return name_; }
+  int64_t rows() const { return values_.dim(0); }
+  int64_t dim() const { return values_.dim(1); }
+  Tensor& values() { return values_; }
+  const Tensor& values() const { return values_; }
+
+ private:
+  std::string name_;
+  Tensor values_;
+};
+
+// Sparse optimizers: "adagrad" (sparse Adagrad) or "adam" (sparse/lazy Adam: moments and the
+// per-row step count advance only for rows in the batch).
+class SparseOptimizer {
+ public:
+  virtual ~SparseOptimizer() = default;
+  virtual void step(EmbeddingTable& table, const SparseGrad& grad) = 0;
+  // Named state tensors for checkpoints: {"accumulator"} or {"m", "v", "steps"}.
+  virtual std::vector<std::pair<std::string, Tensor*>> state() = 0;
+};
+
+std::unique_ptr<SparseOptimizer> make_sparse_optimizer(const OptimizerConfig& config, const EmbeddingTable& table);
+
+}  // namespace ncsrec
