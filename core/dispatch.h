@@ -1,7 +1,7 @@
 // The op dispatch table: one table of raw-pointer kernels per device (llm.c style).
 //
 // core/ registers the CPU kernels at start-up (core/cpu_kernels.cpp). cuda/ registers its
-// kernels into the CUDA slot when it is linked and a GPU is present (cuda/register.cu); core
+// kernels into the CUDA slot when it is linked and a GPU is present (cuda/device.cu); core
 // never includes a CUDA header. Kernels take raw pointers, sizes and the element type; shape
 // checks happen one level up, in core/ops.h. Every array is contiguous and row-major.
 //

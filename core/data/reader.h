@@ -14,6 +14,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -47,7 +48,8 @@ class Reader {
   const DataSchema& schema() const { return schema_; }
   int64_t total_rows() const { return total_rows_; }
   // Next batch of this rank; false at the end of the epoch. Errors on the reader thread are
-  // re-thrown here.
+  // re-thrown here. Every rank gets the same number of batches: with drop_last = false the
+  // final partial global batch gives each rank its share, which may have 0 rows.
   bool next(Block& batch);
   int64_t position() const { return position_; }
 
@@ -62,6 +64,9 @@ class Reader {
   int64_t total_rows_ = 0;
   int64_t position_ = 0;
   int64_t end_position_ = 0;
+  // Shuffled layout: the last window may be partial; these locate it in the permuted order.
+  int64_t last_window_rows_ = 0;
+  int64_t last_window_slot_ = 0;
 
   std::thread thread_;
   std::mutex mu_;

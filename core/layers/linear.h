@@ -17,8 +17,9 @@ namespace ncsrec {
 enum class Activation : uint8_t { None, ReLU };
 
 // Returns a [rows, cols] view of `buffer`, (re)allocating it when it is too small or of
-// another dtype/device. Contents are unspecified.
-Tensor& ensure_buffer(Tensor& buffer, int64_t rows, int64_t cols, DType dtype, Device device);
+// another dtype/device. Contents are unspecified. Returned by value: `buffer` keeps its full
+// capacity, so a smaller batch followed by a larger one does not reallocate.
+Tensor ensure_buffer(Tensor& buffer, int64_t rows, int64_t cols, DType dtype, Device device);
 
 class Linear {
  public:

@@ -19,7 +19,8 @@ double sigmoid_bce_forward_backward(const T* logits, const float* labels, const 
 // ESMM head (Ma et al. 2018): pCTR = σ(a), pCVR = σ(b), pCTCVR = pCTR·pCVR.
 // Loss over all impressions: BCE(click, pCTR) + ctcvr_weight · BCE(click∧conversion, pCTCVR),
 // each sum_i w_i l_i / normalizer. Writes the three probabilities and the exact gradients
-// dL/da and dL/db (pCVR gets no loss of its own). Returns {ctr loss, ctcvr loss}.
+// dL/da and dL/db (pCVR gets no loss of its own). Returns {ctr loss, ctcvr loss}, the latter
+// without ctcvr_weight: the loss the gradients belong to is ctr + ctcvr_weight · ctcvr.
 struct EsmmLoss {
   double ctr = 0, ctcvr = 0;
 };

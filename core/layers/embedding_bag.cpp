@@ -1,0 +1,145 @@
+// CPU reference of the pooled embedding lookup and of its sparse backward.
+//
+// Determinism is the point of the backward's shape: contributions are listed in (slot, batch
+// row, k) order, stably sorted by table row, then each unique row sums its own segment in that
+// order. Threads split the work by output row (forward) or by unique table row (backward), so
+// no two threads ever add into the same element and the result is bit-identical for any
+// thread count. Not here: the table itself, sharding, or the optimizer (embedding/).
+#include "core/layers/embedding_bag.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace ncsrec {
+namespace {
+
+constexpr int64_t kParallelMinRows = 256;  // below this, threads cost more than they save
+
+void check_csr(const int64_t* offsets, const int64_t* ids, int64_t batch) {
+  NCSREC_CHECK(offsets != nullptr && batch >= 0, "embedding bag: no offsets or negative batch " << batch);
+  NCSREC_CHECK(offsets[0] == 0, "embedding bag: CSR offsets must start at 0, got " << offsets[0]);
+  for (int64_t r = 0; r < batch; ++r)
+    NCSREC_CHECK(offsets[r + 1] >= offsets[r], "embedding bag: CSR offsets decrease at row " << r);
+  NCSREC_CHECK(offsets[batch] == 0 || ids != nullptr, "embedding bag: offsets without ids");
+}
+
+template <class T>
+T pool_scale(Pooling pooling, int64_t count) {
+  return (pooling == Pooling::Mean && count > 0) ? T(1) / static_cast<T>(count) : T(1);
+}
+
+template <class T>
+void forward_t(T* out, int64_t out_cols, int64_t col, const T* table, int64_t rows, int64_t dim,
+               const int64_t* offsets, const int64_t* ids, int64_t batch, Pooling pooling) {
+#pragma omp parallel for schedule(static) if (batch >= kParallelMinRows)
+  for (int64_t r = 0; r < batch; ++r) {
+    T* o = out + r * out_cols + col;  // [dim]
+    for (int64_t d = 0; d < dim; ++d) o[d] = T(0);
+    for (int64_t k = offsets[r]; k < offsets[r + 1]; ++k) {
+      const T* e = table + embedding_row(ids[k], rows) * dim;
+      for (int64_t d = 0; d < dim; ++d) o[d] += e[d];
+    }
+    const T s = pool_scale<T>(pooling, offsets[r + 1] - offsets[r]);
+    if (s != T(1))
+      for (int64_t d = 0; d < dim; ++d) o[d] *= s;
+  }
+}
+
+// One contribution to the table gradient: dout[batch_row, slot's block] / divisor into table_row
+// (divisor is the bag size for mean pooling, 1 for sum).
+struct Contribution {
+  int64_t table_row;
+  int64_t batch_row;
+  int64_t col;
+  int64_t divisor;
+};
+
+template <class T>
+void segment_sum_t(T* values, int64_t dim, const T* dout, int64_t out_cols, const std::vector<Contribution>& sorted,
+                   const std::vector<int64_t>& segment_begin) {
+  const int64_t unique = static_cast<int64_t>(segment_begin.size()) - 1;
+#pragma omp parallel for schedule(static) if (unique >= kParallelMinRows)
+  for (int64_t u = 0; u < unique; ++u) {
+    T* v = values + u * dim;  // [dim]
+    for (int64_t d = 0; d < dim; ++d) v[d] = T(0);
+    for (int64_t i = segment_begin[u]; i < segment_begin[u + 1]; ++i) {
+      const Contribution& c = sorted[static_cast<size_t>(i)];
+      const T* g = dout + c.batch_row * out_cols + c.col;
+      const T s = pool_scale<T>(Pooling::Mean, c.divisor);  // same rounding as the forward
+      for (int64_t d = 0; d < dim; ++d) v[d] += g[d] * s;
+    }
+  }
+}
+
+}  // namespace
+
+void embedding_bag_forward(Tensor& out, int64_t col, const Tensor& table, const int64_t* offsets,
+                           const int64_t* ids, int64_t batch, Pooling pooling) {
+  NCSREC_CHECK(table.ndim() == 2 && table.dim(0) > 0, "embedding table must be [V > 0, dim], got " << table.describe());
+  NCSREC_CHECK(out.ndim() == 2 && out.dim(0) >= batch, "embedding bag output " << out.describe() << " for batch "
+                                                                               << batch);
+  NCSREC_CHECK(out.dtype() == table.dtype(), "embedding bag output " << out.describe() << " vs table "
+                                                                     << table.describe());
+  NCSREC_CHECK(out.device() == Device::CPU && table.device() == Device::CPU,
+               "the CPU embedding bag got " << out.describe() << " and " << table.describe());
+  const int64_t dim = table.dim(1);
+  NCSREC_CHECK(col >= 0 && col + dim <= out.dim(1),
+               "embedding block [" << col << ", " << col + dim << ") outside output " << out.describe());
+  check_csr(offsets, ids, batch);
+  if (table.dtype() == DType::F32) {
+    forward_t(out.data<float>(), out.dim(1), col, table.data<float>(), table.dim(0), dim, offsets, ids, batch,
+              pooling);
+  } else {
+    forward_t(out.data<double>(), out.dim(1), col, table.data<double>(), table.dim(0), dim, offsets, ids, batch,
+              pooling);
+  }
+}
+
+SparseGrad embedding_bag_backward(const Tensor& dout, const std::vector<SlotInput>& slots, int64_t batch,
+                                  int64_t table_rows, int64_t dim) {
+  NCSREC_CHECK(table_rows > 0 && dim > 0, "embedding bag backward for a table [" << table_rows << ", " << dim << "]");
+  NCSREC_CHECK(dout.ndim() == 2 && dout.dim(0) >= batch, "embedding bag dout " << dout.describe() << " for batch "
+                                                                               << batch);
+  NCSREC_CHECK(dout.dtype() == DType::F32 || dout.dtype() == DType::F64, "embedding bag dout " << dout.describe());
+  NCSREC_CHECK(dout.device() == Device::CPU, "the CPU embedding bag got " << dout.describe());
+  const int64_t out_cols = dout.dim(1);
+
+  // Contributions in (slot, batch row, k) order; the stable sort keeps that order within a row.
+  std::vector<Contribution> contributions;
+  for (const SlotInput& slot : slots) {
+    NCSREC_CHECK(slot.col >= 0 && slot.col + dim <= out_cols,
+                 "embedding block [" << slot.col << ", " << slot.col + dim << ") outside dout " << dout.describe());
+    check_csr(slot.offsets, slot.ids, batch);
+    contributions.reserve(contributions.size() + static_cast<size_t>(slot.offsets[batch]));
+    for (int64_t r = 0; r < batch; ++r) {
+      const int64_t begin = slot.offsets[r], end = slot.offsets[r + 1];
+      const int64_t divisor = slot.pooling == Pooling::Mean ? end - begin : 1;
+      for (int64_t k = begin; k < end; ++k)
+        contributions.push_back({embedding_row(slot.ids[k], table_rows), r, slot.col, divisor});
+    }
+  }
+  std::stable_sort(contributions.begin(), contributions.end(),
+                   [](const Contribution& a, const Contribution& b) { return a.table_row < b.table_row; });
+
+  SparseGrad grad;
+  std::vector<int64_t> segment_begin;
+  for (size_t i = 0; i < contributions.size(); ++i) {
+    if (i == 0 || contributions[i].table_row != contributions[i - 1].table_row) {
+      grad.rows.push_back(contributions[i].table_row);
+      segment_begin.push_back(static_cast<int64_t>(i));
+    }
+  }
+  segment_begin.push_back(static_cast<int64_t>(contributions.size()));
+
+  const int64_t unique = static_cast<int64_t>(grad.rows.size());
+  grad.values = Tensor::empty({unique, dim}, dout.dtype(), Device::CPU);
+  if (dout.dtype() == DType::F32) {
+    segment_sum_t(grad.values.data<float>(), dim, dout.data<float>(), out_cols, contributions, segment_begin);
+  } else {
+    segment_sum_t(grad.values.data<double>(), dim, dout.data<double>(), out_cols, contributions, segment_begin);
+  }
+  return grad;
+}
+
+}  // namespace ncsrec

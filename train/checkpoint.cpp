@@ -1,0 +1,206 @@
+#include "train/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/crc32c.h"
+#include "core/error.h"
+#include "core/hdf5_util.h"
+
+namespace ncsrec {
+namespace fs = std::filesystem;
+
+namespace {
+
+void fsync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (fd < 0) throw UserError("checkpoint: cannot open " + path + " to sync it to disk");
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw UserError("checkpoint: fsync of " + path + " failed (disk full or I/O error?)");
+}
+
+std::vector<uint64_t> dims_of(const Shape& s) { return std::vector<uint64_t>(s.begin(), s.end()); }
+
+void write_tensor(h5::File& f, const std::string& name, const Tensor& t) {
+  const Tensor host = t.device() == Device::CPU ? t : t.to(Device::CPU);
+  switch (host.dtype()) {
+    case DType::F32: f.write(name, host.data<float>(), dims_of(host.shape())); break;
+    case DType::F64: f.write(name, host.data<double>(), dims_of(host.shape())); break;
+    case DType::I64: f.write(name, host.data<int64_t>(), dims_of(host.shape())); break;
+    case DType::U8: f.write(name, host.data<uint8_t>(), dims_of(host.shape())); break;
+  }
+}
+
+void read_tensor(const h5::File& f, const std::string& name, Tensor& t, const std::string& dir) {
+  const std::vector<uint64_t> d = f.dims(name);
+  if (d != dims_of(t.shape())) {
+    std::ostringstream os;
+    os << "checkpoint " << dir << ": " << name << " has shape [";
+    for (size_t i = 0; i < d.size(); ++i) os << (i ? ", " : "") << d[i];
+    os << "] but the model expects " << shape_string(t.shape())
+       << " (was the checkpoint written by a different model config?)";
+    throw UserError(os.str());
+  }
+  Tensor host = Tensor::empty(t.shape(), t.dtype(), Device::CPU);
+  switch (t.dtype()) {
+    case DType::F32: { auto v = f.read_f32(name); std::copy(v.begin(), v.end(), host.data<float>()); break; }
+    case DType::F64: { auto v = f.read_f64(name); std::copy(v.begin(), v.end(), host.data<double>()); break; }
+    case DType::I64: { auto v = f.read_i64(name); std::copy(v.begin(), v.end(), host.data<int64_t>()); break; }
+    case DType::U8: { auto v = f.read_u8(name); std::copy(v.begin(), v.end(), host.data<uint8_t>()); break; }
+  }
+  t.copy_from(host);
+}
+
+std::string rank_file(int rank) { return "rank-" + std::to_string(rank) + ".h5"; }
+
+}  // namespace
+
+void save_checkpoint(const std::string& dir, const TrainingState& state, const CheckpointMeta& meta,
+                     Communicator& comm) {
+  const std::string tmp = dir + ".tmp";
+  if (comm.rank() == 0) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);  // a stale half-written folder from a crash
+    fs::create_directories(tmp, ec);
+    if (ec) throw UserError("checkpoint: cannot create " + tmp + ": " + ec.message());
+  }
+  comm.barrier();
+
+  const std::string path = tmp + "/" + rank_file(comm.rank());
+  {
+    h5::File f = h5::File::create(path);
+    f.create_group("meta");
+    f.set_attr("meta", "config", meta.config_yaml);
+    f.set_attr("meta", "step", meta.step);
+    f.set_attr("meta", "epoch", meta.epoch);
+    f.set_attr("meta", "data_position", meta.data_position);
+    f.set_attr("meta", "world_size", meta.world_size);
+    f.set_attr("meta", "seed", meta.seed);
+    f.set_attr("meta", "optimizer_step", meta.optimizer_step);
+    f.set_attr("meta", "format_version", meta.format_version);
+    f.set_attr("meta", "rank", static_cast<int64_t>(comm.rank()));
+
+    MultiTaskModel& model = *state.model;
+    for (Param& p : model.params().params()) write_tensor(f, "dense/" + p.name, p.value);
+    if (state.dense_optimizer) {
+      for (auto& [slot, buffer] : state.dense_optimizer->state())
+        for (Param& p : model.params().params())
+          write_tensor(f, "optim/" + p.name + "/" + slot, buffer->view(p.offset, p.shape));
+    }
+    auto& tables = model.tables();
+    for (size_t i = 0; i < tables.size(); ++i) {
+      const std::string base = "embedding/" + tables[i].name();
+      std::vector<int64_t> keys(static_cast<size_t>(tables[i].rows()));
+      for (size_t k = 0; k < keys.size(); ++k) keys[k] = static_cast<int64_t>(k);
+      f.write(base + "/keys", keys.data(), {keys.size()});
+      write_tensor(f, base + "/values", tables[i].values());
+      if (i < state.sparse_optimizers.size() && state.sparse_optimizers[i])
+        for (auto& [slot, t] : state.sparse_optimizers[i]->state()) write_tensor(f, base + "/optim/" + slot, *t);
+    }
+    f.close();
+  }
+  fsync_path(path, false);
+  comm.barrier();
+
+  if (comm.rank() == 0) {
+    std::ostringstream manifest;
+    manifest << "ncsrec-checkpoint " << kCheckpointFormatVersion << "\n";
+    for (int r = 0; r < comm.world_size(); ++r) {
+      uint64_t size = 0;
+      const uint32_t crc = crc32c_file(tmp + "/" + rank_file(r), &size);
+      manifest << rank_file(r) << " " << size << " " << std::hex << crc << std::dec << "\n";
+    }
+    {
+      std::ofstream out(tmp + "/manifest");
+      out << manifest.str();
+      if (!out.flush()) throw UserError("checkpoint: cannot write " + tmp + "/manifest (disk full?)");
+    }
+    fsync_path(tmp + "/manifest", false);
+    fsync_path(tmp, true);
+    // Swap in: the old checkpoint (if any) is moved aside first and removed only after the
+    // new one has its final name; a crash in between leaves `dir.old` whole.
+    std::error_code ec;
+    const std::string old = dir + ".old";
+    fs::remove_all(old, ec);
+    if (fs::exists(dir)) fs::rename(dir, old);
+    fs::rename(tmp, dir);
+    fsync_path(fs::path(dir).parent_path().empty() ? "." : fs::path(dir).parent_path().string(), true);
+    fs::remove_all(old, ec);
+  }
+  comm.barrier();
+}
+
+void verify_checkpoint(const std::string& dir) {
+  const std::string what = "checkpoint " + dir;
+  if (!fs::is_directory(dir)) throw UserError(what + ": no such checkpoint folder");
+  std::ifstream in(dir + "/manifest");
+  if (!in)
+    throw UserError(what + ": no manifest (the checkpoint was not completed); use an earlier checkpoint");
+  std::string magic;
+  int64_t version = 0;
+  in >> magic >> version;
+  if (magic != "ncsrec-checkpoint") throw UserError(what + ": the manifest is not an ncsrec manifest");
+  if (version > kCheckpointFormatVersion)
+    throw UserError(what + ": format version " + std::to_string(version) + " is newer than this ncsrec reads (" +
+                    std::to_string(kCheckpointFormatVersion) + ")");
+  std::string name, crc_hex;
+  uint64_t size = 0;
+  int files = 0;
+  while (in >> name >> size >> crc_hex) {
+    ++files;
+    const std::string path = dir + "/" + name;
+    if (!fs::exists(path)) throw UserError(what + ": " + name + " listed in the manifest is missing");
+    uint64_t got_size = 0;
+    const uint32_t crc = crc32c_file(path, &got_size);
+    if (got_size != size)
+      throw UserError(what + ": " + name + " is " + std::to_string(got_size) + " bytes, the manifest says " +
+                      std::to_string(size) + " (truncated?); use an earlier checkpoint");
+    if (crc != static_cast<uint32_t>(std::stoul(crc_hex, nullptr, 16)))
+      throw UserError(what + ": " + name + " fails its CRC32C check (corrupt); use an earlier checkpoint");
+  }
+  if (files == 0) throw UserError(what + ": the manifest lists no files");
+}
+
+CheckpointMeta read_checkpoint_meta(const std::string& dir) {
+  verify_checkpoint(dir);
+  h5::File f = h5::File::open_read(dir + "/" + rank_file(0));
+  CheckpointMeta m;
+  m.config_yaml = f.attr_string("meta", "config");
+  m.step = f.attr_int("meta", "step");
+  m.epoch = f.attr_int("meta", "epoch");
+  m.data_position = f.attr_int("meta", "data_position");
+  m.world_size = f.attr_int("meta", "world_size");
+  m.seed = f.attr_int("meta", "seed");
+  m.optimizer_step = f.attr_int("meta", "optimizer_step");
+  m.format_version = f.attr_int("meta", "format_version");
+  return m;
+}
+
+CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& state, int rank) {
+  CheckpointMeta meta = read_checkpoint_meta(dir);
+  h5::File f = h5::File::open_read(dir + "/" + rank_file(rank));
+  MultiTaskModel& model = *state.model;
+  for (Param& p : model.params().params()) read_tensor(f, "dense/" + p.name, p.value, dir);
+  if (state.dense_optimizer) {
+    for (auto& [slot, buffer] : state.dense_optimizer->state())
+      for (Param& p : model.params().params()) {
+        Tensor view = buffer->view(p.offset, p.shape);
+        read_tensor(f, "optim/" + p.name + "/" + slot, view, dir);
+      }
+  }
+  auto& tables = model.tables();
+  for (size_t i = 0; i < tables.size(); ++i) {
+    const std::string base = "embedding/" + tables[i].name();
+    read_tensor(f, base + "/values", tables[i].values(), dir);
+    if (i < state.sparse_optimizers.size() && state.sparse_optimizers[i])
+      for (auto& [slot, t] : state.sparse_optimizers[i]->state()) read_tensor(f, base + "/optim/" + slot, *t, dir);
+  }
+  return meta;
+}
+
+}  // namespace ncsrec

@@ -1,0 +1,48 @@
+// Checkpoints (DESIGN.md "Files/Checkpoints"): a folder per checkpoint, written as `X.tmp/`
+// (every rank writes and fsyncs its `rank-R.h5`), a barrier, then rank 0 writes `manifest`
+// (size and CRC32C of every file), fsyncs, and renames the folder to `X`. A crash at any
+// moment leaves the old checkpoint or the new one whole, never half of one. Readable with h5py:
+//   meta            attributes: config (YAML), step, epoch, data_position, world_size,
+//                   format_version, seed, optimizer_step
+//   dense/<name>    every dense parameter, its own shape
+//   optim/<name>/<slot>        the dense optimizer's state for that parameter (m, v, accumulator)
+//   embedding/<table>/{keys, values, optim/<slot>}
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/optim.h"
+#include "dist/communicator.h"
+#include "embedding/embedding_table.h"
+#include "models/multitask_model.h"
+
+namespace ncsrec {
+
+constexpr int64_t kCheckpointFormatVersion = 1;
+
+struct CheckpointMeta {
+  std::string config_yaml;
+  int64_t step = 0, epoch = 0, data_position = 0, world_size = 1, seed = 0, optimizer_step = 0;
+  int64_t format_version = kCheckpointFormatVersion;
+};
+
+struct TrainingState {  // what a checkpoint saves and restores, borrowed from the trainer
+  MultiTaskModel* model = nullptr;
+  DenseOptimizer* dense_optimizer = nullptr;               // may be null (inference)
+  std::vector<SparseOptimizer*> sparse_optimizers;         // one per table, or empty
+};
+
+// Writes checkpoint folder `dir` atomically (see above). An existing `dir` is replaced only
+// after the new one is complete.
+void save_checkpoint(const std::string& dir, const TrainingState& state, const CheckpointMeta& meta,
+                     Communicator& comm);
+// Checks the manifest (every file present, sizes and CRC32C match). Throws UserError naming
+// the checkpoint, the file and what to do.
+void verify_checkpoint(const std::string& dir);
+CheckpointMeta read_checkpoint_meta(const std::string& dir);
+// Loads the parameters (and optimizer state, where the pointers are set) into `state`;
+// verifies the manifest first. Shapes must match the model's.
+CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& state, int rank = 0);
+
+}  // namespace ncsrec

@@ -1,0 +1,171 @@
+#include "train/evaluate.h"
+
+#include <glob.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <limits>
+#include <sstream>
+
+#include "core/data/hdf5_shard.h"
+#include "core/data/reader.h"
+#include "core/error.h"
+
+namespace ncsrec {
+namespace fs = std::filesystem;
+
+std::vector<std::string> expand_data_paths(const std::vector<std::string>& entries, const std::string& what) {
+  std::vector<std::string> files;
+  for (const auto& entry : entries) {
+    std::vector<std::string> matches;
+    glob_t g{};
+    if (::glob(entry.c_str(), 0, nullptr, &g) == 0)
+      for (size_t i = 0; i < g.gl_pathc; ++i) matches.emplace_back(g.gl_pathv[i]);
+    ::globfree(&g);
+    if (matches.empty())
+      throw UserError(what + ": '" + entry + "' matches no file or folder (run `ncsrec gen` first for generated data?)");
+    for (const auto& m : matches) {
+      if (fs::is_directory(m)) {
+        for (auto& f : list_day_shards(m)) files.push_back(f);
+      } else {
+        files.push_back(m);
+      }
+    }
+  }
+  return files;
+}
+
+namespace {
+
+struct ViewSpec {
+  std::string name;
+  std::vector<int> tasks;       // product of these tasks' probabilities (1 or 2)
+  std::vector<int> label_cols;  // product of these labels
+  int filter_col = -1;          // rows where this label is 1 (-1 = all rows)
+  std::vector<int> truth_cols;  // product of these truth columns (empty = no Bayes AUC)
+};
+
+std::vector<ViewSpec> make_views(const ModelConfig& m, const DataSchema& schema) {
+  std::vector<ViewSpec> views;
+  auto task_index = [&](const std::string& name) {
+    for (size_t i = 0; i < m.tasks.size(); ++i)
+      if (m.tasks[i].name == name) return static_cast<int>(i);
+    return -1;
+  };
+  for (size_t t = 0; t < m.tasks.size(); ++t) {
+    ViewSpec v;
+    v.name = m.tasks[t].name;
+    v.tasks = {static_cast<int>(t)};
+    v.label_cols = {schema.task_index(m.tasks[t].label)};
+    const int g = task_index(m.tasks[t].given);
+    if (g >= 0) v.filter_col = schema.task_index(m.tasks[static_cast<size_t>(g)].label);
+    const int truth = schema.truth_index(m.tasks[t].label);
+    if (truth >= 0) v.truth_cols = {truth};
+    views.push_back(v);
+  }
+  for (size_t t = 0; t < m.tasks.size(); ++t) {
+    const int g = task_index(m.tasks[t].given);
+    if (g < 0) continue;
+    ViewSpec v;
+    const auto& gn = m.tasks[static_cast<size_t>(g)].name;
+    v.name = (gn == "ctr" && m.tasks[t].name == "cvr") ? "ctcvr" : gn + "_" + m.tasks[t].name;
+    v.tasks = {g, static_cast<int>(t)};
+    v.label_cols = {schema.task_index(m.tasks[static_cast<size_t>(g)].label), schema.task_index(m.tasks[t].label)};
+    const int t1 = schema.truth_index(m.tasks[static_cast<size_t>(g)].label), t2 = schema.truth_index(m.tasks[t].label);
+    if (t1 >= 0 && t2 >= 0) v.truth_cols = {t1, t2};
+    views.push_back(v);
+  }
+  return views;
+}
+
+}  // namespace
+
+EvalReport evaluate(MultiTaskModel& model, const std::vector<std::string>& files, const TrainConfig& config,
+                    Communicator& comm) {
+  const auto start = std::chrono::steady_clock::now();
+  ReaderOptions ro;
+  ro.files = files;
+  ro.batch_size = config.train.eval_batch_size;
+  ro.rank = comm.rank();
+  ro.world_size = comm.world_size();
+  ro.shuffle = false;
+  ro.drop_last = false;
+  ro.window_rows = config.data.window_rows;
+  Reader reader(ro);
+  const DataSchema& schema = reader.schema();
+  const std::vector<ViewSpec> views = make_views(model.config(), schema);
+  const int group_col = config.data.group_meta.empty() ? -1 : schema.meta_index(config.data.group_meta);
+
+  std::vector<TaskMetrics> metrics(views.size());
+  std::vector<std::vector<float>> truth_scores(views.size()), truth_labels(views.size());
+  std::vector<std::vector<float>> probs;
+  std::vector<float> s, y, ts;
+  std::vector<int64_t> groups;
+  Block batch;
+  EvalReport report;
+  while (reader.next(batch)) {
+    model.predict(batch, probs);
+    report.rows += batch.rows;
+    for (size_t v = 0; v < views.size(); ++v) {
+      const ViewSpec& vs = views[v];
+      s.clear(); y.clear(); ts.clear(); groups.clear();
+      for (int64_t r = 0; r < batch.rows; ++r) {
+        const size_t ri = static_cast<size_t>(r);
+        if (vs.filter_col >= 0 && batch.labels[static_cast<size_t>(vs.filter_col)][ri] <= 0.5f) continue;
+        float score = 1, label = 1, truth = 1;
+        for (int t : vs.tasks) score *= probs[static_cast<size_t>(t)][ri];
+        for (int c : vs.label_cols) label *= batch.labels[static_cast<size_t>(c)][ri] > 0.5f ? 1.0f : 0.0f;
+        for (int c : vs.truth_cols) truth *= batch.truth[static_cast<size_t>(c)][ri];
+        s.push_back(score);
+        y.push_back(label);
+        if (!vs.truth_cols.empty()) ts.push_back(truth);
+        if (group_col >= 0) groups.push_back(batch.meta[static_cast<size_t>(group_col)][ri]);
+      }
+      metrics[v].add(s.data(), y.data(), group_col >= 0 ? groups.data() : nullptr, static_cast<int64_t>(s.size()));
+      truth_scores[v].insert(truth_scores[v].end(), ts.begin(), ts.end());
+      truth_labels[v].insert(truth_labels[v].end(), y.begin(), y.end());
+    }
+  }
+  // Multi-rank exact AUC over the whole eval set arrives with distributed training; until then
+  // a world size above one is refused rather than reporting per-rank numbers.
+  NCSREC_CHECK(comm.world_size() == 1, "evaluation across ranks is not implemented yet");
+  for (size_t v = 0; v < views.size(); ++v) {
+    ViewResult r;
+    r.name = views[v].name;
+    r.metrics = metrics[v].compute();
+    r.bayes_auc = views[v].truth_cols.empty()
+                      ? std::numeric_limits<double>::quiet_NaN()
+                      : auc_exact(truth_scores[v].data(), truth_labels[v].data(), nullptr,
+                                  static_cast<int64_t>(truth_scores[v].size()));
+    report.views.push_back(r);
+  }
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
+}
+
+std::string format_eval_table(const EvalReport& report) {
+  std::ostringstream os;
+  char line[256];
+  std::snprintf(line, sizeof line, "%-8s %10s %9s %9s %8s %8s %9s %7s\n", "task", "rows", "AUC", "Bayes", "gap", "GAUC",
+                "logloss", "calib");
+  os << line;
+  for (const auto& v : report.views) {
+    const auto& m = v.metrics;
+    auto num = [](double x, int prec) {
+      if (!std::isfinite(x)) return std::string("-");
+      char b[32];
+      std::snprintf(b, sizeof b, "%.*f", prec, x);
+      return std::string(b);
+    };
+    std::snprintf(line, sizeof line, "%-8s %10lld %9s %9s %8s %8s %9s %7s\n", v.name.c_str(),
+                  static_cast<long long>(m.count), num(m.auc, 4).c_str(), num(v.bayes_auc, 4).c_str(),
+                  num(v.bayes_auc - m.auc, 4).c_str(), num(m.gauc, 4).c_str(), num(m.logloss, 4).c_str(),
+                  num(m.calibration, 3).c_str());
+    os << line;
+  }
+  return os.str();
+}
+
+}  // namespace ncsrec

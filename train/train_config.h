@@ -1,0 +1,46 @@
+// The training configuration: the YAML file (plus --set overrides) read strictly into plain
+// structs. See docs/config.md for every key.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/optim.h"
+#include "models/multitask_model.h"
+
+namespace ncsrec {
+
+struct DataConfig {
+  std::vector<std::string> train;  // day folders (with _DONE) or shard files
+  std::vector<std::string> eval;
+  int64_t window_rows = 1 << 18;
+  std::string group_meta = "user_id";  // meta column for GAUC ("" = none)
+};
+
+struct TrainLoopConfig {
+  int64_t batch_size = 1024;
+  int64_t epochs = 1;
+  int64_t max_steps = 0;    // 0 = no limit
+  int64_t log_every = 100;  // steps between metrics.jsonl lines
+  int64_t eval_batch_size = 8192;
+  bool shuffle = true;
+};
+
+struct TrainConfig {
+  uint64_t seed = 1;
+  std::string device = "cpu";  // cpu | cuda | auto
+  int64_t threads = 0;         // 0 = OpenMP default
+  DataConfig data;
+  ModelConfig model;
+  OptimizerConfig dense_optimizer;
+  OptimizerConfig sparse_optimizer;
+  TrainLoopConfig train;
+};
+
+// Reads, validates and returns the config. `overrides` are "a.b=c" assignments applied before
+// validation. `resolved` receives the final YAML (saved with the run and its checkpoints).
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides,
+                              std::string* resolved = nullptr);
+TrainConfig parse_train_config(const std::string& yaml_text, const std::string& file_name);
+
+}  // namespace ncsrec

@@ -1,0 +1,236 @@
+#include "train/trainer.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "core/data/reader.h"
+#include "core/error.h"
+#include "core/optim.h"
+#include "embedding/embedding_table.h"
+#include "models/multitask_model.h"
+#include "train/checkpoint.h"
+#include "train/json.h"
+
+namespace ncsrec {
+namespace fs = std::filesystem;
+
+void configure_threads(int64_t threads) {
+  if (threads <= 0) return;
+  omp_set_num_threads(static_cast<int>(threads));
+  openblas_set_num_threads(static_cast<int>(threads));
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string format_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const long t = static_cast<long>(s + 0.5);
+  char b[32];
+  std::snprintf(b, sizeof b, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+  return b;
+}
+
+JsonObject metrics_json(const EvalReport& report) {
+  JsonObject views;
+  for (const auto& v : report.views) {
+    JsonObject o;
+    o.add("count", v.metrics.count)
+        .add("positives", v.metrics.positives)
+        .add("auc", v.metrics.auc)
+        .add("bayes_auc", v.bayes_auc)
+        .add("gauc", v.metrics.gauc)
+        .add("logloss", v.metrics.logloss)
+        .add("calibration", v.metrics.calibration)
+        .add("mean_prediction", v.metrics.mean_prediction)
+        .add("mean_label", v.metrics.mean_label);
+    views.add(v.name, o);
+  }
+  return views;
+}
+
+// Progress on a terminal: one line rewritten in place, at most twice a second.
+class Progress {
+ public:
+  explicit Progress(bool enabled) : enabled_(enabled && ::isatty(STDERR_FILENO)) {}
+  void update(int64_t step, int64_t total_steps, double samples_per_s, const std::vector<std::string>& names,
+              const std::vector<double>& losses, double elapsed) {
+    if (!enabled_ || seconds_since(last_) < 0.5) return;
+    last_ = Clock::now();
+    std::string loss;
+    char b[64];
+    for (size_t i = 0; i < names.size(); ++i) {
+      std::snprintf(b, sizeof b, " %s %.4f", names[i].c_str(), losses[i]);
+      loss += b;
+    }
+    const double eta = step > 0 ? elapsed / static_cast<double>(step) * static_cast<double>(total_steps - step) : NAN;
+    std::fprintf(stderr, "\r\033[Kstep %lld/%lld  %.0f samples/s  loss%s  ETA %s", static_cast<long long>(step),
+                 static_cast<long long>(total_steps), samples_per_s, loss.c_str(), format_duration(eta).c_str());
+    std::fflush(stderr);
+    shown_ = true;
+  }
+  void finish() {
+    if (shown_) std::fprintf(stderr, "\r\033[K");
+    shown_ = false;
+  }
+
+ private:
+  bool enabled_;
+  bool shown_ = false;
+  Clock::time_point last_ = Clock::now() - std::chrono::seconds(1);
+};
+
+}  // namespace
+
+TrainSummary run_training(const TrainConfig& config, const std::string& resolved_yaml, const std::string& run_dir,
+                          Communicator& comm) {
+  configure_threads(config.threads);
+  std::error_code ec;
+  fs::create_directories(run_dir, ec);
+  if (ec) throw UserError("run folder " + run_dir + ": cannot create it: " + ec.message());
+  {
+    std::ofstream cfg(run_dir + "/config.yaml");
+    cfg << resolved_yaml << "\n";
+  }
+  std::ofstream metrics_log(run_dir + "/metrics.jsonl", std::ios::app);
+  if (!metrics_log) throw UserError("run folder " + run_dir + ": cannot write metrics.jsonl");
+
+  const std::vector<std::string> train_files = expand_data_paths(config.data.train, "data.train");
+  const std::vector<std::string> eval_files =
+      config.data.eval.empty() ? std::vector<std::string>{} : expand_data_paths(config.data.eval, "data.eval");
+
+  ReaderOptions ro;
+  ro.files = train_files;
+  ro.batch_size = config.train.batch_size;
+  ro.rank = comm.rank();
+  ro.world_size = comm.world_size();
+  ro.shuffle = config.train.shuffle;
+  ro.seed = config.seed;
+  ro.window_rows = config.data.window_rows;
+  ro.drop_last = true;
+
+  // The schema comes from the first reader; the model is built against it.
+  std::unique_ptr<Reader> reader = std::make_unique<Reader>(ro);
+  MultiTaskModel model(config.model, reader->schema(), DType::F32, config.seed);
+  std::unique_ptr<DenseOptimizer> dense_opt =
+      make_dense_optimizer(config.dense_optimizer, model.params().numel(), DType::F32, Device::CPU);
+  std::vector<std::unique_ptr<SparseOptimizer>> sparse_opts;
+  for (auto& table : model.tables()) sparse_opts.push_back(make_sparse_optimizer(config.sparse_optimizer, table));
+
+  const int64_t global_batch = config.train.batch_size * comm.world_size();
+  const int64_t steps_per_epoch = reader->total_rows() / global_batch;
+  if (steps_per_epoch == 0)
+    throw UserError("data.train has " + std::to_string(reader->total_rows()) + " rows, fewer than one global batch of " +
+                    std::to_string(global_batch) + ": lower train.batch_size");
+  int64_t total_steps = steps_per_epoch * config.train.epochs;
+  if (config.train.max_steps > 0) total_steps = std::min(total_steps, config.train.max_steps);
+
+  if (comm.rank() == 0)
+    std::fprintf(stderr, "train: %s model, %lld dense parameters, %zu tables, %lld rows/epoch, %lld steps of %lld\n",
+                 config.model.type.c_str(), static_cast<long long>(model.params().numel()), model.tables().size(),
+                 static_cast<long long>(reader->total_rows()), static_cast<long long>(total_steps),
+                 static_cast<long long>(global_batch));
+
+  Progress progress(comm.rank() == 0);
+  const std::vector<std::string>& loss_names = model.loss_names();
+  std::vector<double> loss_window(loss_names.size(), 0.0);
+  int64_t window_steps = 0;
+  TrainSummary summary;
+  const auto start = Clock::now();
+  auto window_start = start;
+  int64_t window_samples = 0;
+  Block batch;
+  int64_t step = 0, epoch = 0, position = 0;
+  for (epoch = 0; epoch < config.train.epochs && step < total_steps; ++epoch) {
+    if (epoch > 0) {
+      ro.epoch = epoch;
+      reader = std::make_unique<Reader>(ro);
+    }
+    while (step < total_steps && reader->next(batch)) {
+      std::vector<double> norms = model.local_normalizers(batch);
+      comm.all_reduce_sum(norms.data(), static_cast<int64_t>(norms.size()));
+      model.params().zero_grad();
+      const StepLoss loss = model.train_step(batch, norms);
+      comm.all_reduce_sum(model.params().grads());
+      dense_opt->step(model.params().values(), model.params().grads(), step + 1);
+      for (size_t t = 0; t < model.tables().size(); ++t) sparse_opts[t]->step(model.tables()[t], model.sparse_grads()[t]);
+      if (!std::isfinite(loss.total))
+        throw UserError("training diverged at step " + std::to_string(step + 1) +
+                        " (loss is not finite): lower optimizer.lr or check the data");
+      ++step;
+      for (size_t i = 0; i < loss_window.size(); ++i) loss_window[i] += loss.per_task[i];
+      ++window_steps;
+      window_samples += global_batch;
+      summary.samples += global_batch;
+      position = reader->position();
+      const double elapsed = seconds_since(start);
+      std::vector<double> mean_loss(loss_window.size());
+      for (size_t i = 0; i < mean_loss.size(); ++i) mean_loss[i] = loss_window[i] / static_cast<double>(window_steps);
+      progress.update(step, total_steps, static_cast<double>(summary.samples) / elapsed, loss_names, mean_loss, elapsed);
+      if (step % config.train.log_every == 0 || step == total_steps) {
+        JsonObject losses;
+        for (size_t i = 0; i < loss_names.size(); ++i) losses.add(loss_names[i], loss_window[i] / window_steps);
+        const double window_s = seconds_since(window_start);
+        JsonObject line;
+        line.add("event", "train").add("step", step).add("epoch", epoch).add("samples", summary.samples)
+            .add("loss", losses).add("samples_per_sec", static_cast<double>(window_samples) / window_s)
+            .add("elapsed_sec", elapsed);
+        if (comm.rank() == 0) metrics_log << line.str() << "\n" << std::flush;
+        std::fill(loss_window.begin(), loss_window.end(), 0.0);
+        window_steps = 0;
+        window_samples = 0;
+        window_start = Clock::now();
+      }
+    }
+  }
+  progress.finish();
+  summary.steps = step;
+  summary.train_seconds = seconds_since(start);
+  summary.samples_per_second = static_cast<double>(summary.samples) / summary.train_seconds;
+  reader.reset();
+
+  // Final checkpoint, then evaluation (so a failure in evaluation loses no training).
+  summary.checkpoint = run_dir + "/checkpoints/final";
+  fs::create_directories(run_dir + "/checkpoints", ec);
+  CheckpointMeta meta;
+  meta.config_yaml = resolved_yaml;
+  meta.step = step;
+  meta.epoch = epoch;
+  meta.data_position = position;
+  meta.world_size = comm.world_size();
+  meta.seed = static_cast<int64_t>(config.seed);
+  meta.optimizer_step = step;
+  TrainingState state{&model, dense_opt.get(), {}};
+  for (auto& s : sparse_opts) state.sparse_optimizers.push_back(s.get());
+  save_checkpoint(summary.checkpoint, state, meta, comm);
+
+  if (!eval_files.empty()) {
+    summary.eval = evaluate(model, eval_files, config, comm);
+    if (comm.rank() == 0)
+      metrics_log << JsonObject().add("event", "eval").add("step", step).add("metrics", metrics_json(summary.eval)).str()
+                  << "\n" << std::flush;
+  }
+  if (comm.rank() == 0) {
+    JsonObject s;
+    s.add("model", config.model.type).add("steps", step).add("samples", summary.samples)
+        .add("train_seconds", summary.train_seconds).add("samples_per_sec", summary.samples_per_second)
+        .add("eval_rows", summary.eval.rows).add("eval", metrics_json(summary.eval))
+        .add("checkpoint", "checkpoints/final");
+    std::ofstream out(run_dir + "/summary.json.tmp");
+    out << s.str() << "\n";
+    out.close();
+    fs::rename(run_dir + "/summary.json.tmp", run_dir + "/summary.json");
+  }
+  return summary;
+}
+
+}  // namespace ncsrec
