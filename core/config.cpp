@@ -70,6 +70,8 @@ std::string ConfigNode::get_string(const std::string& key, const std::string& fa
 }
 
 std::string ConfigNode::get_string(const std::string& key) {
+  // A scalar where a map belongs (`ctr: click`) is that key's mistake, not a missing child.
+  if (!node_.IsMap()) fail_here("expected a map of keys, got " + scalar_text(node_));
   if (!has(key)) fail(key, "required key is missing");
   return get_string(key, "");
 }
@@ -95,6 +97,7 @@ int64_t ConfigNode::get_int(const std::string& key, int64_t fallback, int64_t mi
 }
 
 int64_t ConfigNode::get_int(const std::string& key, int64_t min, int64_t max) {
+  if (!node_.IsMap()) fail_here("expected a map of keys, got " + scalar_text(node_));
   if (!has(key)) fail(key, "required key is missing");
   return get_int(key, 0, min, max);
 }

@@ -4,11 +4,19 @@
 #include <cstring>
 #include <set>
 
+#include "core/layers/interaction.h"
 #include "core/layers/losses.h"
 #include "core/ops.h"
 #include "core/random.h"
 
 namespace ncsrec {
+
+namespace {
+// ESMM's CTCVR loss constrains only the product pCTR·pCVR: without the CTR loss neither factor
+// is determined (and the fused loss's gradients, scaled by this weight, would all be zero).
+const char* const kEsmmCtrWeightMessage =
+    "esmm needs a CTR loss weight > 0: pCTR (and so pCVR) is learned through the CTR loss";
+}  // namespace
 
 ModelConfig parse_model_config(ConfigNode node) {
   ModelConfig m;
@@ -16,6 +24,7 @@ ModelConfig parse_model_config(ConfigNode node) {
   m.embedding_dim = node.get_int("embedding_dim", 8, 1, 1024);
   m.embedding_init = node.get_double("embedding_init", 0.05, 0.0, 10.0);
   m.use_dense = node.get_bool("use_dense", true);
+  m.interaction = node.get_choice("interaction", {"none", "dot"}, "none");
   m.bottom = node.get_int_list("bottom", {}, 1, 1 << 16);
   const std::vector<int64_t> default_tower = node.get_int_list("tower", {64, 32}, 1, 1 << 16);
 
@@ -40,6 +49,7 @@ ModelConfig parse_model_config(ConfigNode node) {
   if (m.type == "esmm") {
     if (m.tasks.size() != 2 || !m.tasks[0].given.empty() || m.tasks[1].given != m.tasks[0].name)
       tasks.fail_here("esmm needs exactly two tasks, a CTR task first and a CVR task second with given: <ctr task>");
+    if (!(m.tasks[0].loss_weight > 0)) tasks.fail(m.tasks[0].name + ".loss_weight", kEsmmCtrWeightMessage);
   }
   if (m.type != "shared_bottom" && !m.bottom.empty())
     node.fail("bottom", "a shared bottom MLP is only used by type shared_bottom");
@@ -80,8 +90,12 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
       if (config_.tasks[j].name == t.given) g = static_cast<int>(j);
     given_task_.push_back(g);
   }
-  if (config_.type == "esmm") loss_names_ = {config_.tasks[0].name, "ctcvr"};
-  else
+  if (config_.type == "esmm") {
+    // Also checked here for configs built in code: the loss below divides by this weight.
+    if (!(config_.tasks[0].loss_weight > 0))
+      throw ConfigError("model.tasks." + config_.tasks[0].name + ".loss_weight: " + kEsmmCtrWeightMessage);
+    loss_names_ = {config_.tasks[0].name, "ctcvr"};
+  } else
     for (const auto& t : config_.tasks) loss_names_.push_back(t.name);
 
   // Input layout: each table's slots in config order, then the dense features.
@@ -110,7 +124,12 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
     }
     embedding_cols_ = col;
   }
+  fields_ = embedding_cols_ / dim;
   input_dim_ = embedding_cols_ + (config_.use_dense ? schema_.dense_dim : 0);
+  if (config_.interaction == "dot") {
+    interaction_col_ = input_dim_;
+    input_dim_ += fields_ * fields_;
+  }
 
   int64_t tower_in = input_dim_;
   if (config_.type == "shared_bottom") {
@@ -170,6 +189,7 @@ void MultiTaskModel::forward(const Block& batch) {
       if (dtype_ == DType::F32) copy_dense<float>(g.x, embedding_cols_, batch.dense, B, schema_.dense_dim);
       else copy_dense<double>(g.x, embedding_cols_, batch.dense, B, schema_.dense_dim);
     }
+    if (interaction_col_ >= 0) pairwise_dot_forward(g.x, interaction_col_, g.x, 0, fields_, config_.embedding_dim);
   }
 }
 
@@ -264,6 +284,14 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     for (size_t t = 0; t < T; ++t) dinput[static_cast<size_t>(group_of_task_[t])] = &towers_[t]->backward(*dlogits[t], true);
   }
   for (size_t g = 0; g < groups_.size(); ++g) {
+    if (interaction_col_ >= 0) {
+      // The embeddings also reach the loss through their dot products.
+      InputGroup& grp = groups_[g];
+      grp.dx = ensure_buffer(grp.dx_buf, B, input_dim_, dtype_, Device::CPU);
+      grp.dx.copy_from(*dinput[g]);
+      pairwise_dot_backward(grp.dx, 0, *dinput[g], interaction_col_, grp.x, fields_, config_.embedding_dim);
+      dinput[g] = &grp.dx;
+    }
     for (const auto& tr : groups_[g].tables) {
       std::vector<SlotInput> inputs;
       for (const auto& s : tr.slots) {

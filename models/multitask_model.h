@@ -8,7 +8,7 @@
 // evaluates only on rows where that label is 1.
 //
 // Inputs: the pooled embeddings of every configured slot, concatenated, then the dense
-// features. Parameters: `bottom.<i>.{weight,bias}`, `tower.<task>.<i>.{weight,bias}`;
+// features, then (interaction: dot) the F×F dot products of the slot embeddings. Parameters: `bottom.<i>.{weight,bias}`, `tower.<task>.<i>.{weight,bias}`;
 // tables `<table>` (or `<task>.<table>` in single_task).
 #pragma once
 
@@ -47,6 +47,8 @@ struct ModelConfig {
   double embedding_init = 0.05;
   std::vector<TableSpec> tables;
   bool use_dense = true;
+  // "dot": append the DLRM-style F×F dot products of the field embeddings to the input.
+  std::string interaction = "none";
   std::vector<int64_t> bottom;  // shared_bottom only
 };
 
@@ -94,6 +96,7 @@ class MultiTaskModel {
   struct InputGroup {  // one set of embedding tables feeding the input vector
     std::vector<TableRef> tables;
     Tensor x_buf, x;
+    Tensor dx_buf, dx;  // input gradient including the interaction's share (when it is on)
   };
 
   void forward(const Block& batch);
@@ -102,7 +105,7 @@ class MultiTaskModel {
   ModelConfig config_;
   DataSchema schema_;
   DType dtype_;
-  int64_t input_dim_ = 0, embedding_cols_ = 0;
+  int64_t input_dim_ = 0, embedding_cols_ = 0, fields_ = 0, interaction_col_ = -1;
   std::vector<int> label_index_;  // per task: index in schema.tasks
   std::vector<int> given_task_;   // per task: index of the given task or -1
   std::vector<std::string> loss_names_;

@@ -127,8 +127,13 @@ void save_checkpoint(const std::string& dir, const TrainingState& state, const C
     std::error_code ec;
     const std::string old = dir + ".old";
     fs::remove_all(old, ec);
-    if (fs::exists(dir)) fs::rename(dir, old);
-    fs::rename(tmp, dir);
+    auto rename = [](const std::string& from, const std::string& to) {
+      std::error_code rc;
+      fs::rename(from, to, rc);
+      if (rc) throw UserError("checkpoint: cannot rename " + from + " to " + to + ": " + rc.message());
+    };
+    if (fs::exists(dir)) rename(dir, old);
+    rename(tmp, dir);
     fsync_path(fs::path(dir).parent_path().empty() ? "." : fs::path(dir).parent_path().string(), true);
     fs::remove_all(old, ec);
   }

@@ -1,0 +1,195 @@
+// Specification tests for the `ncsrec` command's error handling (apps/main.cpp): a user's
+// mistake ends the process with exit code 2 (configuration and usage) or 1 (data, paths)
+// and one line "error: ..." that names what to fix, never a stack trace or an "internal
+// error"; every subcommand's --help succeeds.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct ScratchDir {
+  fs::path path;
+  explicit ScratchDir(const std::string& name)
+      : path(fs::path(::testing::TempDir()) / ("ncsrec_command_" + name + "_" + std::to_string(::getpid()))) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+};
+
+std::string quoted(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+struct Result {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+  std::vector<std::string> nonempty_lines() const {
+    std::vector<std::string> lines;
+    std::istringstream in(output);
+    for (std::string line; std::getline(in, line);)
+      if (line.find_first_not_of(" \t\r") != std::string::npos) lines.push_back(line);
+    return lines;
+  }
+};
+
+// Runs `ncsrec <args>` in `cwd` with stderr merged into stdout.
+Result run_ncsrec(const std::string& args, const fs::path& cwd) {
+  const std::string command = "cd " + quoted(cwd.string()) + " && " + quoted(NCSREC_BINARY) + " " + args + " 2>&1";
+  Result r;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) {
+    ADD_FAILURE() << "popen failed for " << command;
+    return r;
+  }
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) r.output.append(buf, n);
+  const int status = ::pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  return r;
+}
+
+// A user error's report: exactly one non-empty line, "error: ...", and no sign of a crash.
+void expect_one_error_line(const Result& r, const std::string& context) {
+  const std::vector<std::string> lines = r.nonempty_lines();
+  ASSERT_EQ(lines.size(), 1u) << context << ": expected one message line, got:\n" << r.output;
+  EXPECT_EQ(lines[0].rfind("error: ", 0), 0u) << context << ": " << lines[0];
+  EXPECT_EQ(r.output.find("internal error"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("terminate called"), std::string::npos) << r.output;
+}
+
+std::string small_config(const std::string& train_path, const std::string& extra_model_line = "") {
+  return "run: {seed: 1, threads: 1}\n"
+         "data:\n"
+         "  train: [\"" + train_path + "\"]\n"
+         "model:\n"
+         "  type: esmm\n"
+         "  embedding_dim: 4\n"
+         "  tables: {user_id: {rows: 10}}\n"
+         "  tower: [4]\n"
+         "  tasks:\n"
+         "    ctr: {label: click}\n"
+         "    cvr: {label: conversion, given: ctr}\n" +
+         extra_model_line +
+         "train: {batch_size: 8}\n";
+}
+
+TEST(NcsrecCommand, AnUnknownConfigKeyExitsTwoWithOneErrorLineNamingTheFileAndKeyPath) {
+  ScratchDir dir("unknown_key");
+  const fs::path config = dir.path / "typo.yaml";
+  std::ofstream(config) << small_config("data/day=1", "  embeding_init: 0.1\n");
+  const Result r = run_ncsrec("train --config " + quoted(config.string()) + " --run-dir run", dir.path);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  expect_one_error_line(r, "unknown key");
+  EXPECT_NE(r.output.find(config.string()), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("model.embeding_init"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir.path / "run")) << "a rejected config must not create a run folder";
+}
+
+TEST(NcsrecCommand, AnUnknownSetKeyExitsTwoNamingTheKeyPath) {
+  ScratchDir dir("unknown_set");
+  const fs::path config = dir.path / "ok.yaml";
+  std::ofstream(config) << small_config("data/day=1");
+  const Result r =
+      run_ncsrec("train --config " + quoted(config.string()) + " --set train.batch_sise=4 --run-dir run", dir.path);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  expect_one_error_line(r, "--set unknown key");
+  EXPECT_NE(r.output.find("train.batch_sise"), std::string::npos) << r.output;
+}
+
+TEST(NcsrecCommand, AnUnknownCommandLineOptionExitsTwo) {
+  ScratchDir dir("unknown_option");
+  const fs::path config = dir.path / "ok.yaml";
+  std::ofstream(config) << small_config("data/day=1");
+  for (const std::string& args :
+       {"train --config " + quoted(config.string()) + " --epochs 3", std::string("eval --checkpoint x --bogus"),
+        std::string("gen --out x --colour red")}) {
+    const Result r = run_ncsrec(args, dir.path);
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
+    expect_one_error_line(r, args);
+    EXPECT_NE(r.output.find("unknown option"), std::string::npos) << r.output;
+  }
+}
+
+TEST(NcsrecCommand, AMissingConfigOptionExitsTwo) {
+  ScratchDir dir("missing_config");
+  const Result r = run_ncsrec("train", dir.path);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  expect_one_error_line(r, "train without --config");
+  EXPECT_NE(r.output.find("--config"), std::string::npos) << r.output;
+}
+
+TEST(NcsrecCommand, AConfigFileThatDoesNotExistExitsTwoNamingIt) {
+  ScratchDir dir("no_file");
+  const std::string missing = (dir.path / "nowhere.yaml").string();
+  const Result r = run_ncsrec("train --config " + quoted(missing), dir.path);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  expect_one_error_line(r, "missing config file");
+  EXPECT_NE(r.output.find(missing), std::string::npos) << r.output;
+}
+
+TEST(NcsrecCommand, AnUnknownCommandOrNoCommandExitsTwo) {
+  ScratchDir dir("unknown_command");
+  EXPECT_EQ(run_ncsrec("trian", dir.path).exit_code, 2);
+  EXPECT_EQ(run_ncsrec("", dir.path).exit_code, 2);
+}
+
+TEST(NcsrecCommand, EverySubcommandsHelpExitsZeroAndPrintsUsage) {
+  ScratchDir dir("help");
+  for (const std::string& args : {"--help", "help", "train --help", "eval --help", "predict --help", "gen --help",
+                                  "inspect --help", "train -h"}) {
+    const Result r = run_ncsrec(args, dir.path);
+    EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find("usage:"), std::string::npos) << args << "\n" << r.output;
+  }
+}
+
+TEST(NcsrecCommand, DataPathsThatMatchNothingExitOneNamingThePath) {
+  ScratchDir dir("no_data");
+  const std::string pattern = (dir.path / "data" / "day=2026-01-0[1-7]").string();
+  const fs::path config = dir.path / "ok.yaml";
+  std::ofstream(config) << small_config(pattern);
+  const Result r = run_ncsrec("train --config " + quoted(config.string()) + " --run-dir run", dir.path);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find(pattern), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("internal error"), std::string::npos) << r.output;
+  // Only the run-folder notice may precede the error.
+  int error_lines = 0;
+  for (const auto& line : r.nonempty_lines()) error_lines += line.rfind("error: ", 0) == 0;
+  EXPECT_EQ(error_lines, 1) << r.output;
+
+  // eval --data with nothing there: the same, for the command-line data path.
+  const Result e = run_ncsrec("eval --checkpoint ckpt --data " + quoted(pattern), dir.path);
+  EXPECT_EQ(e.exit_code, 1) << e.output;
+  expect_one_error_line(e, "eval --data");
+  EXPECT_NE(e.output.find(pattern), std::string::npos) << e.output;
+}
+
+TEST(NcsrecCommand, InspectingSomethingThatIsNotThereExitsOneNamingIt) {
+  ScratchDir dir("inspect");
+  const std::string missing = (dir.path / "no_such_shard.h5").string();
+  const Result r = run_ncsrec("inspect " + quoted(missing), dir.path);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  expect_one_error_line(r, "inspect");
+  EXPECT_NE(r.output.find(missing), std::string::npos) << r.output;
+}
+
+}  // namespace
