@@ -14,10 +14,12 @@ namespace ncsrec::h5 {
 // Turns off HDF5's own error-stack printing (we report errors ourselves). Idempotent.
 void silence_errors();
 
+// Owns one HDF5 identifier and closes it with the matching H5?close.
 class Handle {
  public:
+  using Closer = herr_t (*)(hid_t);
   Handle() = default;
-  Handle(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  Handle(hid_t id, Closer close) : id_(id), close_(close) {}
   ~Handle() { reset(); }
   Handle(Handle&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = -1; }
   Handle& operator=(Handle&& o) noexcept {
@@ -33,6 +35,12 @@ class Handle {
   Handle& operator=(const Handle&) = delete;
   hid_t get() const { return id_; }
   explicit operator bool() const { return id_ >= 0; }
+  // Closes now and reports whether the close succeeded (a file close flushes).
+  bool close() {
+    const bool ok = id_ < 0 || !close_ || close_(id_) >= 0;
+    id_ = -1;
+    return ok;
+  }
   hid_t release() {
     const hid_t id = id_;
     id_ = -1;
@@ -45,7 +53,7 @@ class Handle {
 
  private:
   hid_t id_ = -1;
-  herr_t (*close_)(hid_t) = nullptr;
+  Closer close_ = nullptr;
 };
 
 class File {

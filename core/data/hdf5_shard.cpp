@@ -4,6 +4,8 @@
 // HDF5's own error-stack printing is switched off so a bad file gives one clear message.
 #include "core/data/hdf5_shard.h"
 
+#include "core/hdf5_util.h"
+
 #include <hdf5.h>
 
 #include <algorithm>
@@ -44,41 +46,7 @@ void silence_hdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
   throw UserError("data file " + path + ": " + what + hdf5_reason());
 }
 
-// Owns one HDF5 identifier and closes it with the matching H5?close.
-class Handle {
- public:
-  using Closer = herr_t (*)(hid_t);
-  Handle() = default;
-  Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
-  Handle(const Handle&) = delete;
-  Handle& operator=(const Handle&) = delete;
-  Handle(Handle&& o) noexcept : id_(o.id_), closer_(o.closer_) { o.id_ = -1; }
-  Handle& operator=(Handle&& o) noexcept {
-    if (this != &o) {
-      reset();
-      id_ = o.id_;
-      closer_ = o.closer_;
-      o.id_ = -1;
-    }
-    return *this;
-  }
-  ~Handle() { reset(); }
-  hid_t get() const { return id_; }
-  // Closes now and reports whether the close succeeded (a file close flushes).
-  bool close() {
-    const bool ok = id_ < 0 || closer_(id_) >= 0;
-    id_ = -1;
-    return ok;
-  }
-
- private:
-  void reset() {
-    if (id_ >= 0) closer_(id_);
-    id_ = -1;
-  }
-  hid_t id_ = -1;
-  Closer closer_ = nullptr;
-};
+using h5::Handle;
 
 Handle checked(hid_t id, Handle::Closer closer, const std::string& path, const std::string& what) {
   if (id < 0) fail(path, what);

@@ -26,25 +26,14 @@
 #include "models/multitask_model.h"
 #include "train/checkpoint.h"
 
+#include "scratch_dir.h"
+
 namespace ncsrec {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct ScratchDir {
-  fs::path path;
-  explicit ScratchDir(const std::string& name)
-      : path(fs::path(::testing::TempDir()) / ("ncsrec_checkpoint_" + name + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-};
+using testing::ScratchDir;
 
 DataSchema test_schema() {
   DataSchema s;

@@ -20,25 +20,14 @@
 #include "models/multitask_model.h"
 #include "train/train_config.h"
 
+#include "scratch_dir.h"
+
 namespace ncsrec {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct ScratchDir {
-  fs::path path;
-  explicit ScratchDir(const std::string& name)
-      : path(fs::path(::testing::TempDir()) / ("ncsrec_config_" + name + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-};
+using testing::ScratchDir;
 
 // A valid config touching every section.
 const char* kValidConfig = R"(run:

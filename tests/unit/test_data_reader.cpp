@@ -19,27 +19,14 @@
 #include "core/error.h"
 #include "core/random.h"
 
+#include "scratch_dir.h"
+
 namespace ncsrec {
 namespace {
 
 namespace fs = std::filesystem;
 
-// A scratch folder unique to this process (ctest may run several test processes, from several
-// build folders, at once), removed when the test ends.
-struct ScratchDir {
-  fs::path path;
-  explicit ScratchDir(const std::string& name)
-      : path(fs::path(::testing::TempDir()) / ("ncsrec_data_reader_" + name + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-};
+using testing::ScratchDir;
 
 DataSchema reader_schema(int64_t dense_dim = 3) {
   DataSchema s;

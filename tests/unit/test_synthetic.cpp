@@ -27,23 +27,14 @@
 #include "core/metrics/metrics.h"
 #include "core/random.h"
 
+#include "scratch_dir.h"
+
 namespace ncsrec {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct ScratchDir {
-  fs::path path;
-  explicit ScratchDir(const std::string& name)
-      : path(fs::path(::testing::TempDir()) / ("ncsrec_synthetic_" + name + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using testing::ScratchDir;
 
 // The rows of some day folders, flattened for the checks below.
 struct Rows {
