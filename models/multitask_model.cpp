@@ -20,7 +20,7 @@ const char* const kEsmmCtrWeightMessage =
 
 ModelConfig parse_model_config(ConfigNode node) {
   ModelConfig m;
-  m.type = node.get_choice("type", {"single_task", "shared_bottom", "esmm"}, "esmm");
+  m.type = node.get_choice("type", {"single_task", "shared_embedding", "shared_bottom", "esmm"}, "esmm");
   m.embedding_dim = node.get_int("embedding_dim", 8, 1, 1024);
   m.embedding_init = node.get_double("embedding_init", 0.05, 0.0, 10.0);
   m.use_dense = node.get_bool("use_dense", true);

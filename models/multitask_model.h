@@ -1,6 +1,7 @@
 // The baseline multi-task models of the foundation issue, assembled from core layers and
 // embedding tables:
 //   single_task    every task has its own embedding tables and tower (no sharing at all)
+//   shared_embedding  shared embeddings, one tower per task, independent losses
 //   shared_bottom  shared embeddings and a shared MLP ("hard sharing"), one tower per task
 //   esmm           shared embeddings, a CTR tower and a CVR tower, trained through
 //                  pCTR and pCTCVR = pCTR·pCVR over all impressions (Ma et al., SIGIR 2018)
@@ -41,7 +42,7 @@ struct TableSpec {
 };
 
 struct ModelConfig {
-  std::string type = "esmm";  // single_task | shared_bottom | esmm
+  std::string type = "esmm";  // single_task | shared_embedding | shared_bottom | esmm
   std::vector<TaskSpec> tasks;
   int64_t embedding_dim = 8;
   double embedding_init = 0.05;

@@ -126,6 +126,21 @@ TEST(MultiTaskModel, EsmmGradientsAreTheDerivativesOfTheTotalLoss) {
   check_model_gradients(model_config("esmm", 1.0, 1.0), 304);
 }
 
+TEST(MultiTaskModel, SharedEmbeddingGradientsAreTheDerivativesOfTheTotalLoss) {
+  ModelConfig m = model_config("shared_embedding");
+  m.tasks[1].given = "";  // independent tasks over all rows, as in the Census configs
+  check_model_gradients(m, 606);
+}
+
+TEST(MultiTaskModel, GradientsIncludeThePairwiseInteractionForEveryType) {
+  // The embeddings reach the loss directly and through their dot products.
+  for (const std::string type : {"single_task", "shared_embedding", "shared_bottom", "esmm"}) {
+    ModelConfig m = model_config(type);
+    m.interaction = "dot";
+    check_model_gradients(m, 707);
+  }
+}
+
 TEST(MultiTaskModel, GradientsMatchTheTotalLossForAnyLossWeights) {
   Rng rng(9);
   for (const std::string type : {"single_task", "shared_bottom", "esmm"})
