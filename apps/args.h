@@ -80,6 +80,11 @@ class Args {
     throw ConfigError("ncsrec " + command_ + ": --" + name + " expects a number, got '" + get(name) + "'");
   }
   const std::vector<std::string>& positionals() const { return positionals_; }
+  void no_positionals() const {
+    if (!positionals_.empty())
+      throw ConfigError("ncsrec " + command_ + ": unexpected argument '" + positionals_[0] + "' (see ncsrec " + command_ +
+                        " --help)");
+  }
 
  private:
   std::string command_;

@@ -119,6 +119,7 @@ std::string default_run_dir(const std::string& config_path) {
 int cmd_train(int argc, char** argv) {
   if (wants_help(argc, argv)) return print_help(kTrainHelp), 0;
   Args args("train", argc, argv, 2, {"config", "set", "run-dir"}, {});
+  args.no_positionals();
   const std::string config_path = args.required("config");
   std::string resolved;
   const TrainConfig config = load_train_config(config_path, args.all("set"), &resolved);
@@ -165,6 +166,7 @@ LoadedRun load_run(const Args& args, const std::vector<std::string>& data_files)
 int cmd_eval(int argc, char** argv) {
   if (wants_help(argc, argv)) return print_help(kEvalHelp), 0;
   Args args("eval", argc, argv, 2, {"run-dir", "checkpoint", "data", "out"}, {});
+  args.no_positionals();
   std::vector<std::string> entries = args.all("data");
   if (entries.empty()) {
     const std::string ckpt = args.has("checkpoint") ? args.get("checkpoint") : args.get("run-dir") + "/checkpoints/final";
@@ -196,6 +198,7 @@ int cmd_eval(int argc, char** argv) {
 int cmd_predict(int argc, char** argv) {
   if (wants_help(argc, argv)) return print_help(kPredictHelp), 0;
   Args args("predict", argc, argv, 2, {"run-dir", "checkpoint", "data", "out"}, {});
+  args.no_positionals();
   const std::vector<std::string> entries = args.all("data");
   if (entries.empty()) throw ConfigError("ncsrec predict: --data is required (see --help)");
   const std::string out = args.required("out");
@@ -275,7 +278,10 @@ int cmd_inspect(int argc, char** argv) {
   Args args("inspect", argc, argv, 2, {}, {});
   if (args.positionals().size() != 1) throw ConfigError("ncsrec inspect: give exactly one PATH (see --help)");
   const std::string path = args.positionals()[0];
-  if (fs::is_directory(path) && fs::exists(path + "/manifest")) {
+  if (fs::is_directory(path) && !fs::exists(path + "/manifest") && fs::exists(path + "/rank-0.h5"))
+    throw UserError(path + ": an incomplete checkpoint (no manifest: its save did not finish); use an earlier one");
+  const bool crashed_save = !fs::exists(path) && (fs::exists(path + ".tmp") || fs::exists(path + ".old"));
+  if ((fs::is_directory(path) && fs::exists(path + "/manifest")) || crashed_save) {
     const CheckpointMeta m = read_checkpoint_meta(path);
     std::printf("checkpoint %s (verified): format %lld, step %lld, epoch %lld, world size %lld, data position %lld\n",
                 path.c_str(), static_cast<long long>(m.format_version), static_cast<long long>(m.step),

@@ -177,8 +177,10 @@ std::vector<ConfigNode> ConfigNode::items() {
 std::vector<std::pair<std::string, ConfigNode>> ConfigNode::entries() {
   std::vector<std::pair<std::string, ConfigNode>> out;
   if (!node_.IsMap()) fail_here("expected a map, got " + scalar_text(node_));
+  std::set<std::string> keys;
   for (auto it = node_.begin(); it != node_.end(); ++it) {
     const std::string key = it->first.as<std::string>();
+    if (!keys.insert(key).second) fail(key, "the key appears twice (YAML keeps only one: remove or rename one)");
     seen_->insert(key);
     ConfigNode c(it->second, *file_, key_path(key));
     c.file_ = file_;
@@ -189,8 +191,10 @@ std::vector<std::pair<std::string, ConfigNode>> ConfigNode::entries() {
 
 void ConfigNode::finish() const {
   if (!node_.IsMap()) return;
+  std::set<std::string> keys;
   for (auto it = node_.begin(); it != node_.end(); ++it) {
     const std::string key = it->first.as<std::string>();
+    if (!keys.insert(key).second) fail(key, "the key appears twice (YAML keeps only one: remove or rename one)");
     if (!seen_->count(key)) {
       std::string known;
       for (const auto& k : *seen_) known += (known.empty() ? "" : ", ") + k;

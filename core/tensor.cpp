@@ -45,8 +45,8 @@ int64_t shape_numel(const Shape& shape) {
 
 Storage::Storage(size_t bytes_, Device device_) : bytes(bytes_), device(device_) {
   ptr = bytes ? ops_for(device).alloc(bytes) : nullptr;
-  NCSREC_CHECK(ptr != nullptr || bytes == 0, "out of memory allocating " << bytes << " bytes on "
-                                                                       << device_name(device));
+  if (ptr == nullptr && bytes != 0)
+    throw UserError(NCSREC_STR_("out of memory: cannot allocate " << bytes << " bytes on " << device_name(device)));
 }
 
 Storage::~Storage() {

@@ -20,6 +20,7 @@ const char* const kEsmmCtrWeightMessage =
 
 ModelConfig parse_model_config(ConfigNode node) {
   ModelConfig m;
+  m.source = node.file();
   m.type = node.get_choice("type", {"single_task", "shared_embedding", "shared_bottom", "esmm"}, "esmm");
   m.embedding_dim = node.get_int("embedding_dim", 8, 1, 1024);
   m.embedding_init = node.get_double("embedding_init", 0.05, 0.0, 10.0);
@@ -73,6 +74,10 @@ ModelConfig parse_model_config(ConfigNode node) {
   return m;
 }
 
+namespace {
+std::string in_file(const ModelConfig& m) { return m.source.empty() ? std::string() : m.source + ": "; }
+}  // namespace
+
 MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& schema, DType dtype, uint64_t seed)
     : config_(config), schema_(schema), dtype_(dtype) {
   // Tasks: labels must exist in the data.
@@ -81,7 +86,7 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
     if (li < 0) {
       std::string have;
       for (const auto& n : schema_.tasks) have += (have.empty() ? "" : ", ") + n;
-      throw ConfigError("model.tasks." + t.name + ".label: the data has no label '" + t.label + "' (it has: " + have +
+      throw ConfigError(in_file(config_) + "model.tasks." + t.name + ".label: the data has no label '" + t.label + "' (it has: " + have +
                         ")");
     }
     label_index_.push_back(li);
@@ -93,7 +98,7 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
   if (config_.type == "esmm") {
     // Also checked here for configs built in code: the loss below divides by this weight.
     if (!(config_.tasks[0].loss_weight > 0))
-      throw ConfigError("model.tasks." + config_.tasks[0].name + ".loss_weight: " + kEsmmCtrWeightMessage);
+      throw ConfigError(in_file(config_) + "model.tasks." + config_.tasks[0].name + ".loss_weight: " + kEsmmCtrWeightMessage);
     loss_names_ = {config_.tasks[0].name, "ctcvr"};
   } else
     for (const auto& t : config_.tasks) loss_names_.push_back(t.name);
@@ -108,13 +113,18 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
       TableRef ref;
       ref.table = static_cast<int>(tables_.size());
       const std::string name = n_groups > 1 ? config_.tasks[g].name + "." + spec.name : spec.name;
-      tables_.emplace_back(name, spec.rows, dim, dtype_, seed, config_.embedding_init);
+      try {
+        tables_.emplace_back(name, spec.rows, dim, dtype_, seed, config_.embedding_init);
+      } catch (const UserError& e) {
+        throw ConfigError(in_file(config_) + "model.tables." + spec.name + ".rows: a table of " +
+                          std::to_string(spec.rows) + " rows x " + std::to_string(dim) + " does not fit: " + e.what());
+      }
       for (const auto& slot : spec.slots) {
         const int si = schema_.slot_index(slot);
         if (si < 0) {
           std::string have;
           for (const auto& n : schema_.slots) have += (have.empty() ? "" : ", ") + n;
-          throw ConfigError("model.tables." + spec.name + ".slots: the data has no sparse slot '" + slot +
+          throw ConfigError(in_file(config_) + "model.tables." + spec.name + ".slots: the data has no sparse slot '" + slot +
                             "' (it has: " + have + ")");
         }
         ref.slots.push_back({si, col, spec.pooling});
@@ -148,6 +158,22 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
   prob_bufs_.resize(config_.tasks.size());
 }
 
+void MultiTaskModel::check_compatible(const DataSchema& schema, const std::string& what) const {
+  auto join = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+    return "[" + s + "]";
+  };
+  if (schema.tasks != schema_.tasks)
+    throw UserError(what + " has labels " + join(schema.tasks) + " but the model was built for " + join(schema_.tasks));
+  if (schema.slots != schema_.slots)
+    throw UserError(what + " has sparse slots " + join(schema.slots) + " but the model was built for " +
+                    join(schema_.slots));
+  if (schema.dense_dim != schema_.dense_dim)
+    throw UserError(what + " has " + std::to_string(schema.dense_dim) + " dense features but the model was built for " +
+                    std::to_string(schema_.dense_dim));
+}
+
 std::vector<double> MultiTaskModel::local_normalizers(const Block& batch) const {
   std::vector<double> n(config_.tasks.size(), static_cast<double>(batch.rows));
   if (config_.type == "esmm") return n;  // both ESMM losses are over all impressions
@@ -174,7 +200,9 @@ void copy_dense(Tensor& x, int64_t col, const std::vector<float>& dense, int64_t
 }  // namespace
 
 void MultiTaskModel::forward(const Block& batch) {
-  NCSREC_CHECK(batch.schema == schema_, "batch schema differs from the model's data schema");
+  if (!(batch.schema.tasks == schema_.tasks && batch.schema.slots == schema_.slots &&
+        batch.schema.dense_dim == schema_.dense_dim))
+    check_compatible(batch.schema, "a batch");
   const int64_t B = batch.rows;
   for (auto& g : groups_) {
     g.x = ensure_buffer(g.x_buf, B, input_dim_, dtype_, Device::CPU);

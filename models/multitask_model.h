@@ -42,6 +42,7 @@ struct TableSpec {
 };
 
 struct ModelConfig {
+  std::string source;  // the config file it came from, for error messages ("" when built in code)
   std::string type = "esmm";  // single_task | shared_embedding | shared_bottom | esmm
   std::vector<TaskSpec> tasks;
   int64_t embedding_dim = 8;
@@ -67,6 +68,9 @@ class MultiTaskModel {
   MultiTaskModel(const ModelConfig& config, const DataSchema& schema, DType dtype, uint64_t seed);
 
   const ModelConfig& config() const { return config_; }
+  // Whether batches of `schema` can feed this model: the same labels, slots and dense width in
+  // the same order (weight, meta and truth columns may differ). Throws UserError naming `what`.
+  void check_compatible(const DataSchema& schema, const std::string& what) const;
   const std::vector<std::string>& loss_names() const { return loss_names_; }
 
   // The per-task loss normalisers of a batch (rows, or rows whose "given" label is 1), to be

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -58,14 +59,41 @@ void read_tensor(const h5::File& f, const std::string& name, Tensor& t, const st
 
 std::string rank_file(int rank) { return "rank-" + std::to_string(rank) + ".h5"; }
 
+void rename_checked(const std::string& from, const std::string& to) {
+  std::error_code rc;
+  fs::rename(from, to, rc);
+  if (rc) throw UserError("checkpoint: cannot rename " + from + " to " + to + ": " + rc.message());
+}
+
+bool verifies(const std::string& dir) {
+  try {
+    verify_checkpoint(dir);
+    return true;
+  } catch (const UserError&) {
+    return false;
+  }
+}
+
 }  // namespace
+
+void recover_checkpoint(const std::string& dir) {
+  if (fs::exists(dir)) return;
+  // A crash between the two renames of a save leaves `dir` missing, the previous checkpoint
+  // as `dir.old` and the new one, complete (its manifest is written last), as `dir.tmp`.
+  for (const std::string& candidate : {dir + ".tmp", dir + ".old"})
+    if (fs::exists(candidate + "/manifest") && verifies(candidate)) {
+      rename_checked(candidate, dir);
+      return;
+    }
+}
 
 void save_checkpoint(const std::string& dir, const TrainingState& state, const CheckpointMeta& meta,
                      Communicator& comm) {
   const std::string tmp = dir + ".tmp";
   if (comm.rank() == 0) {
+    recover_checkpoint(dir);  // never delete the only whole copy a crash left behind
     std::error_code ec;
-    fs::remove_all(tmp, ec);  // a stale half-written folder from a crash
+    fs::remove_all(tmp, ec);  // now at most a stale half-written folder
     fs::create_directories(tmp, ec);
     if (ec) throw UserError("checkpoint: cannot create " + tmp + ": " + ec.message());
   }
@@ -127,13 +155,8 @@ void save_checkpoint(const std::string& dir, const TrainingState& state, const C
     std::error_code ec;
     const std::string old = dir + ".old";
     fs::remove_all(old, ec);
-    auto rename = [](const std::string& from, const std::string& to) {
-      std::error_code rc;
-      fs::rename(from, to, rc);
-      if (rc) throw UserError("checkpoint: cannot rename " + from + " to " + to + ": " + rc.message());
-    };
-    if (fs::exists(dir)) rename(dir, old);
-    rename(tmp, dir);
+    if (fs::exists(dir)) rename_checked(dir, old);
+    rename_checked(tmp, dir);
     fsync_path(fs::path(dir).parent_path().empty() ? "." : fs::path(dir).parent_path().string(), true);
     fs::remove_all(old, ec);
   }
@@ -165,13 +188,19 @@ void verify_checkpoint(const std::string& dir) {
     if (got_size != size)
       throw UserError(what + ": " + name + " is " + std::to_string(got_size) + " bytes, the manifest says " +
                       std::to_string(size) + " (truncated?); use an earlier checkpoint");
-    if (crc != static_cast<uint32_t>(std::stoul(crc_hex, nullptr, 16)))
+    char* end = nullptr;
+    const unsigned long long want = std::strtoull(crc_hex.c_str(), &end, 16);
+    if (crc_hex.empty() || crc_hex.size() > 8 || *end != '\0')
+      throw UserError(what + ": the manifest's checksum for " + name + " is malformed ('" + crc_hex +
+                      "'); use an earlier checkpoint");
+    if (crc != static_cast<uint32_t>(want))
       throw UserError(what + ": " + name + " fails its CRC32C check (corrupt); use an earlier checkpoint");
   }
   if (files == 0) throw UserError(what + ": the manifest lists no files");
 }
 
 CheckpointMeta read_checkpoint_meta(const std::string& dir) {
+  recover_checkpoint(dir);
   verify_checkpoint(dir);
   h5::File f = h5::File::open_read(dir + "/" + rank_file(0));
   CheckpointMeta m;

@@ -37,6 +37,10 @@ struct TrainingState {  // what a checkpoint saves and restores, borrowed from t
 // after the new one is complete.
 void save_checkpoint(const std::string& dir, const TrainingState& state, const CheckpointMeta& meta,
                      Communicator& comm);
+// After a crash between the two renames of a save, puts the newest whole copy (`dir.tmp`
+// with a verified manifest, else `dir.old`) back under `dir`. Nothing to do when `dir` exists.
+// Called by save and by the readers, so a crash at any moment loses no whole checkpoint.
+void recover_checkpoint(const std::string& dir);
 // Checks the manifest (every file present, sizes and CRC32C match). Throws UserError naming
 // the checkpoint, the file and what to do.
 void verify_checkpoint(const std::string& dir);

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <limits>
+#include <set>
 #include <sstream>
 
 #include "core/data/hdf5_shard.h"
@@ -18,6 +19,7 @@ namespace fs = std::filesystem;
 
 std::vector<std::string> expand_data_paths(const std::vector<std::string>& entries, const std::string& what) {
   std::vector<std::string> files;
+  std::set<std::string> seen;  // overlapping entries (a day and a pattern matching it) count once
   for (const auto& entry : entries) {
     std::vector<std::string> matches;
     glob_t g{};
@@ -27,11 +29,9 @@ std::vector<std::string> expand_data_paths(const std::vector<std::string>& entri
     if (matches.empty())
       throw UserError(what + ": '" + entry + "' matches no file or folder (run `ncsrec gen` first for generated data?)");
     for (const auto& m : matches) {
-      if (fs::is_directory(m)) {
-        for (auto& f : list_day_shards(m)) files.push_back(f);
-      } else {
-        files.push_back(m);
-      }
+      const std::vector<std::string> found = fs::is_directory(m) ? list_day_shards(m) : std::vector<std::string>{m};
+      for (const auto& f : found)
+        if (seen.insert(fs::weakly_canonical(f).string()).second) files.push_back(f);
     }
   }
   return files;
@@ -123,6 +123,7 @@ EvalReport evaluate(MultiTaskModel& model, const std::vector<std::string>& files
         if (!vs.truth_cols.empty()) ts.push_back(truth);
         if (group_col >= 0) groups.push_back(batch.meta[static_cast<size_t>(group_col)][ri]);
       }
+      if (s.empty()) continue;  // a view can have no rows in a batch (and a rank an empty batch)
       metrics[v].add(s.data(), y.data(), group_col >= 0 ? groups.data() : nullptr, static_cast<int64_t>(s.size()));
       truth_scores[v].insert(truth_scores[v].end(), ts.begin(), ts.end());
       truth_labels[v].insert(truth_labels[v].end(), y.begin(), y.end());

@@ -27,7 +27,8 @@ struct EvalReport {
   std::vector<ViewResult> views;
 };
 
-// Data entries (day folders, .h5 files, or glob patterns) expanded to a sorted shard list.
+// Data entries (day folders, .h5 files, or glob patterns) expanded to shard files: in entry
+// order, each pattern's matches sorted, each folder's shards sorted, every file once.
 std::vector<std::string> expand_data_paths(const std::vector<std::string>& entries, const std::string& what);
 
 EvalReport evaluate(MultiTaskModel& model, const std::vector<std::string>& files, const TrainConfig& config,

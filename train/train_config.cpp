@@ -12,7 +12,10 @@ OptimizerConfig parse_optimizer(ConfigNode node, const std::string& default_type
   o.lr = node.get_double("lr", default_lr, 0.0, 1e3);
   o.beta1 = node.get_double("beta1", 0.9, 0.0, 0.999999);
   o.beta2 = node.get_double("beta2", 0.999, 0.0, 0.99999999);
-  o.eps = node.get_double("eps", 1e-8, 0.0, 1.0);
+  // eps guards a division: it must be positive. Adagrad's customary default is smaller.
+  const bool adagrad = o.type == "adagrad";
+  o.eps = node.get_double("eps", adagrad ? 1e-10 : 1e-8, 1e-30, 1.0);
+  if (adagrad) o.adagrad_eps = o.eps;
   o.initial_accumulator = node.get_double("initial_accumulator", 0.0, 0.0, 1e6);
   node.finish();
   return o;
@@ -37,9 +40,6 @@ TrainConfig parse_root(ConfigNode root) {
   c.model = parse_model_config(root.child("model"));
   c.dense_optimizer = parse_optimizer(root.child("optimizer"), "adam", 1e-3);
   c.sparse_optimizer = parse_optimizer(root.child("sparse_optimizer"), "adagrad", 0.05);
-  if (c.sparse_optimizer.type == "sgd") {
-    // Keep the message specific: sparse SGD is easy to add but not offered yet.
-  }
 
   ConfigNode train = root.child("train");
   c.train.batch_size = train.get_int("batch_size", 1024, 1, 1 << 24);

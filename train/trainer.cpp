@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/data/hdf5_shard.h"
 #include "core/data/reader.h"
 #include "core/error.h"
 #include "core/optim.h"
@@ -94,16 +95,6 @@ class Progress {
 TrainSummary run_training(const TrainConfig& config, const std::string& resolved_yaml, const std::string& run_dir,
                           Communicator& comm) {
   configure_threads(config.threads);
-  std::error_code ec;
-  fs::create_directories(run_dir, ec);
-  if (ec) throw UserError("run folder " + run_dir + ": cannot create it: " + ec.message());
-  {
-    std::ofstream cfg(run_dir + "/config.yaml");
-    cfg << resolved_yaml << "\n";
-  }
-  std::ofstream metrics_log(run_dir + "/metrics.jsonl", std::ios::app);
-  if (!metrics_log) throw UserError("run folder " + run_dir + ": cannot write metrics.jsonl");
-
   const std::vector<std::string> train_files = expand_data_paths(config.data.train, "data.train");
   const std::vector<std::string> eval_files =
       config.data.eval.empty() ? std::vector<std::string>{} : expand_data_paths(config.data.eval, "data.eval");
@@ -118,13 +109,30 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   ro.window_rows = config.data.window_rows;
   ro.drop_last = true;
 
-  // The schema comes from the first reader; the model is built against it.
+  // The schema comes from the first reader; the model is built against it, and the eval data
+  // is checked now rather than after training.
   std::unique_ptr<Reader> reader = std::make_unique<Reader>(ro);
   MultiTaskModel model(config.model, reader->schema(), DType::F32, config.seed);
+  if (!eval_files.empty()) {
+    int64_t rows = 0;
+    model.check_compatible(read_shard_schema(eval_files.front(), &rows), "data.eval (" + eval_files.front() + ")");
+  }
   std::unique_ptr<DenseOptimizer> dense_opt =
       make_dense_optimizer(config.dense_optimizer, model.params().numel(), DType::F32, Device::CPU);
   std::vector<std::unique_ptr<SparseOptimizer>> sparse_opts;
   for (auto& table : model.tables()) sparse_opts.push_back(make_sparse_optimizer(config.sparse_optimizer, table));
+
+  // The run folder is made only once the config, the data and the model are known to work.
+  std::error_code ec;
+  fs::create_directories(run_dir, ec);
+  if (ec) throw UserError("run folder " + run_dir + ": cannot create it: " + ec.message());
+  {
+    std::ofstream cfg(run_dir + "/config.yaml");
+    cfg << resolved_yaml << "\n";
+  }
+  // A new run starts a new log (resuming into a run folder is not supported yet).
+  std::ofstream metrics_log(run_dir + "/metrics.jsonl", std::ios::trunc);
+  if (!metrics_log) throw UserError("run folder " + run_dir + ": cannot write metrics.jsonl");
 
   const int64_t global_batch = config.train.batch_size * comm.world_size();
   const int64_t steps_per_epoch = reader->total_rows() / global_batch;
@@ -149,17 +157,28 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   auto window_start = start;
   int64_t window_samples = 0;
   Block batch;
+  // (epoch, position) is where the data stands: the epoch being read and the global positions
+  // of it already consumed; a finished epoch moves on to (epoch + 1, 0).
   int64_t step = 0, epoch = 0, position = 0;
-  for (epoch = 0; epoch < config.train.epochs && step < total_steps; ++epoch) {
-    if (epoch > 0) {
+  for (; epoch < config.train.epochs && step < total_steps;) {
+    if (epoch > 0 || position > 0) {
       ro.epoch = epoch;
       reader = std::make_unique<Reader>(ro);
     }
-    while (step < total_steps && reader->next(batch)) {
+    bool epoch_done = true;
+    while (true) {
+      if (step >= total_steps) {
+        epoch_done = false;
+        break;
+      }
+      if (!reader->next(batch)) break;
       std::vector<double> norms = model.local_normalizers(batch);
       comm.all_reduce_sum(norms.data(), static_cast<int64_t>(norms.size()));
       model.params().zero_grad();
-      const StepLoss loss = model.train_step(batch, norms);
+      StepLoss loss = model.train_step(batch, norms);
+      // Each rank's loss is its share of the global mean: the sum over ranks is the loss.
+      comm.all_reduce_sum(loss.per_task.data(), static_cast<int64_t>(loss.per_task.size()));
+      comm.all_reduce_sum(&loss.total, 1);
       comm.all_reduce_sum(model.params().grads());
       dense_opt->step(model.params().values(), model.params().grads(), step + 1);
       for (size_t t = 0; t < model.tables().size(); ++t) sparse_opts[t]->step(model.tables()[t], model.sparse_grads()[t]);
@@ -190,6 +209,12 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
         window_samples = 0;
         window_start = Clock::now();
       }
+    }
+    // The last full global batch ends the epoch even when max_steps stopped the loop there
+    // (a final partial batch is dropped, so it is not data still to be read).
+    if (epoch_done || position >= steps_per_epoch * global_batch) {
+      ++epoch;
+      position = 0;
     }
   }
   progress.finish();

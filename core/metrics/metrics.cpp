@@ -64,6 +64,7 @@ double gauc(const float* scores, const float* labels, const int64_t* groups, int
 }
 
 void TaskMetrics::add(const float* probabilities, const float* labels, const int64_t* groups, int64_t n) {
+  if (n == 0) return;  // an empty vector's data() may be null: it must not look like "no groups"
   probs_.insert(probs_.end(), probabilities, probabilities + n);
   labels_.insert(labels_.end(), labels, labels + n);
   if (groups && has_groups_) groups_.insert(groups_.end(), groups, groups + n);

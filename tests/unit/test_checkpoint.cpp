@@ -308,6 +308,62 @@ TEST(Checkpoint, AStaleTmpFolderFromACrashDoesNotBreakTheNextSave) {
   EXPECT_TRUE(snapshot(loaded) == snapshot(saved));
 }
 
+// The state a crash between the swap's two renames leaves: `ckpt` gone, the previous
+// checkpoint as `ckpt.old`, the new whole one as `ckpt.tmp`.
+TEST(Checkpoint, ACrashBetweenTheTwoRenamesLosesNoWholeCheckpoint) {
+  ScratchDir scratch("crash_swap");
+  const fs::path dir = scratch.path / "ckpt", staging = scratch.path / "staging";
+  Trained older(5, 1), newer(5, 1);
+  older.randomize(11);
+  newer.randomize(12);
+  const CheckpointMeta older_meta = random_meta(11), newer_meta = random_meta(12);
+  save(dir, older, older_meta);
+  save(staging, newer, newer_meta);
+  fs::rename(dir, scratch.path / "ckpt.old");
+  fs::rename(staging, scratch.path / "ckpt.tmp");
+
+  // A reader finds the newer checkpoint under its name.
+  EXPECT_EQ(read_checkpoint_meta(dir.string()).step, newer_meta.step);
+  Trained loaded(5, 2);
+  load_checkpoint(dir.string(), loaded.state());
+  EXPECT_TRUE(snapshot(loaded) == snapshot(newer));
+
+  // With only the old copy left (the new one was never completed), it comes back, and the
+  // next save starts from it instead of deleting it.
+  fs::remove_all(dir);
+  save(scratch.path / "ckpt.old", older, older_meta);
+  fs::create_directories(scratch.path / "ckpt.tmp");
+  std::ofstream(scratch.path / "ckpt.tmp" / "rank-0.h5") << "half";
+  recover_checkpoint(dir.string());
+  EXPECT_EQ(read_checkpoint_meta(dir.string()).step, older_meta.step);
+  save(dir, newer, newer_meta);
+  EXPECT_EQ(folder_entries(scratch.path), std::set<std::string>{"ckpt"});
+  EXPECT_EQ(read_checkpoint_meta(dir.string()).step, newer_meta.step);
+}
+
+TEST(Checkpoint, AMalformedManifestChecksumIsAUserError) {
+  ScratchDir scratch("bad_crc_field");
+  const fs::path dir = scratch.path / "ckpt";
+  Trained saved(5, 1);
+  saved.randomize(3);
+  save(dir, saved, random_meta(3));
+  std::string text;
+  {
+    std::ifstream in(dir / "manifest");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+  }
+  const size_t last = text.rfind(' ');
+  std::ofstream(dir / "manifest") << text.substr(0, last) << " zz\n";
+  try {
+    verify_checkpoint(dir.string());
+    ADD_FAILURE() << "a malformed checksum was accepted";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("malformed"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Checkpoint, TheFileIsReadableByH5pyWithoutNcsrecCode) {
   if (std::system("/usr/bin/python3 -c 'import h5py' >/dev/null 2>&1") != 0) GTEST_SKIP() << "h5py is not installed";
   ScratchDir scratch("h5py");
