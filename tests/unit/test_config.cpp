@@ -267,3 +267,25 @@ TEST(MultiTaskModelConfig, AModelMatchingTheDataBuilds) {
 
 }  // namespace
 }  // namespace ncsrec
+
+namespace ncsrec {
+namespace {
+
+TEST(TrainConfig, AKeyWrittenTwiceIsAConfigErrorNamingIt) {
+  const std::string yaml =
+      "data: {train: [x]}\n"
+      "model:\n  tables: {user: {rows: 5}}\n"
+      "  tasks:\n    ctr: {label: click}\n    cvr: {label: conversion, given: ctr}\n    cvr: {label: click}\n";
+  try {
+    parse_train_config(yaml, "twice.yaml");
+    ADD_FAILURE() << "a duplicate key was accepted";
+  } catch (const ConfigError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("twice.yaml"), std::string::npos) << m;
+    EXPECT_NE(m.find("model.tasks.cvr"), std::string::npos) << m;
+    EXPECT_NE(m.find("appears twice"), std::string::npos) << m;
+  }
+}
+
+}  // namespace
+}  // namespace ncsrec
