@@ -14,6 +14,7 @@
 #include <iostream>
 
 #include "apps/args.h"
+#include "apps/commands.h"
 #include "core/data/hdf5_shard.h"
 #include "core/data/reader.h"
 #include "core/data/synthetic.h"
@@ -42,6 +43,7 @@ commands:
   eval      evaluate a trained run or checkpoint on its eval data (or --data)
   predict   write per-task probabilities of a checkpoint for a data set
   gen       generate the built-in synthetic data set (true probabilities included)
+  convert   turn CSV/TSV logs (gzip or plain) into HDF5 shards under a schema (docs/data.md)
   inspect   describe a data shard, a day folder or a checkpoint
 
 `ncsrec <command> --help` describes each command. Docs: README.md and docs/.
@@ -336,6 +338,7 @@ int dispatch(int argc, char** argv) {
   if (cmd == "predict") return cmd_predict(argc, argv);
   if (cmd == "gen") return cmd_gen(argc, argv);
   if (cmd == "inspect") return cmd_inspect(argc, argv);
+  if (cmd == "convert") return cmd_convert(argc, argv);
   std::fprintf(stderr, "ncsrec: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Single-task vs shared-bottom vs ESMM on the generated data, several seeds, mean ± std.
+"""Trains several configs with several seeds and prints mean ± std of every eval view's AUC.
 
-Trains configs/{single_task,shared_bottom,quickstart}.yaml with run.seed = 1..N on data/gen
-(generate it first: `build/bin/ncsrec gen --out data/gen`) and prints a markdown table of
-AUC per task beside the Bayes-optimal AUC of the same eval split, plus training samples/s.
-Standard library only. Usage: scripts/compare_models.py [--seeds 3] [--ncsrec build/bin/ncsrec]
+Default: single-task vs shared-bottom vs ESMM on the generated data (data/gen; generate it
+first: `build/bin/ncsrec gen --out data/gen`), with the Bayes-optimal AUC of the same eval split.
+Other comparisons name their configs, e.g. Census-Income (docs/results/census.md):
+  scripts/compare_models.py --config single-task=configs/census/single_task.yaml \\
+      --config shared-bottom=configs/census/shared_bottom.yaml ...
+Each run is `ncsrec train --config PATH --set run.seed=S [--set ...]`. Standard library only.
 """
 import argparse
 import json
@@ -14,44 +16,46 @@ import subprocess
 import sys
 import tempfile
 
-MODELS = [("single-task", "configs/single_task.yaml"), ("shared-bottom", "configs/shared_bottom.yaml"),
-          ("ESMM", "configs/quickstart.yaml")]
-VIEWS = ["ctr", "cvr", "ctcvr"]
+DEFAULT = ["single-task=configs/single_task.yaml", "shared-bottom=configs/shared_bottom.yaml",
+           "ESMM=configs/quickstart.yaml"]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", action="append", help="NAME=PATH (repeatable)")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--set", action="append", default=[], help="extra --set for every run")
     ap.add_argument("--ncsrec", default="build/bin/ncsrec")
-    ap.add_argument("--data", default="data/gen")
     args = ap.parse_args()
-    env = dict(os.environ)
+    configs = [c.split("=", 1) for c in (args.config or DEFAULT)]
     results = {}
     with tempfile.TemporaryDirectory() as work:
-        for name, config in MODELS:
+        for name, path in configs:
             for seed in range(1, args.seeds + 1):
                 run = os.path.join(work, f"{name}-{seed}")
-                cmd = [args.ncsrec, "train", "--config", config, "--run-dir", run, "--set", f"run.seed={seed}",
-                       "--set", f'data.train=["{args.data}/content/day=2026-01-0[1-7]"]',
-                       "--set", f'data.eval=["{args.data}/content/day=2026-01-08"]']
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
+                cmd = [args.ncsrec, "train", "--config", path, "--run-dir", run, "--set", f"run.seed={seed}"]
+                for s in args.set:
+                    cmd += ["--set", s]
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
                 s = json.load(open(os.path.join(run, "summary.json")))
                 results.setdefault(name, []).append(s)
-                print(f"{name} seed {seed}: " + ", ".join(f"{v} {s['eval'][v]['auc']:.4f}" for v in VIEWS),
+                print(f"{name} seed {seed}: " + ", ".join(f"{v} {m['auc']:.4f}" for v, m in s["eval"].items()),
                       file=sys.stderr)
 
     def cell(vals):
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
         return f"{statistics.mean(vals):.4f} ± " + (f"{sd:.4f}" if sd >= 5e-5 else "<0.0001")
 
-    first = next(iter(results.values()))[0]
-    print("| model | " + " | ".join(f"{v} AUC" for v in VIEWS) + " | samples/s |")
-    print("|---|" + "---|" * (len(VIEWS) + 1))
+    views = list(next(iter(results.values()))[0]["eval"].keys())
+    print("| model | " + " | ".join(f"{v} AUC" for v in views) + " | samples/s |")
+    print("|---|" + "---|" * (len(views) + 1))
     for name, runs in results.items():
-        row = [cell([r["eval"][v]["auc"] for r in runs]) for v in VIEWS]
+        row = [cell([r["eval"][v]["auc"] for r in runs]) for v in views]
         sps = statistics.mean(r["samples_per_sec"] for r in runs)
         print(f"| {name} | " + " | ".join(row) + f" | {sps:,.0f} |")
-    print("| Bayes-optimal | " + " | ".join(f"{first['eval'][v]['bayes_auc']:.4f}" for v in VIEWS) + " | |")
+    first = next(iter(results.values()))[0]["eval"]
+    if all(first[v].get("bayes_auc") is not None for v in views):
+        print("| Bayes-optimal | " + " | ".join(f"{first[v]['bayes_auc']:.4f}" for v in views) + " | |")
 
 
 if __name__ == "__main__":

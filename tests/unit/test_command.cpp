@@ -182,3 +182,49 @@ TEST(NcsrecCommand, InspectingSomethingThatIsNotThereExitsOneNamingIt) {
 }
 
 }  // namespace
+
+namespace {
+
+// `ncsrec convert` through the command: a schema mistake is a config error (2), a data problem
+// a data error (1), and a good conversion is usable by `inspect` (and so by training).
+TEST(NcsrecConvertCommand, ASchemaMistakeExitsTwoNamingTheKeyPath) {
+  ScratchDir dir("cmd_convert_schema");
+  std::ofstream(dir.path / "in.csv") << "a,b\n1,x\n";
+  std::ofstream(dir.path / "schema.yaml") << "input: {format: csv, header: true}\nlabels: [{name: y, column: a, equals: '1'}]\n"
+                                             "sparse: [{columns: [b]}]\nbogus: 1\n";
+  const Result r = run_ncsrec("convert --schema schema.yaml --out out in.csv", dir.path);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  expect_one_error_line(r, "convert with an unknown schema key");
+  EXPECT_NE(r.output.find("bogus"), std::string::npos) << r.output;
+}
+
+TEST(NcsrecConvertCommand, ATruncatedGzipExitsOneNamingTheFile) {
+  ScratchDir dir("cmd_convert_gzip");
+  std::string csv = "a,b\n";
+  for (int i = 0; i < 20000; ++i) csv += std::to_string(i % 2) + ",v" + std::to_string(i % 97) + "\n";
+  std::ofstream(dir.path / "in.csv") << csv;
+  ASSERT_EQ(std::system(("gzip -k " + quoted((dir.path / "in.csv").string())).c_str()), 0);
+  const auto size = fs::file_size(dir.path / "in.csv.gz");
+  fs::resize_file(dir.path / "in.csv.gz", size / 2);
+  std::ofstream(dir.path / "schema.yaml") << "input: {format: csv, header: true}\nlabels: [{name: y, column: a, equals: '1'}]\n"
+                                             "sparse: [{columns: [b]}]\n";
+  const Result r = run_ncsrec("convert --schema schema.yaml --out out in.csv.gz", dir.path);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("in.csv.gz"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("internal error"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir.path / "out" / "_DONE"));
+}
+
+TEST(NcsrecConvertCommand, AGoodConversionWritesACompleteFolder) {
+  ScratchDir dir("cmd_convert_ok");
+  std::ofstream(dir.path / "in.csv") << "a,b\n1,x\n0,y\n1,z\n";
+  std::ofstream(dir.path / "schema.yaml") << "input: {format: csv, header: true}\nlabels: [{name: y, column: a, equals: '1'}]\n"
+                                             "sparse: [{columns: [b]}]\n";
+  const Result r = run_ncsrec("convert --schema schema.yaml --out out in.csv", dir.path);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const Result i = run_ncsrec("inspect out", dir.path);
+  EXPECT_EQ(i.exit_code, 0) << i.output;
+  EXPECT_NE(i.output.find("3 rows"), std::string::npos) << i.output;
+}
+
+}  // namespace

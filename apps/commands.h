@@ -1,0 +1,11 @@
+// Subcommands of `ncsrec` that live in their own files (apps/cmd_*.cpp). Each takes the whole
+// argv (argv[1] is the command's name), prints its --help, and throws ConfigError for usage
+// and configuration mistakes (exit 2) and UserError for data errors (exit 1); main.cpp catches.
+#pragma once
+
+namespace ncsrec {
+
+// ncsrec convert --schema FILE --out DIR [--policy fail|skip] [--rejects FILE] INPUT...
+int cmd_convert(int argc, char** argv);
+
+}  // namespace ncsrec
