@@ -21,6 +21,7 @@
 #include "core/dispatch.h"
 #include "core/error.h"
 #include "core/hdf5_util.h"
+#include "core/masks.h"
 #include "dist/communicator.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
@@ -84,8 +85,10 @@ generator's parameters (DIR/generator.h5). Unset options take the frozen default
 
 const char* kInspectHelp = R"(usage: ncsrec inspect PATH
 
-PATH is a data shard (.h5), a day folder, or a checkpoint folder. Prints its schema and
-size, or the checkpoint's metadata and tensors.
+PATH is a data shard (.h5), a day folder, a checkpoint folder or a mask file (masks/*.h5 of
+an IMP run). Prints its schema and size, or the checkpoint's metadata, masks and tensors. For
+masks: per layer, each task's density and the split of connections into shared (in every
+task's mask), task-private and dead.
 )";
 
 bool wants_help(int argc, char** argv) {
@@ -275,6 +278,41 @@ int cmd_gen(int argc, char** argv) {
   return 0;
 }
 
+// Per masked layer: each task's density, and the split of the layer's connections into
+// shared (in every task's mask), task-private (in some but not all) and dead (in none).
+void print_masks(const h5::File& f) {
+  const std::vector<std::string> tasks = f.list("mask");
+  if (tasks.empty()) return;
+  std::printf("  masks (%zu tasks):\n", tasks.size());
+  for (const auto& layer : f.list("mask/" + tasks[0])) {
+    std::vector<BitMask> masks;
+    std::string densities;
+    for (const auto& task : tasks) {
+      const std::string name = "mask/" + task + "/" + layer;
+      BitMask m;
+      m.rows = f.attr_int(name, "rows");
+      m.cols = f.attr_int(name, "cols");
+      m.bits = f.read_u8(name);
+      if (m.bits.size() != static_cast<size_t>((m.size() + 7) / 8))
+        throw UserError(f.path() + ": " + name + " has the wrong number of bytes for its shape");
+      char b[64];
+      std::snprintf(b, sizeof b, "%s%s %.2f%%", densities.empty() ? "" : ", ", task.c_str(), 100 * m.density());
+      densities += b;
+      masks.push_back(std::move(m));
+    }
+    std::vector<const BitMask*> ptrs;
+    for (const auto& m : masks) ptrs.push_back(&m);
+    const MaskSplit split = split_connections(ptrs);
+    const double n = static_cast<double>(masks[0].size());
+    std::printf("    %s [%lld, %lld]: density %s; shared %.2f%%, private %.2f%%", layer.c_str(),
+                static_cast<long long>(masks[0].rows), static_cast<long long>(masks[0].cols), densities.c_str(),
+                100 * split.shared / n, 100 * split.private_total / n);
+    for (size_t t = 0; t < tasks.size(); ++t)
+      std::printf(", %s-private %.2f%%", tasks[t].c_str(), 100 * split.private_per_task[t] / n);
+    std::printf(", dead %.2f%%\n", 100 * split.dead / n);
+  }
+}
+
 int cmd_inspect(int argc, char** argv) {
   if (wants_help(argc, argv)) return print_help(kInspectHelp), 0;
   Args args("inspect", argc, argv, 2, {}, {});
@@ -290,6 +328,7 @@ int cmd_inspect(int argc, char** argv) {
                 static_cast<long long>(m.epoch), static_cast<long long>(m.world_size),
                 static_cast<long long>(m.data_position));
     h5::File f = h5::File::open_read(path + "/rank-0.h5");
+    print_masks(f);
     for (const std::string group : {"dense", "embedding"})
       for (const auto& name : f.list(group)) {
         const std::string obj = group + "/" + name;
@@ -305,6 +344,14 @@ int cmd_inspect(int argc, char** argv) {
         }
       }
     return 0;
+  }
+  if (!fs::is_directory(path)) {
+    h5::File f = h5::File::open_read(path);
+    if (f.exists("mask") && !f.exists("labels")) {
+      std::printf("mask file %s\n", path.c_str());
+      print_masks(f);
+      return 0;
+    }
   }
   std::vector<std::string> files = fs::is_directory(path) ? list_day_shards(path) : std::vector<std::string>{path};
   int64_t total = 0;

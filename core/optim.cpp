@@ -1,6 +1,7 @@
 // Dense optimizers (SGD, Adam, Adagrad) on CPU: one element-wise loop over the whole parameter
 // buffer, OpenMP static schedule. Each element's update reads only its own value, gradient and
-// state, so the result does not depend on the thread count.
+// state, so the result does not depend on the thread count. An update mask (optim.h) is a
+// compile-time variant of each loop, chosen outside it, so the unmasked loop stays as it was.
 //
 // Not here: sparse (row-wise) optimizers for embedding tables (embedding/), gradient clipping or
 // weight decay, and a CUDA path (its kernels will be registered by cuda/).
@@ -26,18 +27,25 @@ void check_step_args(const Tensor& values, const Tensor& grads, int64_t numel, D
                "the CPU optimizer got " << values.describe() << " and " << grads.describe());
 }
 
-template <class T>
-void sgd_t(T* w, const T* g, int64_t n, T lr) {
+template <bool kMasked, class T>
+void sgd_t(T* w, const T* g, const uint8_t* mask, int64_t n, T lr) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) w[i] -= lr * g[i];
+  for (int64_t i = 0; i < n; ++i) {
+    if constexpr (kMasked)
+      if (!mask[i]) continue;
+    w[i] -= lr * g[i];
+  }
 }
 
 // m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²;  w -= lr · (m / c1) / (sqrt(v / c2) + eps),
 // with the bias corrections c1 = 1 - β1^t, c2 = 1 - β2^t.
-template <class T>
-void adam_t(T* w, const T* g, T* m, T* v, int64_t n, T lr, T beta1, T beta2, T eps, T c1, T c2) {
+template <bool kMasked, class T>
+void adam_t(T* w, const T* g, T* m, T* v, const uint8_t* mask, int64_t n, T lr, T beta1, T beta2, T eps, T c1,
+            T c2) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
+    if constexpr (kMasked)
+      if (!mask[i]) continue;
     m[i] = beta1 * m[i] + (T(1) - beta1) * g[i];
     v[i] = beta2 * v[i] + (T(1) - beta2) * g[i] * g[i];
     w[i] -= lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + eps);
@@ -45,10 +53,12 @@ void adam_t(T* w, const T* g, T* m, T* v, int64_t n, T lr, T beta1, T beta2, T e
 }
 
 // acc += g²;  w -= lr · g / (sqrt(acc) + eps)
-template <class T>
-void adagrad_t(T* w, const T* g, T* acc, int64_t n, T lr, T eps) {
+template <bool kMasked, class T>
+void adagrad_t(T* w, const T* g, T* acc, const uint8_t* mask, int64_t n, T lr, T eps) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
+    if constexpr (kMasked)
+      if (!mask[i]) continue;
     acc[i] += g[i] * g[i];
     w[i] -= lr * g[i] / (std::sqrt(acc[i]) + eps);
   }
@@ -57,14 +67,21 @@ void adagrad_t(T* w, const T* g, T* acc, int64_t n, T lr, T eps) {
 class Sgd final : public DenseOptimizer {
  public:
   Sgd(const OptimizerConfig& c, int64_t numel, DType dtype) : c_(c), numel_(numel), dtype_(dtype) {}
-  void step(Tensor& values, const Tensor& grads, int64_t) override {
+  using DenseOptimizer::step;
+  void step(Tensor& values, const Tensor& grads, int64_t, const uint8_t* mask) override {
     check_step_args(values, grads, numel_, dtype_);
-    if (dtype_ == DType::F32) sgd_t(values.data<float>(), grads.data<float>(), numel_, static_cast<float>(c_.lr));
-    else sgd_t(values.data<double>(), grads.data<double>(), numel_, c_.lr);
+    if (dtype_ == DType::F32) run<float>(values, grads, mask);
+    else run<double>(values, grads, mask);
   }
   std::vector<std::pair<std::string, Tensor*>> state() override { return {}; }
 
  private:
+  template <class T>
+  void run(Tensor& values, const Tensor& grads, const uint8_t* mask) {
+    auto kernel = mask ? sgd_t<true, T> : sgd_t<false, T>;
+    kernel(values.data<T>(), grads.data<T>(), mask, numel_, static_cast<T>(c_.lr));
+  }
+
   OptimizerConfig c_;
   int64_t numel_;
   DType dtype_;
@@ -75,23 +92,27 @@ class Adam final : public DenseOptimizer {
   Adam(const OptimizerConfig& c, int64_t numel, DType dtype, Device device)
       : c_(c), numel_(numel), dtype_(dtype), m_(Tensor::zeros({numel}, dtype, device)),
         v_(Tensor::zeros({numel}, dtype, device)) {}
-  void step(Tensor& values, const Tensor& grads, int64_t step) override {
+  using DenseOptimizer::step;
+  void step(Tensor& values, const Tensor& grads, int64_t step, const uint8_t* mask) override {
     check_step_args(values, grads, numel_, dtype_);
     NCSREC_CHECK(step >= 1, "Adam steps count from 1, got " << step);
+    // Global step count, masked or not (see optim.h).
     const double c1 = 1.0 - std::pow(c_.beta1, static_cast<double>(step));
     const double c2 = 1.0 - std::pow(c_.beta2, static_cast<double>(step));
-    if (dtype_ == DType::F32) {
-      adam_t<float>(values.data<float>(), grads.data<float>(), m_.data<float>(), v_.data<float>(), numel_,
-                    static_cast<float>(c_.lr), static_cast<float>(c_.beta1), static_cast<float>(c_.beta2),
-                    static_cast<float>(c_.eps), static_cast<float>(c1), static_cast<float>(c2));
-    } else {
-      adam_t<double>(values.data<double>(), grads.data<double>(), m_.data<double>(), v_.data<double>(), numel_,
-                     c_.lr, c_.beta1, c_.beta2, c_.eps, c1, c2);
-    }
+    if (dtype_ == DType::F32) run<float>(values, grads, mask, c1, c2);
+    else run<double>(values, grads, mask, c1, c2);
   }
   std::vector<std::pair<std::string, Tensor*>> state() override { return {{"m", &m_}, {"v", &v_}}; }
 
  private:
+  template <class T>
+  void run(Tensor& values, const Tensor& grads, const uint8_t* mask, double c1, double c2) {
+    auto kernel = mask ? adam_t<true, T> : adam_t<false, T>;
+    kernel(values.data<T>(), grads.data<T>(), m_.data<T>(), v_.data<T>(), mask, numel_, static_cast<T>(c_.lr),
+           static_cast<T>(c_.beta1), static_cast<T>(c_.beta2), static_cast<T>(c_.eps), static_cast<T>(c1),
+           static_cast<T>(c2));
+  }
+
   OptimizerConfig c_;
   int64_t numel_;
   DType dtype_;
@@ -105,19 +126,22 @@ class Adagrad final : public DenseOptimizer {
     if (dtype == DType::F32) std::fill_n(accumulator_.data<float>(), numel, static_cast<float>(c.initial_accumulator));
     else std::fill_n(accumulator_.data<double>(), numel, c.initial_accumulator);
   }
-  void step(Tensor& values, const Tensor& grads, int64_t) override {
+  using DenseOptimizer::step;
+  void step(Tensor& values, const Tensor& grads, int64_t, const uint8_t* mask) override {
     check_step_args(values, grads, numel_, dtype_);
-    if (dtype_ == DType::F32) {
-      adagrad_t<float>(values.data<float>(), grads.data<float>(), accumulator_.data<float>(), numel_,
-                       static_cast<float>(c_.lr), static_cast<float>(c_.adagrad_eps));
-    } else {
-      adagrad_t<double>(values.data<double>(), grads.data<double>(), accumulator_.data<double>(), numel_, c_.lr,
-                        c_.adagrad_eps);
-    }
+    if (dtype_ == DType::F32) run<float>(values, grads, mask);
+    else run<double>(values, grads, mask);
   }
   std::vector<std::pair<std::string, Tensor*>> state() override { return {{"accumulator", &accumulator_}}; }
 
  private:
+  template <class T>
+  void run(Tensor& values, const Tensor& grads, const uint8_t* mask) {
+    auto kernel = mask ? adagrad_t<true, T> : adagrad_t<false, T>;
+    kernel(values.data<T>(), grads.data<T>(), accumulator_.data<T>(), mask, numel_, static_cast<T>(c_.lr),
+           static_cast<T>(c_.adagrad_eps));
+  }
+
   OptimizerConfig c_;
   int64_t numel_;
   DType dtype_;

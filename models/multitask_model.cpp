@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <cmath>
+#include <limits>
 #include <set>
 
 #include "core/layers/interaction.h"
@@ -10,69 +12,6 @@
 #include "core/random.h"
 
 namespace ncsrec {
-
-namespace {
-// ESMM's CTCVR loss constrains only the product pCTR·pCVR: without the CTR loss neither factor
-// is determined (and the fused loss's gradients, scaled by this weight, would all be zero).
-const char* const kEsmmCtrWeightMessage =
-    "esmm needs a CTR loss weight > 0: pCTR (and so pCVR) is learned through the CTR loss";
-}  // namespace
-
-ModelConfig parse_model_config(ConfigNode node) {
-  ModelConfig m;
-  m.source = node.file();
-  m.type = node.get_choice("type", {"single_task", "shared_embedding", "shared_bottom", "esmm"}, "esmm");
-  m.embedding_dim = node.get_int("embedding_dim", 8, 1, 1024);
-  m.embedding_init = node.get_double("embedding_init", 0.05, 0.0, 10.0);
-  m.use_dense = node.get_bool("use_dense", true);
-  m.interaction = node.get_choice("interaction", {"none", "dot"}, "none");
-  m.bottom = node.get_int_list("bottom", {}, 1, 1 << 16);
-  const std::vector<int64_t> default_tower = node.get_int_list("tower", {64, 32}, 1, 1 << 16);
-
-  ConfigNode tasks = node.child("tasks");
-  if (tasks.size() == 0) tasks.fail_here("at least one task is required (e.g. ctr: {label: click})");
-  for (auto& [name, t] : tasks.entries()) {
-    TaskSpec spec;
-    spec.name = name;
-    spec.label = t.get_string("label");
-    spec.given = t.get_string("given", "");
-    spec.tower = t.get_int_list("tower", default_tower, 1, 1 << 16);
-    spec.loss_weight = t.get_double("loss_weight", 1.0, 0.0, 1e6);
-    t.finish();
-    m.tasks.push_back(spec);
-  }
-  std::set<std::string> names;
-  for (const auto& t : m.tasks) names.insert(t.name);
-  for (const auto& t : m.tasks)
-    if (!t.given.empty() && (!names.count(t.given) || t.given == t.name))
-      tasks.fail(t.name + ".given", "'" + t.given + "' is not another task of this model");
-
-  if (m.type == "esmm") {
-    if (m.tasks.size() != 2 || !m.tasks[0].given.empty() || m.tasks[1].given != m.tasks[0].name)
-      tasks.fail_here("esmm needs exactly two tasks, a CTR task first and a CVR task second with given: <ctr task>");
-    if (!(m.tasks[0].loss_weight > 0)) tasks.fail(m.tasks[0].name + ".loss_weight", kEsmmCtrWeightMessage);
-  }
-  if (m.type != "shared_bottom" && !m.bottom.empty())
-    node.fail("bottom", "a shared bottom MLP is only used by type shared_bottom");
-  if (m.type == "shared_bottom" && m.bottom.empty()) node.fail("bottom", "shared_bottom needs bottom: [sizes]");
-
-  ConfigNode tables = node.child("tables");
-  if (tables.size() == 0) tables.fail_here("at least one embedding table is required");
-  std::set<std::string> used_slots;
-  for (auto& [name, t] : tables.entries()) {
-    TableSpec spec;
-    spec.name = name;
-    spec.rows = t.get_int("rows", 1, int64_t(1) << 40);
-    spec.slots = t.get_string_list("slots", {name});
-    spec.pooling = t.get_choice("pooling", {"sum", "mean"}, "sum") == "sum" ? Pooling::Sum : Pooling::Mean;
-    t.finish();
-    for (const auto& s : spec.slots)
-      if (!used_slots.insert(s).second) t.fail("slots", "slot '" + s + "' is already read by another table");
-    m.tables.push_back(spec);
-  }
-  node.finish();
-  return m;
-}
 
 namespace {
 std::string in_file(const ModelConfig& m) { return m.source.empty() ? std::string() : m.source + ": "; }
@@ -146,6 +85,11 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
     bottom_ = std::make_unique<MLP>(params_, "bottom", input_dim_, config_.bottom, /*final_activation=*/true);
     tower_in = bottom_->out();
   }
+  if (config_.type == "ncs") {
+    masked_ = std::make_unique<MaskedMLP>(params_, "shared", input_dim_, config_.shared,
+                                          static_cast<int>(config_.tasks.size()), /*final_activation=*/true);
+    tower_in = masked_->out();
+  }
   for (size_t t = 0; t < config_.tasks.size(); ++t) {
     std::vector<int64_t> sizes = config_.tasks[t].tower;
     sizes.push_back(1);
@@ -178,13 +122,24 @@ std::vector<double> MultiTaskModel::local_normalizers(const Block& batch) const 
   std::vector<double> n(config_.tasks.size(), static_cast<double>(batch.rows));
   if (config_.type == "esmm") return n;  // both ESMM losses are over all impressions
   for (size_t t = 0; t < config_.tasks.size(); ++t) {
-    if (given_task_[t] < 0) continue;
-    const auto& given = batch.labels[static_cast<size_t>(label_index_[static_cast<size_t>(given_task_[t])])];
+    // A task counts the rows its loss is over: those whose given label is 1, and for the MSE
+    // loss (the NCS4CVR paper's CVR loss) only rows with a positive label.
+    const bool positives_only = config_.tasks[t].loss == "mse";
+    if (given_task_[t] < 0 && !positives_only) continue;
     double c = 0;
-    for (float v : given) c += v > 0.5f ? 1 : 0;
+    for (int64_t i = 0; i < batch.rows; ++i) c += row_in_loss(batch, t, i) ? 1 : 0;
     n[t] = c;
   }
   return n;
+}
+
+bool MultiTaskModel::row_in_loss(const Block& batch, size_t t, int64_t i) const {
+  const size_t r = static_cast<size_t>(i);
+  if (given_task_[t] >= 0 &&
+      batch.labels[static_cast<size_t>(label_index_[static_cast<size_t>(given_task_[t])])][r] <= 0.5f)
+    return false;
+  if (config_.tasks[t].loss == "mse" && batch.labels[static_cast<size_t>(label_index_[t])][r] <= 0.0f) return false;
+  return true;
 }
 
 namespace {
@@ -229,16 +184,28 @@ const Tensor& MultiTaskModel::tower_input(size_t task) {
 namespace {
 
 template <class T>
-StepLoss compute_losses(const ModelConfig& cfg, const Block& batch, const std::vector<int>& label_index,
-                        const std::vector<int>& given_task, const std::vector<double>& normalizers,
-                        const std::vector<const Tensor*>& logits, std::vector<Tensor*>& dlogits,
-                        std::vector<Tensor*>& probs) {
+double task_loss(const TaskSpec& spec, const T* logits, const float* labels, const float* weights, int64_t n,
+                 double normalizer, T* prob, T* grad) {
+  if (spec.loss == "focal")
+    return focal_forward_backward<T>(logits, labels, weights, n, spec.focal_alpha, spec.focal_gamma, normalizer, prob,
+                                     grad);
+  if (spec.loss == "mse") return sigmoid_mse_forward_backward<T>(logits, labels, weights, n, normalizer, prob, grad);
+  return sigmoid_bce_forward_backward<T>(logits, labels, weights, n, normalizer, prob, grad);
+}
+
+}  // namespace
+
+template <class T>
+StepLoss MultiTaskModel::compute_losses(const Block& batch, const std::vector<double>& normalizers,
+                                        const std::vector<const Tensor*>& logits, std::vector<Tensor*>& dlogits,
+                                        std::vector<Tensor*>& probs, int only_task) const {
+  const ModelConfig& cfg = config_;
   const int64_t B = batch.rows;
   const float* data_weight = batch.weight.empty() ? nullptr : batch.weight.data();
   StepLoss loss;
   if (cfg.type == "esmm") {
-    const auto& click = batch.labels[static_cast<size_t>(label_index[0])];
-    const auto& conv = batch.labels[static_cast<size_t>(label_index[1])];
+    const auto& click = batch.labels[static_cast<size_t>(label_index_[0])];
+    const auto& conv = batch.labels[static_cast<size_t>(label_index_[1])];
     std::vector<float> ctcvr(static_cast<size_t>(B));
     for (int64_t i = 0; i < B; ++i) ctcvr[static_cast<size_t>(i)] = click[static_cast<size_t>(i)] * conv[static_cast<size_t>(i)];
     std::vector<T> p_ctcvr(static_cast<size_t>(B));
@@ -257,61 +224,76 @@ StepLoss compute_losses(const ModelConfig& cfg, const Block& batch, const std::v
     return loss;
   }
   std::vector<float> w(static_cast<size_t>(B));
+  loss.per_task.assign(cfg.tasks.size(), std::numeric_limits<double>::quiet_NaN());
   for (size_t t = 0; t < cfg.tasks.size(); ++t) {
-    for (int64_t i = 0; i < B; ++i) {
-      float wi = data_weight ? data_weight[i] : 1.0f;
-      if (given_task[t] >= 0)
-        wi *= batch.labels[static_cast<size_t>(label_index[static_cast<size_t>(given_task[t])])][static_cast<size_t>(i)] > 0.5f ? 1.0f : 0.0f;
-      w[static_cast<size_t>(i)] = wi;
-    }
-    const double l = sigmoid_bce_forward_backward<T>(
-        logits[t]->data<T>(), batch.labels[static_cast<size_t>(label_index[t])].data(), w.data(), B, normalizers[t],
-        probs[t]->data<T>(), dlogits[t]->data<T>());
+    if (only_task >= 0 && static_cast<int>(t) != only_task) continue;
+    for (int64_t i = 0; i < B; ++i)
+      w[static_cast<size_t>(i)] = row_in_loss(batch, t, i) ? (data_weight ? data_weight[i] : 1.0f) : 0.0f;
+    const double l = task_loss<T>(cfg.tasks[t], logits[t]->data<T>(),
+                                  batch.labels[static_cast<size_t>(label_index_[t])].data(), w.data(), B,
+                                  normalizers[t], probs[t]->data<T>(), dlogits[t]->data<T>());
     if (cfg.tasks[t].loss_weight != 1.0) ops::scale(*dlogits[t], cfg.tasks[t].loss_weight);
-    loss.per_task.push_back(l);
+    loss.per_task[t] = l;
     loss.total += cfg.tasks[t].loss_weight * l;
   }
   return loss;
 }
 
-}  // namespace
+const Tensor& MultiTaskModel::shared_output(size_t task) {
+  if (masked_) return masked_->forward(static_cast<int>(task), groups_[0].x);
+  if (bottom_) return bottom_output_;
+  return tower_input(task);
+}
 
-StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double>& normalizers) {
+StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double>& normalizers, int only_task) {
   NCSREC_CHECK(normalizers.size() == config_.tasks.size(), "one normaliser per task expected");
+  const size_t T = config_.tasks.size();
+  NCSREC_CHECK(only_task < static_cast<int>(T), "task " << only_task << " out of range");
+  if (only_task >= 0 && config_.type == "esmm")
+    throw ConfigError(in_file(config_) + "model.type: esmm trains its two losses together; use train.schedule: joint");
+  auto active = [&](size_t t) { return only_task < 0 || static_cast<int>(t) == only_task; };
   forward(batch);
   const int64_t B = batch.rows;
-  const size_t T = config_.tasks.size();
-  const Tensor* shared = nullptr;
-  if (bottom_) shared = &bottom_->forward(groups_[0].x);
-  std::vector<const Tensor*> logits(T);
+  if (bottom_) bottom_output_ = bottom_->forward(groups_[0].x);
+  std::vector<const Tensor*> logits(T, nullptr);
   std::vector<Tensor> dlogit_views(T), prob_views(T);
   std::vector<Tensor*> dlogits(T), probs(T);
   for (size_t t = 0; t < T; ++t) {
-    logits[t] = &towers_[t]->forward(shared ? *shared : tower_input(t));
+    if (!active(t)) continue;
+    logits[t] = &towers_[t]->forward(shared_output(t));
     dlogit_views[t] = ensure_buffer(dlogit_bufs_[t], B, 1, dtype_, Device::CPU);
     prob_views[t] = ensure_buffer(prob_bufs_[t], B, 1, dtype_, Device::CPU);
     dlogits[t] = &dlogit_views[t];
     probs[t] = &prob_views[t];
   }
-  StepLoss loss = dtype_ == DType::F32
-                      ? compute_losses<float>(config_, batch, label_index_, given_task_, normalizers, logits, dlogits, probs)
-                      : compute_losses<double>(config_, batch, label_index_, given_task_, normalizers, logits, dlogits, probs);
+  StepLoss loss = dtype_ == DType::F32 ? compute_losses<float>(batch, normalizers, logits, dlogits, probs, only_task)
+                                       : compute_losses<double>(batch, normalizers, logits, dlogits, probs, only_task);
 
-  // Backward: towers, then the shared part (sum of the towers' input gradients), then tables.
+  // Backward: towers, then the shared part (through each task's masks for ncs; the sum of the
+  // towers' input gradients for a plain shared block), then the tables.
   std::vector<const Tensor*> dinput(groups_.size(), nullptr);
-  Tensor dsum;  // outlives the branch: dinput may point at it
+  Tensor dsum;  // outlives the branches: dinput may point at it
   if (groups_.size() == 1) {
-    dsum = ensure_buffer(dshared_buf_, B, towers_[0]->in(), dtype_, Device::CPU);
+    dsum = ensure_buffer(dshared_buf_, B, masked_ ? input_dim_ : towers_[0]->in(), dtype_, Device::CPU);
+    bool first = true;
     for (size_t t = 0; t < T; ++t) {
-      const Tensor& dx = towers_[t]->backward(*dlogits[t], true);
-      if (t == 0) dsum.copy_from(dx);
+      if (!active(t)) continue;
+      const Tensor& dtower = towers_[t]->backward(*dlogits[t], true);
+      const Tensor& dx = masked_ ? masked_->backward(static_cast<int>(t), dtower, true) : dtower;
+      if (first) dsum.copy_from(dx);
       else ops::axpy(dsum, 1.0, dx);
+      first = false;
     }
     dinput[0] = bottom_ ? &bottom_->backward(dsum, true) : &dsum;
   } else {
-    for (size_t t = 0; t < T; ++t) dinput[static_cast<size_t>(group_of_task_[t])] = &towers_[t]->backward(*dlogits[t], true);
+    for (size_t t = 0; t < T; ++t)
+      if (active(t)) dinput[static_cast<size_t>(group_of_task_[t])] = &towers_[t]->backward(*dlogits[t], true);
   }
   for (size_t g = 0; g < groups_.size(); ++g) {
+    if (!dinput[g]) {  // single_task: this task's group was not stepped
+      for (const auto& tr : groups_[g].tables) sparse_grads_[static_cast<size_t>(tr.table)] = SparseGrad{};
+      continue;
+    }
     if (interaction_col_ >= 0) {
       // The embeddings also reach the loss through their dot products.
       InputGroup& grp = groups_[g];
@@ -337,10 +319,10 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
 void MultiTaskModel::predict(const Block& batch, std::vector<std::vector<float>>& probabilities) {
   forward(batch);
   const int64_t B = batch.rows;
-  const Tensor* shared = bottom_ ? &bottom_->forward(groups_[0].x) : nullptr;
+  if (bottom_) bottom_output_ = bottom_->forward(groups_[0].x);
   probabilities.assign(config_.tasks.size(), std::vector<float>(static_cast<size_t>(B)));
   for (size_t t = 0; t < config_.tasks.size(); ++t) {
-    const Tensor& logit = towers_[t]->forward(shared ? *shared : tower_input(t));
+    const Tensor& logit = towers_[t]->forward(shared_output(t));
     Tensor p = ensure_buffer(prob_bufs_[t], B, 1, dtype_, Device::CPU);
     ops::sigmoid(p, logit);
     if (dtype_ == DType::F32) std::memcpy(probabilities[t].data(), p.data<float>(), static_cast<size_t>(B) * sizeof(float));
@@ -348,5 +330,70 @@ void MultiTaskModel::predict(const Block& batch, std::vector<std::vector<float>>
       for (int64_t i = 0; i < B; ++i) probabilities[t][static_cast<size_t>(i)] = static_cast<float>(p.data<double>()[i]);
   }
 }
+
+std::string MultiTaskModel::masked_layer_name(int i) const {
+  return "shared." + std::to_string(config_.masks.layers.at(static_cast<size_t>(i)));
+}
+
+const BitMask& MultiTaskModel::mask(int task, int i) const {
+  NCSREC_CHECK(masked_, "the model has no masked layers");
+  return masked_->layer(static_cast<size_t>(config_.masks.layers.at(static_cast<size_t>(i)))).mask(task);
+}
+
+void MultiTaskModel::set_mask(int task, int i, const BitMask& mask) {
+  NCSREC_CHECK(masked_, "the model has no masked layers");
+  masked_->layer(static_cast<size_t>(config_.masks.layers.at(static_cast<size_t>(i)))).set_mask(task, mask);
+  update_masks_stale_ = true;
+}
+
+std::vector<const Tensor*> MultiTaskModel::masked_weights() const {
+  std::vector<const Tensor*> w;
+  for (int i = 0; i < num_masked_layers(); ++i)
+    w.push_back(&masked_->layer(static_cast<size_t>(config_.masks.layers[static_cast<size_t>(i)])).weight()->value);
+  return w;
+}
+
+const uint8_t* MultiTaskModel::update_mask(int task) {
+  const size_t T = config_.tasks.size();
+  NCSREC_CHECK(task >= -1 && task < static_cast<int>(T), "task " << task << " out of range");
+  if (update_masks_stale_) {
+    update_masks_.assign(T + 1, std::vector<uint8_t>(static_cast<size_t>(params_.numel()), 0));
+    for (const Param& p : params_.params()) {
+      // Owner: a tower belongs to its task; everything else (bottom, shared biases, masked
+      // kernels) to all tasks, the masked kernels further restricted by each task's mask.
+      int owner = -1;
+      for (size_t t = 0; t < T; ++t)
+        if (p.name.rfind("tower." + config_.tasks[t].name + ".", 0) == 0) owner = static_cast<int>(t);
+      const BitMask* masks[64] = {};
+      NCSREC_CHECK(T <= 64, "at most 64 tasks");
+      bool masked_kernel = false;
+      for (int i = 0; i < num_masked_layers(); ++i)
+        if (p.name == masked_layer_name(i) + ".weight") {
+          masked_kernel = true;
+          for (size_t t = 0; t < T; ++t) masks[t] = &mask(static_cast<int>(t), i);
+        }
+      const int64_t n = shape_numel(p.shape);
+      for (size_t t = 0; t < T; ++t) {
+        if (owner >= 0 && owner != static_cast<int>(t)) continue;
+        uint8_t* task_mask = update_masks_[t + 1].data() + p.offset;
+        uint8_t* joint = update_masks_[0].data() + p.offset;
+        for (int64_t e = 0; e < n; ++e) {
+          const uint8_t on = masked_kernel ? (masks[t]->get(e) ? 1 : 0) : 1;
+          task_mask[e] = on;
+          joint[e] |= on;
+        }
+      }
+    }
+    update_masks_stale_ = false;
+  }
+  return update_masks_[static_cast<size_t>(task + 1)].data();
+}
+
+template StepLoss MultiTaskModel::compute_losses<float>(const Block&, const std::vector<double>&,
+                                                        const std::vector<const Tensor*>&, std::vector<Tensor*>&,
+                                                        std::vector<Tensor*>&, int) const;
+template StepLoss MultiTaskModel::compute_losses<double>(const Block&, const std::vector<double>&,
+                                                         const std::vector<const Tensor*>&, std::vector<Tensor*>&,
+                                                         std::vector<Tensor*>&, int) const;
 
 }  // namespace ncsrec

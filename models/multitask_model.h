@@ -5,6 +5,9 @@
 //   shared_bottom  shared embeddings and a shared MLP ("hard sharing"), one tower per task
 //   esmm           shared embeddings, a CTR tower and a CVR tower, trained through
 //                  pCTR and pCTCVR = pCTR·pCVR over all impressions (Ma et al., SIGIR 2018)
+//   ncs            neuron-connection sharing (NCS4CVR / LT4REC): shared layers whose one weight
+//                  matrix each task sees through its own binary mask, h = act(x·(W⊙M_t) + b),
+//                  then a tower (the paper: a linear head) per task
 // A task may be "given" another task's label (CVR given click): outside ESMM it then trains and
 // evaluates only on rows where that label is 1.
 //
@@ -17,49 +20,19 @@
 #include <string>
 #include <vector>
 
-#include "core/config.h"
 #include "core/data/block.h"
 #include "core/layers/embedding_bag.h"
 #include "core/layers/linear.h"
 #include "core/params.h"
+#include "core/masks.h"
+#include "core/layers/masked_linear.h"
 #include "embedding/embedding_table.h"
+#include "models/model_config.h"
 
 namespace ncsrec {
 
-struct TaskSpec {
-  std::string name;   // "ctr"
-  std::string label;  // data label column: "click"
-  std::string given;  // name of the task whose label must be 1 for this task's rows ("" = all rows)
-  std::vector<int64_t> tower;  // hidden sizes; the output layer (1 logit) is added
-  double loss_weight = 1.0;
-};
-
-struct TableSpec {
-  std::string name;
-  int64_t rows = 0;
-  std::vector<std::string> slots;
-  Pooling pooling = Pooling::Sum;
-};
-
-struct ModelConfig {
-  std::string source;  // the config file it came from, for error messages ("" when built in code)
-  std::string type = "esmm";  // single_task | shared_embedding | shared_bottom | esmm
-  std::vector<TaskSpec> tasks;
-  int64_t embedding_dim = 8;
-  double embedding_init = 0.05;
-  std::vector<TableSpec> tables;
-  bool use_dense = true;
-  // "dot": append the DLRM-style F×F dot products of the field embeddings to the input.
-  std::string interaction = "none";
-  std::vector<int64_t> bottom;  // shared_bottom only
-};
-
-// Reads and validates the `model` section (structure only; names are checked against the
-// data schema when the model is built).
-ModelConfig parse_model_config(ConfigNode node);
-
 struct StepLoss {
-  std::vector<double> per_task;  // the loss of each task's head (ESMM: ctr, ctcvr)
+  std::vector<double> per_task;  // the loss of each task's head (ESMM: ctr, ctcvr); NaN for a task not stepped
   double total = 0;              // weighted sum, what the gradients are of
 };
 
@@ -77,8 +50,20 @@ class MultiTaskModel {
   // summed over ranks by the caller and passed back to train_step.
   std::vector<double> local_normalizers(const Block& batch) const;
   // Forward, loss and backward. Dense gradients accumulate into params().grads(); the sparse
-  // gradient of every table is left in sparse_grads().
-  StepLoss train_step(const Block& batch, const std::vector<double>& normalizers);
+  // gradient of every table is left in sparse_grads(). `only_task` >= 0 steps that task alone
+  // (its loss, its path through the masks): the alternating schedule. ESMM has no single-task step.
+  StepLoss train_step(const Block& batch, const std::vector<double>& normalizers, int only_task = -1);
+  // One byte per dense parameter: 1 where a step of `task` (-1: all tasks, a joint step) may
+  // change the parameter and its optimizer state. A task's step never touches another task's
+  // tower, nor a masked weight outside its own mask; a joint step touches the union.
+  const uint8_t* update_mask(int task);
+
+  // Masks (ncs): one per task per masked shared layer.
+  int num_masked_layers() const { return static_cast<int>(config_.masks.layers.size()); }
+  std::string masked_layer_name(int i) const;  // "shared.<layer>"
+  const BitMask& mask(int task, int i) const;
+  void set_mask(int task, int i, const BitMask& mask);
+  std::vector<const Tensor*> masked_weights() const;
   // Probabilities [task][row] (ESMM: pCTR, pCVR).
   void predict(const Block& batch, std::vector<std::vector<float>>& probabilities);
 
@@ -106,6 +91,12 @@ class MultiTaskModel {
 
   void forward(const Block& batch);
   const Tensor& tower_input(size_t task);
+  const Tensor& shared_output(size_t task);  // what task's tower reads (after forward)
+  bool row_in_loss(const Block& batch, size_t task, int64_t row) const;
+  template <class T>
+  StepLoss compute_losses(const Block& batch, const std::vector<double>& normalizers,
+                          const std::vector<const Tensor*>& logits, std::vector<Tensor*>& dlogits,
+                          std::vector<Tensor*>& probs, int only_task) const;
 
   ModelConfig config_;
   DataSchema schema_;
@@ -119,10 +110,14 @@ class MultiTaskModel {
   std::vector<InputGroup> groups_;
   std::vector<int> group_of_task_;
   std::unique_ptr<MLP> bottom_;
+  std::unique_ptr<MaskedMLP> masked_;              // ncs
+  std::vector<std::vector<uint8_t>> update_masks_;  // [task + 1], 0 = joint; built lazily
+  bool update_masks_stale_ = true;
   std::vector<std::unique_ptr<MLP>> towers_;
   std::vector<SparseGrad> sparse_grads_;
   std::vector<Tensor> dlogit_bufs_, prob_bufs_;
   Tensor dshared_buf_;
+  Tensor bottom_output_;  // shared_bottom: this batch's bottom output (a view of the MLP's buffer)
 };
 
 }  // namespace ncsrec

@@ -11,6 +11,7 @@
 #include "core/crc32c.h"
 #include "core/error.h"
 #include "core/hdf5_util.h"
+#include "train/mask_io.h"
 
 namespace ncsrec {
 namespace fs = std::filesystem;
@@ -120,6 +121,7 @@ void save_checkpoint(const std::string& dir, const TrainingState& state, const C
         for (Param& p : model.params().params())
           write_tensor(f, "optim/" + p.name + "/" + slot, buffer->view(p.offset, p.shape));
     }
+    if (model.num_masked_layers() > 0) write_masks(f, model);
     auto& tables = model.tables();
     for (size_t i = 0; i < tables.size(); ++i) {
       const std::string base = "embedding/" + tables[i].name();
@@ -227,6 +229,7 @@ CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& stat
         read_tensor(f, "optim/" + p.name + "/" + slot, view, dir);
       }
   }
+  if (model.num_masked_layers() > 0) read_masks(f, model);
   auto& tables = model.tables();
   for (size_t i = 0; i < tables.size(); ++i) {
     const std::string base = "embedding/" + tables[i].name();

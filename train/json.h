@@ -27,6 +27,8 @@ class JsonObject {
   JsonObject& add(const std::string& key, const std::string& v) { key_(key); out_ += quote(v); return *this; }
   JsonObject& add(const std::string& key, const char* v) { return add(key, std::string(v)); }
   JsonObject& add(const std::string& key, const JsonObject& v) { key_(key); out_ += v.str(); return *this; }
+  // `json` must already be valid JSON (an array, say).
+  JsonObject& add_raw(const std::string& key, const std::string& json) { key_(key); out_ += json; return *this; }
   std::string str() const { return "{" + out_ + "}"; }
 
   static std::string quote(const std::string& s) {

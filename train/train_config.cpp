@@ -33,6 +33,7 @@ TrainConfig parse_root(ConfigNode root) {
   c.data.train = data.get_string_list("train", {});
   if (c.data.train.empty()) data.fail("train", "required: a list of day folders or shard files");
   c.data.eval = data.get_string_list("eval", {});
+  c.data.valid = data.get_string_list("valid", {});
   c.data.window_rows = data.get_int("window_rows", 1 << 18, 1, int64_t(1) << 32);
   c.data.group_meta = data.get_string("group_meta", "user_id");
   data.finish();
@@ -48,8 +49,15 @@ TrainConfig parse_root(ConfigNode root) {
   c.train.log_every = train.get_int("log_every", 100, 1, INT64_MAX);
   c.train.eval_batch_size = train.get_int("eval_batch_size", 8192, 1, 1 << 24);
   c.train.shuffle = train.get_bool("shuffle", true);
+  c.train.schedule = train.get_choice("schedule", {"joint", "alternating"}, "joint");
+  c.train.mask_semantics = train.get_choice("mask_semantics", {"exact", "paper_shared_adam"}, "exact");
   train.finish();
   root.finish();
+  if (c.train.schedule == "alternating" && c.model.type == "esmm")
+    throw ConfigError(c.model.source + ": train.schedule: esmm trains its two losses together; use joint");
+  if (c.model.masks.find == "imp" && c.data.valid.empty())
+    throw ConfigError(c.model.source + ": data.valid: model.masks.find: imp picks each task's mask by its AUC on a "
+                      "validation split; give data.valid (never the eval data)");
   return c;
 }
 

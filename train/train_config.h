@@ -13,6 +13,7 @@ namespace ncsrec {
 struct DataConfig {
   std::vector<std::string> train;  // day folders (with _DONE) or shard files
   std::vector<std::string> eval;
+  std::vector<std::string> valid;  // model selection (IMP picks each task's mask by its AUC here)
   int64_t window_rows = 1 << 18;
   std::string group_meta = "user_id";  // meta column for GAUC ("" = none)
 };
@@ -24,6 +25,12 @@ struct TrainLoopConfig {
   int64_t log_every = 100;  // steps between metrics.jsonl lines
   int64_t eval_batch_size = 8192;
   bool shuffle = true;
+  // joint: every task's loss in each step; alternating: one batch per task in turn (NCS4CVR).
+  std::string schedule = "joint";
+  // exact: a task's step moves nothing outside its mask and its tower (optimizer state
+  // included); paper_shared_adam: one optimizer updates every parameter on every step, as in
+  // the NCS4CVR code (Adam momentum then moves weights the stepping task does not use).
+  std::string mask_semantics = "exact";
 };
 
 struct TrainConfig {

@@ -17,6 +17,9 @@
 #include "embedding/embedding_table.h"
 #include "models/multitask_model.h"
 #include "train/checkpoint.h"
+#include "train/imp.h"
+#include "train/mask_io.h"
+#include "train/step.h"
 #include "train/json.h"
 
 namespace ncsrec {
@@ -117,10 +120,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
     int64_t rows = 0;
     model.check_compatible(read_shard_schema(eval_files.front(), &rows), "data.eval (" + eval_files.front() + ")");
   }
-  std::unique_ptr<DenseOptimizer> dense_opt =
-      make_dense_optimizer(config.dense_optimizer, model.params().numel(), DType::F32, Device::CPU);
-  std::vector<std::unique_ptr<SparseOptimizer>> sparse_opts;
-  for (auto& table : model.tables()) sparse_opts.push_back(make_sparse_optimizer(config.sparse_optimizer, table));
+  Optimizers optimizers = make_optimizers(config.dense_optimizer, config.sparse_optimizer, model);
 
   // The run folder is made only once the config, the data and the model are known to work.
   std::error_code ec;
@@ -133,6 +133,19 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   // A new run starts a new log (resuming into a run folder is not supported yet).
   std::ofstream metrics_log(run_dir + "/metrics.jsonl", std::ios::trunc);
   if (!metrics_log) throw UserError("run folder " + run_dir + ": cannot write metrics.jsonl");
+
+  // Masks (ncs): from a file or checkpoint, or found now by IMP; otherwise all ones.
+  if (!config.model.masks.file.empty()) load_masks(config.model.masks.file, model);
+  if (config.model.masks.find == "imp") {
+    const std::vector<std::string> valid_files = expand_data_paths(config.data.valid, "data.valid");
+    const ImpResult imp = find_masks_imp(config, reader->schema(), train_files, valid_files, run_dir, comm);
+    for (size_t t = 0; t < imp.masks.size(); ++t)
+      for (int l = 0; l < model.num_masked_layers(); ++l)
+        model.set_mask(static_cast<int>(t), l, imp.masks[t][static_cast<size_t>(l)]);
+  }
+  const bool exact_masks = config.train.mask_semantics == "exact";
+  const bool alternating = config.train.schedule == "alternating";
+  const int num_tasks = static_cast<int>(config.model.tasks.size());
 
   const int64_t global_batch = config.train.batch_size * comm.world_size();
   const int64_t steps_per_epoch = reader->total_rows() / global_batch;
@@ -151,7 +164,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   Progress progress(comm.rank() == 0);
   const std::vector<std::string>& loss_names = model.loss_names();
   std::vector<double> loss_window(loss_names.size(), 0.0);
-  int64_t window_steps = 0;
+  std::vector<int64_t> loss_steps(loss_names.size(), 0);  // steps in the window that stepped each task
   TrainSummary summary;
   const auto start = Clock::now();
   auto window_start = start;
@@ -172,32 +185,30 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
         break;
       }
       if (!reader->next(batch)) break;
-      std::vector<double> norms = model.local_normalizers(batch);
-      comm.all_reduce_sum(norms.data(), static_cast<int64_t>(norms.size()));
-      model.params().zero_grad();
-      StepLoss loss = model.train_step(batch, norms);
-      // Each rank's loss is its share of the global mean: the sum over ranks is the loss.
-      comm.all_reduce_sum(loss.per_task.data(), static_cast<int64_t>(loss.per_task.size()));
-      comm.all_reduce_sum(&loss.total, 1);
-      comm.all_reduce_sum(model.params().grads());
-      dense_opt->step(model.params().values(), model.params().grads(), step + 1);
-      for (size_t t = 0; t < model.tables().size(); ++t) sparse_opts[t]->step(model.tables()[t], model.sparse_grads()[t]);
+      // Alternating (NCS4CVR): one batch per task in turn; joint: all tasks in each step.
+      const int task = alternating ? static_cast<int>(step % num_tasks) : -1;
+      const StepLoss loss = train_one_step(model, optimizers, batch, task, step + 1, exact_masks, comm);
       if (!std::isfinite(loss.total))
         throw UserError("training diverged at step " + std::to_string(step + 1) +
                         " (loss is not finite): lower optimizer.lr or check the data");
       ++step;
-      for (size_t i = 0; i < loss_window.size(); ++i) loss_window[i] += loss.per_task[i];
-      ++window_steps;
+      for (size_t i = 0; i < loss_window.size(); ++i)
+        if (!std::isnan(loss.per_task[i])) {
+          loss_window[i] += loss.per_task[i];
+          ++loss_steps[i];
+        }
       window_samples += global_batch;
       summary.samples += global_batch;
       position = reader->position();
       const double elapsed = seconds_since(start);
       std::vector<double> mean_loss(loss_window.size());
-      for (size_t i = 0; i < mean_loss.size(); ++i) mean_loss[i] = loss_window[i] / static_cast<double>(window_steps);
+      for (size_t i = 0; i < mean_loss.size(); ++i)
+        mean_loss[i] = loss_steps[i] ? loss_window[i] / static_cast<double>(loss_steps[i]) : NAN;
       progress.update(step, total_steps, static_cast<double>(summary.samples) / elapsed, loss_names, mean_loss, elapsed);
       if (step % config.train.log_every == 0 || step == total_steps) {
         JsonObject losses;
-        for (size_t i = 0; i < loss_names.size(); ++i) losses.add(loss_names[i], loss_window[i] / window_steps);
+        for (size_t i = 0; i < loss_names.size(); ++i)
+          losses.add(loss_names[i], loss_steps[i] ? loss_window[i] / static_cast<double>(loss_steps[i]) : NAN);
         const double window_s = seconds_since(window_start);
         JsonObject line;
         line.add("event", "train").add("step", step).add("epoch", epoch).add("samples", summary.samples)
@@ -205,7 +216,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
             .add("elapsed_sec", elapsed);
         if (comm.rank() == 0) metrics_log << line.str() << "\n" << std::flush;
         std::fill(loss_window.begin(), loss_window.end(), 0.0);
-        window_steps = 0;
+        std::fill(loss_steps.begin(), loss_steps.end(), 0);
         window_samples = 0;
         window_start = Clock::now();
       }
@@ -234,8 +245,8 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   meta.world_size = comm.world_size();
   meta.seed = static_cast<int64_t>(config.seed);
   meta.optimizer_step = step;
-  TrainingState state{&model, dense_opt.get(), {}};
-  for (auto& s : sparse_opts) state.sparse_optimizers.push_back(s.get());
+  TrainingState state{&model, optimizers.dense.get(), {}};
+  for (auto& s : optimizers.sparse) state.sparse_optimizers.push_back(s.get());
   save_checkpoint(summary.checkpoint, state, meta, comm);
 
   if (!eval_files.empty()) {

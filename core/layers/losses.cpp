@@ -1,4 +1,5 @@
-// CPU reference of the loss heads: sigmoid BCE and the ESMM head, loss and gradient in one pass.
+// CPU reference of the loss heads: sigmoid BCE, focal, sigmoid MSE and the ESMM head, loss and
+// gradient in one pass.
 //
 // Every log is taken in a form that cannot overflow or lose all its digits at extreme logits
 // (softplus, log σ, log(-expm1)), so logits of ±1000 in f32 give finite losses and gradients.
@@ -55,6 +56,50 @@ double sigmoid_bce_forward_backward(const T* logits, const float* labels, const 
   return normalizer != 0 ? loss / normalizer : 0.0;
 }
 
+// With p = σ(x), q = 1 - p = σ(-x) and dp/dx = pq:
+//   dl+/dx = α q^γ (γ p log p - q),   dl-/dx = (1-α) p^γ (p - γ q log q).
+// Written this way no power has a negative exponent (no 0^(γ-1) at saturated logits), and
+// log p, log q come from log σ, so every factor stays finite for any finite logit.
+template <class T>
+double focal_forward_backward(const T* logits, const float* labels, const float* weights, int64_t n, double alpha,
+                              double gamma, double normalizer, T* prob, T* grad) {
+  const T scale = normalizer != 0 ? static_cast<T>(1.0 / normalizer) : T(0);
+  const T a = static_cast<T>(alpha), g = static_cast<T>(gamma);
+  double loss = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const T x = logits[i], y = static_cast<T>(labels[i]);
+    const T w = weights ? static_cast<T>(weights[i]) : T(1);
+    const T p = sigmoid(x), q = sigmoid(-x);
+    const T log_p = log_sigmoid(x), log_q = log_sigmoid(-x);
+    const T q_pow = std::pow(q, g), p_pow = std::pow(p, g);
+    prob[i] = p;
+    const T l_pos = -a * q_pow * log_p;
+    const T l_neg = -(T(1) - a) * p_pow * log_q;
+    const T d_pos = a * q_pow * (g * p * log_p - q);
+    const T d_neg = (T(1) - a) * p_pow * (p - g * q * log_q);
+    grad[i] = w * (y * d_pos + (T(1) - y) * d_neg) * scale;
+    loss += static_cast<double>(w) * static_cast<double>(y * l_pos + (T(1) - y) * l_neg);
+  }
+  return normalizer != 0 ? loss / normalizer : 0.0;
+}
+
+template <class T>
+double sigmoid_mse_forward_backward(const T* logits, const float* labels, const float* weights, int64_t n,
+                                    double normalizer, T* prob, T* grad) {
+  const T scale = normalizer != 0 ? static_cast<T>(1.0 / normalizer) : T(0);
+  double loss = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const T x = logits[i], y = static_cast<T>(labels[i]);
+    const T w = weights ? static_cast<T>(weights[i]) : T(1);
+    const T p = sigmoid(x), q = sigmoid(-x);  // q from σ(-x), not 1 - p, keeps its digits near p = 1
+    const T d = p - y;
+    prob[i] = p;
+    grad[i] = w * T(2) * d * p * q * scale;
+    loss += static_cast<double>(w) * static_cast<double>(d * d);
+  }
+  return normalizer != 0 ? loss / normalizer : 0.0;
+}
+
 // CTCVR part with p = σ(a)σ(b) and label z:
 //   l = -(z log p + (1 - z) log(1 - p)),  log p = log σ(a) + log σ(b),  1 - p = -expm1(log p)
 //   dl/da = (p - z)/(p(1 - p)) · p(1 - σ(a)) = (p - z) · σ(-a)/(1 - p), and symmetrically for b.
@@ -96,6 +141,14 @@ EsmmLoss esmm_forward_backward(const T* logit_ctr, const T* logit_cvr, const flo
 template double sigmoid_bce_forward_backward<float>(const float*, const float*, const float*, int64_t, double, float*,
                                                     float*);
 template double sigmoid_bce_forward_backward<double>(const double*, const float*, const float*, int64_t, double,
+                                                     double*, double*);
+template double focal_forward_backward<float>(const float*, const float*, const float*, int64_t, double, double,
+                                              double, float*, float*);
+template double focal_forward_backward<double>(const double*, const float*, const float*, int64_t, double, double,
+                                               double, double*, double*);
+template double sigmoid_mse_forward_backward<float>(const float*, const float*, const float*, int64_t, double, float*,
+                                                    float*);
+template double sigmoid_mse_forward_backward<double>(const double*, const float*, const float*, int64_t, double,
                                                      double*, double*);
 template EsmmLoss esmm_forward_backward<float>(const float*, const float*, const float*, const float*, const float*,
                                                int64_t, double, double, float*, float*, float*, float*, float*);

@@ -16,6 +16,22 @@ template <class T>
 double sigmoid_bce_forward_backward(const T* logits, const float* labels, const float* weights, int64_t n,
                                     double normalizer, T* prob, T* grad);
 
+// Focal loss on logits (Lin et al. 2017; the NCS4CVR CTR loss uses alpha = 0.75, gamma = 2),
+// with p = σ(x):  l+ = -α (1-p)^γ log p  (y = 1),  l- = -(1-α) p^γ log(1-p)  (y = 0), and
+// l = y l+ + (1-y) l- for soft labels y in [0, 1]. γ = 0, α = 0.5 is half of BCE. Needs γ >= 0.
+// Writes prob[i] = σ(x_i) and grad[i] = dL/dx_i; `weights` may be null (all 1).
+template <class T>
+double focal_forward_backward(const T* logits, const float* labels, const float* weights, int64_t n, double alpha,
+                              double gamma, double normalizer, T* prob, T* grad);
+
+// Squared error on the probability (the NCS4CVR CVR loss, "weighted MSE"): l_i = (σ(x_i) - y_i)².
+// Writes prob[i] = σ(x_i) and grad[i] = w_i · 2(σ - y) σ (1 - σ) / normalizer. The paper's
+// weighting (w = 1 on positives only, normalizer = their count, as TF's default reduction
+// divides by the number of nonzero weights) is the caller's choice of weights and normalizer.
+template <class T>
+double sigmoid_mse_forward_backward(const T* logits, const float* labels, const float* weights, int64_t n,
+                                    double normalizer, T* prob, T* grad);
+
 // ESMM head (Ma et al. 2018): pCTR = σ(a), pCVR = σ(b), pCTCVR = pCTR·pCVR.
 // Loss over all impressions: BCE(click, pCTR) + ctcvr_weight · BCE(click∧conversion, pCTCVR),
 // each sum_i w_i l_i / normalizer. Writes the three probabilities and the exact gradients

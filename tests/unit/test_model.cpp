@@ -7,6 +7,8 @@
 // from rows whose given label is 0.
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -40,6 +42,10 @@ ModelConfig model_config(const std::string& type, double ctr_weight = 1.3, doubl
   m.tasks = {TaskSpec{"ctr", "click", "", tower, ctr_weight}, TaskSpec{"cvr", "conversion", "ctr", tower, cvr_weight}};
   m.tables = {TableSpec{"user_t", 7, {"user"}, Pooling::Sum}, TableSpec{"item_t", 9, {"item", "tags"}, Pooling::Mean}};
   if (type == "shared_bottom") m.bottom = {5};
+  if (type == "ncs") {
+    m.shared = {5, 4};
+    m.masks.layers = {0, 1};
+  }
   return m;
 }
 
@@ -66,15 +72,19 @@ Block random_batch(const DataSchema& schema, int64_t rows, uint64_t seed) {
   return b;
 }
 
-double total_loss(MultiTaskModel& model, const Block& batch, const std::vector<double>& normalizers) {
+double total_loss(MultiTaskModel& model, const Block& batch, const std::vector<double>& normalizers, int only_task) {
   model.params().zero_grad();  // train_step accumulates; the value of total does not depend on it
-  return model.train_step(batch, normalizers).total;
+  return model.train_step(batch, normalizers, only_task).total;
 }
 
 // The whole-model check: every dense parameter and every table element.
-void check_model_gradients(const ModelConfig& config, uint64_t seed) {
+// `only_task` >= 0 checks a single-task step (the alternating schedule); `prepare` may change
+// the model first (set masks).
+void check_model_gradients(const ModelConfig& config, uint64_t seed, int only_task = -1,
+                           const std::function<void(MultiTaskModel&)>& prepare = {}) {
   const DataSchema schema = test_schema();
   MultiTaskModel model(config, schema, DType::F64, seed);
+  if (prepare) prepare(model);
   // Biases start at 0, where a hidden unit fed by an all-zero ReLU output sits exactly on the
   // ReLU's kink and has no derivative: move them off it.
   Rng rng(seed + 2);
@@ -84,10 +94,12 @@ void check_model_gradients(const ModelConfig& config, uint64_t seed) {
   const std::vector<double> normalizers = model.local_normalizers(batch);
 
   model.params().zero_grad();
-  const StepLoss loss = model.train_step(batch, normalizers);
+  const StepLoss loss = model.train_step(batch, normalizers, only_task);
   ASSERT_TRUE(std::isfinite(loss.total));
   double weighted = 0;
-  for (size_t t = 0; t < loss.per_task.size(); ++t) weighted += config.tasks[t].loss_weight * loss.per_task[t];
+  for (size_t t = 0; t < loss.per_task.size(); ++t)
+    if (only_task < 0 || static_cast<int>(t) == only_task) weighted += config.tasks[t].loss_weight * loss.per_task[t];
+    else EXPECT_TRUE(std::isnan(loss.per_task[t])) << "a task not stepped reports NaN";
   EXPECT_NEAR(loss.total, weighted, 1e-12 * std::max(1.0, std::abs(weighted)));
 
   const Tensor dense_grads = model.params().grads().clone();
@@ -103,7 +115,7 @@ void check_model_gradients(const ModelConfig& config, uint64_t seed) {
     table_grads.push_back(full);
   }
 
-  auto f = [&] { return total_loss(model, batch, normalizers); };
+  auto f = [&] { return total_loss(model, batch, normalizers, only_task); };
   EXPECT_TRUE(testing::check_gradient(config.type + " dense parameters", f, model.params().values().data<double>(),
                                       dense_grads.data<double>(), model.params().numel()));
   for (size_t t = 0; t < model.tables().size(); ++t) {
@@ -138,6 +150,31 @@ TEST(MultiTaskModel, GradientsIncludeThePairwiseInteractionForEveryType) {
     ModelConfig m = model_config(type);
     m.interaction = "dot";
     check_model_gradients(m, 707);
+  }
+}
+
+void random_masks(MultiTaskModel& model) {
+  Rng rng(77);
+  for (int t = 0; t < 2; ++t)
+    for (int l = 0; l < model.num_masked_layers(); ++l) {
+      BitMask m = model.mask(t, l);
+      for (int64_t i = 0; i < m.size(); ++i) m.set(i, rng.bernoulli(0.6));
+      model.set_mask(t, l, m);
+    }
+}
+
+TEST(MultiTaskModel, NcsGradientsThroughEachTasksMasksAreTheDerivativesOfTheLoss) {
+  // Joint: the shared weights' gradient is the sum of the tasks' masked gradients.
+  check_model_gradients(model_config("ncs"), 808, -1, random_masks);
+  ModelConfig dot = model_config("ncs");
+  dot.interaction = "dot";
+  check_model_gradients(dot, 809, -1, random_masks);
+  // One task at a time (the alternating schedule), with each of the losses NCS4CVR uses.
+  for (const std::string loss : {"bce", "focal", "mse"}) {
+    ModelConfig m = model_config("ncs");
+    for (auto& t : m.tasks) t.loss = loss;
+    check_model_gradients(m, 810, 0, random_masks);
+    check_model_gradients(m, 811, 1, random_masks);
   }
 }
 

@@ -1,0 +1,111 @@
+// Masked linear layer and MLP for neuron-connection sharing (NCS4CVR / LT4REC, PAPERS.md §1–2):
+// one weight W shared by all tasks, one fixed binary mask per task, y_t = act(x·(W ⊙ M_t) + b).
+//
+// Shapes: x [B, in], W [in, out] (row-major, as in Linear), M_t [in, out] bit-packed, b [out],
+// y_t [B, out]. Only W is masked; the bias is shared and unmasked (as in the reference code).
+// Gradient routing is the point of the layer: ∂y_t/∂W is zero outside M_t, so task t's
+// backward adds exactly 0 to dW there. Weights in every mask are shared, weights in some masks
+// are task-private, weights in none are dead (see split_connections in core/masks.h).
+//
+// Per-task state: each task has its own masked-weight, output, cached-input and gradient
+// buffers, so a joint step may run forward(0), forward(1), backward(1), backward(0).
+// Gradient contract (as Linear): dW and db accumulate (+=); dx is written (=).
+//
+// Not here: mask learning (IMP is prune_global_magnitude plus a trainer), a sparse kernel
+// (masks are ~20–70% dense, so the masked weight is materialised and one dense GEMM runs),
+// and CUDA: the masking is a CPU loop (apply_mask / add_masked in core/masks.h) until a
+// matching dispatch op exists; forward throws a clear error on other devices.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/layers/linear.h"
+#include "core/masks.h"
+#include "core/params.h"
+#include "core/tensor.h"
+
+namespace ncsrec {
+
+class MaskedLinear {
+ public:
+  // Parameters `<name>.weight` [in, out] (Xavier uniform) and `<name>.bias` [out] (zeros);
+  // `num_tasks` masks, all ones (every task sees the dense layer) until set_mask.
+  MaskedLinear(ParamStore& store, const std::string& name, int64_t in, int64_t out, int num_tasks,
+               Activation act = Activation::None);
+
+  // Replaces task `task`'s mask; it must be [in, out]. Takes effect at the next forward.
+  void set_mask(int task, const BitMask& mask);
+  const BitMask& mask(int task) const;
+  // For in-place pruning (prune_global_magnitude); the shape must stay [in, out].
+  BitMask& mutable_mask(int task);
+
+  // y_t = act(x·(W ⊙ M_t) + b). Returns task `task`'s output buffer, valid until that task's
+  // next forward. Re-materialises W ⊙ M_t every call, because W moves between steps. x must
+  // stay unchanged until this task's backward (it is cached by reference).
+  const Tensor& forward(int task, const Tensor& x);
+  // Given dy = dL/dy_t [B, out] for task `task`'s last forward: dW += (xᵀ·dpre) ⊙ M_t,
+  // db += colsum(dpre); returns dx = dpre·(W ⊙ M_t)ᵀ [B, in] (this task's buffer) when
+  // `need_dx`, else an undefined tensor. dpre = dy ⊙ act'(y_t).
+  const Tensor& backward(int task, const Tensor& dy, bool need_dx = true);
+
+  int64_t in() const { return in_; }
+  int64_t out() const { return out_; }
+  int num_tasks() const { return static_cast<int>(tasks_.size()); }
+  Activation activation() const { return act_; }
+  Param* weight() const { return weight_; }
+  Param* bias() const { return bias_; }
+
+ private:
+  struct TaskState {
+    BitMask mask;             // [in, out]
+    Tensor w_masked;          // [in, out]: W ⊙ M_t as of this task's last forward
+    Tensor x;                 // cached input (a reference to the caller's tensor)
+    Tensor y_buf, y, dpre_buf, dpre, dx_buf, dx;
+  };
+  TaskState& task_state(int task, const char* what);
+
+  int64_t in_, out_;
+  Activation act_;
+  Param* weight_ = nullptr;
+  Param* bias_ = nullptr;
+  std::vector<TaskState> tasks_;
+  Tensor dw_scratch_;  // [in, out]: xᵀ·dpre before masking; shared, used only inside backward
+  Tensor none_;
+};
+
+// A stack of MaskedLinear layers, ReLU between them; `<prefix>.<i>.weight` / `.bias`.
+// `final_activation` applies ReLU after the last layer too (the NCS shared MLP uses it, so its
+// 128-wide output feeds the unmasked task heads through a ReLU).
+class MaskedMLP {
+ public:
+  MaskedMLP(ParamStore& store, const std::string& prefix, int64_t in, const std::vector<int64_t>& sizes,
+            int num_tasks, bool final_activation);
+  const Tensor& forward(int task, const Tensor& x);
+  const Tensor& backward(int task, const Tensor& dy, bool need_dx = true);
+
+  int64_t in() const { return in_; }
+  int64_t out() const { return layers_.back().out(); }
+  size_t depth() const { return layers_.size(); }
+  int num_tasks() const { return layers_.front().num_tasks(); }
+  MaskedLinear& layer(size_t i) { return layers_[i]; }
+  const MaskedLinear& layer(size_t i) const { return layers_[i]; }
+
+  // The masked weights' values, layer by layer (valid after the store is finalised), and the
+  // matching masks of one task: together the arguments of prune_global_magnitude.
+  std::vector<const Tensor*> masked_weights() const;
+  std::vector<BitMask*> task_masks(int task);
+  std::vector<const BitMask*> task_masks(int task) const;
+  // Sets one task's masks, one per layer, each [in_l, out_l].
+  void set_task_masks(int task, const std::vector<BitMask>& masks);
+  // Number of maskable weights (sum of in_l · out_l; 532,480 for 720 → 512 → 256 → 128).
+  int64_t masked_weight_count() const;
+  // Shared / private / dead connections summed over all layers.
+  MaskSplit split() const;
+
+ private:
+  int64_t in_;
+  std::vector<MaskedLinear> layers_;
+};
+
+}  // namespace ncsrec

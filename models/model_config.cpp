@@ -1,0 +1,100 @@
+#include "models/model_config.h"
+
+#include <set>
+
+namespace ncsrec {
+
+// ESMM's CTCVR loss constrains only the product pCTR·pCVR: without the CTR loss neither factor
+// is determined (and the fused loss's gradients, scaled by this weight, would all be zero).
+const char* const kEsmmCtrWeightMessage =
+    "esmm needs a CTR loss weight > 0: pCTR (and so pCVR) is learned through the CTR loss";
+
+namespace {
+
+MaskSpec parse_masks(ConfigNode node, int64_t shared_layers) {
+  MaskSpec m;
+  std::vector<int64_t> all;
+  for (int64_t i = 0; i < shared_layers; ++i) all.push_back(i);
+  m.layers = node.get_int_list("layers", all, 0, std::max<int64_t>(shared_layers - 1, 0));
+  m.file = node.get_string("file", "");
+  m.find = node.get_choice("find", {"none", "imp"}, "none");
+  m.final_density = node.get_double("final_density", 0.2, 1e-6, 1.0);
+  m.rounds = static_cast<int>(node.get_int("rounds", 4, 1, 100));
+  m.epochs_per_round = node.get_int("epochs_per_round", 1, 1, 1000);
+  m.shared_init = node.get_bool("shared_init", true);
+  if (!m.file.empty() && m.find != "none") node.fail("file", "give either masks.file or masks.find, not both");
+  node.finish();
+  return m;
+}
+
+}  // namespace
+
+ModelConfig parse_model_config(ConfigNode node) {
+  ModelConfig m;
+  m.source = node.file();
+  m.type = node.get_choice("type", {"single_task", "shared_embedding", "shared_bottom", "esmm", "ncs"}, "esmm");
+  m.embedding_dim = node.get_int("embedding_dim", 8, 1, 1024);
+  m.embedding_init = node.get_double("embedding_init", 0.05, 0.0, 10.0);
+  m.use_dense = node.get_bool("use_dense", true);
+  m.interaction = node.get_choice("interaction", {"none", "dot"}, "none");
+  m.bottom = node.get_int_list("bottom", {}, 1, 1 << 16);
+  m.shared = node.get_int_list("shared", {}, 1, 1 << 16);
+  // An empty tower (`tower: []`) is a linear head, as in the NCS4CVR paper.
+  const std::vector<int64_t> default_tower = node.get_int_list("tower", {64, 32}, 1, 1 << 16);
+
+  ConfigNode tasks = node.child("tasks");
+  if (tasks.size() == 0) tasks.fail_here("at least one task is required (e.g. ctr: {label: click})");
+  for (auto& [name, t] : tasks.entries()) {
+    TaskSpec spec;
+    spec.name = name;
+    spec.label = t.get_string("label");
+    spec.given = t.get_string("given", "");
+    spec.tower = t.get_int_list("tower", default_tower, 1, 1 << 16);
+    spec.loss_weight = t.get_double("loss_weight", 1.0, 0.0, 1e6);
+    spec.loss = t.get_choice("loss", {"bce", "focal", "mse"}, "bce");
+    spec.focal_alpha = t.get_double("focal_alpha", 0.75, 0.0, 1.0);
+    spec.focal_gamma = t.get_double("focal_gamma", 2.0, 0.0, 100.0);
+    t.finish();
+    m.tasks.push_back(spec);
+  }
+  std::set<std::string> names;
+  for (const auto& t : m.tasks) names.insert(t.name);
+  for (const auto& t : m.tasks)
+    if (!t.given.empty() && (!names.count(t.given) || t.given == t.name))
+      tasks.fail(t.name + ".given", "'" + t.given + "' is not another task of this model");
+
+  if (m.type == "esmm") {
+    if (m.tasks.size() != 2 || !m.tasks[0].given.empty() || m.tasks[1].given != m.tasks[0].name)
+      tasks.fail_here("esmm needs exactly two tasks, a CTR task first and a CVR task second with given: <ctr task>");
+    if (!(m.tasks[0].loss_weight > 0)) tasks.fail(m.tasks[0].name + ".loss_weight", kEsmmCtrWeightMessage);
+    for (const auto& t : m.tasks)
+      if (t.loss != "bce") tasks.fail(t.name + ".loss", "esmm trains its two heads with its own BCE losses");
+  }
+  if (m.type != "shared_bottom" && !m.bottom.empty())
+    node.fail("bottom", "a shared bottom MLP is only used by type shared_bottom");
+  if (m.type == "shared_bottom" && m.bottom.empty()) node.fail("bottom", "shared_bottom needs bottom: [sizes]");
+  if (m.type != "ncs" && !m.shared.empty()) node.fail("shared", "masked shared layers are only used by type ncs");
+  if (m.type == "ncs" && m.shared.empty()) node.fail("shared", "ncs needs shared: [sizes] (the paper: [512, 256, 128])");
+  if (m.type == "ncs") m.masks = parse_masks(node.child("masks"), static_cast<int64_t>(m.shared.size()));
+  else if (node.has("masks")) node.fail("masks", "masks are only used by type ncs");
+  else node.child("masks");
+
+  ConfigNode tables = node.child("tables");
+  if (tables.size() == 0) tables.fail_here("at least one embedding table is required");
+  std::set<std::string> used_slots;
+  for (auto& [name, t] : tables.entries()) {
+    TableSpec spec;
+    spec.name = name;
+    spec.rows = t.get_int("rows", 1, int64_t(1) << 40);
+    spec.slots = t.get_string_list("slots", {name});
+    spec.pooling = t.get_choice("pooling", {"sum", "mean"}, "sum") == "sum" ? Pooling::Sum : Pooling::Mean;
+    t.finish();
+    for (const auto& s : spec.slots)
+      if (!used_slots.insert(s).second) t.fail("slots", "slot '" + s + "' is already read by another table");
+    m.tables.push_back(spec);
+  }
+  node.finish();
+  return m;
+}
+
+}  // namespace ncsrec

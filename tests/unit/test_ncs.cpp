@@ -1,0 +1,293 @@
+// Neuron-connection sharing at the model and trainer level: a task's step never moves what
+// lies outside its reach (its mask, its tower) under the exact semantics, whatever the
+// optimizer; masks survive mask files and checkpoints; rewinding restores θ₀ exactly; IMP
+// reaches the formula's densities; both schedules train.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <string>
+
+#include "core/data/synthetic.h"
+#include "core/error.h"
+#include "core/random.h"
+#include "dist/communicator.h"
+#include "scratch_dir.h"
+#include "core/data/hdf5_shard.h"
+#include "train/checkpoint.h"
+#include "train/evaluate.h"
+#include "train/imp.h"
+#include "train/mask_io.h"
+#include "train/step.h"
+#include "train/trainer.h"
+
+namespace ncsrec {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::ScratchDir;
+
+DataSchema schema2() {
+  DataSchema s;
+  s.tasks = {"click", "conversion"};
+  s.dense_dim = 2;
+  s.slots = {"user", "item"};
+  return s;
+}
+
+ModelConfig ncs_config() {
+  ModelConfig m;
+  m.type = "ncs";
+  m.embedding_dim = 3;
+  m.interaction = "dot";
+  m.tables = {TableSpec{"user", 11, {"user"}, Pooling::Sum}, TableSpec{"item", 13, {"item"}, Pooling::Sum}};
+  m.shared = {6, 5};
+  m.masks.layers = {0, 1};
+  m.tasks = {TaskSpec{"ctr", "click", "", {}, 1.0}, TaskSpec{"cvr", "conversion", "ctr", {4}, 1.5}};
+  return m;
+}
+
+Block random_batch(const DataSchema& schema, int64_t rows, uint64_t seed) {
+  Block b = Block::with_schema(schema);
+  Rng rng(seed);
+  b.rows = rows;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float click = rng.bernoulli(0.5) ? 1.0f : 0.0f;
+    b.labels[0].push_back(click);
+    b.labels[1].push_back(click > 0 && rng.bernoulli(0.5) ? 1.0f : 0.0f);
+    for (int j = 0; j < 2; ++j) b.dense.push_back(static_cast<float>(rng.uniform(-1, 1)));
+    for (size_t s = 0; s < 2; ++s) {
+      b.sparse[s].ids.push_back(static_cast<int64_t>(rng.below(20)));
+      b.sparse[s].offsets.push_back(r + 1);
+    }
+  }
+  return b;
+}
+
+BitMask random_mask(int64_t rows, int64_t cols, uint64_t seed, double density) {
+  BitMask m = BitMask::zeros(rows, cols);
+  Rng rng(seed);
+  for (int64_t i = 0; i < m.size(); ++i) m.set(i, rng.bernoulli(density));
+  return m;
+}
+
+void randomize_masks(MultiTaskModel& model, uint64_t seed) {
+  for (int t = 0; t < 2; ++t)
+    for (int l = 0; l < model.num_masked_layers(); ++l) {
+      const BitMask& cur = model.mask(t, l);
+      model.set_mask(t, l, random_mask(cur.rows, cur.cols, seed + static_cast<uint64_t>(10 * t + l), 0.5));
+    }
+}
+
+std::vector<uint8_t> bytes_of(const Tensor& t) {
+  const auto* p = static_cast<const uint8_t*>(t.raw());
+  return std::vector<uint8_t>(p, p + t.nbytes());
+}
+
+// Whether element e of the dense buffer may move in a step of `task` under the exact semantics.
+bool reachable(MultiTaskModel& model, int task, int64_t e) {
+  for (const Param& p : model.params().params()) {
+    if (e < p.offset || e >= p.offset + shape_numel(p.shape)) continue;
+    const int64_t i = e - p.offset;
+    const std::string other = task == 0 ? "tower.cvr." : "tower.ctr.";
+    if (p.name.rfind(other, 0) == 0) return false;
+    for (int l = 0; l < model.num_masked_layers(); ++l)
+      if (p.name == model.masked_layer_name(l) + ".weight") return model.mask(task, l).get(i);
+    return true;
+  }
+  return true;
+}
+
+TEST(Ncs, AStepOfOneTaskMovesNothingOutsideItsMaskAndTowerForEveryOptimizer) {
+  for (const std::string type : {"sgd", "adam", "adagrad"}) {
+    MultiTaskModel model(ncs_config(), schema2(), DType::F32, 3);
+    randomize_masks(model, 100);
+    OptimizerConfig oc;
+    oc.type = type;
+    oc.lr = 0.05;
+    Optimizers opt = make_optimizers(oc, oc, model);
+    auto comm = make_local_communicator();
+    // Joint steps first, so that every optimizer state is non-zero.
+    for (int64_t s = 1; s <= 3; ++s) train_one_step(model, opt, random_batch(schema2(), 32, s), -1, s, true, *comm);
+    for (int task = 0; task < 2; ++task) {
+      const std::vector<uint8_t> before = bytes_of(model.params().values());
+      std::vector<std::vector<uint8_t>> state_before;
+      for (auto& [slot, t] : opt.dense->state()) state_before.push_back(bytes_of(*t));
+      train_one_step(model, opt, random_batch(schema2(), 32, 50 + task), task, 4 + task, true, *comm);
+      const std::vector<uint8_t> after = bytes_of(model.params().values());
+      const int64_t n = model.params().numel();
+      int64_t moved_inside = 0;
+      for (int64_t e = 0; e < n; ++e) {
+        const bool same = std::memcmp(&before[static_cast<size_t>(e) * 4], &after[static_cast<size_t>(e) * 4], 4) == 0;
+        if (!reachable(model, task, e)) {
+          ASSERT_TRUE(same) << type << ": task " << task << " moved unreachable element " << e;
+          size_t k = 0;
+          for (auto& [slot, t] : opt.dense->state()) {
+            ASSERT_EQ(std::memcmp(&state_before[k][static_cast<size_t>(e) * 4],
+                                  static_cast<const uint8_t*>(t->raw()) + static_cast<size_t>(e) * 4, 4),
+                      0)
+                << type << ": task " << task << " changed the " << slot << " state of unreachable element " << e;
+            ++k;
+          }
+        } else if (!same) {
+          ++moved_inside;
+        }
+      }
+      // (reachable weights with a zero gradient, e.g. behind an inactive ReLU, need not move)
+      EXPECT_GT(moved_inside, 10) << type << ": the step should move reachable weights";
+    }
+  }
+}
+
+TEST(Ncs, ThePapersSharedAdamDoesMoveWeightsOutsideTheSteppingTasksMask) {
+  // The contrast that makes the exact semantics worth having (PAPERS.md §1, optimizer caveat).
+  MultiTaskModel model(ncs_config(), schema2(), DType::F32, 3);
+  randomize_masks(model, 100);
+  OptimizerConfig oc;
+  oc.type = "adam";
+  oc.lr = 0.05;
+  Optimizers opt = make_optimizers(oc, oc, model);
+  auto comm = make_local_communicator();
+  for (int64_t s = 1; s <= 3; ++s) train_one_step(model, opt, random_batch(schema2(), 32, s), -1, s, false, *comm);
+  const std::vector<uint8_t> before = bytes_of(model.params().values());
+  train_one_step(model, opt, random_batch(schema2(), 32, 9), 0, 4, false, *comm);
+  const std::vector<uint8_t> after = bytes_of(model.params().values());
+  int64_t moved_outside = 0;
+  for (int64_t e = 0; e < model.params().numel(); ++e)
+    if (!reachable(model, 0, e) &&
+        std::memcmp(&before[static_cast<size_t>(e) * 4], &after[static_cast<size_t>(e) * 4], 4) != 0)
+      ++moved_outside;
+  EXPECT_GT(moved_outside, 0);
+}
+
+TEST(Ncs, MasksRoundTripThroughMaskFilesAndCheckpoints) {
+  ScratchDir dir("ncs_masks");
+  MultiTaskModel model(ncs_config(), schema2(), DType::F32, 3);
+  randomize_masks(model, 7);
+  write_mask_file((dir.path / "m.h5").string(), model);
+  MultiTaskModel from_file(ncs_config(), schema2(), DType::F32, 4);
+  load_masks((dir.path / "m.h5").string(), from_file);
+  auto comm = make_local_communicator();
+  save_checkpoint((dir.path / "ckpt").string(), TrainingState{&model, nullptr, {}}, CheckpointMeta{}, *comm);
+  MultiTaskModel from_ckpt(ncs_config(), schema2(), DType::F32, 5);
+  load_checkpoint((dir.path / "ckpt").string(), TrainingState{&from_ckpt, nullptr, {}});
+  MultiTaskModel from_ckpt_masks(ncs_config(), schema2(), DType::F32, 6);
+  load_masks((dir.path / "ckpt").string(), from_ckpt_masks);
+  for (int t = 0; t < 2; ++t)
+    for (int l = 0; l < model.num_masked_layers(); ++l) {
+      EXPECT_TRUE(from_file.mask(t, l) == model.mask(t, l));
+      EXPECT_TRUE(from_ckpt.mask(t, l) == model.mask(t, l));
+      EXPECT_TRUE(from_ckpt_masks.mask(t, l) == model.mask(t, l));
+    }
+  // A mask of another shape is refused with the file and the layer named.
+  ModelConfig other = ncs_config();
+  other.shared = {7, 5};
+  MultiTaskModel wrong(other, schema2(), DType::F32, 3);
+  try {
+    load_masks((dir.path / "m.h5").string(), wrong);
+    ADD_FAILURE() << "a mask of another shape was loaded";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("shared.0"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Ncs, RewindingRestoresEveryParameterAndEmbeddingExactly) {
+  MultiTaskModel model(ncs_config(), schema2(), DType::F32, 3);
+  const ModelSnapshot theta0 = ModelSnapshot::capture(model);
+  const std::vector<uint8_t> params0 = bytes_of(model.params().values());
+  std::vector<std::vector<uint8_t>> tables0;
+  for (auto& t : model.tables()) tables0.push_back(bytes_of(t.values()));
+  OptimizerConfig oc;
+  Optimizers opt = make_optimizers(oc, oc, model);
+  auto comm = make_local_communicator();
+  for (int64_t s = 1; s <= 3; ++s) train_one_step(model, opt, random_batch(schema2(), 32, s), -1, s, true, *comm);
+  ASSERT_NE(bytes_of(model.params().values()), params0);
+  theta0.restore(model);
+  EXPECT_EQ(bytes_of(model.params().values()), params0);
+  for (size_t i = 0; i < tables0.size(); ++i) EXPECT_EQ(bytes_of(model.tables()[i].values()), tables0[i]);
+}
+
+// A small generated data set: days 1-2 train, 3 valid, 4 eval.
+std::string small_data(const ScratchDir& dir) {
+  GeneratorConfig g;
+  g.users = 2000;
+  g.items = 500;
+  g.days = 4;
+  g.rows_per_day = 20000;
+  generate_dataset(g, (dir.path / "gen").string());
+  return (dir.path / "gen/content").string();
+}
+
+TrainConfig small_ncs(const std::string& data, const std::string& extra_model, const std::string& extra_train) {
+  const std::string yaml =
+      "run: {threads: 1}\n"
+      "data: {train: [\"" + data + "/day=2026-01-0[1-2]\"], valid: [\"" + data + "/day=2026-01-03\"], eval: [\"" + data +
+      "/day=2026-01-04\"]}\n"
+      "model:\n  type: ncs\n  embedding_dim: 4\n  interaction: dot\n  shared: [16, 8]\n  tower: []\n"
+      "  tables: {user_id: {rows: 2000}, item_id: {rows: 500}, user_segment: {rows: 32}, item_category: {rows: 64}}\n"
+      "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n" + extra_model +
+      "optimizer: {type: adam, lr: 0.01}\n"
+      "train: {batch_size: 256" + extra_train + "}\n";
+  return parse_train_config(yaml, "ncs_test.yaml");
+}
+
+TEST(Ncs, ImpReachesTheFormulasDensitiesAndKeepsEveryRound) {
+  ScratchDir dir("ncs_imp");
+  const std::string data = small_data(dir);
+  const TrainConfig c = small_ncs(data, "  masks: {find: imp, final_density: 0.25, rounds: 2}\n", "");
+  auto comm = make_local_communicator();
+  const TrainSummary s = run_training(c, "x: 1", (dir.path / "run").string(), *comm);
+  EXPECT_GT(s.steps, 0);
+  int64_t rows = 0;
+  const DataSchema schema = read_shard_schema(expand_data_paths({data + "/day=2026-01-01"}, "test").front(), &rows);
+  MultiTaskModel model(c.model, schema, DType::F32, 1);
+  // p = 1 − 0.25^(1/2) = 0.5 per round, over all masked weights together, exact by count.
+  int64_t n = 0;
+  for (int l = 0; l < model.num_masked_layers(); ++l) n += model.mask(0, l).size();
+  std::vector<int64_t> expected = {n};
+  for (int r = 0; r < 2; ++r) expected.push_back(expected.back() - std::llround(0.5 * static_cast<double>(expected.back())));
+  for (int round = 0; round <= 2; ++round) {
+    load_masks((dir.path / "run/masks" / ("round-" + std::to_string(round) + ".h5")).string(), model);
+    for (int t = 0; t < 2; ++t) {
+      int64_t ones = 0;
+      for (int l = 0; l < model.num_masked_layers(); ++l) ones += model.mask(t, l).count();
+      EXPECT_EQ(ones, expected[static_cast<size_t>(round)]) << "task " << t << " round " << round;
+    }
+  }
+  // The trained model carries the chosen masks.
+  MultiTaskModel chosen(c.model, schema, DType::F32, 1), trained(c.model, schema, DType::F32, 1);
+  load_masks((dir.path / "run/masks/chosen.h5").string(), chosen);
+  load_masks((dir.path / "run/checkpoints/final").string(), trained);
+  for (int t = 0; t < 2; ++t)
+    for (int l = 0; l < model.num_masked_layers(); ++l) EXPECT_TRUE(chosen.mask(t, l) == trained.mask(t, l));
+  EXPECT_TRUE(fs::exists(dir.path / "run/masks/imp.json"));
+}
+
+TEST(Ncs, BothSchedulesTrain) {
+  ScratchDir dir("ncs_schedules");
+  const std::string data = small_data(dir);
+  auto comm = make_local_communicator();
+  for (const std::string schedule : {"joint", "alternating"}) {
+    const TrainConfig c = small_ncs(data, "", ", epochs: 2, schedule: " + schedule);
+    const TrainSummary s = run_training(c, "x: 1", (dir.path / ("run-" + schedule)).string(), *comm);
+    for (const auto& v : s.eval.views)
+      if (v.name == "ctr") EXPECT_GT(v.metrics.auc, 0.6) << schedule << ": CTR AUC " << v.metrics.auc;
+  }
+}
+
+TEST(Ncs, ImpWithoutAValidationSplitIsAConfigError) {
+  const std::string yaml =
+      "data: {train: [x], eval: [y]}\n"
+      "model:\n  type: ncs\n  shared: [8]\n  masks: {find: imp}\n  tables: {user: {rows: 5}}\n"
+      "  tasks: {ctr: {label: click}}\n";
+  try {
+    parse_train_config(yaml, "imp.yaml");
+    ADD_FAILURE() << "imp without data.valid was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("data.valid"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace ncsrec
