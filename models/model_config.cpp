@@ -17,11 +17,12 @@ MaskSpec parse_masks(ConfigNode node, int64_t shared_layers) {
   for (int64_t i = 0; i < shared_layers; ++i) all.push_back(i);
   m.layers = node.get_int_list("layers", all, 0, std::max<int64_t>(shared_layers - 1, 0));
   m.file = node.get_string("file", "");
-  m.find = node.get_choice("find", {"none", "imp"}, "none");
+  m.find = node.get_choice("find", {"none", "imp", "learned"}, "none");
   m.final_density = node.get_double("final_density", 0.2, 1e-6, 1.0);
   m.rounds = static_cast<int>(node.get_int("rounds", 4, 1, 100));
   m.epochs_per_round = node.get_int("epochs_per_round", 1, 1, 1000);
   m.shared_init = node.get_bool("shared_init", true);
+  m.score_init = node.get_double("score_init", 0.01, 0.0, 10.0);
   if (!m.file.empty() && m.find != "none") node.fail("file", "give either masks.file or masks.find, not both");
   node.finish();
   return m;

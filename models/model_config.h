@@ -32,11 +32,12 @@ struct TableSpec {
 struct MaskSpec {
   std::vector<int64_t> layers;  // masked shared layers (default: all)
   std::string file;             // an HDF5 file or checkpoint folder with mask/<task>/shared.<i>
-  std::string find = "none";    // none | imp
-  double final_density = 0.2;   // imp: density after the last round
+  std::string find = "none";    // none | imp | learned (ours: scores with a straight-through gradient)
+  double final_density = 0.2;   // imp: density after the last round; learned: each layer's top-k budget
   int rounds = 4;               // imp: pruning rounds n (p = 1 - final_density^(1/n) per round)
   int64_t epochs_per_round = 1; // imp: single-task training before each prune
   bool shared_init = true;      // imp: one θ₀ for all tasks (false: one per task, as the paper)
+  double score_init = 0.01;     // learned: scores start U(-score_init, score_init) plus |W₀| (see ncs.md)
 };
 
 struct ModelConfig {

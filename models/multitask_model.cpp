@@ -89,6 +89,13 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
     masked_ = std::make_unique<MaskedMLP>(params_, "shared", input_dim_, config_.shared,
                                           static_cast<int>(config_.tasks.size()), /*final_activation=*/true);
     tower_in = masked_->out();
+    if (config_.masks.find == "learned")
+      for (size_t t = 0; t < config_.tasks.size(); ++t)
+        for (int l = 0; l < num_masked_layers(); ++l) {
+          const MaskedLinear& layer = masked_->layer(static_cast<size_t>(config_.masks.layers[static_cast<size_t>(l)]));
+          score_params_.push_back(params_.add("mask_score." + config_.tasks[t].name + "." + masked_layer_name(l),
+                                              {layer.in(), layer.out()}, Init::Zeros));
+        }
   }
   for (size_t t = 0; t < config_.tasks.size(); ++t) {
     std::vector<int64_t> sizes = config_.tasks[t].tower;
@@ -97,6 +104,7 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
     group_of_task_.push_back(n_groups > 1 ? static_cast<int>(t) : 0);
   }
   params_.finalize(dtype_, Device::CPU, seed);
+  if (!score_params_.empty()) init_learned_masks(seed);
   sparse_grads_.resize(tables_.size());
   dlogit_bufs_.resize(config_.tasks.size());
   prob_bufs_.resize(config_.tasks.size());
@@ -245,7 +253,55 @@ const Tensor& MultiTaskModel::shared_output(size_t task) {
   return tower_input(task);
 }
 
+void MultiTaskModel::init_learned_masks(uint64_t seed) {
+  // Scores start at |W₀| plus a little noise: the first masks are the magnitude masks of the
+  // initialisation (one-shot pruning at init), from which training moves them.
+  size_t k = 0;
+  for (size_t t = 0; t < config_.tasks.size(); ++t)
+    for (int l = 0; l < num_masked_layers(); ++l, ++k) {
+      Param* score = score_params_[k];
+      MaskedLinear& layer = masked_->layer(static_cast<size_t>(config_.masks.layers[static_cast<size_t>(l)]));
+      Rng rng(hash_combine(seed, hash_string(score->name)));
+      const int64_t n = score->value.numel();
+      auto fill = [&](auto* s, const auto* w) {
+        for (int64_t i = 0; i < n; ++i) s[i] = static_cast<std::remove_pointer_t<decltype(s)>>(
+            std::abs(w[i]) + rng.uniform(-config_.masks.score_init, config_.masks.score_init));
+      };
+      if (dtype_ == DType::F32) fill(score->value.data<float>(), layer.weight()->value.data<float>());
+      else fill(score->value.data<double>(), layer.weight()->value.data<double>());
+      layer.set_score_grad(static_cast<int>(t), score->grad);
+    }
+  refresh_learned_masks();
+}
+
+void MultiTaskModel::refresh_learned_masks() {
+  // Each layer keeps exactly k = round(density · N) connections per task: the k highest scores,
+  // ties broken by index, so the density holds to the target by construction.
+  size_t k = 0;
+  std::vector<int64_t> order;
+  for (size_t t = 0; t < config_.tasks.size(); ++t)
+    for (int l = 0; l < num_masked_layers(); ++l, ++k) {
+      const Param* score = score_params_[k];
+      const int64_t n = score->value.numel();
+      const int64_t keep = std::llround(config_.masks.final_density * static_cast<double>(n));
+      order.resize(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
+      auto select = [&](const auto* s) {
+        std::nth_element(order.begin(), order.begin() + keep, order.end(), [&](int64_t a, int64_t b) {
+          return s[a] > s[b] || (s[a] == s[b] && a < b);
+        });
+      };
+      if (dtype_ == DType::F32) select(score->value.data<float>());
+      else select(score->value.data<double>());
+      const BitMask& current = mask(static_cast<int>(t), l);
+      BitMask m = BitMask::zeros(current.rows, current.cols);
+      for (int64_t i = 0; i < keep; ++i) m.set(order[static_cast<size_t>(i)], true);
+      if (m != current) set_mask(static_cast<int>(t), l, m);
+    }
+}
+
 StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double>& normalizers, int only_task) {
+  if (!score_params_.empty()) refresh_learned_masks();
   NCSREC_CHECK(normalizers.size() == config_.tasks.size(), "one normaliser per task expected");
   const size_t T = config_.tasks.size();
   NCSREC_CHECK(only_task < static_cast<int>(T), "task " << only_task << " out of range");
@@ -317,6 +373,7 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
 }
 
 void MultiTaskModel::predict(const Block& batch, std::vector<std::vector<float>>& probabilities) {
+  if (!score_params_.empty()) refresh_learned_masks();
   forward(batch);
   const int64_t B = batch.rows;
   if (bottom_) bottom_output_ = bottom_->forward(groups_[0].x);
@@ -363,7 +420,9 @@ const uint8_t* MultiTaskModel::update_mask(int task) {
       // kernels) to all tasks, the masked kernels further restricted by each task's mask.
       int owner = -1;
       for (size_t t = 0; t < T; ++t)
-        if (p.name.rfind("tower." + config_.tasks[t].name + ".", 0) == 0) owner = static_cast<int>(t);
+        if (p.name.rfind("tower." + config_.tasks[t].name + ".", 0) == 0 ||
+            p.name.rfind("mask_score." + config_.tasks[t].name + ".", 0) == 0)
+          owner = static_cast<int>(t);
       const BitMask* masks[64] = {};
       NCSREC_CHECK(T <= 64, "at most 64 tasks");
       bool masked_kernel = false;

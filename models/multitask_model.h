@@ -93,6 +93,8 @@ class MultiTaskModel {
   const Tensor& tower_input(size_t task);
   const Tensor& shared_output(size_t task);  // what task's tower reads (after forward)
   bool row_in_loss(const Block& batch, size_t task, int64_t row) const;
+  void init_learned_masks(uint64_t seed);
+  void refresh_learned_masks();  // masks = each layer's top-k scores, per task
   template <class T>
   StepLoss compute_losses(const Block& batch, const std::vector<double>& normalizers,
                           const std::vector<const Tensor*>& logits, std::vector<Tensor*>& dlogits,
@@ -111,6 +113,7 @@ class MultiTaskModel {
   std::vector<int> group_of_task_;
   std::unique_ptr<MLP> bottom_;
   std::unique_ptr<MaskedMLP> masked_;              // ncs
+  std::vector<Param*> score_params_;               // ncs, learned masks: [task][masked layer]
   std::vector<std::vector<uint8_t>> update_masks_;  // [task + 1], 0 = joint; built lazily
   bool update_masks_stale_ = true;
   std::vector<std::unique_ptr<MLP>> towers_;

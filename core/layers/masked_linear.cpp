@@ -65,6 +65,13 @@ const Tensor& MaskedLinear::forward(int task, const Tensor& x) {  // x [B, in] -
   return t.y;
 }
 
+void MaskedLinear::set_score_grad(int task, const Tensor& grad) {
+  TaskState& t = task_state(task, "set_score_grad");
+  NCSREC_CHECK(grad.numel() == in_ * out_ && grad.dtype() == weight_->value.dtype(),
+               "score gradient " << grad.describe() << " for a [" << in_ << ", " << out_ << "] layer");
+  t.score_grad = grad;
+}
+
 const Tensor& MaskedLinear::backward(int task, const Tensor& dy, bool need_dx) {  // dy [B, out] -> dx [B, in]
   TaskState& t = task_state(task, "backward");
   NCSREC_CHECK(t.x.defined(), "masked linear backward for task " << task << " before its forward");
@@ -83,6 +90,16 @@ const Tensor& MaskedLinear::backward(int task, const Tensor& dy, bool need_dx) {
   Tensor dw = ensure_buffer(dw_scratch_, in_, out_, dy.dtype(), dy.device());
   ops::gemm(dw, t.x, true, *dpre, false, 1.0, 0.0);
   add_masked(weight_->grad, dw, t.mask);
+  if (t.score_grad.defined()) {
+    // dS += dw ⊙ W (the straight-through estimator of the mask's gradient).
+    auto accumulate = [&](auto* g, const auto* d, const auto* w) {
+      const int64_t n = in_ * out_;
+#pragma omp parallel for schedule(static) if (n >= (1 << 16))
+      for (int64_t i = 0; i < n; ++i) g[i] += d[i] * w[i];
+    };
+    if (dw.dtype() == DType::F32) accumulate(t.score_grad.data<float>(), dw.data<float>(), weight_->value.data<float>());
+    else accumulate(t.score_grad.data<double>(), dw.data<double>(), weight_->value.data<double>());
+  }
   ops::bias_grad(bias_->grad, *dpre);  // db += colsum(dpre)
   if (!need_dx) return none_;
   t.dx = ensure_buffer(t.dx_buf, B, in_, dy.dtype(), dy.device());

@@ -48,6 +48,11 @@ class MaskedLinear {
   // db += colsum(dpre); returns dx = dpre·(W ⊙ M_t)ᵀ [B, in] (this task's buffer) when
   // `need_dx`, else an undefined tensor. dpre = dy ⊙ act'(y_t).
   const Tensor& backward(int task, const Tensor& dy, bool need_dx = true);
+  // Learned masks (ours, PAPERS.md §8): when set, task `task`'s backward also accumulates the
+  // straight-through gradient of its mask scores, dL/dS_t += dL/d(W⊙M_t) ⊙ W = (xᵀ·dpre) ⊙ W,
+  // over every weight (a weight outside the mask still learns whether it should be in).
+  // `grad` is an [in, out] view of the store's gradient buffer.
+  void set_score_grad(int task, const Tensor& grad);
 
   int64_t in() const { return in_; }
   int64_t out() const { return out_; }
@@ -62,6 +67,7 @@ class MaskedLinear {
     Tensor w_masked;          // [in, out]: W ⊙ M_t as of this task's last forward
     Tensor x;                 // cached input (a reference to the caller's tensor)
     Tensor y_buf, y, dpre_buf, dpre, dx_buf, dx;
+    Tensor score_grad;        // learned masks: dL/dS_t [in, out] (undefined: not learned)
   };
   TaskState& task_state(int task, const char* what);
 
@@ -83,6 +89,11 @@ class MaskedMLP {
             int num_tasks, bool final_activation);
   const Tensor& forward(int task, const Tensor& x);
   const Tensor& backward(int task, const Tensor& dy, bool need_dx = true);
+  // Learned masks (ours, PAPERS.md §8): when set, task `task`'s backward also accumulates the
+  // straight-through gradient of its mask scores, dL/dS_t += dL/d(W⊙M_t) ⊙ W = (xᵀ·dpre) ⊙ W,
+  // over every weight (a weight outside the mask still learns whether it should be in).
+  // `grad` is an [in, out] view of the store's gradient buffer.
+  void set_score_grad(int task, const Tensor& grad);
 
   int64_t in() const { return in_; }
   int64_t out() const { return layers_.back().out(); }

@@ -21,6 +21,8 @@
 #include "train/mask_io.h"
 #include "train/step.h"
 #include "train/trainer.h"
+#include "core/ops.h"
+#include "gradcheck.h"
 
 namespace ncsrec {
 namespace {
@@ -274,6 +276,47 @@ TEST(Ncs, BothSchedulesTrain) {
     for (const auto& v : s.eval.views)
       if (v.name == "ctr") EXPECT_GT(v.metrics.auc, 0.6) << schedule << ": CTR AUC " << v.metrics.auc;
   }
+}
+
+TEST(Ncs, LearnedScoresGetTheStraightThroughGradientOfTheMaskedWeight) {
+  // dL/dS_t = dL/d(W⊙M_t) ⊙ W, where dL/d(W⊙M_t) is the full xᵀ·dpre (inside and outside M_t).
+  ParamStore store;
+  MaskedLinear layer(store, "l", 4, 3, 2, Activation::None);
+  Param* score = store.add("score", {4, 3}, Init::Zeros);
+  store.finalize(DType::F64, Device::CPU, 5);
+  testing::fill_uniform(layer.weight()->value, 6);
+  layer.set_mask(1, random_mask(4, 3, 7, 0.5));
+  layer.set_score_grad(1, score->grad);
+  const Tensor x = testing::random_tensor({5, 4}, 8), dy = testing::random_tensor({5, 3}, 9);
+  layer.forward(1, x);
+  layer.backward(1, dy, false);
+  Tensor full = Tensor::zeros({4, 3}, DType::F64);
+  ops::gemm(full, x, true, dy, false);
+  for (int64_t i = 0; i < 12; ++i)
+    EXPECT_NEAR(score->grad.data<double>()[i], full.data<double>()[i] * layer.weight()->value.data<double>()[i], 1e-12);
+}
+
+TEST(Ncs, LearnedMasksKeepTheTargetDensityAndTrain) {
+  ScratchDir dir("ncs_learned");
+  const std::string data = small_data(dir);
+  const TrainConfig c = small_ncs(data, "  masks: {find: learned, final_density: 0.3}\n", ", epochs: 2");
+  auto comm = make_local_communicator();
+  const TrainSummary s = run_training(c, "x: 1", (dir.path / "run").string(), *comm);
+  for (const auto& v : s.eval.views)
+    if (v.name == "ctr") EXPECT_GT(v.metrics.auc, 0.6) << "CTR AUC " << v.metrics.auc;
+  int64_t rows = 0;
+  const DataSchema schema = read_shard_schema(expand_data_paths({data + "/day=2026-01-01"}, "test").front(), &rows);
+  MultiTaskModel trained(c.model, schema, DType::F32, 1);
+  load_checkpoint((dir.path / "run/checkpoints/final").string(), TrainingState{&trained, nullptr, {}});
+  MultiTaskModel initial(c.model, schema, DType::F32, 1);
+  bool moved = false;
+  for (int t = 0; t < 2; ++t)
+    for (int l = 0; l < trained.num_masked_layers(); ++l) {
+      const BitMask& m = trained.mask(t, l);
+      EXPECT_EQ(m.count(), std::llround(0.3 * static_cast<double>(m.size())));
+      moved = moved || m != initial.mask(t, l);
+    }
+  EXPECT_TRUE(moved) << "training should move the learned masks away from their initial top-k";
 }
 
 TEST(Ncs, ImpWithoutAValidationSplitIsAConfigError) {
