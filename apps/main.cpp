@@ -62,17 +62,18 @@ came from `ncsrec gen`.
   --run-dir DIR          the run folder
 )";
 
-const char* kEvalHelp = R"(usage: ncsrec eval (--run-dir DIR | --checkpoint DIR) [--data PATH ...] [--out FILE]
+const char* kEvalHelp = R"(usage: ncsrec eval (--run-dir DIR | --checkpoint DIR) [--data PATH ...] [--out FILE] [--sparse]
 
 Evaluates a checkpoint (default: DIR/checkpoints/final) on the eval data of its config,
 or on --data (day folders, shard files or glob patterns). Prints the results table and
 writes it as JSON to --out (default: <run dir>/eval.json when --run-dir is given).
+--sparse runs the masked layers of an ncs model as CSR products of each task's W ⊙ M.
 )";
 
-const char* kPredictHelp = R"(usage: ncsrec predict (--run-dir DIR | --checkpoint DIR) --data PATH [--data PATH ...] --out FILE
+const char* kPredictHelp = R"(usage: ncsrec predict (--run-dir DIR | --checkpoint DIR) --data PATH [--data PATH ...] --out FILE [--sparse]
 
 Writes one CSV line per row of the data, in file order: row index, then the probability
-of every task (ESMM: pCTR, pCVR, and pCTCVR).
+of every task (ESMM: pCTR, pCVR, and pCTCVR). --sparse: as for eval.
 )";
 
 const char* kGenHelp = R"(usage: ncsrec gen --out DIR [--seed N] [--conflict C] [--days N] [--rows-per-day N]
@@ -165,12 +166,13 @@ LoadedRun load_run(const Args& args, const std::vector<std::string>& data_files)
   const DataSchema schema = read_shard_schema(data_files.at(0), &rows);
   run.model = std::make_unique<MultiTaskModel>(run.config.model, schema, DType::F32, run.config.seed);
   load_checkpoint(checkpoint, TrainingState{run.model.get(), nullptr, {}});
+  if (args.has("sparse")) run.model->enable_sparse_inference();
   return run;
 }
 
 int cmd_eval(int argc, char** argv) {
   if (wants_help(argc, argv)) return print_help(kEvalHelp), 0;
-  Args args("eval", argc, argv, 2, {"run-dir", "checkpoint", "data", "out"}, {});
+  Args args("eval", argc, argv, 2, {"run-dir", "checkpoint", "data", "out"}, {"sparse"});
   args.no_positionals();
   std::vector<std::string> entries = args.all("data");
   if (entries.empty()) {
@@ -202,7 +204,7 @@ int cmd_eval(int argc, char** argv) {
 
 int cmd_predict(int argc, char** argv) {
   if (wants_help(argc, argv)) return print_help(kPredictHelp), 0;
-  Args args("predict", argc, argv, 2, {"run-dir", "checkpoint", "data", "out"}, {});
+  Args args("predict", argc, argv, 2, {"run-dir", "checkpoint", "data", "out"}, {"sparse"});
   args.no_positionals();
   const std::vector<std::string> entries = args.all("data");
   if (entries.empty()) throw ConfigError("ncsrec predict: --data is required (see --help)");

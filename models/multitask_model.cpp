@@ -248,6 +248,17 @@ StepLoss MultiTaskModel::compute_losses(const Block& batch, const std::vector<do
 }
 
 const Tensor& MultiTaskModel::shared_output(size_t task) {
+  if (masked_ && !csr_.empty()) {
+    const Tensor* h = &groups_[0].x;
+    const int64_t B = h->dim(0);
+    for (size_t l = 0; l < masked_->depth(); ++l) {
+      const MaskedLinear& layer = masked_->layer(l);
+      csr_outs_[l] = ensure_buffer(csr_out_bufs_[l], B, layer.out(), dtype_, Device::CPU);
+      csr_linear_forward(csr_outs_[l], *h, csr_[task][l], &layer.bias()->value, layer.activation() == Activation::ReLU);
+      h = &csr_outs_[l];
+    }
+    return *h;
+  }
   if (masked_) return masked_->forward(static_cast<int>(task), groups_[0].x);
   if (bottom_) return bottom_output_;
   return tower_input(task);
@@ -301,6 +312,7 @@ void MultiTaskModel::refresh_learned_masks() {
 }
 
 StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double>& normalizers, int only_task) {
+  csr_.clear();  // the weights are about to move: sparse inference must be enabled again after training
   if (!score_params_.empty()) refresh_learned_masks();
   NCSREC_CHECK(normalizers.size() == config_.tasks.size(), "one normaliser per task expected");
   const size_t T = config_.tasks.size();
@@ -373,7 +385,7 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
 }
 
 void MultiTaskModel::predict(const Block& batch, std::vector<std::vector<float>>& probabilities) {
-  if (!score_params_.empty()) refresh_learned_masks();
+  if (!score_params_.empty() && csr_.empty()) refresh_learned_masks();
   forward(batch);
   const int64_t B = batch.rows;
   if (bottom_) bottom_output_ = bottom_->forward(groups_[0].x);
@@ -401,6 +413,21 @@ void MultiTaskModel::set_mask(int task, int i, const BitMask& mask) {
   NCSREC_CHECK(masked_, "the model has no masked layers");
   masked_->layer(static_cast<size_t>(config_.masks.layers.at(static_cast<size_t>(i)))).set_mask(task, mask);
   update_masks_stale_ = true;
+  csr_.clear();  // built from the old masks
+}
+
+void MultiTaskModel::enable_sparse_inference() {
+  if (!masked_) throw ConfigError(in_file(config_) + "model.type: sparse inference needs the masked layers of type ncs");
+  if (dtype_ != DType::F32) throw UserError("sparse inference runs in f32");
+  if (!score_params_.empty()) refresh_learned_masks();
+  csr_.assign(config_.tasks.size(), {});
+  for (size_t t = 0; t < config_.tasks.size(); ++t)
+    for (size_t l = 0; l < masked_->depth(); ++l) {
+      const MaskedLinear& layer = masked_->layer(l);
+      csr_[t].push_back(masked_to_csr(layer.weight()->value, layer.mask(static_cast<int>(t))));
+    }
+  csr_out_bufs_.assign(masked_->depth(), Tensor());
+  csr_outs_.assign(masked_->depth(), Tensor());
 }
 
 std::vector<const Tensor*> MultiTaskModel::masked_weights() const {

@@ -25,6 +25,7 @@
 #include "core/layers/linear.h"
 #include "core/params.h"
 #include "core/masks.h"
+#include "core/sparse.h"
 #include "core/layers/masked_linear.h"
 #include "embedding/embedding_table.h"
 #include "models/model_config.h"
@@ -64,6 +65,11 @@ class MultiTaskModel {
   const BitMask& mask(int task, int i) const;
   void set_mask(int task, int i, const BitMask& mask);
   std::vector<const Tensor*> masked_weights() const;
+  // Inference through CSR (ncs, f32): predict() then runs every task's masked layers as sparse
+  // products of W ⊙ M_t (core/sparse.h), built now from the current weights and masks. Same
+  // results as the dense path up to rounding; faster where the masks are sparse enough
+  // (docs/results/sparse.md). Training steps do not use it.
+  void enable_sparse_inference();
   // Probabilities [task][row] (ESMM: pCTR, pCVR).
   void predict(const Block& batch, std::vector<std::vector<float>>& probabilities);
 
@@ -114,6 +120,8 @@ class MultiTaskModel {
   std::unique_ptr<MLP> bottom_;
   std::unique_ptr<MaskedMLP> masked_;              // ncs
   std::vector<Param*> score_params_;               // ncs, learned masks: [task][masked layer]
+  std::vector<std::vector<CsrMatrix>> csr_;        // sparse inference: [task][shared layer]
+  std::vector<Tensor> csr_out_bufs_, csr_outs_;    // sparse inference: per shared layer
   std::vector<std::vector<uint8_t>> update_masks_;  // [task + 1], 0 = joint; built lazily
   bool update_masks_stale_ = true;
   std::vector<std::unique_ptr<MLP>> towers_;

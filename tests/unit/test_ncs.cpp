@@ -319,6 +319,31 @@ TEST(Ncs, LearnedMasksKeepTheTargetDensityAndTrain) {
   EXPECT_TRUE(moved) << "training should move the learned masks away from their initial top-k";
 }
 
+TEST(Ncs, SparseInferenceGivesTheDensePredictions) {
+  ModelConfig c = ncs_config();
+  c.shared = {40, 24};
+  MultiTaskModel model(c, schema2(), DType::F32, 3);
+  for (int t = 0; t < 2; ++t)
+    for (int l = 0; l < model.num_masked_layers(); ++l) {
+      const BitMask& cur = model.mask(t, l);
+      model.set_mask(t, l, random_mask(cur.rows, cur.cols, 40 + static_cast<uint64_t>(10 * t + l), 0.2));
+    }
+  const Block batch = random_batch(schema2(), 70, 21);
+  std::vector<std::vector<float>> dense, sparse;
+  model.predict(batch, dense);
+  model.enable_sparse_inference();
+  model.predict(batch, sparse);
+  for (size_t t = 0; t < 2; ++t)
+    for (size_t i = 0; i < dense[t].size(); ++i) EXPECT_NEAR(sparse[t][i], dense[t][i], 1e-5) << "task " << t << " row " << i;
+  // Changing a mask drops the CSR copies: predictions follow the new mask.
+  model.set_mask(0, 0, BitMask::ones(model.mask(0, 0).rows, model.mask(0, 0).cols));
+  std::vector<std::vector<float>> after;
+  model.predict(batch, after);
+  bool changed = false;
+  for (size_t i = 0; i < after[0].size(); ++i) changed = changed || after[0][i] != sparse[0][i];
+  EXPECT_TRUE(changed);
+}
+
 TEST(Ncs, ImpWithoutAValidationSplitIsAConfigError) {
   const std::string yaml =
       "data: {train: [x], eval: [y]}\n"
