@@ -8,4 +8,7 @@ namespace ncsrec {
 // ncsrec convert --schema FILE --out DIR [--policy fail|skip] [--rejects FILE] INPUT...
 int cmd_convert(int argc, char** argv);
 
+// ncsrec bench [--config FILE] [--batch N] [--steps N] ...: training-step speed (samples/s)
+int cmd_bench(int argc, char** argv);
+
 }  // namespace ncsrec

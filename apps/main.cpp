@@ -45,7 +45,8 @@ commands:
   predict   write per-task probabilities of a checkpoint for a data set
   gen       generate the built-in synthetic data set (true probabilities included)
   convert   turn CSV/TSV logs (gzip or plain) into HDF5 shards under a schema (docs/data.md)
-  inspect   describe a data shard, a day folder or a checkpoint
+  inspect   describe a data shard, a day folder, a checkpoint or a mask file
+  bench     training-step speed (samples/s) of an NCS model on in-memory batches
 
 `ncsrec <command> --help` describes each command. Docs: README.md and docs/.
 )";
@@ -388,6 +389,7 @@ int dispatch(int argc, char** argv) {
   if (cmd == "gen") return cmd_gen(argc, argv);
   if (cmd == "inspect") return cmd_inspect(argc, argv);
   if (cmd == "convert") return cmd_convert(argc, argv);
+  if (cmd == "bench") return cmd_bench(argc, argv);
   std::fprintf(stderr, "ncsrec: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }

@@ -1,0 +1,71 @@
+// `ncsrec bench` (apps/cmd_bench.cpp): its help, a tiny run on configs/ncs_bench_tiny.yaml that
+// prints samples/s and writes its JSON, and a usage error.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "scratch_dir.h"
+
+namespace {
+
+struct Result {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+Result run(const std::string& args) {
+  const std::string command = std::string("'") + NCSREC_BINARY + "' " + args + " 2>&1";
+  Result r;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) {
+    ADD_FAILURE() << "popen failed for " << command;
+    return r;
+  }
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) r.output.append(buf, n);
+  const int status = ::pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  return r;
+}
+
+TEST(Bench, Help) {
+  const Result r = run("bench --help");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("usage: ncsrec bench"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("training step only"), std::string::npos) << r.output;
+}
+
+TEST(Bench, TinyRunPrintsSamplesPerSecond) {
+  ncsrec::testing::ScratchDir dir("bench");
+  const std::string json = (dir.path / "bench.json").string();
+  const Result r = run(std::string("bench --config '") + NCSREC_SOURCE_DIR +
+                       "/configs/ncs_bench_tiny.yaml' --steps 2 --warmup 1 --batch 64 --threads 1 --json '" + json +
+                       "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("samples/s: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("mask density 0.2000"), std::string::npos) << r.output;
+  std::ifstream f(json);
+  std::stringstream s;
+  s << f.rdbuf();
+  EXPECT_NE(s.str().find("\"samples_per_s\": "), std::string::npos) << s.str();
+  EXPECT_NE(s.str().find("\"batch\": 64"), std::string::npos) << s.str();
+
+  const Result alt = run(std::string("bench --config '") + NCSREC_SOURCE_DIR +
+                         "/configs/ncs_bench_tiny.yaml' --steps 2 --warmup 0 --batch 32 --schedule alternating");
+  EXPECT_EQ(alt.exit_code, 0) << alt.output;
+  EXPECT_NE(alt.output.find("alternating schedule"), std::string::npos) << alt.output;
+}
+
+TEST(Bench, BadDensityIsAUsageError) {
+  const Result r = run(std::string("bench --config '") + NCSREC_SOURCE_DIR +
+                       "/configs/ncs_bench_tiny.yaml' --density 1.5");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--density"), std::string::npos) << r.output;
+}
+
+}  // namespace
