@@ -79,6 +79,20 @@ inline Tensor random_tensor(Shape shape, uint64_t seed, double lo = -1.0, double
   return t;
 }
 
+// n values U(lo, hi) from a fixed seed, as double or float.
+inline std::vector<double> uniform(size_t n, uint64_t seed, double lo, double hi) {
+  Rng rng(seed);
+  std::vector<double> v(n);
+  for (double& x : v) x = rng.uniform(lo, hi);
+  return v;
+}
+inline std::vector<float> uniform_f(size_t n, uint64_t seed, double lo, double hi) {
+  Rng rng(seed);
+  std::vector<float> v(n);
+  for (float& x : v) x = static_cast<float>(rng.uniform(lo, hi));
+  return v;
+}
+
 // sum(y ⊙ r): a loss whose gradient with respect to y is exactly r.
 inline double dot(const Tensor& y, const Tensor& r) {
   const double* a = y.data<double>();

@@ -9,29 +9,13 @@
 #include <sstream>
 #include <string>
 
+#include "run_command.h"
 #include "scratch_dir.h"
 
 namespace {
 
-struct Result {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-Result run(const std::string& args) {
-  const std::string command = std::string("'") + NCSREC_BINARY + "' " + args + " 2>&1";
-  Result r;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (!pipe) {
-    ADD_FAILURE() << "popen failed for " << command;
-    return r;
-  }
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) r.output.append(buf, n);
-  const int status = ::pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-  return r;
-}
+using Result = ncsrec::testing::CommandResult;
+Result run(const std::string& args) { return ncsrec::testing::run_ncsrec(args); }
 
 TEST(Bench, Help) {
   const Result r = run("bench --help");

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "run_command.h"
 #include "scratch_dir.h"
 
 namespace {
@@ -22,39 +23,9 @@ namespace fs = std::filesystem;
 
 using ncsrec::testing::ScratchDir;
 
-std::string quoted(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-struct Result {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-  std::vector<std::string> nonempty_lines() const {
-    std::vector<std::string> lines;
-    std::istringstream in(output);
-    for (std::string line; std::getline(in, line);)
-      if (line.find_first_not_of(" \t\r") != std::string::npos) lines.push_back(line);
-    return lines;
-  }
-};
-
-// Runs `ncsrec <args>` in `cwd` with stderr merged into stdout.
-Result run_ncsrec(const std::string& args, const fs::path& cwd) {
-  const std::string command = "cd " + quoted(cwd.string()) + " && " + quoted(NCSREC_BINARY) + " " + args + " 2>&1";
-  Result r;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (!pipe) {
-    ADD_FAILURE() << "popen failed for " << command;
-    return r;
-  }
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) r.output.append(buf, n);
-  const int status = ::pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-  return r;
-}
+using Result = ncsrec::testing::CommandResult;
+std::string quoted(const std::string& s) { return ncsrec::testing::shell_quoted(s); }
+Result run_ncsrec(const std::string& args, const fs::path& cwd) { return ncsrec::testing::run_ncsrec(args, cwd.string()); }
 
 // A user error's report: exactly one non-empty line, "error: ...", and no sign of a crash.
 void expect_one_error_line(const Result& r, const std::string& context) {

@@ -15,18 +15,8 @@ namespace {
 
 using testing::check_gradient;
 
-std::vector<double> uniform(size_t n, uint64_t seed, double lo, double hi) {
-  Rng rng(seed);
-  std::vector<double> v(n);
-  for (double& x : v) x = rng.uniform(lo, hi);
-  return v;
-}
-std::vector<float> uniform_f(size_t n, uint64_t seed, double lo, double hi) {
-  std::vector<float> v(n);
-  Rng rng(seed);
-  for (float& x : v) x = static_cast<float>(rng.uniform(lo, hi));
-  return v;
-}
+using testing::uniform;
+using testing::uniform_f;
 
 TEST(SigmoidBce, GradientMatchesFiniteDifferencesWithSampleWeights) {
   constexpr int64_t n = 10;

@@ -16,18 +16,8 @@ namespace {
 
 using testing::check_gradient;
 
-std::vector<double> uniform(size_t n, uint64_t seed, double lo, double hi) {
-  Rng rng(seed);
-  std::vector<double> v(n);
-  for (double& x : v) x = rng.uniform(lo, hi);
-  return v;
-}
-std::vector<float> uniform_f(size_t n, uint64_t seed, double lo, double hi) {
-  std::vector<float> v(n);
-  Rng rng(seed);
-  for (float& x : v) x = static_cast<float>(rng.uniform(lo, hi));
-  return v;
-}
+using testing::uniform;
+using testing::uniform_f;
 
 // Hard labels first, then soft ones.
 const std::vector<float> kLabels = {0, 1, 1, 0, 1, 0, 0.25f, 1, 0, 0.75f, 0.5f, 1};
