@@ -72,16 +72,7 @@ ImpResult find_masks_imp(const TrainConfig& config, const DataSchema& schema, co
       Optimizers optimizers = make_optimizers(config.dense_optimizer, config.sparse_optimizer, model);
       int64_t step = 0;
       for (int64_t e = 0; e < spec.epochs_per_round; ++e) {
-        ReaderOptions ro;
-        ro.files = train_files;
-        ro.batch_size = config.train.batch_size;
-        ro.rank = comm.rank();
-        ro.world_size = comm.world_size();
-        ro.shuffle = config.train.shuffle;
-        ro.seed = config.seed;
-        ro.epoch = e;
-        ro.window_rows = config.data.window_rows;
-        Reader reader(ro);
+        Reader reader(training_reader_options(config, train_files, comm.rank(), comm.world_size(), e));
         Block batch;
         while (reader.next(batch)) {
           const StepLoss loss = train_one_step(model, optimizers, batch, static_cast<int>(t), ++step, true, comm);

@@ -63,6 +63,21 @@ TrainConfig parse_root(ConfigNode root) {
 
 }  // namespace
 
+ReaderOptions training_reader_options(const TrainConfig& config, const std::vector<std::string>& files, int rank,
+                                      int world_size, int64_t epoch) {
+  ReaderOptions ro;
+  ro.files = files;
+  ro.batch_size = config.train.batch_size;
+  ro.rank = rank;
+  ro.world_size = world_size;
+  ro.shuffle = config.train.shuffle;
+  ro.seed = config.seed;
+  ro.epoch = epoch;
+  ro.window_rows = config.data.window_rows;
+  ro.drop_last = true;
+  return ro;
+}
+
 TrainConfig parse_train_config(const std::string& yaml_text, const std::string& file_name) {
   return parse_root(ConfigNode::parse(yaml_text, file_name));
 }

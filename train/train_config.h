@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "core/data/reader.h"
 #include "core/optim.h"
 #include "models/multitask_model.h"
 
@@ -43,6 +44,11 @@ struct TrainConfig {
   OptimizerConfig sparse_optimizer;
   TrainLoopConfig train;
 };
+
+// How the training data of `config` is read on rank `rank` of `world_size` in `epoch`
+// (shuffled windows, the final partial global batch dropped).
+ReaderOptions training_reader_options(const TrainConfig& config, const std::vector<std::string>& files, int rank,
+                                      int world_size, int64_t epoch);
 
 // Reads, validates and returns the config. `overrides` are "a.b=c" assignments applied before
 // validation. `resolved` receives the final YAML (saved with the run and its checkpoints).

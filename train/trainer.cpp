@@ -102,15 +102,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   const std::vector<std::string> eval_files =
       config.data.eval.empty() ? std::vector<std::string>{} : expand_data_paths(config.data.eval, "data.eval");
 
-  ReaderOptions ro;
-  ro.files = train_files;
-  ro.batch_size = config.train.batch_size;
-  ro.rank = comm.rank();
-  ro.world_size = comm.world_size();
-  ro.shuffle = config.train.shuffle;
-  ro.seed = config.seed;
-  ro.window_rows = config.data.window_rows;
-  ro.drop_last = true;
+  ReaderOptions ro = training_reader_options(config, train_files, comm.rank(), comm.world_size(), 0);
 
   // The schema comes from the first reader; the model is built against it, and the eval data
   // is checked now rather than after training.
