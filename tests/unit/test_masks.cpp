@@ -23,6 +23,8 @@
 #include "core/random.h"
 #include "tests/unit/gradcheck.h"
 
+#include "tests/random_inputs.h"
+
 namespace ncsrec {
 namespace {
 
@@ -31,12 +33,7 @@ using testing::dot;
 using testing::fill_uniform;
 using testing::random_tensor;
 
-BitMask random_mask(int64_t rows, int64_t cols, double density, uint64_t seed) {
-  Rng rng(seed);
-  BitMask m = BitMask::zeros(rows, cols);
-  for (int64_t i = 0; i < m.size(); ++i) m.set(i, rng.bernoulli(density));
-  return m;
-}
+using testing::random_mask;
 
 // ---------------------------------------------------------------------------------------------
 // BitMask

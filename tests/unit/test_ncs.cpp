@@ -24,6 +24,8 @@
 #include "core/ops.h"
 #include "gradcheck.h"
 
+#include "tests/random_inputs.h"
+
 namespace ncsrec {
 namespace {
 
@@ -67,18 +69,13 @@ Block random_batch(const DataSchema& schema, int64_t rows, uint64_t seed) {
   return b;
 }
 
-BitMask random_mask(int64_t rows, int64_t cols, uint64_t seed, double density) {
-  BitMask m = BitMask::zeros(rows, cols);
-  Rng rng(seed);
-  for (int64_t i = 0; i < m.size(); ++i) m.set(i, rng.bernoulli(density));
-  return m;
-}
+using testing::random_mask;
 
 void randomize_masks(MultiTaskModel& model, uint64_t seed) {
   for (int t = 0; t < 2; ++t)
     for (int l = 0; l < model.num_masked_layers(); ++l) {
       const BitMask& cur = model.mask(t, l);
-      model.set_mask(t, l, random_mask(cur.rows, cur.cols, seed + static_cast<uint64_t>(10 * t + l), 0.5));
+      model.set_mask(t, l, random_mask(cur.rows, cur.cols, 0.5, seed + static_cast<uint64_t>(10 * t + l)));
     }
 }
 
@@ -285,7 +282,7 @@ TEST(Ncs, LearnedScoresGetTheStraightThroughGradientOfTheMaskedWeight) {
   Param* score = store.add("score", {4, 3}, Init::Zeros);
   store.finalize(DType::F64, Device::CPU, 5);
   testing::fill_uniform(layer.weight()->value, 6);
-  layer.set_mask(1, random_mask(4, 3, 7, 0.5));
+  layer.set_mask(1, random_mask(4, 3, 0.5, 7));
   layer.set_score_grad(1, score->grad);
   const Tensor x = testing::random_tensor({5, 4}, 8), dy = testing::random_tensor({5, 3}, 9);
   layer.forward(1, x);
@@ -326,7 +323,7 @@ TEST(Ncs, SparseInferenceGivesTheDensePredictions) {
   for (int t = 0; t < 2; ++t)
     for (int l = 0; l < model.num_masked_layers(); ++l) {
       const BitMask& cur = model.mask(t, l);
-      model.set_mask(t, l, random_mask(cur.rows, cur.cols, 40 + static_cast<uint64_t>(10 * t + l), 0.2));
+      model.set_mask(t, l, random_mask(cur.rows, cur.cols, 0.2, 40 + static_cast<uint64_t>(10 * t + l)));
     }
   const Block batch = random_batch(schema2(), 70, 21);
   std::vector<std::vector<float>> dense, sparse;
