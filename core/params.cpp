@@ -1,5 +1,6 @@
 #include "core/params.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -17,8 +18,16 @@ Param* ParamStore::add(const std::string& name, Shape shape, Init init, double s
   p.scale = scale;
   p.offset = total_;
   total_ += shape_numel(p.shape);
+  p.decay = p.shape.size() == 2;
   by_name_[name] = &p;
   return &p;
+}
+
+Param* ParamStore::add_state(const std::string& name, Shape shape, Init init, double scale) {
+  Param* p = add(name, std::move(shape), init, scale);
+  p->trainable = false;
+  p->decay = false;
+  return p;
 }
 
 void init_values(Tensor& out, Init init, double scale, const Shape& shape, uint64_t seed) {
@@ -60,6 +69,18 @@ void ParamStore::finalize(DType dtype, Device device, uint64_t seed) {
   for (Param& p : params_) {
     p.value = values_.view(p.offset, p.shape);
     p.grad = grads_.view(p.offset, p.shape);
+  }
+  bool all_trainable = true;
+  decay_mask_.assign(static_cast<size_t>(total_), 0);
+  for (const Param& p : params_) {
+    all_trainable = all_trainable && p.trainable;
+    if (p.decay) std::fill_n(decay_mask_.begin() + p.offset, shape_numel(p.shape), uint8_t{1});
+  }
+  trainable_mask_.clear();
+  if (!all_trainable) {
+    trainable_mask_.assign(static_cast<size_t>(total_), 1);
+    for (const Param& p : params_)
+      if (!p.trainable) std::fill_n(trainable_mask_.begin() + p.offset, shape_numel(p.shape), uint8_t{0});
   }
   finalized_ = true;
 }

@@ -9,6 +9,7 @@
 
 #include <deque>
 #include <map>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,15 @@ struct Param {
   Init init = Init::Zeros;
   double scale = 0.0;
   int64_t offset = 0;  // in elements, within the store's buffers
+  // Trained by the optimizer. False for state kept with the weights but set by the forward pass
+  // (BatchNorm's running statistics): the optimizer never moves it and it has no gradient.
+  bool trainable = true;
+  // Weight decay applies (optimizer `weight_decay`): by default to matrices, not to biases,
+  // normalisation scales, loss weights or mask scores.
+  bool decay = false;
+  // The task that owns the parameter (its tower, its gate, its experts), -1 when shared by all:
+  // a step of another task leaves it and its optimizer state alone.
+  int task = -1;
   Tensor value;        // valid after finalize()
   Tensor grad;         // valid after finalize()
 };
@@ -37,7 +47,11 @@ struct Param {
 class ParamStore {
  public:
   // Declares a parameter; the returned pointer stays valid for the store's lifetime.
+  // `decay` starts true for 2-D shapes (kernels) and false otherwise; callers may change it.
   Param* add(const std::string& name, Shape shape, Init init, double scale = 0.0);
+  // Declares non-trainable state kept with the parameters (saved in checkpoints, never updated
+  // by the optimizer): `trainable` false, `decay` false.
+  Param* add_state(const std::string& name, Shape shape, Init init, double scale = 0.0);
   // Allocates both buffers on the device, initialises values from (seed, name), zeroes grads.
   void finalize(DType dtype, Device device, uint64_t seed);
   bool finalized() const { return finalized_; }
@@ -49,6 +63,11 @@ class ParamStore {
   Tensor& values() { return values_; }
   Tensor& grads() { return grads_; }
   void zero_grad() { grads_.zero_(); }
+  // One byte per element: 1 where the parameter is trainable. Null when every parameter is
+  // (then an optimizer runs its unmasked loop). Valid after finalize().
+  const uint8_t* trainable_mask() const { return trainable_mask_.empty() ? nullptr : trainable_mask_.data(); }
+  // One byte per element: 1 where weight decay applies. Built at finalize().
+  const std::vector<uint8_t>& decay_mask() const { return decay_mask_; }
 
  private:
   std::deque<Param> params_;
@@ -56,6 +75,7 @@ class ParamStore {
   int64_t total_ = 0;
   bool finalized_ = false;
   Tensor values_, grads_;
+  std::vector<uint8_t> trainable_mask_, decay_mask_;
 };
 
 // Fills `out` (host, f32 or f64, n elements) with the initial values for a parameter.

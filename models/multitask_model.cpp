@@ -95,6 +95,8 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
           const MaskedLinear& layer = masked_->layer(static_cast<size_t>(config_.masks.layers[static_cast<size_t>(l)]));
           score_params_.push_back(params_.add("mask_score." + config_.tasks[t].name + "." + masked_layer_name(l),
                                               {layer.in(), layer.out()}, Init::Zeros));
+          score_params_.back()->decay = false;
+          score_params_.back()->task = static_cast<int>(t);
         }
   }
   for (size_t t = 0; t < config_.tasks.size(); ++t) {
