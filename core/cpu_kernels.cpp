@@ -125,6 +125,57 @@ double reduce_t(const T* x, int64_t n) {
   return s;
 }
 
+template <class T>
+void gate_mixture_forward_t(T* out, T* probs, const T* logits, const void* const* experts, int64_t rows, int64_t E,
+                            int64_t D) {
+  // One row per iteration and a fixed expert order within it: the same bits for any thread count.
+#pragma omp parallel for schedule(static) if (rows * E * D >= kParallelMin)
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* l = logits + b * E;
+    T* p = probs + b * E;
+    T m = l[0];
+    for (int64_t e = 1; e < E; ++e) m = l[e] > m ? l[e] : m;
+    T s = 0;
+    for (int64_t e = 0; e < E; ++e) s += (p[e] = std::exp(l[e] - m));
+    for (int64_t e = 0; e < E; ++e) p[e] /= s;
+    T* o = out + b * D;
+    for (int64_t d = 0; d < D; ++d) o[d] = T(0);
+    for (int64_t e = 0; e < E; ++e) {
+      const T* x = static_cast<const T*>(experts[e]) + b * D;
+      const T pe = p[e];
+      for (int64_t d = 0; d < D; ++d) o[d] += pe * x[d];
+    }
+  }
+}
+
+template <class T>
+void gate_mixture_backward_t(T* dlogits, void* const* dexperts, const T* dout, const T* probs,
+                             const void* const* experts, int64_t rows, int64_t E, int64_t D) {
+#pragma omp parallel for schedule(static) if (rows * E * D >= kParallelMin)
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* g = dout + b * D;
+    const T* p = probs + b * E;
+    T* dl = dlogits + b * E;
+    // Softmax Jacobian-vector product: dl_e = p_e (s_e − Σ p·s) with s_e = dout·expert_e.
+    // s is staged in dl itself, so the kernel needs no scratch memory.
+    T mean_s = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const T* x = static_cast<const T*>(experts[e]) + b * D;
+      T s = 0;
+      for (int64_t d = 0; d < D; ++d) s += g[d] * x[d];
+      dl[e] = s;
+      mean_s += p[e] * s;
+    }
+    for (int64_t e = 0; e < E; ++e) dl[e] = p[e] * (dl[e] - mean_s);
+    for (int64_t e = 0; e < E; ++e) {
+      if (!dexperts[e]) continue;
+      T* dx = static_cast<T*>(dexperts[e]) + b * D;
+      const T pe = p[e];
+      for (int64_t d = 0; d < D; ++d) dx[d] += pe * g[d];
+    }
+  }
+}
+
 #define NCSREC_FLOAT_DISPATCH(dtype, call_f32, call_f64)                          \
   do {                                                                            \
     if ((dtype) == DType::F32) { call_f32; }                                      \
@@ -177,6 +228,25 @@ double cpu_sum_squares(DType d, const void* x, int64_t n) {
   return r;
 }
 
+void cpu_gate_mixture_forward(DType d, void* out, void* probs, const void* logits, const void* const* experts,
+                              int64_t rows, int64_t E, int64_t D) {
+  NCSREC_FLOAT_DISPATCH(d,
+                        gate_mixture_forward_t(static_cast<float*>(out), static_cast<float*>(probs),
+                                               static_cast<const float*>(logits), experts, rows, E, D),
+                        gate_mixture_forward_t(static_cast<double*>(out), static_cast<double*>(probs),
+                                               static_cast<const double*>(logits), experts, rows, E, D));
+}
+void cpu_gate_mixture_backward(DType d, void* dlogits, void* const* dexperts, const void* dout, const void* probs,
+                               const void* const* experts, int64_t rows, int64_t E, int64_t D) {
+  NCSREC_FLOAT_DISPATCH(d,
+                        gate_mixture_backward_t(static_cast<float*>(dlogits), dexperts,
+                                                static_cast<const float*>(dout), static_cast<const float*>(probs),
+                                                experts, rows, E, D),
+                        gate_mixture_backward_t(static_cast<double*>(dlogits), dexperts,
+                                                static_cast<const double*>(dout), static_cast<const double*>(probs),
+                                                experts, rows, E, D));
+}
+
 OpTable make_cpu_table() {
   OpTable t;
   t.alloc = cpu_alloc;
@@ -195,6 +265,8 @@ OpTable make_cpu_table() {
   t.scale = cpu_scale;
   t.sum = cpu_sum;
   t.sum_squares = cpu_sum_squares;
+  t.gate_mixture_forward = cpu_gate_mixture_forward;
+  t.gate_mixture_backward = cpu_gate_mixture_backward;
   return t;
 }
 

@@ -3,7 +3,9 @@
 // core/ registers the CPU kernels at start-up (core/cpu_kernels.cpp). cuda/ registers its
 // kernels into the CUDA slot when it is linked and a GPU is present (cuda/device.cu); core
 // never includes a CUDA header. Kernels take raw pointers, sizes and the element type; shape
-// checks happen one level up, in core/ops.h. Every array is contiguous and row-major.
+// checks happen one level up, in core/ops.h. Every array is contiguous and row-major. A
+// backend may leave an entry null (not implemented there yet); core/ops.h then throws an
+// error naming the op and the device instead of calling it.
 //
 // Gradient contract (said once, kept everywhere): parameter-gradient kernels accumulate
 // (`+=`), input-gradient kernels write (`=`).
@@ -49,6 +51,18 @@ struct OpTable {
   double (*sum)(DType dtype, const void* x, int64_t n) = nullptr;
   // sum of x*x (computed in double)
   double (*sum_squares)(DType dtype, const void* x, int64_t n) = nullptr;
+
+  // MMoE/PLE gate: softmax over experts, then the probability-weighted mixture, as one op.
+  // `experts` / `dexperts` are HOST arrays of num_experts pointers to [rows, dim] buffers.
+  // probs[b,e] = softmax(logits[b,:])_e (max-subtracted); out[b,d] = Σ_e probs[b,e]·experts[e][b,d]
+  void (*gate_mixture_forward)(DType dtype, void* out, void* probs, const void* logits, const void* const* experts,
+                               int64_t rows, int64_t num_experts, int64_t dim) = nullptr;
+  // dexperts[e][b,d] += probs[b,e]·dout[b,d]  (ACCUMULATES: one expert feeds several gates;
+  //                                             a null dexperts[e] skips that expert)
+  // dlogits[b,e] = probs[b,e]·(s_e − Σ_e' probs[b,e']·s_e'), s_e = Σ_d dout[b,d]·experts[e][b,d]  (written)
+  void (*gate_mixture_backward)(DType dtype, void* dlogits, void* const* dexperts, const void* dout,
+                                const void* probs, const void* const* experts, int64_t rows, int64_t num_experts,
+                                int64_t dim) = nullptr;
 };
 
 // The table for a device. Throws a clear error if the device has no backend registered.

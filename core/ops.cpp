@@ -14,6 +14,36 @@ void same_size(const Tensor& a, const Tensor& b, const char* op) {
   NCSREC_CHECK(a.numel() == b.numel(), op << ": sizes differ: " << a.describe() << " vs " << b.describe());
 }
 
+void same_shape(const Tensor& a, const Tensor& b, const char* op) {
+  same_place(a, b, op);
+  NCSREC_CHECK(a.shape() == b.shape(), op << ": shapes differ: " << a.describe() << " vs " << b.describe());
+}
+
+// A kernel from the device's table, or a clear error when that backend leaves it null.
+template <class Kernel>
+Kernel kernel_or_throw(Kernel kernel, const char* op, Device device) {
+  if (!kernel)
+    throw UserError(NCSREC_STR_(op << " is not implemented on the " << device_name(device)
+                                   << " backend; use device: cpu for this model"));
+  return kernel;
+}
+
+// Checks the [B, D] experts of a gate against probs [B, E]; returns D.
+int64_t check_experts(const std::vector<const Tensor*>& experts, const Tensor& probs, const char* op) {
+  NCSREC_CHECK(probs.ndim() == 2 && probs.dim(1) >= 1 &&
+                   static_cast<int64_t>(experts.size()) == probs.dim(1),
+               op << ": " << experts.size() << " experts for gate weights " << probs.describe());
+  NCSREC_CHECK(experts[0] != nullptr && experts[0]->ndim() == 2, op << ": expert 0 must be a 2-D tensor");
+  for (size_t e = 0; e < experts.size(); ++e) {
+    NCSREC_CHECK(experts[e] != nullptr, op << ": expert " << e << " is null");
+    same_shape(*experts[e], *experts[0], op);
+    same_place(*experts[e], probs, op);
+    NCSREC_CHECK(experts[e]->dim(0) == probs.dim(0),
+                 op << ": expert " << e << " " << experts[e]->describe() << " vs gate weights " << probs.describe());
+  }
+  return experts[0]->dim(1);
+}
+
 }  // namespace
 
 void gemm(Tensor& C, const Tensor& A, bool ta, const Tensor& B, bool tb, double alpha, double beta) {
@@ -72,5 +102,42 @@ void scale(Tensor& x, double a) { ops_for(x.device()).scale(x.dtype(), x.numel()
 double sum(const Tensor& x) { return ops_for(x.device()).sum(x.dtype(), x.raw(), x.numel()); }
 
 double sum_squares(const Tensor& x) { return ops_for(x.device()).sum_squares(x.dtype(), x.raw(), x.numel()); }
+
+void gate_mixture_forward(Tensor& out, Tensor& probs, const Tensor& logits,
+                          const std::vector<const Tensor*>& experts) {
+  same_shape(probs, logits, "gate_mixture_forward");
+  const int64_t D = check_experts(experts, probs, "gate_mixture_forward");
+  const int64_t B = logits.dim(0), E = logits.dim(1);
+  same_place(out, logits, "gate_mixture_forward");
+  NCSREC_CHECK(out.ndim() == 2 && out.dim(0) == B && out.dim(1) == D,
+               "gate_mixture_forward: out " << out.describe() << " for " << B << " rows of width " << D);
+  std::vector<const void*> ptrs(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) ptrs[static_cast<size_t>(e)] = experts[static_cast<size_t>(e)]->raw();
+  const OpTable& t = ops_for(out.device());
+  kernel_or_throw(t.gate_mixture_forward, "gate_mixture_forward", out.device())(
+      out.dtype(), out.raw(), probs.raw(), logits.raw(), ptrs.data(), B, E, D);
+}
+
+void gate_mixture_backward(Tensor& dlogits, const std::vector<Tensor*>& dexperts, const Tensor& dout,
+                           const Tensor& probs, const std::vector<const Tensor*>& experts) {
+  same_shape(dlogits, probs, "gate_mixture_backward");
+  const int64_t D = check_experts(experts, probs, "gate_mixture_backward");
+  const int64_t B = probs.dim(0), E = probs.dim(1);
+  same_shape(dout, *experts[0], "gate_mixture_backward");
+  NCSREC_CHECK(static_cast<int64_t>(dexperts.size()) == E,
+               "gate_mixture_backward: " << dexperts.size() << " expert gradients for " << E << " experts");
+  std::vector<const void*> in(static_cast<size_t>(E));
+  std::vector<void*> grads(static_cast<size_t>(E), nullptr);
+  for (size_t e = 0; e < static_cast<size_t>(E); ++e) {
+    in[e] = experts[e]->raw();
+    if (dexperts[e]) {
+      same_shape(*dexperts[e], *experts[e], "gate_mixture_backward");
+      grads[e] = dexperts[e]->raw();
+    }
+  }
+  const OpTable& t = ops_for(dlogits.device());
+  kernel_or_throw(t.gate_mixture_backward, "gate_mixture_backward", dlogits.device())(
+      dlogits.dtype(), dlogits.raw(), grads.data(), dout.raw(), probs.raw(), in.data(), B, E, D);
+}
 
 }  // namespace ncsrec::ops

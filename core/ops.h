@@ -2,6 +2,8 @@
 // tensors' device. Layers call these, never the kernels directly.
 #pragma once
 
+#include <vector>
+
 #include "core/dispatch.h"
 #include "core/tensor.h"
 
@@ -22,5 +24,13 @@ void axpy(Tensor& y, double a, const Tensor& x);
 void scale(Tensor& x, double a);
 double sum(const Tensor& x);
 double sum_squares(const Tensor& x);
+
+// MMoE/PLE gate mixture (see OpTable::gate_mixture_forward): logits [B, E], E experts of
+// [B, D] -> probs [B, E] (row softmax), out [B, D] = Σ_e probs[:, e] · experts[e].
+void gate_mixture_forward(Tensor& out, Tensor& probs, const Tensor& logits, const std::vector<const Tensor*>& experts);
+// dlogits [B, E] is written; dexperts[e] [B, D] ACCUMULATES probs[:, e] · dout (an expert feeds
+// several gates); a null dexperts[e] skips that expert.
+void gate_mixture_backward(Tensor& dlogits, const std::vector<Tensor*>& dexperts, const Tensor& dout,
+                           const Tensor& probs, const std::vector<const Tensor*>& experts);
 
 }  // namespace ncsrec::ops
