@@ -270,7 +270,7 @@ int cmd_bench(int argc, char** argv) {
       if (task == 0) masked_total += m.size();
       masked_on += m.count();
     }
-  Optimizers optimizers = make_optimizers(config.dense_optimizer, config.sparse_optimizer, model);
+  Optimizers optimizers = make_optimizers(config, model);
   int64_t embedding_rows = 0, embedding_params = 0;
   for (auto& t : model.tables()) {
     embedding_rows += t.rows();

@@ -223,7 +223,7 @@ int cmd_predict(int argc, char** argv) {
   if (!f) throw UserError("cannot write " + tmp);
   f << "row";
   for (const auto& t : run.config.model.tasks) f << ",p_" << t.name;
-  const bool esmm = run.config.model.type == "esmm";
+  const bool esmm = run.config.model.esmm;
   if (esmm) f << ",p_ctcvr";
   f << "\n";
   Block batch;

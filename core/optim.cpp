@@ -1,10 +1,13 @@
 // Dense optimizers (SGD, Adam, Adagrad) on CPU: one element-wise loop over the whole parameter
 // buffer, OpenMP static schedule. Each element's update reads only its own value, gradient and
-// state, so the result does not depend on the thread count. An update mask (optim.h) is a
-// compile-time variant of each loop, chosen outside it, so the unmasked loop stays as it was.
+// state, so the result does not depend on the thread count. An update mask and weight decay
+// (optim.h) are compile-time variants of each loop, chosen outside it, so the plain loop (no
+// mask, no decay) stays as it was; an element outside the decay mask takes exactly the plain
+// update. Gradient clipping by global norm is here too: a deterministic chunked sum of squares.
 //
-// Not here: sparse (row-wise) optimizers for embedding tables (embedding/), gradient clipping or
-// weight decay, and a CUDA path (its kernels will be registered by cuda/).
+// Not here: sparse (row-wise) optimizers for embedding tables (embedding/), learning-rate
+// schedules (lr_schedule.h: they only call set_lr), and a CUDA path (its kernels will be
+// registered by cuda/).
 #include "core/optim.h"
 
 #include <algorithm>
@@ -27,46 +30,69 @@ void check_step_args(const Tensor& values, const Tensor& grads, int64_t numel, D
                "the CPU optimizer got " << values.describe() << " and " << grads.describe());
 }
 
-template <bool kMasked, class T>
-void sgd_t(T* w, const T* g, const uint8_t* mask, int64_t n, T lr) {
+// Whether element i is decayed, in a kDecay loop: `decay_mask` null = every element.
+inline bool decayed(const uint8_t* decay_mask, int64_t i) { return !decay_mask || decay_mask[i]; }
+
+// w -= lr · g;  decayed: w -= lr · (g + wd · w)
+template <bool kMasked, bool kDecay, class T>
+void sgd_t(T* w, const T* g, const uint8_t* mask, const uint8_t* decay_mask, int64_t n, T lr, T wd) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
     if constexpr (kMasked)
       if (!mask[i]) continue;
+    if constexpr (kDecay)
+      if (decayed(decay_mask, i)) {
+        w[i] -= lr * (g[i] + wd * w[i]);
+        continue;
+      }
     w[i] -= lr * g[i];
   }
 }
 
 // m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²;  w -= lr · (m / c1) / (sqrt(v / c2) + eps),
-// with the bias corrections c1 = 1 - β1^t, c2 = 1 - β2^t.
-template <bool kMasked, class T>
-void adam_t(T* w, const T* g, T* m, T* v, const uint8_t* mask, int64_t n, T lr, T beta1, T beta2, T eps, T c1,
-            T c2) {
+// with the bias corrections c1 = 1 - β1^t, c2 = 1 - β2^t. Decayed (AdamW): also w -= lr·wd · w,
+// from the value before this step.
+template <bool kMasked, bool kDecay, class T>
+void adam_t(T* w, const T* g, T* m, T* v, const uint8_t* mask, const uint8_t* decay_mask, int64_t n, T lr, T beta1,
+            T beta2, T eps, T c1, T c2, T lr_wd) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
     if constexpr (kMasked)
       if (!mask[i]) continue;
     m[i] = beta1 * m[i] + (T(1) - beta1) * g[i];
     v[i] = beta2 * v[i] + (T(1) - beta2) * g[i] * g[i];
+    if constexpr (kDecay)
+      if (decayed(decay_mask, i)) {
+        w[i] -= lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + eps) + lr_wd * w[i];
+        continue;
+      }
     w[i] -= lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + eps);
   }
 }
 
-// acc += g²;  w -= lr · g / (sqrt(acc) + eps)
-template <bool kMasked, class T>
-void adagrad_t(T* w, const T* g, T* acc, const uint8_t* mask, int64_t n, T lr, T eps) {
+// acc += g²;  w -= lr · g / (sqrt(acc) + eps);  decayed: g + wd · w in place of g (L2, both lines)
+template <bool kMasked, bool kDecay, class T>
+void adagrad_t(T* w, const T* g, T* acc, const uint8_t* mask, const uint8_t* decay_mask, int64_t n, T lr, T eps,
+               T wd) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
     if constexpr (kMasked)
       if (!mask[i]) continue;
-    acc[i] += g[i] * g[i];
-    w[i] -= lr * g[i] / (std::sqrt(acc[i]) + eps);
+    T gi = g[i];
+    if constexpr (kDecay)
+      if (decayed(decay_mask, i)) gi += wd * w[i];
+    acc[i] += gi * gi;
+    w[i] -= lr * gi / (std::sqrt(acc[i]) + eps);
   }
 }
 
+// One of the four variants of kernel K: <masked?, decayed?>.
+#define NCSREC_PICK_VARIANT_(K, T, masked, decay) \
+  ((masked) ? ((decay) ? K<true, true, T> : K<true, false, T>) : ((decay) ? K<false, true, T> : K<false, false, T>))
+
 class Sgd final : public DenseOptimizer {
  public:
-  Sgd(const OptimizerConfig& c, int64_t numel, DType dtype) : c_(c), numel_(numel), dtype_(dtype) {}
+  Sgd(const OptimizerConfig& c, int64_t numel, DType dtype) : DenseOptimizer(c, numel), dtype_(dtype) {}
   using DenseOptimizer::step;
   void step(Tensor& values, const Tensor& grads, int64_t, const uint8_t* mask) override {
     check_step_args(values, grads, numel_, dtype_);
@@ -78,19 +104,18 @@ class Sgd final : public DenseOptimizer {
  private:
   template <class T>
   void run(Tensor& values, const Tensor& grads, const uint8_t* mask) {
-    auto kernel = mask ? sgd_t<true, T> : sgd_t<false, T>;
-    kernel(values.data<T>(), grads.data<T>(), mask, numel_, static_cast<T>(c_.lr));
+    auto kernel = NCSREC_PICK_VARIANT_(sgd_t, T, mask, decays());
+    kernel(values.data<T>(), grads.data<T>(), mask, decay_mask(), numel_, static_cast<T>(lr_),
+           static_cast<T>(weight_decay_));
   }
 
-  OptimizerConfig c_;
-  int64_t numel_;
   DType dtype_;
 };
 
 class Adam final : public DenseOptimizer {
  public:
   Adam(const OptimizerConfig& c, int64_t numel, DType dtype, Device device)
-      : c_(c), numel_(numel), dtype_(dtype), m_(Tensor::zeros({numel}, dtype, device)),
+      : DenseOptimizer(c, numel), c_(c), dtype_(dtype), m_(Tensor::zeros({numel}, dtype, device)),
         v_(Tensor::zeros({numel}, dtype, device)) {}
   using DenseOptimizer::step;
   void step(Tensor& values, const Tensor& grads, int64_t step, const uint8_t* mask) override {
@@ -107,14 +132,13 @@ class Adam final : public DenseOptimizer {
  private:
   template <class T>
   void run(Tensor& values, const Tensor& grads, const uint8_t* mask, double c1, double c2) {
-    auto kernel = mask ? adam_t<true, T> : adam_t<false, T>;
-    kernel(values.data<T>(), grads.data<T>(), m_.data<T>(), v_.data<T>(), mask, numel_, static_cast<T>(c_.lr),
-           static_cast<T>(c_.beta1), static_cast<T>(c_.beta2), static_cast<T>(c_.eps), static_cast<T>(c1),
-           static_cast<T>(c2));
+    auto kernel = NCSREC_PICK_VARIANT_(adam_t, T, mask, decays());
+    kernel(values.data<T>(), grads.data<T>(), m_.data<T>(), v_.data<T>(), mask, decay_mask(), numel_,
+           static_cast<T>(lr_), static_cast<T>(c_.beta1), static_cast<T>(c_.beta2), static_cast<T>(c_.eps),
+           static_cast<T>(c1), static_cast<T>(c2), static_cast<T>(lr_ * weight_decay_));
   }
 
   OptimizerConfig c_;
-  int64_t numel_;
   DType dtype_;
   Tensor m_, v_;
 };
@@ -122,7 +146,7 @@ class Adam final : public DenseOptimizer {
 class Adagrad final : public DenseOptimizer {
  public:
   Adagrad(const OptimizerConfig& c, int64_t numel, DType dtype, Device device)
-      : c_(c), numel_(numel), dtype_(dtype), accumulator_(Tensor::empty({numel}, dtype, device)) {
+      : DenseOptimizer(c, numel), c_(c), dtype_(dtype), accumulator_(Tensor::empty({numel}, dtype, device)) {
     if (dtype == DType::F32) std::fill_n(accumulator_.data<float>(), numel, static_cast<float>(c.initial_accumulator));
     else std::fill_n(accumulator_.data<double>(), numel, c.initial_accumulator);
   }
@@ -137,16 +161,17 @@ class Adagrad final : public DenseOptimizer {
  private:
   template <class T>
   void run(Tensor& values, const Tensor& grads, const uint8_t* mask) {
-    auto kernel = mask ? adagrad_t<true, T> : adagrad_t<false, T>;
-    kernel(values.data<T>(), grads.data<T>(), accumulator_.data<T>(), mask, numel_, static_cast<T>(c_.lr),
-           static_cast<T>(c_.adagrad_eps));
+    auto kernel = NCSREC_PICK_VARIANT_(adagrad_t, T, mask, decays());
+    kernel(values.data<T>(), grads.data<T>(), accumulator_.data<T>(), mask, decay_mask(), numel_,
+           static_cast<T>(lr_), static_cast<T>(c_.adagrad_eps), static_cast<T>(weight_decay_));
   }
 
   OptimizerConfig c_;
-  int64_t numel_;
   DType dtype_;
   Tensor accumulator_;
 };
+
+#undef NCSREC_PICK_VARIANT_
 
 void validate(const OptimizerConfig& c) {
   if (!(c.lr >= 0) || !std::isfinite(c.lr))
@@ -161,9 +186,76 @@ void validate(const OptimizerConfig& c) {
       throw ConfigError(NCSREC_STR_("adagrad initial_accumulator must be >= 0, got " << c.initial_accumulator));
     if (!(c.adagrad_eps > 0)) throw ConfigError(NCSREC_STR_("adagrad eps must be > 0, got " << c.adagrad_eps));
   }
+  if (!(c.weight_decay >= 0) || !std::isfinite(c.weight_decay))
+    throw ConfigError(NCSREC_STR_("optimizer weight_decay must be a finite number >= 0, got " << c.weight_decay));
+}
+
+// Sum of g[i]² over [begin, end) where the mask is 1, in double, in index order.
+template <bool kMasked, class T>
+double sum_squares(const T* g, const uint8_t* mask, int64_t begin, int64_t end) {
+  double s = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    if constexpr (kMasked)
+      if (!mask[i]) continue;
+    const double x = static_cast<double>(g[i]);
+    s += x * x;
+  }
+  return s;
+}
+
+// The chunks of the norm's sum depend on the buffer's size only (at most kNormChunks of at
+// least kNormChunkMin elements): each is summed in order by one thread, then the chunk sums
+// in order, so any thread count gives the same bits. No allocation.
+constexpr int64_t kNormChunks = 256, kNormChunkMin = 4096;
+
+template <class T>
+double clip_t(T* g, int64_t n, double max_norm, const uint8_t* mask) {
+  const int64_t chunk = std::max(kNormChunkMin, (n + kNormChunks - 1) / kNormChunks);
+  const int64_t chunks = (n + chunk - 1) / chunk;
+  double partial[kNormChunks];
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * chunk, end = std::min(n, begin + chunk);
+    partial[c] = mask ? sum_squares<true>(g, mask, begin, end) : sum_squares<false>(g, mask, begin, end);
+  }
+  double sum = 0;
+  for (int64_t c = 0; c < chunks; ++c) sum += partial[c];
+  const double norm = std::sqrt(sum);
+  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
+    const T scale = static_cast<T>(max_norm / norm);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) g[i] *= scale;
+  }
+  return norm;
 }
 
 }  // namespace
+
+DenseOptimizer::DenseOptimizer(const OptimizerConfig& config, int64_t numel)
+    : numel_(numel), base_lr_(config.lr), lr_(config.lr), weight_decay_(config.weight_decay) {}
+
+void DenseOptimizer::set_lr(double lr) {
+  NCSREC_CHECK(lr >= 0 && std::isfinite(lr), "learning rate " << lr);
+  lr_ = lr;
+}
+
+void DenseOptimizer::set_decay_mask(const std::vector<uint8_t>& mask) {
+  NCSREC_CHECK(mask.empty() || static_cast<int64_t>(mask.size()) == numel_,
+               "decay mask of " << mask.size() << " bytes for an optimizer of " << numel_ << " elements");
+  // All ones is "everywhere" (the kernels then read no mask); all zeros turns decay off.
+  const bool all_ones = std::all_of(mask.begin(), mask.end(), [](uint8_t b) { return b != 0; });
+  decay_nowhere_ = !mask.empty() && std::none_of(mask.begin(), mask.end(), [](uint8_t b) { return b != 0; });
+  if (all_ones) decay_mask_.clear();
+  else decay_mask_ = mask;
+}
+
+double clip_grad_norm(Tensor& grads, double max_norm, const uint8_t* mask) {
+  NCSREC_CHECK(grads.device() == Device::CPU, "clip_grad_norm on " << grads.describe());
+  NCSREC_CHECK(grads.dtype() == DType::F32 || grads.dtype() == DType::F64, "clip_grad_norm on " << grads.describe());
+  NCSREC_CHECK(max_norm >= 0, "clip_grad_norm max_norm " << max_norm);
+  if (grads.dtype() == DType::F32) return clip_t(grads.data<float>(), grads.numel(), max_norm, mask);
+  return clip_t(grads.data<double>(), grads.numel(), max_norm, mask);
+}
 
 std::unique_ptr<DenseOptimizer> make_dense_optimizer(const OptimizerConfig& config, int64_t numel, DType dtype,
                                                      Device device) {

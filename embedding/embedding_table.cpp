@@ -50,7 +50,8 @@ void check_grad(const EmbeddingTable& table, const SparseGrad& grad, DType state
 
 class SparseSgd final : public SparseOptimizer {
  public:
-  SparseSgd(const OptimizerConfig& c, const EmbeddingTable& t) : c_(c), dtype_(t.values().dtype()), rows_(t.rows()) {}
+  SparseSgd(const OptimizerConfig& c, const EmbeddingTable& t)
+      : SparseOptimizer(c.lr), dtype_(t.values().dtype()), rows_(t.rows()) {}
   void step(EmbeddingTable& table, const SparseGrad& grad) override {
     check_grad(table, grad, dtype_, rows_);
     if (dtype_ == DType::F32) run<float>(table, grad);
@@ -64,14 +65,13 @@ class SparseSgd final : public SparseOptimizer {
     const int64_t n = static_cast<int64_t>(grad.rows.size()), dim = table.dim();
     T* w = table.values().data<T>();
     const T* g = grad.values.data<T>();
-    const T lr = static_cast<T>(c_.lr);
+    const T lr = static_cast<T>(lr_);
 #pragma omp parallel for schedule(static) if (n >= kParallelMinRows)
     for (int64_t i = 0; i < n; ++i) {
       const int64_t row = grad.rows[static_cast<size_t>(i)];
       for (int64_t d = 0; d < dim; ++d) w[row * dim + d] -= lr * g[i * dim + d];
     }
   }
-  OptimizerConfig c_;
   DType dtype_;
   int64_t rows_;
 };
@@ -80,7 +80,7 @@ class SparseSgd final : public SparseOptimizer {
 class SparseAdagrad final : public SparseOptimizer {
  public:
   SparseAdagrad(const OptimizerConfig& c, const EmbeddingTable& t)
-      : c_(c), dtype_(t.values().dtype()), rows_(t.rows()),
+      : SparseOptimizer(c.lr), c_(c), dtype_(t.values().dtype()), rows_(t.rows()),
         accumulator_(Tensor::empty({t.rows(), t.dim()}, t.values().dtype(), Device::CPU)) {
     if (dtype_ == DType::F32)
       std::fill_n(accumulator_.data<float>(), accumulator_.numel(), static_cast<float>(c.initial_accumulator));
@@ -101,7 +101,7 @@ class SparseAdagrad final : public SparseOptimizer {
     T* w = table.values().data<T>();
     T* acc = accumulator_.data<T>();
     const T* g = grad.values.data<T>();
-    const T lr = static_cast<T>(c_.lr), eps = static_cast<T>(c_.adagrad_eps);
+    const T lr = static_cast<T>(lr_), eps = static_cast<T>(c_.adagrad_eps);
 #pragma omp parallel for schedule(static) if (n >= kParallelMinRows)
     for (int64_t i = 0; i < n; ++i) {
       const int64_t row = grad.rows[static_cast<size_t>(i)];
@@ -124,7 +124,7 @@ class SparseAdagrad final : public SparseOptimizer {
 class SparseAdam final : public SparseOptimizer {
  public:
   SparseAdam(const OptimizerConfig& c, const EmbeddingTable& t)
-      : c_(c), dtype_(t.values().dtype()), rows_(t.rows()),
+      : SparseOptimizer(c.lr), c_(c), dtype_(t.values().dtype()), rows_(t.rows()),
         m_(Tensor::zeros({t.rows(), t.dim()}, t.values().dtype(), Device::CPU)),
         v_(Tensor::zeros({t.rows(), t.dim()}, t.values().dtype(), Device::CPU)),
         steps_(Tensor::zeros({t.rows()}, DType::I64, Device::CPU)) {}
@@ -146,7 +146,7 @@ class SparseAdam final : public SparseOptimizer {
     T* v = v_.data<T>();
     int64_t* steps = steps_.data<int64_t>();
     const T* g = grad.values.data<T>();
-    const T lr = static_cast<T>(c_.lr), beta1 = static_cast<T>(c_.beta1), beta2 = static_cast<T>(c_.beta2),
+    const T lr = static_cast<T>(lr_), beta1 = static_cast<T>(c_.beta1), beta2 = static_cast<T>(c_.beta2),
             eps = static_cast<T>(c_.eps);
 #pragma omp parallel for schedule(static) if (n >= kParallelMinRows)
     for (int64_t i = 0; i < n; ++i) {
@@ -172,6 +172,11 @@ class SparseAdam final : public SparseOptimizer {
 
 }  // namespace
 
+void SparseOptimizer::set_lr(double lr) {
+  NCSREC_CHECK(lr >= 0 && std::isfinite(lr), "learning rate " << lr);
+  lr_ = lr;
+}
+
 EmbeddingTable::EmbeddingTable(std::string name, int64_t rows, int64_t dim, DType dtype, uint64_t seed,
                                double init_scale)
     : name_(std::move(name)) {
@@ -187,6 +192,9 @@ EmbeddingTable::EmbeddingTable(std::string name, int64_t rows, int64_t dim, DTyp
 std::unique_ptr<SparseOptimizer> make_sparse_optimizer(const OptimizerConfig& config, const EmbeddingTable& table) {
   if (!(config.lr >= 0) || !std::isfinite(config.lr))
     throw ConfigError(NCSREC_STR_("sparse optimizer lr must be a finite number >= 0, got " << config.lr));
+  if (config.weight_decay != 0)
+    throw ConfigError(NCSREC_STR_("sparse optimizer weight_decay must be 0 (the embedding optimizers apply no weight "
+                                  "decay), got " << config.weight_decay));
   if (config.type == "adagrad") return std::make_unique<SparseAdagrad>(config, table);
   if (config.type == "adam") return std::make_unique<SparseAdam>(config, table);
   if (config.type == "sgd") return std::make_unique<SparseSgd>(config, table);

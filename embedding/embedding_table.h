@@ -31,13 +31,25 @@ class EmbeddingTable {
 };
 
 // Sparse optimizers: "adagrad" (sparse Adagrad) or "adam" (sparse/lazy Adam: moments and the
-// per-row step count advance only for rows in the batch).
+// per-row step count advance only for rows in the batch). No weight decay (a config with
+// weight_decay > 0 is refused): decaying only the rows in the batch would shrink frequent ids
+// more than rare ones, and decaying every row would make each step touch the whole table.
 class SparseOptimizer {
  public:
   virtual ~SparseOptimizer() = default;
   virtual void step(EmbeddingTable& table, const SparseGrad& grad) = 0;
   // Named state tensors for checkpoints: {"accumulator"} or {"m", "v", "steps"}.
   virtual std::vector<std::pair<std::string, Tensor*>> state() = 0;
+
+  // The rate of the following steps; starts at the config's lr, base_lr() (a schedule sets
+  // base_lr() · factor before every step).
+  void set_lr(double lr);
+  double lr() const { return lr_; }
+  double base_lr() const { return base_lr_; }
+
+ protected:
+  explicit SparseOptimizer(double lr) : base_lr_(lr), lr_(lr) {}
+  double base_lr_, lr_;
 };
 
 std::unique_ptr<SparseOptimizer> make_sparse_optimizer(const OptimizerConfig& config, const EmbeddingTable& table);

@@ -11,6 +11,53 @@ const char* const kEsmmCtrWeightMessage =
 
 namespace {
 
+ExpertSpec parse_experts(ConfigNode node, const std::string& type) {
+  ExpertSpec e;
+  e.sizes = node.get_int_list("sizes", {}, 1, 1 << 16);
+  if (e.sizes.empty()) node.fail("sizes", "experts need sizes: [hidden sizes] (e.g. [64])");
+  e.masked = node.get_bool("masked", false);
+  if (type == "mmoe") {
+    e.count = node.get_int("count", 4, 1, 256);
+  } else {
+    e.levels = node.get_int("levels", 1, 1, 16);
+    e.task_experts = node.get_int("task_experts", 1, 0, 256);
+    e.shared_experts = node.get_int("shared_experts", 1, 0, 256);
+    if (e.task_experts + e.shared_experts == 0) node.fail("task_experts", "a PLE gate needs at least one expert");
+    if (e.masked && e.levels > 1)
+      node.fail("masked", "masked experts in PLE need levels: 1 (CGC): the shared gate of a deeper PLE reads the "
+                          "shared experts and no task's mask is the right one for it");
+    if (e.masked && e.shared_experts == 0) node.fail("masked", "only shared experts are masked; give shared_experts");
+  }
+  node.finish();
+  return e;
+}
+
+LayerOptions parse_layers(ConfigNode node) {
+  LayerOptions l;
+  const std::string norm = node.get_choice("norm", {"none", "batch", "layer"}, "none");
+  l.norm = norm == "batch" ? Norm::Batch : norm == "layer" ? Norm::Layer : Norm::None;
+  l.norm_momentum = node.get_double("momentum", 0.99, 0.0, 1.0);
+  l.dropout = node.get_double("dropout", 0.0, 0.0, 0.95);
+  node.finish();
+  return l;
+}
+
+ApgSpec parse_apg(ConfigNode node) {
+  ApgSpec a;
+  a.in = node.get_string_list("in", {});
+  for (const auto& w : a.in)
+    if (w != "towers" && w != "bottom" && w != "experts") node.fail("in", "'" + w + "' is not one of towers, bottom, experts");
+  a.options.rank = node.get_int("rank", 8, 1, 4096);
+  a.options.overparam = node.get_int("overparam", 0, 0, 1 << 16);
+  if (a.options.overparam > 0 && a.options.overparam < a.options.rank)
+    node.fail("overparam", "over-parameterisation needs overparam >= rank (or 0 for off)");
+  a.options.hyper_hidden = node.get_int_list("hyper_hidden", {64}, 1, 1 << 16);
+  a.options.generate_bias = node.get_bool("generate_bias", false);
+  a.condition = node.get_string_list("condition", {});
+  node.finish();
+  return a;
+}
+
 MaskSpec parse_masks(ConfigNode node, int64_t shared_layers) {
   MaskSpec m;
   std::vector<int64_t> all;
@@ -33,7 +80,18 @@ MaskSpec parse_masks(ConfigNode node, int64_t shared_layers) {
 ModelConfig parse_model_config(ConfigNode node) {
   ModelConfig m;
   m.source = node.file();
-  m.type = node.get_choice("type", {"single_task", "shared_embedding", "shared_bottom", "esmm", "ncs"}, "esmm");
+  m.type = node.get_choice("type", {"single_task", "shared_embedding", "shared_bottom", "esmm", "ncs", "mmoe", "ple"},
+                           "esmm");
+  m.esmm = node.get_bool("esmm", m.type == "esmm");
+  if (m.type == "esmm" && !m.esmm) node.fail("esmm", "type esmm always has ESMM heads; use type shared_embedding");
+  if (m.esmm && m.type == "single_task")
+    node.fail("esmm", "ESMM heads share the embeddings of both towers; single_task shares nothing");
+  m.layers = parse_layers(node.child("layers"));
+  m.apg = parse_apg(node.child("apg"));
+  m.loss_weighting = node.get_choice("loss_weighting", {"fixed", "uncertainty"}, "fixed");
+  if (m.type == "mmoe" || m.type == "ple") m.experts = parse_experts(node.child("experts"), m.type);
+  else if (node.has("experts")) node.fail("experts", "experts are only used by types mmoe and ple");
+  else node.child("experts");
   m.embedding_dim = node.get_int("embedding_dim", 8, 1, 1024);
   m.embedding_init = node.get_double("embedding_init", 0.05, 0.0, 10.0);
   m.use_dense = node.get_bool("use_dense", true);
@@ -64,7 +122,7 @@ ModelConfig parse_model_config(ConfigNode node) {
     if (!t.given.empty() && (!names.count(t.given) || t.given == t.name))
       tasks.fail(t.name + ".given", "'" + t.given + "' is not another task of this model");
 
-  if (m.type == "esmm") {
+  if (m.esmm) {
     if (m.tasks.size() != 2 || !m.tasks[0].given.empty() || m.tasks[1].given != m.tasks[0].name)
       tasks.fail_here("esmm needs exactly two tasks, a CTR task first and a CVR task second with given: <ctr task>");
     if (!(m.tasks[0].loss_weight > 0)) tasks.fail(m.tasks[0].name + ".loss_weight", kEsmmCtrWeightMessage);
@@ -77,8 +135,17 @@ ModelConfig parse_model_config(ConfigNode node) {
   if (m.type != "ncs" && !m.shared.empty()) node.fail("shared", "masked shared layers are only used by type ncs");
   if (m.type == "ncs" && m.shared.empty()) node.fail("shared", "ncs needs shared: [sizes] (the paper: [512, 256, 128])");
   if (m.type == "ncs") m.masks = parse_masks(node.child("masks"), static_cast<int64_t>(m.shared.size()));
-  else if (node.has("masks")) node.fail("masks", "masks are only used by type ncs");
+  else if (m.experts.masked) m.masks = parse_masks(node.child("masks"), static_cast<int64_t>(m.experts.sizes.size()));
+  else if (node.has("masks")) node.fail("masks", "masks are only used by type ncs and by masked experts");
   else node.child("masks");
+  if (m.type == "ple")
+    for (const auto& t : m.tasks)
+      if (t.name == "shared") tasks.fail("shared", "PLE names its shared experts 'shared'; rename the task");
+  for (const auto& w : m.apg.in) {
+    if (w == "bottom" && m.type != "shared_bottom") node.fail("apg", "apg.in: bottom needs type shared_bottom");
+    if (w == "experts" && m.type != "mmoe" && m.type != "ple") node.fail("apg", "apg.in: experts needs type mmoe or ple");
+    if (w == "experts" && m.experts.masked) node.fail("apg", "apg.in: experts: masked experts are masked linear layers, not APG");
+  }
 
   ConfigNode tables = node.child("tables");
   if (tables.size() == 0) tables.fail_here("at least one embedding table is required");

@@ -7,6 +7,7 @@
 
 #include "core/config.h"
 #include "core/layers/embedding_bag.h"
+#include "models/feed_forward.h"
 
 namespace ncsrec {
 
@@ -40,9 +41,30 @@ struct MaskSpec {
   double score_init = 0.01;     // learned: scores start U(-score_init, score_init) plus |W₀| (see ncs.md)
 };
 
+// Experts of type mmoe / ple.
+struct ExpertSpec {
+  int64_t count = 4;                // mmoe: number of experts
+  std::vector<int64_t> sizes;       // each expert's MLP (ReLU after every layer)
+  bool masked = false;              // experts are masked shared layers (NCS): see `masks`
+  int64_t levels = 1;               // ple: CGC levels
+  int64_t task_experts = 1;         // ple: experts per task per level
+  int64_t shared_experts = 1;       // ple: shared experts per level
+};
+
+// APG (PAPERS.md §4): which MLPs' hidden layers it replaces, and how.
+struct ApgSpec {
+  std::vector<std::string> in;              // towers | bottom | experts (empty: APG off)
+  ApgOptions options;
+  std::vector<std::string> condition;       // group-wise: these slots' embeddings; empty: self-wise
+};
+
 struct ModelConfig {
   std::string source;  // the config file it came from, for error messages ("" when built in code)
-  std::string type = "esmm";  // single_task | shared_embedding | shared_bottom | esmm | ncs
+  // single_task | shared_embedding | shared_bottom | esmm | ncs | mmoe | ple
+  std::string type = "esmm";
+  // ESMM heads (pCTR and pCTCVR = pCTR·pCVR over all impressions): type esmm (shared
+  // embeddings), or `esmm: true` on shared_bottom, ncs, mmoe and ple.
+  bool esmm = false;
   std::vector<TaskSpec> tasks;
   int64_t embedding_dim = 8;
   double embedding_init = 0.05;
@@ -52,7 +74,13 @@ struct ModelConfig {
   std::string interaction = "none";
   std::vector<int64_t> bottom;  // shared_bottom: the shared MLP's sizes
   std::vector<int64_t> shared;  // ncs: the masked shared layers' sizes (ReLU after each)
-  MaskSpec masks;               // ncs
+  MaskSpec masks;               // ncs, and mmoe/ple with masked experts
+  ExpertSpec experts;           // mmoe, ple
+  LayerOptions layers;          // hidden layers of towers, bottom and unmasked experts: norm, dropout
+  ApgSpec apg;
+  // fixed: loss_weight per task; uncertainty: learned log σ_k per loss, L = Σ w_k L_k / (2σ_k²) + log σ_k
+  std::string loss_weighting = "fixed";
+  bool uses_masks() const { return type == "ncs" || experts.masked; }
 };
 
 ModelConfig parse_model_config(ConfigNode node);

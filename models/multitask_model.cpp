@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <set>
+#include <type_traits>
 
 #include "core/layers/interaction.h"
 #include "core/layers/losses.h"
@@ -19,6 +20,7 @@ std::string in_file(const ModelConfig& m) { return m.source.empty() ? std::strin
 
 MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& schema, DType dtype, uint64_t seed)
     : config_(config), schema_(schema), dtype_(dtype) {
+  if (config_.type == "esmm") config_.esmm = true;  // configs built in code
   // Tasks: labels must exist in the data.
   for (const auto& t : config_.tasks) {
     const int li = schema_.task_index(t.label);
@@ -34,7 +36,7 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
       if (config_.tasks[j].name == t.given) g = static_cast<int>(j);
     given_task_.push_back(g);
   }
-  if (config_.type == "esmm") {
+  if (config_.esmm) {
     // Also checked here for configs built in code: the loss below divides by this weight.
     if (!(config_.tasks[0].loss_weight > 0))
       throw ConfigError(in_file(config_) + "model.tasks." + config_.tasks[0].name + ".loss_weight: " + kEsmmCtrWeightMessage);
@@ -80,31 +82,82 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
     input_dim_ += fields_ * fields_;
   }
 
-  int64_t tower_in = input_dim_;
-  if (config_.type == "shared_bottom") {
-    bottom_ = std::make_unique<MLP>(params_, "bottom", input_dim_, config_.bottom, /*final_activation=*/true);
-    tower_in = bottom_->out();
-  }
-  if (config_.type == "ncs") {
-    masked_ = std::make_unique<MaskedMLP>(params_, "shared", input_dim_, config_.shared,
-                                          static_cast<int>(config_.tasks.size()), /*final_activation=*/true);
-    tower_in = masked_->out();
-    if (config_.masks.find == "learned")
-      for (size_t t = 0; t < config_.tasks.size(); ++t)
-        for (int l = 0; l < num_masked_layers(); ++l) {
-          const MaskedLinear& layer = masked_->layer(static_cast<size_t>(config_.masks.layers[static_cast<size_t>(l)]));
-          score_params_.push_back(params_.add("mask_score." + config_.tasks[t].name + "." + masked_layer_name(l),
-                                              {layer.in(), layer.out()}, Init::Zeros));
-          score_params_.back()->decay = false;
-          score_params_.back()->task = static_cast<int>(t);
+  // APG's group-wise condition: the chosen slots' pooled embeddings, columns of the input.
+  for (const auto& slot : config_.apg.condition) {
+    bool found = false;
+    for (const auto& tr : groups_[0].tables)
+      for (const auto& s : tr.slots)
+        if (schema_.slots[static_cast<size_t>(s.slot)] == slot) {
+          condition_cols_.push_back({s.col, s.col + dim});
+          found = true;
         }
+    if (!found)
+      throw ConfigError(in_file(config_) + "model.apg.condition: '" + slot +
+                        "' is not a slot of any model table (a group-wise condition is made of input embeddings)");
+    condition_dim_ += dim;
   }
-  for (size_t t = 0; t < config_.tasks.size(); ++t) {
-    std::vector<int64_t> sizes = config_.tasks[t].tower;
+  auto apg_in = [&](const char* where) {
+    return std::find(config_.apg.in.begin(), config_.apg.in.end(), where) != config_.apg.in.end();
+  };
+  auto with_apg = [&](bool on, bool group) {
+    LayerOptions o = config_.layers;
+    if (!on) return o;
+    o.apg = true;
+    o.apg_options = config_.apg.options;
+    o.condition_dim = group ? condition_dim_ : 0;
+    return o;
+  };
+  if (condition_dim_ > 0 && (apg_in("bottom") || apg_in("experts")))
+    throw ConfigError(in_file(config_) + "model.apg.condition: a group-wise condition is supported in towers; "
+                      "bottom and experts use self-wise APG (drop apg.condition or list only towers in apg.in)");
+
+  seed_ = seed;
+  const int T = static_cast<int>(config_.tasks.size());
+  std::vector<std::string> task_names;
+  for (const auto& t : config_.tasks) task_names.push_back(t.name);
+  ExpertOptions experts;
+  experts.sizes = config_.experts.sizes;
+  experts.layers = with_apg(apg_in("experts"), false);
+  experts.masked = config_.experts.masked;
+  experts.masked_layers = config_.masks.layers;
+  if (config_.type == "shared_bottom")
+    block_ = make_bottom_block(params_, input_dim_, config_.bottom, with_apg(apg_in("bottom"), false), T);
+  if (config_.type == "ncs") block_ = make_masked_block(params_, input_dim_, config_.shared, config_.masks.layers, T, &masked_);
+  if (config_.type == "mmoe")
+    block_ = make_mmoe_block(params_, input_dim_, static_cast<int>(config_.experts.count), experts, task_names);
+  if (config_.type == "ple")
+    block_ = make_ple_block(params_, input_dim_, static_cast<int>(config_.experts.levels),
+                            static_cast<int>(config_.experts.task_experts),
+                            static_cast<int>(config_.experts.shared_experts), experts, task_names);
+  const int64_t tower_in = block_ ? block_->out_dim() : input_dim_;
+  if (block_) masked_refs_ = block_->masked_layers();
+  if (config_.uses_masks() && masked_refs_.empty())
+    throw ConfigError(in_file(config_) + "model.masks.layers: no layer is masked");
+  if (config_.masks.find == "learned")
+    for (int t = 0; t < T; ++t)
+      for (int l = 0; l < num_masked_layers(); ++l) {
+        const MaskedLinear& layer = *masked_refs_[static_cast<size_t>(l)].layer;
+        Param* score = params_.add("mask_score." + task_names[static_cast<size_t>(t)] + "." + masked_layer_name(l),
+                                   {layer.in(), layer.out()}, Init::Zeros);
+        score->decay = false;
+        score->task = t;
+        score_params_.push_back(score);
+      }
+  for (int t = 0; t < T; ++t) {
+    std::vector<int64_t> sizes = config_.tasks[static_cast<size_t>(t)].tower;
     sizes.push_back(1);
-    towers_.push_back(std::make_unique<MLP>(params_, "tower." + config_.tasks[t].name, tower_in, sizes, false));
-    group_of_task_.push_back(n_groups > 1 ? static_cast<int>(t) : 0);
+    const std::string prefix = "tower." + task_names[static_cast<size_t>(t)];
+    towers_.push_back(std::make_unique<FeedForward>(params_, prefix, tower_in, sizes, false,
+                                                    with_apg(apg_in("towers"), condition_dim_ > 0)));
+    mark_task_owned(params_, prefix + ".", t);
+    group_of_task_.push_back(n_groups > 1 ? t : 0);
   }
+  if (config_.loss_weighting == "uncertainty")
+    for (size_t k = 0; k < loss_names_.size(); ++k) {
+      Param* p = params_.add("loss_weight." + loss_names_[k] + ".log_sigma", {1}, Init::Zeros);
+      p->task = static_cast<int>(k);  // ESMM: the ctr loss to the CTR task, ctcvr to the CVR task
+      log_sigma_.push_back(p);
+    }
   params_.finalize(dtype_, Device::CPU, seed);
   if (!score_params_.empty()) init_learned_masks(seed);
   sparse_grads_.resize(tables_.size());
@@ -130,7 +183,7 @@ void MultiTaskModel::check_compatible(const DataSchema& schema, const std::strin
 
 std::vector<double> MultiTaskModel::local_normalizers(const Block& batch) const {
   std::vector<double> n(config_.tasks.size(), static_cast<double>(batch.rows));
-  if (config_.type == "esmm") return n;  // both ESMM losses are over all impressions
+  if (config_.esmm) return n;  // both ESMM losses are over all impressions
   for (size_t t = 0; t < config_.tasks.size(); ++t) {
     // A task counts the rows its loss is over: those whose given label is 1, and for the MSE
     // loss (the NCS4CVR paper's CVR loss) only rows with a positive label.
@@ -184,11 +237,32 @@ void MultiTaskModel::forward(const Block& batch) {
     }
     if (interaction_col_ >= 0) pairwise_dot_forward(g.x, interaction_col_, g.x, 0, fields_, config_.embedding_dim);
   }
+  if (condition_dim_ > 0) {
+    cond_bufs_.resize(groups_.size());
+    conds_.resize(groups_.size());
+    for (size_t g = 0; g < groups_.size(); ++g) {
+      conds_[g] = ensure_buffer(cond_bufs_[g], B, condition_dim_, dtype_, Device::CPU);
+      const size_t es = dtype_size(dtype_);
+      const auto* x = static_cast<const char*>(groups_[g].x.raw());
+      auto* c = static_cast<char*>(conds_[g].raw());
+      for (int64_t r = 0; r < B; ++r) {
+        int64_t at = 0;
+        for (const auto& [begin, end] : condition_cols_) {
+          std::memcpy(c + static_cast<size_t>(r * condition_dim_ + at) * es,
+                      x + static_cast<size_t>(r * input_dim_ + begin) * es, static_cast<size_t>(end - begin) * es);
+          at += end - begin;
+        }
+      }
+    }
+  }
 }
 
-const Tensor& MultiTaskModel::tower_input(size_t task) {
-  (void)task;
-  return groups_[static_cast<size_t>(group_of_task_[task])].x;
+Pass MultiTaskModel::pass(size_t group, bool training) const {
+  Pass p;
+  p.training = training;
+  p.dropout_key = hash_combine(seed_, static_cast<uint64_t>(step_));
+  p.condition = condition_dim_ > 0 ? &conds_[group] : nullptr;
+  return p;
 }
 
 namespace {
@@ -213,7 +287,8 @@ StepLoss MultiTaskModel::compute_losses(const Block& batch, const std::vector<do
   const int64_t B = batch.rows;
   const float* data_weight = batch.weight.empty() ? nullptr : batch.weight.data();
   StepLoss loss;
-  if (cfg.type == "esmm") {
+  const std::vector<double> weight = effective_loss_weights();
+  if (cfg.esmm) {
     const auto& click = batch.labels[static_cast<size_t>(label_index_[0])];
     const auto& conv = batch.labels[static_cast<size_t>(label_index_[1])];
     std::vector<float> ctcvr(static_cast<size_t>(B));
@@ -222,15 +297,15 @@ StepLoss MultiTaskModel::compute_losses(const Block& batch, const std::vector<do
     // Loss weights: the CTR loss carries the first task's weight, the CTCVR loss the second's.
     const EsmmLoss l = esmm_forward_backward<T>(
         logits[0]->data<T>(), logits[1]->data<T>(), click.data(), ctcvr.data(), data_weight, B, normalizers[0],
-        cfg.tasks[1].loss_weight / std::max(cfg.tasks[0].loss_weight, 1e-12), probs[0]->data<T>(),
-        probs[1]->data<T>(), p_ctcvr.data(), dlogits[0]->data<T>(), dlogits[1]->data<T>());
-    // esmm_forward_backward's gradients are of ctr + w·ctcvr; scale by the CTR task's weight.
-    if (cfg.tasks[0].loss_weight != 1.0) {
-      ops::scale(*dlogits[0], cfg.tasks[0].loss_weight);
-      ops::scale(*dlogits[1], cfg.tasks[0].loss_weight);
+        weight[1] / std::max(weight[0], 1e-12), probs[0]->data<T>(), probs[1]->data<T>(), p_ctcvr.data(),
+        dlogits[0]->data<T>(), dlogits[1]->data<T>());
+    // esmm_forward_backward's gradients are of ctr + w·ctcvr; scale by the CTR loss's weight.
+    if (weight[0] != 1.0) {
+      ops::scale(*dlogits[0], weight[0]);
+      ops::scale(*dlogits[1], weight[0]);
     }
     loss.per_task = {l.ctr, l.ctcvr};
-    loss.total = cfg.tasks[0].loss_weight * l.ctr + cfg.tasks[1].loss_weight * l.ctcvr;
+    loss.total = weight[0] * l.ctr + weight[1] * l.ctcvr;
     return loss;
   }
   std::vector<float> w(static_cast<size_t>(B));
@@ -242,9 +317,9 @@ StepLoss MultiTaskModel::compute_losses(const Block& batch, const std::vector<do
     const double l = task_loss<T>(cfg.tasks[t], logits[t]->data<T>(),
                                   batch.labels[static_cast<size_t>(label_index_[t])].data(), w.data(), B,
                                   normalizers[t], probs[t]->data<T>(), dlogits[t]->data<T>());
-    if (cfg.tasks[t].loss_weight != 1.0) ops::scale(*dlogits[t], cfg.tasks[t].loss_weight);
+    if (weight[t] != 1.0) ops::scale(*dlogits[t], weight[t]);
     loss.per_task[t] = l;
-    loss.total += cfg.tasks[t].loss_weight * l;
+    loss.total += weight[t] * l;
   }
   return loss;
 }
@@ -261,9 +336,8 @@ const Tensor& MultiTaskModel::shared_output(size_t task) {
     }
     return *h;
   }
-  if (masked_) return masked_->forward(static_cast<int>(task), groups_[0].x);
-  if (bottom_) return bottom_output_;
-  return tower_input(task);
+  if (block_) return block_->output(task);
+  return groups_[static_cast<size_t>(group_of_task_[task])].x;
 }
 
 void MultiTaskModel::init_learned_masks(uint64_t seed) {
@@ -273,7 +347,7 @@ void MultiTaskModel::init_learned_masks(uint64_t seed) {
   for (size_t t = 0; t < config_.tasks.size(); ++t)
     for (int l = 0; l < num_masked_layers(); ++l, ++k) {
       Param* score = score_params_[k];
-      MaskedLinear& layer = masked_->layer(static_cast<size_t>(config_.masks.layers[static_cast<size_t>(l)]));
+      MaskedLinear& layer = *masked_refs_[static_cast<size_t>(l)].layer;
       Rng rng(hash_combine(seed, hash_string(score->name)));
       const int64_t n = score->value.numel();
       auto fill = [&](auto* s, const auto* w) {
@@ -319,18 +393,21 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
   NCSREC_CHECK(normalizers.size() == config_.tasks.size(), "one normaliser per task expected");
   const size_t T = config_.tasks.size();
   NCSREC_CHECK(only_task < static_cast<int>(T), "task " << only_task << " out of range");
-  if (only_task >= 0 && config_.type == "esmm")
-    throw ConfigError(in_file(config_) + "model.type: esmm trains its two losses together; use train.schedule: joint");
+  if (only_task >= 0 && config_.esmm)
+    throw ConfigError(in_file(config_) + "model: ESMM heads train their two losses together; use train.schedule: joint");
   auto active = [&](size_t t) { return only_task < 0 || static_cast<int>(t) == only_task; };
   forward(batch);
   const int64_t B = batch.rows;
-  if (bottom_) bottom_output_ = bottom_->forward(groups_[0].x);
+  std::vector<bool> active_tasks(T);
+  for (size_t t = 0; t < T; ++t) active_tasks[t] = active(t);
+  if (block_) block_->forward(groups_[0].x, active_tasks, pass(0, true));
   std::vector<const Tensor*> logits(T, nullptr);
   std::vector<Tensor> dlogit_views(T), prob_views(T);
   std::vector<Tensor*> dlogits(T), probs(T);
   for (size_t t = 0; t < T; ++t) {
     if (!active(t)) continue;
-    logits[t] = &towers_[t]->forward(shared_output(t));
+    const size_t g = static_cast<size_t>(group_of_task_[t]);
+    logits[t] = &towers_[t]->forward(shared_output(t), pass(g, true));
     dlogit_views[t] = ensure_buffer(dlogit_bufs_[t], B, 1, dtype_, Device::CPU);
     prob_views[t] = ensure_buffer(prob_bufs_[t], B, 1, dtype_, Device::CPU);
     dlogits[t] = &dlogit_views[t];
@@ -338,62 +415,90 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
   }
   StepLoss loss = dtype_ == DType::F32 ? compute_losses<float>(batch, normalizers, logits, dlogits, probs, only_task)
                                        : compute_losses<double>(batch, normalizers, logits, dlogits, probs, only_task);
-
-  // Backward: towers, then the shared part (through each task's masks for ncs; the sum of the
-  // towers' input gradients for a plain shared block), then the tables.
-  std::vector<const Tensor*> dinput(groups_.size(), nullptr);
-  Tensor dsum;  // outlives the branches: dinput may point at it
-  if (groups_.size() == 1) {
-    dsum = ensure_buffer(dshared_buf_, B, masked_ ? input_dim_ : towers_[0]->in(), dtype_, Device::CPU);
-    bool first = true;
-    for (size_t t = 0; t < T; ++t) {
-      if (!active(t)) continue;
-      const Tensor& dtower = towers_[t]->backward(*dlogits[t], true);
-      const Tensor& dx = masked_ ? masked_->backward(static_cast<int>(t), dtower, true) : dtower;
-      if (first) dsum.copy_from(dx);
-      else ops::axpy(dsum, 1.0, dx);
-      first = false;
+  if (!log_sigma_.empty()) {
+    // L = Σ_k w_k L_k / (2σ_k²) + log σ_k, s_k = log σ_k: dL/ds_k = −2·(w_k e^{−2s_k}/2)·L_k + 1.
+    // (One rank: the +1 and the log σ_k term are counted once per step.)
+    const std::vector<double> weight = effective_loss_weights();
+    for (size_t k = 0; k < log_sigma_.size(); ++k) {
+      if (std::isnan(loss.per_task[k])) continue;
+      const double s = dtype_ == DType::F32 ? log_sigma_[k]->value.data<float>()[0] : log_sigma_[k]->value.data<double>()[0];
+      const double g = -2.0 * weight[k] * loss.per_task[k] + 1.0;
+      if (dtype_ == DType::F32) log_sigma_[k]->grad.data<float>()[0] += static_cast<float>(g);
+      else log_sigma_[k]->grad.data<double>()[0] += g;
+      loss.total += s;
     }
-    dinput[0] = bottom_ ? &bottom_->backward(dsum, true) : &dsum;
-  } else {
-    for (size_t t = 0; t < T; ++t)
-      if (active(t)) dinput[static_cast<size_t>(group_of_task_[t])] = &towers_[t]->backward(*dlogits[t], true);
   }
+
+  // Backward: towers, then the shared block (summing its tasks' gradients), then per input
+  // group: the APG condition's gradient, the interaction, the tables.
+  std::vector<const Tensor*> dtower(T, nullptr);
+  for (size_t t = 0; t < T; ++t)
+    if (active(t)) dtower[t] = &towers_[t]->backward(*dlogits[t], true);
+  std::vector<bool> have(groups_.size(), false);
+  auto add_to_group = [&](size_t g, const Tensor& d) {
+    InputGroup& grp = groups_[g];
+    if (!have[g]) {
+      grp.dx = ensure_buffer(grp.dx_buf, B, input_dim_, dtype_, Device::CPU);
+      grp.dx.copy_from(d);
+    } else {
+      ops::axpy(grp.dx, 1.0, d);
+    }
+    have[g] = true;
+  };
+  if (block_) add_to_group(0, block_->backward(dtower));
+  else
+    for (size_t t = 0; t < T; ++t)
+      if (dtower[t]) add_to_group(static_cast<size_t>(group_of_task_[t]), *dtower[t]);
+  if (condition_dim_ > 0)
+    for (size_t t = 0; t < T; ++t) {
+      if (!dtower[t] || !towers_[t]->dcondition().defined()) continue;
+      const size_t g = static_cast<size_t>(group_of_task_[t]);
+      add_condition_gradient(groups_[g].dx, towers_[t]->dcondition());
+    }
   for (size_t g = 0; g < groups_.size(); ++g) {
-    if (!dinput[g]) {  // single_task: this task's group was not stepped
-      for (const auto& tr : groups_[g].tables) sparse_grads_[static_cast<size_t>(tr.table)] = SparseGrad{};
+    InputGroup& grp = groups_[g];
+    if (!have[g]) {  // single_task: this task's group was not stepped
+      for (const auto& tr : grp.tables) sparse_grads_[static_cast<size_t>(tr.table)] = SparseGrad{};
       continue;
     }
-    if (interaction_col_ >= 0) {
-      // The embeddings also reach the loss through their dot products.
-      InputGroup& grp = groups_[g];
-      grp.dx = ensure_buffer(grp.dx_buf, B, input_dim_, dtype_, Device::CPU);
-      grp.dx.copy_from(*dinput[g]);
-      pairwise_dot_backward(grp.dx, 0, *dinput[g], interaction_col_, grp.x, fields_, config_.embedding_dim);
-      dinput[g] = &grp.dx;
-    }
-    for (const auto& tr : groups_[g].tables) {
+    // The embeddings also reach the loss through their dot products (disjoint columns of dx).
+    if (interaction_col_ >= 0)
+      pairwise_dot_backward(grp.dx, 0, grp.dx, interaction_col_, grp.x, fields_, config_.embedding_dim);
+    for (const auto& tr : grp.tables) {
       std::vector<SlotInput> inputs;
       for (const auto& s : tr.slots) {
         const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
         inputs.push_back({c.offsets.data(), c.ids.data(), s.col, s.pooling});
       }
       const EmbeddingTable& table = tables_[static_cast<size_t>(tr.table)];
-      sparse_grads_[static_cast<size_t>(tr.table)] =
-          embedding_bag_backward(*dinput[g], inputs, B, table.rows(), table.dim());
+      sparse_grads_[static_cast<size_t>(tr.table)] = embedding_bag_backward(grp.dx, inputs, B, table.rows(), table.dim());
     }
   }
   return loss;
+}
+
+void MultiTaskModel::add_condition_gradient(Tensor& dx, const Tensor& dcond) const {
+  const int64_t B = dx.dim(0);
+  auto run = [&](auto* d, const auto* c) {
+    for (int64_t r = 0; r < B; ++r) {
+      int64_t at = 0;
+      for (const auto& [begin, end] : condition_cols_)
+        for (int64_t j = begin; j < end; ++j) d[r * input_dim_ + j] += c[r * condition_dim_ + at++];
+    }
+  };
+  if (dtype_ == DType::F32) run(dx.data<float>(), dcond.data<float>());
+  else run(dx.data<double>(), dcond.data<double>());
 }
 
 void MultiTaskModel::predict(const Block& batch, std::vector<std::vector<float>>& probabilities) {
   if (!score_params_.empty() && csr_.empty()) refresh_learned_masks();
   forward(batch);
   const int64_t B = batch.rows;
-  if (bottom_) bottom_output_ = bottom_->forward(groups_[0].x);
-  probabilities.assign(config_.tasks.size(), std::vector<float>(static_cast<size_t>(B)));
-  for (size_t t = 0; t < config_.tasks.size(); ++t) {
-    const Tensor& logit = towers_[t]->forward(shared_output(t));
+  const size_t T = config_.tasks.size();
+  if (block_ && csr_.empty()) block_->forward(groups_[0].x, std::vector<bool>(T, true), pass(0, false));
+  probabilities.assign(T, std::vector<float>(static_cast<size_t>(B)));
+  for (size_t t = 0; t < T; ++t) {
+    const Tensor& logit = towers_[t]->forward(shared_output(t), pass(static_cast<size_t>(group_of_task_[t]), false));
     Tensor p = ensure_buffer(prob_bufs_[t], B, 1, dtype_, Device::CPU);
     ops::sigmoid(p, logit);
     if (dtype_ == DType::F32) std::memcpy(probabilities[t].data(), p.data<float>(), static_cast<size_t>(B) * sizeof(float));
@@ -402,18 +507,44 @@ void MultiTaskModel::predict(const Block& batch, std::vector<std::vector<float>>
   }
 }
 
-std::string MultiTaskModel::masked_layer_name(int i) const {
-  return "shared." + std::to_string(config_.masks.layers.at(static_cast<size_t>(i)));
+std::vector<double> MultiTaskModel::effective_loss_weights() const {
+  std::vector<double> w;
+  for (size_t k = 0; k < loss_names_.size(); ++k) {
+    double v = config_.tasks[k].loss_weight;  // ESMM: ctr ↔ task 0, ctcvr ↔ task 1
+    if (!log_sigma_.empty()) {
+      const Tensor& s = log_sigma_[k]->value;
+      const double sk = dtype_ == DType::F32 ? s.data<float>()[0] : s.data<double>()[0];
+      v *= std::exp(-2.0 * sk) / 2.0;
+    }
+    w.push_back(v);
+  }
+  return w;
 }
 
+std::vector<std::pair<std::string, double>> MultiTaskModel::loss_weights() const {
+  const std::vector<double> w = effective_loss_weights();
+  std::vector<std::pair<std::string, double>> out;
+  for (size_t k = 0; k < w.size(); ++k) out.emplace_back(loss_names_[k], w[k]);
+  return out;
+}
+
+int64_t MultiTaskModel::multiply_adds_per_sample() const {
+  int64_t n = block_ ? block_->multiply_adds_per_row() : 0;
+  for (const auto& t : towers_) n += t->multiply_adds_per_row();
+  if (interaction_col_ >= 0) n += fields_ * fields_ * config_.embedding_dim;
+  return n;
+}
+
+std::string MultiTaskModel::masked_layer_name(int i) const { return masked_refs_.at(static_cast<size_t>(i)).name; }
+
 const BitMask& MultiTaskModel::mask(int task, int i) const {
-  NCSREC_CHECK(masked_, "the model has no masked layers");
-  return masked_->layer(static_cast<size_t>(config_.masks.layers.at(static_cast<size_t>(i)))).mask(task);
+  NCSREC_CHECK(!masked_refs_.empty(), "the model has no masked layers");
+  return masked_refs_.at(static_cast<size_t>(i)).layer->mask(task);
 }
 
 void MultiTaskModel::set_mask(int task, int i, const BitMask& mask) {
-  NCSREC_CHECK(masked_, "the model has no masked layers");
-  masked_->layer(static_cast<size_t>(config_.masks.layers.at(static_cast<size_t>(i)))).set_mask(task, mask);
+  NCSREC_CHECK(!masked_refs_.empty(), "the model has no masked layers");
+  masked_refs_.at(static_cast<size_t>(i)).layer->set_mask(task, mask);
   update_masks_stale_ = true;
   csr_.clear();  // built from the old masks
 }
@@ -434,8 +565,7 @@ void MultiTaskModel::enable_sparse_inference() {
 
 std::vector<const Tensor*> MultiTaskModel::masked_weights() const {
   std::vector<const Tensor*> w;
-  for (int i = 0; i < num_masked_layers(); ++i)
-    w.push_back(&masked_->layer(static_cast<size_t>(config_.masks.layers[static_cast<size_t>(i)])).weight()->value);
+  for (const auto& ref : masked_refs_) w.push_back(&ref.layer->weight()->value);
   return w;
 }
 
@@ -445,13 +575,12 @@ const uint8_t* MultiTaskModel::update_mask(int task) {
   if (update_masks_stale_) {
     update_masks_.assign(T + 1, std::vector<uint8_t>(static_cast<size_t>(params_.numel()), 0));
     for (const Param& p : params_.params()) {
-      // Owner: a tower belongs to its task; everything else (bottom, shared biases, masked
+      // Owner (Param::task): a task's tower, gates, private experts, mask scores and loss
+      // weight belong to it; everything else (bottom, shared experts, shared biases, masked
       // kernels) to all tasks, the masked kernels further restricted by each task's mask.
-      int owner = -1;
-      for (size_t t = 0; t < T; ++t)
-        if (p.name.rfind("tower." + config_.tasks[t].name + ".", 0) == 0 ||
-            p.name.rfind("mask_score." + config_.tasks[t].name + ".", 0) == 0)
-          owner = static_cast<int>(t);
+      // State the forward pass sets (BatchNorm statistics) is no optimizer's to move.
+      if (!p.trainable) continue;
+      const int owner = p.task;
       const BitMask* masks[64] = {};
       NCSREC_CHECK(T <= 64, "at most 64 tasks");
       bool masked_kernel = false;

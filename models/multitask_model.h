@@ -1,5 +1,5 @@
-// The baseline multi-task models of the foundation issue, assembled from core layers and
-// embedding tables:
+// The multi-task models, assembled from core layers, embedding tables and a shared block
+// (models/shared_block.h):
 //   single_task    every task has its own embedding tables and tower (no sharing at all)
 //   shared_embedding  shared embeddings, one tower per task, independent losses
 //   shared_bottom  shared embeddings and a shared MLP ("hard sharing"), one tower per task
@@ -8,12 +8,17 @@
 //   ncs            neuron-connection sharing (NCS4CVR / LT4REC): shared layers whose one weight
 //                  matrix each task sees through its own binary mask, h = act(x·(W⊙M_t) + b),
 //                  then a tower (the paper: a linear head) per task
+//   mmoe, ple      multi-gate mixtures of experts (PAPERS.md §6); experts may be masked (NCS)
+// `esmm: true` puts ESMM's heads on shared_bottom, ncs, mmoe or ple. Hidden layers of towers,
+// bottoms and unmasked experts take norm, dropout and APG (models/feed_forward.h).
 // A task may be "given" another task's label (CVR given click): outside ESMM it then trains and
 // evaluates only on rows where that label is 1.
 //
 // Inputs: the pooled embeddings of every configured slot, concatenated, then the dense
-// features, then (interaction: dot) the F×F dot products of the slot embeddings. Parameters: `bottom.<i>.{weight,bias}`, `tower.<task>.<i>.{weight,bias}`;
-// tables `<table>` (or `<task>.<table>` in single_task).
+// features, then (interaction: dot) the F×F dot products of the slot embeddings. Parameters:
+// `bottom.<i>.*`, `shared.<i>.*`, `expert.<j>.<i>.*`, `gate.<task>.*`, `ple.<l>.*`,
+// `tower.<task>.<i>.*`, `loss_weight.<loss>.log_sigma`; tables `<table>` (or `<task>.<table>`
+// in single_task).
 #pragma once
 
 #include <memory>
@@ -28,7 +33,9 @@
 #include "core/sparse.h"
 #include "core/layers/masked_linear.h"
 #include "embedding/embedding_table.h"
+#include "models/feed_forward.h"
 #include "models/model_config.h"
+#include "models/shared_block.h"
 
 namespace ncsrec {
 
@@ -54,14 +61,17 @@ class MultiTaskModel {
   // gradient of every table is left in sparse_grads(). `only_task` >= 0 steps that task alone
   // (its loss, its path through the masks): the alternating schedule. ESMM has no single-task step.
   StepLoss train_step(const Block& batch, const std::vector<double>& normalizers, int only_task = -1);
+  // The training step the next train_step belongs to: dropout masks are a pure function of
+  // (seed, step, layer, element), so a resumed run draws the same masks.
+  void set_step(int64_t step) { step_ = step; }
   // One byte per dense parameter: 1 where a step of `task` (-1: all tasks, a joint step) may
   // change the parameter and its optimizer state. A task's step never touches another task's
   // tower, nor a masked weight outside its own mask; a joint step touches the union.
   const uint8_t* update_mask(int task);
 
-  // Masks (ncs): one per task per masked shared layer.
-  int num_masked_layers() const { return static_cast<int>(config_.masks.layers.size()); }
-  std::string masked_layer_name(int i) const;  // "shared.<layer>"
+  // Masks (ncs, masked experts): one per task per masked layer.
+  int num_masked_layers() const { return static_cast<int>(masked_refs_.size()); }
+  std::string masked_layer_name(int i) const;  // "shared.<layer>", "expert.<j>.<layer>", ...
   const BitMask& mask(int task, int i) const;
   void set_mask(int task, int i, const BitMask& mask);
   std::vector<const Tensor*> masked_weights() const;
@@ -72,6 +82,12 @@ class MultiTaskModel {
   void enable_sparse_inference();
   // Probabilities [task][row] (ESMM: pCTR, pCVR).
   void predict(const Block& batch, std::vector<std::vector<float>>& probabilities);
+
+  // The loss weights in effect, by loss name: the fixed weights, or (uncertainty weighting)
+  // w_k / (2σ_k²) with the learned σ_k, for logging.
+  std::vector<std::pair<std::string, double>> loss_weights() const;
+  // Multiply-adds per sample of one joint forward (embedding lookups excluded), for cost tables.
+  int64_t multiply_adds_per_sample() const;
 
   ParamStore& params() { return params_; }
   std::vector<EmbeddingTable>& tables() { return tables_; }
@@ -96,8 +112,10 @@ class MultiTaskModel {
   };
 
   void forward(const Block& batch);
-  const Tensor& tower_input(size_t task);
+  Pass pass(size_t group, bool training) const;
   const Tensor& shared_output(size_t task);  // what task's tower reads (after forward)
+  std::vector<double> effective_loss_weights() const;
+  void add_condition_gradient(Tensor& dx, const Tensor& dcond) const;  // apg group-wise: into the input columns
   bool row_in_loss(const Block& batch, size_t task, int64_t row) const;
   void init_learned_masks(uint64_t seed);
   void refresh_learned_masks();  // masks = each layer's top-k scores, per task
@@ -117,18 +135,24 @@ class MultiTaskModel {
   std::vector<EmbeddingTable> tables_;
   std::vector<InputGroup> groups_;
   std::vector<int> group_of_task_;
-  std::unique_ptr<MLP> bottom_;
-  std::unique_ptr<MaskedMLP> masked_;              // ncs
-  std::vector<Param*> score_params_;               // ncs, learned masks: [task][masked layer]
+  std::unique_ptr<SharedBlock> block_;             // null: towers read the input (shared_embedding, esmm, single_task)
+  MaskedMLP* masked_ = nullptr;                    // ncs: the block's masked MLP (sparse inference)
+  std::vector<MaskedLayerRef> masked_refs_;        // every masked layer, in mask-file order
+  std::vector<Param*> score_params_;               // learned masks: [task][masked layer]
+  std::vector<Param*> log_sigma_;                  // uncertainty weighting: one per loss
+  std::vector<std::pair<int64_t, int64_t>> condition_cols_;  // apg group-wise: input columns [begin, end)
+  int64_t condition_dim_ = 0;
+  std::vector<Tensor> cond_bufs_, conds_;          // per group: the APG condition of this batch
+  uint64_t seed_ = 0;
+  int64_t step_ = 0;                               // the dropout counter (set_step)
   std::vector<std::vector<CsrMatrix>> csr_;        // sparse inference: [task][shared layer]
   std::vector<Tensor> csr_out_bufs_, csr_outs_;    // sparse inference: per shared layer
   std::vector<std::vector<uint8_t>> update_masks_;  // [task + 1], 0 = joint; built lazily
   bool update_masks_stale_ = true;
-  std::vector<std::unique_ptr<MLP>> towers_;
+  std::vector<std::unique_ptr<FeedForward>> towers_;
   std::vector<SparseGrad> sparse_grads_;
   std::vector<Tensor> dlogit_bufs_, prob_bufs_;
   Tensor dshared_buf_;
-  Tensor bottom_output_;  // shared_bottom: this batch's bottom output (a view of the MLP's buffer)
 };
 
 }  // namespace ncsrec

@@ -69,16 +69,20 @@ ImpResult find_masks_imp(const TrainConfig& config, const DataSchema& schema, co
     for (int round = 0; round <= spec.rounds; ++round) {
       for (int l = 0; l < model.num_masked_layers(); ++l) model.set_mask(static_cast<int>(t), l, masks[static_cast<size_t>(l)]);
       // Rewinding covers the optimizer state too: a fresh optimizer starts from zero moments.
-      Optimizers optimizers = make_optimizers(config.dense_optimizer, config.sparse_optimizer, model);
+      // The step count, and so the lr schedule, restarts with each round.
+      Optimizers optimizers = make_optimizers(config, model);
       int64_t step = 0;
       for (int64_t e = 0; e < spec.epochs_per_round; ++e) {
         Reader reader(training_reader_options(config, train_files, comm.rank(), comm.world_size(), e));
         Block batch;
         while (reader.next(batch)) {
-          const StepLoss loss = train_one_step(model, optimizers, batch, static_cast<int>(t), ++step, true, comm);
-          if (!std::isfinite(loss.total))
-            throw UserError("IMP for task " + task + " diverged in round " + std::to_string(round) +
-                            " (loss is not finite): lower optimizer.lr");
+          StepStats stats;
+          const StepLoss loss =
+              train_one_step(model, optimizers, batch, static_cast<int>(t), ++step, true, comm, &stats);
+          if (!std::isfinite(loss.total) || !std::isfinite(stats.grad_norm))
+            throw UserError("IMP for task " + task + " diverged in round " + std::to_string(round) + " (" +
+                            (std::isfinite(loss.total) ? "the dense gradient" : "loss") +
+                            " is not finite): lower optimizer.lr or set train.clip_grad_norm");
         }
       }
       const EvalReport report = evaluate(model, valid_files, config, comm);

@@ -5,25 +5,48 @@ namespace ncsrec {
 Optimizers make_optimizers(const OptimizerConfig& dense, const OptimizerConfig& sparse, MultiTaskModel& model) {
   Optimizers o;
   o.dense = make_dense_optimizer(dense, model.params().numel(), model.dtype(), Device::CPU);
+  o.dense->set_decay_mask(model.params().decay_mask());
   for (auto& table : model.tables()) o.sparse.push_back(make_sparse_optimizer(sparse, table));
   return o;
 }
 
+Optimizers make_optimizers(const TrainConfig& config, MultiTaskModel& model) {
+  Optimizers o = make_optimizers(config.dense_optimizer, config.sparse_optimizer, model);
+  validate_lr_schedule(config.train.lr_schedule);
+  o.lr_schedule = config.train.lr_schedule;
+  o.clip_grad_norm = config.train.clip_grad_norm;
+  return o;
+}
+
 StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Block& batch, int task, int64_t step,
-                        bool exact_masks, Communicator& comm) {
+                        bool exact_masks, Communicator& comm, StepStats* stats) {
   std::vector<double> norms = model.local_normalizers(batch);
   comm.all_reduce_sum(norms.data(), static_cast<int64_t>(norms.size()));
   model.params().zero_grad();
+  model.set_step(step);  // dropout masks: a function of (seed, step)
   StepLoss loss = model.train_step(batch, norms, task);
   // Each rank's loss is its share of the global mean: the sum over ranks is the loss. A task
   // not stepped reports NaN on every rank, and stays NaN.
   comm.all_reduce_sum(loss.per_task.data(), static_cast<int64_t>(loss.per_task.size()));
   comm.all_reduce_sum(&loss.total, 1);
   comm.all_reduce_sum(model.params().grads());
-  optimizers.dense->step(model.params().values(), model.params().grads(), step,
-                         exact_masks ? model.update_mask(task) : nullptr);
+
+  // Every rank holds the same reduced gradient and step, so every rank clips and schedules alike.
+  const double factor = lr_factor(optimizers.lr_schedule, step);
+  optimizers.dense->set_lr(optimizers.dense->base_lr() * factor);
+  for (auto& s : optimizers.sparse) s->set_lr(s->base_lr() * factor);
+  const uint8_t* update = exact_masks ? model.update_mask(task) : model.params().trainable_mask();
+  const double grad_norm = clip_grad_norm(model.params().grads(), optimizers.clip_grad_norm, update);
+
+  optimizers.dense->step(model.params().values(), model.params().grads(), step, update);
   for (size_t t = 0; t < model.tables().size(); ++t)
     if (!model.sparse_grads()[t].rows.empty()) optimizers.sparse[t]->step(model.tables()[t], model.sparse_grads()[t]);
+  if (stats) {
+    stats->grad_norm = grad_norm;
+    stats->clipped = optimizers.clip_grad_norm > 0 && grad_norm > optimizers.clip_grad_norm;
+    stats->lr = optimizers.dense->lr();
+    stats->sparse_lr = optimizers.sparse.empty() ? 0.0 : optimizers.sparse.front()->lr();
+  }
   return loss;
 }
 

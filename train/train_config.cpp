@@ -6,7 +6,8 @@
 namespace ncsrec {
 namespace {
 
-OptimizerConfig parse_optimizer(ConfigNode node, const std::string& default_type, double default_lr) {
+// `dense`: the dense optimizer (the sparse ones take no weight decay).
+OptimizerConfig parse_optimizer(ConfigNode node, const std::string& default_type, double default_lr, bool dense) {
   OptimizerConfig o;
   o.type = node.get_choice("type", {"sgd", "adam", "adagrad"}, default_type);
   o.lr = node.get_double("lr", default_lr, 0.0, 1e3);
@@ -17,8 +18,26 @@ OptimizerConfig parse_optimizer(ConfigNode node, const std::string& default_type
   o.eps = node.get_double("eps", adagrad ? 1e-10 : 1e-8, 1e-30, 1.0);
   if (adagrad) o.adagrad_eps = o.eps;
   o.initial_accumulator = node.get_double("initial_accumulator", 0.0, 0.0, 1e6);
+  if (dense) o.weight_decay = node.get_double("weight_decay", 0.0, 0.0, 10.0);
+  else if (node.has("weight_decay"))
+    node.fail("weight_decay", "the sparse (embedding) optimizers apply no weight decay; set it under optimizer, "
+                              "which decays the dense kernels");
   node.finish();
   return o;
+}
+
+LrSchedule parse_lr_schedule(ConfigNode node) {
+  LrSchedule s;
+  s.warmup_steps = node.get_int("warmup_steps", 0, 0, INT64_MAX);
+  s.decay = node.get_choice("decay", {"none", "linear", "cosine", "exponential", "step"}, "none");
+  s.decay_steps = node.get_int("decay_steps", 0, 0, INT64_MAX);
+  s.decay_rate = node.get_double("decay_rate", 0.5, 1e-12, 1.0);
+  s.min_ratio = node.get_double("min_ratio", 0.0, 0.0, 1.0);
+  if (s.decay != "none" && s.decay_steps == 0)
+    node.fail("decay_steps", "required (> 0) with decay: " + s.decay + ": the steps after warm-up that the decay spans");
+  node.finish();
+  validate_lr_schedule(s);
+  return s;
 }
 
 TrainConfig parse_root(ConfigNode root) {
@@ -39,8 +58,8 @@ TrainConfig parse_root(ConfigNode root) {
   data.finish();
 
   c.model = parse_model_config(root.child("model"));
-  c.dense_optimizer = parse_optimizer(root.child("optimizer"), "adam", 1e-3);
-  c.sparse_optimizer = parse_optimizer(root.child("sparse_optimizer"), "adagrad", 0.05);
+  c.dense_optimizer = parse_optimizer(root.child("optimizer"), "adam", 1e-3, true);
+  c.sparse_optimizer = parse_optimizer(root.child("sparse_optimizer"), "adagrad", 0.05, false);
 
   ConfigNode train = root.child("train");
   c.train.batch_size = train.get_int("batch_size", 1024, 1, 1 << 24);
@@ -51,9 +70,11 @@ TrainConfig parse_root(ConfigNode root) {
   c.train.shuffle = train.get_bool("shuffle", true);
   c.train.schedule = train.get_choice("schedule", {"joint", "alternating"}, "joint");
   c.train.mask_semantics = train.get_choice("mask_semantics", {"exact", "paper_shared_adam"}, "exact");
+  c.train.lr_schedule = parse_lr_schedule(train.child("lr_schedule"));
+  c.train.clip_grad_norm = train.get_double("clip_grad_norm", 0.0, 0.0, 1e12);
   train.finish();
   root.finish();
-  if (c.train.schedule == "alternating" && c.model.type == "esmm")
+  if (c.train.schedule == "alternating" && c.model.esmm)
     throw ConfigError(c.model.source + ": train.schedule: esmm trains its two losses together; use joint");
   if (c.model.masks.find == "imp" && c.data.valid.empty())
     throw ConfigError(c.model.source + ": data.valid: model.masks.find: imp picks each task's mask by its AUC on a "

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/data/reader.h"
+#include "core/lr_schedule.h"
 #include "core/optim.h"
 #include "models/multitask_model.h"
 
@@ -32,6 +33,11 @@ struct TrainLoopConfig {
   // included); paper_shared_adam: one optimizer updates every parameter on every step, as in
   // the NCS4CVR code (Adam momentum then moves weights the stepping task does not use).
   std::string mask_semantics = "exact";
+  // Scales both optimizers' lr each step (core/lr_schedule.h); the default is a constant rate.
+  LrSchedule lr_schedule;
+  // > 0: the dense gradient is scaled to this L2 norm when its norm is larger (sparse
+  // embedding gradients are not clipped). 0 = off.
+  double clip_grad_norm = 0.0;
 };
 
 struct TrainConfig {

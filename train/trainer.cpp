@@ -44,6 +44,13 @@ std::string format_duration(double s) {
   return b;
 }
 
+// The loss weights in effect (learned ones under uncertainty weighting), by loss name.
+JsonObject loss_weights_json(const MultiTaskModel& model) {
+  JsonObject o;
+  for (const auto& [name, w] : model.loss_weights()) o.add(name, w);
+  return o;
+}
+
 JsonObject metrics_json(const EvalReport& report) {
   JsonObject views;
   for (const auto& v : report.views) {
@@ -112,7 +119,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
     int64_t rows = 0;
     model.check_compatible(read_shard_schema(eval_files.front(), &rows), "data.eval (" + eval_files.front() + ")");
   }
-  Optimizers optimizers = make_optimizers(config.dense_optimizer, config.sparse_optimizer, model);
+  Optimizers optimizers = make_optimizers(config, model);
 
   // The run folder is made only once the config, the data and the model are known to work.
   std::error_code ec;
@@ -157,6 +164,8 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   const std::vector<std::string>& loss_names = model.loss_names();
   std::vector<double> loss_window(loss_names.size(), 0.0);
   std::vector<int64_t> loss_steps(loss_names.size(), 0);  // steps in the window that stepped each task
+  double grad_norm_window = 0;  // sum of the window's pre-clip dense gradient norms
+  int64_t window_steps = 0, clipped_steps = 0;
   TrainSummary summary;
   const auto start = Clock::now();
   auto window_start = start;
@@ -179,11 +188,19 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
       if (!reader->next(batch)) break;
       // Alternating (NCS4CVR): one batch per task in turn; joint: all tasks in each step.
       const int task = alternating ? static_cast<int>(step % num_tasks) : -1;
-      const StepLoss loss = train_one_step(model, optimizers, batch, task, step + 1, exact_masks, comm);
+      StepStats stats;
+      const StepLoss loss = train_one_step(model, optimizers, batch, task, step + 1, exact_masks, comm, &stats);
       if (!std::isfinite(loss.total))
         throw UserError("training diverged at step " + std::to_string(step + 1) +
                         " (loss is not finite): lower optimizer.lr or check the data");
+      if (!std::isfinite(stats.grad_norm))
+        throw UserError("training diverged at step " + std::to_string(step + 1) +
+                        " (the dense gradient is not finite): lower optimizer.lr, set train.clip_grad_norm or "
+                        "check the data");
       ++step;
+      grad_norm_window += stats.grad_norm;
+      clipped_steps += stats.clipped ? 1 : 0;
+      ++window_steps;
       for (size_t i = 0; i < loss_window.size(); ++i)
         if (!std::isnan(loss.per_task[i])) {
           loss_window[i] += loss.per_task[i];
@@ -203,12 +220,18 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
           losses.add(loss_names[i], loss_steps[i] ? loss_window[i] / static_cast<double>(loss_steps[i]) : NAN);
         const double window_s = seconds_since(window_start);
         JsonObject line;
+        // lr: the rates of this line's step; grad_norm: the window's mean pre-clip dense norm.
         line.add("event", "train").add("step", step).add("epoch", epoch).add("samples", summary.samples)
-            .add("loss", losses).add("samples_per_sec", static_cast<double>(window_samples) / window_s)
-            .add("elapsed_sec", elapsed);
+            .add("loss", losses).add("lr", stats.lr).add("sparse_lr", stats.sparse_lr)
+            .add("grad_norm", grad_norm_window / static_cast<double>(window_steps));
+        if (config.train.clip_grad_norm > 0) line.add("clipped_steps", clipped_steps);
+        if (config.model.loss_weighting == "uncertainty") line.add("loss_weights", loss_weights_json(model));
+        line.add("samples_per_sec", static_cast<double>(window_samples) / window_s).add("elapsed_sec", elapsed);
         if (comm.rank() == 0) metrics_log << line.str() << "\n" << std::flush;
         std::fill(loss_window.begin(), loss_window.end(), 0.0);
         std::fill(loss_steps.begin(), loss_steps.end(), 0);
+        grad_norm_window = 0;
+        window_steps = clipped_steps = 0;
         window_samples = 0;
         window_start = Clock::now();
       }
@@ -244,7 +267,8 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   if (!eval_files.empty()) {
     summary.eval = evaluate(model, eval_files, config, comm);
     if (comm.rank() == 0)
-      metrics_log << JsonObject().add("event", "eval").add("step", step).add("metrics", metrics_json(summary.eval)).str()
+      metrics_log << JsonObject().add("event", "eval").add("step", step).add("metrics", metrics_json(summary.eval))
+                         .add("loss_weights", loss_weights_json(model)).str()
                   << "\n" << std::flush;
   }
   if (comm.rank() == 0) {

@@ -1,8 +1,10 @@
 // Specification tests for the dense optimizers (SGD, Adam, Adagrad against a hand-written
-// two-step reference), the embedding table's order-free initialisation, and the sparse
+// two-step reference; weight decay, L2 or decoupled, against a hand-written step), gradient
+// clipping by global norm, the embedding table's order-free initialisation, and the sparse
 // optimizers: touched rows follow the dense formula with the row's own step count, untouched
 // rows and their state stay bit-identical.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -130,6 +132,190 @@ TEST(DenseOptimizer, UnknownTypeIsAUserErrorNamingTheValidTypes) {
   }
 }
 
+// ---- weight decay ---------------------------------------------------------------------------
+
+// One step of `config` on kW0 with gradient kG1 and decay mask {1, 0, 1}.
+std::vector<double> one_decayed_step(const OptimizerConfig& config) {
+  auto opt = make_dense_optimizer(config, 3, DType::F64, Device::CPU);
+  opt->set_decay_mask({1, 0, 1});
+  Tensor w = f64(kW0);
+  opt->step(w, f64(kG1), 1);
+  return {w.data<double>(), w.data<double>() + 3};
+}
+
+std::vector<double> one_plain_step(OptimizerConfig config) {
+  config.weight_decay = 0;
+  auto opt = make_dense_optimizer(config, 3, DType::F64, Device::CPU);
+  Tensor w = f64(kW0);
+  opt->step(w, f64(kG1), 1);
+  return {w.data<double>(), w.data<double>() + 3};
+}
+
+TEST(WeightDecay, SgdAddsL2ToTheGradientWhereTheDecayMaskIsOne) {
+  OptimizerConfig c;
+  c.type = "sgd";
+  c.lr = 0.1;
+  c.weight_decay = 0.01;
+  const std::vector<double> w = one_decayed_step(c);
+  EXPECT_DOUBLE_EQ(w[0], 1.0 - 0.1 * (0.5 + 0.01 * 1.0));     // 0.949
+  EXPECT_DOUBLE_EQ(w[2], 0.25 - 0.1 * (0.0 + 0.01 * 0.25));  // 0.24975: decay alone moves it
+  EXPECT_EQ(w[1], one_plain_step(c)[1]) << "outside the decay mask: the plain update, bit for bit";
+}
+
+TEST(WeightDecay, AdamDecaysDecoupledFromTheMoments) {
+  OptimizerConfig c;
+  c.type = "adam";
+  c.lr = 0.01;
+  c.weight_decay = 0.1;
+  const std::vector<double> w = one_decayed_step(c);
+  // Step 1: m̂ = g, v̂ = g², so the Adam part is lr·g/(|g| + eps); AdamW adds lr·wd·w.
+  EXPECT_NEAR(w[0], 1.0 - 0.01 * (0.5 / (0.5 + 1e-8) + 0.1 * 1.0), 1e-15);
+  // A zero gradient: m = v = 0 and only the decay moves it (L2 in Adam would move it by lr).
+  EXPECT_NEAR(w[2], 0.25 - 0.01 * 0.1 * 0.25, 1e-15);
+  EXPECT_EQ(w[1], one_plain_step(c)[1]) << "outside the decay mask: the plain update, bit for bit";
+  // The moments see the raw gradient: with decay they equal the plain run's.
+  auto decayed = make_dense_optimizer(c, 3, DType::F64, Device::CPU);
+  OptimizerConfig plain_config = c;
+  plain_config.weight_decay = 0;
+  auto plain = make_dense_optimizer(plain_config, 3, DType::F64, Device::CPU);
+  Tensor w1 = f64(kW0), w2 = f64(kW0);
+  decayed->step(w1, f64(kG1), 1);
+  plain->step(w2, f64(kG1), 1);
+  for (size_t k = 0; k < 2; ++k)
+    EXPECT_EQ(0, std::memcmp(decayed->state()[k].second->raw(), plain->state()[k].second->raw(), 3 * sizeof(double)))
+        << decayed->state()[k].first;
+}
+
+TEST(WeightDecay, AdagradAddsL2ToTheGradientInTheAccumulatorToo) {
+  OptimizerConfig c;
+  c.type = "adagrad";
+  c.lr = 0.1;
+  c.initial_accumulator = 0.1;
+  c.weight_decay = 0.2;
+  const std::vector<double> w = one_decayed_step(c);
+  const double g0 = 0.5 + 0.2 * 1.0, g2 = 0.0 + 0.2 * 0.25;
+  EXPECT_NEAR(w[0], 1.0 - 0.1 * g0 / (std::sqrt(0.1 + g0 * g0) + 1e-10), 1e-15);
+  EXPECT_NEAR(w[2], 0.25 - 0.1 * g2 / (std::sqrt(0.1 + g2 * g2) + 1e-10), 1e-15);
+  EXPECT_EQ(w[1], one_plain_step(c)[1]) << "outside the decay mask: the plain update, bit for bit";
+}
+
+TEST(WeightDecay, AnEmptyDecayMaskDecaysEverythingAndAnAllZeroMaskNothing) {
+  for (const char* type : {"sgd", "adam", "adagrad"}) {
+    OptimizerConfig c;
+    c.type = type;
+    c.weight_decay = 0.1;
+    const std::vector<double> plain = one_plain_step(c);
+    auto everywhere = make_dense_optimizer(c, 3, DType::F64, Device::CPU);
+    auto all_ones = make_dense_optimizer(c, 3, DType::F64, Device::CPU);
+    auto nowhere = make_dense_optimizer(c, 3, DType::F64, Device::CPU);
+    all_ones->set_decay_mask({1, 1, 1});
+    nowhere->set_decay_mask({0, 0, 0});
+    Tensor a = f64(kW0), b = f64(kW0), z = f64(kW0);
+    everywhere->step(a, f64(kG1), 1);
+    all_ones->step(b, f64(kG1), 1);
+    nowhere->step(z, f64(kG1), 1);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_NE(a.data<double>()[i], plain[i]) << type << " element " << i << " not decayed";
+      EXPECT_EQ(a.data<double>()[i], b.data<double>()[i]) << type << " element " << i;
+      EXPECT_EQ(z.data<double>()[i], plain[i]) << type << " element " << i;
+    }
+  }
+}
+
+TEST(WeightDecay, ANegativeValueIsAConfigError) {
+  OptimizerConfig c;
+  c.weight_decay = -0.1;
+  EXPECT_THROW(make_dense_optimizer(c, 3, DType::F32, Device::CPU), ConfigError);
+}
+
+TEST(LearningRate, SetLrChangesTheNextStepAndBaseLrKeepsTheConfiguredRate) {
+  OptimizerConfig c;
+  c.type = "sgd";
+  c.lr = 0.1;
+  auto opt = make_dense_optimizer(c, 3, DType::F64, Device::CPU);
+  opt->set_lr(0.025);
+  EXPECT_EQ(opt->lr(), 0.025);
+  EXPECT_EQ(opt->base_lr(), 0.1);
+  Tensor w = f64(kW0);
+  opt->step(w, f64(kG1), 1);
+  EXPECT_DOUBLE_EQ(w.data<double>()[0], 1.0 - 0.025 * 0.5);
+  EmbeddingTable table("t", 3, 2, DType::F64, 1, 0.1);
+  auto sparse = make_sparse_optimizer(c, table);
+  sparse->set_lr(0.5);
+  EXPECT_EQ(sparse->lr(), 0.5);
+  EXPECT_EQ(sparse->base_lr(), 0.1);
+  const double before = table.values().data<double>()[2];
+  SparseGrad g;
+  g.rows = {1};
+  g.values = Tensor::empty({1, 2}, DType::F64);
+  g.values.data<double>()[0] = 2.0;
+  g.values.data<double>()[1] = 0.0;
+  sparse->step(table, g);
+  EXPECT_DOUBLE_EQ(table.values().data<double>()[2], before - 0.5 * 2.0);
+}
+
+// ---- gradient clipping by global norm --------------------------------------------------------
+
+TEST(ClipGradNorm, ReturnsTheL2NormOverTheMaskAndZeroMaxOnlyMeasures) {
+  Tensor g = f64({3.0, 4.0, 12.0});
+  const std::vector<uint8_t> mask = {1, 1, 0};
+  EXPECT_DOUBLE_EQ(clip_grad_norm(g, 0.0, mask.data()), 5.0);
+  EXPECT_DOUBLE_EQ(clip_grad_norm(g, 0.0, nullptr), 13.0);
+  EXPECT_EQ(g.data<double>()[0], 3.0);
+  EXPECT_EQ(g.data<double>()[2], 12.0);
+}
+
+TEST(ClipGradNorm, ANormAboveTheMaxIsScaledToTheMaxKeepingTheDirection) {
+  constexpr int64_t n = 50000;
+  Tensor g = Tensor::empty({n}, DType::F32);
+  Rng rng(7);
+  double ref = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    g.data<float>()[i] = static_cast<float>(rng.uniform(-1, 1));
+    ref += static_cast<double>(g.data<float>()[i]) * g.data<float>()[i];
+  }
+  ref = std::sqrt(ref);
+  const Tensor before = g.clone();
+  const double max_norm = ref / 3;
+  EXPECT_NEAR(clip_grad_norm(g, max_norm, nullptr), ref, 1e-12 * ref) << "returns the norm before clipping";
+  EXPECT_NEAR(clip_grad_norm(g, 0.0, nullptr), max_norm, 1e-6 * max_norm) << "the clipped norm is the max";
+  const float scale = static_cast<float>(max_norm / ref);
+  for (int64_t i = 0; i < n; i += 997) EXPECT_EQ(g.data<float>()[i], before.data<float>()[i] * scale) << i;
+}
+
+TEST(ClipGradNorm, ANormAtOrBelowTheMaxLeavesTheGradientBitIdentical) {
+  Tensor g = f64({3.0, 4.0, 12.0});
+  EXPECT_DOUBLE_EQ(clip_grad_norm(g, 13.0, nullptr), 13.0);
+  EXPECT_DOUBLE_EQ(clip_grad_norm(g, 100.0, nullptr), 13.0);
+  EXPECT_EQ(g.data<double>()[0], 3.0);
+  EXPECT_EQ(g.data<double>()[1], 4.0);
+  EXPECT_EQ(g.data<double>()[2], 12.0);
+}
+
+TEST(ClipGradNorm, TheResultDoesNotDependOnTheThreadCount) {
+  constexpr int64_t n = 3 << 18;  // many chunks, well above the parallel threshold
+  Tensor g = Tensor::empty({n}, DType::F32);
+  std::vector<uint8_t> mask(static_cast<size_t>(n));
+  Rng rng(11);
+  for (int64_t i = 0; i < n; ++i) {
+    g.data<float>()[i] = static_cast<float>(rng.uniform(-1, 1) * (i % 1000 == 0 ? 1e3 : 1.0));
+    mask[static_cast<size_t>(i)] = rng.bernoulli(0.7) ? 1 : 0;
+  }
+  const int saved = omp_get_max_threads();
+  double norms[2][2];
+  Tensor clipped[2];
+  for (int threads = 1; threads <= 2; ++threads) {
+    omp_set_num_threads(threads);
+    Tensor a = g.clone();
+    norms[threads - 1][0] = clip_grad_norm(a, 0.0, nullptr);
+    clipped[threads - 1] = g.clone();
+    norms[threads - 1][1] = clip_grad_norm(clipped[threads - 1], 1.0, mask.data());
+  }
+  omp_set_num_threads(saved);
+  EXPECT_EQ(0, std::memcmp(norms[0], norms[1], sizeof norms[0]));
+  EXPECT_EQ(0, std::memcmp(clipped[0].raw(), clipped[1].raw(), clipped[0].nbytes()));
+}
+
 // ---- embedding tables and sparse optimizers ------------------------------------------------
 
 TEST(EmbeddingTable, RowInitDependsOnlyOnSeedNameAndRow) {
@@ -253,6 +439,18 @@ TEST(SparseOptimizer, AdagradStartsFromTheConfiguredAccumulator) {
   auto opt = make_sparse_optimizer(c, table);
   const Tensor& acc = *opt->state()[0].second;
   for (int64_t i = 0; i < acc.numel(); ++i) EXPECT_EQ(acc.data<float>()[i], 0.25f);
+}
+
+TEST(SparseOptimizer, WeightDecayIsAConfigError) {
+  OptimizerConfig c;
+  c.weight_decay = 0.01;
+  EmbeddingTable table("t", 3, 2, DType::F32, 1, 0.1);
+  try {
+    make_sparse_optimizer(c, table);
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("weight_decay"), std::string::npos) << e.what();
+  }
 }
 
 TEST(SparseOptimizer, UnknownTypeIsAUserError) {

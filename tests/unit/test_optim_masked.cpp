@@ -1,7 +1,8 @@
 // Specification tests for the dense optimizers' update masks (exact per-task semantics): an
 // element whose mask byte is 0 keeps its value and optimizer state bit for bit; an element whose
 // mask byte is 1 follows the same optimizer run on the updated elements alone, with the global
-// step count. All-ones equals no mask and all-zeros is a no-op, bit for bit.
+// step count. All-ones equals no mask and all-zeros is a no-op, bit for bit. Weight decay obeys
+// both masks: decay only where the decay mask is 1, and nothing at all where the update mask is 0.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -217,6 +218,68 @@ TEST(MaskedDenseOptimizer, AllZerosMaskChangesNothing) {
   for (const char* type : {"sgd", "adam", "adagrad"}) {
     expect_all_zeros_changes_nothing<float>(type);
     expect_all_zeros_changes_nothing<double>(type);
+  }
+}
+
+// Three steps with weight decay under a random update mask and a random decay mask. Outside the
+// update mask: value and state bit-identical. Inside: bit-identical to the compacted run with the
+// compacted decay mask; where the decay mask is 0, bit-identical to a run without decay.
+template <class T>
+void expect_decay_follows_both_masks(const std::string& type) {
+  SCOPED_TRACE(type + (sizeof(T) == 4 ? " f32" : " f64"));
+  OptimizerConfig c = config_for(type);
+  c.weight_decay = 0.1;
+  OptimizerConfig no_decay = c;
+  no_decay.weight_decay = 0;
+  const std::vector<uint8_t> mask = random_mask(kNumel, 21), decay = random_mask(kNumel, 22);
+  std::vector<uint8_t> decay_kept;
+  for (int64_t i = 0; i < kNumel; ++i)
+    if (mask[static_cast<size_t>(i)]) decay_kept.push_back(decay[static_cast<size_t>(i)]);
+  Tensor w = random_tensor<T>(kNumel, 6, -1, 1);
+  const Tensor w_prior = w.clone();
+  Tensor w_ref = compact<T>(w, mask), w_plain = w_ref.clone();
+  const int64_t kept = w_ref.numel();
+
+  auto opt = make_dense_optimizer(c, kNumel, dtype_of<T>(), Device::CPU);
+  opt->set_decay_mask(decay);
+  auto ref = make_dense_optimizer(c, kept, dtype_of<T>(), Device::CPU);
+  ref->set_decay_mask(decay_kept);
+  auto plain = make_dense_optimizer(no_decay, kept, dtype_of<T>(), Device::CPU);
+  const std::vector<Tensor> state_prior = clone_state(*opt);
+  for (int64_t step = 1; step <= 3; ++step) {
+    const Tensor g = random_grad<T>(kNumel, 500 + step);
+    opt->step(w, g, step, mask.data());
+    ref->step(w_ref, compact<T>(g, mask), step);
+    plain->step(w_plain, compact<T>(g, mask), step);
+  }
+  const auto state = opt->state();
+  const auto ref_state = ref->state();
+  int64_t j = 0, bad_out = 0, bad_in = 0, bad_undecayed = 0, decayed_same = 0;
+  for (int64_t i = 0; i < kNumel; ++i) {
+    if (!mask[static_cast<size_t>(i)]) {
+      bool same = element_equal<T>(w, i, w_prior, i);
+      for (size_t k = 0; k < state.size(); ++k) same = same && element_equal<T>(*state[k].second, i, state_prior[k], i);
+      bad_out += !same;
+      continue;
+    }
+    bool same = element_equal<T>(w, i, w_ref, j);
+    for (size_t k = 0; k < state.size(); ++k)
+      same = same && element_equal<T>(*state[k].second, i, *ref_state[k].second, j);
+    bad_in += !same;
+    if (decay[static_cast<size_t>(i)]) decayed_same += element_equal<T>(w, i, w_plain, j);
+    else bad_undecayed += !element_equal<T>(w, i, w_plain, j);
+    ++j;
+  }
+  EXPECT_EQ(bad_out, 0) << "elements outside the update mask whose value or state moved";
+  EXPECT_EQ(bad_in, 0) << "updated elements that differ from the compacted reference";
+  EXPECT_EQ(bad_undecayed, 0) << "elements outside the decay mask that differ from the run without decay";
+  EXPECT_EQ(decayed_same, 0) << "decayed elements equal to the run without decay";
+}
+
+TEST(MaskedDenseOptimizer, WeightDecayOnlyWhereDecayMaskAndNeverOutsideTheUpdateMask) {
+  for (const char* type : {"sgd", "adam", "adagrad"}) {
+    expect_decay_follows_both_masks<float>(type);
+    expect_decay_follows_both_masks<double>(type);
   }
 }
 
