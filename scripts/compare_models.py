@@ -47,15 +47,16 @@ def main():
         return f"{statistics.mean(vals):.4f} ± " + (f"{sd:.4f}" if sd >= 5e-5 else "<0.0001")
 
     views = list(next(iter(results.values()))[0]["eval"].keys())
-    print("| model | " + " | ".join(f"{v} AUC" for v in views) + " | samples/s |")
-    print("|---|" + "---|" * (len(views) + 1))
+    print("| model | " + " | ".join(f"{v} AUC" for v in views) + " | dense params | mult-adds/sample | samples/s |")
+    print("|---|" + "---|" * (len(views) + 3))
     for name, runs in results.items():
         row = [cell([r["eval"][v]["auc"] for r in runs]) for v in views]
         sps = statistics.mean(r["samples_per_sec"] for r in runs)
-        print(f"| {name} | " + " | ".join(row) + f" | {sps:,.0f} |")
+        cost = f"{runs[0].get('dense_parameters', 0):,} | {runs[0].get('multiply_adds_per_sample', 0):,}"
+        print(f"| {name} | " + " | ".join(row) + f" | {cost} | {sps:,.0f} |")
     first = next(iter(results.values()))[0]["eval"]
     if all(first[v].get("bayes_auc") is not None for v in views):
-        print("| Bayes-optimal | " + " | ".join(f"{first[v]['bayes_auc']:.4f}" for v in views) + " | |")
+        print("| Bayes-optimal | " + " | ".join(f"{first[v]['bayes_auc']:.4f}" for v in views) + " | | | |")
 
 
 if __name__ == "__main__":

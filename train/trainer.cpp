@@ -273,7 +273,13 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   }
   if (comm.rank() == 0) {
     JsonObject s;
-    s.add("model", config.model.type).add("steps", step).add("samples", summary.samples)
+    // Cost: trainable dense parameters (embeddings and optimizer state excluded) and the
+    // multiply-adds of one sample's joint forward (embedding lookups excluded).
+    int64_t dense_parameters = 0;
+    for (const Param& p : model.params().params())
+      if (p.trainable && p.name.rfind("mask_score.", 0) != 0) dense_parameters += p.value.numel();
+    s.add("model", config.model.type).add("dense_parameters", dense_parameters)
+        .add("multiply_adds_per_sample", model.multiply_adds_per_sample()).add("steps", step).add("samples", summary.samples)
         .add("train_seconds", summary.train_seconds).add("samples_per_sec", summary.samples_per_second)
         .add("eval_rows", summary.eval.rows).add("eval", metrics_json(summary.eval))
         .add("checkpoint", "checkpoints/final");

@@ -124,6 +124,18 @@ TEST(TrainConfig, EveryMistakeIsAConfigErrorNamingTheFileAndTheFullKeyPath) {
       {"given names no task", "model.tasks.cvr.given", [](YAML::Node& r) { r["model"]["tasks"]["cvr"]["given"] = "ctx"; }},
       {"esmm without a CTR loss", "model.tasks.ctr.loss_weight", [](YAML::Node& r) { r["model"]["tasks"]["ctr"]["loss_weight"] = 0; }},
       {"slot read by two tables", "model.tables.item_id.slots", [](YAML::Node& r) { r["model"]["tables"]["item_id"]["slots"].push_back("user_id"); }},
+      // The multi-gate zoo.
+      {"experts on a model without experts", "model.experts", [](YAML::Node& r) { r["model"]["experts"]["sizes"].push_back(4); }},
+      {"mmoe without expert sizes", "model.experts.sizes", [](YAML::Node& r) { r["model"]["type"] = "mmoe"; r["model"]["experts"]["count"] = 2; }},
+      {"a ple key on mmoe", "model.experts.levels", [](YAML::Node& r) { r["model"]["type"] = "mmoe"; r["model"]["experts"] = YAML::Load("{sizes: [4], levels: 2}"); }},
+      {"masked experts on a deep ple", "model.experts.masked", [](YAML::Node& r) { r["model"]["type"] = "ple"; r["model"]["experts"] = YAML::Load("{sizes: [4], levels: 2, masked: true}"); }},
+      {"bad norm", "model.layers.norm", [](YAML::Node& r) { r["model"]["layers"]["norm"] = "group"; }},
+      {"dropout out of range", "model.layers.dropout", [](YAML::Node& r) { r["model"]["layers"]["dropout"] = 1.0; }},
+      {"apg in an unknown place", "model.apg.in", [](YAML::Node& r) { r["model"]["apg"]["in"].push_back("heads"); }},
+      {"apg overparam below rank", "model.apg.overparam", [](YAML::Node& r) { r["model"]["apg"] = YAML::Load("{in: [towers], rank: 8, overparam: 4}"); }},
+      {"apg in a bottom that is not there", "model.apg", [](YAML::Node& r) { r["model"]["apg"]["in"].push_back("bottom"); }},
+      {"esmm switched off on type esmm", "model.esmm", [](YAML::Node& r) { r["model"]["esmm"] = false; }},
+      {"bad loss weighting", "model.loss_weighting", [](YAML::Node& r) { r["model"]["loss_weighting"] = "gradnorm"; }},
   };
   for (const auto& c : cases) {
     const std::string file = "configs/case_" + std::to_string(&c - cases.data()) + ".yaml";
@@ -235,6 +247,29 @@ std::string model_error(const std::function<void(YAML::Node&)>& edit, const Data
     return e.what();
   }
   return "";
+}
+
+TEST(TrainConfig, TheZooKeysParse) {
+  const TrainConfig c = parse_train_config(edited([](YAML::Node& r) {
+    r["model"]["type"] = "ple";
+    r["model"]["esmm"] = true;
+    r["model"]["experts"] = YAML::Load("{sizes: [16, 8], levels: 2, task_experts: 3, shared_experts: 1}");
+    r["model"]["layers"] = YAML::Load("{norm: batch, momentum: 0.9, dropout: 0.1}");
+    r["model"]["apg"] = YAML::Load("{in: [towers, experts], rank: 4, overparam: 16, hyper_hidden: [8], generate_bias: true}");
+    r["model"]["loss_weighting"] = "uncertainty";
+  }), "zoo.yaml");
+  EXPECT_EQ(c.model.type, "ple");
+  EXPECT_TRUE(c.model.esmm);
+  EXPECT_EQ(c.model.experts.sizes, (std::vector<int64_t>{16, 8}));
+  EXPECT_EQ(c.model.experts.levels, 2);
+  EXPECT_EQ(c.model.experts.task_experts, 3);
+  EXPECT_EQ(c.model.layers.norm, Norm::Batch);
+  EXPECT_DOUBLE_EQ(c.model.layers.dropout, 0.1);
+  EXPECT_EQ(c.model.apg.options.overparam, 16);
+  EXPECT_TRUE(c.model.apg.options.generate_bias);
+  EXPECT_EQ(c.model.loss_weighting, "uncertainty");
+  MultiTaskModel model(c.model, click_conversion_schema(), DType::F32, 1);
+  EXPECT_EQ(model.loss_names(), (std::vector<std::string>{"ctr", "ctcvr"}));
 }
 
 TEST(MultiTaskModelConfig, ALabelMissingFromTheDataNamesTheKeyPathAndTheAvailableLabels) {
