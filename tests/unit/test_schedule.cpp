@@ -8,24 +8,18 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <string>
 #include <vector>
 
-#include "core/data/hdf5_shard.h"
 #include "core/error.h"
 #include "core/lr_schedule.h"
 #include "core/random.h"
-#include "dist/communicator.h"
-#include "scratch_dir.h"
 #include "train/train_config.h"
-#include "train/trainer.h"
 
 namespace ncsrec {
 namespace {
 
 namespace fs = std::filesystem;
-using testing::ScratchDir;
 
 LrSchedule schedule(int64_t warmup, const std::string& decay, int64_t decay_steps, double rate = 0.5,
                     double min_ratio = 0.0) {
@@ -173,75 +167,6 @@ TEST(ScheduleConfig, MistakesAreConfigErrorsNamingTheKeyPath) {
     EXPECT_NE(msg.find("sched.yaml: " + c.key + ":"), std::string::npos) << c.key << ": " << msg;
     EXPECT_NE(msg.find(c.hint), std::string::npos) << c.key << ": " << msg;
   }
-}
-
-// ---- a run with every knob ------------------------------------------------------------------
-
-// A day folder of `rows` random impressions with labels click/conversion and one slot.
-void write_day(const fs::path& dir, int64_t rows, uint64_t seed) {
-  DataSchema s;
-  s.tasks = {"click", "conversion"};
-  s.slots = {"user"};
-  Block b = Block::with_schema(s);
-  Rng rng(seed);
-  b.rows = rows;
-  for (int64_t r = 0; r < rows; ++r) {
-    const float click = rng.bernoulli(0.3) ? 1.0f : 0.0f;
-    b.labels[0].push_back(click);
-    b.labels[1].push_back(click > 0 && rng.bernoulli(0.4) ? 1.0f : 0.0f);
-    b.sparse[0].ids.push_back(static_cast<int64_t>(rng.below(50)));
-    b.sparse[0].offsets.push_back(r + 1);
-  }
-  fs::create_directories(dir);
-  write_shard((dir / "part-0000.h5").string(), b);
-  std::ofstream(dir / "_DONE").close();
-}
-
-// The number after "key": in a metrics.jsonl line (NaN when absent or null).
-double json_number(const std::string& line, const std::string& key) {
-  const size_t at = line.find("\"" + key + "\": ");
-  if (at == std::string::npos) return std::nan("");
-  const std::string rest = line.substr(at + key.size() + 4);
-  if (rest.rfind("null", 0) == 0) return std::nan("");
-  return std::stod(rest);
-}
-
-TEST(ScheduledTraining, WarmupCosineClipAndWeightDecayTrainAndLogRateAndGradNorm) {
-  ScratchDir scratch("schedule_run");
-  write_day(scratch.path / "train", 100, 1);  // 6 steps of 16 per epoch
-  const std::string yaml =
-      "data: {train: [\"" + (scratch.path / "train").string() + "\"]}\n"
-      "model:\n  type: esmm\n  embedding_dim: 4\n  tower: [8]\n  tables: {user: {rows: 50}}\n"
-      "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n"
-      "optimizer: {type: adam, lr: 0.01, weight_decay: 0.01}\n"
-      "sparse_optimizer: {type: adagrad, lr: 0.05}\n"
-      "train: {batch_size: 16, epochs: 2, log_every: 1, clip_grad_norm: 0.01,\n"
-      "        lr_schedule: {warmup_steps: 3, decay: cosine, decay_steps: 6, min_ratio: 0.1}}\n";
-  const TrainConfig config = parse_train_config(yaml, "run.yaml");
-  auto comm = make_local_communicator();
-  const TrainSummary summary = run_training(config, yaml, (scratch.path / "run").string(), *comm);
-  ASSERT_EQ(summary.steps, 12);
-
-  std::ifstream in(scratch.path / "run/metrics.jsonl");
-  std::map<int64_t, std::string> lines;  // train lines by step
-  for (std::string line; std::getline(in, line);)
-    if (line.find("\"event\": \"train\"") != std::string::npos)
-      lines[static_cast<int64_t>(json_number(line, "step"))] = line;
-  ASSERT_EQ(lines.size(), 12u);
-  int64_t clipped = 0;
-  for (const auto& [step, line] : lines) {
-    const double factor = lr_factor(config.train.lr_schedule, step);
-    EXPECT_NEAR(json_number(line, "lr"), 0.01 * factor, 1e-9 * 0.01) << line;
-    EXPECT_NEAR(json_number(line, "sparse_lr"), 0.05 * factor, 1e-9 * 0.05) << line;
-    const double norm = json_number(line, "grad_norm");
-    EXPECT_TRUE(std::isfinite(norm) && norm > 0) << line;
-    clipped += static_cast<int64_t>(json_number(line, "clipped_steps"));
-  }
-  EXPECT_NEAR(json_number(lines[1], "lr"), 0.01 / 3, 1e-12) << "warm-up starts at lr / warmup_steps";
-  EXPECT_NEAR(json_number(lines[3], "lr"), 0.01, 1e-12) << "warm-up ends at lr";
-  EXPECT_NEAR(json_number(lines[9], "lr"), 0.001, 1e-12) << "cosine ends at min_ratio · lr";
-  EXPECT_NEAR(json_number(lines[12], "lr"), 0.001, 1e-12);
-  EXPECT_GT(clipped, 0) << "clip_grad_norm 0.01 clipped no step";
 }
 
 }  // namespace
