@@ -356,6 +356,30 @@ TEST(ZooModel, MaskedExpertsCombineMasksAndGates) {
   check_model_gradients(cgc, 913, 0, random_masks);
 }
 
+TEST(ZooModel, LearnedMasksOnMaskedExpertsKeepTheirBudgetAndGetScoreGradients) {
+  ModelConfig m = zoo_config("mmoe");
+  m.experts.masked = true;
+  m.masks.layers = {0, 1};
+  m.masks.find = "learned";
+  m.masks.final_density = 0.4;
+  const DataSchema schema = test_schema();
+  MultiTaskModel model(m, schema, DType::F64, 5);
+  const Block batch = random_batch(schema, 16, 6);
+  model.train_step(batch, model.local_normalizers(batch));
+  for (int t = 0; t < 2; ++t)
+    for (int l = 0; l < model.num_masked_layers(); ++l) {
+      const BitMask& mask = model.mask(t, l);
+      EXPECT_EQ(mask.count(), std::llround(0.4 * static_cast<double>(mask.size()))) << model.masked_layer_name(l);
+      const Param* score = model.params().find("mask_score." + m.tasks[static_cast<size_t>(t)].name + "." +
+                                               model.masked_layer_name(l));
+      ASSERT_NE(score, nullptr);
+      EXPECT_EQ(score->task, t);
+      double norm = 0;
+      for (int64_t i = 0; i < score->grad.numel(); ++i) norm += std::abs(score->grad.data<double>()[i]);
+      EXPECT_GT(norm, 0) << score->name;
+    }
+}
+
 TEST(ZooModel, EsmmHeadsOnAnySharedBlock) {
   for (const std::string type : {"shared_bottom", "ncs", "mmoe", "ple"}) {
     ModelConfig m = zoo_config(type);
