@@ -18,7 +18,9 @@
 #include "core/error.h"
 #include "core/random.h"
 #include "gradcheck.h"
+#include "core/ops.h"
 #include "models/multitask_model.h"
+#include "models/serving.h"
 
 namespace ncsrec {
 namespace {
@@ -475,6 +477,34 @@ TEST(ZooModel, ApgLayersInTowersBottomsAndExperts) {
   bad.apg.in = {"towers"};
   bad.apg.condition = {"nope"};
   EXPECT_THROW(MultiTaskModel(bad, test_schema(), DType::F64, 1), ConfigError);
+}
+
+TEST(ZooModel, TheServingFormFoldsApgFactorsAndPredictsTheSame) {
+  ModelConfig m = zoo_config("mmoe");
+  m.apg.in = {"towers", "experts"};
+  m.apg.options.rank = 2;
+  m.apg.options.overparam = 4;
+  m.apg.options.hyper_hidden = {3};
+  m.layers.norm = Norm::Batch;
+  const DataSchema schema = test_schema();
+  MultiTaskModel trained(m, schema, DType::F32, 21);
+  for (int step = 1; step <= 3; ++step) {  // move every parameter and the BatchNorm statistics off their start
+    const Block batch = random_batch(schema, 32, 30 + static_cast<uint64_t>(step));
+    trained.params().zero_grad();
+    trained.train_step(batch, trained.local_normalizers(batch));
+    ops::axpy(trained.params().values(), -0.5, trained.params().grads());
+  }
+  MultiTaskModel serving(serving_config(m), schema, DType::F32, 99);
+  EXPECT_NE(serving.params().find("expert.0.0.U"), nullptr);
+  EXPECT_EQ(serving.params().find("expert.0.0.U_l"), nullptr);
+  EXPECT_LT(serving.params().numel(), trained.params().numel());
+  copy_for_serving(trained, serving);
+  const Block batch = random_batch(schema, 64, 40);
+  std::vector<std::vector<float>> a, b;
+  trained.predict(batch, a);
+  serving.predict(batch, b);
+  for (size_t t = 0; t < a.size(); ++t)
+    for (size_t i = 0; i < a[t].size(); ++i) EXPECT_NEAR(b[t][i], a[t][i], 1e-5) << "task " << t << " row " << i;
 }
 
 TEST(ZooModel, UncertaintyWeightsAreLearnedWithTheirOwnGradient) {
