@@ -121,7 +121,7 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
   experts.masked = config_.experts.masked;
   experts.masked_layers = config_.masks.layers;
   if (config_.type == "shared_bottom")
-    block_ = make_bottom_block(params_, input_dim_, config_.bottom, with_apg(apg_in("bottom"), false), T);
+    block_ = make_bottom_block(params_, input_dim_, config_.bottom, with_apg(apg_in("bottom"), false));
   if (config_.type == "ncs") block_ = make_masked_block(params_, input_dim_, config_.shared, config_.masks.layers, T, &masked_);
   if (config_.type == "mmoe")
     block_ = make_mmoe_block(params_, input_dim_, static_cast<int>(config_.experts.count), experts, task_names);

@@ -152,7 +152,6 @@ class MultiTaskModel {
   std::vector<std::unique_ptr<FeedForward>> towers_;
   std::vector<SparseGrad> sparse_grads_;
   std::vector<Tensor> dlogit_bufs_, prob_bufs_;
-  Tensor dshared_buf_;
 };
 
 }  // namespace ncsrec

@@ -34,9 +34,8 @@ struct GradSum {
 
 class BottomBlock final : public SharedBlock {
  public:
-  BottomBlock(ParamStore& store, int64_t in, const std::vector<int64_t>& sizes, const LayerOptions& layers,
-              int num_tasks)
-      : mlp_(store, "bottom", in, sizes, /*final_activation=*/true, layers), tasks_(num_tasks) {}
+  BottomBlock(ParamStore& store, int64_t in, const std::vector<int64_t>& sizes, const LayerOptions& layers)
+      : mlp_(store, "bottom", in, sizes, /*final_activation=*/true, layers) {}
   int64_t out_dim() const override { return mlp_.out(); }
   void forward(const Tensor& x, const std::vector<bool>&, const Pass& pass) override { out_ = mlp_.forward(x, pass); }
   const Tensor& output(size_t) override { return out_; }
@@ -51,7 +50,6 @@ class BottomBlock final : public SharedBlock {
 
  private:
   FeedForward mlp_;
-  int tasks_;
   Tensor out_;
   GradSum dsum_;
 };
@@ -399,8 +397,8 @@ void mark_task_owned(ParamStore& store, const std::string& prefix, int task) {
 }
 
 std::unique_ptr<SharedBlock> make_bottom_block(ParamStore& store, int64_t in, const std::vector<int64_t>& sizes,
-                                               const LayerOptions& layers, int num_tasks) {
-  return std::make_unique<BottomBlock>(store, in, sizes, layers, num_tasks);
+                                               const LayerOptions& layers) {
+  return std::make_unique<BottomBlock>(store, in, sizes, layers);
 }
 
 std::unique_ptr<SharedBlock> make_masked_block(ParamStore& store, int64_t in, const std::vector<int64_t>& sizes,

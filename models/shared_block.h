@@ -58,7 +58,7 @@ struct ExpertOptions {
 };
 
 std::unique_ptr<SharedBlock> make_bottom_block(ParamStore& store, int64_t in, const std::vector<int64_t>& sizes,
-                                               const LayerOptions& layers, int num_tasks);
+                                               const LayerOptions& layers);
 std::unique_ptr<SharedBlock> make_masked_block(ParamStore& store, int64_t in, const std::vector<int64_t>& sizes,
                                                const std::vector<int64_t>& masked_layers, int num_tasks,
                                                MaskedMLP** mlp);
