@@ -80,7 +80,7 @@ const Tensor& FeedForward::forward(const Tensor& x, const Pass& pass) {
 
 const Tensor& FeedForward::backward(const Tensor& dy, bool need_dx) {
   const bool group_condition = options_.apg && options_.condition_dim > 0;
-  bool first_dcond = true;
+  dcond_.reset();
   const Tensor* g = &dy;
   for (size_t i = stages_.size(); i-- > 0;) {
     Stage& s = *stages_[i];
@@ -97,16 +97,7 @@ const Tensor& FeedForward::backward(const Tensor& dy, bool need_dx) {
       // A self-wise layer's dx includes its hypernetwork path; a group-wise one hands its
       // condition's gradient to the caller through dcondition().
       g = &s.apg->backward(*g, need, group_condition);
-      if (group_condition) {
-        const Tensor& dz = s.apg->dz();
-        if (first_dcond) {
-          dcond_ = ensure_buffer(dcond_buf_, dz.dim(0), dz.dim(1), dz.dtype(), dz.device());
-          dcond_.copy_from(dz);
-        } else {
-          ops::axpy(dcond_, 1.0, dz);
-        }
-        first_dcond = false;
-      }
+      if (group_condition) dcond_.add(s.apg->dz());
     } else {
       g = &s.linear->backward(*g, need);
     }

@@ -55,7 +55,7 @@ class FeedForward {
   const Tensor& backward(const Tensor& dy, bool need_dx = true);
   // Group-wise APG: dL/d(condition) [B, condition_dim] of the last backward, summed over this
   // stack's APG layers. Undefined when the stack has no group-wise APG layer.
-  const Tensor& dcondition() const { return dcond_; }
+  const Tensor& dcondition() const { return dcond_.any ? dcond_.sum : none_; }
 
   int64_t in() const { return in_; }
   int64_t out() const { return out_; }
@@ -68,7 +68,8 @@ class FeedForward {
   int64_t in_ = 0, out_ = 0;
   LayerOptions options_;
   std::vector<std::unique_ptr<Stage>> stages_;
-  Tensor dcond_buf_, dcond_, none_;
+  GradientSum dcond_;
+  Tensor none_;
 };
 
 }  // namespace ncsrec

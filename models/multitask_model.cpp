@@ -434,36 +434,26 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
   std::vector<const Tensor*> dtower(T, nullptr);
   for (size_t t = 0; t < T; ++t)
     if (active(t)) dtower[t] = &towers_[t]->backward(*dlogits[t], true);
-  std::vector<bool> have(groups_.size(), false);
-  auto add_to_group = [&](size_t g, const Tensor& d) {
-    InputGroup& grp = groups_[g];
-    if (!have[g]) {
-      grp.dx = ensure_buffer(grp.dx_buf, B, input_dim_, dtype_, Device::CPU);
-      grp.dx.copy_from(d);
-    } else {
-      ops::axpy(grp.dx, 1.0, d);
-    }
-    have[g] = true;
-  };
-  if (block_) add_to_group(0, block_->backward(dtower));
+  for (auto& grp : groups_) grp.dx.reset();
+  if (block_) groups_[0].dx.add(block_->backward(dtower));
   else
     for (size_t t = 0; t < T; ++t)
-      if (dtower[t]) add_to_group(static_cast<size_t>(group_of_task_[t]), *dtower[t]);
+      if (dtower[t]) groups_[static_cast<size_t>(group_of_task_[t])].dx.add(*dtower[t]);
   if (condition_dim_ > 0)
     for (size_t t = 0; t < T; ++t) {
       if (!dtower[t] || !towers_[t]->dcondition().defined()) continue;
       const size_t g = static_cast<size_t>(group_of_task_[t]);
-      add_condition_gradient(groups_[g].dx, towers_[t]->dcondition());
+      add_condition_gradient(groups_[g].dx.sum, towers_[t]->dcondition());
     }
   for (size_t g = 0; g < groups_.size(); ++g) {
     InputGroup& grp = groups_[g];
-    if (!have[g]) {  // single_task: this task's group was not stepped
+    if (!grp.dx.any) {  // single_task: this task's group was not stepped
       for (const auto& tr : grp.tables) sparse_grads_[static_cast<size_t>(tr.table)] = SparseGrad{};
       continue;
     }
     // The embeddings also reach the loss through their dot products (disjoint columns of dx).
     if (interaction_col_ >= 0)
-      pairwise_dot_backward(grp.dx, 0, grp.dx, interaction_col_, grp.x, fields_, config_.embedding_dim);
+      pairwise_dot_backward(grp.dx.sum, 0, grp.dx.sum, interaction_col_, grp.x, fields_, config_.embedding_dim);
     for (const auto& tr : grp.tables) {
       std::vector<SlotInput> inputs;
       for (const auto& s : tr.slots) {
@@ -471,7 +461,7 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
         inputs.push_back({c.offsets.data(), c.ids.data(), s.col, s.pooling});
       }
       const EmbeddingTable& table = tables_[static_cast<size_t>(tr.table)];
-      sparse_grads_[static_cast<size_t>(tr.table)] = embedding_bag_backward(grp.dx, inputs, B, table.rows(), table.dim());
+      sparse_grads_[static_cast<size_t>(tr.table)] = embedding_bag_backward(grp.dx.sum, inputs, B, table.rows(), table.dim());
     }
   }
   return loss;

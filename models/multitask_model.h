@@ -108,7 +108,7 @@ class MultiTaskModel {
   struct InputGroup {  // one set of embedding tables feeding the input vector
     std::vector<TableRef> tables;
     Tensor x_buf, x;
-    Tensor dx_buf, dx;  // input gradient including the interaction's share (when it is on)
+    GradientSum dx;  // input gradient, summed over its consumers, plus the interaction's share
   };
 
   void forward(const Block& batch);

@@ -14,22 +14,6 @@ Tensor zeroed(Tensor& buffer, int64_t rows, int64_t cols, const Tensor& like) {
   return t;
 }
 
-// Gradient accumulator for one tensor: the first contribution is copied, later ones added.
-struct GradSum {
-  Tensor buf, sum;
-  bool any = false;
-  void reset() { any = false; }
-  void add(const Tensor& g) {
-    if (!any) {
-      sum = ensure_buffer(buf, g.dim(0), g.dim(1), g.dtype(), g.device());
-      sum.copy_from(g);
-    } else {
-      ops::axpy(sum, 1.0, g);
-    }
-    any = true;
-  }
-};
-
 // ---------------------------------------------------------------------------------------------
 
 class BottomBlock final : public SharedBlock {
@@ -51,7 +35,7 @@ class BottomBlock final : public SharedBlock {
  private:
   FeedForward mlp_;
   Tensor out_;
-  GradSum dsum_;
+  GradientSum dsum_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -91,7 +75,7 @@ class MaskedBlock final : public SharedBlock {
   MaskedMLP mlp_;
   std::vector<int64_t> masked_;
   std::vector<const Tensor*> out_;
-  GradSum dx_;
+  GradientSum dx_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -151,7 +135,7 @@ class ExpertGroup {
     for (auto& g : grads_[k]) into.push_back(&g);
   }
   // Backward of every expert that received gradient; adds dL/dx into `dx`.
-  void backward(GradSum& dx) {
+  void backward(GradientSum& dx) {
     for (size_t k = 0; k < grads_.size(); ++k) {
       if (!touched_[k]) continue;
       for (size_t j = 0; j < names_.size(); ++j) {
@@ -237,7 +221,7 @@ class MmoeBlock final : public SharedBlock {
   ExpertGroup experts_;
   std::vector<std::unique_ptr<Gate>> gates_;
   std::vector<const Tensor*> out_;
-  GradSum dx_;
+  GradientSum dx_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -375,8 +359,8 @@ class PleBlock final : public SharedBlock {
     std::vector<bool> computed;                      // [task]: this forward ran the task's path
     std::vector<const Tensor*> task_out;
     const Tensor* shared_out = nullptr;
-    std::vector<GradSum> dtask;  // [task]: gradient of the level's input on the task's path
-    GradSum dshared;
+    std::vector<GradientSum> dtask;  // [task]: gradient of the level's input on the task's path
+    GradientSum dshared;
   };
   const Tensor& task_input(size_t l, size_t t, const Tensor& x) const {
     return l == 0 ? x : *levels_[l - 1].task_out[t];
@@ -386,7 +370,7 @@ class PleBlock final : public SharedBlock {
   size_t tasks_;
   int64_t out_dim_;
   std::vector<Level> levels_;
-  GradSum dx_;
+  GradientSum dx_;
 };
 
 }  // namespace

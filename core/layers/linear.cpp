@@ -27,6 +27,16 @@ Tensor ensure_buffer(Tensor& buffer, int64_t rows, int64_t cols, DType dtype, De
   return buffer.dim(0) == rows ? buffer : buffer.slice_rows(0, rows);
 }
 
+void GradientSum::add(const Tensor& g) {
+  if (!any) {
+    sum = ensure_buffer(buffer, g.dim(0), g.dim(1), g.dtype(), g.device());
+    sum.copy_from(g);
+  } else {
+    ops::axpy(sum, 1.0, g);
+  }
+  any = true;
+}
+
 Linear::Linear(ParamStore& store, const std::string& name, int64_t in, int64_t out, Activation act, bool bias)
     : in_(in), out_(out), act_(act) {
   NCSREC_CHECK(in > 0 && out > 0, "linear layer " << name << " needs positive sizes, got " << in << " -> " << out);

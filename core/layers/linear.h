@@ -21,6 +21,16 @@ enum class Activation : uint8_t { None, ReLU };
 // capacity, so a smaller batch followed by a larger one does not reallocate.
 Tensor ensure_buffer(Tensor& buffer, int64_t rows, int64_t cols, DType dtype, Device device);
 
+// The gradient of one tensor summed over its consumers: the first contribution is copied into
+// `sum` (a view of `buffer`), later ones are added. reset() at the start of each backward;
+// `any` says whether a contribution arrived since.
+struct GradientSum {
+  Tensor buffer, sum;
+  bool any = false;
+  void reset() { any = false; }
+  void add(const Tensor& g);
+};
+
 class Linear {
  public:
   // Parameters `<name>.weight` [in, out] (Xavier uniform) and `<name>.bias` [out] (zeros).
