@@ -1,28 +1,109 @@
-// Communicators: the collectives the trainer needs, behind one interface. This issue ships the
-// local (one process) implementation; MPI and NCCL implementations come with distributed
-// training. Buffers live on the communicator's device.
+// Communicators: the collectives the trainer needs, behind one interface, with three
+// implementations: local (one process), MPI on host buffers (the CPU path) and NCCL on device
+// buffers (the GPU path).
+//
+// Every collective is called by every rank in the same order. Counts are in elements of
+// `dtype`. A collective that waits longer than the communicator's timeout ends the job with
+// one message naming the call and the peer(s) it waits on (CommTimeout on the rank that saw
+// it; the MPI implementation then aborts the job so no rank hangs).
+//
+// Byte counters: every call adds the payload bytes this rank sends to other ranks (its own
+// share excluded) to `stats()`, so tests can assert what a step moves.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
 namespace ncsrec {
+
+// A collective waited past the bound. `what()` names the call, its sequence number and the
+// ranks that did not arrive.
+class CommTimeout : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct CommStats {
+  int64_t all_reduce_calls = 0, all_reduce_bytes = 0;
+  int64_t all_to_all_calls = 0, all_to_all_bytes = 0;  // bytes sent to other ranks
+  int64_t all_gather_calls = 0, all_gather_bytes = 0;  // bytes sent to other ranks
+  int64_t broadcast_calls = 0, broadcast_bytes = 0;
+  int64_t barrier_calls = 0;
+  // Wall time inside collectives, waiting for slower ranks included.
+  double seconds = 0;
+  int64_t total_bytes() const { return all_reduce_bytes + all_to_all_bytes + all_gather_bytes + broadcast_bytes; }
+};
 
 class Communicator {
  public:
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int world_size() const = 0;
-  // In-place sum across ranks.
-  virtual void all_reduce_sum(Tensor& buffer) = 0;
-  virtual void all_reduce_sum(double* values, int64_t n) = 0;
-  virtual void broadcast(Tensor& buffer, int root) = 0;
-  virtual void barrier() = 0;
+  // "local", "mpi" or "nccl".
+  virtual const char* kind() const = 0;
+
+  // In-place sum across ranks (F32, F64 or I64).
+  void all_reduce_sum(Tensor& buffer);
+  void all_reduce_sum(double* values, int64_t n);
+  void all_reduce_sum(int64_t* values, int64_t n);
+  void all_reduce_sum(void* data, int64_t n, DType dtype);
+  // In-place maximum across ranks (used for agreement checks).
+  void all_reduce_max(double* values, int64_t n);
+
+  // send holds world_size() consecutive blocks, block r (send_counts[r] elements) going to rank
+  // r; recv receives block s (recv_counts[s] elements) from rank s, in rank order. Both count
+  // arrays have world_size() entries; each rank's recv_counts[s] must equal rank s's
+  // send_counts[rank()] (exchange the counts first with all_to_all of one I64 per rank).
+  void all_to_all_v(const void* send, const int64_t* send_counts, void* recv, const int64_t* recv_counts, DType dtype);
+  // recv [world_size() * count]: rank r's `count` elements at r * count.
+  void all_gather(const void* send, int64_t count, void* recv, DType dtype);
+  void broadcast(Tensor& buffer, int root);
+  void broadcast(void* data, int64_t n, DType dtype, int root);
+  void barrier();
+
+  const CommStats& stats() const { return stats_; }
+  void reset_stats() { stats_ = CommStats{}; }
+
+ protected:
+  virtual void do_all_reduce(void* data, int64_t n, DType dtype, bool max) = 0;
+  virtual void do_all_to_all_v(const void* send, const int64_t* send_counts, void* recv, const int64_t* recv_counts,
+                               DType dtype) = 0;
+  virtual void do_all_gather(const void* send, int64_t count, void* recv, DType dtype) = 0;
+  virtual void do_broadcast(void* data, int64_t n, DType dtype, int root) = 0;
+  virtual void do_barrier() = 0;
+
+ private:
+  CommStats stats_;
 };
+
+// Variable-size all-gather built on all_to_all_v: every rank contributes `send` (any length,
+// including 0); returns the concatenation in rank order, and each rank's length in `counts`.
+template <class T>
+std::vector<T> all_gather_v(Communicator& comm, const std::vector<T>& send, std::vector<int64_t>* counts = nullptr);
 
 // The communicator of a single process (world size 1): every collective is the identity.
 std::unique_ptr<Communicator> make_local_communicator();
+
+struct CommOptions {
+  double timeout_seconds = 60;  // a collective waiting longer ends the job
+};
+
+// True when this process was started by a launcher that runs MPI jobs (mpirun, srun --mpi).
+bool launched_under_mpi();
+// The MPI communicator over MPI_COMM_WORLD (initialises MPI with thread support on first use;
+// MPI is finalised at exit). Throws UserError when the build has no MPI.
+std::unique_ptr<Communicator> make_mpi_communicator(const CommOptions& options = {});
+// MPI when launched under an MPI launcher, local otherwise.
+std::unique_ptr<Communicator> make_default_communicator(const CommOptions& options = {});
+
+// When this process is one rank of an MPI job with more than one rank, ends the whole job
+// (MPI_Abort with exit_code) so no other rank waits for this one; otherwise returns. Call it
+// before returning an error exit code from main().
+void end_job_after_error(int exit_code);
 
 }  // namespace ncsrec

@@ -21,11 +21,13 @@ namespace {
 
 constexpr int64_t kParallelMinRows = 64;  // below this, threads cost more than they save
 
+// Row i of `values` is global row rows_of[i] (or i when rows_of is null): a pure function of
+// (table seed, global row), so shards and whole tables agree bit for bit.
 template <class T>
-void init_rows(T* values, int64_t rows, int64_t dim, uint64_t table_seed, double init_scale) {
+void init_rows(T* values, int64_t rows, const int64_t* rows_of, int64_t dim, uint64_t table_seed, double init_scale) {
 #pragma omp parallel for schedule(static) if (rows >= kParallelMinRows)
   for (int64_t r = 0; r < rows; ++r) {
-    Rng rng(hash_combine(table_seed, static_cast<uint64_t>(r)));
+    Rng rng(hash_combine(table_seed, static_cast<uint64_t>(rows_of ? rows_of[r] : r)));
     for (int64_t d = 0; d < dim; ++d) values[r * dim + d] = static_cast<T>(init_scale * rng.normal());
   }
 }
@@ -182,11 +184,23 @@ EmbeddingTable::EmbeddingTable(std::string name, int64_t rows, int64_t dim, DTyp
     : name_(std::move(name)) {
   NCSREC_CHECK(rows > 0 && dim > 0, "embedding table " << name_ << " needs positive shape, got [" << rows << ", "
                                                        << dim << "]");
+  init(rows, nullptr, dim, dtype, seed, init_scale);
+}
+
+EmbeddingTable::EmbeddingTable(std::string name, const std::vector<int64_t>& global_rows, int64_t dim, DType dtype,
+                               uint64_t seed, double init_scale)
+    : name_(std::move(name)) {
+  NCSREC_CHECK(dim > 0, "embedding table " << name_ << " needs a positive dim, got " << dim);
+  init(static_cast<int64_t>(global_rows.size()), global_rows.data(), dim, dtype, seed, init_scale);
+}
+
+void EmbeddingTable::init(int64_t rows, const int64_t* rows_of, int64_t dim, DType dtype, uint64_t seed,
+                          double init_scale) {
   NCSREC_CHECK(dtype == DType::F32 || dtype == DType::F64, "embedding table " << name_ << " of " << dtype_name(dtype));
   values_ = Tensor::empty({rows, dim}, dtype, Device::CPU);
   const uint64_t table_seed = hash_combine(seed, hash_string(name_));
-  if (dtype == DType::F32) init_rows(values_.data<float>(), rows, dim, table_seed, init_scale);
-  else init_rows(values_.data<double>(), rows, dim, table_seed, init_scale);
+  if (dtype == DType::F32) init_rows(values_.data<float>(), rows, rows_of, dim, table_seed, init_scale);
+  else init_rows(values_.data<double>(), rows, rows_of, dim, table_seed, init_scale);
 }
 
 std::unique_ptr<SparseOptimizer> make_sparse_optimizer(const OptimizerConfig& config, const EmbeddingTable& table) {

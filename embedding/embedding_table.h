@@ -19,6 +19,10 @@ class EmbeddingTable {
  public:
   // Rows are initialised N(0, init_scale²) from (seed, table name, row), independent of order.
   EmbeddingTable(std::string name, int64_t rows, int64_t dim, DType dtype, uint64_t seed, double init_scale);
+  // A shard: row i holds global row global_rows[i] of the table above, initialised alike (may
+  // be empty: a rank that holds no row of the table).
+  EmbeddingTable(std::string name, const std::vector<int64_t>& global_rows, int64_t dim, DType dtype, uint64_t seed,
+                 double init_scale);
   const std::string& name() const { return name_; }
   int64_t rows() const { return values_.dim(0); }
   int64_t dim() const { return values_.dim(1); }
@@ -26,6 +30,7 @@ class EmbeddingTable {
   const Tensor& values() const { return values_; }
 
  private:
+  void init(int64_t rows, const int64_t* rows_of, int64_t dim, DType dtype, uint64_t seed, double init_scale);
   std::string name_;
   Tensor values_;
 };
