@@ -156,6 +156,10 @@ ModelConfig parse_model_config(ConfigNode node) {
     spec.rows = t.get_int("rows", 1, int64_t(1) << 40);
     spec.slots = t.get_string_list("slots", {name});
     spec.pooling = t.get_choice("pooling", {"sum", "mean"}, "sum") == "sum" ? Pooling::Sum : Pooling::Mean;
+    spec.placement = t.get_choice("placement", {"row_wise", "table_wise", "replicated"}, "row_wise");
+    spec.table_rank = t.get_int("table_rank", 0, 0, 1 << 20);
+    if (t.has("table_rank") && spec.placement != "table_wise")
+      t.fail("table_rank", "table_rank is only for placement: table_wise");
     t.finish();
     for (const auto& s : spec.slots)
       if (!used_slots.insert(s).second) t.fail("slots", "slot '" + s + "' is already read by another table");

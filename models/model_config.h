@@ -26,6 +26,11 @@ struct TableSpec {
   int64_t rows = 0;
   std::vector<std::string> slots;
   Pooling pooling = Pooling::Sum;
+  // Over several ranks: row_wise (rows spread over all ranks by a hash of the row),
+  // table_wise (the whole table on rank `table_rank`) or replicated (every rank a full copy,
+  // for small tables). One rank holds everything whatever the placement.
+  std::string placement = "row_wise";
+  int64_t table_rank = 0;
 };
 
 // Neuron-connection sharing (type ncs): which shared layers carry per-task masks, and where

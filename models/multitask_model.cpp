@@ -18,8 +18,9 @@ namespace {
 std::string in_file(const ModelConfig& m) { return m.source.empty() ? std::string() : m.source + ": "; }
 }  // namespace
 
-MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& schema, DType dtype, uint64_t seed)
-    : config_(config), schema_(schema), dtype_(dtype) {
+MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& schema, DType dtype, uint64_t seed,
+                               Communicator* comm)
+    : config_(config), schema_(schema), dtype_(dtype), comm_(comm && comm->world_size() > 1 ? comm : nullptr) {
   if (config_.type == "esmm") config_.esmm = true;  // configs built in code
   // Tasks: labels must exist in the data.
   for (const auto& t : config_.tasks) {
@@ -54,8 +55,13 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
       TableRef ref;
       ref.table = static_cast<int>(tables_.size());
       const std::string name = n_groups > 1 ? config_.tasks[g].name + "." + spec.name : spec.name;
+      const int rank = comm_ ? comm_->rank() : 0, world = comm_ ? comm_->world_size() : 1;
+      if (spec.placement == "table_wise" && world > 1 && spec.table_rank >= world)
+        throw ConfigError(in_file(config_) + "model.tables." + spec.name + ".table_rank: " +
+                          std::to_string(spec.table_rank) + " is not a rank of this job of " + std::to_string(world));
       try {
-        tables_.emplace_back(name, spec.rows, dim, dtype_, seed, config_.embedding_init);
+        tables_.emplace_back(name, spec.rows, dim, dtype_, seed, config_.embedding_init, parse_placement(spec.placement),
+                             world > 1 ? static_cast<int>(spec.table_rank) : 0, rank, world);
       } catch (const UserError& e) {
         throw ConfigError(in_file(config_) + "model.tables." + spec.name + ".rows: a table of " +
                           std::to_string(spec.rows) + " rows x " + std::to_string(dim) + " does not fit: " + e.what());
@@ -222,13 +228,30 @@ void MultiTaskModel::forward(const Block& batch) {
         batch.schema.dense_dim == schema_.dense_dim))
     check_compatible(batch.schema, "a batch");
   const int64_t B = batch.rows;
+  if (comm_) lookups_.resize(tables_.size());
   for (auto& g : groups_) {
     g.x = ensure_buffer(g.x_buf, B, input_dim_, dtype_, Device::CPU);
     for (const auto& tr : g.tables) {
-      const EmbeddingTable& table = tables_[static_cast<size_t>(tr.table)];
+      const ShardedTable& table = tables_[static_cast<size_t>(tr.table)];
+      if (!comm_) {  // one process: the table is all here
+        for (const auto& s : tr.slots) {
+          const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
+          embedding_bag_forward(g.x, s.col, table.shard().values(), c.offsets.data(), c.ids.data(), B, s.pooling);
+        }
+        continue;
+      }
+      // Over several ranks: fetch the batch's unique rows from their owners, then pool from them.
+      std::vector<ShardedTable::IdsView> ids;
       for (const auto& s : tr.slots) {
         const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
-        embedding_bag_forward(g.x, s.col, table.values(), c.offsets.data(), c.ids.data(), B, s.pooling);
+        ids.push_back({c.ids.data(), static_cast<int64_t>(c.ids.size())});
+      }
+      ShardedTable::Lookup& lookup = lookups_[static_cast<size_t>(tr.table)];
+      table.lookup(ids, *comm_, &lookup);
+      for (size_t i = 0; i < tr.slots.size(); ++i) {
+        const SlotRef& s = tr.slots[i];
+        const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
+        embedding_bag_forward(g.x, s.col, lookup.values, c.offsets.data(), lookup.ids[i].data(), B, s.pooling);
       }
     }
     if (config_.use_dense && schema_.dense_dim > 0) {
@@ -417,15 +440,17 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
                                        : compute_losses<double>(batch, normalizers, logits, dlogits, probs, only_task);
   if (!log_sigma_.empty()) {
     // L = Σ_k w_k L_k / (2σ_k²) + log σ_k, s_k = log σ_k: dL/ds_k = −2·(w_k e^{−2s_k}/2)·L_k + 1.
-    // (One rank: the +1 and the log σ_k term are counted once per step.)
+    // Each rank's L_k is its share of the global loss, so the gradients sum over ranks to the
+    // global one; the +1 and the log σ_k term belong to the whole step and are added by rank 0.
     const std::vector<double> weight = effective_loss_weights();
+    const double once = !comm_ || comm_->rank() == 0 ? 1.0 : 0.0;
     for (size_t k = 0; k < log_sigma_.size(); ++k) {
       if (std::isnan(loss.per_task[k])) continue;
       const double s = dtype_ == DType::F32 ? log_sigma_[k]->value.data<float>()[0] : log_sigma_[k]->value.data<double>()[0];
-      const double g = -2.0 * weight[k] * loss.per_task[k] + 1.0;
+      const double g = -2.0 * weight[k] * loss.per_task[k] + once;
       if (dtype_ == DType::F32) log_sigma_[k]->grad.data<float>()[0] += static_cast<float>(g);
       else log_sigma_[k]->grad.data<double>()[0] += g;
-      loss.total += s;
+      loss.total += once * s;
     }
   }
 
@@ -447,7 +472,7 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     }
   for (size_t g = 0; g < groups_.size(); ++g) {
     InputGroup& grp = groups_[g];
-    if (!grp.dx.any) {  // single_task: this task's group was not stepped
+    if (!grp.dx.any) {  // single_task: this task's group was not stepped (on every rank alike)
       for (const auto& tr : grp.tables) sparse_grads_[static_cast<size_t>(tr.table)] = SparseGrad{};
       continue;
     }
@@ -455,13 +480,21 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     if (interaction_col_ >= 0)
       pairwise_dot_backward(grp.dx.sum, 0, grp.dx.sum, interaction_col_, grp.x, fields_, config_.embedding_dim);
     for (const auto& tr : grp.tables) {
+      const size_t t = static_cast<size_t>(tr.table);
+      const ShardedTable& table = tables_[t];
       std::vector<SlotInput> inputs;
-      for (const auto& s : tr.slots) {
+      for (size_t i = 0; i < tr.slots.size(); ++i) {
+        const SlotRef& s = tr.slots[i];
         const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
-        inputs.push_back({c.offsets.data(), c.ids.data(), s.col, s.pooling});
+        inputs.push_back({c.offsets.data(), comm_ ? lookups_[t].ids[i].data() : c.ids.data(), s.col, s.pooling});
       }
-      const EmbeddingTable& table = tables_[static_cast<size_t>(tr.table)];
-      sparse_grads_[static_cast<size_t>(tr.table)] = embedding_bag_backward(grp.dx.sum, inputs, B, table.rows(), table.dim());
+      if (!comm_) {
+        sparse_grads_[t] = embedding_bag_backward(grp.dx.sum, inputs, B, table.shard().rows(), table.dim());
+        continue;
+      }
+      // The gradient over the batch's rows goes back to their owners, summed over ranks there.
+      const SparseGrad local = embedding_bag_backward(grp.dx.sum, inputs, B, lookups_[t].values.dim(0), table.dim());
+      sparse_grads_[t] = table.reduce_gradient(lookups_[t], local, *comm_);
     }
   }
   return loss;

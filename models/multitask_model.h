@@ -32,7 +32,9 @@
 #include "core/masks.h"
 #include "core/sparse.h"
 #include "core/layers/masked_linear.h"
+#include "dist/communicator.h"
 #include "embedding/embedding_table.h"
+#include "embedding/sharded_table.h"
 #include "models/feed_forward.h"
 #include "models/model_config.h"
 #include "models/shared_block.h"
@@ -46,7 +48,11 @@ struct StepLoss {
 
 class MultiTaskModel {
  public:
-  MultiTaskModel(const ModelConfig& config, const DataSchema& schema, DType dtype, uint64_t seed);
+  // `comm`: the ranks the embedding tables are placed over (model.tables.<t>.placement); null
+  // for one process. The model keeps the pointer: forward and backward exchange embedding rows
+  // through it, so every rank must run the same sequence of train_step/predict calls.
+  MultiTaskModel(const ModelConfig& config, const DataSchema& schema, DType dtype, uint64_t seed,
+                 Communicator* comm = nullptr);
 
   const ModelConfig& config() const { return config_; }
   // Whether batches of `schema` can feed this model: the same labels, slots and dense width in
@@ -90,7 +96,9 @@ class MultiTaskModel {
   int64_t multiply_adds_per_sample() const;
 
   ParamStore& params() { return params_; }
-  std::vector<EmbeddingTable>& tables() { return tables_; }
+  // This rank's part of every table (all of it on one rank); sparse optimizers step shard().
+  std::vector<ShardedTable>& tables() { return tables_; }
+  // Per table: the gradient of this rank's shard (rows = shard rows), already summed over ranks.
   const std::vector<SparseGrad>& sparse_grads() const { return sparse_grads_; }
   int64_t input_dim() const { return input_dim_; }
   DType dtype() const { return dtype_; }
@@ -132,7 +140,9 @@ class MultiTaskModel {
   std::vector<int> given_task_;   // per task: index of the given task or -1
   std::vector<std::string> loss_names_;
   ParamStore params_;
-  std::vector<EmbeddingTable> tables_;
+  std::vector<ShardedTable> tables_;
+  Communicator* comm_ = nullptr;                   // null: one process
+  std::vector<ShardedTable::Lookup> lookups_;      // per table (over several ranks): this batch's rows
   std::vector<InputGroup> groups_;
   std::vector<int> group_of_task_;
   std::unique_ptr<SharedBlock> block_;             // null: towers read the input (shared_embedding, esmm, single_task)

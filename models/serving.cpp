@@ -31,7 +31,7 @@ void copy_for_serving(MultiTaskModel& trained, MultiTaskModel& serving) {
     ops::gemm(p.value, left->value, false, right->value, false);
   }
   NCSREC_CHECK(trained.tables().size() == serving.tables().size(), "the serving model has other tables");
-  for (size_t t = 0; t < trained.tables().size(); ++t) serving.tables()[t].values().copy_from(trained.tables()[t].values());
+  for (size_t t = 0; t < trained.tables().size(); ++t) serving.tables()[t].shard().values().copy_from(trained.tables()[t].shard().values());
   NCSREC_CHECK(trained.num_masked_layers() == serving.num_masked_layers(), "the serving model has other masks");
   for (size_t t = 0; t < trained.config().tasks.size(); ++t)
     for (int l = 0; l < trained.num_masked_layers(); ++l)

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -88,6 +89,62 @@ void recover_checkpoint(const std::string& dir) {
     }
 }
 
+namespace {
+
+// Copies the rows of `name` (a [keys, ...] dataset of `f`) whose key this rank holds into the
+// same shard rows of `out`; marks them in `filled`.
+void copy_rows_by_key(const h5::File& f, const std::string& name, const std::vector<int64_t>& keys,
+                      const ShardedTable& table, Tensor& out, std::vector<uint8_t>* filled, const std::string& dir) {
+  const std::vector<uint64_t> d = f.dims(name);
+  const int64_t width = out.ndim() > 1 ? out.numel() / std::max<int64_t>(out.dim(0), 1) : 1;
+  uint64_t file_width = 1;
+  for (size_t k = 1; k < d.size(); ++k) file_width *= d[k];
+  if (d.empty() || d[0] != keys.size() || static_cast<int64_t>(file_width) != width || d.size() != out.shape().size())
+    throw UserError("checkpoint " + dir + ": " + name + " in " + f.path() + " does not match its " +
+                    std::to_string(keys.size()) + " keys and the model's rows of " + std::to_string(width) +
+                    " (was the checkpoint written by a different model config?)");
+  const size_t es = dtype_size(out.dtype());
+  std::vector<char> data(keys.size() * static_cast<size_t>(width) * es);
+  switch (out.dtype()) {
+    case DType::F32: { auto v = f.read_f32(name); std::memcpy(data.data(), v.data(), data.size()); break; }
+    case DType::F64: { auto v = f.read_f64(name); std::memcpy(data.data(), v.data(), data.size()); break; }
+    case DType::I64: { auto v = f.read_i64(name); std::memcpy(data.data(), v.data(), data.size()); break; }
+    case DType::U8: { auto v = f.read_u8(name); std::memcpy(data.data(), v.data(), data.size()); break; }
+  }
+  char* dst = static_cast<char*>(out.raw());
+  const size_t row_bytes = static_cast<size_t>(width) * es;
+  for (size_t k = 0; k < keys.size(); ++k) {
+    const int64_t r = keys[k] >= 0 && keys[k] < table.rows() ? table.shard_index(keys[k]) : -1;
+    if (r < 0) continue;
+    std::memcpy(dst + static_cast<size_t>(r) * row_bytes, data.data() + k * row_bytes, row_bytes);
+    if (filled) (*filled)[static_cast<size_t>(r)] = 1;
+  }
+}
+
+}  // namespace
+
+void load_table_rows(const std::string& dir, int64_t world_size, ShardedTable& table, SparseOptimizer* optimizer) {
+  const std::string base = "embedding/" + table.name();
+  EmbeddingTable& shard = table.shard();
+  std::vector<uint8_t> filled(static_cast<size_t>(shard.rows()), 0);
+  std::vector<std::pair<std::string, Tensor*>> state;
+  if (optimizer) state = optimizer->state();
+  // Every rank file may hold rows of this rank's shard (another world size, another placement).
+  for (int r = 0; r < world_size; ++r) {
+    const h5::File f = h5::File::open_read(dir + "/" + rank_file(r));
+    if (!f.exists(base + "/keys"))
+      throw UserError("checkpoint " + dir + ": " + rank_file(r) + " has no table '" + table.name() +
+                      "' (was it written by a different model config?)");
+    const std::vector<int64_t> keys = f.read_i64(base + "/keys");
+    copy_rows_by_key(f, base + "/values", keys, table, shard.values(), &filled, dir);
+    for (auto& [slot, t] : state) copy_rows_by_key(f, base + "/optim/" + slot, keys, table, *t, nullptr, dir);
+  }
+  for (size_t i = 0; i < filled.size(); ++i)
+    if (!filled[i])
+      throw UserError("checkpoint " + dir + ": table '" + table.name() + "' has no row " +
+                      std::to_string(table.shard_rows()[i]) + " (was it written for a table of other rows?)");
+}
+
 void save_checkpoint(const std::string& dir, const TrainingState& state, const CheckpointMeta& meta,
                      Communicator& comm) {
   const std::string tmp = dir + ".tmp";
@@ -122,13 +179,13 @@ void save_checkpoint(const std::string& dir, const TrainingState& state, const C
           write_tensor(f, "optim/" + p.name + "/" + slot, buffer->view(p.offset, p.shape));
     }
     if (model.num_masked_layers() > 0) write_masks(f, model);
+    // Each rank writes the rows it holds, keyed by global row: any number of ranks can load them.
     auto& tables = model.tables();
     for (size_t i = 0; i < tables.size(); ++i) {
       const std::string base = "embedding/" + tables[i].name();
-      std::vector<int64_t> keys(static_cast<size_t>(tables[i].rows()));
-      for (size_t k = 0; k < keys.size(); ++k) keys[k] = static_cast<int64_t>(k);
+      const std::vector<int64_t>& keys = tables[i].shard_rows();
       f.write(base + "/keys", keys.data(), {keys.size()});
-      write_tensor(f, base + "/values", tables[i].values());
+      write_tensor(f, base + "/values", tables[i].shard().values());
       if (i < state.sparse_optimizers.size() && state.sparse_optimizers[i])
         for (auto& [slot, t] : state.sparse_optimizers[i]->state()) write_tensor(f, base + "/optim/" + slot, *t);
     }
@@ -217,9 +274,10 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir) {
   return m;
 }
 
-CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& state, int rank) {
+CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& state) {
   CheckpointMeta meta = read_checkpoint_meta(dir);
-  h5::File f = h5::File::open_read(dir + "/" + rank_file(rank));
+  // Dense parameters, their optimizer state and the masks are the same on every rank: rank 0's.
+  h5::File f = h5::File::open_read(dir + "/" + rank_file(0));
   MultiTaskModel& model = *state.model;
   for (Param& p : model.params().params()) read_tensor(f, "dense/" + p.name, p.value, dir);
   if (state.dense_optimizer) {
@@ -231,12 +289,9 @@ CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& stat
   }
   if (model.num_masked_layers() > 0) read_masks(f, model);
   auto& tables = model.tables();
-  for (size_t i = 0; i < tables.size(); ++i) {
-    const std::string base = "embedding/" + tables[i].name();
-    read_tensor(f, base + "/values", tables[i].values(), dir);
-    if (i < state.sparse_optimizers.size() && state.sparse_optimizers[i])
-      for (auto& [slot, t] : state.sparse_optimizers[i]->state()) read_tensor(f, base + "/optim/" + slot, *t, dir);
-  }
+  for (size_t i = 0; i < tables.size(); ++i)
+    load_table_rows(dir, meta.world_size, tables[i],
+                    i < state.sparse_optimizers.size() ? state.sparse_optimizers[i] : nullptr);
   return meta;
 }
 

@@ -15,6 +15,7 @@
 #include "core/optim.h"
 #include "dist/communicator.h"
 #include "embedding/embedding_table.h"
+#include "embedding/sharded_table.h"
 #include "models/multitask_model.h"
 
 namespace ncsrec {
@@ -47,6 +48,10 @@ void verify_checkpoint(const std::string& dir);
 CheckpointMeta read_checkpoint_meta(const std::string& dir);
 // Loads the parameters (and optimizer state, where the pointers are set) into `state`;
 // verifies the manifest first. Shapes must match the model's.
-CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& state, int rank = 0);
+// Embedding rows (and their sparse optimizer state) are found by key in every rank's file, so a
+// checkpoint loads onto any number of ranks and any placement.
+CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& state);
+// The rows `table` holds on this rank, from checkpoint `dir` written by `world_size` ranks.
+void load_table_rows(const std::string& dir, int64_t world_size, ShardedTable& table, SparseOptimizer* optimizer);
 
 }  // namespace ncsrec

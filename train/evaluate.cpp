@@ -80,6 +80,36 @@ std::vector<ViewSpec> make_views(const ModelConfig& m, const DataSchema& schema)
   return views;
 }
 
+// Rank r read slice r of every global batch, so the global order is: batch 0 of rank 0, batch
+// 0 of rank 1, ..., batch 1 of rank 0, ... `counts[b]` is how many values this rank added in
+// its batch b. Every rank gets all ranks' values back in that global order, so metrics over
+// several ranks are computed on exactly the sequence one process would have seen.
+template <class T>
+std::vector<T> gather_in_global_order(Communicator& comm, const std::vector<T>& mine, const std::vector<int64_t>& counts) {
+  if (comm.world_size() == 1) return mine;
+  std::vector<int64_t> sizes;
+  const std::vector<T> all = all_gather_v(comm, mine, &sizes);
+  std::vector<int64_t> all_counts_sizes;
+  const std::vector<int64_t> all_counts = all_gather_v(comm, counts, &all_counts_sizes);
+  const size_t n = static_cast<size_t>(comm.world_size()), batches = counts.size();
+  for (size_t r = 0; r < n; ++r)
+    NCSREC_CHECK(all_counts_sizes[r] == static_cast<int64_t>(batches),
+                 "evaluation: rank " << r << " read " << all_counts_sizes[r] << " batches, rank " << comm.rank() << " read "
+                                     << batches);
+  std::vector<size_t> at(n, 0);  // next value of each rank's segment
+  for (size_t r = 1; r < n; ++r) at[r] = at[r - 1] + static_cast<size_t>(sizes[r - 1]);
+  std::vector<T> out;
+  out.reserve(all.size());
+  for (size_t b = 0; b < batches; ++b)
+    for (size_t r = 0; r < n; ++r) {
+      const size_t c = static_cast<size_t>(all_counts[r * batches + b]);
+      out.insert(out.end(), all.begin() + static_cast<std::ptrdiff_t>(at[r]),
+                 all.begin() + static_cast<std::ptrdiff_t>(at[r] + c));
+      at[r] += c;
+    }
+  return out;
+}
+
 }  // namespace
 
 EvalReport evaluate(MultiTaskModel& model, const std::vector<std::string>& files, const TrainConfig& config,
@@ -99,6 +129,7 @@ EvalReport evaluate(MultiTaskModel& model, const std::vector<std::string>& files
   const int group_col = config.data.group_meta.empty() ? -1 : schema.meta_index(config.data.group_meta);
 
   std::vector<TaskMetrics> metrics(views.size());
+  std::vector<std::vector<int64_t>> batch_counts(views.size());  // values added per batch, per view
   std::vector<std::vector<float>> truth_scores(views.size()), truth_labels(views.size());
   std::vector<std::vector<float>> probs;
   std::vector<float> s, y, ts;
@@ -123,15 +154,34 @@ EvalReport evaluate(MultiTaskModel& model, const std::vector<std::string>& files
         if (!vs.truth_cols.empty()) ts.push_back(truth);
         if (group_col >= 0) groups.push_back(batch.meta[static_cast<size_t>(group_col)][ri]);
       }
+      batch_counts[v].push_back(static_cast<int64_t>(s.size()));
       if (s.empty()) continue;  // a view can have no rows in a batch (and a rank an empty batch)
       metrics[v].add(s.data(), y.data(), group_col >= 0 ? groups.data() : nullptr, static_cast<int64_t>(s.size()));
       truth_scores[v].insert(truth_scores[v].end(), ts.begin(), ts.end());
       truth_labels[v].insert(truth_labels[v].end(), y.begin(), y.end());
     }
   }
-  // Multi-rank exact AUC over the whole eval set arrives with distributed training; until then
-  // a world size above one is refused rather than reporting per-rank numbers.
-  NCSREC_CHECK(comm.world_size() == 1, "evaluation across ranks is not implemented yet");
+  // Over several ranks every rank gathers every view's values in the global order and computes
+  // the metrics itself: exact AUC over the whole eval set, the same numbers one process gives.
+  if (comm.world_size() > 1) {
+    comm.all_reduce_sum(&report.rows, 1);
+    for (size_t v = 0; v < views.size(); ++v) {
+      const TaskMetrics& m = metrics[v];
+      int64_t grouped = m.size() == 0 || m.has_groups() ? 1 : 0;  // a rank with no values has no say
+      comm.all_reduce_sum(&grouped, 1);
+      const bool with_groups = grouped == comm.world_size();
+      const std::vector<float> p = gather_in_global_order(comm, m.probabilities(), batch_counts[v]);
+      const std::vector<float> y = gather_in_global_order(comm, m.labels(), batch_counts[v]);
+      std::vector<int64_t> g;
+      if (with_groups) g = gather_in_global_order(comm, m.groups(), batch_counts[v]);
+      metrics[v].clear();
+      metrics[v].add(p.data(), y.data(), with_groups ? g.data() : nullptr, static_cast<int64_t>(p.size()));
+      if (!views[v].truth_cols.empty()) {
+        truth_scores[v] = gather_in_global_order(comm, truth_scores[v], batch_counts[v]);
+        truth_labels[v] = gather_in_global_order(comm, truth_labels[v], batch_counts[v]);
+      }
+    }
+  }
   for (size_t v = 0; v < views.size(); ++v) {
     ViewResult r;
     r.name = views[v].name;

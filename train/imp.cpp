@@ -39,13 +39,13 @@ double task_auc(const EvalReport& report, const std::string& task) {
 ModelSnapshot ModelSnapshot::capture(MultiTaskModel& model) {
   ModelSnapshot s;
   s.params = model.params().values().clone();
-  for (auto& table : model.tables()) s.tables.push_back(table.values().clone());
+  for (auto& table : model.tables()) s.tables.push_back(table.shard().values().clone());
   return s;
 }
 
 void ModelSnapshot::restore(MultiTaskModel& model) const {
   model.params().values().copy_from(params);
-  for (size_t i = 0; i < tables.size(); ++i) model.tables()[i].values().copy_from(tables[i]);
+  for (size_t i = 0; i < tables.size(); ++i) model.tables()[i].shard().values().copy_from(tables[i]);
 }
 
 ImpResult find_masks_imp(const TrainConfig& config, const DataSchema& schema, const std::vector<std::string>& train_files,
@@ -61,7 +61,7 @@ ImpResult find_masks_imp(const TrainConfig& config, const DataSchema& schema, co
     const std::string& task = config.model.tasks[t].name;
     // One θ₀ for all tasks by default; the paper's code drew one per task.
     const uint64_t seed = spec.shared_init ? config.seed : hash_combine(config.seed, t + 1);
-    MultiTaskModel model(config.model, schema, DType::F32, seed);
+    MultiTaskModel model(config.model, schema, DType::F32, seed, &comm);
     const ModelSnapshot theta0 = ModelSnapshot::capture(model);
     std::vector<BitMask> masks;
     for (int l = 0; l < model.num_masked_layers(); ++l) masks.push_back(model.mask(static_cast<int>(t), l));

@@ -1,12 +1,14 @@
 #include "train/step.h"
 
+#include "train/replicas.h"
+
 namespace ncsrec {
 
 Optimizers make_optimizers(const OptimizerConfig& dense, const OptimizerConfig& sparse, MultiTaskModel& model) {
   Optimizers o;
   o.dense = make_dense_optimizer(dense, model.params().numel(), model.dtype(), Device::CPU);
   o.dense->set_decay_mask(model.params().decay_mask());
-  for (auto& table : model.tables()) o.sparse.push_back(make_sparse_optimizer(sparse, table));
+  for (auto& table : model.tables()) o.sparse.push_back(make_sparse_optimizer(sparse, table.shard()));
   return o;
 }
 
@@ -40,7 +42,8 @@ StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Blo
 
   optimizers.dense->step(model.params().values(), model.params().grads(), step, update);
   for (size_t t = 0; t < model.tables().size(); ++t)
-    if (!model.sparse_grads()[t].rows.empty()) optimizers.sparse[t]->step(model.tables()[t], model.sparse_grads()[t]);
+    if (!model.sparse_grads()[t].rows.empty()) optimizers.sparse[t]->step(model.tables()[t].shard(), model.sparse_grads()[t]);
+  average_state_over_ranks(model, comm);  // BatchNorm's running statistics, from each rank's slice
   if (stats) {
     stats->grad_norm = grad_norm;
     stats->clipped = optimizers.clip_grad_norm > 0 && grad_norm > optimizers.clip_grad_norm;

@@ -44,6 +44,7 @@ struct TrainConfig {
   uint64_t seed = 1;
   std::string device = "cpu";  // cpu | cuda | auto
   int64_t threads = 0;         // 0 = OpenMP default
+  double comm_timeout = 60;    // seconds a collective may wait for the other ranks
   DataConfig data;
   ModelConfig model;
   OptimizerConfig dense_optimizer;

@@ -21,6 +21,7 @@
 #include "train/mask_io.h"
 #include "train/step.h"
 #include "train/json.h"
+#include "train/replicas.h"
 
 namespace ncsrec {
 namespace fs = std::filesystem;
@@ -114,7 +115,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   // The schema comes from the first reader; the model is built against it, and the eval data
   // is checked now rather than after training.
   std::unique_ptr<Reader> reader = std::make_unique<Reader>(ro);
-  MultiTaskModel model(config.model, reader->schema(), DType::F32, config.seed);
+  MultiTaskModel model(config.model, reader->schema(), DType::F32, config.seed, &comm);
   if (!eval_files.empty()) {
     int64_t rows = 0;
     model.check_compatible(read_shard_schema(eval_files.front(), &rows), "data.eval (" + eval_files.front() + ")");
@@ -122,16 +123,18 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   Optimizers optimizers = make_optimizers(config, model);
 
   // The run folder is made only once the config, the data and the model are known to work.
+  // Rank 0 writes the run folder's files; every rank needs the folder (checkpoints).
   std::error_code ec;
   fs::create_directories(run_dir, ec);
   if (ec) throw UserError("run folder " + run_dir + ": cannot create it: " + ec.message());
-  {
+  std::ofstream metrics_log;
+  if (comm.rank() == 0) {
     std::ofstream cfg(run_dir + "/config.yaml");
     cfg << resolved_yaml << "\n";
+    // A new run starts a new log (resuming into a run folder is not supported yet).
+    metrics_log.open(run_dir + "/metrics.jsonl", std::ios::trunc);
+    if (!metrics_log) throw UserError("run folder " + run_dir + ": cannot write metrics.jsonl");
   }
-  // A new run starts a new log (resuming into a run folder is not supported yet).
-  std::ofstream metrics_log(run_dir + "/metrics.jsonl", std::ios::trunc);
-  if (!metrics_log) throw UserError("run folder " + run_dir + ": cannot write metrics.jsonl");
 
   // Masks (ncs): from a file or checkpoint, or found now by IMP; otherwise all ones.
   if (!config.model.masks.file.empty()) load_masks(config.model.masks.file, model);
@@ -167,6 +170,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   double grad_norm_window = 0;  // sum of the window's pre-clip dense gradient norms
   int64_t window_steps = 0, clipped_steps = 0;
   TrainSummary summary;
+  comm.reset_stats();  // the run's communication: the steps' collectives only
   const auto start = Clock::now();
   auto window_start = start;
   int64_t window_samples = 0;
@@ -198,6 +202,9 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
                         " (the dense gradient is not finite): lower optimizer.lr, set train.clip_grad_norm or "
                         "check the data");
       ++step;
+#ifndef NDEBUG
+      check_replicas_agree(model, comm, step);  // every step in debug builds
+#endif
       grad_norm_window += stats.grad_norm;
       clipped_steps += stats.clipped ? 1 : 0;
       ++window_steps;
@@ -215,6 +222,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
         mean_loss[i] = loss_steps[i] ? loss_window[i] / static_cast<double>(loss_steps[i]) : NAN;
       progress.update(step, total_steps, static_cast<double>(summary.samples) / elapsed, loss_names, mean_loss, elapsed);
       if (step % config.train.log_every == 0 || step == total_steps) {
+        check_replicas_agree(model, comm, step);
         JsonObject losses;
         for (size_t i = 0; i < loss_names.size(); ++i)
           losses.add(loss_names[i], loss_steps[i] ? loss_window[i] / static_cast<double>(loss_steps[i]) : NAN);
@@ -247,6 +255,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   summary.steps = step;
   summary.train_seconds = seconds_since(start);
   summary.samples_per_second = static_cast<double>(summary.samples) / summary.train_seconds;
+  summary.comm = comm.stats();
   reader.reset();
 
   // Final checkpoint, then evaluation (so a failure in evaluation loses no training).
@@ -278,7 +287,19 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
     int64_t dense_parameters = 0;
     for (const Param& p : model.params().params())
       if (p.trainable && p.name.rfind("mask_score.", 0) != 0) dense_parameters += p.value.numel();
-    s.add("model", config.model.type).add("dense_parameters", dense_parameters)
+    // Communication of the training steps on rank 0: payload bytes it sent per step, and the
+    // share of the loop's wall time spent inside collectives (waiting for other ranks included).
+    const double per_step = step > 0 ? 1.0 / static_cast<double>(step) : 0.0;
+    JsonObject comm_json;
+    comm_json.add("kind", comm.kind())
+        .add("all_reduce_bytes_per_step", static_cast<double>(summary.comm.all_reduce_bytes) * per_step)
+        .add("all_to_all_bytes_per_step", static_cast<double>(summary.comm.all_to_all_bytes) * per_step)
+        .add("all_gather_bytes_per_step", static_cast<double>(summary.comm.all_gather_bytes) * per_step)
+        .add("seconds", summary.comm.seconds)
+        .add("fraction_of_train_time", summary.train_seconds > 0 ? summary.comm.seconds / summary.train_seconds : 0.0);
+    s.add("model", config.model.type).add("world_size", comm.world_size())
+        .add("global_batch", config.train.batch_size * comm.world_size()).add("communication", comm_json)
+        .add("dense_parameters", dense_parameters)
         .add("multiply_adds_per_sample", model.multiply_adds_per_sample()).add("steps", step).add("samples", summary.samples)
         .add("train_seconds", summary.train_seconds).add("samples_per_sec", summary.samples_per_second)
         .add("eval_rows", summary.eval.rows).add("eval", metrics_json(summary.eval))

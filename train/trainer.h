@@ -14,6 +14,7 @@ namespace ncsrec {
 struct TrainSummary {
   int64_t steps = 0, samples = 0;
   double train_seconds = 0, samples_per_second = 0;
+  CommStats comm;  // the training steps' collectives on this rank
   EvalReport eval;
   std::string checkpoint;
 };

@@ -33,6 +33,11 @@ class TaskMetrics {
   TaskMetricValues compute() const;
   int64_t size() const { return static_cast<int64_t>(probs_.size()); }
   void clear();
+  // What was added, in order (groups empty unless every add() gave groups).
+  const std::vector<float>& probabilities() const { return probs_; }
+  const std::vector<float>& labels() const { return labels_; }
+  const std::vector<int64_t>& groups() const { return groups_; }
+  bool has_groups() const { return has_groups_ && !probs_.empty(); }
 
  private:
   std::vector<float> probs_, labels_;

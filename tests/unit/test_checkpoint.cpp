@@ -78,8 +78,8 @@ struct Trained {
     OptimizerConfig adagrad;
     adagrad.type = "adagrad";
     adagrad.initial_accumulator = 0.1;
-    sparse.push_back(make_sparse_optimizer(adagrad, model->tables()[0]));
-    sparse.push_back(make_sparse_optimizer(adam, model->tables()[1]));
+    sparse.push_back(make_sparse_optimizer(adagrad, model->tables()[0].shard()));
+    sparse.push_back(make_sparse_optimizer(adam, model->tables()[1].shard()));
   }
   TrainingState state() {
     TrainingState s{model.get(), dense.get(), {}};
@@ -93,7 +93,7 @@ struct Trained {
     fill_random(model->params().grads(), rng);
     dense->step(model->params().values(), model->params().grads(), 1);
     for (size_t t = 0; t < model->tables().size(); ++t) {
-      EmbeddingTable& table = model->tables()[t];
+      EmbeddingTable& table = model->tables()[t].shard();
       fill_random(table.values(), rng);
       SparseGrad g;
       for (int64_t r = 0; r < table.rows(); ++r)
@@ -114,7 +114,7 @@ std::map<std::string, std::string> snapshot(Trained& m) {
   for (auto& [slot, buffer] : m.dense->state()) s["optim/" + slot] = bytes_of(*buffer);
   for (size_t t = 0; t < m.model->tables().size(); ++t) {
     const std::string base = "embedding/" + m.model->tables()[t].name();
-    s[base + "/values"] = bytes_of(m.model->tables()[t].values());
+    s[base + "/values"] = bytes_of(m.model->tables()[t].shard().values());
     for (auto& [slot, tensor] : m.sparse[t]->state()) s[base + "/optim/" + slot] = bytes_of(*tensor);
   }
   return s;

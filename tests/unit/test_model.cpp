@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "core/random.h"
 #include "gradcheck.h"
+#include "tests/model_inputs.h"
 #include "core/ops.h"
 #include "models/multitask_model.h"
 #include "models/serving.h"
@@ -25,54 +26,9 @@
 namespace ncsrec {
 namespace {
 
-DataSchema test_schema() {
-  DataSchema s;
-  s.tasks = {"click", "conversion"};
-  s.has_weight = true;
-  s.dense_dim = 2;
-  s.slots = {"user", "item", "tags"};
-  return s;
-}
-
-// Tiny tables, one of them read by two slots with mean pooling.
-ModelConfig model_config(const std::string& type, double ctr_weight = 1.3, double cvr_weight = 0.7) {
-  ModelConfig m;
-  m.type = type;
-  m.embedding_dim = 3;
-  m.embedding_init = 0.5;  // large enough that embeddings move the logits visibly
-  const std::vector<int64_t> tower = type == "shared_bottom" ? std::vector<int64_t>{3} : std::vector<int64_t>{4, 3};
-  m.tasks = {TaskSpec{"ctr", "click", "", tower, ctr_weight}, TaskSpec{"cvr", "conversion", "ctr", tower, cvr_weight}};
-  m.tables = {TableSpec{"user_t", 7, {"user"}, Pooling::Sum}, TableSpec{"item_t", 9, {"item", "tags"}, Pooling::Mean}};
-  if (type == "shared_bottom") m.bottom = {5};
-  if (type == "ncs") {
-    m.shared = {5, 4};
-    m.masks.layers = {0, 1};
-  }
-  return m;
-}
-
-// Random rows: conversion implies click; 0-3 ids per multi-hot row (some rows empty), ids
-// beyond the table size and negative (they map modulo the rows).
-Block random_batch(const DataSchema& schema, int64_t rows, uint64_t seed) {
-  Rng rng(seed);
-  Block b = Block::with_schema(schema);
-  b.rows = rows;
-  for (int64_t r = 0; r < rows; ++r) {
-    const bool click = r < 2 || (r > 2 && rng.bernoulli(0.5));  // rows 0, 1 click, row 2 does not
-    const bool conversion = click && (r == 0 || (r > 1 && rng.bernoulli(0.5)));
-    b.labels[0].push_back(click ? 1.0f : 0.0f);
-    b.labels[1].push_back(conversion ? 1.0f : 0.0f);
-    b.weight.push_back(static_cast<float>(rng.uniform(0.5, 2.0)));
-    for (int64_t j = 0; j < schema.dense_dim; ++j) b.dense.push_back(static_cast<float>(rng.normal()));
-    for (size_t s = 0; s < b.sparse.size(); ++s) {
-      const int64_t n = s == 2 ? static_cast<int64_t>(rng.below(4)) : 1;
-      for (int64_t k = 0; k < n; ++k) b.sparse[s].ids.push_back(static_cast<int64_t>(rng.below(41)) - 10);
-      b.sparse[s].offsets.push_back(static_cast<int64_t>(b.sparse[s].ids.size()));
-    }
-  }
-  b.validate("random_batch");
-  return b;
-}
+using testing::model_config;
+using testing::random_batch;
+using testing::test_schema;
 
 double total_loss(MultiTaskModel& model, const Block& batch, const std::vector<double>& normalizers, int only_task) {
   model.params().zero_grad();  // train_step accumulates; the value of total does not depend on it
@@ -107,7 +63,7 @@ void check_model_gradients(const ModelConfig& config, uint64_t seed, int only_ta
   const Tensor dense_grads = model.params().grads().clone();
   std::vector<std::vector<double>> table_grads;  // dense [rows * dim] expansion of each sparse gradient
   for (size_t t = 0; t < model.tables().size(); ++t) {
-    const EmbeddingTable& table = model.tables()[t];
+    const EmbeddingTable& table = model.tables()[t].shard();
     const SparseGrad& g = model.sparse_grads()[t];
     std::vector<double> full(static_cast<size_t>(table.rows() * table.dim()), 0.0);
     ASSERT_TRUE(std::is_sorted(g.rows.begin(), g.rows.end()));
@@ -121,7 +77,7 @@ void check_model_gradients(const ModelConfig& config, uint64_t seed, int only_ta
   EXPECT_TRUE(testing::check_gradient(config.type + " dense parameters", f, model.params().values().data<double>(),
                                       dense_grads.data<double>(), model.params().numel()));
   for (size_t t = 0; t < model.tables().size(); ++t) {
-    EmbeddingTable& table = model.tables()[t];
+    EmbeddingTable& table = model.tables()[t].shard();
     EXPECT_TRUE(testing::check_gradient(config.type + " table " + table.name(), f, table.values().data<double>(),
                                         table_grads[t].data(), table.values().numel()));
   }

@@ -196,7 +196,7 @@ TEST(Ncs, RewindingRestoresEveryParameterAndEmbeddingExactly) {
   const ModelSnapshot theta0 = ModelSnapshot::capture(model);
   const std::vector<uint8_t> params0 = bytes_of(model.params().values());
   std::vector<std::vector<uint8_t>> tables0;
-  for (auto& t : model.tables()) tables0.push_back(bytes_of(t.values()));
+  for (auto& t : model.tables()) tables0.push_back(bytes_of(t.shard().values()));
   OptimizerConfig oc;
   Optimizers opt = make_optimizers(oc, oc, model);
   auto comm = make_local_communicator();
@@ -204,7 +204,7 @@ TEST(Ncs, RewindingRestoresEveryParameterAndEmbeddingExactly) {
   ASSERT_NE(bytes_of(model.params().values()), params0);
   theta0.restore(model);
   EXPECT_EQ(bytes_of(model.params().values()), params0);
-  for (size_t i = 0; i < tables0.size(); ++i) EXPECT_EQ(bytes_of(model.tables()[i].values()), tables0[i]);
+  for (size_t i = 0; i < tables0.size(); ++i) EXPECT_EQ(bytes_of(model.tables()[i].shard().values()), tables0[i]);
 }
 
 // A small generated data set: days 1-2 train, 3 valid, 4 eval.

@@ -1,0 +1,300 @@
+// Data parallelism is exact (run under mpirun -np 2 and -np 4):
+//  - k steps on n ranks × batch B change the parameters as 1 process × batch nB does, with
+//    row-sharded (and table-wise, replicated) embeddings: the updates Δθ = θ_k − θ₀ of the
+//    dense parameters and of every embedding row agree to 1e-10 (f64, Adam/Adagrad) or 1e-5
+//    (f32, SGD), relative to the largest update. Each rank checks the rows it holds against a
+//    one-process model it trains itself on the whole global batch.
+//  - A deliberately wrong variant (each rank's loss normalised by its own slice, so the reduced
+//    gradient is a sum of means instead of the global mean) fails the same comparison.
+//  - Training and evaluating on n ranks gives the eval metrics one process gives on the same
+//    checkpoint and data (exact AUC over the whole eval set, per task).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <unistd.h>
+
+#include "core/data/hdf5_shard.h"
+#include "core/error.h"
+#include "core/random.h"
+#include "dist/communicator.h"
+#include "models/multitask_model.h"
+#include "tests/model_inputs.h"
+#include "tests/random_inputs.h"
+#include "train/checkpoint.h"
+#include "train/evaluate.h"
+#include "train/step.h"
+#include "train/trainer.h"
+
+namespace ncsrec {
+namespace {
+
+namespace fs = std::filesystem;
+Communicator* g_comm = nullptr;
+
+// Forwards every collective to `inner` except the first f64 sum of each step, the loss
+// normalisers, which stays local: the deliberately wrong variant.
+class LocalNormalizers final : public Communicator {
+ public:
+  explicit LocalNormalizers(Communicator& inner) : inner_(inner) {}
+  int rank() const override { return inner_.rank(); }
+  int world_size() const override { return inner_.world_size(); }
+  const char* kind() const override { return "local-normalizers"; }
+  void new_step() { skip_next_ = true; }
+
+ protected:
+  void do_all_reduce(void* data, int64_t n, DType dtype, bool max) override {
+    if (skip_next_ && dtype == DType::F64 && !max) {
+      skip_next_ = false;
+      return;
+    }
+    if (max) inner_.all_reduce_max(static_cast<double*>(data), n);
+    else inner_.all_reduce_sum(data, n, dtype);
+  }
+  void do_all_to_all_v(const void* send, const int64_t* sc, void* recv, const int64_t* rc, DType dtype) override {
+    inner_.all_to_all_v(send, sc, recv, rc, dtype);
+  }
+  void do_all_gather(const void* send, int64_t count, void* recv, DType dtype) override {
+    inner_.all_gather(send, count, recv, dtype);
+  }
+  void do_broadcast(void* data, int64_t n, DType dtype, int root) override { inner_.broadcast(data, n, dtype, root); }
+  void do_barrier() override { inner_.barrier(); }
+
+ private:
+  Communicator& inner_;
+  bool skip_next_ = false;
+};
+
+struct Case {
+  std::string type;  // esmm | ncs
+  DType dtype;
+  std::string dense_opt, sparse_opt;
+  double rtol;
+  std::string user_placement = "row_wise", item_placement = "row_wise";
+};
+
+std::vector<double> as_doubles(const Tensor& t) {
+  std::vector<double> v(static_cast<size_t>(t.numel()));
+  for (int64_t i = 0; i < t.numel(); ++i)
+    v[static_cast<size_t>(i)] = t.dtype() == DType::F32 ? t.data<float>()[i] : t.data<double>()[i];
+  return v;
+}
+
+Block slice_rows(const Block& global, int64_t begin, int64_t end) {
+  Block b = Block::with_schema(global.schema);
+  for (int64_t r = begin; r < end; ++r) b.append_row(global, r);
+  return b;
+}
+
+OptimizerConfig optimizer(const std::string& type, double lr) {
+  OptimizerConfig c;
+  c.type = type;
+  c.lr = lr;
+  return c;
+}
+
+struct Updates {
+  double dense_error = 0, dense_scale = 0;  // max |Δd − Δr|, max |Δr| (over all ranks)
+  double table_error = 0, table_scale = 0;
+  double loss_error = 0;                    // max relative difference of the step losses
+};
+
+// Trains `steps` steps on this rank's slices (through `comm`) and on the whole batches in one
+// process, and measures how far the updates differ.
+Updates compare_updates(const Case& c, Communicator& comm, LocalNormalizers* wrong, int steps = 3, int64_t B = 8) {
+  const DataSchema schema = testing::test_schema();
+  ModelConfig mc = testing::model_config(c.type);
+  mc.tables[0].placement = c.user_placement;
+  mc.tables[1].placement = c.item_placement;
+  if (c.item_placement == "table_wise") mc.tables[1].table_rank = comm.world_size() - 1;
+  const uint64_t seed = 11;
+  MultiTaskModel dist(mc, schema, c.dtype, seed, &comm);
+  MultiTaskModel ref(mc, schema, c.dtype, seed);
+  if (c.type == "ncs")
+    for (int t = 0; t < 2; ++t)
+      for (int l = 0; l < ref.num_masked_layers(); ++l) {
+        const BitMask& m = ref.mask(t, l);
+        const BitMask r = testing::random_mask(m.rows, m.cols, 0.6, 100 + 10 * t + l);
+        ref.set_mask(t, l, r);
+        dist.set_mask(t, l, r);
+      }
+  Optimizers od = make_optimizers(optimizer(c.dense_opt, 0.01), optimizer(c.sparse_opt, 0.05), dist);
+  Optimizers orf = make_optimizers(optimizer(c.dense_opt, 0.01), optimizer(c.sparse_opt, 0.05), ref);
+  auto local = make_local_communicator();
+
+  const std::vector<double> dense0 = as_doubles(ref.params().values());
+  std::vector<std::vector<double>> tables0;
+  for (auto& t : ref.tables()) tables0.push_back(as_doubles(t.shard().values()));
+
+  const int n = comm.world_size(), r = comm.rank();
+  Updates u;
+  for (int s = 1; s <= steps; ++s) {
+    const Block global = testing::random_batch(schema, n * B, 1000 + static_cast<uint64_t>(s));
+    const Block mine = slice_rows(global, r * B, (r + 1) * B);
+    if (wrong) wrong->new_step();
+    const StepLoss ld = train_one_step(dist, od, mine, -1, s, true, wrong ? static_cast<Communicator&>(*wrong) : comm);
+    const StepLoss lr = train_one_step(ref, orf, global, -1, s, true, *local);
+    u.loss_error = std::max(u.loss_error, std::abs(ld.total - lr.total) / std::abs(lr.total));
+  }
+
+  // Dense: identical on every rank, compared whole.
+  const std::vector<double> dd = as_doubles(dist.params().values()), dr = as_doubles(ref.params().values());
+  for (size_t i = 0; i < dr.size(); ++i) {
+    u.dense_scale = std::max(u.dense_scale, std::abs(dr[i] - dense0[i]));
+    u.dense_error = std::max(u.dense_error, std::abs((dd[i] - dense0[i]) - (dr[i] - dense0[i])));
+  }
+  // Tables: this rank's rows against the same global rows of the one-process table.
+  for (size_t t = 0; t < ref.tables().size(); ++t) {
+    const ShardedTable& st = dist.tables()[t];
+    const std::vector<double> vd = as_doubles(st.shard().values()), vr = as_doubles(ref.tables()[t].shard().values());
+    const int64_t dim = st.dim();
+    for (size_t i = 0; i < st.shard_rows().size(); ++i) {
+      const size_t g = static_cast<size_t>(st.shard_rows()[i]);
+      for (int64_t d = 0; d < dim; ++d) {
+        const size_t at = g * static_cast<size_t>(dim) + static_cast<size_t>(d);
+        const double delta_r = vr[at] - tables0[t][at];
+        const double delta_d = vd[i * static_cast<size_t>(dim) + static_cast<size_t>(d)] - tables0[t][at];
+        u.table_scale = std::max(u.table_scale, std::abs(delta_r));
+        u.table_error = std::max(u.table_error, std::abs(delta_d - delta_r));
+      }
+    }
+  }
+  double all[5] = {u.dense_error, u.dense_scale, u.table_error, u.table_scale, u.loss_error};
+  comm.all_reduce_max(all, 5);
+  return {all[0], all[1], all[2], all[3], all[4]};
+}
+
+class Equivalence : public ::testing::TestWithParam<Case> {};
+
+TEST_P(Equivalence, NRanksTimesBMoveTheParametersAsOneProcessTimesNB) {
+  const Case& c = GetParam();
+  const Updates u = compare_updates(c, *g_comm, nullptr);
+  ASSERT_GT(u.dense_scale, 0.0);
+  ASSERT_GT(u.table_scale, 0.0);
+  EXPECT_LE(u.dense_error, c.rtol * u.dense_scale) << "dense Δθ differs (largest update " << u.dense_scale << ")";
+  EXPECT_LE(u.table_error, c.rtol * u.table_scale) << "embedding Δθ differs (largest update " << u.table_scale << ")";
+  EXPECT_LE(u.loss_error, c.rtol);
+}
+
+TEST_P(Equivalence, TheSumOfPerRankMeansInsteadOfTheGlobalMeanFails) {
+  const Case& c = GetParam();
+  LocalNormalizers wrong(*g_comm);
+  const Updates u = compare_updates(c, *g_comm, &wrong);
+  EXPECT_GT(u.dense_error, c.rtol * u.dense_scale) << "the comparison cannot tell a sum from a mean";
+}
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  const Case& c = info.param;
+  return c.type + "_" + (c.dtype == DType::F64 ? "f64_" : "f32_") + c.dense_opt + "_" + c.sparse_opt + "_" +
+         c.user_placement + "_" + c.item_placement;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Models, Equivalence,
+    ::testing::Values(Case{"esmm", DType::F64, "adam", "adagrad", 1e-10}, Case{"ncs", DType::F64, "adam", "adagrad", 1e-10},
+                      Case{"esmm", DType::F64, "adagrad", "adam", 1e-10}, Case{"ncs", DType::F64, "adagrad", "adam", 1e-10},
+                      Case{"esmm", DType::F32, "sgd", "sgd", 1e-5}, Case{"ncs", DType::F32, "sgd", "sgd", 1e-5},
+                      Case{"esmm", DType::F64, "adam", "adagrad", 1e-10, "replicated", "table_wise"}),
+    case_name);
+
+TEST(DataParallel, RowShardedTablesSpreadTheRowsAndNoRankHoldsAWholeTable) {
+  const DataSchema schema = testing::test_schema();
+  ModelConfig mc = testing::model_config("esmm");
+  mc.tables[0].rows = 4000;
+  MultiTaskModel model(mc, schema, DType::F32, 3, g_comm);
+  int64_t rows = model.tables()[0].shard().rows();
+  g_comm->all_reduce_sum(&rows, 1);
+  EXPECT_EQ(rows, 4000);
+  EXPECT_LT(model.tables()[0].shard().rows(), 4000 * 3 / (2 * g_comm->world_size()) + 1);
+}
+
+// A day folder of random impressions: two slots, a user id for GAUC.
+void write_day(const fs::path& dir, int64_t rows, uint64_t seed) {
+  DataSchema s;
+  s.tasks = {"click", "conversion"};
+  s.slots = {"user", "item"};
+  s.meta = {"user_id"};
+  Block b = Block::with_schema(s);
+  Rng rng(seed);
+  b.rows = rows;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t user = static_cast<int64_t>(rng.below(40)), item = static_cast<int64_t>(rng.below(60));
+    const bool click = rng.bernoulli((user % 3 == 0 ? 0.5 : 0.2) + (item % 4 == 0 ? 0.2 : 0.0));
+    b.labels[0].push_back(click ? 1.0f : 0.0f);
+    b.labels[1].push_back(click && rng.bernoulli(item % 2 ? 0.8 : 0.1) ? 1.0f : 0.0f);
+    b.sparse[0].ids.push_back(user);
+    b.sparse[0].offsets.push_back(r + 1);
+    b.sparse[1].ids.push_back(item);
+    b.sparse[1].offsets.push_back(r + 1);
+    b.meta[0].push_back(user);
+  }
+  fs::create_directories(dir);
+  write_shard((dir / "part-0000.h5").string(), b);
+  std::ofstream(dir / "_DONE").close();
+}
+
+TEST(DataParallel, EvalMetricsOverRanksEqualOneProcessOnTheSameCheckpoint) {
+  Communicator& comm = *g_comm;
+  const fs::path root = fs::temp_directory_path() / ("ncsrec_dp_eval_" + std::to_string(::getppid()));
+  if (comm.rank() == 0) {
+    fs::remove_all(root);
+    write_day(root / "train", 4096, 1);
+    write_day(root / "eval", 1001, 2);  // not a multiple of the ranks or the batch
+  }
+  comm.barrier();
+  const std::string yaml = "data: {train: [\"" + (root / "train").string() + "\"], eval: [\"" + (root / "eval").string() +
+                           "\"]}\n"
+                           "model:\n  type: esmm\n  embedding_dim: 4\n  tower: [8]\n"
+                           "  tables: {user: {rows: 40}, item: {rows: 64, placement: replicated}}\n"
+                           "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n"
+                           "optimizer: {type: adam, lr: 0.01}\n"
+                           "train: {batch_size: 64, epochs: 3, eval_batch_size: 100, log_every: 1000}\n";
+  const TrainConfig config = parse_train_config(yaml, "dp.yaml");
+  const TrainSummary s = run_training(config, yaml, (root / "run").string(), comm);
+  ASSERT_EQ(s.eval.rows, 1001);
+
+  // One process, the checkpoint the ranks wrote (its rows found by key in every rank's file).
+  int64_t rows = 0;
+  MultiTaskModel one(config.model, read_shard_schema((root / "train/part-0000.h5").string(), &rows), DType::F32,
+                     config.seed);
+  load_checkpoint((root / "run/checkpoints/final").string(), TrainingState{&one, nullptr, {}});
+  auto local = make_local_communicator();
+  const EvalReport e = evaluate(one, {(root / "eval/part-0000.h5").string()}, config, *local);
+  ASSERT_EQ(e.views.size(), s.eval.views.size());
+  for (size_t v = 0; v < e.views.size(); ++v) {
+    SCOPED_TRACE(e.views[v].name);
+    EXPECT_EQ(s.eval.views[v].metrics.count, e.views[v].metrics.count);
+    EXPECT_GT(e.views[v].metrics.auc, 0.55);
+    // The same scores up to the rounding of a different batch split in the GEMMs.
+    EXPECT_NEAR(s.eval.views[v].metrics.auc, e.views[v].metrics.auc, 1e-6);
+    EXPECT_NEAR(s.eval.views[v].metrics.gauc, e.views[v].metrics.gauc, 1e-6);
+    EXPECT_NEAR(s.eval.views[v].metrics.logloss, e.views[v].metrics.logloss, 1e-6);
+  }
+  // The tasks keep their own state: CTR and CVR AUCs are different numbers.
+  EXPECT_NE(s.eval.views[0].metrics.auc, s.eval.views[1].metrics.auc);
+  comm.barrier();
+  if (comm.rank() == 0) fs::remove_all(root);
+}
+
+}  // namespace
+}  // namespace ncsrec
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  auto comm = ncsrec::make_default_communicator();
+  ncsrec::g_comm = comm.get();
+  if (comm->rank() != 0) {
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  const int rc = RUN_ALL_TESTS();
+  // Every rank's verdict: one failing rank fails the job.
+  int64_t failed = rc != 0 ? 1 : 0;
+  comm->all_reduce_sum(&failed, 1);
+  if (comm->rank() == 0 && failed > 0) std::fprintf(stderr, "%lld rank(s) failed\n", static_cast<long long>(failed));
+  return failed > 0 ? 1 : 0;
+}
