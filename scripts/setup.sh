@@ -10,8 +10,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="${NCSREC_BUILD_DIR:-$root/build}"
 
+# slurm-wlm and munge: the single-node Slurm of tests/slurm (daemons are not started by install).
 packages=(cmake ninja-build g++ pkg-config libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libyaml-cpp-dev
-          libopenblas-dev libgtest-dev ccache zlib1g-dev)
+          libopenblas-dev libgtest-dev ccache zlib1g-dev slurm-wlm munge)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
