@@ -201,6 +201,26 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"esmm", DType::F64, "adam", "adagrad", 1e-10, "replicated", "table_wise"}),
     case_name);
 
+TEST(DataParallel, ABatchWithNoRowsForATaskGivesLossZeroNotNaN) {
+  // No clicks anywhere in the global batch: the CVR task (given a click) has no rows on any
+  // rank, so its summed normaliser is 0; one rank alone has clicks in the second step.
+  const DataSchema schema = testing::test_schema();
+  MultiTaskModel model(testing::model_config("shared_bottom"), schema, DType::F64, 5, g_comm);
+  Optimizers o = make_optimizers(optimizer("adam", 0.01), optimizer("adagrad", 0.05), model);
+  for (int s = 1; s <= 2; ++s) {
+    Block b = testing::random_batch(schema, 6, 40 + static_cast<uint64_t>(g_comm->rank()));
+    for (size_t r = 0; r < b.labels[0].size(); ++r)
+      if (s == 1 || g_comm->rank() != 0) b.labels[0][r] = b.labels[1][r] = 0.0f;
+    StepStats stats;
+    const StepLoss loss = train_one_step(model, o, b, -1, s, true, *g_comm, &stats);
+    ASSERT_EQ(loss.per_task.size(), 2u);
+    EXPECT_TRUE(std::isfinite(loss.per_task[0]));
+    EXPECT_TRUE(std::isfinite(loss.per_task[1])) << "step " << s;
+    if (s == 1) EXPECT_EQ(loss.per_task[1], 0.0);
+    EXPECT_TRUE(std::isfinite(stats.grad_norm));
+  }
+}
+
 TEST(DataParallel, RowShardedTablesSpreadTheRowsAndNoRankHoldsAWholeTable) {
   const DataSchema schema = testing::test_schema();
   ModelConfig mc = testing::model_config("esmm");
