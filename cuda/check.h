@@ -5,7 +5,8 @@
 //   cuda/device.cu:123: CUDA error 2 (cudaErrorMemoryAllocation: out of memory) in `cudaMalloc(&p, n)`
 //
 // Kernel launches are checked with CUDA_CHECK(cudaGetLastError()) right after the launch.
-// (NCCL_CHECK joins these when the NCCL communicator lands.)
+// NCCL calls are checked in dist/nccl_communicator.cpp, which adds the communicator state (abort,
+// the async error) to the message.
 #pragma once
 
 #include <cublas_v2.h>

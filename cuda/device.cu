@@ -391,7 +391,7 @@ OpTable make_cuda_table() {
 }
 
 int local_rank_from_env() {
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"}) {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "LOCAL_RANK"}) {
     const char* v = std::getenv(var);
     if (v && *v) {
       char* end = nullptr;

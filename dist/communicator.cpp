@@ -2,6 +2,7 @@
 #include "dist/communicator.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 
 #include "core/error.h"
@@ -111,6 +112,19 @@ template std::vector<float> all_gather_v(Communicator&, const std::vector<float>
 template std::vector<double> all_gather_v(Communicator&, const std::vector<double>&, std::vector<int64_t>*);
 template std::vector<int64_t> all_gather_v(Communicator&, const std::vector<int64_t>&, std::vector<int64_t>*);
 template std::vector<uint8_t> all_gather_v(Communicator&, const std::vector<uint8_t>&, std::vector<int64_t>*);
+
+double comm_timeout_seconds(const CommOptions& options) {
+  double seconds = options.timeout_seconds;
+  if (const char* env = std::getenv("NCSREC_COMM_TIMEOUT"); env && *env) {
+    char* end = nullptr;
+    seconds = std::strtod(env, &end);
+    NCSREC_USER_CHECK(end && *end == '\0' && std::isfinite(seconds) && seconds >= 0,
+                      "NCSREC_COMM_TIMEOUT='" << env << "': expected a number of seconds >= 0 (0 waits forever)");
+  }
+  NCSREC_USER_CHECK(std::isfinite(seconds) && seconds >= 0,
+                    "communicator timeout " << seconds << " s: expected a number of seconds >= 0 (0 waits forever)");
+  return seconds;
+}
 
 bool launched_under_mpi() {
   for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"})

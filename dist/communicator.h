@@ -93,6 +93,10 @@ struct CommOptions {
   double timeout_seconds = 60;  // a collective waiting longer ends the job
 };
 
+// The bound in force: NCSREC_COMM_TIMEOUT (seconds) when set, else options.timeout_seconds;
+// 0 waits forever. A malformed or negative value is a UserError.
+double comm_timeout_seconds(const CommOptions& options);
+
 // True when this process was started by a launcher that runs MPI jobs (mpirun, srun --mpi).
 bool launched_under_mpi();
 // The MPI communicator over MPI_COMM_WORLD (initialises MPI with thread support on first use;

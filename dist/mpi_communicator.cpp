@@ -110,20 +110,6 @@ void ensure_mpi_initialised() {
                                                    << "; ncsrec needs at least MPI_THREAD_SERIALIZED (use an MPI "
                                                       "built with thread support, e.g. OpenMPI 4)");
 }
-
-double timeout_from(const CommOptions& options) {
-  double seconds = options.timeout_seconds;
-  if (const char* env = std::getenv("NCSREC_COMM_TIMEOUT"); env && *env) {
-    char* end = nullptr;
-    seconds = std::strtod(env, &end);
-    NCSREC_USER_CHECK(end && *end == '\0' && std::isfinite(seconds) && seconds >= 0,
-                      "NCSREC_COMM_TIMEOUT='" << env << "': expected a number of seconds >= 0 (0 waits forever)");
-  }
-  NCSREC_USER_CHECK(std::isfinite(seconds) && seconds >= 0,
-                    "communicator timeout " << seconds << " s: expected a number of seconds >= 0 (0 waits forever)");
-  return seconds;
-}
-
 MPI_Datatype mpi_type(DType dtype) {
   switch (dtype) {
     case DType::F32: return MPI_FLOAT;
@@ -445,7 +431,7 @@ class MpiCommunicator final : public Communicator {
 }  // namespace
 
 std::unique_ptr<Communicator> make_mpi_communicator(const CommOptions& options) {
-  const double timeout = timeout_from(options);
+  const double timeout = comm_timeout_seconds(options);
   ensure_mpi_initialised();
   return std::make_unique<MpiCommunicator>(timeout);
 }

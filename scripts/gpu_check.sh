@@ -6,7 +6,8 @@
 # Steps: scripts/setup.sh (dependencies only, when present) -> configure build-gpu with
 # -DNCSREC_CUDA=ON and CMAKE_CUDA_ARCHITECTURES from `nvidia-smi --query-gpu=compute_cap`
 # (default 90) -> build -> `ctest -L gpu` -> compute-sanitizer memcheck and racecheck over
-# ncsrec_gpu_tests (when compute-sanitizer exists) -> a table: check | result | seconds.
+# ncsrec_gpu_tests, and memcheck over ncsrec_nccl_tests (the NCCL communicator at world size 1,
+# when NCCL was found), when compute-sanitizer exists -> a table: check | result | seconds.
 # Exits non-zero if any check failed. On a machine without a GPU it builds, runs the gpu label
 # (which then only checks the no-GPU path; the parity tests skip), says so, and exits 0.
 #
@@ -19,8 +20,8 @@
 #   - parity tests for the fused kernels (masked multi-task linear, gate softmax + expert mixture,
 #     pooled embedding lookup + segment-sum backward + sparse update, sigmoid-BCE, device AUC)
 #     and the cuSPARSE CSR path: they join tests/gpu/ and so the `gpu` label automatically;
-#   - NCCL collectives (NCCL_CHECK in cuda/check.h) and a multi-GPU run via mpirun when more
-#     than one GPU is visible;
+#   - a multi-GPU NCCL run via mpirun when more than one GPU is visible (the world-size-1 NCCL
+#     tests, ncsrec_nccl_tests, are in the gpu label already);
 #   - compute-sanitizer initcheck and synccheck, and a short CPU-vs-GPU training-step parity run
 #     of the `ncsrec` command;
 #   - kernel timings (a benchmark step) reported next to the checks.
@@ -143,8 +144,10 @@ run_check "ctest -L gpu" "$log_dir/ctest.log" \
   ctest --test-dir "$build_dir" -L gpu --output-on-failure --no-tests=error
 
 gpu_tests="$build_dir/tests/ncsrec_gpu_tests"
+nccl_tests="$build_dir/tests/ncsrec_nccl_tests"  # absent when the build found no NCCL
 if [[ $have_gpu -eq 0 ]]; then
   record "compute-sanitizer memcheck" "SKIP (no GPU)" "0.0"
+  record "memcheck (nccl)" "SKIP (no GPU)" "0.0"
   record "compute-sanitizer racecheck" "SKIP (no GPU)" "0.0"
   finish
 fi
@@ -164,6 +167,12 @@ else
   # and scratch buffer live until exit on purpose, so no leak check.
   run_check "compute-sanitizer memcheck" "$log_dir/memcheck.log" \
     "$sanitizer" --tool memcheck --error-exitcode 1 "$gpu_tests"
+  if [[ -x "$nccl_tests" ]]; then
+    run_check "memcheck (nccl)" "$log_dir/memcheck_nccl.log" \
+      "$sanitizer" --tool memcheck --error-exitcode 1 "$nccl_tests"
+  else
+    record "memcheck (nccl)" "SKIP (no ncsrec_nccl_tests: NCCL not found)" "0.0"
+  fi
   # racecheck (shared-memory hazards) over the tests of our own shared-memory kernels
   # (softmax_rows, bias_grad, the reductions); cuBLAS GEMM under racecheck is slow and not ours.
   run_check "compute-sanitizer racecheck" "$log_dir/racecheck.log" \
