@@ -22,6 +22,7 @@
 #include "core/error.h"
 #include "core/hdf5_util.h"
 #include "core/masks.h"
+#include "core/launcher.h"
 #include "dist/communicator.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
@@ -405,15 +406,6 @@ int dispatch(int argc, char** argv) {
 }  // namespace
 }  // namespace ncsrec
 
-namespace {
-// This process's rank as the launcher set it (0 when not under a launcher).
-int launcher_rank() {
-  for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"})
-    if (const char* r = std::getenv(v)) return std::atoi(r);
-  return 0;
-}
-}  // namespace
-
 int main(int argc, char** argv) {
   // OpenMP workers that spin between parallel regions starve the data-reader thread on small
   // machines (measured on 2 cores: 15k samples/s spinning vs 220k passive). libgomp reads
@@ -425,7 +417,7 @@ int main(int argc, char** argv) {
   }
   // Under an MPI launcher an error on one rank ends the whole job (no rank waits for it); a
   // config error, which every rank meets alike, is reported by rank 0 alone.
-  const int rank = launcher_rank();
+  const int rank = ncsrec::launcher_rank();
   const std::string who = ncsrec::launched_under_mpi() ? "rank " + std::to_string(rank) + ": " : "";
   int code = 0;
   try {

@@ -19,6 +19,7 @@
 
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "core/launcher.h"
 #include "cuda/check.h"
 
 namespace ncsrec {
@@ -390,18 +391,6 @@ OpTable make_cuda_table() {
   return t;
 }
 
-int local_rank_from_env() {
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "LOCAL_RANK"}) {
-    const char* v = std::getenv(var);
-    if (v && *v) {
-      char* end = nullptr;
-      const long r = std::strtol(v, &end, 10);
-      if (end && *end == '\0' && r >= 0 && r <= INT_MAX) return static_cast<int>(r);
-    }
-  }
-  return 0;
-}
-
 std::mutex g_register_mutex;
 bool g_registered = false;
 
@@ -431,7 +420,7 @@ std::string cuda_device_description(int device) {
   return os.str();
 }
 
-int cuda_select_device_index(int count) { return count > 0 ? local_rank_from_env() % count : 0; }
+int cuda_select_device_index(int count) { return count > 0 ? launcher_local_rank() % count : 0; }
 
 bool cuda_register_if_available(std::string* why_not) {
   std::lock_guard<std::mutex> lock(g_register_mutex);

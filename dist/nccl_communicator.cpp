@@ -34,25 +34,13 @@
 #include <thread>
 
 #include "core/error.h"
+#include "core/launcher.h"
 #include "cuda/check.h"
 
 namespace ncsrec {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-// The node-local rank as the launcher tells it (OpenMPI, Slurm, MPICH/Intel MPI, torchrun);
-// a variable that is not a non-negative integer is passed over.
-int local_rank_from_env() {
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "LOCAL_RANK"}) {
-    const char* v = std::getenv(var);
-    if (v && *v) {
-      char* end = nullptr;
-      const long r = std::strtol(v, &end, 10);
-      if (end && *end == '\0' && r >= 0 && r <= INT_MAX) return static_cast<int>(r);
-    }
-  }
-  return 0;
-}
 
 // The GPU of this rank; UserError when there is none.
 int select_device() {
@@ -65,7 +53,7 @@ int select_device() {
                                                      cudaGetErrorString(err)
                                                : std::string("cudaGetDeviceCount found 0 devices"))
                         << "); use the MPI communicator on CPUs");
-  return local_rank_from_env() % count;
+  return launcher_local_rank() % count;
 }
 
 ncclDataType_t nccl_type(DType dtype) {
