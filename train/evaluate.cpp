@@ -81,28 +81,38 @@ std::vector<ViewSpec> make_views(const ModelConfig& m, const DataSchema& schema)
 }
 
 // Rank r read slice r of every global batch, so the global order is: batch 0 of rank 0, batch
-// 0 of rank 1, ..., batch 1 of rank 0, ... `counts[b]` is how many values this rank added in
-// its batch b. Every rank gets all ranks' values back in that global order, so metrics over
-// several ranks are computed on exactly the sequence one process would have seen.
+// 0 of rank 1, ..., batch 1 of rank 0, ... A view's GlobalOrder holds every rank's count of
+// values per batch (gathered once); gather_in_global_order then gives every rank all ranks'
+// values in that order, the sequence one process would have seen.
+struct GlobalOrder {
+  size_t ranks = 1, batches = 0;
+  std::vector<int64_t> counts;  // [rank * batches + batch]
+};
+
+GlobalOrder global_order(Communicator& comm, const std::vector<int64_t>& my_counts) {
+  GlobalOrder o;
+  o.ranks = static_cast<size_t>(comm.world_size());
+  o.batches = my_counts.size();
+  std::vector<int64_t> sizes;
+  o.counts = all_gather_v(comm, my_counts, &sizes);
+  for (size_t r = 0; r < o.ranks; ++r)
+    NCSREC_CHECK(sizes[r] == static_cast<int64_t>(o.batches), "evaluation: rank " << r << " read " << sizes[r]
+                                                                                   << " batches, rank " << comm.rank()
+                                                                                   << " read " << o.batches);
+  return o;
+}
+
 template <class T>
-std::vector<T> gather_in_global_order(Communicator& comm, const std::vector<T>& mine, const std::vector<int64_t>& counts) {
-  if (comm.world_size() == 1) return mine;
+std::vector<T> gather_in_global_order(Communicator& comm, const GlobalOrder& order, const std::vector<T>& mine) {
   std::vector<int64_t> sizes;
   const std::vector<T> all = all_gather_v(comm, mine, &sizes);
-  std::vector<int64_t> all_counts_sizes;
-  const std::vector<int64_t> all_counts = all_gather_v(comm, counts, &all_counts_sizes);
-  const size_t n = static_cast<size_t>(comm.world_size()), batches = counts.size();
-  for (size_t r = 0; r < n; ++r)
-    NCSREC_CHECK(all_counts_sizes[r] == static_cast<int64_t>(batches),
-                 "evaluation: rank " << r << " read " << all_counts_sizes[r] << " batches, rank " << comm.rank() << " read "
-                                     << batches);
-  std::vector<size_t> at(n, 0);  // next value of each rank's segment
-  for (size_t r = 1; r < n; ++r) at[r] = at[r - 1] + static_cast<size_t>(sizes[r - 1]);
+  std::vector<size_t> at(order.ranks, 0);  // next value of each rank's segment
+  for (size_t r = 1; r < order.ranks; ++r) at[r] = at[r - 1] + static_cast<size_t>(sizes[r - 1]);
   std::vector<T> out;
   out.reserve(all.size());
-  for (size_t b = 0; b < batches; ++b)
-    for (size_t r = 0; r < n; ++r) {
-      const size_t c = static_cast<size_t>(all_counts[r * batches + b]);
+  for (size_t b = 0; b < order.batches; ++b)
+    for (size_t r = 0; r < order.ranks; ++r) {
+      const size_t c = static_cast<size_t>(order.counts[r * order.batches + b]);
       out.insert(out.end(), all.begin() + static_cast<std::ptrdiff_t>(at[r]),
                  all.begin() + static_cast<std::ptrdiff_t>(at[r] + c));
       at[r] += c;
@@ -170,15 +180,16 @@ EvalReport evaluate(MultiTaskModel& model, const std::vector<std::string>& files
       int64_t grouped = m.size() == 0 || m.has_groups() ? 1 : 0;  // a rank with no values has no say
       comm.all_reduce_sum(&grouped, 1);
       const bool with_groups = grouped == comm.world_size();
-      const std::vector<float> p = gather_in_global_order(comm, m.probabilities(), batch_counts[v]);
-      const std::vector<float> y = gather_in_global_order(comm, m.labels(), batch_counts[v]);
+      const GlobalOrder order = global_order(comm, batch_counts[v]);
+      const std::vector<float> p = gather_in_global_order(comm, order, m.probabilities());
+      const std::vector<float> y = gather_in_global_order(comm, order, m.labels());
       std::vector<int64_t> g;
-      if (with_groups) g = gather_in_global_order(comm, m.groups(), batch_counts[v]);
+      if (with_groups) g = gather_in_global_order(comm, order, m.groups());
       metrics[v].clear();
       metrics[v].add(p.data(), y.data(), with_groups ? g.data() : nullptr, static_cast<int64_t>(p.size()));
       if (!views[v].truth_cols.empty()) {
-        truth_scores[v] = gather_in_global_order(comm, truth_scores[v], batch_counts[v]);
-        truth_labels[v] = gather_in_global_order(comm, truth_labels[v], batch_counts[v]);
+        truth_scores[v] = gather_in_global_order(comm, order, truth_scores[v]);
+        truth_labels[v] = gather_in_global_order(comm, order, truth_labels[v]);
       }
     }
   }
