@@ -103,46 +103,52 @@ void copy_rows_by_key(const h5::File& f, const std::string& name, const std::vec
     throw UserError("checkpoint " + dir + ": " + name + " in " + f.path() + " does not match its " +
                     std::to_string(keys.size()) + " keys and the model's rows of " + std::to_string(width) +
                     " (was the checkpoint written by a different model config?)");
-  const size_t es = dtype_size(out.dtype());
-  std::vector<char> data(keys.size() * static_cast<size_t>(width) * es);
+  const size_t row_bytes = static_cast<size_t>(width) * dtype_size(out.dtype());
+  auto copy = [&](const auto& data) {
+    const char* src = reinterpret_cast<const char*>(data.data());
+    char* dst = static_cast<char*>(out.raw());
+    for (size_t k = 0; k < keys.size(); ++k) {
+      const int64_t r = table.shard_index(keys[k]);  // -1: not held here (or not a row of the table)
+      if (r < 0) continue;
+      std::memcpy(dst + static_cast<size_t>(r) * row_bytes, src + k * row_bytes, row_bytes);
+      if (filled) (*filled)[static_cast<size_t>(r)] = 1;
+    }
+  };
   switch (out.dtype()) {
-    case DType::F32: { auto v = f.read_f32(name); std::memcpy(data.data(), v.data(), data.size()); break; }
-    case DType::F64: { auto v = f.read_f64(name); std::memcpy(data.data(), v.data(), data.size()); break; }
-    case DType::I64: { auto v = f.read_i64(name); std::memcpy(data.data(), v.data(), data.size()); break; }
-    case DType::U8: { auto v = f.read_u8(name); std::memcpy(data.data(), v.data(), data.size()); break; }
-  }
-  char* dst = static_cast<char*>(out.raw());
-  const size_t row_bytes = static_cast<size_t>(width) * es;
-  for (size_t k = 0; k < keys.size(); ++k) {
-    const int64_t r = keys[k] >= 0 && keys[k] < table.rows() ? table.shard_index(keys[k]) : -1;
-    if (r < 0) continue;
-    std::memcpy(dst + static_cast<size_t>(r) * row_bytes, data.data() + k * row_bytes, row_bytes);
-    if (filled) (*filled)[static_cast<size_t>(r)] = 1;
+    case DType::F32: copy(f.read_f32(name)); break;
+    case DType::F64: copy(f.read_f64(name)); break;
+    case DType::I64: copy(f.read_i64(name)); break;
+    case DType::U8: copy(f.read_u8(name)); break;
   }
 }
 
 }  // namespace
 
-void load_table_rows(const std::string& dir, int64_t world_size, ShardedTable& table, SparseOptimizer* optimizer) {
-  const std::string base = "embedding/" + table.name();
-  EmbeddingTable& shard = table.shard();
-  std::vector<uint8_t> filled(static_cast<size_t>(shard.rows()), 0);
-  std::vector<std::pair<std::string, Tensor*>> state;
-  if (optimizer) state = optimizer->state();
-  // Every rank file may hold rows of this rank's shard (another world size, another placement).
+void load_table_rows(const std::string& dir, int64_t world_size, std::vector<ShardedTable>& tables,
+                     const std::vector<SparseOptimizer*>& optimizers) {
+  std::vector<std::vector<uint8_t>> filled;
+  for (const ShardedTable& t : tables) filled.emplace_back(static_cast<size_t>(t.shard().rows()), 0);
+  // Every rank file may hold rows of this rank's shards (another world size, another placement):
+  // each is opened once and read for every table.
   for (int r = 0; r < world_size; ++r) {
     const h5::File f = h5::File::open_read(dir + "/" + rank_file(r));
-    if (!f.exists(base + "/keys"))
-      throw UserError("checkpoint " + dir + ": " + rank_file(r) + " has no table '" + table.name() +
-                      "' (was it written by a different model config?)");
-    const std::vector<int64_t> keys = f.read_i64(base + "/keys");
-    copy_rows_by_key(f, base + "/values", keys, table, shard.values(), &filled, dir);
-    for (auto& [slot, t] : state) copy_rows_by_key(f, base + "/optim/" + slot, keys, table, *t, nullptr, dir);
+    for (size_t i = 0; i < tables.size(); ++i) {
+      ShardedTable& table = tables[i];
+      const std::string base = "embedding/" + table.name();
+      if (!f.exists(base + "/keys"))
+        throw UserError("checkpoint " + dir + ": " + rank_file(r) + " has no table '" + table.name() +
+                        "' (was it written by a different model config?)");
+      const std::vector<int64_t> keys = f.read_i64(base + "/keys");
+      copy_rows_by_key(f, base + "/values", keys, table, table.shard().values(), &filled[i], dir);
+      if (i < optimizers.size() && optimizers[i])
+        for (auto& [slot, t] : optimizers[i]->state()) copy_rows_by_key(f, base + "/optim/" + slot, keys, table, *t, nullptr, dir);
+    }
   }
-  for (size_t i = 0; i < filled.size(); ++i)
-    if (!filled[i])
-      throw UserError("checkpoint " + dir + ": table '" + table.name() + "' has no row " +
-                      std::to_string(table.shard_rows()[i]) + " (was it written for a table of other rows?)");
+  for (size_t i = 0; i < tables.size(); ++i)
+    for (size_t k = 0; k < filled[i].size(); ++k)
+      if (!filled[i][k])
+        throw UserError("checkpoint " + dir + ": table '" + tables[i].name() + "' has no row " +
+                        std::to_string(tables[i].shard_rows()[k]) + " (was it written for a table of other rows?)");
 }
 
 void save_checkpoint(const std::string& dir, const TrainingState& state, const CheckpointMeta& meta,
@@ -288,10 +294,7 @@ CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& stat
       }
   }
   if (model.num_masked_layers() > 0) read_masks(f, model);
-  auto& tables = model.tables();
-  for (size_t i = 0; i < tables.size(); ++i)
-    load_table_rows(dir, meta.world_size, tables[i],
-                    i < state.sparse_optimizers.size() ? state.sparse_optimizers[i] : nullptr);
+  load_table_rows(dir, meta.world_size, model.tables(), state.sparse_optimizers);
   return meta;
 }
 

@@ -51,7 +51,9 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir);
 // Embedding rows (and their sparse optimizer state) are found by key in every rank's file, so a
 // checkpoint loads onto any number of ranks and any placement.
 CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& state);
-// The rows `table` holds on this rank, from checkpoint `dir` written by `world_size` ranks.
-void load_table_rows(const std::string& dir, int64_t world_size, ShardedTable& table, SparseOptimizer* optimizer);
+// The rows each table holds on this rank (and their sparse optimizer state, where
+// `optimizers[i]` is set), from checkpoint `dir` written by `world_size` ranks.
+void load_table_rows(const std::string& dir, int64_t world_size, std::vector<ShardedTable>& tables,
+                     const std::vector<SparseOptimizer*>& optimizers);
 
 }  // namespace ncsrec
