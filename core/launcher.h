@@ -21,6 +21,13 @@ inline int first_rank_variable(std::initializer_list<const char*> names) {
   return 0;
 }
 
+// True when this process was started by a launcher that runs MPI jobs (mpirun, srun --mpi).
+inline bool launched_under_mpi() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
 // The rank in the whole job (OpenMPI, PMIx, PMI); 0 when not under a launcher.
 inline int launcher_rank() { return first_rank_variable({"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"}); }
 

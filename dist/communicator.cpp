@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "core/error.h"
+#include "core/launcher.h"
 
 namespace ncsrec {
 namespace {
@@ -124,12 +125,6 @@ double comm_timeout_seconds(const CommOptions& options) {
   NCSREC_USER_CHECK(std::isfinite(seconds) && seconds >= 0,
                     "communicator timeout " << seconds << " s: expected a number of seconds >= 0 (0 waits forever)");
   return seconds;
-}
-
-bool launched_under_mpi() {
-  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"})
-    if (std::getenv(v)) return true;
-  return false;
 }
 
 std::unique_ptr<Communicator> make_default_communicator(const CommOptions& options) {

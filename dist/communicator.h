@@ -97,12 +97,10 @@ struct CommOptions {
 // 0 waits forever. A malformed or negative value is a UserError.
 double comm_timeout_seconds(const CommOptions& options);
 
-// True when this process was started by a launcher that runs MPI jobs (mpirun, srun --mpi).
-bool launched_under_mpi();
 // The MPI communicator over MPI_COMM_WORLD (initialises MPI with thread support on first use;
 // MPI is finalised at exit). Throws UserError when the build has no MPI.
 std::unique_ptr<Communicator> make_mpi_communicator(const CommOptions& options = {});
-// MPI when launched under an MPI launcher, local otherwise.
+// MPI when launched under an MPI launcher (launched_under_mpi, core/launcher.h), local otherwise.
 std::unique_ptr<Communicator> make_default_communicator(const CommOptions& options = {});
 
 // When this process is one rank of an MPI job with more than one rank, ends the whole job
