@@ -169,13 +169,10 @@ LoadedRun load_run(const Args& args, const std::vector<std::string>& data_files)
     checkpoint = args.get("run-dir") + "/checkpoints/final";
   }
   LoadedRun run;
-  run.meta = read_checkpoint_meta(checkpoint);
-  run.config = parse_train_config(run.meta.config_yaml, checkpoint + " (saved config)");
-  configure_threads(run.config.threads);
   int64_t rows = 0;
   const DataSchema schema = read_shard_schema(data_files.at(0), &rows);
-  run.model = std::make_unique<MultiTaskModel>(run.config.model, schema, DType::F32, run.config.seed);
-  load_checkpoint(checkpoint, TrainingState{run.model.get(), nullptr, {}});
+  run.model = load_model(checkpoint, schema, nullptr, &run.config, &run.meta);
+  configure_threads(run.config.threads);
   if (args.has("sparse")) run.model->enable_sparse_inference();
   return run;
 }

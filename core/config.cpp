@@ -141,6 +141,26 @@ std::vector<int64_t> ConfigNode::get_int_list(const std::string& key, const std:
   return out;
 }
 
+std::vector<double> ConfigNode::get_double_list(const std::string& key, const std::vector<double>& fallback, double min,
+                                                double max) {
+  YAML::Node v = value(key);
+  if (!v || v.IsNull()) return fallback;
+  if (!v.IsSequence()) fail(key, "expected a list of numbers, got " + scalar_text(v));
+  std::vector<double> out;
+  for (size_t i = 0; i < v.size(); ++i) {
+    double x = 0;
+    const std::string at = key + "[" + std::to_string(i) + "]";
+    if (!v[i].IsScalar() || !YAML::convert<double>::decode(v[i], x)) fail(at, "expected a number, got " + scalar_text(v[i]));
+    if (!(x >= min && x <= max)) {
+      std::ostringstream os;
+      os << x << " is out of range [" << min << ", " << max << "]";
+      fail(at, os.str());
+    }
+    out.push_back(x);
+  }
+  return out;
+}
+
 std::vector<std::string> ConfigNode::get_string_list(const std::string& key, const std::vector<std::string>& fallback) {
   YAML::Node v = value(key);
   if (!v || v.IsNull()) return fallback;

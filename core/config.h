@@ -43,6 +43,8 @@ class ConfigNode {
   bool get_bool(const std::string& key, bool fallback);
   std::vector<int64_t> get_int_list(const std::string& key, const std::vector<int64_t>& fallback, int64_t min,
                                     int64_t max);
+  std::vector<double> get_double_list(const std::string& key, const std::vector<double>& fallback, double min,
+                                      double max);
   std::vector<std::string> get_string_list(const std::string& key, const std::vector<std::string>& fallback);
   // A child map (empty when absent); marks the key as known.
   ConfigNode child(const std::string& key);

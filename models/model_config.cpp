@@ -1,5 +1,7 @@
 #include "models/model_config.h"
 
+#include <algorithm>
+#include <cmath>
 #include <set>
 
 namespace ncsrec {
@@ -75,12 +77,59 @@ MaskSpec parse_masks(ConfigNode node, int64_t shared_layers) {
   return m;
 }
 
+TowerSpec parse_tower(ConfigNode node, const std::string& side) {
+  TowerSpec t;
+  t.slots = node.get_string_list("slots", {});
+  t.dense = node.get_int_list("dense", {}, 0, 1 << 20);
+  t.sizes = node.get_int_list("sizes", {}, 1, 1 << 16);
+  if (t.sizes.empty()) node.fail("sizes", "the " + side + " tower needs sizes: [hidden sizes..., embedding width] (e.g. [128, 64, 32])");
+  if (t.slots.empty() && t.dense.empty()) node.fail_here("the " + side + " tower reads nothing: give slots and/or dense columns");
+  node.finish();
+  return t;
+}
+
+ThreeTowerSpec parse_three_tower(ConfigNode& node, size_t tasks) {
+  ThreeTowerSpec s;
+  ConfigNode towers = node.child("towers");
+  s.user = parse_tower(towers.child("user"), "user");
+  s.item = parse_tower(towers.child("item"), "item");
+  towers.finish();
+  if (s.user.sizes.back() != s.item.sizes.back())
+    towers.fail("item.sizes", "the user and item towers end in the embedding they take the inner product of: their last "
+                              "sizes must be equal (user " + std::to_string(s.user.sizes.back()) + ", item " +
+                              std::to_string(s.item.sizes.back()) + ")");
+  std::set<std::string> user(s.user.slots.begin(), s.user.slots.end());
+  for (const auto& slot : s.item.slots)
+    if (user.count(slot)) towers.fail("item.slots", "slot '" + slot + "' is also a user slot; each slot feeds one side");
+  for (const auto& col : s.item.dense)
+    if (std::find(s.user.dense.begin(), s.user.dense.end(), col) != s.user.dense.end())
+      towers.fail("item.dense", "dense column " + std::to_string(col) + " is also a user column; each column feeds one side");
+  ConfigNode gate = node.child("gate");
+  s.gate = gate.get_bool("enabled", true);
+  s.gate_sizes = gate.get_int_list("sizes", {32}, 1, 1 << 16);
+  gate.finish();
+  ConfigNode mix = node.child("mix");
+  s.mix_weight = mix.get_double("weight", 1.0, 0.0, 1e6);
+  std::vector<double> uniform(tasks, 1.0 / static_cast<double>(std::max<size_t>(tasks, 1)));
+  s.mix_targets = mix.get_double_list("targets", uniform, 0.0, 1.0);
+  if (s.mix_targets.size() != tasks) mix.fail("targets", "one share per task expected (" + std::to_string(tasks) + ")");
+  double sum = 0;
+  for (double v : s.mix_targets) sum += v;
+  if (std::abs(sum - 1.0) > 1e-9) mix.fail("targets", "the shares must sum to 1 (they are a label's weights)");
+  mix.finish();
+  ConfigNode distill = node.child("distill");
+  s.teacher = distill.get_string("teacher", "");
+  s.distill_weight = distill.get_double("weight", 1.0, 0.0, 1e6);
+  distill.finish();
+  return s;
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(ConfigNode node) {
   ModelConfig m;
   m.source = node.file();
-  m.type = node.get_choice("type", {"single_task", "shared_embedding", "shared_bottom", "esmm", "ncs", "mmoe", "ple"},
+  m.type = node.get_choice("type", {"single_task", "shared_embedding", "shared_bottom", "esmm", "ncs", "mmoe", "ple", "three_tower"},
                            "esmm");
   m.esmm = node.get_bool("esmm", m.type == "esmm");
   if (m.type == "esmm" && !m.esmm) node.fail("esmm", "type esmm always has ESMM heads; use type shared_embedding");
@@ -88,7 +137,8 @@ ModelConfig parse_model_config(ConfigNode node) {
     node.fail("esmm", "ESMM heads share the embeddings of both towers; single_task shares nothing");
   m.layers = parse_layers(node.child("layers"));
   m.apg = parse_apg(node.child("apg"));
-  m.loss_weighting = node.get_choice("loss_weighting", {"fixed", "uncertainty"}, "fixed");
+  m.loss_weighting =
+      node.get_choice("loss_weighting", {"fixed", "uncertainty"}, m.type == "three_tower" ? "uncertainty" : "fixed");
   if (m.type == "mmoe" || m.type == "ple") m.experts = parse_experts(node.child("experts"), m.type);
   else if (node.has("experts")) node.fail("experts", "experts are only used by types mmoe and ple");
   else node.child("experts");
@@ -147,6 +197,24 @@ ModelConfig parse_model_config(ConfigNode node) {
     if (w == "experts" && m.experts.masked) node.fail("apg", "apg.in: experts: masked experts are masked linear layers, not APG");
   }
 
+  if (m.type == "three_tower") {
+    if (m.esmm) node.fail("esmm", "three_tower scores every task over all impressions itself; drop esmm");
+    if (node.has("tower")) node.fail("tower", "three_tower has towers.user and towers.item, not per-task towers");
+    for (const auto& t : m.tasks) {
+      if (t.loss != "bce") tasks.fail(t.name + ".loss", "three_tower trains every task with BCE");
+      if (!t.given.empty()) {
+        const auto& g = *std::find_if(m.tasks.begin(), m.tasks.end(), [&](const TaskSpec& x) { return x.name == t.given; });
+        if (!g.given.empty()) tasks.fail(t.name + ".given", "'" + t.given + "' is itself given another task; one level only");
+      }
+    }
+    if (m.interaction != "none") node.fail("interaction", "three_tower keeps user and item inputs apart; no interaction");
+    if (!m.apg.in.empty()) node.fail("apg", "three_tower has no APG layers");
+    m.three_tower = parse_three_tower(node, m.tasks.size());
+  } else {
+    for (const char* key : {"towers", "gate", "mix", "distill"})
+      if (node.has(key)) node.fail(key, std::string(key) + " is only used by type three_tower");
+  }
+
   ConfigNode tables = node.child("tables");
   if (tables.size() == 0) tables.fail_here("at least one embedding table is required");
   std::set<std::string> used_slots;
@@ -164,6 +232,18 @@ ModelConfig parse_model_config(ConfigNode node) {
     for (const auto& s : spec.slots)
       if (!used_slots.insert(s).second) t.fail("slots", "slot '" + s + "' is already read by another table");
     m.tables.push_back(spec);
+  }
+  if (m.type == "three_tower") {
+    const ThreeTowerSpec& s = m.three_tower;
+    for (const auto* side : {&s.user, &s.item})
+      for (const auto& slot : side->slots)
+        if (!used_slots.count(slot))
+          node.fail("towers", "slot '" + slot + "' is read by no table in model.tables (list it in a table's slots)");
+    for (const auto& slot : used_slots)
+      if (std::find(s.user.slots.begin(), s.user.slots.end(), slot) == s.user.slots.end() &&
+          std::find(s.item.slots.begin(), s.item.slots.end(), slot) == s.item.slots.end())
+        node.fail("towers", "slot '" + slot + "' of model.tables feeds neither tower; add it to towers.user.slots or "
+                            "towers.item.slots, or drop it from the tables");
   }
   node.finish();
   return m;

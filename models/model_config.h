@@ -63,9 +63,32 @@ struct ApgSpec {
   std::vector<std::string> condition;       // group-wise: these slots' embeddings; empty: self-wise
 };
 
+// Type three_tower (the DMMP student, PAPERS.md §5): a user tower and one item tower per task
+// whose inner products are the task logits, and a user-preference gate that mixes them into one
+// retrieval score. Which inputs are the user's and which the item's is configured by slot and
+// by dense column.
+struct TowerSpec {
+  std::vector<std::string> slots;  // sparse slots read by this side
+  std::vector<int64_t> dense;      // dense columns read by this side
+  std::vector<int64_t> sizes;      // the MLP's sizes; the last is the retrieval embedding's width
+};
+
+struct ThreeTowerSpec {
+  TowerSpec user, item;
+  bool gate = true;                     // false: every task weighs 1/T in the mixed score
+  std::vector<int64_t> gate_sizes{32};  // the gate MLP's hidden sizes (a linear layer to T logits follows)
+  // Ours: the mixed score S = Σ w_t·l_t (gate weights w, task logits l) is trained by BCE of
+  // σ(S) against Σ a_t·y_t (a = mix_targets, the tasks' impression-level labels).
+  double mix_weight = 1.0;
+  std::vector<double> mix_targets;  // per task; default 1/T each
+  // Distillation: BCE of each task's σ(l_t) against the teacher's impression-level probability.
+  std::string teacher;              // a checkpoint folder of an ESMM-headed model ("" = none)
+  double distill_weight = 1.0;
+};
+
 struct ModelConfig {
   std::string source;  // the config file it came from, for error messages ("" when built in code)
-  // single_task | shared_embedding | shared_bottom | esmm | ncs | mmoe | ple
+  // single_task | shared_embedding | shared_bottom | esmm | ncs | mmoe | ple | three_tower
   std::string type = "esmm";
   // ESMM heads (pCTR and pCTCVR = pCTR·pCVR over all impressions): type esmm (shared
   // embeddings), or `esmm: true` on shared_bottom, ncs, mmoe and ple.
@@ -83,7 +106,9 @@ struct ModelConfig {
   ExpertSpec experts;           // mmoe, ple
   LayerOptions layers;          // hidden layers of towers, bottom and unmasked experts: norm, dropout
   ApgSpec apg;
+  ThreeTowerSpec three_tower;   // three_tower
   // fixed: loss_weight per task; uncertainty: learned log σ_k per loss, L = Σ w_k L_k / (2σ_k²) + log σ_k
+  // (the default of three_tower)
   std::string loss_weighting = "fixed";
   bool uses_masks() const { return type == "ncs" || experts.masked; }
 };

@@ -42,8 +42,33 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
     if (!(config_.tasks[0].loss_weight > 0))
       throw ConfigError(in_file(config_) + "model.tasks." + config_.tasks[0].name + ".loss_weight: " + kEsmmCtrWeightMessage);
     loss_names_ = {config_.tasks[0].name, "ctcvr"};
+  } else if (config_.type == "three_tower") {
+    // Every task over all impressions: a task given another scores both (ctr given, cvr: ctcvr).
+    for (size_t t = 0; t < config_.tasks.size(); ++t) {
+      const int g = given_task_[t];
+      const std::string& n = config_.tasks[t].name;
+      if (g < 0) loss_names_.push_back(n);
+      else {
+        const std::string& gn = config_.tasks[static_cast<size_t>(g)].name;
+        loss_names_.push_back(gn == "ctr" && n == "cvr" ? "ctcvr" : gn + "_" + n);
+      }
+      base_loss_weights_.push_back(config_.tasks[t].loss_weight);
+    }
+    const size_t T = config_.tasks.size();
+    if (!config_.three_tower.teacher.empty())
+      for (size_t t = 0; t < T; ++t) {
+        loss_names_.push_back("kd_" + loss_names_[t]);
+        base_loss_weights_.push_back(config_.three_tower.distill_weight);
+      }
+    if (T > 1) {
+      loss_names_.push_back("mix");
+      base_loss_weights_.push_back(config_.three_tower.mix_weight);
+    }
+    config_.use_dense = true;  // the towers pick their dense columns themselves
   } else
     for (const auto& t : config_.tasks) loss_names_.push_back(t.name);
+  if (base_loss_weights_.empty())
+    for (size_t k = 0; k < loss_names_.size(); ++k) base_loss_weights_.push_back(config_.tasks[k].loss_weight);
 
   // Input layout: each table's slots in config order, then the dense features.
   const size_t n_groups = config_.type == "single_task" ? config_.tasks.size() : 1;
@@ -135,6 +160,28 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
     block_ = make_ple_block(params_, input_dim_, static_cast<int>(config_.experts.levels),
                             static_cast<int>(config_.experts.task_experts),
                             static_cast<int>(config_.experts.shared_experts), experts, task_names);
+  if (config_.type == "three_tower") {
+    // Each side's input columns: its slots' embeddings, then its dense columns.
+    const ThreeTowerSpec& spec = config_.three_tower;
+    auto columns = [&](const TowerSpec& side, const char* name) {
+      std::vector<int64_t> cols;
+      for (const auto& slot : side.slots)
+        for (const auto& tr : groups_[0].tables)
+          for (const auto& s : tr.slots)
+            if (schema_.slots[static_cast<size_t>(s.slot)] == slot)
+              for (int64_t j = 0; j < dim; ++j) cols.push_back(s.col + j);
+      for (int64_t c : side.dense) {
+        if (c >= schema_.dense_dim)
+          throw ConfigError(in_file(config_) + "model.towers." + name + ".dense: column " + std::to_string(c) +
+                            " does not exist: the data has " + std::to_string(schema_.dense_dim) + " dense features");
+        cols.push_back(embedding_cols_ + c);
+      }
+      return cols;
+    };
+    three_tower_ = std::make_unique<ThreeTower>(params_, columns(spec.user, "user"), columns(spec.item, "item"),
+                                                spec.user.sizes, spec.item.sizes, spec.gate, spec.gate_sizes,
+                                                task_names, config_.layers);
+  }
   const int64_t tower_in = block_ ? block_->out_dim() : input_dim_;
   if (block_) masked_refs_ = block_->masked_layers();
   if (config_.uses_masks() && masked_refs_.empty())
@@ -149,7 +196,7 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
         score->task = t;
         score_params_.push_back(score);
       }
-  for (int t = 0; t < T; ++t) {
+  for (int t = 0; t < T && !three_tower_; ++t) {
     std::vector<int64_t> sizes = config_.tasks[static_cast<size_t>(t)].tower;
     sizes.push_back(1);
     const std::string prefix = "tower." + task_names[static_cast<size_t>(t)];
@@ -161,7 +208,11 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
   if (config_.loss_weighting == "uncertainty")
     for (size_t k = 0; k < loss_names_.size(); ++k) {
       Param* p = params_.add("loss_weight." + loss_names_[k] + ".log_sigma", {1}, Init::Zeros);
-      p->task = static_cast<int>(k);  // ESMM: the ctr loss to the CTR task, ctcvr to the CVR task
+      // ESMM: the ctr loss to the CTR task, ctcvr to the CVR task; three_tower: kd_<t> to task t,
+      // mix to all tasks.
+      const size_t n = config_.tasks.size();
+      const bool kd = three_tower_ && !config_.three_tower.teacher.empty();
+      p->task = k < n ? static_cast<int>(k) : kd && k < 2 * n ? static_cast<int>(k - n) : -1;
       log_sigma_.push_back(p);
     }
   params_.finalize(dtype_, Device::CPU, seed);
@@ -189,7 +240,7 @@ void MultiTaskModel::check_compatible(const DataSchema& schema, const std::strin
 
 std::vector<double> MultiTaskModel::local_normalizers(const Block& batch) const {
   std::vector<double> n(config_.tasks.size(), static_cast<double>(batch.rows));
-  if (config_.esmm) return n;  // both ESMM losses are over all impressions
+  if (config_.esmm || three_tower_) return n;  // ESMM's and three_tower's losses are over all impressions
   for (size_t t = 0; t < config_.tasks.size(); ++t) {
     // A task counts the rows its loss is over: those whose given label is 1, and for the MSE
     // loss (the NCS4CVR paper's CVR loss) only rows with a positive label.
@@ -419,6 +470,8 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
   if (only_task >= 0 && config_.esmm)
     throw ConfigError(in_file(config_) + "model: ESMM heads train their two losses together; use train.schedule: joint");
   auto active = [&](size_t t) { return only_task < 0 || static_cast<int>(t) == only_task; };
+  if (three_tower_ && only_task >= 0)
+    throw ConfigError(in_file(config_) + "model: three_tower trains its losses together; use train.schedule: joint");
   forward(batch);
   const int64_t B = batch.rows;
   std::vector<bool> active_tasks(T);
@@ -427,7 +480,7 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
   std::vector<const Tensor*> logits(T, nullptr);
   std::vector<Tensor> dlogit_views(T), prob_views(T);
   std::vector<Tensor*> dlogits(T), probs(T);
-  for (size_t t = 0; t < T; ++t) {
+  for (size_t t = 0; t < T && !three_tower_; ++t) {
     if (!active(t)) continue;
     const size_t g = static_cast<size_t>(group_of_task_[t]);
     logits[t] = &towers_[t]->forward(shared_output(t), pass(g, true));
@@ -436,8 +489,15 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     dlogits[t] = &dlogit_views[t];
     probs[t] = &prob_views[t];
   }
-  StepLoss loss = dtype_ == DType::F32 ? compute_losses<float>(batch, normalizers, logits, dlogits, probs, only_task)
-                                       : compute_losses<double>(batch, normalizers, logits, dlogits, probs, only_task);
+  StepLoss loss;
+  if (three_tower_) {
+    three_tower_->forward(groups_[0].x, pass(0, true));
+    loss = dtype_ == DType::F32 ? three_tower_losses<float>(batch, normalizers)
+                                : three_tower_losses<double>(batch, normalizers);
+  } else {
+    loss = dtype_ == DType::F32 ? compute_losses<float>(batch, normalizers, logits, dlogits, probs, only_task)
+                                : compute_losses<double>(batch, normalizers, logits, dlogits, probs, only_task);
+  }
   if (!log_sigma_.empty()) {
     // L = Σ_k w_k L_k / (2σ_k²) + log σ_k, s_k = log σ_k: dL/ds_k = −2·(w_k e^{−2s_k}/2)·L_k + 1.
     // Each rank's L_k is its share of the global loss, so the gradients sum over ranks to the
@@ -457,10 +517,14 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
   // Backward: towers, then the shared block (summing its tasks' gradients), then per input
   // group: the APG condition's gradient, the interaction, the tables.
   std::vector<const Tensor*> dtower(T, nullptr);
-  for (size_t t = 0; t < T; ++t)
+  for (size_t t = 0; t < T && !three_tower_; ++t)
     if (active(t)) dtower[t] = &towers_[t]->backward(*dlogits[t], true);
   for (auto& grp : groups_) grp.dx.reset();
-  if (block_) groups_[0].dx.add(block_->backward(dtower));
+  if (three_tower_) {
+    std::vector<const Tensor*> dl;
+    for (size_t t = 0; t < T; ++t) dl.push_back(&dlogit_views_tt_[t]);
+    groups_[0].dx.add(three_tower_->backward(dl, T > 1 ? &dmixed_ : nullptr));
+  } else if (block_) groups_[0].dx.add(block_->backward(dtower));
   else
     for (size_t t = 0; t < T; ++t)
       if (dtower[t]) groups_[static_cast<size_t>(group_of_task_[t])].dx.add(*dtower[t]);
@@ -500,6 +564,127 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
   return loss;
 }
 
+void MultiTaskModel::set_teacher(MultiTaskModel* teacher) {
+  if (!three_tower_ || config_.three_tower.teacher.empty())
+    throw ConfigError(in_file(config_) + "model.three_tower: a teacher is only used by type three_tower with distill.teacher");
+  if (teacher->three_tower_)
+    throw ConfigError(in_file(config_) + "model.distill.teacher: the teacher is itself a three_tower student; "
+                      "distill from a ranking model with ESMM heads (e.g. type ple, esmm: true)");
+  teacher_targets_.clear();
+  for (size_t t = 0; t < config_.tasks.size(); ++t) {
+    // The teacher's task with the same label, and its given task with the same given label:
+    // then its impression-level probability is the student's target.
+    const std::string& label = config_.tasks[t].label;
+    int tt = -1;
+    for (size_t j = 0; j < teacher->config_.tasks.size(); ++j)
+      if (teacher->config_.tasks[j].label == label) tt = static_cast<int>(j);
+    if (tt < 0)
+      throw ConfigError(in_file(config_) + "model.distill.teacher: the teacher (" + teacher->config_.type +
+                        ") has no task with label '" + label + "' for task " + config_.tasks[t].name);
+    const int g = given_task_[t], tg = teacher->given_task_[static_cast<size_t>(tt)];
+    const std::string mine = g < 0 ? "" : config_.tasks[static_cast<size_t>(g)].label;
+    const std::string theirs = tg < 0 ? "" : teacher->config_.tasks[static_cast<size_t>(tg)].label;
+    if (mine != theirs)
+      throw ConfigError(in_file(config_) + "model.distill.teacher: task " + config_.tasks[t].name + " is given '" +
+                        mine + "' but the teacher's task with label '" + label + "' is given '" + theirs +
+                        "': their probabilities are of different events");
+    teacher_targets_.push_back({tt, tg});
+  }
+  teacher_ = teacher;
+}
+
+template <class T>
+StepLoss MultiTaskModel::three_tower_losses(const Block& batch, const std::vector<double>& normalizers) {
+  const ThreeTowerSpec& spec = config_.three_tower;
+  const size_t n_tasks = config_.tasks.size();
+  const int64_t B = batch.rows;
+  const size_t rows = static_cast<size_t>(B);
+  const float* data_weight = batch.weight.empty() ? nullptr : batch.weight.data();
+  const std::vector<double> weight = effective_loss_weights();
+  // Impression-level hard labels: y_t, times y_given for a task given another.
+  std::vector<std::vector<float>> hard(n_tasks, std::vector<float>(rows));
+  for (size_t t = 0; t < n_tasks; ++t) {
+    const auto& y = batch.labels[static_cast<size_t>(label_index_[t])];
+    const int g = given_task_[t];
+    for (size_t i = 0; i < rows; ++i)
+      hard[t][i] = y[i] * (g < 0 ? 1.0f : batch.labels[static_cast<size_t>(label_index_[static_cast<size_t>(g)])][i]);
+  }
+  std::vector<std::vector<float>> soft;
+  if (!spec.teacher.empty()) {
+    if (!teacher_)
+      throw UserError(in_file(config_) + "model.distill.teacher: the teacher model was not loaded (set_teacher)");
+    std::vector<std::vector<float>> p;
+    teacher_->predict(batch, p);
+    soft.assign(n_tasks, std::vector<float>(rows));
+    for (size_t t = 0; t < n_tasks; ++t) {
+      const auto [tt, tg] = teacher_targets_[t];
+      for (size_t i = 0; i < rows; ++i)
+        soft[t][i] = p[static_cast<size_t>(tt)][i] * (tg < 0 ? 1.0f : p[static_cast<size_t>(tg)][i]);
+    }
+  }
+  StepLoss loss;
+  std::vector<T> prob(rows), grad(rows);
+  dlogit_views_tt_.resize(n_tasks);
+  size_t k = 0;  // the loss index, in loss_names_ order
+  for (size_t t = 0; t < n_tasks; ++t, ++k) {
+    dlogit_views_tt_[t] = ensure_buffer(dlogit_bufs_[t], B, 1, dtype_, Device::CPU);
+    T* d = dlogit_views_tt_[t].template data<T>();
+    const double l = sigmoid_bce_forward_backward<T>(three_tower_->logit(t).template data<T>(), hard[t].data(),
+                                                     data_weight, B, normalizers[0], prob.data(), d);
+    for (size_t i = 0; i < rows; ++i) d[i] *= static_cast<T>(weight[k]);
+    loss.per_task.push_back(l);
+    loss.total += weight[k] * l;
+  }
+  for (size_t t = 0; t < soft.size(); ++t, ++k) {
+    T* d = dlogit_views_tt_[t].template data<T>();
+    const double l = sigmoid_bce_forward_backward<T>(three_tower_->logit(t).template data<T>(), soft[t].data(),
+                                                     data_weight, B, normalizers[0], prob.data(), grad.data());
+    for (size_t i = 0; i < rows; ++i) d[i] += static_cast<T>(weight[k]) * grad[i];
+    loss.per_task.push_back(l);
+    loss.total += weight[k] * l;
+  }
+  if (n_tasks > 1) {
+    // Ours: σ(S) against the shares of the tasks' impression-level labels.
+    std::vector<float> target(rows, 0.0f);
+    for (size_t t = 0; t < n_tasks; ++t)
+      for (size_t i = 0; i < rows; ++i) target[i] += static_cast<float>(spec.mix_targets[t]) * hard[t][i];
+    dmixed_ = ensure_buffer(dmixed_buf_, B, 1, dtype_, Device::CPU);
+    T* d = dmixed_.template data<T>();
+    const double l = sigmoid_bce_forward_backward<T>(three_tower_->mixed().template data<T>(), target.data(), data_weight,
+                                                     B, normalizers[0], prob.data(), d);
+    for (size_t i = 0; i < rows; ++i) d[i] *= static_cast<T>(weight[k]);
+    loss.per_task.push_back(l);
+    loss.total += weight[k] * l;
+    ++k;
+  }
+  NCSREC_CHECK(k == loss_names_.size(), "three_tower: " << k << " losses computed, " << loss_names_.size() << " named");
+  return loss;
+}
+
+void MultiTaskModel::retrieval_user(const Block& batch, Tensor& out, std::vector<float>* mixed) {
+  if (!three_tower_) throw ConfigError(in_file(config_) + "model.type: retrieval vectors need type three_tower");
+  forward(batch);
+  three_tower_->forward(groups_[0].x, pass(0, false));
+  three_tower_->user_side(out);
+  if (mixed) {
+    mixed->resize(static_cast<size_t>(batch.rows));
+    for (int64_t i = 0; i < batch.rows; ++i)
+      (*mixed)[static_cast<size_t>(i)] = dtype_ == DType::F32 ? three_tower_->mixed().data<float>()[i]
+                                                               : static_cast<float>(three_tower_->mixed().data<double>()[i]);
+  }
+}
+
+void MultiTaskModel::retrieval_items(const Block& batch, Tensor& out) {
+  if (!three_tower_) throw ConfigError(in_file(config_) + "model.type: retrieval vectors need type three_tower");
+  forward(batch);
+  three_tower_->forward(groups_[0].x, pass(0, false));
+  three_tower_->item_side(out);
+}
+
+int64_t MultiTaskModel::retrieval_dim() const {
+  return three_tower_ ? three_tower_->serving_dim() : 0;
+}
+
 void MultiTaskModel::add_condition_gradient(Tensor& dx, const Tensor& dcond) const {
   const int64_t B = dx.dim(0);
   auto run = [&](auto* d, const auto* c) {
@@ -519,9 +704,11 @@ void MultiTaskModel::predict(const Block& batch, std::vector<std::vector<float>>
   const int64_t B = batch.rows;
   const size_t T = config_.tasks.size();
   if (block_ && csr_.empty()) block_->forward(groups_[0].x, std::vector<bool>(T, true), pass(0, false));
+  if (three_tower_) three_tower_->forward(groups_[0].x, pass(0, false));
   probabilities.assign(T, std::vector<float>(static_cast<size_t>(B)));
   for (size_t t = 0; t < T; ++t) {
-    const Tensor& logit = towers_[t]->forward(shared_output(t), pass(static_cast<size_t>(group_of_task_[t]), false));
+    const Tensor& logit = three_tower_ ? three_tower_->logit(t)
+                                       : towers_[t]->forward(shared_output(t), pass(static_cast<size_t>(group_of_task_[t]), false));
     Tensor p = ensure_buffer(prob_bufs_[t], B, 1, dtype_, Device::CPU);
     ops::sigmoid(p, logit);
     if (dtype_ == DType::F32) std::memcpy(probabilities[t].data(), p.data<float>(), static_cast<size_t>(B) * sizeof(float));
@@ -533,7 +720,7 @@ void MultiTaskModel::predict(const Block& batch, std::vector<std::vector<float>>
 std::vector<double> MultiTaskModel::effective_loss_weights() const {
   std::vector<double> w;
   for (size_t k = 0; k < loss_names_.size(); ++k) {
-    double v = config_.tasks[k].loss_weight;  // ESMM: ctr ↔ task 0, ctcvr ↔ task 1
+    double v = base_loss_weights_[k];  // ESMM: ctr ↔ task 0, ctcvr ↔ task 1
     if (!log_sigma_.empty()) {
       const Tensor& s = log_sigma_[k]->value;
       const double sk = dtype_ == DType::F32 ? s.data<float>()[0] : s.data<double>()[0];
@@ -553,6 +740,7 @@ std::vector<std::pair<std::string, double>> MultiTaskModel::loss_weights() const
 
 int64_t MultiTaskModel::multiply_adds_per_sample() const {
   int64_t n = block_ ? block_->multiply_adds_per_row() : 0;
+  if (three_tower_) n += three_tower_->multiply_adds_per_row();
   for (const auto& t : towers_) n += t->multiply_adds_per_row();
   if (interaction_col_ >= 0) n += fields_ * fields_ * config_.embedding_dim;
   return n;
@@ -629,6 +817,8 @@ const uint8_t* MultiTaskModel::update_mask(int task) {
   return update_masks_[static_cast<size_t>(task + 1)].data();
 }
 
+template StepLoss MultiTaskModel::three_tower_losses<float>(const Block&, const std::vector<double>&);
+template StepLoss MultiTaskModel::three_tower_losses<double>(const Block&, const std::vector<double>&);
 template StepLoss MultiTaskModel::compute_losses<float>(const Block&, const std::vector<double>&,
                                                         const std::vector<const Tensor*>&, std::vector<Tensor*>&,
                                                         std::vector<Tensor*>&, int) const;

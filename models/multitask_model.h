@@ -9,6 +9,10 @@
 //                  matrix each task sees through its own binary mask, h = act(x·(W⊙M_t) + b),
 //                  then a tower (the paper: a linear head) per task
 //   mmoe, ple      multi-gate mixtures of experts (PAPERS.md §6); experts may be masked (NCS)
+//   three_tower    the DMMP student (PAPERS.md §5, models/three_tower.h): user and item towers
+//                  whose inner products are the task logits, each task scored over all
+//                  impressions (a task given another predicts both: CTCVR), a user-preference
+//                  gate mixing them, and optional distillation from a teacher's predictions
 // `esmm: true` puts ESMM's heads on shared_bottom, ncs, mmoe or ple. Hidden layers of towers,
 // bottoms and unmasked experts take norm, dropout and APG (models/feed_forward.h).
 // A task may be "given" another task's label (CVR given click): outside ESMM it then trains and
@@ -38,6 +42,7 @@
 #include "models/feed_forward.h"
 #include "models/model_config.h"
 #include "models/shared_block.h"
+#include "models/three_tower.h"
 
 namespace ncsrec {
 
@@ -86,8 +91,20 @@ class MultiTaskModel {
   // results as the dense path up to rounding; faster where the masks are sparse enough
   // (docs/results/sparse.md). Training steps do not use it.
   void enable_sparse_inference();
-  // Probabilities [task][row] (ESMM: pCTR, pCVR).
+  // Probabilities [task][row] (ESMM: pCTR, pCVR; three_tower: each task over impressions).
   void predict(const Block& batch, std::vector<std::vector<float>>& probabilities);
+
+  // three_tower with model.three_tower.teacher: the model whose predictions the student is
+  // distilled from, run on every training batch (kept, not owned). Its tasks must cover the
+  // student's labels.
+  void set_teacher(MultiTaskModel* teacher);
+  // three_tower's serving form for the rows of `batch` [B, T·d + 1] (models/three_tower.h): the
+  // user side [w_1·u; …; w_T·u; Σ w_t·b_t] (reads only user inputs) and the item side
+  // [v_1; …; v_T; 1] (reads only item inputs). Their row inner product is the mixed score S;
+  // `mixed` (if given) receives S for the same rows.
+  void retrieval_user(const Block& batch, Tensor& out, std::vector<float>* mixed = nullptr);
+  void retrieval_items(const Block& batch, Tensor& out);
+  int64_t retrieval_dim() const;  // T·d + 1
 
   // The loss weights in effect, by loss name: the fixed weights, or (uncertainty weighting)
   // w_k / (2σ_k²) with the learned σ_k, for logging.
@@ -145,6 +162,15 @@ class MultiTaskModel {
   std::vector<ShardedTable::Lookup> lookups_;      // per table (over several ranks): this batch's rows
   std::vector<InputGroup> groups_;
   std::vector<int> group_of_task_;
+  template <class T>
+  StepLoss three_tower_losses(const Block& batch, const std::vector<double>& normalizers);
+
+  std::unique_ptr<ThreeTower> three_tower_;       // three_tower
+  MultiTaskModel* teacher_ = nullptr;              // three_tower distillation
+  std::vector<std::pair<int, int>> teacher_targets_;  // per task: the teacher's task and its given task (or -1)
+  std::vector<Tensor> dlogit_views_tt_;            // three_tower: dL/dl_t of the step
+  Tensor dmixed_buf_, dmixed_;                     // three_tower: dL/dS of the step
+  std::vector<double> base_loss_weights_;          // per loss: the configured weight
   std::unique_ptr<SharedBlock> block_;             // null: towers read the input (shared_embedding, esmm, single_task)
   MaskedMLP* masked_ = nullptr;                    // ncs: the block's masked MLP (sparse inference)
   std::vector<MaskedLayerRef> masked_refs_;        // every masked layer, in mask-file order

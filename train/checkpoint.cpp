@@ -298,4 +298,15 @@ CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& stat
   return meta;
 }
 
+std::unique_ptr<MultiTaskModel> load_model(const std::string& dir, const DataSchema& schema, Communicator* comm,
+                                           TrainConfig* config, CheckpointMeta* meta) {
+  const CheckpointMeta m = read_checkpoint_meta(dir);
+  const TrainConfig c = parse_train_config(m.config_yaml, dir + " (saved config)");
+  auto model = std::make_unique<MultiTaskModel>(c.model, schema, DType::F32, c.seed, comm);
+  load_checkpoint(dir, TrainingState{model.get(), nullptr, {}});
+  if (config) *config = c;
+  if (meta) *meta = m;
+  return model;
+}
+
 }  // namespace ncsrec

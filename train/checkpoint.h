@@ -17,6 +17,7 @@
 #include "embedding/embedding_table.h"
 #include "embedding/sharded_table.h"
 #include "models/multitask_model.h"
+#include "train/train_config.h"
 
 namespace ncsrec {
 
@@ -51,6 +52,11 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir);
 // Embedding rows (and their sparse optimizer state) are found by key in every rank's file, so a
 // checkpoint loads onto any number of ranks and any placement.
 CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& state);
+// The model saved in checkpoint `dir`: built from its saved config for data of `schema` (on the
+// ranks of `comm`, null for one process) and loaded, without optimizer state. `config` and
+// `meta`, if given, receive the saved config and metadata.
+std::unique_ptr<MultiTaskModel> load_model(const std::string& dir, const DataSchema& schema, Communicator* comm,
+                                           TrainConfig* config = nullptr, CheckpointMeta* meta = nullptr);
 // The rows each table holds on this rank (and their sparse optimizer state, where
 // `optimizers[i]` is set), from checkpoint `dir` written by `world_size` ranks.
 void load_table_rows(const std::string& dir, int64_t world_size, std::vector<ShardedTable>& tables,

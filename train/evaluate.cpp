@@ -2,6 +2,7 @@
 
 #include <glob.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -54,6 +55,27 @@ std::vector<ViewSpec> make_views(const ModelConfig& m, const DataSchema& schema)
       if (m.tasks[i].name == name) return static_cast<int>(i);
     return -1;
   };
+  if (m.type == "three_tower") {
+    // Every task scores its event over all impressions: a task given another is the product of
+    // the two labels (ctr given, cvr: ctcvr), evaluated on every row.
+    for (size_t t = 0; t < m.tasks.size(); ++t) {
+      ViewSpec v;
+      v.name = m.tasks[t].name;
+      v.tasks = {static_cast<int>(t)};
+      v.label_cols = {schema.task_index(m.tasks[t].label)};
+      std::vector<int> truth = {schema.truth_index(m.tasks[t].label)};
+      const int g = task_index(m.tasks[t].given);
+      if (g >= 0) {
+        const auto& gn = m.tasks[static_cast<size_t>(g)].name;
+        v.name = (gn == "ctr" && m.tasks[t].name == "cvr") ? "ctcvr" : gn + "_" + m.tasks[t].name;
+        v.label_cols.insert(v.label_cols.begin(), schema.task_index(m.tasks[static_cast<size_t>(g)].label));
+        truth.insert(truth.begin(), schema.truth_index(m.tasks[static_cast<size_t>(g)].label));
+      }
+      if (std::find(truth.begin(), truth.end(), -1) == truth.end()) v.truth_cols = truth;
+      views.push_back(v);
+    }
+    return views;
+  }
   for (size_t t = 0; t < m.tasks.size(); ++t) {
     ViewSpec v;
     v.name = m.tasks[t].name;

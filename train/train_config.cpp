@@ -77,6 +77,8 @@ TrainConfig parse_root(ConfigNode root) {
   root.finish();
   if (c.train.schedule == "alternating" && c.model.esmm)
     throw ConfigError(c.model.source + ": train.schedule: esmm trains its two losses together; use joint");
+  if (c.train.schedule == "alternating" && c.model.type == "three_tower")
+    throw ConfigError(c.model.source + ": train.schedule: three_tower trains its losses together; use joint");
   if (c.model.masks.find == "imp" && c.data.valid.empty())
     throw ConfigError(c.model.source + ": data.valid: model.masks.find: imp picks each task's mask by its AUC on a "
                       "validation split; give data.valid (never the eval data)");

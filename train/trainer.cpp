@@ -120,6 +120,17 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
     int64_t rows = 0;
     model.check_compatible(read_shard_schema(eval_files.front(), &rows), "data.eval (" + eval_files.front() + ")");
   }
+  // A DMMP student's teacher: its checkpoint's model, run on every training batch.
+  std::unique_ptr<MultiTaskModel> teacher;
+  if (!config.model.three_tower.teacher.empty()) {
+    const std::string& dir = config.model.three_tower.teacher;
+    if (!fs::is_directory(dir))
+      throw ConfigError(config.model.source + ": model.distill.teacher: '" + dir +
+                        "' is not a checkpoint folder (train the teacher first; its final checkpoint is "
+                        "<run>/checkpoints/final)");
+    teacher = load_model(dir, reader->schema(), &comm);
+    model.set_teacher(teacher.get());
+  }
   Optimizers optimizers = make_optimizers(config, model);
 
   // The run folder is made only once the config, the data and the model are known to work.

@@ -93,6 +93,24 @@ TEST(TrainConfig, TheValidBaseConfigParsesToItsValues) {
   EXPECT_EQ(c.train.epochs, 2);
 }
 
+// The valid config's model as a DMMP student (type three_tower).
+void make_three_tower(YAML::Node& r) {
+  YAML::Node m = r["model"];
+  m["type"] = "three_tower";
+  m.remove("tower");
+  m["towers"] = YAML::Load("{user: {slots: [user_id], sizes: [8, 4]}, item: {slots: [item_id, item_tags], sizes: [8, 4]}}");
+}
+
+TEST(TrainConfig, AThreeTowerStudentParsesWithLearnedLossWeightsByDefault) {
+  const TrainConfig c = parse_train_config(edited(make_three_tower), "student.yaml");
+  EXPECT_EQ(c.model.type, "three_tower");
+  EXPECT_EQ(c.model.loss_weighting, "uncertainty");
+  EXPECT_EQ(c.model.three_tower.item.slots, (std::vector<std::string>{"item_id", "item_tags"}));
+  EXPECT_TRUE(c.model.three_tower.gate);
+  EXPECT_EQ(c.model.three_tower.mix_targets, (std::vector<double>{0.5, 0.5}));
+  EXPECT_EQ(c.model.three_tower.teacher, "");
+}
+
 struct BadConfigCase {
   std::string name;      // what is wrong
   std::string key_path;  // what the message must name
@@ -136,6 +154,16 @@ TEST(TrainConfig, EveryMistakeIsAConfigErrorNamingTheFileAndTheFullKeyPath) {
       {"apg in a bottom that is not there", "model.apg", [](YAML::Node& r) { r["model"]["apg"]["in"].push_back("bottom"); }},
       {"esmm switched off on type esmm", "model.esmm", [](YAML::Node& r) { r["model"]["esmm"] = false; }},
       {"bad loss weighting", "model.loss_weighting", [](YAML::Node& r) { r["model"]["loss_weighting"] = "gradnorm"; }},
+      // The DMMP student.
+      {"three_tower keys on another type", "model.towers", [](YAML::Node& r) { r["model"]["towers"]["user"]["sizes"].push_back(4); }},
+      {"towers of different widths", "model.towers.item.sizes", [](YAML::Node& r) { make_three_tower(r); r["model"]["towers"]["item"]["sizes"][1] = 6; }},
+      {"a slot on both sides", "model.towers.item.slots", [](YAML::Node& r) { make_three_tower(r); r["model"]["towers"]["item"]["slots"].push_back("user_id"); }},
+      {"a tower slot no table reads", "model.towers", [](YAML::Node& r) { make_three_tower(r); r["model"]["towers"]["user"]["slots"].push_back("hour"); }},
+      {"a table slot no tower reads", "model.towers", [](YAML::Node& r) { make_three_tower(r); r["model"]["towers"]["item"]["slots"] = YAML::Load("[item_id]"); }},
+      {"a per-task tower on three_tower", "model.tower", [](YAML::Node& r) { make_three_tower(r); r["model"]["tower"] = YAML::Load("[4]"); }},
+      {"mix targets not one per task", "model.mix.targets", [](YAML::Node& r) { make_three_tower(r); r["model"]["mix"]["targets"] = YAML::Load("[1.0]"); }},
+      {"an unknown distill key", "model.distill.teachr", [](YAML::Node& r) { make_three_tower(r); r["model"]["distill"]["teachr"] = "x"; }},
+      {"three_tower on the alternating schedule", "train.schedule", [](YAML::Node& r) { make_three_tower(r); r["train"]["schedule"] = "alternating"; }},
   };
   for (const auto& c : cases) {
     const std::string file = "configs/case_" + std::to_string(&c - cases.data()) + ".yaml";

@@ -55,10 +55,10 @@ void check_model_gradients(const ModelConfig& config, uint64_t seed, int only_ta
   const StepLoss loss = model.train_step(batch, normalizers, only_task);
   ASSERT_TRUE(std::isfinite(loss.total));
   double weighted = 0;
-  for (size_t t = 0; t < loss.per_task.size(); ++t)
+  for (size_t t = 0; t < loss.per_task.size() && t < config.tasks.size(); ++t)
     if (only_task < 0 || static_cast<int>(t) == only_task) weighted += config.tasks[t].loss_weight * loss.per_task[t];
     else EXPECT_TRUE(std::isnan(loss.per_task[t])) << "a task not stepped reports NaN";
-  if (config.loss_weighting == "fixed") EXPECT_NEAR(loss.total, weighted, 1e-12 * std::max(1.0, std::abs(weighted)));
+  if (config.loss_weighting == "fixed" && config.type != "three_tower") EXPECT_NEAR(loss.total, weighted, 1e-12 * std::max(1.0, std::abs(weighted)));
 
   const Tensor dense_grads = model.params().grads().clone();
   std::vector<std::vector<double>> table_grads;  // dense [rows * dim] expansion of each sparse gradient
@@ -505,6 +505,132 @@ TEST(ZooModel, CostCountsEveryBlock) {
   const int64_t in = model.input_dim();
   // experts: 3 x (in·5 + 5·4); gates: 2 x (in·3 + 3·4); towers: 2 x (4·4 + 4·3 + 3·1)
   EXPECT_EQ(model.multiply_adds_per_sample(), 3 * (in * 5 + 20) + 2 * (in * 3 + 12) + 2 * (16 + 12 + 3));
+}
+
+// The DMMP student over the test schema: the user side reads `user` and dense column 0, the
+// item side `item`, `tags` and dense column 1.
+ModelConfig three_tower_config(bool gate = true, const std::string& teacher = "") {
+  ModelConfig m = model_config("shared_embedding");
+  m.type = "three_tower";
+  m.three_tower.user = TowerSpec{{"user"}, {0}, {5, 3}};
+  m.three_tower.item = TowerSpec{{"item", "tags"}, {1}, {4, 3}};
+  m.three_tower.gate = gate;
+  m.three_tower.gate_sizes = {4};
+  m.three_tower.mix_weight = 0.8;
+  m.three_tower.mix_targets = {0.3, 0.7};
+  m.three_tower.teacher = teacher;
+  m.three_tower.distill_weight = 0.6;
+  return m;
+}
+
+TEST(ThreeTower, GradientsAreTheDerivativesOfTheTotalLoss) {
+  check_model_gradients(three_tower_config(true), 1201);
+  check_model_gradients(three_tower_config(false), 1202);
+  ModelConfig two_tower = three_tower_config(true);
+  two_tower.tasks.resize(1);  // CTR only: one item tower, no gate, no mixed score
+  two_tower.three_tower.mix_targets = {1.0};
+  check_model_gradients(two_tower, 1203);
+  ModelConfig learned = three_tower_config(true);
+  learned.loss_weighting = "uncertainty";
+  check_model_gradients(learned, 1204, -1, [](MultiTaskModel& model) {
+    double v = -0.3;
+    for (Param& p : model.params().params())
+      if (p.name.find("log_sigma") != std::string::npos) p.value.data<double>()[0] = (v += 0.2);
+  });
+}
+
+TEST(ThreeTower, DistillationGradientsIncludeTheTeachersTargets) {
+  const DataSchema schema = test_schema();
+  MultiTaskModel teacher(model_config("esmm"), schema, DType::F64, 77);
+  check_model_gradients(three_tower_config(true, "teacher"), 1205, -1,
+                        [&](MultiTaskModel& model) { model.set_teacher(&teacher); });
+}
+
+TEST(ThreeTower, LossesAreTheHardLabelsTheTeachersProbabilitiesAndTheMixedTarget) {
+  const DataSchema schema = test_schema();
+  MultiTaskModel teacher(model_config("esmm"), schema, DType::F64, 77);
+  ModelConfig m = three_tower_config(true, "teacher");
+  MultiTaskModel model(m, schema, DType::F64, 5);
+  model.set_teacher(&teacher);
+  EXPECT_EQ(model.loss_names(), (std::vector<std::string>{"ctr", "ctcvr", "kd_ctr", "kd_ctcvr", "mix"}));
+  const Block batch = random_batch(schema, 20, 6);
+  const StepLoss loss = model.train_step(batch, model.local_normalizers(batch));
+  std::vector<std::vector<float>> p, tp;
+  model.predict(batch, p);  // σ(l_ctr), σ(l_ctcvr)
+  teacher.predict(batch, tp);
+  std::vector<float> mixed;
+  Tensor user;
+  model.retrieval_user(batch, user, &mixed);
+  double W = 0;
+  for (float w : batch.weight) W += w;
+  auto bce = [](double q, double y) { return -(y * std::log(q) + (1 - y) * std::log(1 - q)); };
+  std::vector<double> expect(5, 0.0);
+  for (size_t i = 0; i < static_cast<size_t>(batch.rows); ++i) {
+    const double w = batch.weight[i] / static_cast<double>(batch.rows);
+    const double click = batch.labels[0][i], ctcvr = click * batch.labels[1][i];
+    expect[0] += w * bce(p[0][i], click);
+    expect[1] += w * bce(p[1][i], ctcvr);
+    expect[2] += w * bce(p[0][i], tp[0][i]);
+    expect[3] += w * bce(p[1][i], static_cast<double>(tp[0][i]) * tp[1][i]);
+    expect[4] += w * bce(1 / (1 + std::exp(-static_cast<double>(mixed[i]))), 0.3 * click + 0.7 * ctcvr);
+  }
+  for (size_t k = 0; k < 5; ++k) EXPECT_NEAR(loss.per_task[k], expect[k], 2e-6) << model.loss_names()[k];
+  // Fixed weights: the tasks' own, the distillation weight twice, the mix weight.
+  EXPECT_NEAR(loss.total, 1.3 * expect[0] + 0.7 * expect[1] + 0.6 * (expect[2] + expect[3]) + 0.8 * expect[4], 1e-5);
+}
+
+TEST(ThreeTower, TheServingInnerProductIsTheMixedScore) {
+  const DataSchema schema = test_schema();
+  MultiTaskModel model(three_tower_config(true), schema, DType::F32, 9);
+  // Move the gate off uniform so that the scaling of the user side matters, and the biases off 0.
+  model.params().find("logit_bias.ctr")->value.data<float>()[0] = -2.5f;
+  model.params().find("logit_bias.cvr")->value.data<float>()[0] = 1.5f;
+  for (Param& p : model.params().params())
+    if (p.name.rfind("user_gate.", 0) == 0) {
+      const std::vector<float> v = testing::uniform_f(static_cast<size_t>(p.value.numel()), 31, -1.0, 1.0);
+      std::copy(v.begin(), v.end(), p.value.data<float>());
+    }
+  const Block batch = random_batch(schema, 40, 10);
+  Tensor user, items;
+  std::vector<float> mixed;
+  model.retrieval_user(batch, user, &mixed);
+  model.retrieval_items(batch, items);
+  ASSERT_EQ(user.dim(1), model.retrieval_dim());
+  ASSERT_EQ(items.dim(1), 2 * 3 + 1);
+  const int64_t n = user.dim(1);
+  double spread = 0;
+  for (int64_t r = 0; r < batch.rows; ++r) {
+    double ip = 0;
+    for (int64_t j = 0; j < n; ++j) ip += user.data<float>()[r * n + j] * items.data<float>()[r * n + j];
+    EXPECT_NEAR(ip, mixed[static_cast<size_t>(r)], 1e-5 * std::max(1.0, std::abs(ip))) << "row " << r;
+    spread += std::abs(ip);
+  }
+  EXPECT_GT(spread, 1e-3) << "all scores zero: the test would prove nothing";
+
+  // Each side reads only its own inputs: change every item input and the user side stays.
+  Block other = random_batch(schema, 40, 11);
+  other.sparse[0] = batch.sparse[0];  // the same users
+  for (int64_t r = 0; r < batch.rows; ++r) other.dense[static_cast<size_t>(r * 2)] = batch.dense[static_cast<size_t>(r * 2)];
+  Tensor user2;
+  model.retrieval_user(other, user2);
+  for (int64_t i = 0; i < user.numel(); ++i) ASSERT_EQ(user.data<float>()[i], user2.data<float>()[i]) << i;
+  Tensor items2;
+  model.retrieval_items(other, items2);
+  bool items_changed = false;
+  for (int64_t i = 0; i < items.numel(); ++i) items_changed |= items.data<float>()[i] != items2.data<float>()[i];
+  EXPECT_TRUE(items_changed);
+}
+
+TEST(ThreeTower, ATeacherWithoutTheStudentsEventsIsRefused) {
+  const DataSchema schema = test_schema();
+  ModelConfig t = model_config("shared_embedding");
+  t.tasks[1].given = "";  // the teacher's conversion task is not post-click: a different event
+  MultiTaskModel teacher(t, schema, DType::F64, 1);
+  MultiTaskModel model(three_tower_config(true, "teacher"), schema, DType::F64, 2);
+  EXPECT_THROW(model.set_teacher(&teacher), ConfigError);
+  MultiTaskModel no_teacher(three_tower_config(true, "teacher"), schema, DType::F64, 2);
+  const Block batch = random_batch(schema, 8, 3);
+  EXPECT_THROW(no_teacher.train_step(batch, no_teacher.local_normalizers(batch)), UserError);
 }
 
 }  // namespace
