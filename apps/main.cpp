@@ -25,6 +25,7 @@
 #include "core/launcher.h"
 #include "dist/communicator.h"
 #include "train/checkpoint.h"
+#include "train/retrieval_eval.h"
 #include "train/evaluate.h"
 #include "train/json.h"
 #include "train/trainer.h"
@@ -65,11 +66,21 @@ came from `ncsrec gen`.
 )";
 
 const char* kEvalHelp = R"(usage: ncsrec eval (--run-dir DIR | --checkpoint DIR) [--data PATH ...] [--out FILE] [--sparse]
+       ncsrec eval (--run-dir DIR | --checkpoint DIR) --retrieval GENERATOR_H5 [--queries N]
+                   [--data DAY] [--out FILE] [--export FILE]
 
 Evaluates a checkpoint (default: DIR/checkpoints/final) on the eval data of its config,
 or on --data (day folders, shard files or glob patterns). Prints the results table and
 writes it as JSON to --out (default: <run dir>/eval.json when --run-dir is given).
 --sparse runs the masked layers of an ncs model as CSR products of each task's W ⊙ M.
+
+--retrieval (three_tower models on generated data): recall@K and NDCG@K (K = 10, 50, 200)
+of the model's top K among every item of the eval day against the true top K, for click
+and conversion relevance computed from GENERATOR_H5 (the generator.h5 beside the data),
+over --queries requests (default 2000: the first row of each distinct user of the eval
+day). JSON goes to --out (default: <run dir>/retrieval.json). --export FILE writes the
+serving form: items/index (the vectors to put in a nearest-neighbour index), items/<task>,
+items/id, and the requests' user vectors queries/vector (docs/dmmp.md).
 )";
 
 const char* kPredictHelp = R"(usage: ncsrec predict (--run-dir DIR | --checkpoint DIR) --data PATH [--data PATH ...] --out FILE [--sparse]
@@ -179,7 +190,7 @@ LoadedRun load_run(const Args& args, const std::vector<std::string>& data_files)
 
 int cmd_eval(int argc, char** argv) {
   if (wants_help(argc, argv)) return print_help(kEvalHelp), 0;
-  Args args("eval", argc, argv, 2, {"run-dir", "checkpoint", "data", "out"}, {"sparse"});
+  Args args("eval", argc, argv, 2, {"run-dir", "checkpoint", "data", "out", "retrieval", "queries", "export"}, {"sparse"});
   args.no_positionals();
   std::vector<std::string> entries = args.all("data");
   if (entries.empty()) {
@@ -191,6 +202,31 @@ int cmd_eval(int argc, char** argv) {
   }
   const std::vector<std::string> files = expand_data_paths(entries, "--data");
   LoadedRun run = load_run(args, files);
+  if (args.has("retrieval")) {
+    RetrievalOptions options;
+    options.generator = args.get("retrieval");
+    if (args.has("queries")) {
+      const std::string q = args.get("queries");
+      char* end = nullptr;
+      options.queries = std::strtoll(q.c_str(), &end, 10);
+      if (q.empty() || *end != '\0' || options.queries < 1)
+        throw ConfigError("--queries: expected a positive integer, got '" + q + "'");
+    }
+    options.export_path = args.get("export", "");
+    const RetrievalReport report = evaluate_retrieval(*run.model, files, options);
+    std::printf("retrieval on day %s: %lld requests x %lld items (%.1f s), checkpoint at step %lld:\n%s",
+                report.day.c_str(), static_cast<long long>(report.queries), static_cast<long long>(report.items),
+                report.seconds, static_cast<long long>(run.meta.step), format_retrieval_table(report).c_str());
+    const std::string out = args.get("out", args.has("run-dir") ? args.get("run-dir") + "/retrieval.json" : "");
+    if (!out.empty()) {
+      std::ofstream f(out);
+      f << retrieval_json(report) << "\n";
+      if (!f) throw UserError("cannot write " + out);
+    }
+    if (!options.export_path.empty()) std::printf("serving form written to %s\n", options.export_path.c_str());
+    return 0;
+  }
+  if (args.has("queries") || args.has("export")) throw ConfigError("--queries and --export go with --retrieval");
   auto comm = make_local_communicator();
   const EvalReport report = evaluate(*run.model, files, run.config, *comm);
   std::printf("eval on %lld rows (%.1f s), checkpoint at step %lld:\n%s", static_cast<long long>(report.rows),

@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <numeric>
 #include <unordered_map>
+
+#include "core/error.h"
 
 namespace ncsrec {
 namespace {
@@ -105,6 +108,106 @@ TaskMetricValues TaskMetrics::compute() const {
   v.auc = auc_exact(probs_.data(), labels_.data(), nullptr, n);
   v.gauc = has_groups_ && !groups_.empty() ? ncsrec::gauc(probs_.data(), labels_.data(), groups_.data(), n) : kNaN;
   return v;
+}
+
+namespace {
+
+// A candidate with its sort key, kept by value in the heap (no indirection when comparing).
+template <class K>
+struct Ranked {
+  K key;
+  uint32_t index;
+};
+// Strict total order: a ranks before b (higher key, then lower index).
+template <class K>
+bool ranks_before(const Ranked<K>& a, const Ranked<K>& b) {
+  return a.key > b.key || (a.key == b.key && a.index < b.index);
+}
+
+// The first k (1 <= k <= n) of candidates 0..n-1 in ranked order. One pass with a heap of the
+// k kept, the last-ranked at the root (std::partial_sort's method, without an n-sized index
+// array): a candidate that does not beat the root costs one comparison, and in random order
+// only about k·ln(n/k) of them do.
+template <class Key>
+void select_top(int64_t n, int64_t k, Key key, std::vector<uint32_t>& top) {
+  using K = decltype(key(0u));
+  std::vector<Ranked<K>> heap(static_cast<size_t>(k));
+  for (uint32_t i = 0; i < static_cast<uint32_t>(k); ++i) heap[i] = {key(i), i};
+  std::make_heap(heap.begin(), heap.end(), ranks_before<K>);  // a parent never ranks before its children
+  for (int64_t i = k; i < n; ++i) {
+    const Ranked<K> x{key(static_cast<uint32_t>(i)), static_cast<uint32_t>(i)};
+    if (!(x.key > heap[0].key)) continue;  // on a tie the kept candidate has the lower index and wins
+    // Replace the root by x and sift it down past every child that ranks after it.
+    size_t at = 0;
+    for (;;) {
+      size_t child = 2 * at + 1;
+      if (child >= heap.size()) break;
+      if (child + 1 < heap.size() && ranks_before(heap[child], heap[child + 1])) ++child;
+      if (!ranks_before(x, heap[child])) break;
+      heap[at] = heap[child];
+      at = child;
+    }
+    heap[at] = x;
+  }
+  std::sort_heap(heap.begin(), heap.end(), ranks_before<K>);
+  top.resize(heap.size());
+  for (size_t r = 0; r < heap.size(); ++r) top[r] = heap[r].index;
+}
+
+}  // namespace
+
+std::vector<RetrievalAtK> retrieval_at_k(const float* scores, const double* relevance, int64_t n,
+                                         const std::vector<int64_t>& ks) {
+  NCSREC_CHECK(n >= 0 && n <= static_cast<int64_t>(UINT32_MAX), "retrieval_at_k: n = " << n);
+  int64_t k_max = 0;
+  for (int64_t k : ks) {
+    NCSREC_CHECK(k >= 1, "retrieval_at_k: K must be >= 1, got " << k);
+    k_max = std::max(k_max, std::min(k, n));
+  }
+  std::vector<RetrievalAtK> out(ks.size());
+  if (ks.empty()) return out;
+  if (n == 0) {
+    for (auto& r : out) r.recall = r.ndcg = kNaN;
+    return out;
+  }
+  bool all_valid = true;  // a branch-free pass; the first bad value is looked up only on failure
+  for (int64_t i = 0; i < n; ++i)
+    all_valid &= relevance[i] >= 0 && relevance[i] <= std::numeric_limits<double>::max();
+  if (!all_valid)
+    for (int64_t i = 0; i < n; ++i)
+      NCSREC_CHECK(relevance[i] >= 0 && std::isfinite(relevance[i]),
+                   "retrieval_at_k: relevance[" << i << "] = " << relevance[i] << " (must be finite and >= 0)");
+
+  // Strict orders: higher first, then lower index first. NaN scores count as -infinity.
+  auto score_key = [scores](uint32_t a) {
+    const float s = scores[a];
+    return std::isnan(s) ? -std::numeric_limits<float>::infinity() : s;
+  };
+  auto relevance_key = [relevance](uint32_t a) { return relevance[a]; };
+  auto true_before = [relevance](uint32_t a, uint32_t b) {
+    return relevance[a] > relevance[b] || (relevance[a] == relevance[b] && a < b);
+  };
+  std::vector<uint32_t> model_top, true_top;
+  select_top(n, k_max, score_key, model_top);
+  select_top(n, k_max, relevance_key, true_top);
+
+  for (size_t q = 0; q < ks.size(); ++q) {
+    const int64_t k = std::min(ks[q], n);
+    // Candidate j is in the true top-k iff it is the k-th or ranks before it.
+    const uint32_t last_true = true_top[static_cast<size_t>(k - 1)];
+    int64_t hits = 0;
+    double dcg = 0, ideal = 0;
+    for (int64_t r = 0; r < k; ++r) {
+      const uint32_t j = model_top[static_cast<size_t>(r)];
+      hits += j == last_true || true_before(j, last_true);
+      const double discount = 1.0 / std::log2(static_cast<double>(r + 2));
+      dcg += relevance[j] * discount;
+      ideal += relevance[true_top[static_cast<size_t>(r)]] * discount;
+    }
+    out[q].recall = static_cast<double>(hits) / static_cast<double>(k);
+    out[q].ndcg = ideal > 0 ? dcg / ideal : kNaN;
+  }
+  return out;
 }
 
 }  // namespace ncsrec

@@ -45,4 +45,20 @@ class TaskMetrics {
   bool has_groups_ = true;
 };
 
+// Top-K retrieval quality of one query against graded true relevance over the same candidates.
+// scores: the model's scores of n candidates; relevance: the true relevance (>= 0, finite) of
+// the same candidates. Both rankings are strict: ties are broken by candidate index, lower
+// first, and a NaN score counts as -infinity. A negative or non-finite relevance, or K < 1, is
+// a broken precondition (InternalError).
+//   recall@K = |model top-K ∩ true top-K| / K
+//   ndcg@K   = DCG(model top-K) / DCG(true top-K), gains = relevance, discount 1/log2(rank+2)
+//              (rank from 0); NaN when the true top-K has zero gain.
+// K > n is clamped to n. n == 0 gives NaN for both. One pass over the n
+// candidates per ranking (a heap of the K kept): O(n + K log K log(n/K)) in random order.
+struct RetrievalAtK {
+  double recall = 0, ndcg = 0;
+};
+std::vector<RetrievalAtK> retrieval_at_k(const float* scores, const double* relevance, int64_t n,
+                                         const std::vector<int64_t>& ks);
+
 }  // namespace ncsrec
