@@ -111,6 +111,18 @@ TEST(TrainConfig, AThreeTowerStudentParsesWithLearnedLossWeightsByDefault) {
   EXPECT_EQ(c.model.three_tower.teacher, "");
 }
 
+TEST(TrainConfig, EveryShippedTrainingConfigParses) {
+  int checked = 0;
+  for (const char* folder : {"/configs", "/configs/census"})
+    for (const auto& entry : fs::directory_iterator(std::string(NCSREC_SOURCE_DIR) + folder)) {
+      if (entry.path().extension() != ".yaml") continue;
+      std::string resolved;
+      EXPECT_NO_THROW(load_train_config(entry.path().string(), {}, &resolved)) << entry.path();
+      ++checked;
+    }
+  EXPECT_GE(checked, 10);
+}
+
 struct BadConfigCase {
   std::string name;      // what is wrong
   std::string key_path;  // what the message must name
