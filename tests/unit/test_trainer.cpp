@@ -199,5 +199,48 @@ TEST(Trainer, AnMmoeWithLearnedLossWeightsLogsTheWeightsAtEveryLineAndAtEval) {
   EXPECT_GT(summary.eval.rows, 0);
 }
 
+TEST(Trainer, AStudentDistilsFromItsTeachersCheckpointAndAMissingTeacherStopsBeforeTraining) {
+  ScratchDir scratch("trainer_dmmp");
+  write_day(scratch.path / "train", 100, 1);
+  write_day(scratch.path / "eval", 40, 2);
+  auto comm = make_local_communicator();
+  const std::string data =
+      "data: {train: [\"" + (scratch.path / "train").string() + "\"], eval: [\"" + (scratch.path / "eval").string() + "\"]}\n";
+  const std::string teacher_yaml = data +
+      "model:\n  type: ple\n  esmm: true\n  embedding_dim: 4\n  tower: [8]\n  tables: {user: {rows: 50}, item: {rows: 50}}\n"
+      "  experts: {levels: 1, task_experts: 1, shared_experts: 2, sizes: [8]}\n"
+      "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n"
+      "train: {batch_size: 16, epochs: 1, log_every: 2}\n";
+  run_training(parse_train_config(teacher_yaml, "teacher.yaml"), teacher_yaml, (scratch.path / "teacher").string(), *comm);
+
+  auto student_yaml = [&](const std::string& teacher) {
+    return data +
+           "model:\n  type: three_tower\n  embedding_dim: 4\n  tables: {user: {rows: 50}, item: {rows: 50}}\n"
+           "  towers: {user: {slots: [user], sizes: [8, 4]}, item: {slots: [item], sizes: [8, 4]}}\n"
+           "  distill: {teacher: \"" + teacher + "\"}\n"
+           "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n"
+           "train: {batch_size: 16, epochs: 1, log_every: 2}\n";
+  };
+  const std::string yaml = student_yaml((scratch.path / "teacher/checkpoints/final").string());
+  const TrainSummary s = run_training(parse_train_config(yaml, "student.yaml"), yaml, (scratch.path / "student").string(), *comm);
+  EXPECT_EQ(s.steps, 6);
+  std::ifstream in(scratch.path / "student/metrics.jsonl");
+  int kd_lines = 0;
+  for (std::string line; std::getline(in, line);)
+    if (line.find("\"event\": \"train\"") != std::string::npos) {
+      EXPECT_TRUE(std::isfinite(json_number(line, "kd_ctcvr"))) << line;
+      ++kd_lines;
+    }
+  EXPECT_EQ(kd_lines, 3);
+  std::vector<std::string> views;
+  for (const auto& v : s.eval.views) views.push_back(v.name);
+  EXPECT_EQ(views, (std::vector<std::string>{"ctr", "ctcvr"}));
+
+  const std::string missing = student_yaml((scratch.path / "no_teacher").string());
+  EXPECT_THROW(run_training(parse_train_config(missing, "student.yaml"), missing, (scratch.path / "student2").string(), *comm),
+               ConfigError);
+  EXPECT_FALSE(fs::exists(scratch.path / "student2")) << "the run folder was made before the teacher was found";
+}
+
 }  // namespace
 }  // namespace ncsrec
