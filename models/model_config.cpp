@@ -126,6 +126,10 @@ ThreeTowerSpec parse_three_tower(ConfigNode& node, size_t tasks) {
 
 }  // namespace
 
+std::string joint_task_name(const std::string& given, const std::string& task) {
+  return given == "ctr" && task == "cvr" ? "ctcvr" : given + "_" + task;
+}
+
 ModelConfig parse_model_config(ConfigNode node) {
   ModelConfig m;
   m.source = node.file();

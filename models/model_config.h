@@ -115,6 +115,10 @@ struct ModelConfig {
 
 ModelConfig parse_model_config(ConfigNode node);
 
+// The name of the event "task given `given`" over all impressions (the product of the two
+// labels): "ctcvr" for cvr given ctr, otherwise "<given>_<task>". Loss, view and list names.
+std::string joint_task_name(const std::string& given, const std::string& task);
+
 extern const char* const kEsmmCtrWeightMessage;
 
 }  // namespace ncsrec

@@ -47,11 +47,7 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
     for (size_t t = 0; t < config_.tasks.size(); ++t) {
       const int g = given_task_[t];
       const std::string& n = config_.tasks[t].name;
-      if (g < 0) loss_names_.push_back(n);
-      else {
-        const std::string& gn = config_.tasks[static_cast<size_t>(g)].name;
-        loss_names_.push_back(gn == "ctr" && n == "cvr" ? "ctcvr" : gn + "_" + n);
-      }
+      loss_names_.push_back(g < 0 ? n : joint_task_name(config_.tasks[static_cast<size_t>(g)].name, n));
       base_loss_weights_.push_back(config_.tasks[t].loss_weight);
     }
     const size_t T = config_.tasks.size();
@@ -490,10 +486,11 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     probs[t] = &prob_views[t];
   }
   StepLoss loss;
+  Tensor dmixed;  // three_tower: dL/dS
   if (three_tower_) {
     three_tower_->forward(groups_[0].x, pass(0, true));
-    loss = dtype_ == DType::F32 ? three_tower_losses<float>(batch, normalizers)
-                                : three_tower_losses<double>(batch, normalizers);
+    loss = dtype_ == DType::F32 ? three_tower_losses<float>(batch, normalizers, dlogit_views, dmixed)
+                                : three_tower_losses<double>(batch, normalizers, dlogit_views, dmixed);
   } else {
     loss = dtype_ == DType::F32 ? compute_losses<float>(batch, normalizers, logits, dlogits, probs, only_task)
                                 : compute_losses<double>(batch, normalizers, logits, dlogits, probs, only_task);
@@ -522,8 +519,8 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
   for (auto& grp : groups_) grp.dx.reset();
   if (three_tower_) {
     std::vector<const Tensor*> dl;
-    for (size_t t = 0; t < T; ++t) dl.push_back(&dlogit_views_tt_[t]);
-    groups_[0].dx.add(three_tower_->backward(dl, T > 1 ? &dmixed_ : nullptr));
+    for (size_t t = 0; t < T; ++t) dl.push_back(&dlogit_views[t]);
+    groups_[0].dx.add(three_tower_->backward(dl, T > 1 ? &dmixed : nullptr));
   } else if (block_) groups_[0].dx.add(block_->backward(dtower));
   else
     for (size_t t = 0; t < T; ++t)
@@ -594,7 +591,8 @@ void MultiTaskModel::set_teacher(MultiTaskModel* teacher) {
 }
 
 template <class T>
-StepLoss MultiTaskModel::three_tower_losses(const Block& batch, const std::vector<double>& normalizers) {
+StepLoss MultiTaskModel::three_tower_losses(const Block& batch, const std::vector<double>& normalizers,
+                                            std::vector<Tensor>& dlogits, Tensor& dmixed) {
   const ThreeTowerSpec& spec = config_.three_tower;
   const size_t n_tasks = config_.tasks.size();
   const int64_t B = batch.rows;
@@ -624,11 +622,10 @@ StepLoss MultiTaskModel::three_tower_losses(const Block& batch, const std::vecto
   }
   StepLoss loss;
   std::vector<T> prob(rows), grad(rows);
-  dlogit_views_tt_.resize(n_tasks);
   size_t k = 0;  // the loss index, in loss_names_ order
   for (size_t t = 0; t < n_tasks; ++t, ++k) {
-    dlogit_views_tt_[t] = ensure_buffer(dlogit_bufs_[t], B, 1, dtype_, Device::CPU);
-    T* d = dlogit_views_tt_[t].template data<T>();
+    dlogits[t] = ensure_buffer(dlogit_bufs_[t], B, 1, dtype_, Device::CPU);
+    T* d = dlogits[t].template data<T>();
     const double l = sigmoid_bce_forward_backward<T>(three_tower_->logit(t).template data<T>(), hard[t].data(),
                                                      data_weight, B, normalizers[0], prob.data(), d);
     for (size_t i = 0; i < rows; ++i) d[i] *= static_cast<T>(weight[k]);
@@ -636,7 +633,7 @@ StepLoss MultiTaskModel::three_tower_losses(const Block& batch, const std::vecto
     loss.total += weight[k] * l;
   }
   for (size_t t = 0; t < soft.size(); ++t, ++k) {
-    T* d = dlogit_views_tt_[t].template data<T>();
+    T* d = dlogits[t].template data<T>();
     const double l = sigmoid_bce_forward_backward<T>(three_tower_->logit(t).template data<T>(), soft[t].data(),
                                                      data_weight, B, normalizers[0], prob.data(), grad.data());
     for (size_t i = 0; i < rows; ++i) d[i] += static_cast<T>(weight[k]) * grad[i];
@@ -648,8 +645,8 @@ StepLoss MultiTaskModel::three_tower_losses(const Block& batch, const std::vecto
     std::vector<float> target(rows, 0.0f);
     for (size_t t = 0; t < n_tasks; ++t)
       for (size_t i = 0; i < rows; ++i) target[i] += static_cast<float>(spec.mix_targets[t]) * hard[t][i];
-    dmixed_ = ensure_buffer(dmixed_buf_, B, 1, dtype_, Device::CPU);
-    T* d = dmixed_.template data<T>();
+    dmixed = ensure_buffer(dmixed_buf_, B, 1, dtype_, Device::CPU);
+    T* d = dmixed.template data<T>();
     const double l = sigmoid_bce_forward_backward<T>(three_tower_->mixed().template data<T>(), target.data(), data_weight,
                                                      B, normalizers[0], prob.data(), d);
     for (size_t i = 0; i < rows; ++i) d[i] *= static_cast<T>(weight[k]);
@@ -817,8 +814,10 @@ const uint8_t* MultiTaskModel::update_mask(int task) {
   return update_masks_[static_cast<size_t>(task + 1)].data();
 }
 
-template StepLoss MultiTaskModel::three_tower_losses<float>(const Block&, const std::vector<double>&);
-template StepLoss MultiTaskModel::three_tower_losses<double>(const Block&, const std::vector<double>&);
+template StepLoss MultiTaskModel::three_tower_losses<float>(const Block&, const std::vector<double>&,
+                                                            std::vector<Tensor>&, Tensor&);
+template StepLoss MultiTaskModel::three_tower_losses<double>(const Block&, const std::vector<double>&,
+                                                             std::vector<Tensor>&, Tensor&);
 template StepLoss MultiTaskModel::compute_losses<float>(const Block&, const std::vector<double>&,
                                                         const std::vector<const Tensor*>&, std::vector<Tensor*>&,
                                                         std::vector<Tensor*>&, int) const;

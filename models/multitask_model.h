@@ -162,14 +162,15 @@ class MultiTaskModel {
   std::vector<ShardedTable::Lookup> lookups_;      // per table (over several ranks): this batch's rows
   std::vector<InputGroup> groups_;
   std::vector<int> group_of_task_;
+  // three_tower: every loss of the step; writes dL/dl_t into `dlogits` and dL/dS into `dmixed`.
   template <class T>
-  StepLoss three_tower_losses(const Block& batch, const std::vector<double>& normalizers);
+  StepLoss three_tower_losses(const Block& batch, const std::vector<double>& normalizers,
+                              std::vector<Tensor>& dlogits, Tensor& dmixed);
 
   std::unique_ptr<ThreeTower> three_tower_;       // three_tower
   MultiTaskModel* teacher_ = nullptr;              // three_tower distillation
   std::vector<std::pair<int, int>> teacher_targets_;  // per task: the teacher's task and its given task (or -1)
-  std::vector<Tensor> dlogit_views_tt_;            // three_tower: dL/dl_t of the step
-  Tensor dmixed_buf_, dmixed_;                     // three_tower: dL/dS of the step
+  Tensor dmixed_buf_;                              // three_tower: dL/dS of the step
   std::vector<double> base_loss_weights_;          // per loss: the configured weight
   std::unique_ptr<SharedBlock> block_;             // null: towers read the input (shared_embedding, esmm, single_task)
   MaskedMLP* masked_ = nullptr;                    // ncs: the block's masked MLP (sparse inference)

@@ -1,10 +1,10 @@
 #include "models/three_tower.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 
 #include "core/error.h"
+#include "core/ops.h"
 
 namespace ncsrec {
 
@@ -81,23 +81,14 @@ void ThreeTower::forward(const Tensor& x, const Pass& pass) {
   weights_ = ensure_buffer(weights_buf_, B, static_cast<int64_t>(T), dtype_, Device::CPU);
   mixed_ = ensure_buffer(mixed_buf_, B, 1, dtype_, Device::CPU);
   for (size_t t = 0; t < T; ++t) logits_[t] = ensure_buffer(logit_bufs_[t], B, 1, dtype_, Device::CPU);
-  const Tensor* g = gate_ ? &gate_->forward(xu_, pass) : nullptr;
+  if (gate_) ops::softmax_rows(weights_, gate_->forward(xu_, pass));
   auto run = [&](auto zero) {
     using V = decltype(zero);
     const V* u = u_->data<V>();
     V* w = weights_.data<V>();
     V* s = mixed_.data<V>();
+    if (!gate_) std::fill(w, w + B * static_cast<int64_t>(T), V(1) / static_cast<V>(T));
     for (int64_t r = 0; r < B; ++r) {
-      if (g) {  // softmax over the task logits of the gate
-        const V* gl = g->data<V>() + r * static_cast<int64_t>(T);
-        V top = gl[0];
-        for (size_t t = 1; t < T; ++t) top = std::max(top, gl[t]);
-        V z = 0;
-        for (size_t t = 0; t < T; ++t) z += (w[r * static_cast<int64_t>(T) + static_cast<int64_t>(t)] = std::exp(gl[t] - top));
-        for (size_t t = 0; t < T; ++t) w[r * static_cast<int64_t>(T) + static_cast<int64_t>(t)] /= z;
-      } else {
-        for (size_t t = 0; t < T; ++t) w[r * static_cast<int64_t>(T) + static_cast<int64_t>(t)] = V(1) / static_cast<V>(T);
-      }
       V mix = 0;
       for (size_t t = 0; t < T; ++t) {
         const V* v = v_[t]->data<V>() + r * dim_;
@@ -160,7 +151,9 @@ const Tensor& ThreeTower::backward(const std::vector<const Tensor*>& dlogit, con
   Tensor dg = ensure_buffer(dg_buf_, B, static_cast<int64_t>(T), dtype_, Device::CPU);
   dx_ = ensure_buffer(dx_buf_, B, in_, dtype_, Device::CPU);
   std::memset(dx_.raw(), 0, dx_.nbytes());
+  dv_bufs_.resize(T);
   std::vector<Tensor> dv(T);
+  for (size_t t = 0; t < T; ++t) dv[t] = ensure_buffer(dv_bufs_[t], B, dim_, dtype_, Device::CPU);
   auto run = [&](auto zero) {
     using V = decltype(zero);
     const V* u = u_->data<V>();
@@ -183,7 +176,6 @@ const Tensor& ThreeTower::backward(const std::vector<const Tensor*>& dlogit, con
       }
     }
     for (size_t t = 0; t < T; ++t) {
-      dv[t] = Tensor::empty({B, dim_}, dtype_);
       const V* v = v_[t]->data<V>();
       V* d = dv[t].data<V>();
       for (int64_t r = 0; r < B; ++r) {

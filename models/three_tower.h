@@ -71,7 +71,8 @@ class ThreeTower {
   std::vector<const Tensor*> v_;
   std::vector<Tensor> logit_bufs_, logits_;
   Tensor mixed_buf_, mixed_, weights_buf_, weights_;
-  Tensor du_buf_, dv_buf_, dg_buf_, dx_buf_, dx_;
+  Tensor du_buf_, dg_buf_, dx_buf_, dx_;
+  std::vector<Tensor> dv_bufs_;
 };
 
 }  // namespace ncsrec

@@ -66,8 +66,7 @@ std::vector<ViewSpec> make_views(const ModelConfig& m, const DataSchema& schema)
       std::vector<int> truth = {schema.truth_index(m.tasks[t].label)};
       const int g = task_index(m.tasks[t].given);
       if (g >= 0) {
-        const auto& gn = m.tasks[static_cast<size_t>(g)].name;
-        v.name = (gn == "ctr" && m.tasks[t].name == "cvr") ? "ctcvr" : gn + "_" + m.tasks[t].name;
+        v.name = joint_task_name(m.tasks[static_cast<size_t>(g)].name, m.tasks[t].name);
         v.label_cols.insert(v.label_cols.begin(), schema.task_index(m.tasks[static_cast<size_t>(g)].label));
         truth.insert(truth.begin(), schema.truth_index(m.tasks[static_cast<size_t>(g)].label));
       }
@@ -91,8 +90,7 @@ std::vector<ViewSpec> make_views(const ModelConfig& m, const DataSchema& schema)
     const int g = task_index(m.tasks[t].given);
     if (g < 0) continue;
     ViewSpec v;
-    const auto& gn = m.tasks[static_cast<size_t>(g)].name;
-    v.name = (gn == "ctr" && m.tasks[t].name == "cvr") ? "ctcvr" : gn + "_" + m.tasks[t].name;
+    v.name = joint_task_name(m.tasks[static_cast<size_t>(g)].name, m.tasks[t].name);
     v.tasks = {g, static_cast<int>(t)};
     v.label_cols = {schema.task_index(m.tasks[static_cast<size_t>(g)].label), schema.task_index(m.tasks[t].label)};
     const int t1 = schema.truth_index(m.tasks[static_cast<size_t>(g)].label), t2 = schema.truth_index(m.tasks[t].label);

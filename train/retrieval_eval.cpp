@@ -209,15 +209,9 @@ RetrievalReport evaluate_retrieval(MultiTaskModel& model, const std::vector<std:
     int64_t c0, w;
   };
   std::vector<ListSpec> lists;
-  std::vector<std::string> task_views;
-  for (int64_t t = 0; t < T; ++t) {
-    const TaskSpec& spec = mc.tasks[static_cast<size_t>(t)];
-    std::string name = spec.name;
-    if (!spec.given.empty()) name = spec.given == "ctr" && spec.name == "cvr" ? "ctcvr" : spec.given + "_" + spec.name;
-    task_views.push_back(name);
-  }
   if (T > 1) lists.push_back({"mixed", 0, users.dim(1)});
-  for (int64_t t = 0; t < T; ++t) lists.push_back({task_views[static_cast<size_t>(t)], t * d, d});
+  // The first T loss names are the tasks' impression-level names (ctr, ctcvr).
+  for (int64_t t = 0; t < T; ++t) lists.push_back({model.loss_names()[static_cast<size_t>(t)], t * d, d});
   const size_t K = options.ks.size(), L = lists.size();
   // sums[list][relevance][k]: recall, ndcg
   std::vector<double> recall(L * 2 * K, 0.0), ndcg(L * 2 * K, 0.0);
