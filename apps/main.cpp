@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -54,15 +55,23 @@ commands:
 )";
 
 const char* kTrainHelp = R"(usage: ncsrec train --config FILE [--set key.path=value ...] [--run-dir DIR]
+       ncsrec train --resume --run-dir DIR [--set key.path=value ...]
 
 Trains the model described by FILE (see docs/config.md). Writes into the run folder
 (default runs/<config name>-<timestamp>): config.yaml (as run), metrics.jsonl, summary.json
-and checkpoints/final. Prints per-task AUC beside the Bayes-optimal AUC when the data
-came from `ncsrec gen`.
+and checkpoints/final (and checkpoints/step-<N> with train.checkpoint_every). Prints per-task
+AUC beside the Bayes-optimal AUC when the data came from `ncsrec gen`.
 
-  --config FILE          the YAML config (required)
+  --config FILE          the YAML config (required unless --resume)
   --set key.path=value   override a config key (repeatable), e.g. --set train.epochs=2
   --run-dir DIR          the run folder
+  --resume               continue the run in DIR from its newest checkpoint, with its
+                         config.yaml; --set may change only train.max_steps, train.epochs,
+                         train.log_every, train.checkpoint_every, train.keep_checkpoints,
+                         run.threads, run.comm_timeout and data.eval
+
+SIGTERM or SIGUSR1 stops training at the next step on every rank, saves
+checkpoints/step-<N> and exits with status 75; `--resume` goes on from there.
 )";
 
 const char* kEvalHelp = R"(usage: ncsrec eval (--run-dir DIR | --checkpoint DIR) [--data PATH ...] [--out FILE] [--sparse]
@@ -135,15 +144,41 @@ std::string default_run_dir(const std::string& config_path) {
   return "runs/" + fs::path(config_path).stem().string() + "-" + stamp;
 }
 
+// sysexits.h EX_TEMPFAIL: not finished, try again (with --resume).
+constexpr int kExitPreempted = 75;
+
 int cmd_train(int argc, char** argv) {
   if (wants_help(argc, argv)) return print_help(kTrainHelp), 0;
-  Args args("train", argc, argv, 2, {"config", "set", "run-dir"}, {});
+  Args args("train", argc, argv, 2, {"config", "set", "run-dir"}, {"resume"});
   args.no_positionals();
-  const std::string config_path = args.required("config");
+  TrainOptions options;
+  options.resume = args.has("resume");
+  std::string config_path, run_dir;
+  if (options.resume) {
+    if (!args.has("run-dir")) throw ConfigError("train --resume: give --run-dir DIR, the run to continue");
+    if (args.has("config"))
+      throw ConfigError("train --resume continues with the run's own config.yaml; drop --config (change what may "
+                        "change with --set)");
+    run_dir = args.get("run-dir");
+    config_path = run_dir + "/config.yaml";
+    if (!fs::is_regular_file(config_path))
+      throw ConfigError("train --resume: " + config_path + " does not exist: is " + run_dir + " a run folder?");
+    static const char* kMayChange[] = {"train.max_steps", "train.epochs",    "train.log_every", "train.checkpoint_every",
+                                       "train.keep_checkpoints", "run.threads", "run.comm_timeout", "data.eval"};
+    for (const std::string& o : args.all("set")) {
+      const std::string key = o.substr(0, o.find('='));
+      if (std::find(std::begin(kMayChange), std::end(kMayChange), key) == std::end(kMayChange))
+        throw ConfigError("train --resume: --set " + key + ": a resumed run keeps its config; only train.max_steps, "
+                          "train.epochs, train.log_every, train.checkpoint_every, train.keep_checkpoints, "
+                          "run.threads, run.comm_timeout and data.eval may change");
+    }
+  } else {
+    config_path = args.required("config");
+  }
   std::string resolved;
   const TrainConfig config = load_train_config(config_path, args.all("set"), &resolved);
   select_device(config.device);
-  const std::string run_dir = args.get("run-dir", default_run_dir(config_path));
+  if (!options.resume) run_dir = args.get("run-dir", default_run_dir(config_path));
   CommOptions comm_options;
   comm_options.timeout_seconds = config.comm_timeout;
   auto comm = make_default_communicator(comm_options);
@@ -153,12 +188,20 @@ int cmd_train(int argc, char** argv) {
       std::fprintf(stderr, "%d ranks (%s), a global batch of %d x %lld\n", comm->world_size(), comm->kind(),
                    comm->world_size(), static_cast<long long>(config.train.batch_size));
   }
-  const TrainSummary s = run_training(config, resolved, run_dir, *comm);
+  const TrainSummary s = run_training(config, resolved, run_dir, *comm, options);
+  if (s.preempted) {
+    if (comm->rank() == 0)
+      std::fprintf(stderr, "preempted at step %lld: saved %s; continue with: ncsrec train --resume --run-dir %s\n",
+                   static_cast<long long>(s.steps), s.checkpoint.c_str(), run_dir.c_str());
+    return kExitPreempted;
+  }
   if (comm->rank() != 0) return 0;  // rank 0 speaks for the job
-  std::printf("\ntrained %lld steps, %lld samples in %.1f s: %.0f samples/s (training loop, %s)\n",
-              static_cast<long long>(s.steps), static_cast<long long>(s.samples), s.train_seconds,
-              s.samples_per_second, config.threads > 0 ? (std::to_string(config.threads) + " threads").c_str()
-                                                       : "default threads");
+  const std::string threads = config.threads > 0 ? std::to_string(config.threads) + " threads" : "default threads";
+  const std::string steps = s.resumed_from_step >= 0 ? "steps " + std::to_string(s.resumed_from_step + 1) + "-" +
+                                                           std::to_string(s.steps) + " (resumed)"
+                                                     : std::to_string(s.steps) + " steps";
+  std::printf("\ntrained %s, %lld samples in %.1f s: %.0f samples/s (training loop, %s)\n", steps.c_str(),
+              static_cast<long long>(s.samples), s.train_seconds, s.samples_per_second, threads.c_str());
   if (s.eval.rows > 0) {
     std::printf("eval on %lld rows (%.1f s):\n%s", static_cast<long long>(s.eval.rows), s.eval.seconds,
                 format_eval_table(s.eval).c_str());

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -175,6 +176,8 @@ void save_checkpoint(const std::string& dir, const TrainingState& state, const C
     f.set_attr("meta", "seed", meta.seed);
     f.set_attr("meta", "optimizer_step", meta.optimizer_step);
     f.set_attr("meta", "format_version", meta.format_version);
+    f.set_attr("meta", "day", meta.day);
+    f.set_attr("meta", "init_from", meta.init_from);
     f.set_attr("meta", "rank", static_cast<int64_t>(comm.rank()));
 
     MultiTaskModel& model = *state.model;
@@ -277,6 +280,8 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir) {
   m.seed = f.attr_int("meta", "seed");
   m.optimizer_step = f.attr_int("meta", "optimizer_step");
   m.format_version = f.attr_int("meta", "format_version");
+  if (f.has_attr("meta", "day")) m.day = f.attr_string("meta", "day");
+  if (f.has_attr("meta", "init_from")) m.init_from = f.attr_string("meta", "init_from");
   return m;
 }
 
@@ -296,6 +301,68 @@ CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& stat
   if (model.num_masked_layers() > 0) read_masks(f, model);
   load_table_rows(dir, meta.world_size, model.tables(), state.sparse_optimizers);
   return meta;
+}
+
+namespace {
+
+// N for a folder named step-<N> (suffixes .tmp/.old stripped by the caller), else -1.
+int64_t step_of_name(const std::string& name) {
+  if (name.rfind("step-", 0) != 0 || name.size() == 5) return -1;
+  int64_t n = 0;
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9' || n > INT64_MAX / 10 - 10) return -1;
+    n = n * 10 + (name[i] - '0');
+  }
+  return n;
+}
+
+// The base names of the checkpoints in `dir`, whole or left as .tmp/.old by a crash.
+std::vector<std::string> checkpoint_names(const std::string& dir) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return names;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename().string();
+    for (const char* suffix : {".tmp", ".old"}) {
+      const std::string s = suffix;
+      if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0)
+        name.resize(name.size() - s.size());
+    }
+    if ((name == "final" || step_of_name(name) >= 0) &&
+        std::find(names.begin(), names.end(), name) == names.end())
+      names.push_back(name);
+  }
+  return names;
+}
+
+}  // namespace
+
+std::string newest_checkpoint(const std::string& checkpoints_dir) {
+  std::string best;
+  int64_t best_step = -1;
+  for (const std::string& name : checkpoint_names(checkpoints_dir)) {
+    const std::string path = checkpoints_dir + "/" + name;
+    recover_checkpoint(path);
+    if (!fs::is_directory(path)) continue;
+    const int64_t step = name == "final" ? read_checkpoint_meta(path).step : step_of_name(name);
+    if (step > best_step || (step == best_step && name == "final")) {
+      best = path;
+      best_step = step;
+    }
+  }
+  return best;
+}
+
+void prune_step_checkpoints(const std::string& checkpoints_dir, int64_t keep) {
+  std::vector<std::pair<int64_t, std::string>> steps;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(checkpoints_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    const int64_t n = step_of_name(name);
+    if (n >= 0 && e.is_directory()) steps.emplace_back(n, e.path().string());
+  }
+  std::sort(steps.begin(), steps.end());
+  for (size_t i = 0; i + static_cast<size_t>(keep) < steps.size(); ++i) fs::remove_all(steps[i].second, ec);
 }
 
 std::unique_ptr<MultiTaskModel> load_model(const std::string& dir, const DataSchema& schema, Communicator* comm,

@@ -3,7 +3,8 @@
 // (size and CRC32C of every file), fsyncs, and renames the folder to `X`. A crash at any
 // moment leaves the old checkpoint or the new one whole, never half of one. Readable with h5py:
 //   meta            attributes: config (YAML), step, epoch, data_position, world_size,
-//                   format_version, seed, optimizer_step
+//                   format_version, seed, optimizer_step, day (the data day last trained on,
+//                   "" if none), init_from (the checkpoint the run started from, "" if none)
 //   dense/<name>    every dense parameter, its own shape
 //   optim/<name>/<slot>        the dense optimizer's state for that parameter (m, v, accumulator)
 //   embedding/<table>/{keys, values, optim/<slot>}
@@ -27,6 +28,7 @@ struct CheckpointMeta {
   std::string config_yaml;
   int64_t step = 0, epoch = 0, data_position = 0, world_size = 1, seed = 0, optimizer_step = 0;
   int64_t format_version = kCheckpointFormatVersion;
+  std::string day, init_from;  // absent in older checkpoints: read as ""
 };
 
 struct TrainingState {  // what a checkpoint saves and restores, borrowed from the trainer
@@ -57,6 +59,13 @@ CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& stat
 // `meta`, if given, receive the saved config and metadata.
 std::unique_ptr<MultiTaskModel> load_model(const std::string& dir, const DataSchema& schema, Communicator* comm,
                                            TrainConfig* config = nullptr, CheckpointMeta* meta = nullptr);
+// The checkpoint a resumed run continues from: of `checkpoints_dir`/step-<N> and /final (after
+// recovering any a crash interrupted), the one with the highest step ("final" on a tie); ""
+// when there is none.
+std::string newest_checkpoint(const std::string& checkpoints_dir);
+// Removes all but the newest `keep` of `checkpoints_dir`/step-<N> (by N). `final` is never removed.
+void prune_step_checkpoints(const std::string& checkpoints_dir, int64_t keep);
+
 // The rows each table holds on this rank (and their sparse optimizer state, where
 // `optimizers[i]` is set), from checkpoint `dir` written by `world_size` ranks.
 void load_table_rows(const std::string& dir, int64_t world_size, std::vector<ShardedTable>& tables,

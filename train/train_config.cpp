@@ -73,6 +73,8 @@ TrainConfig parse_root(ConfigNode root) {
   c.train.mask_semantics = train.get_choice("mask_semantics", {"exact", "paper_shared_adam"}, "exact");
   c.train.lr_schedule = parse_lr_schedule(train.child("lr_schedule"));
   c.train.clip_grad_norm = train.get_double("clip_grad_norm", 0.0, 0.0, 1e12);
+  c.train.checkpoint_every = train.get_int("checkpoint_every", 0, 0, INT64_MAX);
+  c.train.keep_checkpoints = train.get_int("keep_checkpoints", 2, 1, 1000);
   train.finish();
   root.finish();
   if (c.train.schedule == "alternating" && c.model.esmm)

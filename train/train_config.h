@@ -38,6 +38,10 @@ struct TrainLoopConfig {
   // > 0: the dense gradient is scaled to this L2 norm when its norm is larger (sparse
   // embedding gradients are not clipped). 0 = off.
   double clip_grad_norm = 0.0;
+  // > 0: a checkpoint `checkpoints/step-<N>` every this many steps (and at preemption); the
+  // newest `keep_checkpoints` of them are kept. `checkpoints/final` is always written.
+  int64_t checkpoint_every = 0;
+  int64_t keep_checkpoints = 2;
 };
 
 struct TrainConfig {

@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -101,10 +102,46 @@ class Progress {
   Clock::time_point last_ = Clock::now() - std::chrono::seconds(1);
 };
 
+volatile std::sig_atomic_t g_stop_requested = 0;
+
+void on_stop_signal(int) { g_stop_requested = 1; }
+
+// SIGTERM and SIGUSR1 request a stop while a training runs; the previous handlers come back after.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_requested = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, &old_term_);
+    sigaction(SIGUSR1, &sa, &old_usr1_);
+  }
+  ~StopSignals() {
+    sigaction(SIGTERM, &old_term_, nullptr);
+    sigaction(SIGUSR1, &old_usr1_, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  struct sigaction old_term_ {}, old_usr1_ {};
+};
+
+// Whether any rank was asked to stop: every rank must leave at the same step.
+bool stop_agreed(Communicator& comm) {
+  double stop = g_stop_requested ? 1.0 : 0.0;
+  if (comm.world_size() > 1) comm.all_reduce_max(&stop, 1);
+  return stop > 0;
+}
+
 }  // namespace
 
+void request_training_stop() { g_stop_requested = 1; }
+
 TrainSummary run_training(const TrainConfig& config, const std::string& resolved_yaml, const std::string& run_dir,
-                          Communicator& comm) {
+                          Communicator& comm, const TrainOptions& options) {
+  StopSignals stop_signals;
   configure_threads(config.threads);
   const std::vector<std::string> train_files = expand_data_paths(config.data.train, "data.train");
   const std::vector<std::string> eval_files =
@@ -142,14 +179,37 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   if (comm.rank() == 0) {
     std::ofstream cfg(run_dir + "/config.yaml");
     cfg << resolved_yaml << "\n";
-    // A new run starts a new log (resuming into a run folder is not supported yet).
-    metrics_log.open(run_dir + "/metrics.jsonl", std::ios::trunc);
+    // A new run starts a new log; a resumed one appends to it.
+    metrics_log.open(run_dir + "/metrics.jsonl", options.resume ? std::ios::app : std::ios::trunc);
     if (!metrics_log) throw UserError("run folder " + run_dir + ": cannot write metrics.jsonl");
   }
 
+  // Resume: everything the newest checkpoint holds (masks included, so no mask search).
+  CheckpointMeta resumed;
+  const std::string checkpoints_dir = run_dir + "/checkpoints";
+  if (options.resume) {
+    std::string from;
+    if (comm.rank() == 0) from = newest_checkpoint(checkpoints_dir);  // rank 0 repairs what a crash left
+    comm.barrier();
+    if (comm.rank() != 0) from = newest_checkpoint(checkpoints_dir);
+    if (from.empty())
+      throw UserError("--resume: " + checkpoints_dir + " holds no checkpoint (step-<N> or final) to resume from; "
+                      "run without --resume to start afresh");
+    TrainingState state{&model, optimizers.dense.get(), {}};
+    for (auto& sp : optimizers.sparse) state.sparse_optimizers.push_back(sp.get());
+    resumed = load_checkpoint(from, state);
+    if (resumed.seed != static_cast<int64_t>(config.seed))
+      throw UserError("--resume: " + from + " was written with run.seed " + std::to_string(resumed.seed) +
+                      ", the config says " + std::to_string(config.seed) + ": resume with the run's own config");
+    if (comm.rank() == 0)
+      std::fprintf(stderr, "resume: %s (step %lld, epoch %lld, data position %lld, written by %lld ranks)\n",
+                   from.c_str(), static_cast<long long>(resumed.step), static_cast<long long>(resumed.epoch),
+                   static_cast<long long>(resumed.data_position), static_cast<long long>(resumed.world_size));
+  }
+
   // Masks (ncs): from a file or checkpoint, or found now by IMP; otherwise all ones.
-  if (!config.model.masks.file.empty()) load_masks(config.model.masks.file, model);
-  if (config.model.masks.find == "imp") {
+  if (!options.resume && !config.model.masks.file.empty()) load_masks(config.model.masks.file, model);
+  if (!options.resume && config.model.masks.find == "imp") {
     const std::vector<std::string> valid_files = expand_data_paths(config.data.valid, "data.valid");
     const ImpResult imp = find_masks_imp(config, reader->schema(), train_files, valid_files, run_dir, comm);
     for (size_t t = 0; t < imp.masks.size(); ++t)
@@ -167,6 +227,12 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
                     std::to_string(global_batch) + ": lower train.batch_size");
   int64_t total_steps = steps_per_epoch * config.train.epochs;
   if (config.train.max_steps > 0) total_steps = std::min(total_steps, config.train.max_steps);
+  if (options.resume && resumed.data_position % global_batch != 0)
+    throw UserError("--resume: the checkpoint stopped at data position " + std::to_string(resumed.data_position) +
+                    " of epoch " + std::to_string(resumed.epoch) + ", which is not a multiple of the global batch " +
+                    std::to_string(global_batch) + " (" + std::to_string(comm.world_size()) + " ranks x " +
+                    std::to_string(config.train.batch_size) + "); resume on " + std::to_string(resumed.world_size) +
+                    " ranks, or with a batch size whose global batch divides it");
 
   if (comm.rank() == 0)
     std::fprintf(stderr, "train: %s model, %lld dense parameters, %zu tables, %lld rows/epoch, %lld steps of %lld\n",
@@ -188,10 +254,34 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   Block batch;
   // (epoch, position) is where the data stands: the epoch being read and the global positions
   // of it already consumed; a finished epoch moves on to (epoch + 1, 0).
-  int64_t step = 0, epoch = 0, position = 0;
-  for (; epoch < config.train.epochs && step < total_steps;) {
-    if (epoch > 0 || position > 0) {
+  int64_t step = resumed.step, epoch = resumed.epoch, position = resumed.data_position;
+  summary.resumed_from_step = options.resume ? resumed.step : -1;
+  if (options.resume && comm.rank() == 0)
+    metrics_log << JsonObject().add("event", "resume").add("step", step).add("epoch", epoch)
+                       .add("data_position", position).add("world_size", comm.world_size()).str()
+                << "\n" << std::flush;
+  CheckpointMeta meta;
+  meta.config_yaml = resolved_yaml;
+  meta.world_size = comm.world_size();
+  meta.seed = static_cast<int64_t>(config.seed);
+  meta.day = resumed.day;
+  meta.init_from = resumed.init_from;
+  TrainingState state{&model, optimizers.dense.get(), {}};
+  for (auto& sp : optimizers.sparse) state.sparse_optimizers.push_back(sp.get());
+  // Saves `name` under checkpoints/ with the loop's (step, epoch, position).
+  auto save = [&](const std::string& name) {
+    meta.step = meta.optimizer_step = step;
+    meta.epoch = epoch;
+    meta.data_position = position;
+    fs::create_directories(checkpoints_dir, ec);
+    save_checkpoint(checkpoints_dir + "/" + name, state, meta, comm);
+  };
+  double checkpoint_seconds = 0;  // periodic saves inside the loop, taken out of its time
+  bool preempted = false;
+  for (; epoch < config.train.epochs && step < total_steps && !preempted;) {
+    if (epoch != 0 || position != 0) {
       ro.epoch = epoch;
+      ro.start_position = position;
       reader = std::make_unique<Reader>(ro);
     }
     bool epoch_done = true;
@@ -254,6 +344,18 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
         window_samples = 0;
         window_start = Clock::now();
       }
+      if (options.after_step) options.after_step(step);
+      if (step < total_steps && stop_agreed(comm)) {
+        preempted = true;
+        epoch_done = false;
+        break;
+      }
+      if (config.train.checkpoint_every > 0 && step % config.train.checkpoint_every == 0 && step < total_steps) {
+        const auto t = Clock::now();
+        save("step-" + std::to_string(step));
+        if (comm.rank() == 0) prune_step_checkpoints(checkpoints_dir, config.train.keep_checkpoints);
+        checkpoint_seconds += seconds_since(t);
+      }
     }
     // The last full global batch ends the epoch even when max_steps stopped the loop there
     // (a final partial batch is dropped, so it is not data still to be read).
@@ -264,25 +366,30 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   }
   progress.finish();
   summary.steps = step;
-  summary.train_seconds = seconds_since(start);
-  summary.samples_per_second = static_cast<double>(summary.samples) / summary.train_seconds;
+  summary.checkpoint_seconds = checkpoint_seconds;
+  summary.train_seconds = seconds_since(start) - checkpoint_seconds;
+  summary.samples_per_second =
+      summary.train_seconds > 0 ? static_cast<double>(summary.samples) / summary.train_seconds : 0.0;
   summary.comm = comm.stats();
   reader.reset();
 
+  if (preempted) {
+    const std::string name = "step-" + std::to_string(step);
+    save(name);
+    if (comm.rank() == 0) {
+      prune_step_checkpoints(checkpoints_dir, config.train.keep_checkpoints);
+      metrics_log << JsonObject().add("event", "preempted").add("step", step).add("checkpoint", "checkpoints/" + name)
+                         .str()
+                  << "\n" << std::flush;
+    }
+    summary.preempted = true;
+    summary.checkpoint = checkpoints_dir + "/" + name;
+    return summary;
+  }
+
   // Final checkpoint, then evaluation (so a failure in evaluation loses no training).
-  summary.checkpoint = run_dir + "/checkpoints/final";
-  fs::create_directories(run_dir + "/checkpoints", ec);
-  CheckpointMeta meta;
-  meta.config_yaml = resolved_yaml;
-  meta.step = step;
-  meta.epoch = epoch;
-  meta.data_position = position;
-  meta.world_size = comm.world_size();
-  meta.seed = static_cast<int64_t>(config.seed);
-  meta.optimizer_step = step;
-  TrainingState state{&model, optimizers.dense.get(), {}};
-  for (auto& s : optimizers.sparse) state.sparse_optimizers.push_back(s.get());
-  save_checkpoint(summary.checkpoint, state, meta, comm);
+  summary.checkpoint = checkpoints_dir + "/final";
+  save("final");
 
   if (!eval_files.empty()) {
     summary.eval = evaluate(model, eval_files, config, comm);
@@ -312,7 +419,9 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
         .add("global_batch", config.train.batch_size * comm.world_size()).add("communication", comm_json)
         .add("dense_parameters", dense_parameters)
         .add("multiply_adds_per_sample", model.multiply_adds_per_sample()).add("steps", step).add("samples", summary.samples)
+        .add("resumed_from_step", summary.resumed_from_step)
         .add("train_seconds", summary.train_seconds).add("samples_per_sec", summary.samples_per_second)
+        .add("checkpoint_seconds", summary.checkpoint_seconds)
         .add("eval_rows", summary.eval.rows).add("eval", metrics_json(summary.eval))
         .add("checkpoint", "checkpoints/final");
     std::ofstream out(run_dir + "/summary.json.tmp");

@@ -3,6 +3,7 @@
 // final checkpoint into the run folder.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "dist/communicator.h"
@@ -12,17 +13,37 @@
 namespace ncsrec {
 
 struct TrainSummary {
-  int64_t steps = 0, samples = 0;
+  int64_t steps = 0;    // the run's step count at the end (resumed steps included)
+  int64_t samples = 0;  // samples trained on by this call
+  int64_t resumed_from_step = -1;  // the checkpoint's step when resumed, else -1
+  bool preempted = false;          // stopped by request_training_stop(): checkpoint saved, no final
+  double checkpoint_seconds = 0;   // saving periodic checkpoints (not part of train_seconds)
   double train_seconds = 0, samples_per_second = 0;
   CommStats comm;  // the training steps' collectives on this rank
   EvalReport eval;
   std::string checkpoint;
 };
 
+struct TrainOptions {
+  // Continue from the newest checkpoint in <run_dir>/checkpoints (step-<N> or final): weights,
+  // optimizer state, masks, embedding rows, step and data position. The config must be the
+  // run's (the command line checks which keys may change).
+  bool resume = false;
+  // Called on every rank after each step with the step count (tests use it to preempt).
+  std::function<void(int64_t step)> after_step;
+};
+
 // `resolved_yaml` is the config as run (overrides applied); it is saved in the run folder and
 // in every checkpoint.
+//
+// Preemption: SIGTERM and SIGUSR1 (or request_training_stop()) make the run stop at the next
+// step boundary on every rank, save `checkpoints/step-<N>` and return with `preempted` set,
+// without the final checkpoint, evaluation or summary.json. `--resume` goes on from there.
 TrainSummary run_training(const TrainConfig& config, const std::string& resolved_yaml, const std::string& run_dir,
-                          Communicator& comm);
+                          Communicator& comm, const TrainOptions& options = {});
+
+// What the signal handler does: the running training stops at its next step boundary.
+void request_training_stop();
 
 // Applies run.threads to OpenMP and OpenBLAS (0 leaves the defaults).
 void configure_threads(int64_t threads);
