@@ -11,8 +11,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="${NCSREC_BUILD_DIR:-$root/build}"
 
 # slurm-wlm and munge: the single-node Slurm of tests/slurm (daemons are not started by install).
+# python3-h5py, -numpy, -yaml: tests/e2e/checkpoint_h5py reads checkpoints with no ncsrec code
+# (Debian installs them for /usr/bin/python3).
 packages=(cmake ninja-build g++ pkg-config libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libyaml-cpp-dev
-          libopenblas-dev libgtest-dev ccache zlib1g-dev slurm-wlm munge)
+          libopenblas-dev libgtest-dev ccache zlib1g-dev slurm-wlm munge python3-h5py python3-numpy python3-yaml)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
