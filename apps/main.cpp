@@ -65,6 +65,10 @@ AUC beside the Bayes-optimal AUC when the data came from `ncsrec gen`.
   --config FILE          the YAML config (required unless --resume)
   --set key.path=value   override a config key (repeatable), e.g. --set train.epochs=2
   --run-dir DIR          the run folder
+  --init-from CKPT       start from checkpoint CKPT (same as --set init.from=CKPT): its
+                         weights, optimizer state and masks, by parameter name (docs/daily.md)
+  --day YYYY-MM-DD       the day this run trains on: replaces {day}, {prev_day} and {next_day}
+                         in the data paths, and is recorded in the checkpoints
   --resume               continue the run in DIR from its newest checkpoint, with its
                          config.yaml; --set may change only train.max_steps, train.epochs,
                          train.log_every, train.checkpoint_every, train.keep_checkpoints,
@@ -144,12 +148,38 @@ std::string default_run_dir(const std::string& config_path) {
   return "runs/" + fs::path(config_path).stem().string() + "-" + stamp;
 }
 
+// A date YYYY-MM-DD moved by `days`; "" when `day` is not such a date.
+std::string shift_day(const std::string& day, int days) {
+  std::tm tm{};
+  if (day.size() != 10 || !strptime(day.c_str(), "%Y-%m-%d", &tm)) return "";
+  tm.tm_hour = 12;  // away from midnight: no DST edge
+  std::time_t t = timegm(&tm) + static_cast<std::time_t>(days) * 86400;
+  std::tm out{};
+  gmtime_r(&t, &out);
+  char b[16];
+  std::strftime(b, sizeof b, "%Y-%m-%d", &out);
+  return std::string(b) == day || days != 0 ? std::string(b) : "";
+}
+
+// `text` with {day}, {prev_day} and {next_day} replaced for `day`.
+std::string substitute_day(std::string text, const std::string& day, const std::string& config_path) {
+  if (day.empty())
+    throw ConfigError(config_path + ": the data paths use {day}, {prev_day} or {next_day}: give --day YYYY-MM-DD");
+  if (shift_day(day, 0) != day)
+    throw ConfigError("train --day " + day + ": expected a date YYYY-MM-DD");
+  for (const auto& [key, value] :
+       {std::pair<std::string, std::string>{"{day}", day}, {"{prev_day}", shift_day(day, -1)}, {"{next_day}", shift_day(day, 1)}})
+    for (size_t at = text.find(key); at != std::string::npos; at = text.find(key, at + value.size()))
+      text.replace(at, key.size(), value);
+  return text;
+}
+
 // sysexits.h EX_TEMPFAIL: not finished, try again (with --resume).
 constexpr int kExitPreempted = 75;
 
 int cmd_train(int argc, char** argv) {
   if (wants_help(argc, argv)) return print_help(kTrainHelp), 0;
-  Args args("train", argc, argv, 2, {"config", "set", "run-dir"}, {"resume"});
+  Args args("train", argc, argv, 2, {"config", "set", "run-dir", "init-from", "day"}, {"resume"});
   args.no_positionals();
   TrainOptions options;
   options.resume = args.has("resume");
@@ -172,11 +202,21 @@ int cmd_train(int argc, char** argv) {
                           "train.epochs, train.log_every, train.checkpoint_every, train.keep_checkpoints, "
                           "run.threads, run.comm_timeout and data.eval may change");
     }
+    if (args.has("init-from") || args.has("day"))
+      throw ConfigError("train --resume: --init-from and --day belong to the run's start; a resumed run keeps them");
   } else {
     config_path = args.required("config");
   }
+  std::vector<std::string> overrides = args.all("set");
+  if (args.has("init-from")) overrides.push_back("init.from=\"" + args.get("init-from") + "\"");
   std::string resolved;
-  const TrainConfig config = load_train_config(config_path, args.all("set"), &resolved);
+  TrainConfig config = load_train_config(config_path, overrides, &resolved);
+  options.day = args.get("day", "");
+  if (!options.day.empty() || resolved.find("{day}") != std::string::npos ||
+      resolved.find("{prev_day}") != std::string::npos || resolved.find("{next_day}") != std::string::npos) {
+    resolved = substitute_day(resolved, options.day, config_path);
+    config = parse_train_config(resolved, config_path);
+  }
   select_device(config.device);
   if (!options.resume) run_dir = args.get("run-dir", default_run_dir(config_path));
   CommOptions comm_options;
@@ -197,9 +237,10 @@ int cmd_train(int argc, char** argv) {
   }
   if (comm->rank() != 0) return 0;  // rank 0 speaks for the job
   const std::string threads = config.threads > 0 ? std::to_string(config.threads) + " threads" : "default threads";
-  const std::string steps = s.resumed_from_step >= 0 ? "steps " + std::to_string(s.resumed_from_step + 1) + "-" +
-                                                           std::to_string(s.steps) + " (resumed)"
-                                                     : std::to_string(s.steps) + " steps";
+  const int64_t from = s.resumed_from_step >= 0 ? s.resumed_from_step : s.first_step;
+  const std::string steps = from > 0 ? "steps " + std::to_string(from + 1) + "-" + std::to_string(s.steps) +
+                                           (s.resumed_from_step >= 0 ? " (resumed)" : " (after the init checkpoint's)")
+                                     : std::to_string(s.steps) + " steps";
   std::printf("\ntrained %s, %lld samples in %.1f s: %.0f samples/s (training loop, %s)\n", steps.c_str(),
               static_cast<long long>(s.samples), s.train_seconds, s.samples_per_second, threads.c_str());
   if (s.eval.rows > 0) {

@@ -40,7 +40,9 @@ void write_tensor(h5::File& f, const std::string& name, const Tensor& t) {
   }
 }
 
-void read_tensor(const h5::File& f, const std::string& name, Tensor& t, const std::string& dir) {
+}  // namespace
+
+void read_checkpoint_tensor(const h5::File& f, const std::string& name, Tensor& t, const std::string& dir) {
   const std::vector<uint64_t> d = f.dims(name);
   if (d != dims_of(t.shape())) {
     std::ostringstream os;
@@ -59,6 +61,8 @@ void read_tensor(const h5::File& f, const std::string& name, Tensor& t, const st
   }
   t.copy_from(host);
 }
+
+namespace {
 
 std::string rank_file(int rank) { return "rank-" + std::to_string(rank) + ".h5"; }
 
@@ -126,18 +130,20 @@ void copy_rows_by_key(const h5::File& f, const std::string& name, const std::vec
 }  // namespace
 
 void load_table_rows(const std::string& dir, int64_t world_size, std::vector<ShardedTable>& tables,
-                     const std::vector<SparseOptimizer*>& optimizers) {
+                     const std::vector<SparseOptimizer*>& optimizers, const std::vector<std::string>* sources) {
   std::vector<std::vector<uint8_t>> filled;
   for (const ShardedTable& t : tables) filled.emplace_back(static_cast<size_t>(t.shard().rows()), 0);
+  auto source_of = [&](size_t i) { return sources ? (*sources)[i] : tables[i].name(); };
   // Every rank file may hold rows of this rank's shards (another world size, another placement):
   // each is opened once and read for every table.
   for (int r = 0; r < world_size; ++r) {
     const h5::File f = h5::File::open_read(dir + "/" + rank_file(r));
     for (size_t i = 0; i < tables.size(); ++i) {
       ShardedTable& table = tables[i];
-      const std::string base = "embedding/" + table.name();
+      if (source_of(i).empty()) continue;
+      const std::string base = "embedding/" + source_of(i);
       if (!f.exists(base + "/keys"))
-        throw UserError("checkpoint " + dir + ": " + rank_file(r) + " has no table '" + table.name() +
+        throw UserError("checkpoint " + dir + ": " + rank_file(r) + " has no table '" + source_of(i) +
                         "' (was it written by a different model config?)");
       const std::vector<int64_t> keys = f.read_i64(base + "/keys");
       copy_rows_by_key(f, base + "/values", keys, table, table.shard().values(), &filled[i], dir);
@@ -146,7 +152,7 @@ void load_table_rows(const std::string& dir, int64_t world_size, std::vector<Sha
     }
   }
   for (size_t i = 0; i < tables.size(); ++i)
-    for (size_t k = 0; k < filled[i].size(); ++k)
+    for (size_t k = 0; k < filled[i].size() && !source_of(i).empty(); ++k)
       if (!filled[i][k])
         throw UserError("checkpoint " + dir + ": table '" + tables[i].name() + "' has no row " +
                         std::to_string(tables[i].shard_rows()[k]) + " (was it written for a table of other rows?)");
@@ -178,6 +184,7 @@ void save_checkpoint(const std::string& dir, const TrainingState& state, const C
     f.set_attr("meta", "format_version", meta.format_version);
     f.set_attr("meta", "day", meta.day);
     f.set_attr("meta", "init_from", meta.init_from);
+    f.set_attr("meta", "first_step", meta.first_step);
     f.set_attr("meta", "rank", static_cast<int64_t>(comm.rank()));
 
     MultiTaskModel& model = *state.model;
@@ -282,6 +289,7 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir) {
   m.format_version = f.attr_int("meta", "format_version");
   if (f.has_attr("meta", "day")) m.day = f.attr_string("meta", "day");
   if (f.has_attr("meta", "init_from")) m.init_from = f.attr_string("meta", "init_from");
+  if (f.has_attr("meta", "first_step")) m.first_step = f.attr_int("meta", "first_step");
   return m;
 }
 
@@ -290,12 +298,12 @@ CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& stat
   // Dense parameters, their optimizer state and the masks are the same on every rank: rank 0's.
   h5::File f = h5::File::open_read(dir + "/" + rank_file(0));
   MultiTaskModel& model = *state.model;
-  for (Param& p : model.params().params()) read_tensor(f, "dense/" + p.name, p.value, dir);
+  for (Param& p : model.params().params()) read_checkpoint_tensor(f, "dense/" + p.name, p.value, dir);
   if (state.dense_optimizer) {
     for (auto& [slot, buffer] : state.dense_optimizer->state())
       for (Param& p : model.params().params()) {
         Tensor view = buffer->view(p.offset, p.shape);
-        read_tensor(f, "optim/" + p.name + "/" + slot, view, dir);
+        read_checkpoint_tensor(f, "optim/" + p.name + "/" + slot, view, dir);
       }
   }
   if (model.num_masked_layers() > 0) read_masks(f, model);

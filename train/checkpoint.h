@@ -4,7 +4,8 @@
 // moment leaves the old checkpoint or the new one whole, never half of one. Readable with h5py:
 //   meta            attributes: config (YAML), step, epoch, data_position, world_size,
 //                   format_version, seed, optimizer_step, day (the data day last trained on,
-//                   "" if none), init_from (the checkpoint the run started from, "" if none)
+//                   "" if none), init_from (the checkpoint the run started from, "" if none),
+//                   first_step (the step it started from: its optimizer_step, else 0)
 //   dense/<name>    every dense parameter, its own shape
 //   optim/<name>/<slot>        the dense optimizer's state for that parameter (m, v, accumulator)
 //   embedding/<table>/{keys, values, optim/<slot>}
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/hdf5_util.h"
 #include "core/optim.h"
 #include "dist/communicator.h"
 #include "embedding/embedding_table.h"
@@ -29,6 +31,7 @@ struct CheckpointMeta {
   int64_t step = 0, epoch = 0, data_position = 0, world_size = 1, seed = 0, optimizer_step = 0;
   int64_t format_version = kCheckpointFormatVersion;
   std::string day, init_from;  // absent in older checkpoints: read as ""
+  int64_t first_step = 0;      // the step the run started from (init.from with optimizer state)
 };
 
 struct TrainingState {  // what a checkpoint saves and restores, borrowed from the trainer
@@ -67,8 +70,13 @@ std::string newest_checkpoint(const std::string& checkpoints_dir);
 void prune_step_checkpoints(const std::string& checkpoints_dir, int64_t keep);
 
 // The rows each table holds on this rank (and their sparse optimizer state, where
-// `optimizers[i]` is set), from checkpoint `dir` written by `world_size` ranks.
+// `optimizers[i]` is set), from checkpoint `dir` written by `world_size` ranks. `sources`, if
+// given, names each table's table in the checkpoint ("" = leave that table as it is).
 void load_table_rows(const std::string& dir, int64_t world_size, std::vector<ShardedTable>& tables,
-                     const std::vector<SparseOptimizer*>& optimizers);
+                     const std::vector<SparseOptimizer*>& optimizers,
+                     const std::vector<std::string>* sources = nullptr);
+// Reads dataset `name` of checkpoint file `f` (of checkpoint `dir`) into `t`, whose shape it
+// must have (else a UserError naming both shapes).
+void read_checkpoint_tensor(const h5::File& f, const std::string& name, Tensor& t, const std::string& dir);
 
 }  // namespace ncsrec

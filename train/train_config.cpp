@@ -75,7 +75,23 @@ TrainConfig parse_root(ConfigNode root) {
   c.train.clip_grad_norm = train.get_double("clip_grad_norm", 0.0, 0.0, 1e12);
   c.train.checkpoint_every = train.get_int("checkpoint_every", 0, 0, INT64_MAX);
   c.train.keep_checkpoints = train.get_int("keep_checkpoints", 2, 1, 1000);
+  c.train.progressive_eval = train.get_bool("progressive_eval", true);
   train.finish();
+
+  ConfigNode init = root.child("init");
+  c.init.from = init.get_string("from", "");
+  if (init.has("map"))
+    for (auto& [key, value] : init.child("map").entries()) {
+      if (!value.yaml().IsScalar()) value.fail_here("expected the checkpoint's name prefix (a string)");
+      c.init.map.emplace_back(key, value.yaml().as<std::string>());
+    }
+  else
+    init.child("map");
+  c.init.reinit = init.get_string_list("reinit", {});
+  c.init.optimizer_state = init.get_bool("optimizer_state", true);
+  c.init.masks = init.get_bool("masks", true);
+  c.init.strict = init.get_bool("strict", true);
+  init.finish();
   root.finish();
   if (c.train.schedule == "alternating" && c.model.esmm)
     throw ConfigError(c.model.source + ": train.schedule: esmm trains its two losses together; use joint");

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/data/reader.h"
@@ -42,6 +43,21 @@ struct TrainLoopConfig {
   // newest `keep_checkpoints` of them are kept. `checkpoints/final` is always written.
   int64_t checkpoint_every = 0;
   int64_t keep_checkpoints = 2;
+  // With init.from: evaluate the initialised model on data.train before training on it
+  // (progressive validation: yesterday's model on today's data).
+  bool progressive_eval = true;
+};
+
+// `init:` (train/init_from.h): start a new run from another run's checkpoint.
+struct InitSpec {
+  std::string from;  // checkpoint folder; "" = no initialisation
+  std::vector<std::pair<std::string, std::string>> map;  // new-name prefix -> checkpoint-name prefix
+  std::vector<std::string> reinit;                       // patterns of new names left fresh
+  bool optimizer_state = true;  // carry optimizer state (and the optimizer step) for loaded parameters
+  bool masks = true;            // take the masks (ncs) from the checkpoint
+  // true: a parameter (not matched by reinit) missing from the checkpoint is an error;
+  // false: it keeps its fresh initialisation and is listed in the report.
+  bool strict = true;
 };
 
 struct TrainConfig {
@@ -54,6 +70,7 @@ struct TrainConfig {
   OptimizerConfig dense_optimizer;
   OptimizerConfig sparse_optimizer;
   TrainLoopConfig train;
+  InitSpec init;
 };
 
 // How the training data of `config` is read on rank `rank` of `world_size` in `epoch`

@@ -19,6 +19,7 @@
 #include "models/multitask_model.h"
 #include "train/checkpoint.h"
 #include "train/imp.h"
+#include "train/init_from.h"
 #include "train/mask_io.h"
 #include "train/step.h"
 #include "train/json.h"
@@ -169,6 +170,8 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
     model.set_teacher(teacher.get());
   }
   Optimizers optimizers = make_optimizers(config, model);
+  TrainingState state{&model, optimizers.dense.get(), {}};
+  for (auto& sp : optimizers.sparse) state.sparse_optimizers.push_back(sp.get());
 
   // The run folder is made only once the config, the data and the model are known to work.
   // Rank 0 writes the run folder's files; every rank needs the folder (checkpoints).
@@ -195,8 +198,6 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
     if (from.empty())
       throw UserError("--resume: " + checkpoints_dir + " holds no checkpoint (step-<N> or final) to resume from; "
                       "run without --resume to start afresh");
-    TrainingState state{&model, optimizers.dense.get(), {}};
-    for (auto& sp : optimizers.sparse) state.sparse_optimizers.push_back(sp.get());
     resumed = load_checkpoint(from, state);
     if (resumed.seed != static_cast<int64_t>(config.seed))
       throw UserError("--resume: " + from + " was written with run.seed " + std::to_string(resumed.seed) +
@@ -207,9 +208,47 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
                    static_cast<long long>(resumed.data_position), static_cast<long long>(resumed.world_size));
   }
 
+  // A new run initialised from another run's checkpoint (init.from): its parameters by name,
+  // and (init.optimizer_state) its optimizer state and step, so that Adam's bias correction and
+  // the step-keyed schedule and dropout continue where it stopped.
+  bool masks_given = options.resume;
+  if (!options.resume && !config.init.from.empty()) {
+    const InitReport init = init_from_checkpoint(config.init, state);
+    resumed.first_step = resumed.step = config.init.optimizer_state ? init.meta.optimizer_step : 0;
+    resumed.init_from = config.init.from;
+    masks_given = init.masks_loaded;
+    if (comm.rank() == 0) {
+      std::fprintf(stderr, "init: %s (step %lld%s%s): %zu parameters and tables loaded, %zu left fresh%s%s\n",
+                   config.init.from.c_str(), static_cast<long long>(init.meta.step),
+                   init.meta.day.empty() ? "" : ", day ", init.meta.day.c_str(), init.loaded.size(),
+                   init.reinitialised.size() + init.missing.size(), config.init.optimizer_state ? ", optimizer state carried" : "",
+                   init.masks_loaded ? ", masks loaded" : "");
+      JsonObject line;
+      line.add("event", "init").add("from", config.init.from).add("from_step", init.meta.step)
+          .add("from_day", init.meta.day).add("loaded", static_cast<int64_t>(init.loaded.size()))
+          .add("reinitialised", static_cast<int64_t>(init.reinitialised.size()))
+          .add("missing", static_cast<int64_t>(init.missing.size())).add("masks_loaded", init.masks_loaded);
+      metrics_log << line.str() << "\n" << std::flush;
+    }
+  }
+
+  // Progressive validation: the model as initialised, on the data it is about to train on.
+  TrainSummary summary;
+  if (!options.resume && !config.init.from.empty() && config.train.progressive_eval) {
+    summary.progressive_eval = evaluate(model, train_files, config, comm);
+    if (comm.rank() == 0) {
+      metrics_log << JsonObject().add("event", "progressive_eval").add("step", resumed.step)
+                         .add("metrics", metrics_json(summary.progressive_eval)).str()
+                  << "\n" << std::flush;
+      std::fprintf(stderr, "progressive eval (the initialised model on data.train, %lld rows):\n%s",
+                   static_cast<long long>(summary.progressive_eval.rows),
+                   format_eval_table(summary.progressive_eval).c_str());
+    }
+  }
+
   // Masks (ncs): from a file or checkpoint, or found now by IMP; otherwise all ones.
-  if (!options.resume && !config.model.masks.file.empty()) load_masks(config.model.masks.file, model);
-  if (!options.resume && config.model.masks.find == "imp") {
+  if (!masks_given && !config.model.masks.file.empty()) load_masks(config.model.masks.file, model);
+  if (!masks_given && config.model.masks.find == "imp") {
     const std::vector<std::string> valid_files = expand_data_paths(config.data.valid, "data.valid");
     const ImpResult imp = find_masks_imp(config, reader->schema(), train_files, valid_files, run_dir, comm);
     for (size_t t = 0; t < imp.masks.size(); ++t)
@@ -225,8 +264,10 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   if (steps_per_epoch == 0)
     throw UserError("data.train has " + std::to_string(reader->total_rows()) + " rows, fewer than one global batch of " +
                     std::to_string(global_batch) + ": lower train.batch_size");
+  // Steps count on from the run this one was initialised from (0 for a fresh run).
   int64_t total_steps = steps_per_epoch * config.train.epochs;
   if (config.train.max_steps > 0) total_steps = std::min(total_steps, config.train.max_steps);
+  total_steps += resumed.first_step;
   if (options.resume && resumed.data_position % global_batch != 0)
     throw UserError("--resume: the checkpoint stopped at data position " + std::to_string(resumed.data_position) +
                     " of epoch " + std::to_string(resumed.epoch) + ", which is not a multiple of the global batch " +
@@ -246,7 +287,6 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   std::vector<int64_t> loss_steps(loss_names.size(), 0);  // steps in the window that stepped each task
   double grad_norm_window = 0;  // sum of the window's pre-clip dense gradient norms
   int64_t window_steps = 0, clipped_steps = 0;
-  TrainSummary summary;
   comm.reset_stats();  // the run's communication: the steps' collectives only
   const auto start = Clock::now();
   auto window_start = start;
@@ -256,6 +296,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   // of it already consumed; a finished epoch moves on to (epoch + 1, 0).
   int64_t step = resumed.step, epoch = resumed.epoch, position = resumed.data_position;
   summary.resumed_from_step = options.resume ? resumed.step : -1;
+  summary.first_step = resumed.first_step;
   if (options.resume && comm.rank() == 0)
     metrics_log << JsonObject().add("event", "resume").add("step", step).add("epoch", epoch)
                        .add("data_position", position).add("world_size", comm.world_size()).str()
@@ -266,8 +307,8 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   meta.seed = static_cast<int64_t>(config.seed);
   meta.day = resumed.day;
   meta.init_from = resumed.init_from;
-  TrainingState state{&model, optimizers.dense.get(), {}};
-  for (auto& sp : optimizers.sparse) state.sparse_optimizers.push_back(sp.get());
+  meta.first_step = resumed.first_step;
+  if (!options.day.empty()) meta.day = options.day;
   // Saves `name` under checkpoints/ with the loop's (step, epoch, position).
   auto save = [&](const std::string& name) {
     meta.step = meta.optimizer_step = step;
@@ -423,7 +464,11 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
         .add("train_seconds", summary.train_seconds).add("samples_per_sec", summary.samples_per_second)
         .add("checkpoint_seconds", summary.checkpoint_seconds)
         .add("eval_rows", summary.eval.rows).add("eval", metrics_json(summary.eval))
+        .add("day", meta.day).add("init_from", meta.init_from).add("first_step", meta.first_step)
         .add("checkpoint", "checkpoints/final");
+    if (summary.progressive_eval.rows > 0)
+      s.add("progressive_eval_rows", summary.progressive_eval.rows)
+          .add("progressive_eval", metrics_json(summary.progressive_eval));
     std::ofstream out(run_dir + "/summary.json.tmp");
     out << s.str() << "\n";
     out.close();

@@ -16,11 +16,13 @@ struct TrainSummary {
   int64_t steps = 0;    // the run's step count at the end (resumed steps included)
   int64_t samples = 0;  // samples trained on by this call
   int64_t resumed_from_step = -1;  // the checkpoint's step when resumed, else -1
+  int64_t first_step = 0;          // the step the run started from (init.from), else 0
   bool preempted = false;          // stopped by request_training_stop(): checkpoint saved, no final
   double checkpoint_seconds = 0;   // saving periodic checkpoints (not part of train_seconds)
   double train_seconds = 0, samples_per_second = 0;
   CommStats comm;  // the training steps' collectives on this rank
   EvalReport eval;
+  EvalReport progressive_eval;  // the initialised model on data.train, before training (init.from)
   std::string checkpoint;
 };
 
@@ -29,6 +31,8 @@ struct TrainOptions {
   // optimizer state, masks, embedding rows, step and data position. The config must be the
   // run's (the command line checks which keys may change).
   bool resume = false;
+  // The data day this run trains on (recorded in its checkpoints as meta/day).
+  std::string day;
   // Called on every rank after each step with the step count (tests use it to preempt).
   std::function<void(int64_t step)> after_step;
 };
