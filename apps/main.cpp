@@ -456,15 +456,24 @@ int cmd_inspect(int argc, char** argv) {
                 path.c_str(), static_cast<long long>(m.format_version), static_cast<long long>(m.step),
                 static_cast<long long>(m.epoch), static_cast<long long>(m.world_size),
                 static_cast<long long>(m.data_position));
+    std::printf("  seed %lld, optimizer step %lld, first step %lld%s%s%s%s\n", static_cast<long long>(m.seed),
+                static_cast<long long>(m.optimizer_step), static_cast<long long>(m.first_step),
+                m.day.empty() ? "" : ", day ", m.day.c_str(), m.init_from.empty() ? "" : ", initialised from ",
+                m.init_from.c_str());
     h5::File f = h5::File::open_read(path + "/rank-0.h5");
     print_masks(f);
     for (const std::string group : {"dense", "embedding"})
       for (const auto& name : f.list(group)) {
         const std::string obj = group + "/" + name;
         if (group == "embedding") {
+          // The rows of every rank's shard together: the whole table.
           const auto d = f.dims(obj + "/values");
-          std::printf("  %s/values [%llu, %llu]\n", obj.c_str(), static_cast<unsigned long long>(d[0]),
-                      static_cast<unsigned long long>(d.size() > 1 ? d[1] : 1));
+          unsigned long long rows = d[0];
+          for (int64_t r = 1; r < m.world_size; ++r)
+            rows += h5::File::open_read(path + "/rank-" + std::to_string(r) + ".h5").dims(obj + "/values")[0];
+          std::printf("  %s/values [%llu, %llu]%s\n", obj.c_str(), rows,
+                      static_cast<unsigned long long>(d.size() > 1 ? d[1] : 1),
+                      m.world_size > 1 ? (" (rows of " + std::to_string(m.world_size) + " ranks)").c_str() : "");
         } else {
           const auto d = f.dims(obj);
           std::string shape;

@@ -1,0 +1,54 @@
+"""Tables of the daily-cycle experiment from runs/daily/<mode>/seed-<s>/daily.jsonl."""
+import json
+import statistics
+import sys
+from pathlib import Path
+
+root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/daily")
+modes = ["incremental", "scratch", "frozen"]
+runs = {m: [[json.loads(l) for l in open(p)] for p in sorted((root / m).glob("seed-*/daily.jsonl"))] for m in modes}
+
+
+def ms(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def metric(line, task, key="auc"):
+    nd = line.get("next_day")
+    return nd[task][key] if nd else None
+
+
+days = [l["day"] for l in runs["incremental"][0]]
+for task in ["ctr", "ctcvr"]:
+    print(f"Next-day {task.upper()} AUC (model after day D, evaluated on day D+1), mean ± std over "
+          f"{len(runs['incremental'])} seeds:\n")
+    print("| day D | " + " | ".join(modes) + " | Bayes |")
+    print("| --- | " + " | ".join("---" for _ in modes) + " | --- |")
+    for i, day in enumerate(days):
+        cells = [ms([metric(r[i], task) for r in runs[m]]) for m in modes]
+        bayes = metric(runs["incremental"][0][i], task, "bayes_auc")
+        if all(c == "-" for c in cells):
+            continue
+        print(f"| {day} | " + " | ".join(cells) + (f" | {bayes:.4f} |" if bayes else " | - |"))
+    means = []
+    for m in modes:
+        vals = [statistics.mean([metric(r[i], task) for i in range(1, len(days)) if metric(r[i], task) is not None])
+                for r in runs[m]]
+        means.append(ms(vals))
+    print("| mean of days 2-9 | " + " | ".join(means) + " | |\n")
+
+print("Wall time per day (seconds: training, the progressive and next-day evaluations, checkpoint) and "
+      "checkpoint size:\n")
+print("| mode | wall s/day | train s/day | checkpoint MB |")
+print("| --- | --- | --- | --- |")
+for m in modes:
+    walls = [l["wall_seconds"] for r in runs[m] for l in r]
+    trains = [l["train_seconds"] for r in runs[m] for l in r if l.get("train_seconds") is not None]
+    sizes = [l["checkpoint_bytes"] / 1e6 for r in runs[m] for l in r if l.get("checkpoint_bytes")]
+    print(f"| {m} | {statistics.mean(walls):.2f} | {statistics.mean(trains):.2f} | "
+          f"{statistics.mean(sizes):.2f} |")
