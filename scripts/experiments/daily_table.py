@@ -40,7 +40,7 @@ for task in ["ctr", "ctcvr"]:
         vals = [statistics.mean([metric(r[i], task) for i in range(1, len(days)) if metric(r[i], task) is not None])
                 for r in runs[m]]
         means.append(ms(vals))
-    print("| mean of days 2-9 | " + " | ".join(means) + " | |\n")
+    print("| mean of days 2-10 | " + " | ".join(means) + " | |\n")
 
 print("Wall time per day (seconds: training, the progressive and next-day evaluations, checkpoint) and "
       "checkpoint size:\n")
