@@ -15,6 +15,10 @@
 #   SLURM_TEST_CPUS   CPUs of the node (default: nproc; more than the machine has drains it)
 #   SLURM_TEST_PORT   slurmctld port, slurmd uses the next one (default: a free random pair)
 #   SLURM_TEST_WAIT   seconds to wait for the node to become idle (default 30)
+#   SLURM_TEST_CRED_EXPIRE  AuthInfo cred_expire: also how long a requeued job waits before it
+#                     may start again (Slurm's default 120 s; requeue tests want a few seconds)
+#   SLURM_TEST_SCHEDULER_PARAMETERS  SchedulerParameters (e.g. bf_interval=1: a requeued job is
+#                     started by the next scheduling pass, by default up to 30 s later)
 set -uo pipefail
 
 die() { echo "slurm_cluster: $*" >&2; exit 1; }
@@ -161,7 +165,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$dir/munge/munge.socket
+AuthInfo=socket=$dir/munge/munge.socket${SLURM_TEST_CRED_EXPIRE:+,cred_expire=$SLURM_TEST_CRED_EXPIRE}
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 # Job ids restart at 1 on every cold start: keep per-step temporary folders (PMIx makes
@@ -188,7 +192,8 @@ InactiveLimit=0
 MailProg=/bin/true
 KillWait=5
 MinJobAge=300
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
+${SLURM_TEST_SCHEDULER_PARAMETERS:+SchedulerParameters=$SLURM_TEST_SCHEDULER_PARAMETERS
+}NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 EOF
   : >"$dir/plugstack.conf"

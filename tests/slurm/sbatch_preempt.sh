@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# CTest slurm.sbatch_preempt: preemption of cluster/ncsrec.sbatch on a real (throwaway,
+# single-node) Slurm, with each launcher (srun, then mpirun). Submits the batch script for 2 CPU
+# ranks on a tiny config, waits until the run has written its first checkpoints/step-<N>, then
+# does what Slurm does near the time limit with --signal=B:USR1@T: `scancel --batch
+# --signal=USR1`. The batch shell passes SIGUSR1 to the launcher, the ranks checkpoint and exit
+# 75, the script requeues the job, and the requeued job resumes. Checks: the job restarted once
+# and COMPLETED with exit code 0:0; the run folder has checkpoints/final; summary.json has all
+# the configured steps, world_size 2 and resumed_from_step > 0; metrics.jsonl has the
+# preempted and resume events; the job output shows both attempts (--open-mode=append).
+#
+#   bash tests/slurm/sbatch_preempt.sh NCSREC_BINARY REPO_ROOT
+#
+# The cluster is started with cred_expire=5 and sched_interval=1 so that a requeued job starts
+# again after about 6 s (Slurm's defaults: 120 s, then the next 60 s scheduling pass).
+# Exit 77 (CTest: skipped) where Slurm cannot be had: not root, or slurm-wlm/munge missing and
+# apt-get unable to install them. Every step that could block runs under `timeout`; the cluster
+# is stopped on every exit. NCSREC_KEEP_SCRATCH=1 keeps the scratch folder (logs, run folders).
+set -uo pipefail
+
+ncsrec="${1:?usage: sbatch_preempt.sh NCSREC_BINARY REPO_ROOT}"
+root="${2:?usage: sbatch_preempt.sh NCSREC_BINARY REPO_ROOT}"
+ranks=2
+steps=6000
+start_s=$SECONDS
+
+skip() { echo "SKIP: $*"; exit 77; }
+fail() { echo "FAIL: $*"; exit 1; }
+
+# ---- Slurm and munge, installed if missing -------------------------------------------------
+export PATH="$PATH:/usr/sbin:/sbin"
+[[ $(id -u) -eq 0 ]] || skip "the test cluster runs slurmctld/slurmd as root; run as root"
+have_slurm() {
+  local c
+  for c in sbatch scontrol scancel sinfo slurmctld slurmd munged; do
+    command -v "$c" >/dev/null 2>&1 || return 1
+  done
+}
+if ! have_slurm; then
+  command -v apt-get >/dev/null 2>&1 || skip "Slurm is not installed and there is no apt-get"
+  echo "sbatch_preempt: installing slurm-wlm munge"
+  if ! { timeout 120 apt-get update -qq &&
+         DEBIAN_FRONTEND=noninteractive timeout 180 apt-get install -y -qq --no-install-recommends \
+           slurm-wlm munge >/dev/null; }; then
+    skip "slurm-wlm and munge are not installed and apt-get could not install them (no network?)"
+  fi
+  have_slurm || skip "slurm-wlm/munge installed but their commands are missing"
+fi
+command -v mpirun >/dev/null 2>&1 || skip "no mpirun (OpenMPI) for the mpirun launcher"
+[[ -x "$ncsrec" ]] || fail "no ncsrec binary at $ncsrec"
+
+# An outer Slurm job's variables would point srun/sbatch at the wrong allocation or cluster.
+while read -r v; do unset "$v"; done < <(compgen -e | grep -E '^(SLURM|SBATCH|SRUN|SALLOC)_')
+
+# ---- scratch, cluster, cleanup -------------------------------------------------------------
+# Short path: the munge socket's path must fit in a sockaddr_un (108 bytes).
+work="$(mktemp -d /tmp/ncsrec-slurm.XXXXXX)" || fail "mktemp failed"
+chmod 0755 "$work"  # munged wants every folder above its socket executable by all
+cluster="$work/cluster"
+job_id=""
+launcher=""
+
+# shellcheck disable=SC2317  # called from the EXIT trap
+show_failure_details() {
+  [[ -n "$launcher" ]] || return 0
+  echo "---- job output ($work/job-$launcher.out) ----"
+  if [[ -f "$work/job-$launcher.out" ]]; then cat "$work/job-$launcher.out"; else echo "(none)"; fi
+  if [[ -n "$job_id" && -f "$cluster/slurm.conf" ]]; then
+    echo "---- scontrol show job $job_id ----"
+    SLURM_CONF="$cluster/slurm.conf" timeout 10 scontrol show job "$job_id"
+  fi
+  local f
+  for f in "$cluster"/log/slurmctld.log "$cluster"/log/slurmd.log; do
+    [[ -f "$f" ]] || continue
+    echo "---- ${f#"$work"/} (last 30 lines) ----"
+    tail -n 30 "$f"
+  done
+}
+
+# shellcheck disable=SC2317  # the EXIT trap
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  ((rc == 0 || rc == 77)) || show_failure_details
+  if ! timeout 60 bash "$root/tests/slurm/slurm_cluster.sh" stop "$cluster"; then
+    echo "FAIL: the test cluster did not stop cleanly"
+    ((rc == 0)) && rc=1
+  fi
+  if [[ "${NCSREC_KEEP_SCRATCH:-0}" == 1 ]]; then
+    echo "sbatch_preempt: scratch kept at $work"
+  else
+    rm -rf "$work"
+  fi
+  echo "sbatch_preempt: $((SECONDS - start_s)) s"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "sbatch_preempt: generating a small data set"
+timeout 60 "$ncsrec" gen --out "$work/gen" --days 2 --rows-per-day 5000 --users 2000 --items 500 \
+  >"$work/gen.txt" 2>&1 || { cat "$work/gen.txt"; fail "ncsrec gen failed"; }
+# Small tables and batches: thousands of steps in a few seconds, checkpoints of a few hundred KB.
+cat >"$work/tiny.yaml" <<EOF
+run: {seed: 1, threads: 1}
+data:
+  train: ["$work/gen/content/day=2026-01-01"]
+  eval: ["$work/gen/content/day=2026-01-02"]
+model:
+  type: esmm
+  embedding_dim: 8
+  interaction: dot
+  tables:
+    user_id: {rows: 2000}
+    item_id: {rows: 500}
+    user_segment: {rows: 64}
+    item_category: {rows: 64}
+    hour: {rows: 24}
+    device: {rows: 8}
+    position: {rows: 16}
+    item_tags: {rows: 256, pooling: mean}
+  tower: [32, 16]
+  tasks:
+    ctr: {label: click}
+    cvr: {label: conversion, given: ctr}
+optimizer: {type: adam, lr: 0.003}
+sparse_optimizer: {type: adagrad, lr: 0.05}
+train:
+  batch_size: 50
+  epochs: 1000
+  max_steps: $steps
+  checkpoint_every: 100
+  log_every: 1000
+EOF
+
+echo "sbatch_preempt: starting a single-node Slurm under $cluster"
+conf_line="$(SLURM_TEST_CRED_EXPIRE=5 SLURM_TEST_SCHEDULER_PARAMETERS=sched_interval=1 \
+  timeout 60 bash "$root/tests/slurm/slurm_cluster.sh" start "$cluster")" ||
+  fail "the test cluster did not start"
+export SLURM_CONF="${conf_line#export SLURM_CONF=}"
+
+failures=0
+check() {  # check CONDITION_STATUS WHAT
+  if [[ "$1" -eq 0 ]]; then echo "ok   $2"; else echo "FAIL $2"; failures=$((failures + 1)); fi
+}
+
+# json_field FILE KEY: a top-level number of summary.json.
+json_field() { grep -Eo "\"$2\": *-?[0-9]+" "$1" 2>/dev/null | head -n 1 | grep -Eo -- '-?[0-9]+$'; }
+
+# preempt_and_resume LAUNCHER: one job, preempted once, through to its end.
+preempt_and_resume() {
+  launcher="$1"
+  local run="$work/run-$launcher" out="$work/job-$launcher.out" t0=$SECONDS info state restarts exit_code
+  job_id=""
+  local sbatch_args=(--parsable --job-name="ncsrec-$launcher" --chdir="$work" --output="$out"
+                     --nodes=1 --ntasks-per-node="$ranks" --gpus-per-task=0 --cpus-per-task=1
+                     --time=10)
+  # Fewer cores than ranks: Slurm would keep the job pending forever without overcommit.
+  (($(nproc) < ranks)) && sbatch_args+=(--overcommit)
+  echo "sbatch_preempt: [$launcher] sbatch cluster/ncsrec.sbatch ($ranks CPU ranks, $steps steps)"
+  job_id="$(NCSREC="$ncsrec" NCSREC_CONFIG="$work/tiny.yaml" NCSREC_RUN_DIR="$run" NCSREC_LAUNCHER="$launcher" \
+    timeout 30 sbatch "${sbatch_args[@]}" "$root/cluster/ncsrec.sbatch" 2>"$work/sbatch.err")"
+  [[ "$job_id" =~ ^[0-9]+$ ]] || { cat "$work/sbatch.err"; fail "[$launcher] sbatch did not submit the job"; }
+
+  # The first periodic checkpoint: training runs, the ranks' signal handlers are in place.
+  local first=""
+  for _ in $(seq 600); do
+    first="$(ls "$run/checkpoints" 2>/dev/null | grep -E '^step-[0-9]+$' | head -n 1)"
+    [[ -n "$first" ]] && break
+    sleep 0.05
+  done
+  [[ -n "$first" ]] || fail "[$launcher] no checkpoints/step-<N> within 30 s"
+  echo "sbatch_preempt: [$launcher] $first after $((SECONDS - t0)) s: scancel --batch --signal=USR1 $job_id"
+  timeout 10 scancel --batch --signal=USR1 "$job_id" || fail "[$launcher] scancel --batch --signal=USR1 failed"
+
+  # Requeued (Restarts=1), then to the end: at most 60 s.
+  for _ in $(seq 300); do
+    info="$(timeout 10 scontrol show job "$job_id" 2>&1)"
+    state="$(grep -Eo 'JobState=[A-Z_]+' <<<"$info" | cut -d= -f2)"
+    case "$state" in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE) break ;; esac
+    sleep 0.2
+  done
+  restarts="$(grep -Eo 'Restarts=[0-9]+' <<<"$info" | cut -d= -f2)"
+  exit_code="$(grep -Eo ' ExitCode=[0-9]+:[0-9]+' <<<"$info" | cut -d= -f2)"
+  echo "sbatch_preempt: [$launcher] job $job_id ended after $((SECONDS - t0)) s"
+
+  [[ "$state" == COMPLETED && "$exit_code" == 0:0 ]]
+  check $? "[$launcher] job COMPLETED with exit code 0:0 (state ${state:-?}, exit code ${exit_code:-?})"
+  [[ "$restarts" == 1 ]]
+  check $? "[$launcher] job requeued once (Restarts=${restarts:-?})"
+  grep -q "preempted at step [0-9]*: job $job_id requeued" "$out"
+  check $? "[$launcher] the first attempt was preempted and requeued the job"
+  grep -q "requeued (restart 1): resuming $run" "$out"
+  check $? "[$launcher] the second attempt resumed the same run folder"
+  [[ -f "$run/checkpoints/final/manifest" ]]
+  check $? "[$launcher] checkpoints/final written"
+  local summary="$run/summary.json" got_steps resumed world
+  got_steps="$(json_field "$summary" steps)"
+  resumed="$(json_field "$summary" resumed_from_step)"
+  world="$(json_field "$summary" world_size)"
+  [[ "$got_steps" == "$steps" ]]
+  check $? "[$launcher] summary.json steps == $steps (found ${got_steps:-none})"
+  [[ -n "$resumed" ]] && ((resumed > 0 && resumed < steps))
+  check $? "[$launcher] summary.json resumed_from_step in (0, $steps) (found ${resumed:-none})"
+  [[ "$world" == "$ranks" ]]
+  check $? "[$launcher] summary.json world_size == $ranks (found ${world:-none})"
+  grep -q "\"event\": \"preempted\", \"step\": $resumed," "$run/metrics.jsonl" &&
+    grep -q "\"event\": \"resume\", \"step\": $resumed," "$run/metrics.jsonl"
+  check $? "[$launcher] metrics.jsonl has the preempted and resume events at step ${resumed:-?}"
+}
+
+preempt_and_resume srun
+preempt_and_resume mpirun
+
+((failures == 0)) || fail "$failures check(s) failed"
+echo "sbatch_preempt: all checks passed"
+exit 0
