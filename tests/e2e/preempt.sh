@@ -13,6 +13,7 @@ set -uo pipefail  # no -e: a failed check is counted, not fatal
 ncsrec="$1"
 work="$(mktemp -d)"
 train_pid=""
+# shellcheck disable=SC2317  # the EXIT trap
 cleanup() {
   if [[ -n "$train_pid" ]]; then kill -KILL "$train_pid" 2>/dev/null || true; fi
   rm -rf "$work"
@@ -59,6 +60,13 @@ fails=0
 check() {  # check CONDITION_STATUS WHAT
   if [[ "$1" -eq 0 ]]; then echo "ok   $2"; else echo "FAIL $2"; fails=$((fails + 1)); fi
 }
+# first_step_checkpoint RUN: the name of a complete checkpoints/step-<N> of RUN (none: empty).
+first_step_checkpoint() {
+  local d
+  for d in "$1"/checkpoints/step-*; do
+    [[ "${d##*/}" =~ ^step-[0-9]+$ ]] && { echo "${d##*/}"; return; }
+  done
+}
 run_status() {  # run_status OUTPUT_FILE COMMAND...: runs it, prints its exit status
   local out="$1" rc=0
   shift
@@ -76,7 +84,7 @@ echo "reference run: $((SECONDS - t0)) s"
 train_pid=$!
 first=""
 for _ in $(seq 600); do
-  first="$(ls run/checkpoints 2>/dev/null | grep -E '^step-[0-9]+$' | head -n 1 || true)"
+  first="$(first_step_checkpoint run)"
   [[ -n "$first" ]] && break
   kill -0 "$train_pid" 2>/dev/null || break
   sleep 0.05

@@ -144,6 +144,13 @@ check() {  # check CONDITION_STATUS WHAT
   if [[ "$1" -eq 0 ]]; then echo "ok   $2"; else echo "FAIL $2"; failures=$((failures + 1)); fi
 }
 
+# first_step_checkpoint RUN: the name of a complete checkpoints/step-<N> of RUN (none: empty).
+first_step_checkpoint() {
+  local d
+  for d in "$1"/checkpoints/step-*; do
+    [[ "${d##*/}" =~ ^step-[0-9]+$ ]] && { echo "${d##*/}"; return; }
+  done
+}
 # json_field FILE KEY: a top-level number of summary.json.
 json_field() { grep -Eo "\"$2\": *-?[0-9]+" "$1" 2>/dev/null | head -n 1 | grep -Eo -- '-?[0-9]+$'; }
 
@@ -165,7 +172,7 @@ preempt_and_resume() {
   # The first periodic checkpoint: training runs, the ranks' signal handlers are in place.
   local first=""
   for _ in $(seq 600); do
-    first="$(ls "$run/checkpoints" 2>/dev/null | grep -E '^step-[0-9]+$' | head -n 1)"
+    first="$(first_step_checkpoint "$run")"
     [[ -n "$first" ]] && break
     sleep 0.05
   done
