@@ -179,6 +179,7 @@ constexpr int kExitPreempted = 75;
 
 int cmd_train(int argc, char** argv) {
   if (wants_help(argc, argv)) return print_help(kTrainHelp), 0;
+  catch_stop_signals();
   Args args("train", argc, argv, 2, {"config", "set", "run-dir", "init-from", "day"}, {"resume"});
   args.no_positionals();
   TrainOptions options;

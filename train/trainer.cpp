@@ -108,10 +108,11 @@ volatile std::sig_atomic_t g_stop_requested = 0;
 void on_stop_signal(int) { g_stop_requested = 1; }
 
 // SIGTERM and SIGUSR1 request a stop while a training runs; the previous handlers come back after.
+// A request that came before (catch_stop_signals() at start-up) is kept; one left when the run
+// ends is cleared, so it does not stop the next run.
 class StopSignals {
  public:
   StopSignals() {
-    g_stop_requested = 0;
     struct sigaction sa {};
     sa.sa_handler = on_stop_signal;
     sigemptyset(&sa.sa_mask);
@@ -119,6 +120,7 @@ class StopSignals {
     sigaction(SIGUSR1, &sa, &old_usr1_);
   }
   ~StopSignals() {
+    g_stop_requested = 0;
     sigaction(SIGTERM, &old_term_, nullptr);
     sigaction(SIGUSR1, &old_usr1_, nullptr);
   }
@@ -139,6 +141,14 @@ bool stop_agreed(Communicator& comm) {
 }  // namespace
 
 void request_training_stop() { g_stop_requested = 1; }
+
+void catch_stop_signals() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGUSR1, &sa, nullptr);
+}
 
 TrainSummary run_training(const TrainConfig& config, const std::string& resolved_yaml, const std::string& run_dir,
                           Communicator& comm, const TrainOptions& options) {
@@ -173,23 +183,32 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   TrainingState state{&model, optimizers.dense.get(), {}};
   for (auto& sp : optimizers.sparse) state.sparse_optimizers.push_back(sp.get());
 
+  const std::string checkpoints_dir = run_dir + "/checkpoints";
+  // A new run never writes over another run's checkpoints (a later --resume would take them).
+  if (!options.resume && fs::is_directory(checkpoints_dir) && !fs::is_empty(checkpoints_dir))
+    throw UserError("run folder " + run_dir + " already holds checkpoints of a run: continue it with --resume, "
+                    "or give another --run-dir");
+
   // The run folder is made only once the config, the data and the model are known to work.
-  // Rank 0 writes the run folder's files; every rank needs the folder (checkpoints).
+  // Rank 0 writes the run folder's files; every rank needs the folder (checkpoints). A resumed
+  // run rewrites them only once its checkpoint has loaded and fits (a refused resume leaves
+  // the folder as it was).
   std::error_code ec;
   fs::create_directories(run_dir, ec);
   if (ec) throw UserError("run folder " + run_dir + ": cannot create it: " + ec.message());
   std::ofstream metrics_log;
-  if (comm.rank() == 0) {
+  auto open_run_files = [&] {
+    if (comm.rank() != 0) return;
     std::ofstream cfg(run_dir + "/config.yaml");
     cfg << resolved_yaml << "\n";
     // A new run starts a new log; a resumed one appends to it.
     metrics_log.open(run_dir + "/metrics.jsonl", options.resume ? std::ios::app : std::ios::trunc);
     if (!metrics_log) throw UserError("run folder " + run_dir + ": cannot write metrics.jsonl");
-  }
+  };
+  if (!options.resume) open_run_files();
 
   // Resume: everything the newest checkpoint holds (masks included, so no mask search).
   CheckpointMeta resumed;
-  const std::string checkpoints_dir = run_dir + "/checkpoints";
   if (options.resume) {
     std::string from;
     if (comm.rank() == 0) from = newest_checkpoint(checkpoints_dir);  // rank 0 repairs what a crash left
@@ -272,8 +291,9 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
     throw UserError("--resume: the checkpoint stopped at data position " + std::to_string(resumed.data_position) +
                     " of epoch " + std::to_string(resumed.epoch) + ", which is not a multiple of the global batch " +
                     std::to_string(global_batch) + " (" + std::to_string(comm.world_size()) + " ranks x " +
-                    std::to_string(config.train.batch_size) + "); resume on " + std::to_string(resumed.world_size) +
-                    " ranks, or with a batch size whose global batch divides it");
+                    std::to_string(config.train.batch_size) + "); resume it on the number of ranks that wrote it (" +
+                    std::to_string(resumed.world_size) + "), or start a new run from it with --init-from");
+  if (options.resume) open_run_files();
 
   if (comm.rank() == 0)
     std::fprintf(stderr, "train: %s model, %lld dense parameters, %zu tables, %lld rows/epoch, %lld steps of %lld\n",

@@ -48,6 +48,10 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
 
 // What the signal handler does: the running training stops at its next step boundary.
 void request_training_stop();
+// Installs the SIGTERM/SIGUSR1 handler for the whole process (the command calls it first), so
+// that a signal during start-up (MPI, data, model) stops the run at its first step instead of
+// killing it.
+void catch_stop_signals();
 
 // Applies run.threads to OpenMP and OpenBLAS (0 leaves the defaults).
 void configure_threads(int64_t threads);

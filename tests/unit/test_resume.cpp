@@ -235,5 +235,58 @@ TEST(Checkpoints, TheNewestCheckpointIsRecoveredFromWhatACrashMidSaveLeft) {
   EXPECT_EQ(newest_checkpoint(dir.string()), (dir / "step-4").string());
 }
 
+TEST(Checkpoints, ANewRunNeverWritesOverAnotherRunsCheckpoints) {
+  ScratchDir scratch("resume_no_overwrite");
+  write_day(scratch.path / "train", 100, 1);
+  auto comm = make_local_communicator();
+  const std::string run = (scratch.path / "run").string();
+  run_training(tiny(scratch.path / "train", ", max_steps: 3"), "first: 1", run, *comm);
+  try {
+    run_training(tiny(scratch.path / "train", ""), "second: 1", run, *comm);
+    ADD_FAILURE() << "a new run trained into a folder holding checkpoints";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("--resume"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(read_checkpoint_meta(run + "/checkpoints/final").step, 3);
+  std::ifstream cfg(run + "/config.yaml");
+  std::string first_line;
+  std::getline(cfg, first_line);
+  EXPECT_EQ(first_line, "first: 1") << "the first run's config.yaml was rewritten";
+}
+
+TEST(Checkpoints, ARefusedResumeLeavesTheRunFolderAsItWas) {
+  ScratchDir scratch("resume_refused_clean");
+  write_day(scratch.path / "train", 100, 1);
+  auto comm = make_local_communicator();
+  const std::string run = (scratch.path / "run").string();
+  run_training(tiny(scratch.path / "train", ", max_steps: 3"), "first: 1", run, *comm);  // position 48
+  const auto log_size = fs::file_size(run + "/metrics.jsonl");
+  TrainOptions resume;
+  resume.resume = true;
+  TrainConfig bigger_batch = tiny(scratch.path / "train", ", max_steps: 5");
+  bigger_batch.train.batch_size = 32;  // 48 is no multiple of 32
+  EXPECT_THROW(run_training(bigger_batch, "second: 1", run, *comm, resume), UserError);
+  std::ifstream cfg(run + "/config.yaml");
+  std::string first_line;
+  std::getline(cfg, first_line);
+  EXPECT_EQ(first_line, "first: 1");
+  EXPECT_EQ(fs::file_size(run + "/metrics.jsonl"), log_size);
+}
+
+TEST(Checkpoints, AStopRequestedBeforeTrainingStartsStopsItAtTheFirstStep) {
+  ScratchDir scratch("resume_early_stop");
+  write_day(scratch.path / "train", 100, 1);
+  auto comm = make_local_communicator();
+  request_training_stop();  // as a SIGTERM during start-up would
+  const TrainSummary s = run_training(tiny(scratch.path / "train", ""), "x: 1", (scratch.path / "run").string(), *comm);
+  EXPECT_TRUE(s.preempted);
+  EXPECT_EQ(s.steps, 1);
+  // The request is used up: the next run goes through.
+  const TrainSummary again = run_training(tiny(scratch.path / "train", ""), "x: 1",
+                                          (scratch.path / "run2").string(), *comm);
+  EXPECT_FALSE(again.preempted);
+  EXPECT_EQ(again.steps, 12);
+}
+
 }  // namespace
 }  // namespace ncsrec
