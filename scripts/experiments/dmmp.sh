@@ -25,6 +25,7 @@ run_level() {
   local days=(--set "data.train=[\"$data/content/day=2026-01-0[1-7]\"]" --set "data.eval=[\"$data/content/day=2026-01-08\"]")
   for seed in "${seeds[@]}"; do
     local base="$out/conflict-$c/seed-$seed"
+    rm -rf "$base/teacher"  # a rerun replaces this experiment's runs (train refuses a used run folder)
     "$ncsrec" train --config configs/dmmp_teacher.yaml --run-dir "$base/teacher" "${days[@]}" --set "run.seed=$seed" >/dev/null
     local teacher="$base/teacher/checkpoints/final"
     for variant in two-tower three-tower three-tower+gate; do
@@ -37,6 +38,7 @@ run_level() {
           three-tower) sets+=(--set model.gate.enabled=false) ;;
         esac
         local dir="$base/$variant-$kd"
+        rm -rf "$dir"
         "$ncsrec" train --config "$config" --run-dir "$dir" "${sets[@]}" >/dev/null
         "$ncsrec" eval --run-dir "$dir" --retrieval "$data/generator.h5" --queries 2000 >/dev/null
       done
