@@ -293,8 +293,10 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir) {
   return m;
 }
 
-CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& state) {
-  CheckpointMeta meta = read_checkpoint_meta(dir);
+namespace {
+
+// load_checkpoint once `meta` has been read (and the manifest verified) by read_checkpoint_meta.
+void load_verified(const std::string& dir, const CheckpointMeta& meta, const TrainingState& state) {
   // Dense parameters, their optimizer state and the masks are the same on every rank: rank 0's.
   h5::File f = h5::File::open_read(dir + "/" + rank_file(0));
   MultiTaskModel& model = *state.model;
@@ -308,6 +310,13 @@ CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& stat
   }
   if (model.num_masked_layers() > 0) read_masks(f, model);
   load_table_rows(dir, meta.world_size, model.tables(), state.sparse_optimizers);
+}
+
+}  // namespace
+
+CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& state) {
+  const CheckpointMeta meta = read_checkpoint_meta(dir);
+  load_verified(dir, meta, state);
   return meta;
 }
 
@@ -343,6 +352,17 @@ std::vector<std::string> checkpoint_names(const std::string& dir) {
   return names;
 }
 
+// The step of checkpoint `dir` from its rank-0 file, without the manifest's checksums (the load
+// that follows verifies them, once). A file HDF5 cannot read gets the manifest's message.
+int64_t unverified_step(const std::string& dir) {
+  try {
+    return h5::File::open_read(dir + "/" + rank_file(0)).attr_int("meta", "step");
+  } catch (const std::exception&) {
+    verify_checkpoint(dir);  // throws the clear message when the file is damaged
+    throw;
+  }
+}
+
 }  // namespace
 
 std::string newest_checkpoint(const std::string& checkpoints_dir) {
@@ -352,7 +372,7 @@ std::string newest_checkpoint(const std::string& checkpoints_dir) {
     const std::string path = checkpoints_dir + "/" + name;
     recover_checkpoint(path);
     if (!fs::is_directory(path)) continue;
-    const int64_t step = name == "final" ? read_checkpoint_meta(path).step : step_of_name(name);
+    const int64_t step = name == "final" ? unverified_step(path) : step_of_name(name);
     if (step > best_step || (step == best_step && name == "final")) {
       best = path;
       best_step = step;
@@ -378,7 +398,7 @@ std::unique_ptr<MultiTaskModel> load_model(const std::string& dir, const DataSch
   const CheckpointMeta m = read_checkpoint_meta(dir);
   const TrainConfig c = parse_train_config(m.config_yaml, dir + " (saved config)");
   auto model = std::make_unique<MultiTaskModel>(c.model, schema, DType::F32, c.seed, comm);
-  load_checkpoint(dir, TrainingState{model.get(), nullptr, {}});
+  load_verified(dir, m, TrainingState{model.get(), nullptr, {}});
   if (config) *config = c;
   if (meta) *meta = m;
   return model;
