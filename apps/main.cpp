@@ -194,14 +194,20 @@ int cmd_train(int argc, char** argv) {
     config_path = run_dir + "/config.yaml";
     if (!fs::is_regular_file(config_path))
       throw ConfigError("train --resume: " + config_path + " does not exist: is " + run_dir + " a run folder?");
-    static const char* kMayChange[] = {"train.max_steps", "train.epochs",    "train.log_every", "train.checkpoint_every",
-                                       "train.keep_checkpoints", "run.threads", "run.comm_timeout", "data.eval"};
+    // Keys that do not change what the saved state means (docs/checkpoints.md).
+    static const std::vector<std::string> kMayChange = {"train.max_steps",        "train.epochs",
+                                                        "train.log_every",        "train.checkpoint_every",
+                                                        "train.keep_checkpoints", "run.threads",
+                                                        "run.comm_timeout",       "data.eval"};
     for (const std::string& o : args.all("set")) {
       const std::string key = o.substr(0, o.find('='));
-      if (std::find(std::begin(kMayChange), std::end(kMayChange), key) == std::end(kMayChange))
-        throw ConfigError("train --resume: --set " + key + ": a resumed run keeps its config; only train.max_steps, "
-                          "train.epochs, train.log_every, train.checkpoint_every, train.keep_checkpoints, "
-                          "run.threads, run.comm_timeout and data.eval may change");
+      if (std::find(kMayChange.begin(), kMayChange.end(), key) == kMayChange.end()) {
+        std::string list;
+        for (size_t i = 0; i < kMayChange.size(); ++i)
+          list += (i == 0 ? "" : i + 1 == kMayChange.size() ? " and " : ", ") + kMayChange[i];
+        throw ConfigError("train --resume: --set " + key + ": a resumed run keeps its config; only " + list +
+                          " may change");
+      }
     }
     if (args.has("init-from") || args.has("day"))
       throw ConfigError("train --resume: --init-from and --day belong to the run's start; a resumed run keeps them");

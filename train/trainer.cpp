@@ -110,15 +110,18 @@ void on_stop_signal(int) { g_stop_requested = 1; }
 // SIGTERM and SIGUSR1 request a stop while a training runs; the previous handlers come back after.
 // A request that came before (catch_stop_signals() at start-up) is kept; one left when the run
 // ends is cleared, so it does not stop the next run.
+// Points SIGTERM and SIGUSR1 at on_stop_signal; the previous handlers go to `old_*` if given.
+void set_stop_handlers(struct sigaction* old_term, struct sigaction* old_usr1) {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, old_term);
+  sigaction(SIGUSR1, &sa, old_usr1);
+}
+
 class StopSignals {
  public:
-  StopSignals() {
-    struct sigaction sa {};
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, &old_term_);
-    sigaction(SIGUSR1, &sa, &old_usr1_);
-  }
+  StopSignals() { set_stop_handlers(&old_term_, &old_usr1_); }
   ~StopSignals() {
     g_stop_requested = 0;
     sigaction(SIGTERM, &old_term_, nullptr);
@@ -142,13 +145,7 @@ bool stop_agreed(Communicator& comm) {
 
 void request_training_stop() { g_stop_requested = 1; }
 
-void catch_stop_signals() {
-  struct sigaction sa {};
-  sa.sa_handler = on_stop_signal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGUSR1, &sa, nullptr);
-}
+void catch_stop_signals() { set_stop_handlers(nullptr, nullptr); }
 
 TrainSummary run_training(const TrainConfig& config, const std::string& resolved_yaml, const std::string& run_dir,
                           Communicator& comm, const TrainOptions& options) {
@@ -208,7 +205,9 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   if (!options.resume) open_run_files();
 
   // Resume: everything the newest checkpoint holds (masks included, so no mask search).
-  CheckpointMeta resumed;
+  // Where the run starts from: the resumed checkpoint's step, epoch and data position, or
+  // (init.from) the initialising checkpoint's step; zeros for a fresh run.
+  CheckpointMeta origin;
   if (options.resume) {
     std::string from;
     if (comm.rank() == 0) from = newest_checkpoint(checkpoints_dir);  // rank 0 repairs what a crash left
@@ -217,14 +216,14 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
     if (from.empty())
       throw UserError("--resume: " + checkpoints_dir + " holds no checkpoint (step-<N> or final) to resume from; "
                       "run without --resume to start afresh");
-    resumed = load_checkpoint(from, state);
-    if (resumed.seed != static_cast<int64_t>(config.seed))
-      throw UserError("--resume: " + from + " was written with run.seed " + std::to_string(resumed.seed) +
+    origin = load_checkpoint(from, state);
+    if (origin.seed != static_cast<int64_t>(config.seed))
+      throw UserError("--resume: " + from + " was written with run.seed " + std::to_string(origin.seed) +
                       ", the config says " + std::to_string(config.seed) + ": resume with the run's own config");
     if (comm.rank() == 0)
       std::fprintf(stderr, "resume: %s (step %lld, epoch %lld, data position %lld, written by %lld ranks)\n",
-                   from.c_str(), static_cast<long long>(resumed.step), static_cast<long long>(resumed.epoch),
-                   static_cast<long long>(resumed.data_position), static_cast<long long>(resumed.world_size));
+                   from.c_str(), static_cast<long long>(origin.step), static_cast<long long>(origin.epoch),
+                   static_cast<long long>(origin.data_position), static_cast<long long>(origin.world_size));
   }
 
   // A new run initialised from another run's checkpoint (init.from): its parameters by name,
@@ -233,8 +232,8 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   bool masks_given = options.resume;
   if (!options.resume && !config.init.from.empty()) {
     const InitReport init = init_from_checkpoint(config.init, state);
-    resumed.first_step = resumed.step = config.init.optimizer_state ? init.meta.optimizer_step : 0;
-    resumed.init_from = config.init.from;
+    origin.first_step = origin.step = config.init.optimizer_state ? init.meta.optimizer_step : 0;
+    origin.init_from = config.init.from;
     masks_given = init.masks_loaded;
     if (comm.rank() == 0) {
       std::fprintf(stderr, "init: %s (step %lld%s%s): %zu parameters and tables loaded, %zu left fresh%s%s\n",
@@ -256,7 +255,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   if (!options.resume && !config.init.from.empty() && config.train.progressive_eval) {
     summary.progressive_eval = evaluate(model, train_files, config, comm);
     if (comm.rank() == 0) {
-      metrics_log << JsonObject().add("event", "progressive_eval").add("step", resumed.step)
+      metrics_log << JsonObject().add("event", "progressive_eval").add("step", origin.step)
                          .add("metrics", metrics_json(summary.progressive_eval)).str()
                   << "\n" << std::flush;
       std::fprintf(stderr, "progressive eval (the initialised model on data.train, %lld rows):\n%s",
@@ -286,13 +285,13 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   // Steps count on from the run this one was initialised from (0 for a fresh run).
   int64_t total_steps = steps_per_epoch * config.train.epochs;
   if (config.train.max_steps > 0) total_steps = std::min(total_steps, config.train.max_steps);
-  total_steps += resumed.first_step;
-  if (options.resume && resumed.data_position % global_batch != 0)
-    throw UserError("--resume: the checkpoint stopped at data position " + std::to_string(resumed.data_position) +
-                    " of epoch " + std::to_string(resumed.epoch) + ", which is not a multiple of the global batch " +
+  total_steps += origin.first_step;
+  if (options.resume && origin.data_position % global_batch != 0)
+    throw UserError("--resume: the checkpoint stopped at data position " + std::to_string(origin.data_position) +
+                    " of epoch " + std::to_string(origin.epoch) + ", which is not a multiple of the global batch " +
                     std::to_string(global_batch) + " (" + std::to_string(comm.world_size()) + " ranks x " +
                     std::to_string(config.train.batch_size) + "); resume it on the number of ranks that wrote it (" +
-                    std::to_string(resumed.world_size) + "), or start a new run from it with --init-from");
+                    std::to_string(origin.world_size) + "), or start a new run from it with --init-from");
   if (options.resume) open_run_files();
 
   if (comm.rank() == 0)
@@ -314,9 +313,9 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   Block batch;
   // (epoch, position) is where the data stands: the epoch being read and the global positions
   // of it already consumed; a finished epoch moves on to (epoch + 1, 0).
-  int64_t step = resumed.step, epoch = resumed.epoch, position = resumed.data_position;
-  summary.resumed_from_step = options.resume ? resumed.step : -1;
-  summary.first_step = resumed.first_step;
+  int64_t step = origin.step, epoch = origin.epoch, position = origin.data_position;
+  summary.resumed_from_step = options.resume ? origin.step : -1;
+  summary.first_step = origin.first_step;
   if (options.resume && comm.rank() == 0)
     metrics_log << JsonObject().add("event", "resume").add("step", step).add("epoch", epoch)
                        .add("data_position", position).add("world_size", comm.world_size()).str()
@@ -325,9 +324,9 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   meta.config_yaml = resolved_yaml;
   meta.world_size = comm.world_size();
   meta.seed = static_cast<int64_t>(config.seed);
-  meta.day = resumed.day;
-  meta.init_from = resumed.init_from;
-  meta.first_step = resumed.first_step;
+  meta.day = origin.day;
+  meta.init_from = origin.init_from;
+  meta.first_step = origin.first_step;
   if (!options.day.empty()) meta.day = options.day;
   // Saves `name` under checkpoints/ with the loop's (step, epoch, position).
   auto save = [&](const std::string& name) {
