@@ -23,56 +23,9 @@ cd "$work" || exit 1
 export OMP_NUM_THREADS=1
 
 steps=10000
-"$ncsrec" gen --out gen --days 2 --rows-per-day 5000 --users 2000 --items 500 >/dev/null || exit 1
-cat >tiny.yaml <<EOF
-run: {seed: 1, threads: 1}
-data:
-  train: ["gen/content/day=2026-01-01"]
-  eval: ["gen/content/day=2026-01-02"]
-model:
-  type: esmm
-  embedding_dim: 8
-  interaction: dot
-  tables:
-    user_id: {rows: 2000}
-    item_id: {rows: 500}
-    user_segment: {rows: 64}
-    item_category: {rows: 64}
-    hour: {rows: 24}
-    device: {rows: 8}
-    position: {rows: 16}
-    item_tags: {rows: 256, pooling: mean}
-  tower: [32, 16]
-  tasks:
-    ctr: {label: click}
-    cvr: {label: conversion, given: ctr}
-optimizer: {type: adam, lr: 0.003}
-sparse_optimizer: {type: adagrad, lr: 0.05}
-train:
-  batch_size: 50
-  epochs: 1000
-  max_steps: $steps
-  checkpoint_every: 200
-  log_every: 1000
-EOF
-
-fails=0
-check() {  # check CONDITION_STATUS WHAT
-  if [[ "$1" -eq 0 ]]; then echo "ok   $2"; else echo "FAIL $2"; fails=$((fails + 1)); fi
-}
-# first_step_checkpoint RUN: the name of a complete checkpoints/step-<N> of RUN (none: empty).
-first_step_checkpoint() {
-  local d
-  for d in "$1"/checkpoints/step-*; do
-    [[ "${d##*/}" =~ ^step-[0-9]+$ ]] && { echo "${d##*/}"; return; }
-  done
-}
-run_status() {  # run_status OUTPUT_FILE COMMAND...: runs it, prints its exit status
-  local out="$1" rc=0
-  shift
-  "$@" >"$out" 2>&1 || rc=$?
-  echo "$rc"
-}
+# shellcheck source=tests/preempt_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../preempt_lib.sh"
+preempt_setup "$ncsrec" "$work" "$steps" 200 || exit 1
 
 # ---- the reference: no interruption --------------------------------------------------------
 t0=$SECONDS

@@ -98,40 +98,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "sbatch_preempt: generating a small data set"
-timeout 60 "$ncsrec" gen --out "$work/gen" --days 2 --rows-per-day 5000 --users 2000 --items 500 \
-  >"$work/gen.txt" 2>&1 || { cat "$work/gen.txt"; fail "ncsrec gen failed"; }
-# Small tables and batches: thousands of steps in a few seconds, checkpoints of a few hundred KB.
-cat >"$work/tiny.yaml" <<EOF
-run: {seed: 1, threads: 1}
-data:
-  train: ["$work/gen/content/day=2026-01-01"]
-  eval: ["$work/gen/content/day=2026-01-02"]
-model:
-  type: esmm
-  embedding_dim: 8
-  interaction: dot
-  tables:
-    user_id: {rows: 2000}
-    item_id: {rows: 500}
-    user_segment: {rows: 64}
-    item_category: {rows: 64}
-    hour: {rows: 24}
-    device: {rows: 8}
-    position: {rows: 16}
-    item_tags: {rows: 256, pooling: mean}
-  tower: [32, 16]
-  tasks:
-    ctr: {label: click}
-    cvr: {label: conversion, given: ctr}
-optimizer: {type: adam, lr: 0.003}
-sparse_optimizer: {type: adagrad, lr: 0.05}
-train:
-  batch_size: 50
-  epochs: 1000
-  max_steps: $steps
-  checkpoint_every: 100
-  log_every: 1000
-EOF
+# shellcheck source=tests/preempt_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../preempt_lib.sh"
+preempt_setup "$ncsrec" "$work" "$steps" 100 || fail "ncsrec gen failed"
 
 echo "sbatch_preempt: starting a single-node Slurm under $cluster"
 conf_line="$(SLURM_TEST_CRED_EXPIRE=5 SLURM_TEST_SCHEDULER_PARAMETERS=sched_interval=1 \
@@ -139,18 +108,6 @@ conf_line="$(SLURM_TEST_CRED_EXPIRE=5 SLURM_TEST_SCHEDULER_PARAMETERS=sched_inte
   fail "the test cluster did not start"
 export SLURM_CONF="${conf_line#export SLURM_CONF=}"
 
-failures=0
-check() {  # check CONDITION_STATUS WHAT
-  if [[ "$1" -eq 0 ]]; then echo "ok   $2"; else echo "FAIL $2"; failures=$((failures + 1)); fi
-}
-
-# first_step_checkpoint RUN: the name of a complete checkpoints/step-<N> of RUN (none: empty).
-first_step_checkpoint() {
-  local d
-  for d in "$1"/checkpoints/step-*; do
-    [[ "${d##*/}" =~ ^step-[0-9]+$ ]] && { echo "${d##*/}"; return; }
-  done
-}
 # json_field FILE KEY: a top-level number of summary.json.
 json_field() { grep -Eo "\"$2\": *-?[0-9]+" "$1" 2>/dev/null | head -n 1 | grep -Eo -- '-?[0-9]+$'; }
 
@@ -219,6 +176,6 @@ preempt_and_resume() {
 preempt_and_resume srun
 preempt_and_resume mpirun
 
-((failures == 0)) || fail "$failures check(s) failed"
+((fails == 0)) || fail "$fails check(s) failed"
 echo "sbatch_preempt: all checks passed"
 exit 0
