@@ -24,39 +24,15 @@ ranks=2
 steps=6000
 start_s=$SECONDS
 
-skip() { echo "SKIP: $*"; exit 77; }
-fail() { echo "FAIL: $*"; exit 1; }
+# shellcheck source=tests/slurm/slurm_test_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm_test_lib.sh"
 
-# ---- Slurm and munge, installed if missing -------------------------------------------------
-export PATH="$PATH:/usr/sbin:/sbin"
-[[ $(id -u) -eq 0 ]] || skip "the test cluster runs slurmctld/slurmd as root; run as root"
-have_slurm() {
-  local c
-  for c in sbatch scontrol scancel sinfo slurmctld slurmd munged; do
-    command -v "$c" >/dev/null 2>&1 || return 1
-  done
-}
-if ! have_slurm; then
-  command -v apt-get >/dev/null 2>&1 || skip "Slurm is not installed and there is no apt-get"
-  echo "sbatch_preempt: installing slurm-wlm munge"
-  if ! { timeout 120 apt-get update -qq &&
-         DEBIAN_FRONTEND=noninteractive timeout 180 apt-get install -y -qq --no-install-recommends \
-           slurm-wlm munge >/dev/null; }; then
-    skip "slurm-wlm and munge are not installed and apt-get could not install them (no network?)"
-  fi
-  have_slurm || skip "slurm-wlm/munge installed but their commands are missing"
-fi
+require_slurm sbatch_preempt
 command -v mpirun >/dev/null 2>&1 || skip "no mpirun (OpenMPI) for the mpirun launcher"
 [[ -x "$ncsrec" ]] || fail "no ncsrec binary at $ncsrec"
 
-# An outer Slurm job's variables would point srun/sbatch at the wrong allocation or cluster.
-while read -r v; do unset "$v"; done < <(compgen -e | grep -E '^(SLURM|SBATCH|SRUN|SALLOC)_')
-
 # ---- scratch, cluster, cleanup -------------------------------------------------------------
-# Short path: the munge socket's path must fit in a sockaddr_un (108 bytes).
-work="$(mktemp -d /tmp/ncsrec-slurm.XXXXXX)" || fail "mktemp failed"
-chmod 0755 "$work"  # munged wants every folder above its socket executable by all
-cluster="$work/cluster"
+slurm_scratch
 job_id=""
 launcher=""
 
