@@ -1,17 +1,20 @@
-// Fixed-size embedding tables and their sparse optimizers (CPU).
+// Embedding tables and their sparse optimizers (CPU).
 //
-// A row's initial value is a pure function of (seed, table name, row), so tables initialise the
-// same whatever their size, sharding or thread count. A sparse step visits only the rows of the
+// A row's initial value is a pure function of (seed, table name, key), so tables initialise the
+// same whatever their size, sharding, insertion order or thread count. Rows live in storage of
+// growing capacity (doubling), so appending is amortised O(rows appended); values() and every
+// state column are views of the live rows. A sparse step visits only the rows of the
 // SparseGrad (sorted and unique, so rows can be updated in parallel without conflicts); every
 // other row and its optimizer state stay bit-identical. Adam is "lazy": a row's moments decay
 // and its step count advances only when the row is in the batch, and its bias correction uses
 // that row's own count.
 //
-// Not here: open-vocabulary hash tables, row sharding over ranks, delta export, CUDA kernels.
+// Not here: the key index of hash tables and row sharding (sharded_table.h), CUDA kernels.
 #include "embedding/embedding_table.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "core/error.h"
 #include "core/random.h"
@@ -21,45 +24,25 @@ namespace {
 
 constexpr int64_t kParallelMinRows = 64;  // below this, threads cost more than they save
 
-// Row i of `values` is global row rows_of[i] (or i when rows_of is null): a pure function of
-// (table seed, global row), so shards and whole tables agree bit for bit.
+// Row r of `values` is the row of key keys[r]: a pure function of (table seed, key), so shards,
+// whole tables and hash tables agree bit for bit.
 template <class T>
-void init_rows(T* values, int64_t rows, const int64_t* rows_of, int64_t dim, uint64_t table_seed, double init_scale) {
+void init_rows(T* values, int64_t rows, const int64_t* keys, int64_t dim, uint64_t table_seed, double init_scale) {
 #pragma omp parallel for schedule(static) if (rows >= kParallelMinRows)
   for (int64_t r = 0; r < rows; ++r) {
-    Rng rng(hash_combine(table_seed, static_cast<uint64_t>(rows_of ? rows_of[r] : r)));
+    Rng rng(hash_combine(table_seed, static_cast<uint64_t>(keys[r])));
     for (int64_t d = 0; d < dim; ++d) values[r * dim + d] = static_cast<T>(init_scale * rng.normal());
-  }
-}
-
-void check_grad(const EmbeddingTable& table, const SparseGrad& grad, DType state_dtype, int64_t state_rows) {
-  NCSREC_CHECK(table.values().dtype() == state_dtype && table.rows() == state_rows,
-               "sparse optimizer built for " << dtype_name(state_dtype) << " [" << state_rows << ", ...] stepped on "
-                                             << table.name() << " " << table.values().describe());
-  const int64_t n = static_cast<int64_t>(grad.rows.size());
-  NCSREC_CHECK(grad.values.dtype() == table.values().dtype() && grad.values.ndim() == 2 &&
-                   grad.values.dim(0) == n && grad.values.dim(1) == table.dim(),
-               "sparse gradient " << grad.values.describe() << " for " << n << " rows of table " << table.name() << " "
-                                  << table.values().describe());
-  NCSREC_CHECK(grad.values.device() == Device::CPU && table.values().device() == Device::CPU,
-               "the CPU sparse optimizer got " << grad.values.describe() << " for " << table.values().describe());
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = grad.rows[static_cast<size_t>(i)];
-    NCSREC_CHECK(r >= 0 && r < table.rows(), "sparse gradient row " << r << " outside table " << table.name());
-    NCSREC_CHECK(i == 0 || r > grad.rows[static_cast<size_t>(i - 1)], "sparse gradient rows must be sorted and unique");
   }
 }
 
 class SparseSgd final : public SparseOptimizer {
  public:
-  SparseSgd(const OptimizerConfig& c, const EmbeddingTable& t)
-      : SparseOptimizer(c.lr), dtype_(t.values().dtype()), rows_(t.rows()) {}
+  SparseSgd(const OptimizerConfig& c, EmbeddingTable& t) : SparseOptimizer(c.lr, t) {}
   void step(EmbeddingTable& table, const SparseGrad& grad) override {
-    check_grad(table, grad, dtype_, rows_);
-    if (dtype_ == DType::F32) run<float>(table, grad);
+    check(table, grad);
+    if (table.dtype() == DType::F32) run<float>(table, grad);
     else run<double>(table, grad);
   }
-  std::vector<std::pair<std::string, Tensor*>> state() override { return {}; }
 
  private:
   template <class T>
@@ -74,34 +57,28 @@ class SparseSgd final : public SparseOptimizer {
       for (int64_t d = 0; d < dim; ++d) w[row * dim + d] -= lr * g[i * dim + d];
     }
   }
-  DType dtype_;
-  int64_t rows_;
 };
 
 // acc += g²;  w -= lr · g / (sqrt(acc) + eps), per element of the touched rows.
 class SparseAdagrad final : public SparseOptimizer {
  public:
-  SparseAdagrad(const OptimizerConfig& c, const EmbeddingTable& t)
-      : SparseOptimizer(c.lr), c_(c), dtype_(t.values().dtype()), rows_(t.rows()),
-        accumulator_(Tensor::empty({t.rows(), t.dim()}, t.values().dtype(), Device::CPU)) {
-    if (dtype_ == DType::F32)
-      std::fill_n(accumulator_.data<float>(), accumulator_.numel(), static_cast<float>(c.initial_accumulator));
-    else
-      std::fill_n(accumulator_.data<double>(), accumulator_.numel(), c.initial_accumulator);
+  SparseAdagrad(const OptimizerConfig& c, EmbeddingTable& t)
+      : SparseOptimizer(c.lr, t), c_(c),
+        accumulator_(t.add_state("accumulator", t.dtype(), t.dim(), c.initial_accumulator)) {
+    state_ = {{"accumulator", accumulator_}};
   }
   void step(EmbeddingTable& table, const SparseGrad& grad) override {
-    check_grad(table, grad, dtype_, rows_);
-    if (dtype_ == DType::F32) run<float>(table, grad);
+    check(table, grad);
+    if (table.dtype() == DType::F32) run<float>(table, grad);
     else run<double>(table, grad);
   }
-  std::vector<std::pair<std::string, Tensor*>> state() override { return {{"accumulator", &accumulator_}}; }
 
  private:
   template <class T>
   void run(EmbeddingTable& table, const SparseGrad& grad) {
     const int64_t n = static_cast<int64_t>(grad.rows.size()), dim = table.dim();
     T* w = table.values().data<T>();
-    T* acc = accumulator_.data<T>();
+    T* acc = accumulator_->data<T>();
     const T* g = grad.values.data<T>();
     const T lr = static_cast<T>(lr_), eps = static_cast<T>(c_.adagrad_eps);
 #pragma omp parallel for schedule(static) if (n >= kParallelMinRows)
@@ -116,27 +93,24 @@ class SparseAdagrad final : public SparseOptimizer {
     }
   }
   OptimizerConfig c_;
-  DType dtype_;
-  int64_t rows_;
-  Tensor accumulator_;
+  Tensor* accumulator_;
 };
 
 // Lazy Adam: for a touched row with its own step count t (after increment),
 // m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²;  w -= lr · (m / (1-β1^t)) / (sqrt(v / (1-β2^t)) + eps).
 class SparseAdam final : public SparseOptimizer {
  public:
-  SparseAdam(const OptimizerConfig& c, const EmbeddingTable& t)
-      : SparseOptimizer(c.lr), c_(c), dtype_(t.values().dtype()), rows_(t.rows()),
-        m_(Tensor::zeros({t.rows(), t.dim()}, t.values().dtype(), Device::CPU)),
-        v_(Tensor::zeros({t.rows(), t.dim()}, t.values().dtype(), Device::CPU)),
-        steps_(Tensor::zeros({t.rows()}, DType::I64, Device::CPU)) {}
-  void step(EmbeddingTable& table, const SparseGrad& grad) override {
-    check_grad(table, grad, dtype_, rows_);
-    if (dtype_ == DType::F32) run<float>(table, grad);
-    else run<double>(table, grad);
+  SparseAdam(const OptimizerConfig& c, EmbeddingTable& t)
+      : SparseOptimizer(c.lr, t), c_(c),
+        m_(t.add_state("m", t.dtype(), t.dim(), 0.0)),
+        v_(t.add_state("v", t.dtype(), t.dim(), 0.0)),
+        steps_(t.add_state("steps", DType::I64, 0, 0.0)) {
+    state_ = {{"m", m_}, {"v", v_}, {"steps", steps_}};
   }
-  std::vector<std::pair<std::string, Tensor*>> state() override {
-    return {{"m", &m_}, {"v", &v_}, {"steps", &steps_}};
+  void step(EmbeddingTable& table, const SparseGrad& grad) override {
+    check(table, grad);
+    if (table.dtype() == DType::F32) run<float>(table, grad);
+    else run<double>(table, grad);
   }
 
  private:
@@ -144,9 +118,9 @@ class SparseAdam final : public SparseOptimizer {
   void run(EmbeddingTable& table, const SparseGrad& grad) {
     const int64_t n = static_cast<int64_t>(grad.rows.size()), dim = table.dim();
     T* w = table.values().data<T>();
-    T* m = m_.data<T>();
-    T* v = v_.data<T>();
-    int64_t* steps = steps_.data<int64_t>();
+    T* m = m_->data<T>();
+    T* v = v_->data<T>();
+    int64_t* steps = steps_->data<int64_t>();
     const T* g = grad.values.data<T>();
     const T lr = static_cast<T>(lr_), beta1 = static_cast<T>(c_.beta1), beta2 = static_cast<T>(c_.beta2),
             eps = static_cast<T>(c_.eps);
@@ -167,9 +141,7 @@ class SparseAdam final : public SparseOptimizer {
     }
   }
   OptimizerConfig c_;
-  DType dtype_;
-  int64_t rows_;
-  Tensor m_, v_, steps_;
+  Tensor *m_, *v_, *steps_;
 };
 
 }  // namespace
@@ -179,31 +151,149 @@ void SparseOptimizer::set_lr(double lr) {
   lr_ = lr;
 }
 
+void SparseOptimizer::check(const EmbeddingTable& table, const SparseGrad& grad) const {
+  NCSREC_CHECK(&table == table_, "sparse optimizer built for table " << table_->name() << " stepped on table "
+                                                                      << table.name());
+  const int64_t n = static_cast<int64_t>(grad.rows.size());
+  NCSREC_CHECK(grad.values.dtype() == table.dtype() && grad.values.ndim() == 2 && grad.values.dim(0) == n &&
+                   grad.values.dim(1) == table.dim(),
+               "sparse gradient " << grad.values.describe() << " for " << n << " rows of table " << table.name() << " "
+                                  << table.values().describe());
+  NCSREC_CHECK(grad.values.device() == Device::CPU && table.values().device() == Device::CPU,
+               "the CPU sparse optimizer got " << grad.values.describe() << " for " << table.values().describe());
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = grad.rows[static_cast<size_t>(i)];
+    NCSREC_CHECK(r >= 0 && r < table.rows(), "sparse gradient row " << r << " outside table " << table.name());
+    NCSREC_CHECK(i == 0 || r > grad.rows[static_cast<size_t>(i - 1)], "sparse gradient rows must be sorted and unique");
+  }
+}
+
+namespace {
+
+std::vector<int64_t> iota_keys(const std::string& name, int64_t rows, int64_t dim) {
+  NCSREC_CHECK(rows > 0 && dim > 0, "embedding table " << name << " needs positive shape, got [" << rows << ", " << dim << "]");
+  std::vector<int64_t> keys(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) keys[static_cast<size_t>(r)] = r;
+  return keys;
+}
+
+void fill_rows(Tensor& storage, int64_t begin, int64_t end, double value) {
+  const int64_t width = storage.dim(1);
+  switch (storage.dtype()) {
+    case DType::F32: std::fill(storage.data<float>() + begin * width, storage.data<float>() + end * width, static_cast<float>(value)); break;
+    case DType::F64: std::fill(storage.data<double>() + begin * width, storage.data<double>() + end * width, value); break;
+    case DType::I64: std::fill(storage.data<int64_t>() + begin * width, storage.data<int64_t>() + end * width, static_cast<int64_t>(value)); break;
+    case DType::U8: std::fill(storage.data<uint8_t>() + begin * width, storage.data<uint8_t>() + end * width, static_cast<uint8_t>(value)); break;
+  }
+}
+
+// A copy of the first `rows` rows of `storage` in new storage of `capacity` rows.
+Tensor regrow(const Tensor& storage, int64_t rows, int64_t capacity, int64_t width, DType dtype) {
+  Tensor out = Tensor::empty({capacity, width}, dtype, Device::CPU);
+  if (rows > 0) std::memcpy(out.raw(), storage.raw(), static_cast<size_t>(rows * width) * dtype_size(dtype));
+  return out;
+}
+
+// Moves rows keep[i] to row i (keep increasing, so keep[i] >= i: a forward in-place copy is safe).
+void compact_rows(Tensor& storage, const std::vector<int64_t>& keep) {
+  const size_t row_bytes = static_cast<size_t>(storage.dim(1)) * dtype_size(storage.dtype());
+  char* base = static_cast<char*>(storage.raw());
+  for (size_t i = 0; i < keep.size(); ++i)
+    if (static_cast<int64_t>(i) != keep[i]) std::memmove(base + i * row_bytes, base + static_cast<size_t>(keep[i]) * row_bytes, row_bytes);
+}
+
+template <class V>
+void compact_vector(std::vector<V>& v, const std::vector<int64_t>& keep) {
+  for (size_t i = 0; i < keep.size(); ++i) v[i] = v[static_cast<size_t>(keep[i])];
+  v.resize(keep.size());
+}
+
+}  // namespace
+
 EmbeddingTable::EmbeddingTable(std::string name, int64_t rows, int64_t dim, DType dtype, uint64_t seed,
                                double init_scale)
-    : name_(std::move(name)) {
-  NCSREC_CHECK(rows > 0 && dim > 0, "embedding table " << name_ << " needs positive shape, got [" << rows << ", "
-                                                       << dim << "]");
-  init(rows, nullptr, dim, dtype, seed, init_scale);
-}
+    : EmbeddingTable(name, iota_keys(name, rows, dim), dim, dtype, seed, init_scale) {}
 
-EmbeddingTable::EmbeddingTable(std::string name, const std::vector<int64_t>& global_rows, int64_t dim, DType dtype,
+EmbeddingTable::EmbeddingTable(std::string name, const std::vector<int64_t>& keys, int64_t dim, DType dtype,
                                uint64_t seed, double init_scale)
-    : name_(std::move(name)) {
+    : name_(std::move(name)), dim_(dim), dtype_(dtype), table_seed_(hash_combine(seed, hash_string(name_))),
+      init_scale_(init_scale) {
   NCSREC_CHECK(dim > 0, "embedding table " << name_ << " needs a positive dim, got " << dim);
-  init(static_cast<int64_t>(global_rows.size()), global_rows.data(), dim, dtype, seed, init_scale);
-}
-
-void EmbeddingTable::init(int64_t rows, const int64_t* rows_of, int64_t dim, DType dtype, uint64_t seed,
-                          double init_scale) {
   NCSREC_CHECK(dtype == DType::F32 || dtype == DType::F64, "embedding table " << name_ << " of " << dtype_name(dtype));
-  values_ = Tensor::empty({rows, dim}, dtype, Device::CPU);
-  const uint64_t table_seed = hash_combine(seed, hash_string(name_));
-  if (dtype == DType::F32) init_rows(values_.data<float>(), rows, rows_of, dim, table_seed, init_scale);
-  else init_rows(values_.data<double>(), rows, rows_of, dim, table_seed, init_scale);
+  reserve(std::max<int64_t>(static_cast<int64_t>(keys.size()), 1));
+  append(keys);
 }
 
-std::unique_ptr<SparseOptimizer> make_sparse_optimizer(const OptimizerConfig& config, const EmbeddingTable& table) {
+void EmbeddingTable::reserve(int64_t rows) {
+  if (rows <= capacity_) return;
+  const int64_t capacity = std::max<int64_t>(rows, capacity_ == 0 ? rows : 2 * capacity_);
+  storage_ = regrow(storage_, rows_, capacity, dim_, dtype_);
+  for (auto& c : columns_) c->storage = regrow(c->storage, rows_, capacity, std::max<int64_t>(c->width, 1), c->dtype);
+  capacity_ = capacity;
+  refresh_views();
+}
+
+void EmbeddingTable::refresh_views() {
+  values_ = storage_.slice_rows(0, rows_);
+  for (auto& c : columns_) {
+    Tensor rows = c->storage.slice_rows(0, rows_);
+    c->view = c->width == 0 ? rows.reshape({rows_}) : rows;
+  }
+}
+
+int64_t EmbeddingTable::append(const std::vector<int64_t>& keys) {
+  const int64_t first = rows_, n = static_cast<int64_t>(keys.size());
+  if (n == 0) return first;
+  reserve(rows_ + n);
+  if (dtype_ == DType::F32)
+    init_rows(storage_.data<float>() + first * dim_, n, keys.data(), dim_, table_seed_, init_scale_);
+  else
+    init_rows(storage_.data<double>() + first * dim_, n, keys.data(), dim_, table_seed_, init_scale_);
+  for (auto& c : columns_) fill_rows(c->storage, first, first + n, c->fill);
+  keys_.insert(keys_.end(), keys.begin(), keys.end());
+  count_.resize(static_cast<size_t>(first + n), 0);
+  last_seen_day_.resize(static_cast<size_t>(first + n), -1);
+  updated_step_.resize(static_cast<size_t>(first + n), -1);
+  rows_ = first + n;
+  refresh_views();
+  return first;
+}
+
+void EmbeddingTable::keep_rows(const std::vector<int64_t>& keep) {
+  for (size_t i = 0; i < keep.size(); ++i)
+    NCSREC_CHECK(keep[i] >= 0 && keep[i] < rows_ && (i == 0 || keep[i] > keep[i - 1]),
+                 "table " << name_ << ": rows to keep must be increasing rows of the table");
+  compact_rows(storage_, keep);
+  for (auto& c : columns_) compact_rows(c->storage, keep);
+  compact_vector(keys_, keep);
+  compact_vector(count_, keep);
+  compact_vector(last_seen_day_, keep);
+  compact_vector(updated_step_, keep);
+  rows_ = static_cast<int64_t>(keep.size());
+  refresh_views();
+}
+
+Tensor* EmbeddingTable::add_state(const std::string& name, DType dtype, int64_t width, double fill) {
+  for (auto& c : columns_)
+    if (c->name == name) {
+      NCSREC_CHECK(c->dtype == dtype && c->width == width, "table " << name_ << ": state " << name << " re-added with another shape");
+      c->fill = fill;
+      fill_rows(c->storage, 0, rows_, fill);
+      return &c->view;
+    }
+  auto c = std::make_unique<Column>();
+  c->name = name;
+  c->dtype = dtype;
+  c->width = width;
+  c->fill = fill;
+  c->storage = Tensor::empty({std::max<int64_t>(capacity_, 1), std::max<int64_t>(width, 1)}, dtype, Device::CPU);
+  fill_rows(c->storage, 0, rows_, fill);
+  columns_.push_back(std::move(c));
+  refresh_views();
+  return &columns_.back()->view;
+}
+
+std::unique_ptr<SparseOptimizer> make_sparse_optimizer(const OptimizerConfig& config, EmbeddingTable& table) {
   if (!(config.lr >= 0) || !std::isfinite(config.lr))
     throw ConfigError(NCSREC_STR_("sparse optimizer lr must be a finite number >= 0, got " << config.lr));
   if (config.weight_decay != 0)

@@ -1,7 +1,14 @@
-// Fixed-size embedding tables and their sparse optimizers: a step touches only the rows in
-// the batch (the rows of a SparseGrad); every other row and its optimizer state stay
-// bit-identical. Hash tables with open vocabularies are a later issue; this table maps ids
-// to rows modulo its size (core/layers/embedding_bag.h).
+// Embedding tables and their sparse optimizers: a step touches only the rows in the batch (the
+// rows of a SparseGrad); every other row and its optimizer state stay bit-identical.
+//
+// A table is a list of rows, each with a key (its global row for a fixed-size table, its id
+// for a hash table: embedding/sharded_table.h), its values, its optimizer state (per-row
+// columns the optimizer adds, so they grow and shrink with the rows) and three counters:
+//   count          the ids of training batches that read the row (occurrences, over all ranks);
+//   last_seen_day  the day (days since 1970-01-01) of the last training batch that read it, -1: never;
+//   updated_step   the training step of its last optimizer update, -1: never (delta export).
+// A row's initial value is a pure function of (seed, table name, key), so tables initialise
+// the same whatever their size, sharding, insertion order or thread count.
 #pragma once
 
 #include <cstdint>
@@ -17,34 +24,76 @@ namespace ncsrec {
 
 class EmbeddingTable {
  public:
-  // Rows are initialised N(0, init_scale²) from (seed, table name, row), independent of order.
+  // Rows 0..rows-1 with keys 0..rows-1, initialised N(0, init_scale²) from (seed, name, key).
   EmbeddingTable(std::string name, int64_t rows, int64_t dim, DType dtype, uint64_t seed, double init_scale);
-  // A shard: row i holds global row global_rows[i] of the table above, initialised alike (may
-  // be empty: a rank that holds no row of the table).
-  EmbeddingTable(std::string name, const std::vector<int64_t>& global_rows, int64_t dim, DType dtype, uint64_t seed,
+  // One row per key of `keys`, initialised alike (may be empty: a shard that holds no row yet).
+  EmbeddingTable(std::string name, const std::vector<int64_t>& keys, int64_t dim, DType dtype, uint64_t seed,
                  double init_scale);
+  EmbeddingTable(EmbeddingTable&&) = default;
+  EmbeddingTable& operator=(EmbeddingTable&&) = default;
+
   const std::string& name() const { return name_; }
-  int64_t rows() const { return values_.dim(0); }
-  int64_t dim() const { return values_.dim(1); }
+  int64_t rows() const { return rows_; }
+  int64_t dim() const { return dim_; }
+  DType dtype() const { return dtype_; }
+  // [rows, dim]. A view: appending or dropping rows replaces it (take no pointer across those).
   Tensor& values() { return values_; }
   const Tensor& values() const { return values_; }
+  // The key of each row.
+  const std::vector<int64_t>& keys() const { return keys_; }
+
+  // Appends one row per key, initialised from (seed, name, key), with fresh optimizer state
+  // (each column's fill) and counters (0, -1, -1). Returns the index of the first new row.
+  int64_t append(const std::vector<int64_t>& keys);
+  // Keeps the rows `keep` (increasing indices) and drops the others: values, state, counters.
+  void keep_rows(const std::vector<int64_t>& keep);
+
+  // A per-row optimizer state column: [rows, width] (width 0: [rows]) of `dtype`, each new row
+  // filled with `fill`. Adding an existing name resets it to `fill` (a new optimizer starts
+  // fresh). The pointer stays valid for the table's life.
+  Tensor* add_state(const std::string& name, DType dtype, int64_t width, double fill);
+
+  std::vector<int64_t>& count() { return count_; }
+  std::vector<int64_t>& last_seen_day() { return last_seen_day_; }
+  std::vector<int64_t>& updated_step() { return updated_step_; }
+  const std::vector<int64_t>& count() const { return count_; }
+  const std::vector<int64_t>& last_seen_day() const { return last_seen_day_; }
+  const std::vector<int64_t>& updated_step() const { return updated_step_; }
 
  private:
-  void init(int64_t rows, const int64_t* rows_of, int64_t dim, DType dtype, uint64_t seed, double init_scale);
+  struct Column {
+    std::string name;
+    DType dtype;
+    int64_t width;  // 0: one element per row, shape [rows]
+    double fill;
+    Tensor storage;  // [capacity, max(width, 1)]
+    Tensor view;     // the first rows_ rows
+  };
+  void reserve(int64_t rows);
+  void refresh_views();
+
   std::string name_;
-  Tensor values_;
+  int64_t dim_;
+  DType dtype_;
+  uint64_t table_seed_;
+  double init_scale_;
+  int64_t rows_ = 0, capacity_ = 0;
+  Tensor storage_, values_;
+  std::vector<std::unique_ptr<Column>> columns_;
+  std::vector<int64_t> keys_, count_, last_seen_day_, updated_step_;
 };
 
-// Sparse optimizers: "adagrad" (sparse Adagrad) or "adam" (sparse/lazy Adam: moments and the
-// per-row step count advance only for rows in the batch). No weight decay (a config with
-// weight_decay > 0 is refused): decaying only the rows in the batch would shrink frequent ids
-// more than rare ones, and decaying every row would make each step touch the whole table.
+// Sparse optimizers: "adagrad" (sparse Adagrad), "adam" (sparse/lazy Adam: moments and the
+// per-row step count advance only for rows in the batch) or "sgd". No weight decay (a config
+// with weight_decay > 0 is refused): decaying only the rows in the batch would shrink frequent
+// ids more than rare ones, and decaying every row would make each step touch the whole table.
+// The state lives in the table as per-row columns (EmbeddingTable::add_state).
 class SparseOptimizer {
  public:
   virtual ~SparseOptimizer() = default;
   virtual void step(EmbeddingTable& table, const SparseGrad& grad) = 0;
   // Named state tensors for checkpoints: {"accumulator"} or {"m", "v", "steps"}.
-  virtual std::vector<std::pair<std::string, Tensor*>> state() = 0;
+  std::vector<std::pair<std::string, Tensor*>> state() const { return state_; }
 
   // The rate of the following steps; starts at the config's lr, base_lr() (a schedule sets
   // base_lr() · factor before every step).
@@ -53,10 +102,13 @@ class SparseOptimizer {
   double base_lr() const { return base_lr_; }
 
  protected:
-  explicit SparseOptimizer(double lr) : base_lr_(lr), lr_(lr) {}
+  SparseOptimizer(double lr, const EmbeddingTable& table) : base_lr_(lr), lr_(lr), table_(&table) {}
+  void check(const EmbeddingTable& table, const SparseGrad& grad) const;
   double base_lr_, lr_;
+  const EmbeddingTable* table_;
+  std::vector<std::pair<std::string, Tensor*>> state_;
 };
 
-std::unique_ptr<SparseOptimizer> make_sparse_optimizer(const OptimizerConfig& config, const EmbeddingTable& table);
+std::unique_ptr<SparseOptimizer> make_sparse_optimizer(const OptimizerConfig& config, EmbeddingTable& table);
 
 }  // namespace ncsrec

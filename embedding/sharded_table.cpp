@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tuple>
+#include <unordered_set>
 #include <utility>
 
 #include "core/error.h"
@@ -148,65 +150,296 @@ int row_owner(int64_t row, int world_size) {
 }
 
 ShardedTable::ShardedTable(std::string name, int64_t rows, int64_t dim, DType dtype, uint64_t seed,
-                           double init_scale, Placement placement, int table_rank, int rank, int world_size)
-    : rows_((check_shape(name, rows, dim, table_rank, rank, world_size), rows)),
+                           double init_scale, Placement placement, int table_rank, int rank, int world_size,
+                           const HashOptions* hash)
+    : rows_((check_shape(name, hash ? std::max<int64_t>(hash->capacity, 1) : rows, dim, table_rank, rank, world_size),
+             hash ? hash->capacity : rows)),
       dim_(dim),
       dtype_(dtype),
       placement_(placement),
       table_rank_(table_rank),
       rank_(rank),
       world_(world_size),
-      holds_all_rows_(world_size == 1 || placement == Placement::Replicated ||
-                      (placement == Placement::TableWise && rank == table_rank)),
-      shard_rows_(owned_rows(rows, placement, table_rank, rank, world_size)),
-      shard_(make_shard(name, shard_rows_, rows, dim, dtype, seed, init_scale)) {}
+      holds_all_rows_(!hash && (world_size == 1 || placement == Placement::Replicated ||
+                                (placement == Placement::TableWise && rank == table_rank))),
+      hashed_(hash != nullptr),
+      hash_(hash ? *hash : HashOptions{}),
+      shard_(hash ? EmbeddingTable(name, std::vector<int64_t>{}, dim, dtype, seed, init_scale)
+                  : make_shard(name, owned_rows(rows, placement, table_rank, rank, world_size), rows, dim, dtype, seed,
+                               init_scale)) {
+  if (hashed_) {
+    NCSREC_CHECK(placement != Placement::Replicated || world_size == 1,
+                 "hash table " << shard_.name() << " cannot be replicated (each rank would insert other ids)");
+    NCSREC_CHECK(hash_.capacity > 0 && hash_.admit_after >= 1 && hash_.ttl_days >= 0,
+                 "hash table " << shard_.name() << ": capacity " << hash_.capacity << ", admit_after "
+                               << hash_.admit_after << ", ttl_days " << hash_.ttl_days);
+    rebuild_index();
+  }
+}
 
 int ShardedTable::owner(int64_t row) const {
-  NCSREC_CHECK(row >= 0 && row < rows_, "row " << row << " outside table " << name() << " of " << rows_ << " rows");
+  NCSREC_CHECK(hashed_ || (row >= 0 && row < rows_), "row " << row << " outside table " << name() << " of " << rows_ << " rows");
   if (world_ == 1 || placement_ == Placement::Replicated) return rank_;
   if (placement_ == Placement::TableWise) return table_rank_;
   return row_owner(row, world_);
 }
 
+int64_t ShardedTable::rank_capacity() const {
+  if (world_ == 1 || placement_ != Placement::RowWise) return rows_;
+  return (rows_ + world_ - 1) / world_;
+}
+
+namespace {
+
+inline size_t probe_start(int64_t key, size_t mask) { return static_cast<size_t>(mix64(static_cast<uint64_t>(key))) & mask; }
+
+}  // namespace
+
 int64_t ShardedTable::shard_index(int64_t row) const {
+  if (hashed_) {
+    const size_t mask = index_keys_.size() - 1;
+    for (size_t i = probe_start(row, mask);; i = (i + 1) & mask) {
+      if (index_rows_[i] < 0) return -1;
+      if (index_keys_[i] == row) return index_rows_[i];
+    }
+  }
   if (row < 0 || row >= rows_) return -1;
   if (holds_all_rows_) return row;
-  const auto it = std::lower_bound(shard_rows_.begin(), shard_rows_.end(), row);
-  return (it != shard_rows_.end() && *it == row) ? static_cast<int64_t>(it - shard_rows_.begin()) : -1;
+  const std::vector<int64_t>& keys = shard_.keys();
+  const auto it = std::lower_bound(keys.begin(), keys.end(), row);
+  return (it != keys.end() && *it == row) ? static_cast<int64_t>(it - keys.begin()) : -1;
 }
 
-void ShardedTable::check_comm(const Communicator& comm, const char* call) const {
-  NCSREC_CHECK(comm.world_size() == world_ && comm.rank() == rank_,
+// The index at most half full: a power of two >= 2 · (rows + 1), rebuilt when rows exceed half.
+void ShardedTable::rebuild_index() {
+  size_t size = 16;
+  while (size < 2 * static_cast<size_t>(shard_.rows() + 1)) size *= 2;
+  index_keys_.assign(size, 0);
+  index_rows_.assign(size, -1);
+  const size_t mask = size - 1;
+  const std::vector<int64_t>& keys = shard_.keys();
+  for (size_t r = 0; r < keys.size(); ++r) {
+    size_t i = probe_start(keys[r], mask);
+    while (index_rows_[i] >= 0) i = (i + 1) & mask;
+    index_keys_[i] = keys[r];
+    index_rows_[i] = static_cast<int64_t>(r);
+  }
+}
+
+void ShardedTable::drop_rows(const std::vector<uint8_t>& drop) {
+  std::vector<int64_t> keep;
+  keep.reserve(static_cast<size_t>(shard_.rows()));
+  for (int64_t r = 0; r < shard_.rows(); ++r)
+    if (!drop[static_cast<size_t>(r)]) keep.push_back(r);
+  shard_.keep_rows(keep);
+  rebuild_index();
+}
+
+// Evicts the least recently seen rows not in `protected_keys` (sorted) so that `wanted` more
+// rows fit, plus a tenth of the capacity.
+void ShardedTable::make_room(int64_t wanted, const std::vector<int64_t>& protected_keys) {
+  const int64_t cap = rank_capacity(), rows = shard_.rows();
+  if (rows + wanted <= cap) return;
+  if (!hash_.evict_when_full || wanted > cap)
+    throw UserError("hash table " + name() + " is full: rank " + std::to_string(rank_) + " holds " +
+                    std::to_string(rows) + " of its " + std::to_string(cap) + " rows (capacity " +
+                    std::to_string(rows_) + " over " + std::to_string(world_) + " rank(s)) and this batch brings " +
+                    std::to_string(wanted) + " new ids; raise model.tables." + name() +
+                    ".capacity, or set evict_when_full: true or ttl_days");
+  const int64_t evict = std::min(rows, rows + wanted - cap + cap / 10);
+  const std::vector<int64_t>& keys = shard_.keys();
+  const std::vector<int64_t>& seen = shard_.last_seen_day();
+  const std::vector<int64_t>& updated = shard_.updated_step();
+  std::vector<int64_t> candidates;
+  for (int64_t r = 0; r < rows; ++r)
+    if (!std::binary_search(protected_keys.begin(), protected_keys.end(), keys[static_cast<size_t>(r)])) candidates.push_back(r);
+  auto older = [&](int64_t a, int64_t b) {
+    const size_t i = static_cast<size_t>(a), j = static_cast<size_t>(b);
+    return std::tie(seen[i], updated[i], keys[i]) < std::tie(seen[j], updated[j], keys[j]);
+  };
+  const int64_t n = std::min<int64_t>(evict, static_cast<int64_t>(candidates.size()));
+  if (rows - n + wanted > cap)
+    throw UserError("hash table " + name() + " is full: rank " + std::to_string(rank_) + " cannot evict enough rows "
+                    "for this batch (every row is read by it); raise model.tables." + name() + ".capacity");
+  std::nth_element(candidates.begin(), candidates.begin() + n, candidates.end(), older);
+  std::vector<uint8_t> drop(static_cast<size_t>(rows), 0);
+  for (int64_t i = 0; i < n; ++i) drop[static_cast<size_t>(candidates[static_cast<size_t>(i)])] = 1;
+  drop_rows(drop);
+  stats_.evicted_full += n;
+}
+
+std::vector<int64_t> ShardedTable::resolve(const std::vector<int64_t>& keys, const int64_t* occurrences, bool training) {
+  const size_t n = keys.size();
+  std::vector<int64_t> out(n, -1);
+  if (!hashed_) {
+    for (size_t j = 0; j < n; ++j) {
+      out[j] = shard_index(keys[j]);
+      NCSREC_CHECK(out[j] >= 0, "table " << name() << " (" << placement_name(placement_) << "): rank " << rank_
+                                         << " was asked for row " << keys[j] << ", which it does not hold");
+      if (training) {
+        shard_.count()[static_cast<size_t>(out[j])] += occurrences ? occurrences[j] : 1;
+        shard_.last_seen_day()[static_cast<size_t>(out[j])] = day_;
+      }
+    }
+    return out;
+  }
+  if (!training) {
+    for (size_t j = 0; j < n; ++j) out[j] = shard_index(keys[j]);
+    return out;
+  }
+  // Occurrences per distinct id (several ranks may ask for one id), in increasing id order.
+  std::vector<size_t> order(n);
+  for (size_t j = 0; j < n; ++j) order[j] = j;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return keys[a] < keys[b]; });
+  std::vector<int64_t> distinct, total;
+  for (size_t j : order) {
+    const int64_t occ = occurrences ? occurrences[j] : 1;
+    if (!distinct.empty() && distinct.back() == keys[j]) total.back() += occ;
+    else {
+      distinct.push_back(keys[j]);
+      total.push_back(occ);
+    }
+  }
+  std::vector<int64_t> admit, admit_count;
+  for (size_t u = 0; u < distinct.size(); ++u) {
+    const int64_t row = shard_index(distinct[u]);
+    if (row >= 0) {
+      shard_.count()[static_cast<size_t>(row)] += total[u];
+      shard_.last_seen_day()[static_cast<size_t>(row)] = day_;
+      continue;
+    }
+    auto it = pending_.find(distinct[u]);
+    const int64_t seen = (it == pending_.end() ? 0 : it->second.count) + total[u];
+    if (seen >= hash_.admit_after) {
+      admit.push_back(distinct[u]);
+      admit_count.push_back(seen);
+      if (it != pending_.end()) pending_.erase(it);
+    } else {
+      pending_[distinct[u]] = Pending{seen, day_};
+    }
+  }
+  if (!admit.empty()) {
+    make_room(static_cast<int64_t>(admit.size()), distinct);
+    const int64_t first = shard_.append(admit);
+    for (size_t a = 0; a < admit.size(); ++a) {
+      shard_.count()[static_cast<size_t>(first) + a] = admit_count[a];
+      shard_.last_seen_day()[static_cast<size_t>(first) + a] = day_;
+    }
+    stats_.inserted += static_cast<int64_t>(admit.size());
+    if (2 * static_cast<size_t>(shard_.rows() + 1) > index_keys_.size()) rebuild_index();
+    else {
+      const size_t mask = index_keys_.size() - 1;
+      for (size_t a = 0; a < admit.size(); ++a) {
+        size_t i = probe_start(admit[a], mask);
+        while (index_rows_[i] >= 0) i = (i + 1) & mask;
+        index_keys_[i] = admit[a];
+        index_rows_[i] = first + static_cast<int64_t>(a);
+      }
+    }
+  }
+  for (size_t j = 0; j < n; ++j) out[j] = shard_index(keys[j]);
+  return out;
+}
+
+void ShardedTable::start_day(int64_t day) {
+  day_ = day;
+  if (!hashed_ || hash_.ttl_days <= 0 || day < 0) return;
+  const std::vector<int64_t>& seen = shard_.last_seen_day();
+  auto stale = [&](int64_t last) { return last >= 0 && day - last > hash_.ttl_days; };
+  std::vector<uint8_t> drop(static_cast<size_t>(shard_.rows()), 0);
+  int64_t dropped = 0;
+  for (size_t r = 0; r < drop.size(); ++r)
+    if (stale(seen[r])) {
+      drop[r] = 1;
+      ++dropped;
+    }
+  if (dropped > 0) drop_rows(drop);
+  stats_.evicted_ttl += dropped;
+  for (auto it = pending_.begin(); it != pending_.end();)
+    it = stale(it->second.last_seen_day) ? pending_.erase(it) : std::next(it);
+}
+
+void ShardedTable::count_reads(const int64_t* ids, int64_t n) {
+  NCSREC_CHECK(!hashed_ && holds_all_rows_, "table " << name() << ": count_reads is for a fixed table held whole");
+  std::vector<int64_t>& count = shard_.count();
+  std::vector<int64_t>& seen = shard_.last_seen_day();
+  for (int64_t k = 0; k < n; ++k) {
+    const size_t r = static_cast<size_t>(embedding_row(ids[k], rows_));
+    ++count[r];
+    seen[r] = day_;
+  }
+}
+
+void ShardedTable::insert_owned(const std::vector<int64_t>& ids) {
+  if (!hashed_) return;
+  std::vector<int64_t> add;  // in the order given
+  std::unordered_set<int64_t> seen;
+  for (int64_t id : ids)
+    if (owner(id) == rank_ && shard_index(id) < 0 && seen.insert(id).second) add.push_back(id);
+  if (shard_.rows() + static_cast<int64_t>(add.size()) > rank_capacity())
+    throw UserError("hash table " + name() + ": the checkpoint holds more rows than rank " + std::to_string(rank_) +
+                    " may (" + std::to_string(rank_capacity()) + "; capacity " + std::to_string(rows_) + " over " +
+                    std::to_string(world_) + " rank(s)); raise model.tables." + name() + ".capacity");
+  shard_.append(add);
+  rebuild_index();
+}
+
+std::vector<std::pair<int64_t, ShardedTable::Pending>> ShardedTable::pending() const {
+  std::vector<std::pair<int64_t, Pending>> out(pending_.begin(), pending_.end());
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return out;
+}
+
+void ShardedTable::set_pending(int64_t id, Pending p) {
+  if (hashed_ && owner(id) == rank_) pending_[id] = p;
+}
+
+HashStats ShardedTable::hash_stats() const {
+  HashStats s = stats_;
+  s.rows = shard_.rows();
+  s.pending = static_cast<int64_t>(pending_.size());
+  return s;
+}
+
+void ShardedTable::check_comm(const Communicator* comm, const char* call) const {
+  if (!comm) {
+    NCSREC_CHECK(world_ == 1, "table " << name() << " placed for rank " << rank_ << " of " << world_ << " called "
+                                        << call << " without a communicator");
+    return;
+  }
+  NCSREC_CHECK(comm->world_size() == world_ && comm->rank() == rank_,
                "table " << name() << " placed for rank " << rank_ << " of " << world_ << " called " << call
-                        << " with a communicator of rank " << comm.rank() << " of " << comm.world_size());
+                        << " with a communicator of rank " << comm->rank() << " of " << comm->world_size());
 }
 
-void ShardedTable::lookup(const std::vector<IdsView>& slots, Communicator& comm, Lookup* out) const {
+void ShardedTable::lookup(const std::vector<IdsView>& slots, Communicator* comm, Lookup* out, bool training) {
   check_comm(comm, "lookup");
   NCSREC_CHECK(out != nullptr, "table " << name() << ": lookup into a null result");
   Lookup& L = *out;
 
-  // Unique rows read, and each id as an index into them.
+  // Unique rows read, each id as an index into them, and how often each row is read.
   L.rows.clear();
   for (size_t s = 0; s < slots.size(); ++s) {
     const IdsView& slot = slots[s];
     NCSREC_CHECK(slot.count >= 0 && (slot.count == 0 || slot.ids != nullptr),
                  "table " << name() << ": slot " << s << " has " << slot.count << " ids at " << slot.ids);
-    for (int64_t k = 0; k < slot.count; ++k) L.rows.push_back(embedding_row(slot.ids[k], rows_));
+    for (int64_t k = 0; k < slot.count; ++k) L.rows.push_back(row_of(slot.ids[k]));
   }
   std::sort(L.rows.begin(), L.rows.end());
   L.rows.erase(std::unique(L.rows.begin(), L.rows.end()), L.rows.end());
+  const int64_t unique = static_cast<int64_t>(L.rows.size()), bytes = row_bytes();
+  std::vector<int64_t> occurrences(training ? static_cast<size_t>(unique) : 0, 0);
   L.ids.resize(slots.size());
   for (size_t s = 0; s < slots.size(); ++s) {
     std::vector<int64_t>& ids = L.ids[s];
     ids.resize(static_cast<size_t>(slots[s].count));
     for (int64_t k = 0; k < slots[s].count; ++k) {
-      const int64_t row = embedding_row(slots[s].ids[k], rows_);
+      const int64_t row = row_of(slots[s].ids[k]);
       ids[static_cast<size_t>(k)] = std::lower_bound(L.rows.begin(), L.rows.end(), row) - L.rows.begin();
+      if (training) ++occurrences[static_cast<size_t>(ids[static_cast<size_t>(k)])];
     }
   }
 
-  const int64_t unique = static_cast<int64_t>(L.rows.size()), bytes = row_bytes();
   L.values = Tensor::empty({std::max<int64_t>(unique, 1), dim_}, dtype_, Device::CPU);
   if (unique == 0) L.values.zero_();
   L.send_counts.clear();
@@ -215,9 +448,17 @@ void ShardedTable::lookup(const std::vector<IdsView>& slots, Communicator& comm,
   L.requested.clear();
   L.requested_shard_rows.clear();
 
-  const void* shard_values = shard_.values().raw();
   if (world_ == 1 || placement_ == Placement::Replicated) {  // every row is here
-    for (int64_t i = 0; i < unique; ++i) copy_row(L.values.raw(), i, shard_values, L.rows[static_cast<size_t>(i)], bytes);
+    // Replicated over several ranks: each rank reads its own batch, so no rank can keep the
+    // counters of all reads; they stay as they are.
+    const bool count = training && world_ == 1;
+    L.requested_shard_rows = resolve(L.rows, count ? occurrences.data() : nullptr, count);
+    const void* shard_values = shard_.values().raw();  // after resolve: insertions may move the rows
+    for (int64_t i = 0; i < unique; ++i) {
+      const int64_t r = L.requested_shard_rows[static_cast<size_t>(i)];
+      if (r >= 0) copy_row(L.values.raw(), i, shard_values, r, bytes);
+      else std::memset(static_cast<char*>(L.values.raw()) + i * bytes, 0, static_cast<size_t>(bytes));
+    }
     return;
   }
 
@@ -228,36 +469,39 @@ void ShardedTable::lookup(const std::vector<IdsView>& slots, Communicator& comm,
   std::vector<int64_t> cursor(static_cast<size_t>(W), 0);
   for (int r = 1; r < W; ++r) cursor[static_cast<size_t>(r)] = cursor[static_cast<size_t>(r) - 1] + L.send_counts[static_cast<size_t>(r) - 1];
   L.send_order.resize(static_cast<size_t>(unique));
-  std::vector<int64_t> request(static_cast<size_t>(unique));
+  std::vector<int64_t> request(static_cast<size_t>(unique)), request_occurrences(training ? static_cast<size_t>(unique) : 0);
   for (int64_t i = 0; i < unique; ++i) {
     const int64_t pos = cursor[static_cast<size_t>(owner(L.rows[static_cast<size_t>(i)]))]++;
     L.send_order[static_cast<size_t>(pos)] = i;
     request[static_cast<size_t>(pos)] = L.rows[static_cast<size_t>(i)];
+    if (training) request_occurrences[static_cast<size_t>(pos)] = occurrences[static_cast<size_t>(i)];
   }
-  L.recv_counts = exchange_counts(L.send_counts, comm);
+  L.recv_counts = exchange_counts(L.send_counts, *comm);
   const int64_t served = sum(L.recv_counts);
   L.requested.resize(static_cast<size_t>(served));
-  comm.all_to_all_v(request.data(), L.send_counts.data(), L.requested.data(), L.recv_counts.data(), DType::I64);
+  comm->all_to_all_v(request.data(), L.send_counts.data(), L.requested.data(), L.recv_counts.data(), DType::I64);
+  std::vector<int64_t> requested_occurrences(training ? static_cast<size_t>(served) : 0);
+  if (training)
+    comm->all_to_all_v(request_occurrences.data(), L.send_counts.data(), requested_occurrences.data(),
+                       L.recv_counts.data(), DType::I64);
 
-  // Owner side: the requested rows' values, in receive order.
-  L.requested_shard_rows.resize(static_cast<size_t>(served));
+  // Owner side: the requested rows' values, in receive order (zeros for ids without a row).
+  L.requested_shard_rows = resolve(L.requested, training ? requested_occurrences.data() : nullptr, training);
+  const void* shard_values = shard_.values().raw();
   Tensor reply = Tensor::empty({served, dim_}, dtype_, Device::CPU);
   for (int64_t j = 0; j < served; ++j) {
-    const int64_t row = L.requested[static_cast<size_t>(j)];
-    const int64_t index = shard_index(row);
-    NCSREC_CHECK(index >= 0, "table " << name() << " (" << placement_name(placement_) << "): rank " << rank_
-                                      << " was asked for row " << row << ", which it does not hold");
-    L.requested_shard_rows[static_cast<size_t>(j)] = index;
-    copy_row(reply.raw(), j, shard_values, index, bytes);
+    const int64_t index = L.requested_shard_rows[static_cast<size_t>(j)];
+    if (index >= 0) copy_row(reply.raw(), j, shard_values, index, bytes);
+    else std::memset(static_cast<char*>(reply.raw()) + j * bytes, 0, static_cast<size_t>(bytes));
   }
   Tensor received = Tensor::empty({unique, dim_}, dtype_, Device::CPU);
   const std::vector<int64_t> reply_counts = times(L.recv_counts, dim_), received_counts = times(L.send_counts, dim_);
-  comm.all_to_all_v(reply.raw(), reply_counts.data(), received.raw(), received_counts.data(), dtype_);
+  comm->all_to_all_v(reply.raw(), reply_counts.data(), received.raw(), received_counts.data(), dtype_);
   for (int64_t pos = 0; pos < unique; ++pos)
     copy_row(L.values.raw(), L.send_order[static_cast<size_t>(pos)], received.raw(), pos, bytes);
 }
 
-SparseGrad ShardedTable::reduce_gradient(const Lookup& lookup, const SparseGrad& grad, Communicator& comm) const {
+SparseGrad ShardedTable::reduce_gradient(const Lookup& lookup, const SparseGrad& grad, Communicator* comm) const {
   check_comm(comm, "reduce_gradient");
   const int64_t unique = static_cast<int64_t>(lookup.rows.size());
   const int64_t n = static_cast<int64_t>(grad.rows.size());
@@ -274,18 +518,29 @@ SparseGrad ShardedTable::reduce_gradient(const Lookup& lookup, const SparseGrad&
                  "table " << name() << ": gradient rows must be sorted and unique");
   }
 
-  if (world_ == 1) {  // compact rows -> global rows, which are the shard's rows
-    SparseGrad out;
-    out.rows.resize(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) out.rows[static_cast<size_t>(i)] = lookup.rows[static_cast<size_t>(grad.rows[static_cast<size_t>(i)])];
-    out.values = grad.values;
-    return out;
+  if (world_ == 1) {  // compact rows -> their shard rows (a fixed table: the global rows, increasing)
+    NCSREC_CHECK(static_cast<int64_t>(lookup.requested_shard_rows.size()) == unique,
+                 "table " << name() << ": reduce_gradient needs the Lookup its lookup() filled");
+    if (!hashed_) {
+      SparseGrad out;
+      out.rows.resize(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) out.rows[static_cast<size_t>(i)] = lookup.rows[static_cast<size_t>(grad.rows[static_cast<size_t>(i)])];
+      out.values = grad.values;
+      return out;
+    }
+    std::vector<Contribution> contributions;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t r = lookup.requested_shard_rows[static_cast<size_t>(grad.rows[static_cast<size_t>(i)])];
+      if (r >= 0) contributions.push_back({r, i});
+    }
+    return dtype_ == DType::F32 ? sum_by_row(contributions, grad.values.data<float>(), dim_, dtype_)
+                                : sum_by_row(contributions, grad.values.data<double>(), dim_, dtype_);
   }
   if (placement_ == Placement::Replicated) {
     std::vector<int64_t> global_rows(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) global_rows[static_cast<size_t>(i)] = lookup.rows[static_cast<size_t>(grad.rows[static_cast<size_t>(i)])];
-    return dtype_ == DType::F32 ? all_gather_gradient<float>(global_rows, grad.values, dim_, comm)
-                                : all_gather_gradient<double>(global_rows, grad.values, dim_, comm);
+    return dtype_ == DType::F32 ? all_gather_gradient<float>(global_rows, grad.values, dim_, *comm)
+                                : all_gather_gradient<double>(global_rows, grad.values, dim_, *comm);
   }
 
   // RowWise / TableWise: the reverse of the lookup's request. Per owner: the gradient rows in
@@ -321,7 +576,7 @@ SparseGrad ShardedTable::reduce_gradient(const Lookup& lookup, const SparseGrad&
     begin += block;
   }
 
-  const std::vector<int64_t> recv_grad_counts = exchange_counts(grad_counts, comm);
+  const std::vector<int64_t> recv_grad_counts = exchange_counts(grad_counts, *comm);
   std::vector<int64_t> recv_id_counts(static_cast<size_t>(W), 0);
   for (int s = 0; s < W; ++s) {
     const int64_t got = recv_grad_counts[static_cast<size_t>(s)], served = lookup.recv_counts[static_cast<size_t>(s)];
@@ -330,14 +585,15 @@ SparseGrad ShardedTable::reduce_gradient(const Lookup& lookup, const SparseGrad&
     recv_id_counts[static_cast<size_t>(s)] = got == served ? 0 : got;
   }
   std::vector<int64_t> recv_ids(static_cast<size_t>(sum(recv_id_counts)));
-  comm.all_to_all_v(ids.data(), id_counts.data(), recv_ids.data(), recv_id_counts.data(), DType::I64);
+  comm->all_to_all_v(ids.data(), id_counts.data(), recv_ids.data(), recv_id_counts.data(), DType::I64);
   const int64_t received = sum(recv_grad_counts);
   Tensor values = Tensor::empty({received, dim_}, dtype_, Device::CPU);
   const std::vector<int64_t> send_elems = times(grad_counts, dim_), recv_elems = times(recv_grad_counts, dim_);
-  comm.all_to_all_v(send.raw(), send_elems.data(), values.raw(), recv_elems.data(), dtype_);
+  comm->all_to_all_v(send.raw(), send_elems.data(), values.raw(), recv_elems.data(), dtype_);
 
   // Owner side: the shard row of every received gradient row, in rank order.
-  std::vector<Contribution> contributions(static_cast<size_t>(received));
+  std::vector<Contribution> contributions;
+  contributions.reserve(static_cast<size_t>(received));
   int64_t k = 0, id = 0, served_begin = 0;
   for (int s = 0; s < W; ++s) {
     const int64_t got = recv_grad_counts[static_cast<size_t>(s)];
@@ -346,7 +602,8 @@ SparseGrad ShardedTable::reduce_gradient(const Lookup& lookup, const SparseGrad&
       const int64_t at = all ? j : recv_ids[static_cast<size_t>(id++)];
       NCSREC_CHECK(at >= 0 && at < lookup.recv_counts[static_cast<size_t>(s)],
                    "table " << name() << ": rank " << s << " sent a gradient for request position " << at);
-      contributions[static_cast<size_t>(k)] = {lookup.requested_shard_rows[static_cast<size_t>(served_begin + at)], k};
+      const int64_t row = lookup.requested_shard_rows[static_cast<size_t>(served_begin + at)];
+      if (row >= 0) contributions.push_back({row, k});  // -1: an id of a hash table without a row
     }
     served_begin += lookup.recv_counts[static_cast<size_t>(s)];
   }

@@ -25,12 +25,26 @@
 // Deterministic: results do not depend on thread count; the gradient of a row sums the ranks'
 // contributions in rank order.
 //
+// Hash tables (open vocabulary): the "global row" of an id is the id itself (any int64), owned
+// by rank mix64(id) mod W (RowWise) or table_rank (TableWise; Replicated is refused). A
+// training lookup inserts ids on their owner once they have been read `admit_after` times
+// (summed over ranks, so the same on any number of ranks); until then, and for any id a
+// non-training lookup does not find, the id reads zeros and its gradient is dropped. A new
+// row is initialised from (seed, table, id), so the insertion order, sharding and device do
+// not change it. Full (each rank holds at most ceil(capacity / W) rows): a clear error, or with
+// evict_when_full the least recently seen rows (by last_seen_day, updated_step, id) not read
+// by the current batch make room, plus a tenth of the capacity so that eviction is rare.
+// start_day() drops rows (and pending ids) not seen for more than ttl_days days. A training
+// lookup sends each row's occurrence count with the request (8R more bytes) so that owners keep
+// count and last_seen_day for every table.
+//
 // Not here: the sparse optimizer (embedding_table.h, stepped on shard()), checkpoints (keyed by
-// global row: shard_rows()), CUDA, open-vocabulary hash tables.
+// global row or id: shard_rows()), CUDA.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "core/layers/embedding_bag.h"
@@ -41,6 +55,22 @@
 namespace ncsrec {
 
 enum class Placement : uint8_t { RowWise, TableWise, Replicated };
+
+struct HashOptions {
+  int64_t capacity = 0;          // rows over all ranks; each rank holds at most ceil(capacity / W)
+  int64_t admit_after = 1;       // occurrences in training batches before an id gets a row
+  int64_t ttl_days = 0;          // start_day(d) drops rows last seen before d - ttl_days (0: never)
+  bool evict_when_full = false;  // full: evict the least recently seen rows (else: a UserError)
+};
+
+// What a hash table holds and did, for the progress log (0 for fixed tables).
+struct HashStats {
+  int64_t rows = 0;            // rows on this rank
+  int64_t pending = 0;         // ids seen but not admitted yet, on this rank
+  int64_t inserted = 0;        // rows inserted since the table was built
+  int64_t evicted_ttl = 0;     // rows dropped by start_day
+  int64_t evicted_full = 0;    // rows dropped to make room
+};
 
 // "row_wise" | "table_wise" | "replicated"; throws UserError otherwise.
 Placement parse_placement(const std::string& s);
@@ -53,27 +83,51 @@ class ShardedTable {
  public:
   // Values are those of EmbeddingTable(name, rows, dim, dtype, seed, init_scale) at the same
   // global rows. `table_rank` matters for TableWise only (it must still be a valid rank).
+  // `hash`: a hash table (`rows` is ignored: it has no rows until ids arrive).
   ShardedTable(std::string name, int64_t rows, int64_t dim, DType dtype, uint64_t seed, double init_scale,
-               Placement placement, int table_rank, int rank, int world_size);
+               Placement placement, int table_rank, int rank, int world_size, const HashOptions* hash = nullptr);
 
   const std::string& name() const { return shard_.name(); }
-  int64_t rows() const { return rows_; }  // global rows
+  int64_t rows() const { return rows_; }  // global rows (a hash table: its capacity)
+  bool hashed() const { return hashed_; }
+  const HashOptions& hash_options() const { return hash_; }
   int64_t dim() const { return dim_; }
   DType dtype() const { return dtype_; }
   Placement placement() const { return placement_; }
   int rank() const { return rank_; }
   int world_size() const { return world_; }
-  // The rank holding `row` (0 <= row < rows()); for Replicated (and world 1): the calling rank.
+  // The rank holding `row` (0 <= row < rows(); a hash table: any id); for Replicated (and world 1):
+  // the calling rank.
   int owner(int64_t row) const;
 
-  EmbeddingTable& shard() { return shard_; }  // this rank's rows, in increasing global-row order
+  // This rank's rows: of a fixed table in increasing global-row order, of a hash table in
+  // insertion order (compacted by evictions).
+  EmbeddingTable& shard() { return shard_; }
   const EmbeddingTable& shard() const { return shard_; }
-  // Global row of each shard row (size shard().rows()), increasing.
-  const std::vector<int64_t>& shard_rows() const { return shard_rows_; }
-  // True when shard row i is global row i for every row of the table.
+  // Global row (hash table: id) of each shard row (size shard().rows()).
+  const std::vector<int64_t>& shard_rows() const { return shard_.keys(); }
+  // True when shard row i is global row i for every row of the (fixed) table.
   bool holds_all_rows() const { return holds_all_rows_; }
-  // Shard row of global `row`, or -1 when this rank does not hold it.
+  // Shard row of global `row` (hash table: id), or -1 when this rank does not hold it.
   int64_t shard_index(int64_t row) const;
+
+  // The day (days since 1970-01-01) of the training batches that follow, for last_seen_day; a
+  // hash table with ttl_days drops the rows and pending ids not seen since day - ttl_days.
+  void start_day(int64_t day);
+  int64_t day() const { return day_; }
+  // Training on one process without lookup(): counts the ids' rows as read (count, last_seen_day).
+  void count_reads(const int64_t* ids, int64_t n);
+  // Checkpoint loading: gives a row to each id of `ids` this rank owns and does not hold, in the
+  // order given (a hash table: initialised as on insertion; a UserError when they exceed the
+  // capacity). Does nothing for a fixed table.
+  void insert_owned(const std::vector<int64_t>& ids);
+  // Ids seen in training but not admitted yet (this rank's, sorted): id, occurrences, last day seen.
+  struct Pending {
+    int64_t count = 0, last_seen_day = -1;
+  };
+  std::vector<std::pair<int64_t, Pending>> pending() const;
+  void set_pending(int64_t id, Pending p);  // ignored unless this rank owns `id`
+  HashStats hash_stats() const;
 
   struct Lookup {
     std::vector<int64_t> rows;  // sorted unique global rows read by this rank (U of them)
@@ -85,7 +139,8 @@ class ShardedTable {
     std::vector<int64_t> send_counts, recv_counts;  // per rank, in rows: requested from / by rank r
     std::vector<int64_t> send_order;  // request position (grouped by owner rank) -> index into `rows`
     // Owner side: the global rows every rank (this one included) requested from this rank, in
-    // receive order (by requesting rank, then increasing row), and the same as shard rows.
+    // receive order (by requesting rank, then increasing row), and the same as shard rows (-1:
+    // an id of a hash table without a row). One process: `rows` and their shard rows.
     std::vector<int64_t> requested;
     std::vector<int64_t> requested_shard_rows;
   };
@@ -94,27 +149,44 @@ class ShardedTable {
     int64_t count;
   };
   // `slots[s]`: the ids of one slot reading this table on this rank (ids map to rows by
-  // embedding_row(id, rows())). Then embedding_bag_forward(out, col, lookup.values, offsets,
-  // lookup.ids[s].data(), ...) gives exactly the pooled embeddings of the full table.
-  void lookup(const std::vector<IdsView>& slots, Communicator& comm, Lookup* out) const;
+  // embedding_row(id, rows()); a hash table: the id itself). Then embedding_bag_forward(out, col,
+  // lookup.values, offsets, lookup.ids[s].data(), ...) gives exactly the pooled embeddings of
+  // the full table. `training`: count the reads, and insert (hash tables). `comm` may be null
+  // on one process.
+  void lookup(const std::vector<IdsView>& slots, Communicator* comm, Lookup* out, bool training);
 
   // `grad`: gradient over the lookup's compact rows (rows = sorted unique indices into
   // lookup.rows), e.g. embedding_bag_backward(dout, slots with lookup.ids, B, lookup.values.dim(0), dim).
   // Returns the gradient of this rank's shard (rows = sorted unique shard rows), each row
   // summed over every rank that read it, in rank order. Replicated: identical on every rank.
-  SparseGrad reduce_gradient(const Lookup& lookup, const SparseGrad& grad, Communicator& comm) const;
+  // A hash table's ids without a row get no gradient.
+  SparseGrad reduce_gradient(const Lookup& lookup, const SparseGrad& grad, Communicator* comm) const;
 
  private:
-  void check_comm(const Communicator& comm, const char* call) const;
+  void check_comm(const Communicator* comm, const char* call) const;
   int64_t row_bytes() const { return dim_ * static_cast<int64_t>(dtype_size(dtype_)); }
+  int64_t row_of(int64_t id) const { return hashed_ ? id : embedding_row(id, rows_); }
+  // Owner side of a lookup: the shard row of each requested key (-1: none), inserting admitted
+  // ids and counting reads when training. `occurrences`: per key, or null.
+  std::vector<int64_t> resolve(const std::vector<int64_t>& keys, const int64_t* occurrences, bool training);
+  void make_room(int64_t wanted, const std::vector<int64_t>& protected_keys);
+  void drop_rows(const std::vector<uint8_t>& drop);
+  void rebuild_index();
+  int64_t rank_capacity() const;
 
   int64_t rows_, dim_;
   DType dtype_;
   Placement placement_;
   int table_rank_, rank_, world_;
   bool holds_all_rows_;
-  std::vector<int64_t> shard_rows_;
+  bool hashed_;
+  HashOptions hash_;
   EmbeddingTable shard_;
+  int64_t day_ = -1;
+  // Hash tables: id -> shard row (open addressing, linear probing; slot value -1 = empty).
+  std::vector<int64_t> index_keys_, index_rows_;
+  std::unordered_map<int64_t, Pending> pending_;
+  HashStats stats_;
 };
 
 }  // namespace ncsrec

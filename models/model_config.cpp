@@ -225,16 +225,32 @@ ModelConfig parse_model_config(ConfigNode node) {
   for (auto& [name, t] : tables.entries()) {
     TableSpec spec;
     spec.name = name;
-    spec.rows = t.get_int("rows", 1, int64_t(1) << 40);
+    if (t.has("rows") == t.has("capacity"))
+      t.fail_here("give either rows (a fixed table: ids modulo rows) or capacity (a hash table: a row per id)");
+    if (t.has("rows")) {
+      spec.rows = t.get_int("rows", 1, int64_t(1) << 40);
+      for (const char* key : {"admit_after", "ttl_days", "evict_when_full"})
+        if (t.has(key)) t.fail(key, std::string(key) + " is for hash tables (give capacity instead of rows)");
+    } else {
+      spec.capacity = t.get_int("capacity", 1, int64_t(1) << 40);
+      spec.admit_after = t.get_int("admit_after", 1, 1, int64_t(1) << 40);
+      spec.ttl_days = t.get_int("ttl_days", 0, 0, 1 << 20);
+      spec.evict_when_full = t.get_bool("evict_when_full", false);
+    }
     spec.slots = t.get_string_list("slots", {name});
     spec.pooling = t.get_choice("pooling", {"sum", "mean"}, "sum") == "sum" ? Pooling::Sum : Pooling::Mean;
     spec.placement = t.get_choice("placement", {"row_wise", "table_wise", "replicated"}, "row_wise");
     spec.table_rank = t.get_int("table_rank", 0, 0, 1 << 20);
     if (t.has("table_rank") && spec.placement != "table_wise")
       t.fail("table_rank", "table_rank is only for placement: table_wise");
+    if (spec.capacity > 0 && spec.placement == "replicated")
+      t.fail("placement", "a hash table cannot be replicated (each rank would insert other ids); use row_wise or table_wise");
     t.finish();
     for (const auto& s : spec.slots)
       if (!used_slots.insert(s).second) t.fail("slots", "slot '" + s + "' is already read by another table");
+    if (spec.capacity > 0 && m.masks.find == "imp")
+      t.fail("capacity", "masks.find: imp rewinds the tables to their first values, which a hash table (rows "
+                         "inserted as ids arrive) does not keep; use a fixed table (rows) or masks.find: learned");
     m.tables.push_back(spec);
   }
   if (m.type == "three_tower") {

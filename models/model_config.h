@@ -23,7 +23,7 @@ struct TaskSpec {
 
 struct TableSpec {
   std::string name;
-  int64_t rows = 0;
+  int64_t rows = 0;  // a fixed table: ids map to rows modulo `rows`
   std::vector<std::string> slots;
   Pooling pooling = Pooling::Sum;
   // Over several ranks: row_wise (rows spread over all ranks by a hash of the row),
@@ -31,6 +31,13 @@ struct TableSpec {
   // for small tables). One rank holds everything whatever the placement.
   std::string placement = "row_wise";
   int64_t table_rank = 0;
+  // A hash table (capacity > 0): every id its own row, inserted in training once read
+  // admit_after times; rows not seen for ttl_days days dropped at the start of a day; full:
+  // evict the least recently seen rows (evict_when_full) or stop with an error.
+  int64_t capacity = 0;
+  int64_t admit_after = 1;
+  int64_t ttl_days = 0;
+  bool evict_when_full = false;
 };
 
 // Neuron-connection sharing (type ncs): which shared layers carry per-task masks, and where

@@ -80,9 +80,15 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
       if (spec.placement == "table_wise" && world > 1 && spec.table_rank >= world)
         throw ConfigError(in_file(config_) + "model.tables." + spec.name + ".table_rank: " +
                           std::to_string(spec.table_rank) + " is not a rank of this job of " + std::to_string(world));
+      HashOptions hash;
+      hash.capacity = spec.capacity;
+      hash.admit_after = spec.admit_after;
+      hash.ttl_days = spec.ttl_days;
+      hash.evict_when_full = spec.evict_when_full;
       try {
         tables_.emplace_back(name, spec.rows, dim, dtype_, seed, config_.embedding_init, parse_placement(spec.placement),
-                             world > 1 ? static_cast<int>(spec.table_rank) : 0, rank, world);
+                             world > 1 ? static_cast<int>(spec.table_rank) : 0, rank, world,
+                             spec.capacity > 0 ? &hash : nullptr);
       } catch (const UserError& e) {
         throw ConfigError(in_file(config_) + "model.tables." + spec.name + ".rows: a table of " +
                           std::to_string(spec.rows) + " rows x " + std::to_string(dim) + " does not fit: " + e.what());
@@ -270,31 +276,37 @@ void copy_dense(Tensor& x, int64_t col, const std::vector<float>& dense, int64_t
 
 }  // namespace
 
-void MultiTaskModel::forward(const Block& batch) {
+void MultiTaskModel::start_day(int64_t day) {
+  for (auto& table : tables_) table.start_day(day);
+}
+
+void MultiTaskModel::forward(const Block& batch, bool training) {
   if (!(batch.schema.tasks == schema_.tasks && batch.schema.slots == schema_.slots &&
         batch.schema.dense_dim == schema_.dense_dim))
     check_compatible(batch.schema, "a batch");
   const int64_t B = batch.rows;
-  if (comm_) lookups_.resize(tables_.size());
+  lookups_.resize(tables_.size());
   for (auto& g : groups_) {
     g.x = ensure_buffer(g.x_buf, B, input_dim_, dtype_, Device::CPU);
     for (const auto& tr : g.tables) {
-      const ShardedTable& table = tables_[static_cast<size_t>(tr.table)];
-      if (!comm_) {  // one process: the table is all here
+      ShardedTable& table = tables_[static_cast<size_t>(tr.table)];
+      if (!comm_ && !table.hashed()) {  // one process, a fixed table: it is all here
         for (const auto& s : tr.slots) {
           const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
           embedding_bag_forward(g.x, s.col, table.shard().values(), c.offsets.data(), c.ids.data(), B, s.pooling);
+          if (training) table.count_reads(c.ids.data(), static_cast<int64_t>(c.ids.size()));
         }
         continue;
       }
-      // Over several ranks: fetch the batch's unique rows from their owners, then pool from them.
+      // A hash table, or several ranks: the batch's unique rows (fetched from their owners), then
+      // pooled from them.
       std::vector<ShardedTable::IdsView> ids;
       for (const auto& s : tr.slots) {
         const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
         ids.push_back({c.ids.data(), static_cast<int64_t>(c.ids.size())});
       }
       ShardedTable::Lookup& lookup = lookups_[static_cast<size_t>(tr.table)];
-      table.lookup(ids, *comm_, &lookup);
+      table.lookup(ids, comm_, &lookup, training);
       for (size_t i = 0; i < tr.slots.size(); ++i) {
         const SlotRef& s = tr.slots[i];
         const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
@@ -468,7 +480,7 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
   auto active = [&](size_t t) { return only_task < 0 || static_cast<int>(t) == only_task; };
   if (three_tower_ && only_task >= 0)
     throw ConfigError(in_file(config_) + "model: three_tower trains its losses together; use train.schedule: joint");
-  forward(batch);
+  forward(batch, true);
   const int64_t B = batch.rows;
   std::vector<bool> active_tasks(T);
   for (size_t t = 0; t < T; ++t) active_tasks[t] = active(t);
@@ -543,19 +555,20 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     for (const auto& tr : grp.tables) {
       const size_t t = static_cast<size_t>(tr.table);
       const ShardedTable& table = tables_[t];
+      const bool direct = !comm_ && !table.hashed();  // forward read the table itself
       std::vector<SlotInput> inputs;
       for (size_t i = 0; i < tr.slots.size(); ++i) {
         const SlotRef& s = tr.slots[i];
         const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
-        inputs.push_back({c.offsets.data(), comm_ ? lookups_[t].ids[i].data() : c.ids.data(), s.col, s.pooling});
+        inputs.push_back({c.offsets.data(), direct ? c.ids.data() : lookups_[t].ids[i].data(), s.col, s.pooling});
       }
-      if (!comm_) {
+      if (direct) {
         sparse_grads_[t] = embedding_bag_backward(grp.dx.sum, inputs, B, table.shard().rows(), table.dim());
         continue;
       }
       // The gradient over the batch's rows goes back to their owners, summed over ranks there.
       const SparseGrad local = embedding_bag_backward(grp.dx.sum, inputs, B, lookups_[t].values.dim(0), table.dim());
-      sparse_grads_[t] = table.reduce_gradient(lookups_[t], local, *comm_);
+      sparse_grads_[t] = table.reduce_gradient(lookups_[t], local, comm_);
     }
   }
   return loss;

@@ -75,6 +75,9 @@ class MultiTaskModel {
   // The training step the next train_step belongs to: dropout masks are a pure function of
   // (seed, step, layer, element), so a resumed run draws the same masks.
   void set_step(int64_t step) { step_ = step; }
+  // The day (days since 1970-01-01, -1: none) of the training batches that follow: the tables'
+  // last_seen_day, and hash tables drop the rows not seen for their ttl_days.
+  void start_day(int64_t day);
   // One byte per dense parameter: 1 where a step of `task` (-1: all tasks, a joint step) may
   // change the parameter and its optimizer state. A task's step never touches another task's
   // tower, nor a masked weight outside its own mask; a joint step touches the union.
@@ -136,7 +139,8 @@ class MultiTaskModel {
     GradientSum dx;  // input gradient, summed over its consumers, plus the interaction's share
   };
 
-  void forward(const Block& batch);
+  // `training`: the tables count the batch's reads and hash tables insert its admitted ids.
+  void forward(const Block& batch, bool training = false);
   Pass pass(size_t group, bool training) const;
   const Tensor& shared_output(size_t task);  // what task's tower reads (after forward)
   std::vector<double> effective_loss_weights() const;

@@ -31,7 +31,13 @@ void copy_for_serving(MultiTaskModel& trained, MultiTaskModel& serving) {
     ops::gemm(p.value, left->value, false, right->value, false);
   }
   NCSREC_CHECK(trained.tables().size() == serving.tables().size(), "the serving model has other tables");
-  for (size_t t = 0; t < trained.tables().size(); ++t) serving.tables()[t].shard().values().copy_from(trained.tables()[t].shard().values());
+  for (size_t t = 0; t < trained.tables().size(); ++t) {
+    ShardedTable& to = serving.tables()[t];
+    const ShardedTable& source = trained.tables()[t];
+    to.insert_owned(source.shard_rows());  // a hash table: the same ids, in the same order
+    NCSREC_CHECK(to.shard_rows() == source.shard_rows(), "the serving table " << to.name() << " holds other rows");
+    to.shard().values().copy_from(source.shard().values());
+  }
   NCSREC_CHECK(trained.num_masked_layers() == serving.num_masked_layers(), "the serving model has other masks");
   for (size_t t = 0; t < trained.config().tasks.size(); ++t)
     for (int l = 0; l < trained.num_masked_layers(); ++l)

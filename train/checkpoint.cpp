@@ -40,6 +40,24 @@ void write_tensor(h5::File& f, const std::string& name, const Tensor& t) {
   }
 }
 
+// Rows `order` of `t` (a leading dimension of rows), as a new tensor.
+Tensor gather_rows(const Tensor& t, const std::vector<int64_t>& order) {
+  Shape shape = t.shape();
+  shape[0] = static_cast<int64_t>(order.size());
+  Tensor out = Tensor::empty(shape, t.dtype(), Device::CPU);
+  const size_t row_bytes = t.dim(0) > 0 ? t.nbytes() / static_cast<size_t>(t.dim(0)) : 0;
+  for (size_t i = 0; i < order.size(); ++i)
+    std::memcpy(static_cast<char*>(out.raw()) + i * row_bytes,
+                static_cast<const char*>(t.raw()) + static_cast<size_t>(order[i]) * row_bytes, row_bytes);
+  return out;
+}
+
+std::vector<int64_t> gather(const std::vector<int64_t>& v, const std::vector<int64_t>& order) {
+  std::vector<int64_t> out(order.size());
+  for (size_t i = 0; i < order.size(); ++i) out[i] = v[static_cast<size_t>(order[i])];
+  return out;
+}
+
 }  // namespace
 
 void read_checkpoint_tensor(const h5::File& f, const std::string& name, Tensor& t, const std::string& dir) {
@@ -127,6 +145,21 @@ void copy_rows_by_key(const h5::File& f, const std::string& name, const std::vec
   }
 }
 
+// Copies the rows of the per-row counter `name` (int64 [keys]) whose key this rank holds; a
+// checkpoint written before the counters existed leaves them as they are.
+void copy_counter_by_key(const h5::File& f, const std::string& name, const std::vector<int64_t>& keys,
+                         const ShardedTable& table, std::vector<int64_t>& out, const std::string& dir) {
+  if (!f.exists(name)) return;
+  const std::vector<int64_t> values = f.read_i64(name);
+  if (values.size() != keys.size())
+    throw UserError("checkpoint " + dir + ": " + name + " in " + f.path() + " has " + std::to_string(values.size()) +
+                    " rows for " + std::to_string(keys.size()) + " keys");
+  for (size_t k = 0; k < keys.size(); ++k) {
+    const int64_t r = table.shard_index(keys[k]);
+    if (r >= 0) out[static_cast<size_t>(r)] = values[k];
+  }
+}
+
 }  // namespace
 
 void load_table_rows(const std::string& dir, int64_t world_size, std::vector<ShardedTable>& tables,
@@ -146,13 +179,25 @@ void load_table_rows(const std::string& dir, int64_t world_size, std::vector<Sha
         throw UserError("checkpoint " + dir + ": " + rank_file(r) + " has no table '" + source_of(i) +
                         "' (was it written by a different model config?)");
       const std::vector<int64_t> keys = f.read_i64(base + "/keys");
-      copy_rows_by_key(f, base + "/values", keys, table, table.shard().values(), &filled[i], dir);
+      table.insert_owned(keys);  // a hash table: rows for the ids this rank owns
+      EmbeddingTable& shard = table.shard();
+      copy_rows_by_key(f, base + "/values", keys, table, shard.values(), table.hashed() ? nullptr : &filled[i], dir);
       if (i < optimizers.size() && optimizers[i])
         for (auto& [slot, t] : optimizers[i]->state()) copy_rows_by_key(f, base + "/optim/" + slot, keys, table, *t, nullptr, dir);
+      copy_counter_by_key(f, base + "/count", keys, table, shard.count(), dir);
+      copy_counter_by_key(f, base + "/last_seen_day", keys, table, shard.last_seen_day(), dir);
+      copy_counter_by_key(f, base + "/updated_step", keys, table, shard.updated_step(), dir);
+      if (table.hashed() && f.exists(base + "/pending/keys")) {
+        const std::vector<int64_t> ids = f.read_i64(base + "/pending/keys"), count = f.read_i64(base + "/pending/count"),
+                                   day = f.read_i64(base + "/pending/last_seen_day");
+        if (count.size() != ids.size() || day.size() != ids.size())
+          throw UserError("checkpoint " + dir + ": " + base + "/pending in " + f.path() + " has datasets of unequal length");
+        for (size_t k = 0; k < ids.size(); ++k) table.set_pending(ids[k], {count[k], day[k]});
+      }
     }
   }
   for (size_t i = 0; i < tables.size(); ++i)
-    for (size_t k = 0; k < filled[i].size() && !source_of(i).empty(); ++k)
+    for (size_t k = 0; k < filled[i].size() && !source_of(i).empty() && !tables[i].hashed(); ++k)
       if (!filled[i][k])
         throw UserError("checkpoint " + dir + ": table '" + tables[i].name() + "' has no row " +
                         std::to_string(tables[i].shard_rows()[k]) + " (was it written for a table of other rows?)");
@@ -198,12 +243,36 @@ void save_checkpoint(const std::string& dir, const TrainingState& state, const C
     // Each rank writes the rows it holds, keyed by global row: any number of ranks can load them.
     auto& tables = model.tables();
     for (size_t i = 0; i < tables.size(); ++i) {
+      // Rows in increasing key order (a hash table holds them in insertion order), so that a
+      // checkpoint does not depend on the order ids arrived in, or on an earlier restore.
       const std::string base = "embedding/" + tables[i].name();
-      const std::vector<int64_t>& keys = tables[i].shard_rows();
-      f.write(base + "/keys", keys.data(), {keys.size()});
-      write_tensor(f, base + "/values", tables[i].shard().values());
+      const EmbeddingTable& shard = tables[i].shard();
+      std::vector<int64_t> order(static_cast<size_t>(shard.rows()));
+      for (size_t r = 0; r < order.size(); ++r) order[r] = static_cast<int64_t>(r);
+      const std::vector<int64_t>& keys = shard.keys();
+      std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return keys[static_cast<size_t>(a)] < keys[static_cast<size_t>(b)]; });
+      const std::vector<int64_t> sorted_keys = gather(keys, order);
+      f.write(base + "/keys", sorted_keys.data(), {sorted_keys.size()});
+      write_tensor(f, base + "/values", gather_rows(shard.values(), order));
       if (i < state.sparse_optimizers.size() && state.sparse_optimizers[i])
-        for (auto& [slot, t] : state.sparse_optimizers[i]->state()) write_tensor(f, base + "/optim/" + slot, *t);
+        for (auto& [slot, t] : state.sparse_optimizers[i]->state()) write_tensor(f, base + "/optim/" + slot, gather_rows(*t, order));
+      for (const auto& [name, counter] : {std::pair<const char*, const std::vector<int64_t>*>{"count", &shard.count()},
+                                          {"last_seen_day", &shard.last_seen_day()},
+                                          {"updated_step", &shard.updated_step()}}) {
+        const std::vector<int64_t> v = gather(*counter, order);
+        f.write(base + "/" + name, v.data(), {v.size()});
+      }
+      if (tables[i].hashed()) {
+        std::vector<int64_t> ids, count, day;
+        for (const auto& [id, p] : tables[i].pending()) {
+          ids.push_back(id);
+          count.push_back(p.count);
+          day.push_back(p.last_seen_day);
+        }
+        f.write(base + "/pending/keys", ids.data(), {ids.size()});
+        f.write(base + "/pending/count", count.data(), {count.size()});
+        f.write(base + "/pending/last_seen_day", day.data(), {day.size()});
+      }
     }
     f.close();
   }

@@ -41,8 +41,13 @@ StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Blo
   const double grad_norm = clip_grad_norm(model.params().grads(), optimizers.clip_grad_norm, update);
 
   optimizers.dense->step(model.params().values(), model.params().grads(), step, update);
-  for (size_t t = 0; t < model.tables().size(); ++t)
-    if (!model.sparse_grads()[t].rows.empty()) optimizers.sparse[t]->step(model.tables()[t].shard(), model.sparse_grads()[t]);
+  for (size_t t = 0; t < model.tables().size(); ++t) {
+    const SparseGrad& grad = model.sparse_grads()[t];
+    if (grad.rows.empty()) continue;
+    EmbeddingTable& shard = model.tables()[t].shard();
+    optimizers.sparse[t]->step(shard, grad);
+    for (int64_t row : grad.rows) shard.updated_step()[static_cast<size_t>(row)] = step;
+  }
   average_state_over_ranks(model, comm);  // BatchNorm's running statistics, from each rank's slice
   if (stats) {
     stats->grad_norm = grad_norm;

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 
@@ -38,6 +39,30 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Days since 1970-01-01 of a date YYYY-MM-DD (checked by the command that took --day).
+int64_t days_since_epoch(const std::string& day) {
+  std::tm tm{};
+  if (day.size() != 10 || !strptime(day.c_str(), "%Y-%m-%d", &tm))
+    throw ConfigError("--day " + day + ": expected a date YYYY-MM-DD");
+  tm.tm_hour = 12;
+  return static_cast<int64_t>(timegm(&tm) / 86400);
+}
+
+// Each hash table's rows, pending ids, insertions and evictions, summed over ranks (a
+// collective: every rank calls it). Empty when the model has no hash table.
+JsonObject hash_table_stats(MultiTaskModel& model, Communicator& comm) {
+  JsonObject out;
+  for (const ShardedTable& t : model.tables()) {
+    if (!t.hashed()) continue;
+    const HashStats h = t.hash_stats();
+    int64_t v[5] = {h.rows, h.pending, h.inserted, h.evicted_ttl, h.evicted_full};
+    comm.all_reduce_sum(v, 5);
+    out.add(t.name(), JsonObject().add("rows", v[0]).add("pending", v[1]).add("inserted", v[2])
+                          .add("evicted_ttl", v[3]).add("evicted_full", v[4]));
+  }
+  return out;
+}
 
 std::string format_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
@@ -180,6 +205,13 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   TrainingState state{&model, optimizers.dense.get(), {}};
   for (auto& sp : optimizers.sparse) state.sparse_optimizers.push_back(sp.get());
 
+  // The day of the data (--day), for the tables' last_seen_day and hash tables' ttl_days.
+  const int64_t day_number = options.day.empty() ? -1 : days_since_epoch(options.day);
+  for (const TableSpec& t : config.model.tables)
+    if (t.ttl_days > 0 && day_number < 0)
+      throw ConfigError(config.model.source + ": model.tables." + t.name + ".ttl_days needs the day of the data: "
+                        "train with --day YYYY-MM-DD (or drop ttl_days)");
+
   const std::string checkpoints_dir = run_dir + "/checkpoints";
   // A new run never writes over another run's checkpoints (a later --resume would take them).
   if (!options.resume && fs::is_directory(checkpoints_dir) && !fs::is_empty(checkpoints_dir))
@@ -294,6 +326,26 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
                     std::to_string(origin.world_size) + "), or start a new run from it with --init-from");
   if (options.resume) open_run_files();
 
+  bool has_hash_tables = false;
+  for (const auto& t : model.tables()) has_hash_tables = has_hash_tables || t.hashed();
+  // Today's reads are counted on today's day; hash tables drop the rows not seen for ttl_days.
+  std::vector<HashStats> hash_before;
+  for (const auto& t : model.tables()) hash_before.push_back(t.hash_stats());
+  model.start_day(day_number);
+  for (size_t i = 0; i < model.tables().size(); ++i) {
+    const ShardedTable& t = model.tables()[i];
+    if (!t.hashed()) continue;
+    int64_t stats[2] = {t.hash_stats().evicted_ttl - hash_before[i].evicted_ttl, t.hash_stats().rows};
+    comm.all_reduce_sum(stats, 2);
+    if (comm.rank() == 0 && stats[0] > 0) {
+      std::fprintf(stderr, "table %s: %lld rows not seen for more than %lld days dropped, %lld rows left\n",
+                   t.name().c_str(), static_cast<long long>(stats[0]), static_cast<long long>(t.hash_options().ttl_days),
+                   static_cast<long long>(stats[1]));
+      metrics_log << JsonObject().add("event", "ttl_eviction").add("table", t.name()).add("day", options.day)
+                         .add("evicted", stats[0]).add("rows", stats[1]).str() << "\n" << std::flush;
+    }
+  }
+
   if (comm.rank() == 0)
     std::fprintf(stderr, "train: %s model, %lld dense parameters, %zu tables, %lld rows/epoch, %lld steps of %lld\n",
                  config.model.type.c_str(), static_cast<long long>(model.params().numel()), model.tables().size(),
@@ -395,6 +447,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
             .add("grad_norm", grad_norm_window / static_cast<double>(window_steps));
         if (config.train.clip_grad_norm > 0) line.add("clipped_steps", clipped_steps);
         if (config.model.loss_weighting == "uncertainty") line.add("loss_weights", loss_weights_json(model));
+        if (has_hash_tables) line.add("hash_tables", hash_table_stats(model, comm));
         line.add("samples_per_sec", static_cast<double>(window_samples) / window_s).add("elapsed_sec", elapsed);
         if (comm.rank() == 0) metrics_log << line.str() << "\n" << std::flush;
         std::fill(loss_window.begin(), loss_window.end(), 0.0);

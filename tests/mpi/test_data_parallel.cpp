@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -255,6 +256,114 @@ void write_day(const fs::path& dir, int64_t rows, uint64_t seed) {
   fs::create_directories(dir);
   write_shard((dir / "part-0000.h5").string(), b);
   std::ofstream(dir / "_DONE").close();
+}
+
+// Hash tables (ids admitted after 3 reads, summed over ranks) over n ranks: every row lives on
+// one rank and moves as on one process; a checkpoint the n ranks write loads on one process by
+// id, and one a single process writes loads on n ranks.
+TEST(DataParallel, HashTablesMoveAsOneProcessAndCheckpointsReloadByIdOnAnyRankCount) {
+  Communicator& comm = *g_comm;
+  const DataSchema schema = testing::test_schema();
+  ModelConfig mc = testing::model_config("esmm");
+  for (TableSpec& t : mc.tables) {
+    t.rows = 0;
+    t.capacity = 1000;
+    t.admit_after = 3;
+  }
+  MultiTaskModel dist(mc, schema, DType::F64, 11, &comm);
+  MultiTaskModel ref(mc, schema, DType::F64, 11);
+  Optimizers od = make_optimizers(optimizer("adam", 0.01), optimizer("adagrad", 0.05), dist);
+  Optimizers orf = make_optimizers(optimizer("adam", 0.01), optimizer("adagrad", 0.05), ref);
+  auto local = make_local_communicator();
+  const int n = comm.world_size(), r = comm.rank();
+  const int64_t B = 8;
+  for (int s = 1; s <= 3; ++s) {
+    const Block global = testing::random_batch(schema, n * B, 1000 + static_cast<uint64_t>(s));
+    train_one_step(dist, od, slice_rows(global, r * B, (r + 1) * B), -1, s, true, comm);
+    train_one_step(ref, orf, global, -1, s, true, *local);
+  }
+  double error = 0, scale = 0;
+  for (size_t t = 0; t < ref.tables().size(); ++t) {
+    const ShardedTable& st = dist.tables()[t];
+    const ShardedTable& rt = ref.tables()[t];
+    int64_t rows = st.shard().rows();
+    comm.all_reduce_sum(&rows, 1);
+    EXPECT_EQ(rows, rt.shard().rows()) << st.name();  // each row on exactly one rank
+    EXPECT_GT(rt.shard().rows(), 0) << st.name() << ": no id admitted";
+    EXPECT_GT(rt.pending().size(), 0u) << st.name() << ": every id admitted, admission untested";
+    for (int64_t i = 0; i < st.shard().rows(); ++i) {
+      const int64_t id = st.shard_rows()[static_cast<size_t>(i)];
+      const int64_t j = rt.shard_index(id);
+      ASSERT_GE(j, 0) << "id " << id << " has a row on rank " << r << " but not on one process";
+      EXPECT_EQ(st.shard().count()[static_cast<size_t>(i)], rt.shard().count()[static_cast<size_t>(j)]) << "id " << id;
+      EXPECT_EQ(st.shard().updated_step()[static_cast<size_t>(i)], rt.shard().updated_step()[static_cast<size_t>(j)]);
+      for (int64_t d = 0; d < st.dim(); ++d) {
+        const double a = st.shard().values().data<double>()[i * st.dim() + d];
+        const double b = rt.shard().values().data<double>()[j * st.dim() + d];
+        error = std::max(error, std::abs(a - b));
+        scale = std::max(scale, std::abs(b));
+      }
+    }
+  }
+  EXPECT_LE(error, 1e-10 * scale);
+
+  const fs::path root = fs::temp_directory_path() / ("ncsrec_dp_hash_" + std::to_string(::getppid()));
+  if (r == 0) fs::remove_all(root);
+  comm.barrier();
+  auto state = [](MultiTaskModel& m, Optimizers& o) {
+    TrainingState st{&m, o.dense.get(), {}};
+    for (auto& sp : o.sparse) st.sparse_optimizers.push_back(sp.get());
+    return st;
+  };
+  CheckpointMeta meta;
+  meta.world_size = n;
+  save_checkpoint((root / "by_ranks").string(), state(dist, od), meta, comm);
+  if (r == 0) {
+    meta.world_size = 1;
+    save_checkpoint((root / "by_one").string(), state(ref, orf), meta, *local);
+  }
+  comm.barrier();
+  // n ranks -> one process: the rows by id, optimizer state and counters included.
+  if (r == 0) {
+    MultiTaskModel one(mc, schema, DType::F64, 11);
+    Optimizers oo = make_optimizers(optimizer("adam", 0.01), optimizer("adagrad", 0.05), one);
+    load_table_rows((root / "by_ranks").string(), n, one.tables(), state(one, oo).sparse_optimizers);
+    for (size_t t = 0; t < ref.tables().size(); ++t) {
+      const ShardedTable& ot = one.tables()[t];
+      const ShardedTable& rt = ref.tables()[t];
+      ASSERT_EQ(ot.shard().rows(), rt.shard().rows());
+      for (int64_t i = 0; i < ot.shard().rows(); ++i) {
+        const int64_t j = rt.shard_index(ot.shard_rows()[static_cast<size_t>(i)]);
+        ASSERT_GE(j, 0);
+        EXPECT_EQ(ot.shard().count()[static_cast<size_t>(i)], rt.shard().count()[static_cast<size_t>(j)]);
+        for (int64_t d = 0; d < ot.dim(); ++d)
+          EXPECT_NEAR(ot.shard().values().data<double>()[i * ot.dim() + d],
+                      rt.shard().values().data<double>()[j * rt.dim() + d], 1e-10 * scale);
+      }
+      EXPECT_EQ(ot.pending().size(), rt.pending().size()) << "ids read once";
+    }
+  }
+  // One process -> n ranks: each rank takes the ids it owns, bit for bit.
+  MultiTaskModel back(mc, schema, DType::F64, 11, &comm);
+  load_table_rows((root / "by_one").string(), 1, back.tables(), {});
+  for (size_t t = 0; t < ref.tables().size(); ++t) {
+    const ShardedTable& bt = back.tables()[t];
+    int64_t rows = bt.shard().rows(), pending = static_cast<int64_t>(bt.pending().size());
+    for (int64_t i = 0; i < bt.shard().rows(); ++i) {
+      const int64_t id = bt.shard_rows()[static_cast<size_t>(i)];
+      EXPECT_EQ(bt.owner(id), r);
+      const int64_t j = ref.tables()[t].shard_index(id);
+      ASSERT_GE(j, 0);
+      EXPECT_EQ(std::memcmp(bt.shard().values().data<double>() + i * bt.dim(),
+                            ref.tables()[t].shard().values().data<double>() + j * bt.dim(), bt.dim() * sizeof(double)), 0);
+    }
+    comm.all_reduce_sum(&rows, 1);
+    comm.all_reduce_sum(&pending, 1);
+    EXPECT_EQ(rows, ref.tables()[t].shard().rows());
+    EXPECT_EQ(pending, static_cast<int64_t>(ref.tables()[t].pending().size()));
+  }
+  comm.barrier();
+  if (r == 0) fs::remove_all(root);
 }
 
 TEST(DataParallel, EvalMetricsOverRanksEqualOneProcessOnTheSameCheckpoint) {

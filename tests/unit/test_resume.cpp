@@ -143,7 +143,14 @@ INSTANTIATE_TEST_SUITE_P(
              "  tables: {user: {rows: 50}, item: {rows: 50}}\n  masks: {find: learned, final_density: 0.5}\n"
              "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n"
              "optimizer: {type: adam, lr: 0.01}\nsparse_optimizer: {type: adagrad, lr: 0.05}\n",
-             ", schedule: alternating"}),
+             ", schedule: alternating"},
+        // user: 50 ids in 30 rows, admitted after 2 reads: pending ids and evictions are state too.
+        Case{"hash_tables_admission_eviction_lazy_adam",
+             "model:\n  type: esmm\n  embedding_dim: 4\n  tower: [8]\n"
+             "  tables: {user: {capacity: 30, admit_after: 2, evict_when_full: true}, item: {capacity: 100}}\n"
+             "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n"
+             "optimizer: {type: adam, lr: 0.01}\nsparse_optimizer: {type: adam, lr: 0.01}\n",
+             ""}),
     [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
 
 TrainConfig tiny(const fs::path& train, const std::string& extra) {

@@ -149,7 +149,7 @@ std::vector<RankRun> run_sharded(int world, Placement placement, DType dtype, co
     for (int s = 0; s < kSlots; ++s) views.push_back({b.ids[s].data(), static_cast<int64_t>(b.ids[s].size())});
     ShardedTable::Lookup lookup;
     comm.reset_stats();
-    table.lookup(views, comm, &lookup);
+    table.lookup(views, &comm, &lookup, false);
     run.lookup_stats = comm.stats();
     run.lookup_rows = static_cast<int64_t>(lookup.rows.size());
 
@@ -161,7 +161,7 @@ std::vector<RankRun> run_sharded(int world, Placement placement, DType dtype, co
     const Tensor dout = dout_all.slice_rows(begin, begin + b.size);
     const SparseGrad compact = embedding_bag_backward(dout, slot_inputs(b, &lookup.ids), b.size, lookup.values.dim(0), kDim);
     comm.reset_stats();
-    run.grad = table.reduce_gradient(lookup, compact, comm);
+    run.grad = table.reduce_gradient(lookup, compact, &comm);
     run.reduce_stats = comm.stats();
 
     if (o.optimizer) {
@@ -441,12 +441,12 @@ TEST(ShardedTable, PartialGradientReachesOnlyItsRows) {
       run_ranks(world, [&](Communicator& comm) {
         const int rank = comm.rank();
         const Batch& b = batches[static_cast<size_t>(rank)];
-        const ShardedTable table(kTable, 61, kDim, DType::F64, kSeed, kScale, p, table_rank_for(world), rank, world);
+        ShardedTable table(kTable, 61, kDim, DType::F64, kSeed, kScale, p, table_rank_for(world), rank, world);
         shard_rows[static_cast<size_t>(rank)] = table.shard_rows();
         std::vector<ShardedTable::IdsView> views;
         for (int s = 0; s < kSlots; ++s) views.push_back({b.ids[s].data(), static_cast<int64_t>(b.ids[s].size())});
         ShardedTable::Lookup lookup;
-        table.lookup(views, comm, &lookup);
+        table.lookup(views, &comm, &lookup, false);
         looked_up[static_cast<size_t>(rank)] = lookup.rows;
         SparseGrad partial;  // every third looked-up row
         for (int64_t i = 0; i < static_cast<int64_t>(lookup.rows.size()); i += 3) partial.rows.push_back(i);
@@ -456,7 +456,7 @@ TEST(ShardedTable, PartialGradientReachesOnlyItsRows) {
           sent[static_cast<size_t>(rank)][lookup.rows[static_cast<size_t>(partial.rows[i])]] = std::vector<double>(v, v + kDim);
         }
         comm.reset_stats();
-        const SparseGrad g = table.reduce_gradient(lookup, partial, comm);
+        const SparseGrad g = table.reduce_gradient(lookup, partial, &comm);
         stats[static_cast<size_t>(rank)] = comm.stats();
         rows_got[static_cast<size_t>(rank)] = g.rows;
         values_got[static_cast<size_t>(rank)].assign(g.values.data<double>(), g.values.data<double>() + g.values.numel());
@@ -505,16 +505,16 @@ TEST(ShardedTable, PartialGradientReachesOnlyItsRows) {
 TEST(ShardedTable, EveryRankWithAnEmptyBatchStillCompletesTheStep) {
   for (Placement p : kPlacements)
     run_ranks(3, [&](Communicator& comm) {
-      const ShardedTable table(kTable, 61, kDim, DType::F32, kSeed, kScale, p, 1, comm.rank(), 3);
+      ShardedTable table(kTable, 61, kDim, DType::F32, kSeed, kScale, p, 1, comm.rank(), 3);
       ShardedTable::Lookup lookup;
-      table.lookup({{nullptr, 0}, {nullptr, 0}}, comm, &lookup);
+      table.lookup({{nullptr, 0}, {nullptr, 0}}, &comm, &lookup, false);
       EXPECT_TRUE(lookup.rows.empty());
       ASSERT_EQ(lookup.values.dim(0), 1);  // one zero row, so the embedding bag runs unchanged
       EXPECT_EQ(lookup.values.data<float>()[0], 0.0f);
       const int64_t offsets[1] = {0};
       const SparseGrad compact = embedding_bag_backward(Tensor::zeros({0, kDim}, DType::F32),
                                                         {{offsets, nullptr, 0, Pooling::Sum}}, 0, 1, kDim);
-      const SparseGrad g = table.reduce_gradient(lookup, compact, comm);
+      const SparseGrad g = table.reduce_gradient(lookup, compact, &comm);
       EXPECT_TRUE(g.rows.empty());
       EXPECT_EQ(g.values.dim(0), 0);
     });
@@ -542,9 +542,9 @@ TEST(ShardedTable, ResultsAreBitIdenticalForAnyThreadCount) {
 
 TEST(ShardedTable, WrongCommunicatorIsRefused) {
   run_ranks(2, [](Communicator& comm) {
-    const ShardedTable table(kTable, 61, kDim, DType::F32, kSeed, kScale, Placement::RowWise, 0, comm.rank(), 3);
+    ShardedTable table(kTable, 61, kDim, DType::F32, kSeed, kScale, Placement::RowWise, 0, comm.rank(), 3);
     ShardedTable::Lookup lookup;
-    EXPECT_THROW(table.lookup({}, comm, &lookup), InternalError);
+    EXPECT_THROW(table.lookup({}, &comm, &lookup, false), InternalError);
   });
 }
 
