@@ -6,7 +6,14 @@
 
 namespace ncsrec::h5 {
 
-void silence_errors() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+void silence_errors() {
+  // No exit-time cleanup by the library: every file is closed by its owner (Handle), and
+  // HDF5 1.10's cleanup crashes (H5F__close_cb) on a file whose write failed (disk full, a file
+  // size limit), turning a clean "error: ..." and exit 1 into a segfault. Effective only before
+  // the library's first call; later calls fail harmlessly.
+  H5dont_atexit();
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+}
 
 namespace {
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
