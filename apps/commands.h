@@ -8,6 +8,9 @@ namespace ncsrec {
 // ncsrec convert --schema FILE --out DIR [--policy fail|skip] [--rejects FILE] INPUT...
 int cmd_convert(int argc, char** argv);
 
+// ncsrec export (--run-dir DIR | --checkpoint DIR) --out FILE.h5 [--csr-below D]: the serving view
+int cmd_export(int argc, char** argv);
+
 // ncsrec bench [--config FILE] [--batch N] [--steps N] ...: training-step speed (samples/s)
 int cmd_bench(int argc, char** argv);
 

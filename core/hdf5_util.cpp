@@ -6,7 +6,14 @@
 
 namespace ncsrec::h5 {
 
-void silence_errors() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+void silence_errors() {
+  // No exit-time cleanup by the library: every file is closed by its owner (Handle), and
+  // HDF5 1.10's cleanup crashes (H5F__close_cb) on a file whose write failed (disk full, a file
+  // size limit), turning a clean "error: ..." and exit 1 into a segfault. Effective only before
+  // the library's first call; later calls fail harmlessly.
+  H5dont_atexit();
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+}
 
 namespace {
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
@@ -157,6 +164,26 @@ void File::set_attr(const std::string& object, const std::string& name, int64_t 
                                 H5P_DEFAULT, H5P_DEFAULT),
               H5Aclose);
   if (!attr || H5Awrite(attr.get(), H5T_NATIVE_INT64, &value) < 0)
+    fail(path_, "cannot write attribute " + name + " on " + object);
+}
+
+void File::set_attr_f64(const std::string& object, const std::string& name, double value) {
+  Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  Handle attr(H5Acreate_by_name(handle_.get(), object.c_str(), name.c_str(), H5T_IEEE_F64LE, space.get(), H5P_DEFAULT,
+                                H5P_DEFAULT, H5P_DEFAULT),
+              H5Aclose);
+  if (!attr || H5Awrite(attr.get(), H5T_NATIVE_DOUBLE, &value) < 0)
+    fail(path_, "cannot write attribute " + name + " on " + object);
+}
+
+void File::set_attr_i64s(const std::string& object, const std::string& name, const std::vector<int64_t>& values) {
+  const hsize_t n = values.size();
+  Handle space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  if (!space) fail(path_, "cannot make a dataspace for attribute " + name);
+  Handle attr(H5Acreate_by_name(handle_.get(), object.c_str(), name.c_str(), H5T_STD_I64LE, space.get(), H5P_DEFAULT,
+                                H5P_DEFAULT, H5P_DEFAULT),
+              H5Aclose);
+  if (!attr || (n > 0 && H5Awrite(attr.get(), H5T_NATIVE_INT64, values.data()) < 0))
     fail(path_, "cannot write attribute " + name + " on " + object);
 }
 

@@ -80,6 +80,9 @@ class File {
   // Attributes on an object ("/" for the root).
   void set_attr(const std::string& object, const std::string& name, const std::string& value);
   void set_attr(const std::string& object, const std::string& name, int64_t value);
+  // A float64 scalar, and a 1-D int64 array (h5py reads a numpy int64 array, of length 0 for {}).
+  void set_attr_f64(const std::string& object, const std::string& name, double value);
+  void set_attr_i64s(const std::string& object, const std::string& name, const std::vector<int64_t>& values);
   std::string attr_string(const std::string& object, const std::string& name) const;
   int64_t attr_int(const std::string& object, const std::string& name) const;
   bool has_attr(const std::string& object, const std::string& name) const;

@@ -89,6 +89,12 @@ class MultiTaskModel {
   const BitMask& mask(int task, int i) const;
   void set_mask(int task, int i, const BitMask& mask);
   std::vector<const Tensor*> masked_weights() const;
+  // Learned masks: sets every mask to what predict() uses, the top-k of the current scores (a
+  // checkpoint's saved masks are those chosen before its last step moved the scores). Masks
+  // from a file or IMP are fixed: nothing to do.
+  void refresh_masks() {
+    if (!score_params_.empty()) refresh_learned_masks();
+  }
   // Inference through CSR (ncs, f32): predict() then runs every task's masked layers as sparse
   // products of W ⊙ M_t (core/sparse.h), built now from the current weights and masks. Same
   // results as the dense path up to rounding; faster where the masks are sparse enough

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# `ncsrec export` files are enough to serve a model: on tiny generated data, tiny models of
+# every type the reference scorer knows are trained, exported and run through `ncsrec predict`;
+# export_numpy.py (h5py + numpy, no ncsrec code, written from docs/export.md) scores the same
+# eval day from the export file alone and must match predict to 1e-5 (max abs) for every output.
+#   ncs_esmm     ncs with ESMM heads, fixed masks from a file (ctr 15% dense: CSR; cvr 60%:
+#                dense), interaction dot, a table read by three slots, mean pooling; exported
+#                three times: default --csr-below, all dense (0), all CSR (1.01)
+#   ncs_learned  ncs with learned masks on layer 0 only (layer 1 unmasked), BatchNorm towers
+#   ncs_mmoe     MMoE whose experts are masked layers with learned masks, ESMM heads
+#   mmoe         MMoE, BatchNorm and dropout in the towers, learned loss weights (not exported)
+#   ple          two-level PLE with self-wise APG experts and BatchNorm
+#   apg          shared-bottom, LayerNorm, group-wise APG towers with over-parameterised factors
+#   single_task  one set of tables and one tower per task
+#   mmoe_np2     the mmoe config trained by 2 ranks (when mpiexec exists): one process exports it
+# Then the failures: a missing checkpoint and an --out in a missing folder exit non-zero with a
+# message and leave no file; a failed export leaves an existing FILE untouched; a write that
+# fails half way (file size limit) leaves neither FILE nor FILE.tmp.
+#
+# Needs Debian's python3-h5py and python3-numpy in /usr/bin/python3 (scripts/setup.sh installs
+# them). A missing package fails the test: it never skips.
+set -uo pipefail  # no -e: a failed check is counted, not fatal
+ncsrec="$1"
+root="$2"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+py=/usr/bin/python3
+scorer="$root/tests/e2e/export_numpy.py"
+start=$SECONDS
+
+if ! "$py" -c 'import h5py, numpy' 2>/dev/null; then
+  echo "h5py/numpy missing for $py: installing with scripts/setup.sh"
+  NCSREC_SKIP_BUILD=1 bash "$root/scripts/setup.sh"
+  "$py" -c 'import h5py, numpy' || { echo "FAIL: $py cannot import h5py and numpy"; exit 1; }
+fi
+
+fails=0
+fail() { echo "FAIL $*"; fails=$((fails + 1)); }
+
+cd "$work" || exit 1
+"$ncsrec" gen --out gen --days 2 --rows-per-day 2000 --users 200 --items 100 >/dev/null || { echo "FAIL gen"; exit 1; }
+eval_day=gen/content/day=2026-01-02
+
+# config NAME: writes NAME.yaml from the model section on stdin.
+config() {
+  {
+    cat <<'EOF'
+run: {seed: 1, threads: 1}
+data:
+  train: ["gen/content/day=2026-01-01"]
+  eval: ["gen/content/day=2026-01-02"]
+model:
+  embedding_dim: 4
+  tables:
+    user_id: {rows: 200}
+    item_id: {rows: 100}
+    ctx: {rows: 64, slots: [hour, device, position]}
+    user_segment: {rows: 32}
+    item_category: {rows: 64}
+    item_tags: {rows: 256, pooling: mean}
+  tasks:
+    ctr: {label: click}
+    cvr: {label: conversion, given: ctr}
+EOF
+    cat
+    cat <<'EOF'
+optimizer: {type: adam, lr: 0.01}
+sparse_optimizer: {type: adagrad, lr: 0.05}
+train: {batch_size: 128, epochs: 1}
+EOF
+  } >"$1.yaml"
+}
+
+# check NAME RUN_DIR [EXPORT_ARGS... --] [COMPARE_ARGS...]: export, predict, score, compare.
+check() {
+  local name="$1" run="$2" export_args=() out
+  shift 2
+  while [[ $# -gt 0 && "$1" != "--" ]]; do export_args+=("$1"); shift; done
+  [[ $# -gt 0 ]] && shift
+  if ! out="$("$ncsrec" export --run-dir "$run" --out "$name.h5" "${export_args[@]}" 2>&1)"; then
+    fail "$name: export: $out"
+    return
+  fi
+  echo "$out"
+  if ! out="$("$ncsrec" predict --run-dir "$run" --data "$eval_day" --out "$name.csv" 2>&1)"; then
+    fail "$name: predict: $out"
+    return
+  fi
+  "$py" "$scorer" compare "$name.h5" "$name.csv" "$eval_day" "$@" || fail "$name: numpy scorer vs predict"
+}
+
+# train NAME: trains NAME.yaml into run folder NAME.
+train() {
+  local out
+  out="$("$ncsrec" train --config "$1.yaml" --run-dir "$1" 2>&1)" || { fail "$1: train: $out"; return 1; }
+}
+
+# ncs_esmm: input width 8 slots x 4 + 4 dense + 8 x 8 dot products = 100.
+"$py" "$scorer" make-masks masks.h5 --in 100 --sizes 16,8 --density ctr=0.15,cvr=0.6 || fail "make-masks"
+config ncs_esmm <<'EOF'
+  type: ncs
+  esmm: true
+  interaction: dot
+  shared: [16, 8]
+  tower: [4]
+  masks: {file: masks.h5}
+EOF
+if train ncs_esmm; then
+  check ncs_esmm ncs_esmm -- --require-format csr --require-format dense
+  check ncs_esmm_dense ncs_esmm --csr-below 0 -- --require-format dense
+  check ncs_esmm_csr ncs_esmm --csr-below 1.01 -- --require-format csr
+fi
+
+config ncs_learned <<'EOF'
+  type: ncs
+  shared: [16, 8]
+  tower: [8]
+  layers: {norm: batch}
+  masks: {find: learned, final_density: 0.25, layers: [0]}
+EOF
+train ncs_learned && check ncs_learned ncs_learned -- --require-format csr
+
+config ncs_mmoe <<'EOF'
+  type: mmoe
+  esmm: true
+  experts: {count: 2, sizes: [8, 6], masked: true}
+  masks: {find: learned, final_density: 0.4}
+  tower: [4]
+EOF
+train ncs_mmoe && check ncs_mmoe ncs_mmoe -- --require-format dense
+
+config mmoe <<'EOF'
+  type: mmoe
+  experts: {count: 3, sizes: [8]}
+  tower: [8]
+  layers: {norm: batch, dropout: 0.1}
+  loss_weighting: uncertainty
+EOF
+train mmoe && check mmoe mmoe
+
+config ple <<'EOF'
+  type: ple
+  interaction: dot
+  experts: {levels: 2, task_experts: 1, shared_experts: 2, sizes: [8]}
+  tower: [4]
+  layers: {norm: batch}
+  apg: {in: [experts], rank: 2, hyper_hidden: [4]}
+EOF
+train ple && check ple ple
+
+config apg <<'EOF'
+  type: shared_bottom
+  bottom: [16]
+  tower: [8, 4]
+  layers: {norm: layer}
+  apg: {in: [towers], rank: 3, overparam: 5, hyper_hidden: [6], condition: [user_id, item_id]}
+EOF
+train apg && check apg apg
+
+config single_task <<'EOF'
+  type: single_task
+  tower: [4]
+EOF
+train single_task && check single_task single_task
+
+# A checkpoint written by 2 ranks (row-wise tables: each rank file holds half the rows).
+if command -v mpiexec >/dev/null; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+  export OMPI_MCA_btl_tcp_if_include="${OMPI_MCA_btl_tcp_if_include:-lo}"
+  export OMPI_MCA_oob_tcp_if_include="${OMPI_MCA_oob_tcp_if_include:-lo}"
+  if out="$(timeout 120 mpiexec -np 2 --oversubscribe "$ncsrec" train --config mmoe.yaml --run-dir mmoe_np2 2>&1)"; then
+    ranks="$("$py" -c 'import h5py, sys; print(h5py.File(sys.argv[1])["meta"].attrs["world_size"])' \
+      mmoe_np2/checkpoints/final/rank-0.h5)"
+    [[ "$ranks" == 2 ]] || fail "mmoe_np2: the checkpoint was written by $ranks rank(s), not 2 (ncsrec without MPI?)"
+    check mmoe_np2 mmoe_np2
+    "$py" -c 'import h5py, sys; sys.exit(int(h5py.File(sys.argv[1])["meta"].attrs["world_size"] != 2))' mmoe_np2.h5 ||
+      fail "mmoe_np2.h5: meta.world_size is not the source checkpoint's 2"
+  else
+    fail "mmoe_np2: 2-rank training: $out"
+  fi
+else
+  echo "skip mmoe_np2: no mpiexec, the 2-rank checkpoint is not exported"
+fi
+
+# refused ARGS...: the export must exit non-zero with a one-line message naming what is wrong
+# ($want) and leave neither $target nor $target.tmp.
+refused() {
+  local want="$1" target="$2" rc=0 out
+  shift 2
+  out="$("$ncsrec" export "$@" 2>&1)" || rc=$?
+  out="${out//$'\n'/ }"
+  if [[ $rc -ne 0 && "$out" == *"error:"*"$want"* && ! -e "$target" && ! -e "$target.tmp" ]]; then
+    echo "ok   export $* refused (exit $rc):$out"
+  else
+    fail "export $*: exit $rc, want non-zero, a message naming '$want' and no $target(.tmp): $out"
+  fi
+}
+refused "no_such_run" missing.h5 --run-dir no_such_run --out missing.h5
+refused "no_such_folder" no_such_folder/x.h5 --run-dir mmoe --out no_such_folder/x.h5
+refused "--out" x.h5 --run-dir mmoe
+# A failed export leaves the previous file as it was.
+cp mmoe.h5 keep.h5
+rc=0
+"$ncsrec" export --checkpoint no_such_checkpoint --out keep.h5 >/dev/null 2>&1 || rc=$?
+if [[ $rc -ne 0 ]] && cmp -s mmoe.h5 keep.h5 && [[ ! -e keep.h5.tmp ]]; then
+  echo "ok   a failed export leaves the existing keep.h5 untouched"
+else
+  fail "a failed export (exit $rc) changed keep.h5 or left keep.h5.tmp"
+fi
+# A write that fails half way: a 16 KB file size limit (SIGXFSZ ignored: write returns EFBIG).
+rc=0
+out="$( (ulimit -f 16; trap '' XFSZ; "$ncsrec" export --run-dir ncs_esmm --out big.h5) 2>&1)" || rc=$?
+if [[ $rc -ne 0 && "$out" == *"error:"* && ! -e big.h5 && ! -e big.h5.tmp ]]; then
+  echo "ok   an export whose write fails half way exits $rc and leaves no big.h5 or big.h5.tmp:${out//$'\n'/ }"
+else
+  fail "export under a 16 KB file limit: exit $rc (want non-zero), files: $(ls big.h5* 2>/dev/null): $out"
+fi
+"$ncsrec" export --help | grep -q -- "--csr-below" || fail "export --help does not describe --csr-below"
+
+echo "$fails check(s) failed in $((SECONDS - start)) s"
+exit $((fails > 0))
