@@ -17,7 +17,8 @@
 namespace ncsrec {
 namespace {
 
-const char* kExportHelp = R"(usage: ncsrec export (--run-dir DIR | --checkpoint DIR) --out FILE.h5 [--csr-below DENSITY] [--data PATH ...]
+const char* kExportHelp = R"(usage: ncsrec export (--run-dir DIR | --checkpoint DIR) --out FILE.h5 [--since CKPT] [--csr-below DENSITY]
+                     [--data PATH ...]
 
 Writes the serving view of a checkpoint (default: DIR/checkpoints/final) to one HDF5 file,
 readable with h5py alone (docs/export.md): the serving config (APG factors multiplied out),
@@ -28,6 +29,11 @@ by several ranks is read whole by this one process. FILE is written as FILE.tmp,
 renamed: a failed export leaves no partial FILE.
 
   --out FILE.h5          the file to write (replaced only when the new one is complete)
+  --since CKPT           a delta: only the embedding rows inserted or updated after checkpoint
+                         CKPT's step (an earlier checkpoint of the same run, or the one this run
+                         was initialised from), plus the keys CKPT held that are gone; dense
+                         parameters in full. Yesterday's full export + today's delta = today's
+                         full export (docs/export.md "Deltas")
   --csr-below DENSITY    store a task's masked weight as CSR (indptr, indices, data) when its
                          mask's density is below DENSITY, dense otherwise (default 0.3;
                          0: all dense; 1.01: every mask that is not all ones as CSR)
@@ -64,7 +70,7 @@ DataSchema export_schema(const Args& args, const std::string& checkpoint) {
 int cmd_export(int argc, char** argv) {
   for (int i = 2; i < argc; ++i)
     if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") return std::fputs(kExportHelp, stdout), 0;
-  Args args("export", argc, argv, 2, {"run-dir", "checkpoint", "out", "csr-below", "data"}, {});
+  Args args("export", argc, argv, 2, {"run-dir", "checkpoint", "out", "csr-below", "data", "since"}, {});
   args.no_positionals();
   if (!args.has("run-dir") && !args.has("checkpoint"))
     throw ConfigError("ncsrec export: give --run-dir DIR or --checkpoint DIR (see --help)");
@@ -74,14 +80,19 @@ int cmd_export(int argc, char** argv) {
   ExportOptions options;
   options.csr_below = args.get_double("csr-below", options.csr_below);
   if (!(options.csr_below >= 0)) throw ConfigError("ncsrec export: --csr-below must be a density >= 0");
+  options.since = args.get("since", "");
   const DataSchema schema = export_schema(args, checkpoint);
   const ExportSummary s = export_checkpoint(checkpoint, schema, out, options);
   std::printf("exported %s (step %lld%s%s) to %s: %lld dense tensors, %lld masked weights (%lld as CSR), "
-              "%lld tables of %lld rows in all, %.1f MB\n",
+              "%lld tables of %lld rows%s, %.1f MB\n",
               checkpoint.c_str(), static_cast<long long>(s.step), s.day.empty() ? "" : ", day ", s.day.c_str(),
               out.c_str(), static_cast<long long>(s.dense_tensors),
               static_cast<long long>(s.masked_dense + s.masked_csr), static_cast<long long>(s.masked_csr),
-              static_cast<long long>(s.tables), static_cast<long long>(s.table_rows), static_cast<double>(s.bytes) / 1e6);
+              static_cast<long long>(s.tables), static_cast<long long>(s.table_rows),
+              options.since.empty() ? " in all"
+                                    : (" inserted or updated since step " + std::to_string(s.since_step) + ", " +
+                                       std::to_string(s.evicted) + " keys evicted").c_str(),
+              static_cast<double>(s.bytes) / 1e6);
   return 0;
 }
 

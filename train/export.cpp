@@ -6,8 +6,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <unordered_set>
 
 #include <yaml-cpp/yaml.h>
 
@@ -75,7 +78,7 @@ void write_meta(h5::File& f, const std::string& checkpoint, const CheckpointMeta
   f.create_group("meta");
   f.set_attr("meta", "format", std::string("ncsrec-export"));
   f.set_attr("meta", "format_version", kExportFormatVersion);
-  f.set_attr("meta", "kind", std::string("full"));
+  f.set_attr("meta", "kind", std::string(options.since.empty() ? "full" : "delta"));
   std::error_code ec;
   const fs::path abs = fs::weakly_canonical(fs::absolute(checkpoint), ec);
   f.set_attr("meta", "source_checkpoint", ec ? checkpoint : abs.string());
@@ -228,8 +231,41 @@ void write_masked(h5::File& f, MultiTaskModel& model, const ExportOptions& optio
   }
 }
 
-// tables/<table>: every row, keys ascending (global row r at position r of a full export).
-void write_tables(h5::File& f, MultiTaskModel& model, ExportSummary& summary) {
+// What a delta is taken against: the since checkpoint's step and the keys each table held.
+struct Since {
+  int64_t step = -1;
+  std::map<std::string, std::unordered_set<int64_t>> keys;  // by table name
+};
+
+Since read_since(const std::string& since, const CheckpointMeta& now) {
+  verify_checkpoint(since);
+  const CheckpointMeta then = read_checkpoint_meta(since);
+  // updated_step tells "changed after `then`" only when the steps since then are numbered after
+  // then's step: the same run later on, or a run that continued its step count (init.from with
+  // optimizer_state).
+  const bool same_run = then.first_step == now.first_step && then.init_from == now.init_from && then.step <= now.step;
+  if (!same_run && now.first_step < then.step)
+    throw UserError("export --since " + since + ": that checkpoint is at step " + std::to_string(then.step) +
+                    ", but the exported run's steps start at " + std::to_string(now.first_step) +
+                    " (not a later checkpoint of the same run, nor a run continuing from it with "
+                    "init.optimizer_state): rows changed since cannot be told apart; export in full instead");
+  Since out;
+  out.step = then.step;
+  for (int64_t r = 0; r < then.world_size; ++r) {
+    const h5::File f = h5::File::open_read(since + "/rank-" + std::to_string(r) + ".h5");
+    if (!f.exists("embedding")) continue;
+    for (const std::string& name : f.list("embedding")) {
+      auto& set = out.keys[name];
+      for (int64_t k : f.read_i64("embedding/" + name + "/keys")) set.insert(k);
+    }
+  }
+  return out;
+}
+
+// tables/<table>: keys ascending (a full export of a fixed table: global row r at position r),
+// their values and updated_step; a delta: only the rows inserted or updated since, and the
+// keys evicted since (`evicted`).
+void write_tables(h5::File& f, MultiTaskModel& model, const Since* since, ExportSummary& summary) {
   const ModelConfig& c = model.config();
   auto& tables = model.tables();
   // Built as the model builds them: per input group (one per task in single_task), the
@@ -238,12 +274,43 @@ void write_tables(h5::File& f, MultiTaskModel& model, ExportSummary& summary) {
   for (size_t i = 0; i < tables.size(); ++i) {
     ShardedTable& table = tables[i];
     const TableSpec& spec = c.tables[i % c.tables.size()];
-    NCSREC_CHECK(table.holds_all_rows(), "table " << table.name() << " is not whole in this process");
+    NCSREC_CHECK(table.hashed() || table.holds_all_rows(), "table " << table.name() << " is not whole in this process");
     const std::string g = "tables/" + table.name();
-    const std::vector<int64_t>& keys = table.shard_rows();
+    const EmbeddingTable& shard = table.shard();
+    const std::vector<int64_t>& all_keys = shard.keys();
+    const std::unordered_set<int64_t>* before = nullptr;
+    if (since) {
+      const auto it = since->keys.find(table.name());
+      if (it == since->keys.end())
+        throw UserError("export --since: that checkpoint has no table " + table.name() + " (another model?)");
+      before = &it->second;
+    }
+    std::vector<int64_t> rows;  // shard rows exported, by ascending key
+    for (int64_t r = 0; r < shard.rows(); ++r)
+      if (!before || shard.updated_step()[static_cast<size_t>(r)] > since->step || !before->count(all_keys[static_cast<size_t>(r)]))
+        rows.push_back(r);
+    std::sort(rows.begin(), rows.end(), [&](int64_t a, int64_t b) { return all_keys[static_cast<size_t>(a)] < all_keys[static_cast<size_t>(b)]; });
+    std::vector<int64_t> keys, updated;
+    std::vector<float> values;
+    values.reserve(rows.size() * static_cast<size_t>(table.dim()));
+    for (int64_t r : rows) {
+      keys.push_back(all_keys[static_cast<size_t>(r)]);
+      updated.push_back(shard.updated_step()[static_cast<size_t>(r)]);
+      const float* v = shard.values().data<float>() + r * table.dim();
+      values.insert(values.end(), v, v + table.dim());
+    }
     f.write(g + "/keys", keys.data(), {keys.size()});
-    f.write(g + "/values", table.shard().values().data<float>(),
-            {static_cast<uint64_t>(table.shard().rows()), static_cast<uint64_t>(table.dim())});
+    f.write(g + "/values", values.data(), {static_cast<uint64_t>(keys.size()), static_cast<uint64_t>(table.dim())});
+    f.write(g + "/updated_step", updated.data(), {updated.size()});
+    if (before) {
+      std::vector<int64_t> evicted;
+      for (int64_t k : *before)
+        if (table.shard_index(k) < 0) evicted.push_back(k);
+      std::sort(evicted.begin(), evicted.end());
+      f.write(g + "/evicted", evicted.data(), {evicted.size()});
+      summary.evicted += static_cast<int64_t>(evicted.size());
+    }
+    f.set_attr(g, "kind", std::string(table.hashed() ? "hash" : "fixed"));
     f.set_attr(g, "rows", table.rows());
     f.set_attr(g, "dim", table.dim());
     f.set_attr(g, "pooling", std::string(pooling_name(spec.pooling)));
@@ -276,6 +343,11 @@ ExportSummary export_checkpoint(const std::string& checkpoint, const DataSchema&
   ExportSummary summary;
   summary.step = meta.step;
   summary.day = meta.day;
+  Since since;
+  if (!options.since.empty()) {
+    since = read_since(options.since, meta);
+    summary.since_step = since.step;
+  }
   const std::string tmp = out + ".tmp";
   struct RemoveOnFailure {  // a failed export leaves no FILE.tmp behind (and FILE untouched)
     std::string path;
@@ -293,7 +365,13 @@ ExportSummary export_checkpoint(const std::string& checkpoint, const DataSchema&
     write_input(f, model, schema);
     summary.dense_tensors = write_dense(f, model);
     write_masked(f, model, options, summary);
-    write_tables(f, model, summary);
+    if (!options.since.empty()) {
+      std::error_code abs_ec;
+      const fs::path abs = fs::weakly_canonical(fs::absolute(options.since), abs_ec);
+      f.set_attr("meta", "since_checkpoint", abs_ec ? options.since : abs.string());
+      f.set_attr("meta", "since_step", since.step);
+    }
+    write_tables(f, model, options.since.empty() ? nullptr : &since, summary);
     f.close();
     fsync_path(tmp, false);
   } catch (const UserError& e) {

@@ -8,13 +8,14 @@
 //   dense/<name>           every inference parameter (BatchNorm running statistics included)
 //   masked/<layer>/<task>  each task's W ⊙ M_t of every NCS masked layer, dense [in, out] or
 //                          CSR of the same matrix when the mask's density is below csr_below
-//   tables/<table>         keys (global rows) and values of every embedding table, all rows
+//   tables/<table>         keys (global rows, or a hash table's ids; ascending) and values of
+//                          every embedding table: all rows, or (delta) the rows inserted or
+//                          updated since a checkpoint and the keys evicted since
 // Left out: optimizer state, mask scores, the shared W of masked layers (only W ⊙ M_t serves),
 // learned loss weights, the masks themselves (their pattern is W ⊙ M_t's).
 //
 // Written as FILE.tmp, fsynced, renamed to FILE: a failure leaves FILE as it was (or absent).
-// Not here: delta exports (only the rows updated since a checkpoint; docs/export.md keeps their
-// place in the format), a scorer (tests/e2e/export_numpy.py is the reference one).
+// Not here: a scorer (tests/e2e/export_numpy.py is the reference one).
 #pragma once
 
 #include <cstdint>
@@ -30,6 +31,9 @@ struct ExportOptions {
   // A task's masked weight is stored as CSR when its mask's density (ones / (in·out)) is below
   // this; otherwise dense. 0: always dense; above 1: always CSR.
   double csr_below = 0.3;
+  // A delta export: only the table rows inserted or updated since checkpoint `since` (by
+  // updated_step), and the ids it held that are gone (evicted); dense parameters in full.
+  std::string since;
 };
 
 struct ExportSummary {
@@ -39,6 +43,8 @@ struct ExportSummary {
   int64_t masked_dense = 0;    // masked/<layer>/<task> stored dense
   int64_t masked_csr = 0;      // ... stored as CSR
   int64_t tables = 0, table_rows = 0;
+  int64_t evicted = 0;         // delta: keys evicted since the checkpoint
+  int64_t since_step = -1;     // delta: the checkpoint's step
   uint64_t bytes = 0;          // size of the written file
 };
 

@@ -86,7 +86,12 @@ class Export:
                 rows, dim = int(g.attrs["rows"]), int(g.attrs["dim"])
                 keys, values = g["keys"][()], g["values"][()].astype(np.float64)
                 require(values.shape == (len(keys), dim), f"tables/{name}: values {values.shape} vs keys {len(keys)}")
-                # A full export holds every row once: key r is global row r of the table.
+                if text(g.attrs["kind"]) == "hash":
+                    # A hash table: the row of an id is the one with that key; an id without one reads zeros.
+                    require(np.all(np.diff(keys) > 0), f"tables/{name}: keys are not ascending")
+                    self.tables[name] = ("hash", keys, values)
+                    continue
+                # A fixed table: every row once, key r is global row r of the table.
                 require(np.array_equal(np.sort(keys), np.arange(rows)), f"tables/{name}: keys are not rows 0..{rows - 1}")
                 table = np.zeros((rows, dim))
                 table[keys] = values
@@ -191,7 +196,14 @@ class Export:
         for k, (slot, table, pool) in enumerate(zip(slots, tables, pooling)):
             offsets, ids = shard["sparse"][slot]
             values = self.tables[prefix + table]
-            rows = np.mod(ids, values.shape[0])  # id -> row: the non-negative remainder
+            if isinstance(values, tuple):  # hash: the row keyed by the id, else a zero row
+                _, keys, held = values
+                at = np.minimum(np.searchsorted(keys, ids), max(len(keys) - 1, 0))
+                found = (len(keys) > 0) & (keys[at] == ids) if len(keys) else np.zeros(len(ids), bool)
+                values = np.vstack([held, np.zeros((1, d))])
+                rows = np.where(found, at, len(keys))
+            else:
+                rows = np.mod(ids, values.shape[0])  # id -> row: the non-negative remainder
             counts = np.diff(offsets)
             pooled = np.zeros((B, d))
             np.add.at(pooled, np.repeat(np.arange(B), counts), values[rows])
@@ -325,6 +337,46 @@ def make_masks(args):
     return 0
 
 
+def apply_delta(args):
+    """Yesterday's full export + today's delta must equal today's full export: every dense
+    parameter and masked weight, and every table's keys and values, exactly."""
+    def datasets(f, group):
+        out = {}
+        f[group].visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+        return out
+
+    with h5py.File(args.full, "r") as a, h5py.File(args.delta, "r") as d, h5py.File(args.today, "r") as b:
+        require(text(d["meta"].attrs["kind"]) == "delta", "the delta's meta.kind is not delta")
+        require(text(a["meta"].attrs["kind"]) == "full" and text(b["meta"].attrs["kind"]) == "full", "full exports expected")
+        require(int(d["meta"].attrs["since_step"]) == int(a["meta"].attrs["step"]),
+                f"the delta applies to step {d['meta'].attrs['since_step']}, the full export is of step {a['meta'].attrs['step']}")
+        for group in ("dense", "masked"):
+            if group not in b:
+                continue
+            want, got = datasets(b, group), datasets(d, group)  # a delta carries them in full
+            require(sorted(want) == sorted(got), f"{group}: the delta holds other datasets")
+            for n in want:
+                require(np.array_equal(want[n], got[n]), f"{group}/{n} differs")
+        rows_sent = 0
+        for name in b["tables"]:
+            table = {int(k): v for k, v in zip(a["tables"][name]["keys"][()], a["tables"][name]["values"][()])}
+            g = d["tables"][name]
+            for k in g["evicted"][()]:
+                require(int(k) in table, f"tables/{name}: evicted key {k} was not in yesterday's export")
+                del table[int(k)]
+            for k, v in zip(g["keys"][()], g["values"][()]):
+                table[int(k)] = v
+            rows_sent += len(g["keys"])
+            keys = np.array(sorted(table), dtype=np.int64)
+            require(np.array_equal(keys, b["tables"][name]["keys"][()]), f"tables/{name}: keys differ after the delta")
+            values = np.array([table[int(k)] for k in keys]).reshape(len(keys), -1)
+            require(np.array_equal(values, b["tables"][name]["values"][()]), f"tables/{name}: values differ after the delta")
+        total = sum(len(b["tables"][n]["keys"]) for n in b["tables"])
+        print(f"ok   {args.full} + {args.delta} = {args.today}: {rows_sent} of {total} rows sent")
+        require(0 < rows_sent < total, "the delta should hold some rows but not all of them")
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -340,7 +392,13 @@ def main():
     m.add_argument("--sizes", required=True)
     m.add_argument("--density", required=True)
     m.add_argument("--seed", type=int, default=1)
+    ad = sub.add_parser("apply-delta")
+    ad.add_argument("full")
+    ad.add_argument("delta")
+    ad.add_argument("today")
     args = p.parse_args()
+    if args.cmd == "apply-delta":
+        return apply_delta(args)
     return compare(args) if args.cmd == "compare" else make_masks(args)
 
 

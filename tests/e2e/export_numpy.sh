@@ -38,7 +38,7 @@ fails=0
 fail() { echo "FAIL $*"; fails=$((fails + 1)); }
 
 cd "$work" || exit 1
-"$ncsrec" gen --out gen --days 2 --rows-per-day 2000 --users 200 --items 100 >/dev/null || { echo "FAIL gen"; exit 1; }
+"$ncsrec" gen --out gen --days 3 --rows-per-day 2000 --users 200 --items 100 >/dev/null || { echo "FAIL gen"; exit 1; }
 eval_day=gen/content/day=2026-01-02
 
 # config NAME: writes NAME.yaml from the model section on stdin.
@@ -182,6 +182,39 @@ else
   echo "skip mmoe_np2: no mpiexec, the 2-rank checkpoint is not exported"
 fi
 
+# Hash tables over three days (ids admitted after 2 reads; 200 users in 150 rows, so the least
+# recently seen are evicted; ttl_days 1, which the unit tests check): the scorer reads ids by key (zeros for ids without a row), and yesterday's
+# full export + today's delta (--since yesterday's checkpoint) = today's full export.
+config hash <<'EOF'
+  type: esmm
+  tower: [8]
+EOF
+sed -i 's/    user_id: {rows: 200}/    user_id: {capacity: 150, admit_after: 2, ttl_days: 1, evict_when_full: true}/; s/    item_id: {rows: 100}/    item_id: {capacity: 1000, ttl_days: 1}/' hash.yaml
+day_run() {  # day_run N [ARGS...]: trains day N into hashN
+  local n="$1" out
+  shift
+  out="$("$ncsrec" train --config hash.yaml --run-dir "hash$n" --day "2026-01-0$n" \
+    --set "data.train=[\"gen/content/day=2026-01-0$n\"]" "$@" 2>&1)" || { fail "hash$n: train: $out"; return 1; }
+}
+if day_run 1 && day_run 2 --init-from hash1/checkpoints/final && day_run 3 --init-from hash2/checkpoints/final; then
+  grep -q '"evicted_full": [1-9]' hash3/metrics.jsonl || fail "hash3: no row was evicted on day 3"
+  check hash3 hash3
+  "$ncsrec" export --run-dir hash2 --out hash2_full.h5 >/dev/null 2>&1 || fail "hash2: full export"
+  "$ncsrec" export --run-dir hash3 --out hash3_full.h5 >/dev/null 2>&1 || fail "hash3: full export"
+  if out="$("$ncsrec" export --run-dir hash3 --since hash2/checkpoints/final --out hash3_delta.h5 2>&1)"; then
+    echo "$out"
+    [[ "$out" =~ [1-9][0-9]*\ keys\ evicted ]] || fail "hash3: the delta evicts no key (the test means it to)"
+    "$py" "$scorer" apply-delta hash2_full.h5 hash3_delta.h5 hash3_full.h5 || fail "hash: full + delta != full"
+  else
+    fail "hash3: delta export: $out"
+  fi
+  # Several checkpoints a day work alike: a delta between two checkpoints of a chain.
+  "$ncsrec" export --checkpoint hash1/checkpoints/final --out hash1_full.h5 >/dev/null 2>&1 || fail "hash1: full export"
+  "$ncsrec" export --run-dir hash2 --since hash1/checkpoints/final --out hash2_delta.h5 >/dev/null 2>&1 ||
+    fail "hash2: delta export"
+  "$py" "$scorer" apply-delta hash1_full.h5 hash2_delta.h5 hash2_full.h5 || fail "hash: day 1 + delta != day 2"
+fi
+
 # refused ARGS...: the export must exit non-zero with a one-line message naming what is wrong
 # ($want) and leave neither $target nor $target.tmp.
 refused() {
@@ -198,6 +231,8 @@ refused() {
 refused "no_such_run" missing.h5 --run-dir no_such_run --out missing.h5
 refused "no_such_folder" no_such_folder/x.h5 --run-dir mmoe --out no_such_folder/x.h5
 refused "--out" x.h5 --run-dir mmoe
+# A delta against a checkpoint the exported run does not follow: its rows cannot be told apart.
+[[ -d hash3 ]] && refused "export in full instead" back.h5 --run-dir hash2 --since hash3/checkpoints/final --out back.h5
 # A failed export leaves the previous file as it was.
 cp mmoe.h5 keep.h5
 rc=0
