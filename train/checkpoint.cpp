@@ -18,15 +18,15 @@
 namespace ncsrec {
 namespace fs = std::filesystem;
 
-namespace {
-
-void fsync_path(const std::string& path, bool directory) {
+void fsync_path(const std::string& path, bool directory, const char* what) {
   const int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (fd < 0) throw UserError("checkpoint: cannot open " + path + " to sync it to disk");
+  if (fd < 0) throw UserError(std::string(what) + ": cannot open " + path + " to sync it to disk");
   const int rc = ::fsync(fd);
   ::close(fd);
-  if (rc != 0) throw UserError("checkpoint: fsync of " + path + " failed (disk full or I/O error?)");
+  if (rc != 0) throw UserError(std::string(what) + ": fsync of " + path + " failed (disk full or I/O error?)");
 }
+
+namespace {
 
 std::vector<uint64_t> dims_of(const Shape& s) { return std::vector<uint64_t>(s.begin(), s.end()); }
 

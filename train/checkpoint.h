@@ -75,6 +75,9 @@ void prune_step_checkpoints(const std::string& checkpoints_dir, int64_t keep);
 void load_table_rows(const std::string& dir, int64_t world_size, std::vector<ShardedTable>& tables,
                      const std::vector<SparseOptimizer*>& optimizers,
                      const std::vector<std::string>* sources = nullptr);
+// fsync of a file (or, `directory`, a folder, for a rename in it); a UserError starting with
+// `what` when it fails.
+void fsync_path(const std::string& path, bool directory, const char* what = "checkpoint");
 // Reads dataset `name` of checkpoint file `f` (of checkpoint `dir`) into `t`, whose shape it
 // must have (else a UserError naming both shapes).
 void read_checkpoint_tensor(const h5::File& f, const std::string& name, Tensor& t, const std::string& dir);

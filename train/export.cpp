@@ -42,14 +42,6 @@ const char* norm_name(Norm n) { return n == Norm::Batch ? "batch" : n == Norm::L
 
 const char* pooling_name(Pooling p) { return p == Pooling::Mean ? "mean" : "sum"; }
 
-void fsync_path(const std::string& path, bool directory) {
-  const int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (fd < 0) throw UserError("export: cannot open " + path + " to sync it to disk");
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) throw UserError("export: fsync of " + path + " failed (disk full or I/O error?)");
-}
-
 // Refuses an --out the write could only fail on, before the checkpoint is loaded.
 void check_out_path(const std::string& out) {
   if (out.empty()) throw UserError("export: --out is empty");
@@ -373,7 +365,7 @@ ExportSummary export_checkpoint(const std::string& checkpoint, const DataSchema&
     }
     write_tables(f, model, options.since.empty() ? nullptr : &since, summary);
     f.close();
-    fsync_path(tmp, false);
+    fsync_path(tmp, false, "export");
   } catch (const UserError& e) {
     throw UserError("export: writing " + out + " failed (disk full?); " + out + " was left as it was: " + e.what());
   }
@@ -382,7 +374,7 @@ ExportSummary export_checkpoint(const std::string& checkpoint, const DataSchema&
   if (ec) throw UserError("export: cannot rename " + tmp + " to " + out + ": " + ec.message());
   cleanup.armed = false;
   const fs::path parent = fs::path(out).parent_path().empty() ? fs::path(".") : fs::path(out).parent_path();
-  fsync_path(parent.string(), true);
+  fsync_path(parent.string(), true, "export");
   summary.bytes = static_cast<uint64_t>(fs::file_size(out, ec));
   return summary;
 }
