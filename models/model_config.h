@@ -19,6 +19,10 @@ struct TaskSpec {
   double loss_weight = 1.0;
   std::string loss = "bce";    // bce | focal | mse (squared error of σ(logit), on positive labels only)
   double focal_alpha = 0.75, focal_gamma = 2.0;
+  // Added to the logit at inference (predict, eval, export): log(rate) for a task trained on
+  // negatives downsampled at `rate` with the logit correction. Not a model key: set from
+  // data.negative_sampling (train/train_config.h).
+  double logit_offset = 0.0;
 };
 
 struct TableSpec {

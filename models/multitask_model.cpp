@@ -720,7 +720,17 @@ void MultiTaskModel::predict(const Block& batch, std::vector<std::vector<float>>
     const Tensor& logit = three_tower_ ? three_tower_->logit(t)
                                        : towers_[t]->forward(shared_output(t), pass(static_cast<size_t>(group_of_task_[t]), false));
     Tensor p = ensure_buffer(prob_bufs_[t], B, 1, dtype_, Device::CPU);
-    ops::sigmoid(p, logit);
+    const double offset = config_.tasks[t].logit_offset;  // negative downsampling's logit correction
+    if (offset != 0.0) {
+      Tensor shifted = ensure_buffer(shifted_logit_buf_, B, 1, dtype_, Device::CPU);
+      if (dtype_ == DType::F32)
+        for (int64_t i = 0; i < B; ++i) shifted.data<float>()[i] = logit.data<float>()[i] + static_cast<float>(offset);
+      else
+        for (int64_t i = 0; i < B; ++i) shifted.data<double>()[i] = logit.data<double>()[i] + offset;
+      ops::sigmoid(p, shifted);
+    } else {
+      ops::sigmoid(p, logit);
+    }
     if (dtype_ == DType::F32) std::memcpy(probabilities[t].data(), p.data<float>(), static_cast<size_t>(B) * sizeof(float));
     else
       for (int64_t i = 0; i < B; ++i) probabilities[t][static_cast<size_t>(i)] = static_cast<float>(p.data<double>()[i]);

@@ -199,6 +199,7 @@ class MultiTaskModel {
   std::vector<std::unique_ptr<FeedForward>> towers_;
   std::vector<SparseGrad> sparse_grads_;
   std::vector<Tensor> dlogit_bufs_, prob_bufs_;
+  Tensor shifted_logit_buf_;  // predict: logit + TaskSpec::logit_offset
 };
 
 }  // namespace ncsrec

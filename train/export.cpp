@@ -132,6 +132,7 @@ void write_model(h5::File& f, const MultiTaskModel& model) {
     f.set_attr(g, "label", spec.label);
     f.set_attr(g, "given", spec.given);
     f.set_attr_i64s(g, "tower", spec.tower);
+    f.set_attr_f64(g, "logit_offset", spec.logit_offset);
   }
 }
 

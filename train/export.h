@@ -25,7 +25,7 @@
 
 namespace ncsrec {
 
-constexpr int64_t kExportFormatVersion = 1;
+constexpr int64_t kExportFormatVersion = 2;  // 2: model/tasks/<task>.logit_offset
 
 struct ExportOptions {
   // A task's masked weight is stored as CSR when its mask's density (ones / (in·out)) is below

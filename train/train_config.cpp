@@ -1,5 +1,6 @@
 #include "train/train_config.h"
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -40,6 +41,40 @@ LrSchedule parse_lr_schedule(ConfigNode node) {
   return s;
 }
 
+// The logit correction: a task trained on the sampled label saw its negatives at `rate`, so
+// its odds are 1/rate too high and σ(logit + log rate) is calibrated. A task over rows whose
+// given label is the sampled one lost no rows. Any other task saw a biased mix it cannot be
+// corrected for by an offset; the weight correction serves every task.
+void apply_negative_sampling(TrainConfig& c) {
+  if (c.data.negative_label.empty() || c.data.negative_correction != "logit") return;
+  const std::string where = c.model.source + ": data.negative_sampling.correction: logit";
+  const std::string& label = c.data.negative_label;
+  const std::string instead = "; use correction: weight, which corrects every task";
+  if (c.model.type == "three_tower")
+    throw ConfigError(where + " is not supported for three_tower (its mixed score has no single logit)" + instead);
+  auto task_label = [&](const std::string& name) {
+    for (const TaskSpec& t : c.model.tasks)
+      if (t.name == name) return t.label;
+    return std::string();
+  };
+  for (size_t i = 0; i < c.model.tasks.size(); ++i) {
+    TaskSpec& t = c.model.tasks[i];
+    // ESMM: the CVR tower is trained through pCTCVR = pCTR·pCVR over impressions; with the
+    // click label sampled, the conversions (all clicked) are all kept, so pCVR is unbiased
+    // and correcting pCTR corrects pCTCVR.
+    const bool esmm_cvr = c.model.esmm && i == 1 && c.model.tasks[0].label == label;
+    const bool given_sampled = !t.given.empty() && task_label(t.given) == label;
+    if (t.label == label) {
+      if (t.loss == "mse")
+        throw ConfigError(where + ": task " + t.name + " has loss mse, which trains on positives only" + instead);
+      t.logit_offset = std::log(c.data.negative_rate);
+    } else if (!esmm_cvr && !given_sampled) {
+      throw ConfigError(where + ": task " + t.name + " (label " + t.label + ") is trained on rows whose " + label +
+                        " negatives were downsampled, and no logit offset calibrates it" + instead);
+    }
+  }
+}
+
 TrainConfig parse_root(ConfigNode root) {
   TrainConfig c;
   ConfigNode run = root.child("run");
@@ -56,6 +91,16 @@ TrainConfig parse_root(ConfigNode root) {
   c.data.valid = data.get_string_list("valid", {});
   c.data.window_rows = data.get_int("window_rows", 1 << 18, 1, int64_t(1) << 32);
   c.data.group_meta = data.get_string("group_meta", "user_id");
+  if (data.has("negative_sampling")) {
+    ConfigNode sampling = data.child("negative_sampling");
+    c.data.negative_label = sampling.get_string("label");
+    if (!sampling.has("rate")) sampling.fail("rate", "required: the probability of keeping a negative, in (0, 1]");
+    c.data.negative_rate = sampling.get_double("rate", 1.0, 0.0, 1.0);
+    if (c.data.negative_rate <= 0)
+      sampling.fail("rate", "the probability of keeping a negative must be above 0 (1 keeps every row)");
+    c.data.negative_correction = sampling.get_choice("correction", {"logit", "weight", "none"}, "logit");
+    sampling.finish();
+  }
   data.finish();
 
   c.model = parse_model_config(root.child("model"));
@@ -100,6 +145,7 @@ TrainConfig parse_root(ConfigNode root) {
   if (c.model.masks.find == "imp" && c.data.valid.empty())
     throw ConfigError(c.model.source + ": data.valid: model.masks.find: imp picks each task's mask by its AUC on a "
                       "validation split; give data.valid (never the eval data)");
+  apply_negative_sampling(c);
   return c;
 }
 
@@ -117,6 +163,11 @@ ReaderOptions training_reader_options(const TrainConfig& config, const std::vect
   ro.epoch = epoch;
   ro.window_rows = config.data.window_rows;
   ro.drop_last = true;
+  if (!config.data.negative_label.empty() && config.data.negative_rate < 1.0) {
+    ro.negative_label = config.data.negative_label;
+    ro.negative_rate = config.data.negative_rate;
+    if (config.data.negative_correction == "weight") ro.negative_weight = 1.0 / config.data.negative_rate;
+  }
   return ro;
 }
 

@@ -19,6 +19,15 @@ struct DataConfig {
   std::vector<std::string> valid;  // model selection (IMP picks each task's mask by its AUC here)
   int64_t window_rows = 1 << 18;
   std::string group_meta = "user_id";  // meta column for GAUC ("" = none)
+  // Negative downsampling of the training data (core/data/reader.h): rows whose label
+  // `negative_label` is 0 are kept with probability `negative_rate` (1 = off). Evaluation data
+  // is never downsampled. The correction that keeps predictions calibrated:
+  //   weight  kept negatives weigh 1 / rate in every loss
+  //   logit   the tasks trained on that label predict σ(logit + log rate) (TaskSpec::logit_offset)
+  //   none    predictions stay those of the downsampled data (ranking only)
+  std::string negative_label;
+  double negative_rate = 1.0;
+  std::string negative_correction = "logit";
 };
 
 struct TrainLoopConfig {

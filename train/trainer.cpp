@@ -428,6 +428,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
         }
       window_samples += global_batch;
       summary.samples += global_batch;
+      summary.trained_rows += batch.rows;  // this rank's; summed over ranks after the loop
       position = reader->position();
       const double elapsed = seconds_since(start);
       std::vector<double> mean_loss(loss_window.size());
@@ -485,6 +486,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
       summary.train_seconds > 0 ? static_cast<double>(summary.samples) / summary.train_seconds : 0.0;
   summary.comm = comm.stats();
   reader.reset();
+  if (comm.world_size() > 1) comm.all_reduce_sum(&summary.trained_rows, 1);
 
   if (preempted) {
     const std::string name = "step-" + std::to_string(step);
@@ -538,6 +540,11 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
         .add("eval_rows", summary.eval.rows).add("eval", metrics_json(summary.eval))
         .add("day", meta.day).add("init_from", meta.init_from).add("first_step", meta.first_step)
         .add("checkpoint", "checkpoints/final");
+    if (!config.data.negative_label.empty())
+      s.add("negative_sampling", JsonObject().add("label", config.data.negative_label)
+                                     .add("rate", config.data.negative_rate)
+                                     .add("correction", config.data.negative_correction)
+                                     .add("trained_rows", summary.trained_rows));
     if (summary.progressive_eval.rows > 0)
       s.add("progressive_eval_rows", summary.progressive_eval.rows)
           .add("progressive_eval", metrics_json(summary.progressive_eval));

@@ -14,7 +14,8 @@ namespace ncsrec {
 
 struct TrainSummary {
   int64_t steps = 0;    // the run's step count at the end (resumed steps included)
-  int64_t samples = 0;  // samples trained on by this call
+  int64_t samples = 0;  // samples (global positions) read by this call's training steps
+  int64_t trained_rows = 0;  // rows those steps trained on, over all ranks (fewer with negative downsampling)
   int64_t resumed_from_step = -1;  // the checkpoint's step when resumed, else -1
   int64_t first_step = 0;          // the step the run started from (init.from), else 0
   bool preempted = false;          // stopped by request_training_stop(): checkpoint saved, no final

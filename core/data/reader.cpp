@@ -18,6 +18,7 @@ namespace {
 // Tags that keep the window-order key and the in-window keys apart.
 constexpr uint64_t kWindowOrderTag = 0x77696e646f77ULL;  // "window"
 constexpr uint64_t kInWindowTag = 0x696e73696465ULL;     // "inside"
+constexpr uint64_t kNegativeTag = 0x6e65676174ULL;       // "negat"
 
 // A pseudo-random bijection of [0, n) keyed by `key`: a balanced Feistel network over the
 // smallest even-bit power of two >= n, cycle-walked back into range (at most 4x the domain,
@@ -93,9 +94,16 @@ struct LoadedRows {
     parts.shrink_to_fit();
   }
   void append_to(Block& batch, int64_t row) const {
-    const auto it = std::upper_bound(part_begin.begin(), part_begin.end(), row);
-    const size_t part = static_cast<size_t>(it - part_begin.begin()) - 1;
+    const size_t part = part_of(row);
     batch.append_row(parts[part], row - part_begin[part]);
+  }
+  float label(int64_t row, int task) const {
+    const size_t part = part_of(row);
+    return parts[part].labels[static_cast<size_t>(task)][static_cast<size_t>(row - part_begin[part])];
+  }
+  size_t part_of(int64_t row) const {
+    const auto it = std::upper_bound(part_begin.begin(), part_begin.end(), row);
+    return static_cast<size_t>(it - part_begin.begin()) - 1;
   }
 };
 
@@ -119,6 +127,11 @@ void load_rows(const std::vector<std::string>& files, const std::vector<int64_t>
 
 }  // namespace
 
+bool keeps_negative(uint64_t seed, int64_t epoch, int64_t row, double rate) {
+  if (rate >= 1.0) return true;
+  return to_unit(hash_combine(hash_combine(seed, kNegativeTag), epoch, static_cast<uint64_t>(row))) < rate;
+}
+
 Reader::Reader(ReaderOptions options) : opt_(std::move(options)) {
   NCSREC_USER_CHECK(!opt_.files.empty(), "reader: no data files given");
   NCSREC_USER_CHECK(opt_.batch_size > 0, "reader: batch_size must be positive, got " << opt_.batch_size);
@@ -141,6 +154,17 @@ Reader::Reader(ReaderOptions options) : opt_(std::move(options)) {
     file_begin_.push_back(file_begin_.back() + rows);
   }
   total_rows_ = file_begin_.back();
+  file_schema_ = schema_;
+  if (!opt_.negative_label.empty()) {
+    negative_label_ = schema_.task_index(opt_.negative_label);
+    NCSREC_USER_CHECK(negative_label_ >= 0, "reader: negative downsampling on label '"
+                                                << opt_.negative_label << "', which " << opt_.files[0]
+                                                << " does not have (labels: " << describe(schema_) << ")");
+    NCSREC_USER_CHECK(opt_.negative_rate > 0 && opt_.negative_rate <= 1,
+                      "reader: negative_rate must be in (0, 1], got " << opt_.negative_rate);
+    NCSREC_USER_CHECK(opt_.negative_weight >= 0, "reader: negative_weight must be >= 0, got " << opt_.negative_weight);
+    if (opt_.negative_weight > 0) schema_.has_weight = true;
+  }
 
   const int64_t global_batch = opt_.batch_size * opt_.world_size;
   end_position_ = opt_.drop_last ? total_rows_ / global_batch * global_batch : total_rows_;
@@ -159,6 +183,17 @@ Reader::Reader(ReaderOptions options) : opt_(std::move(options)) {
     last_window_slot_ = static_cast<int64_t>(order.invert(windows - 1));
   }
   thread_ = std::thread([this] { run(); });
+}
+
+// The weight correction: kept negatives count 1 / rate times (times any weight the data has).
+void Reader::apply_negative_weight(Block& batch, const std::vector<uint8_t>& negative) const {
+  if (!batch.schema.has_weight) {
+    batch.schema.has_weight = true;
+    batch.weight.assign(static_cast<size_t>(batch.rows), 1.0f);
+  }
+  const auto w = static_cast<float>(opt_.negative_weight);
+  for (size_t i = 0; i < negative.size(); ++i)
+    if (negative[i]) batch.weight[i] *= w;
 }
 
 Reader::~Reader() {
@@ -219,8 +254,9 @@ void Reader::run() {
     for (int64_t g_start = opt_.start_position; g_start < end_position_; g_start += global_batch) {
       const int64_t first = std::min(g_start + opt_.rank * batch, end_position_);
       const int64_t last = std::min(first + batch, end_position_);
-      Block out = Block::with_schema(schema_);
+      Block out = Block::with_schema(file_schema_);
       out.first_position = first;
+      std::vector<uint8_t> sampled_negative;  // per kept row, with negative_weight
       for (int64_t p = first; p < last; ++p) {
         const int64_t row = row_at(p);
         if (!loaded.contains(row)) {
@@ -239,8 +275,14 @@ void Reader::run() {
           }
           load_rows(opt_.files, file_begin_, begin, end, loaded);
         }
+        if (negative_label_ >= 0) {
+          const bool negative = loaded.label(row, negative_label_) <= 0.5f;
+          if (negative && !keeps_negative(opt_.seed, opt_.epoch, row, opt_.negative_rate)) continue;
+          if (opt_.negative_weight > 0) sampled_negative.push_back(negative ? 1 : 0);
+        }
         loaded.append_to(out, row);
       }
+      if (opt_.negative_weight > 0) apply_negative_weight(out, sampled_negative);
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [this] { return stop_ || static_cast<int>(queue_.size()) < opt_.queue_batches; });
       if (stop_) return;

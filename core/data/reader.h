@@ -36,7 +36,19 @@ struct ReaderOptions {
   int64_t start_position = 0;     // global positions already consumed in this epoch
   bool drop_last = true;          // drop the final partial global batch (training)
   int queue_batches = 4;          // batches prepared ahead
+  // Negative downsampling (training): a row whose label `negative_label` is 0 is kept with
+  // probability `negative_rate`, drawn as a pure function of (seed, epoch, global row), so the
+  // kept rows do not depend on ranks, resumes or threads, and each epoch draws afresh. Batches
+  // then hold fewer rows than batch_size; positions still count every row. `negative_weight`
+  // > 0: kept negatives' weights are multiplied by it (1 / rate: the weight correction) and
+  // every batch carries a weight column. "" = off.
+  std::string negative_label;
+  double negative_rate = 1.0;
+  double negative_weight = 0.0;
 };
+
+// Whether negative downsampling at `rate` keeps global row `row` of `epoch` (if it is a negative).
+bool keeps_negative(uint64_t seed, int64_t epoch, int64_t row, double rate);
 
 class Reader {
  public:
@@ -45,6 +57,7 @@ class Reader {
   Reader(const Reader&) = delete;
   Reader& operator=(const Reader&) = delete;
 
+  // The batches' schema: the files' (plus a weight column with negative_weight > 0).
   const DataSchema& schema() const { return schema_; }
   int64_t total_rows() const { return total_rows_; }
   // Next batch of this rank; false at the end of the epoch. Errors on the reader thread are
@@ -58,8 +71,10 @@ class Reader {
 
  private:
   void run();
+  void apply_negative_weight(Block& batch, const std::vector<uint8_t>& negative) const;
   ReaderOptions opt_;
-  DataSchema schema_;
+  DataSchema schema_, file_schema_;
+  int negative_label_ = -1;  // index in the files' tasks, -1: no downsampling
   std::vector<int64_t> file_begin_;  // global index of each file's first row; back() == total
   int64_t total_rows_ = 0;
   int64_t position_ = 0;

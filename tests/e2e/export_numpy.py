@@ -69,12 +69,13 @@ class Export:
         with h5py.File(path, "r") as f:
             meta = f["meta"].attrs
             require(text(meta["format"]) == "ncsrec-export", "meta.format is not ncsrec-export")
-            require(int(meta["format_version"]) == 1, f"format_version {meta['format_version']} is not 1")
+            require(int(meta["format_version"]) == 2, f"format_version {meta['format_version']} is not 2")
             require(text(meta["kind"]) == "full", f"kind {text(meta['kind'])} is not full")
             self.model = {k: (text(v) if isinstance(v, bytes) else v) for k, v in f["model"].attrs.items()}
             self.input = {k: (text(v) if isinstance(v, bytes) else v) for k, v in f["input"].attrs.items()}
             self.tasks = names(self.model["tasks"])
             self.towers = {t: [int(s) for s in f[f"model/tasks/{t}"].attrs["tower"]] for t in self.tasks}
+            self.logit_offset = {t: float(f[f"model/tasks/{t}"].attrs["logit_offset"]) for t in self.tasks}
             self.dense = {n: f["dense"][n][()].astype(np.float64) for n in f["dense"]}
             self.masked, self.formats = {}, []
             for layer in f.get("masked", {}):
@@ -275,7 +276,7 @@ class Export:
         for i, t in enumerate(self.tasks):
             cond = self.condition(inputs[i]) if apg_towers and group else None
             logit = self.feed_forward(f"tower.{t}", heads[i], self.towers[t] + [1], False, apg_towers, cond)
-            probs.append(1 / (1 + np.exp(-logit[:, 0])))
+            probs.append(1 / (1 + np.exp(-(logit[:, 0] + self.logit_offset[t]))))
         if int(self.model["esmm"]):
             probs.append(probs[0] * probs[1])
         return dict(zip(names(self.model["outputs"]), probs))

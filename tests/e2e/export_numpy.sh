@@ -12,6 +12,7 @@
 #   ple          two-level PLE with self-wise APG experts and BatchNorm
 #   apg          shared-bottom, LayerNorm, group-wise APG towers with over-parameterised factors
 #   single_task  one set of tables and one tower per task
+#   esmm_sampled ESMM on downsampled negatives with the logit correction (a per-task logit offset)
 #   mmoe_np2     the mmoe config trained by 2 ranks (when mpiexec exists): one process exports it
 # Then the failures: a missing checkpoint and an --out in a missing folder exit non-zero with a
 # message and leave no file; a failed export leaves an existing FILE untouched; a write that
@@ -162,6 +163,23 @@ config single_task <<'EOF'
   tower: [4]
 EOF
 train single_task && check single_task single_task
+
+# ESMM trained on clicks' negatives downsampled to a quarter, logit correction: pCTR (and so
+# pCTCVR) carry model/tasks/ctr.logit_offset = log 0.25, which the scorer must add.
+config esmm_sampled <<'EOF'
+  type: esmm
+  tower: [8]
+EOF
+if out="$("$ncsrec" train --config esmm_sampled.yaml --run-dir esmm_sampled \
+  --set data.negative_sampling.label=click --set data.negative_sampling.rate=0.25 2>&1)"; then
+  check esmm_sampled esmm_sampled
+  "$py" -c 'import h5py, math, sys
+t = h5py.File(sys.argv[1])["model/tasks"]
+sys.exit(int(abs(t["ctr"].attrs["logit_offset"] - math.log(0.25)) > 1e-12 or t["cvr"].attrs["logit_offset"] != 0))' \
+    esmm_sampled.h5 || fail "esmm_sampled.h5: logit_offset is not log 0.25 for ctr and 0 for cvr"
+else
+  fail "esmm_sampled: train: $out"
+fi
 
 # A checkpoint written by 2 ranks (row-wise tables: each rank file holds half the rows).
 if command -v mpiexec >/dev/null; then
