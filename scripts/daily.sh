@@ -76,7 +76,8 @@ summary = os.path.join(run, "summary.json")
 if os.path.exists(summary):
     s = json.load(open(summary))
     line.update(train_seconds=s.get("train_seconds"), steps=s.get("steps"), first_step=s.get("first_step"),
-                next_day=s.get("eval") or None, progressive=s.get("progressive_eval"))
+                next_day=s.get("eval") or None, progressive=s.get("progressive_eval"), samples=s.get("samples"),
+                trained_rows=(s.get("negative_sampling") or {}).get("trained_rows", s.get("samples")))
     ckpt = os.path.join(run, "checkpoints", "final")
     line["checkpoint_bytes"] = sum(os.path.getsize(os.path.join(ckpt, f)) for f in os.listdir(ckpt))
 evaljson = os.path.join(run, "eval.json")

@@ -119,7 +119,10 @@ namespace {
 void copy_rows_by_key(const h5::File& f, const std::string& name, const std::vector<int64_t>& keys,
                       const ShardedTable& table, Tensor& out, std::vector<uint8_t>* filled, const std::string& dir) {
   const std::vector<uint64_t> d = f.dims(name);
-  const int64_t width = out.ndim() > 1 ? out.numel() / std::max<int64_t>(out.dim(0), 1) : 1;
+  // Elements per row from the shape, not numel / rows: a shard may hold no row (a table_wise
+  // table on another rank), and its rows still have their width.
+  int64_t width = 1;
+  for (int k = 1; k < static_cast<int>(out.ndim()); ++k) width *= out.dim(k);
   uint64_t file_width = 1;
   for (size_t k = 1; k < d.size(); ++k) file_width *= d[k];
   if (d.empty() || d[0] != keys.size() || static_cast<int64_t>(file_width) != width || d.size() != out.shape().size())
