@@ -11,6 +11,9 @@ int cmd_convert(int argc, char** argv);
 // ncsrec export (--run-dir DIR | --checkpoint DIR) --out FILE.h5 [--csr-below D]: the serving view
 int cmd_export(int argc, char** argv);
 
+// ncsrec history --snapshot DIR ... --tables T1,T2 --out DIR: E-CDCTR's historical embedding features
+int cmd_history(int argc, char** argv);
+
 // ncsrec bench [--config FILE] [--batch N] [--steps N] ...: training-step speed (samples/s)
 int cmd_bench(int argc, char** argv);
 

@@ -47,6 +47,7 @@ commands:
   eval      evaluate a trained run or checkpoint on its eval data (or --data)
   predict   write per-task probabilities of a checkpoint for a data set
   export    write the serving view of a checkpoint to one HDF5 file (docs/export.md)
+  history   E-CDCTR's historical embedding features from snapshots of a pre-trained model (docs/ecdctr.md)
   gen       generate the built-in synthetic data set (true probabilities included)
   convert   turn CSV/TSV logs (gzip or plain) into HDF5 shards under a schema (docs/data.md)
   inspect   describe a data shard, a day folder, a checkpoint or a mask file
@@ -530,6 +531,7 @@ int dispatch(int argc, char** argv) {
   if (cmd == "eval") return cmd_eval(argc, argv);
   if (cmd == "predict") return cmd_predict(argc, argv);
   if (cmd == "export") return cmd_export(argc, argv);
+  if (cmd == "history") return cmd_history(argc, argv);
   if (cmd == "gen") return cmd_gen(argc, argv);
   if (cmd == "inspect") return cmd_inspect(argc, argv);
   if (cmd == "convert") return cmd_convert(argc, argv);

@@ -201,6 +201,24 @@ ModelConfig parse_model_config(ConfigNode node) {
     if (w == "experts" && m.experts.masked) node.fail("apg", "apg.in: experts: masked experts are masked linear layers, not APG");
   }
 
+  if (node.has("history")) {
+    ConfigNode h = node.child("history");
+    m.history.file = h.get_string("file");
+    m.history.aggregate = h.get_choice("aggregate", {"mean", "attention"}, "mean");
+    if (h.yaml()["features"] && h.yaml()["features"].IsSequence()) {
+      for (const std::string& name : h.get_string_list("features", {})) m.history.features.emplace_back(name, name);
+    } else {
+      for (auto& [name, slot] : h.child("features").entries()) {
+        if (!slot.yaml().IsScalar()) slot.fail_here("expected the data slot whose ids read this table");
+        m.history.features.emplace_back(name, slot.yaml().as<std::string>());
+      }
+    }
+    if (m.history.features.empty())
+      h.fail("features", "required: the history tables to read, e.g. [user_id, item_id] or {user_id: user_id}");
+    h.finish();
+    if (m.type == "three_tower") node.fail("history", "three_tower picks its inputs by slot; history features are not supported");
+  }
+
   if (m.type == "three_tower") {
     if (m.esmm) node.fail("esmm", "three_tower scores every task over all impressions itself; drop esmm");
     if (node.has("tower")) node.fail("tower", "three_tower has towers.user and towers.item, not per-task towers");

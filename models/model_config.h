@@ -8,6 +8,7 @@
 #include "core/config.h"
 #include "core/layers/embedding_bag.h"
 #include "models/feed_forward.h"
+#include "models/history_features.h"
 
 namespace ncsrec {
 
@@ -118,6 +119,7 @@ struct ModelConfig {
   LayerOptions layers;          // hidden layers of towers, bottom and unmasked experts: norm, dropout
   ApgSpec apg;
   ThreeTowerSpec three_tower;   // three_tower
+  HistorySpec history;          // E-CDCTR historical embedding features (models/history_features.h)
   // fixed: loss_weight per task; uncertainty: learned log σ_k per loss, L = Σ w_k L_k / (2σ_k²) + log σ_k
   // (the default of three_tower)
   std::string loss_weighting = "fixed";

@@ -110,6 +110,11 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
   }
   fields_ = embedding_cols_ / dim;
   input_dim_ = embedding_cols_ + (config_.use_dense ? schema_.dense_dim : 0);
+  if (config_.history.enabled()) {
+    history_ = std::make_unique<HistoryFeatures>(config_.history, schema_, params_, in_file(config_));
+    history_col_ = input_dim_;
+    input_dim_ += history_->width();
+  }
   if (config_.interaction == "dot") {
     interaction_col_ = input_dim_;
     input_dim_ += fields_ * fields_;
@@ -317,6 +322,7 @@ void MultiTaskModel::forward(const Block& batch, bool training) {
       if (dtype_ == DType::F32) copy_dense<float>(g.x, embedding_cols_, batch.dense, B, schema_.dense_dim);
       else copy_dense<double>(g.x, embedding_cols_, batch.dense, B, schema_.dense_dim);
     }
+    if (history_) history_->forward(g.x, history_col_, batch);
     if (interaction_col_ >= 0) pairwise_dot_forward(g.x, interaction_col_, g.x, 0, fields_, config_.embedding_dim);
   }
   if (condition_dim_ > 0) {
@@ -549,6 +555,7 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
       for (const auto& tr : grp.tables) sparse_grads_[static_cast<size_t>(tr.table)] = SparseGrad{};
       continue;
     }
+    if (history_) history_->backward(grp.dx.sum, history_col_, batch);  // attention's queries
     // The embeddings also reach the loss through their dot products (disjoint columns of dx).
     if (interaction_col_ >= 0)
       pairwise_dot_backward(grp.dx.sum, 0, grp.dx.sum, interaction_col_, grp.x, fields_, config_.embedding_dim);

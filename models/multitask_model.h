@@ -40,6 +40,7 @@
 #include "embedding/embedding_table.h"
 #include "embedding/sharded_table.h"
 #include "models/feed_forward.h"
+#include "models/history_features.h"
 #include "models/model_config.h"
 #include "models/shared_block.h"
 #include "models/three_tower.h"
@@ -127,6 +128,9 @@ class MultiTaskModel {
   // Per table: the gradient of this rank's shard (rows = shard rows), already summed over ranks.
   const std::vector<SparseGrad>& sparse_grads() const { return sparse_grads_; }
   int64_t input_dim() const { return input_dim_; }
+  // E-CDCTR historical embedding features (model.history), null without them.
+  const HistoryFeatures* history() const { return history_.get(); }
+  int64_t history_col() const { return history_col_; }
   DType dtype() const { return dtype_; }
 
  private:
@@ -163,6 +167,8 @@ class MultiTaskModel {
   DataSchema schema_;
   DType dtype_;
   int64_t input_dim_ = 0, embedding_cols_ = 0, fields_ = 0, interaction_col_ = -1;
+  std::unique_ptr<HistoryFeatures> history_;  // model.history
+  int64_t history_col_ = -1;                  // its first input column
   std::vector<int> label_index_;  // per task: index in schema.tasks
   std::vector<int> given_task_;   // per task: index of the given task or -1
   std::vector<std::string> loss_names_;

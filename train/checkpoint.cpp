@@ -233,6 +233,9 @@ void save_checkpoint(const std::string& dir, const TrainingState& state, const C
     f.set_attr("meta", "day", meta.day);
     f.set_attr("meta", "init_from", meta.init_from);
     f.set_attr("meta", "first_step", meta.first_step);
+    const HistoryFeatures* history = state.model->history();
+    f.set_attr("meta", "history_file", history ? history->file() : std::string());
+    f.set_attr("meta", "history_version", history ? history->version() : std::string());
     f.set_attr("meta", "rank", static_cast<int64_t>(comm.rank()));
 
     MultiTaskModel& model = *state.model;
@@ -362,6 +365,8 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir) {
   if (f.has_attr("meta", "day")) m.day = f.attr_string("meta", "day");
   if (f.has_attr("meta", "init_from")) m.init_from = f.attr_string("meta", "init_from");
   if (f.has_attr("meta", "first_step")) m.first_step = f.attr_int("meta", "first_step");
+  if (f.has_attr("meta", "history_file")) m.history_file = f.attr_string("meta", "history_file");
+  if (f.has_attr("meta", "history_version")) m.history_version = f.attr_string("meta", "history_version");
   return m;
 }
 
@@ -369,9 +374,18 @@ namespace {
 
 // load_checkpoint once `meta` has been read (and the manifest verified) by read_checkpoint_meta.
 void load_verified(const std::string& dir, const CheckpointMeta& meta, const TrainingState& state) {
+  MultiTaskModel& model = *state.model;
+  // The same run (resume, eval, export) must read the history features it was trained with.
+  const std::string now = model.history() ? model.history()->version() : std::string();
+  if (now != meta.history_version)
+    throw UserError("checkpoint " + dir + " was trained with history features " +
+                    (meta.history_version.empty() ? std::string("(none)")
+                                                  : "of snapshots " + meta.history_version + " (" + meta.history_file + ")") +
+                    ", but its config now reads " +
+                    (now.empty() ? std::string("none") : "snapshots " + now + " (" + model.history()->file() + ")") +
+                    ": restore that file, or start a new run from the checkpoint with --init-from");
   // Dense parameters, their optimizer state and the masks are the same on every rank: rank 0's.
   h5::File f = h5::File::open_read(dir + "/" + rank_file(0));
-  MultiTaskModel& model = *state.model;
   for (Param& p : model.params().params()) read_checkpoint_tensor(f, "dense/" + p.name, p.value, dir);
   if (state.dense_optimizer) {
     for (auto& [slot, buffer] : state.dense_optimizer->state())

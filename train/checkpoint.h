@@ -5,7 +5,9 @@
 //   meta            attributes: config (YAML), step, epoch, data_position, world_size,
 //                   format_version, seed, optimizer_step, day (the data day last trained on,
 //                   "" if none), init_from (the checkpoint the run started from, "" if none),
-//                   first_step (the step it started from: its optimizer_step, else 0)
+//                   first_step (the step it started from: its optimizer_step, else 0),
+//                   history_file and history_version (model.history: the features file and the
+//                   snapshots it was built from; "" without history features)
 //   dense/<name>    every dense parameter, its own shape
 //   optim/<name>/<slot>        the dense optimizer's state for that parameter (m, v, accumulator)
 //   embedding/<table>/{keys, values, optim/<slot>}
@@ -32,6 +34,7 @@ struct CheckpointMeta {
   int64_t format_version = kCheckpointFormatVersion;
   std::string day, init_from;  // absent in older checkpoints: read as ""
   int64_t first_step = 0;      // the step the run started from (init.from with optimizer state)
+  std::string history_file, history_version;  // written from the model's history features
 };
 
 struct TrainingState {  // what a checkpoint saves and restores, borrowed from the trainer

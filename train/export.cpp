@@ -158,8 +158,20 @@ void write_input(h5::File& f, const MultiTaskModel& model, const DataSchema& sch
   f.set_attr("input", "fields", fields);
   f.set_attr("input", "dense_col", fields * c.embedding_dim);
   f.set_attr("input", "dense_dim", dense);
+  std::vector<std::string> history;
+  std::vector<int64_t> history_dims;
+  if (model.history())
+    for (const auto& t : model.history()->serving_tables()) {
+      history.push_back(t.name);
+      history_dims.push_back(t.dim);
+    }
+  f.set_attr("input", "history", join(history));
+  f.set_attr_i64s("input", "history_dims", history_dims);
+  f.set_attr("input", "history_col", model.history() ? model.history_col() : int64_t{-1});
   f.set_attr("input", "interaction", c.interaction);
-  f.set_attr("input", "interaction_col", c.interaction == "dot" ? fields * c.embedding_dim + dense : int64_t{-1});
+  f.set_attr("input", "interaction_col",
+             c.interaction == "dot" ? fields * c.embedding_dim + dense + (model.history() ? model.history()->width() : 0)
+                                    : int64_t{-1});
   f.set_attr("input", "width", model.input_dim());
 }
 
@@ -174,12 +186,33 @@ bool is_masked_kernel(const MultiTaskModel& model, const std::string& name) {
 int64_t write_dense(h5::File& f, MultiTaskModel& model) {
   int64_t n = 0;
   for (const Param& p : model.params().params()) {
-    if (p.name.rfind("mask_score.", 0) == 0 || p.name.rfind("loss_weight.", 0) == 0 || is_masked_kernel(model, p.name))
+    // History queries are folded into history/ (one vector per id).
+    if (p.name.rfind("mask_score.", 0) == 0 || p.name.rfind("loss_weight.", 0) == 0 ||
+        p.name.rfind("history.", 0) == 0 || is_masked_kernel(model, p.name))
       continue;
     f.write("dense/" + p.name, p.value.data<float>(), dims_of(p.shape));
     ++n;
   }
   return n;
+}
+
+// history/<feature>: E-CDCTR's historical embedding features in their serving form, one vector
+// per id (attention folded with the learned query); written whole in full and delta exports.
+void write_history(h5::File& f, const MultiTaskModel& model) {
+  if (!model.history()) return;
+  f.create_group("history");
+  f.set_attr("history", "version", model.history()->version());
+  f.set_attr("history", "file", model.history()->file());
+  f.set_attr("history", "aggregate", model.config().history.aggregate);
+  for (const auto& t : model.history()->serving_tables()) {
+    const std::string g = "history/" + t.name;
+    f.write(g + "/keys", t.keys.data(), {t.keys.size()});
+    f.write(g + "/values", t.values.data(), {t.keys.size(), static_cast<uint64_t>(t.dim)});
+    f.set_attr(g, "slot", t.slot);
+    f.set_attr(g, "kind", t.kind);
+    f.set_attr(g, "rows", t.rows);
+    f.set_attr(g, "dim", t.dim);
+  }
 }
 
 // masked/<layer>/<task>: W ⊙ M_t [in, out], dense, or (density below csr_below) the CSR of that
@@ -358,6 +391,7 @@ ExportSummary export_checkpoint(const std::string& checkpoint, const DataSchema&
     write_input(f, model, schema);
     summary.dense_tensors = write_dense(f, model);
     write_masked(f, model, options, summary);
+    write_history(f, model);
     if (!options.since.empty()) {
       std::error_code abs_ec;
       const fs::path abs = fs::weakly_canonical(fs::absolute(options.since), abs_ec);

@@ -539,6 +539,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
         .add("checkpoint_seconds", summary.checkpoint_seconds)
         .add("eval_rows", summary.eval.rows).add("eval", metrics_json(summary.eval))
         .add("day", meta.day).add("init_from", meta.init_from).add("first_step", meta.first_step)
+        .add("history_version", model.history() ? model.history()->version() : std::string())
         .add("checkpoint", "checkpoints/final");
     if (!config.data.negative_label.empty())
       s.add("negative_sampling", JsonObject().add("label", config.data.negative_label)

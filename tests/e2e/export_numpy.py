@@ -81,6 +81,11 @@ class Export:
             for layer in f.get("masked", {}):
                 for task in f["masked"][layer]:
                     self.masked.setdefault(layer, {})[task] = self._masked(f["masked"][layer][task], f"{layer}/{task}")
+            self.history = {}
+            for name in f.get("history", {}):
+                g = f["history"][name]
+                self.history[name] = (g["keys"][()], g["values"][()].astype(np.float64), text(g.attrs["slot"]),
+                                      text(g.attrs["kind"]), int(g.attrs["rows"]))
             self.tables = {}
             for name in f["tables"]:
                 g = f["tables"][name]
@@ -215,6 +220,18 @@ class Export:
         if D:
             c = int(self.input["dense_col"])
             x[:, c:c + D] = shard["dense"]
+        c = int(self.input["history_col"])
+        for name, dim in zip(names(self.input["history"]), [int(v) for v in self.input["history_dims"]]):
+            keys, values, slot, kind, rows = self.history[name]
+            offsets, ids = shard["sparse"][slot]
+            ids = np.mod(ids, rows) if kind == "fixed" else ids
+            at = np.minimum(np.searchsorted(keys, ids), max(len(keys) - 1, 0))
+            found = (keys[at] == ids) if len(keys) else np.zeros(len(ids), bool)
+            held = np.vstack([values, np.zeros((1, dim))])
+            summed = np.zeros((B, dim))
+            np.add.at(summed, np.repeat(np.arange(B), np.diff(offsets)), held[np.where(found, at, len(keys))])
+            x[:, c:c + dim] = summed
+            c += dim
         if self.input["interaction"] == "dot":
             F, c = int(self.input["fields"]), int(self.input["interaction_col"])
             e = x[:, :F * d].reshape(B, F, d)

@@ -13,6 +13,7 @@
 #   apg          shared-bottom, LayerNorm, group-wise APG towers with over-parameterised factors
 #   single_task  one set of tables and one tower per task
 #   esmm_sampled ESMM on downsampled negatives with the logit correction (a per-task logit offset)
+#   history     ESMM with E-CDCTR history features (attention over two TPM snapshots)
 #   mmoe_np2     the mmoe config trained by 2 ranks (when mpiexec exists): one process exports it
 # Then the failures: a missing checkpoint and an --out in a missing folder exit non-zero with a
 # message and leave no file; a failed export leaves an existing FILE untouched; a write that
@@ -179,6 +180,37 @@ sys.exit(int(abs(t["ctr"].attrs["logit_offset"] - math.log(0.25)) > 1e-12 or t["
     esmm_sampled.h5 || fail "esmm_sampled.h5: logit_offset is not log 0.25 for ctr and 0 for cvr"
 else
   fail "esmm_sampled: train: $out"
+fi
+
+# E-CDCTR history features: two snapshots of a tiny TPM (exports of days 1 and 2), merged by
+# `ncsrec history`, read with learned attention by an ESMM; the export folds the attention into
+# one vector per id (history/), which the scorer adds to its input vector.
+config tpm <<'EOF'
+  type: esmm
+  tower: [4]
+EOF
+if train tpm && "$ncsrec" train --config tpm.yaml --run-dir tpm2 --init-from tpm/checkpoints/final \
+     --set 'data.train=["gen/content/day=2026-01-02"]' >/dev/null 2>&1; then
+  for n in 1 2; do
+    run=tpm; [[ $n == 2 ]] && run=tpm2
+    mkdir -p "snap$n" && "$ncsrec" export --run-dir "$run" --out "snap$n/snapshot.h5" >/dev/null && touch "snap$n/_DONE"
+  done
+  if out="$("$ncsrec" history --snapshot snap2 --snapshot snap1 --tables user_id,item_id --out hist 2>&1)"; then
+    config history <<'EOF'
+  type: esmm
+  tower: [8]
+  history: {file: hist/features.h5, aggregate: attention, features: [user_id, item_id]}
+EOF
+    train history && check history history
+    "$py" -c 'import h5py, sys
+f = h5py.File(sys.argv[1])
+sys.exit(int(sorted(f["history"]) != ["item_id", "user_id"] or "history.user_id.query" in f["dense"]))' history.h5 ||
+      fail "history.h5: history/ tables missing or the query exported"
+  else
+    fail "history: $out"
+  fi
+else
+  fail "tpm: training"
 fi
 
 # A checkpoint written by 2 ranks (row-wise tables: each rank file holds half the rows).
