@@ -92,6 +92,12 @@ HistoryFeatures::HistoryFeatures(const HistorySpec& spec, const DataSchema& sche
   }
 }
 
+std::vector<std::pair<std::string, int64_t>> HistoryFeatures::widths() const {
+  std::vector<std::pair<std::string, int64_t>> w;
+  for (const Feature& f : features_) w.emplace_back(f.name, f.dim);
+  return w;
+}
+
 int64_t HistoryFeatures::position_of(const Feature& f, int64_t id) {
   const int64_t key = f.kind == "fixed" ? embedding_row(id, f.table_rows) : id;
   const auto it = f.index.find(key);

@@ -14,8 +14,8 @@
 // ids' vectors. The vectors themselves are never trained.
 //
 // Input columns: the features in config order, each its table's width (the TPM's embedding
-// dim), after the dense features and before any dot-product interaction (they are not fields
-// of the interaction).
+// dim), after the dense features and before any dot products; with `interact`, right after the
+// slot embeddings instead, as more fields of the dot-product interaction.
 #pragma once
 
 #include <cstdint>
@@ -35,6 +35,9 @@ struct HistorySpec {
   std::string file;                 // a features.h5 of `ncsrec history` ("" = no history features)
   std::string aggregate = "mean";   // mean | attention
   std::vector<std::pair<std::string, std::string>> features;  // file table -> data slot, in input order
+  // Ours: the features sit right after the slot embeddings and take part in the dot-product
+  // interaction as more fields (needs interaction: dot and vectors of embedding_dim).
+  bool interact = false;
   bool enabled() const { return !file.empty(); }
 };
 
@@ -48,6 +51,8 @@ class HistoryFeatures {
   // The file's version: the snapshots it was built from (day and step of each, newest first).
   const std::string& version() const { return version_; }
   const std::string& file() const { return spec_.file; }
+  // Per feature, in input order: its table's name and its width.
+  std::vector<std::pair<std::string, int64_t>> widths() const;
 
   // x [B, cols] (f32 or f64): writes columns [col, col + width()).
   void forward(Tensor& x, int64_t col, const Block& batch) const;

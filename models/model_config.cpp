@@ -203,8 +203,10 @@ ModelConfig parse_model_config(ConfigNode node) {
 
   if (node.has("history")) {
     ConfigNode h = node.child("history");
-    m.history.file = h.get_string("file");
+    // An empty file turns the features off (a config can carry the rest for runs that add the file).
+    m.history.file = h.get_string("file", "");
     m.history.aggregate = h.get_choice("aggregate", {"mean", "attention"}, "mean");
+    m.history.interact = h.get_bool("interact", false);
     if (h.yaml()["features"] && h.yaml()["features"].IsSequence()) {
       for (const std::string& name : h.get_string_list("features", {})) m.history.features.emplace_back(name, name);
     } else {
@@ -213,10 +215,10 @@ ModelConfig parse_model_config(ConfigNode node) {
         m.history.features.emplace_back(name, slot.yaml().as<std::string>());
       }
     }
-    if (m.history.features.empty())
+    if (m.history.enabled() && m.history.features.empty())
       h.fail("features", "required: the history tables to read, e.g. [user_id, item_id] or {user_id: user_id}");
     h.finish();
-    if (m.type == "three_tower") node.fail("history", "three_tower picks its inputs by slot; history features are not supported");
+    if (m.history.enabled() && m.type == "three_tower") node.fail("history", "three_tower picks its inputs by slot; history features are not supported");
   }
 
   if (m.type == "three_tower") {

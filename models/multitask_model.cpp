@@ -109,15 +109,36 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
     embedding_cols_ = col;
   }
   fields_ = embedding_cols_ / dim;
-  input_dim_ = embedding_cols_ + (config_.use_dense ? schema_.dense_dim : 0);
+  // Then the history features (history.interact: right after the slot embeddings, as more
+  // fields of the interaction), the dense features, the rest of the history features, the dot
+  // products of the interaction's fields.
+  int64_t col = embedding_cols_;
+  interaction_fields_ = fields_;
   if (config_.history.enabled()) {
     history_ = std::make_unique<HistoryFeatures>(config_.history, schema_, params_, in_file(config_));
-    history_col_ = input_dim_;
-    input_dim_ += history_->width();
+    if (config_.history.interact) {
+      if (config_.interaction != "dot")
+        throw ConfigError(in_file(config_) + "model.history.interact: needs interaction: dot");
+      for (const auto& [name, width] : history_->widths())
+        if (width != dim)
+          throw ConfigError(in_file(config_) + "model.history.interact: feature " + name + " has vectors of " +
+                            std::to_string(width) + ", not embedding_dim " + std::to_string(dim) +
+                            ": only fields of one width take part in the dot products");
+      history_col_ = col;
+      col += history_->width();
+      interaction_fields_ += history_->width() / dim;
+    }
   }
+  dense_col_ = col;
+  col += config_.use_dense ? schema_.dense_dim : 0;
+  if (history_ && !config_.history.interact) {
+    history_col_ = col;
+    col += history_->width();
+  }
+  input_dim_ = col;
   if (config_.interaction == "dot") {
     interaction_col_ = input_dim_;
-    input_dim_ += fields_ * fields_;
+    input_dim_ += interaction_fields_ * interaction_fields_;
   }
 
   // APG's group-wise condition: the chosen slots' pooled embeddings, columns of the input.
@@ -181,7 +202,7 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
         if (c >= schema_.dense_dim)
           throw ConfigError(in_file(config_) + "model.towers." + name + ".dense: column " + std::to_string(c) +
                             " does not exist: the data has " + std::to_string(schema_.dense_dim) + " dense features");
-        cols.push_back(embedding_cols_ + c);
+        cols.push_back(dense_col_ + c);
       }
       return cols;
     };
@@ -319,11 +340,12 @@ void MultiTaskModel::forward(const Block& batch, bool training) {
       }
     }
     if (config_.use_dense && schema_.dense_dim > 0) {
-      if (dtype_ == DType::F32) copy_dense<float>(g.x, embedding_cols_, batch.dense, B, schema_.dense_dim);
-      else copy_dense<double>(g.x, embedding_cols_, batch.dense, B, schema_.dense_dim);
+      if (dtype_ == DType::F32) copy_dense<float>(g.x, dense_col_, batch.dense, B, schema_.dense_dim);
+      else copy_dense<double>(g.x, dense_col_, batch.dense, B, schema_.dense_dim);
     }
     if (history_) history_->forward(g.x, history_col_, batch);
-    if (interaction_col_ >= 0) pairwise_dot_forward(g.x, interaction_col_, g.x, 0, fields_, config_.embedding_dim);
+    if (interaction_col_ >= 0)
+      pairwise_dot_forward(g.x, interaction_col_, g.x, 0, interaction_fields_, config_.embedding_dim);
   }
   if (condition_dim_ > 0) {
     cond_bufs_.resize(groups_.size());
@@ -555,10 +577,12 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
       for (const auto& tr : grp.tables) sparse_grads_[static_cast<size_t>(tr.table)] = SparseGrad{};
       continue;
     }
-    if (history_) history_->backward(grp.dx.sum, history_col_, batch);  // attention's queries
-    // The embeddings also reach the loss through their dot products (disjoint columns of dx).
+    // The embeddings (and interacting history features) also reach the loss through their dot
+    // products (disjoint columns of dx).
     if (interaction_col_ >= 0)
-      pairwise_dot_backward(grp.dx.sum, 0, grp.dx.sum, interaction_col_, grp.x, fields_, config_.embedding_dim);
+      pairwise_dot_backward(grp.dx.sum, 0, grp.dx.sum, interaction_col_, grp.x, interaction_fields_,
+                            config_.embedding_dim);
+    if (history_) history_->backward(grp.dx.sum, history_col_, batch);  // attention's queries
     for (const auto& tr : grp.tables) {
       const size_t t = static_cast<size_t>(tr.table);
       const ShardedTable& table = tables_[t];
@@ -769,7 +793,7 @@ int64_t MultiTaskModel::multiply_adds_per_sample() const {
   int64_t n = block_ ? block_->multiply_adds_per_row() : 0;
   if (three_tower_) n += three_tower_->multiply_adds_per_row();
   for (const auto& t : towers_) n += t->multiply_adds_per_row();
-  if (interaction_col_ >= 0) n += fields_ * fields_ * config_.embedding_dim;
+  if (interaction_col_ >= 0) n += interaction_fields_ * interaction_fields_ * config_.embedding_dim;
   return n;
 }
 

@@ -131,6 +131,11 @@ class MultiTaskModel {
   // E-CDCTR historical embedding features (model.history), null without them.
   const HistoryFeatures* history() const { return history_.get(); }
   int64_t history_col() const { return history_col_; }
+  // Input layout: the dense features' first column; the dot products' first column (-1: no
+  // interaction) and the number of fields they are over (slots, plus interacting history features).
+  int64_t dense_col() const { return dense_col_; }
+  int64_t interaction_col() const { return interaction_col_; }
+  int64_t interaction_fields() const { return interaction_fields_; }
   DType dtype() const { return dtype_; }
 
  private:
@@ -169,6 +174,7 @@ class MultiTaskModel {
   int64_t input_dim_ = 0, embedding_cols_ = 0, fields_ = 0, interaction_col_ = -1;
   std::unique_ptr<HistoryFeatures> history_;  // model.history
   int64_t history_col_ = -1;                  // its first input column
+  int64_t dense_col_ = 0, interaction_fields_ = 0;
   std::vector<int> label_index_;  // per task: index in schema.tasks
   std::vector<int> given_task_;   // per task: index of the given task or -1
   std::vector<std::string> loss_names_;

@@ -18,7 +18,8 @@
 #       checkpoint of the day before when there is one; otherwise, with --cpm, initialised from
 #       the newest finished OUT/NAME_CPM/X with X < D (BatchNorm re-initialised, a fresh
 #       optimizer); otherwise fresh. --history K: the features of the newest K finished
-#       snapshots older than D, built on first use into OUT/history/k<K>-<newest day>/.
+#       snapshots older than D, built on first use into OUT/history/k<K>-<newest day>/ (of
+#       tables user_id and item_id; the config's model.history says how the model reads them).
 #       Each day writes OUT/NAME/D/versions.json (the CPM or checkpoint it started from and the
 #       snapshots behind its features), which its checkpoint records too.
 #
@@ -59,6 +60,10 @@ done
 [[ -f $config ]] || die "$config: no such config"
 [[ $window =~ ^[1-9][0-9]*$ ]] || die "--window must be a positive number of days"
 [[ $history =~ ^[0-9]+$ ]] || die "--history must be a number of snapshots"
+case "${name:-}" in
+  tpm | snapshots | history) die "--name $name: that folder of OUT belongs to another level" ;;
+esac
+[[ $level == actr && -n $cpm && ${name:-actr} == "$cpm" ]] && die "--name and --cpm must differ: A-CTR and CPM write day folders of their own"
 ncsrec=${NCSREC:-build/bin/ncsrec}
 read -r -a launch <<<"${NCSREC_LAUNCH:-}"
 py=/usr/bin/python3
@@ -111,8 +116,8 @@ history_for() {
   echo "$dir"
 }
 
-history_args() {  # history_args DIR: the --set arguments that read DIR's features
-  echo "--set" "model.history.file=$1/features.h5" "--set" "model.history.features=[user_id,item_id]"
+history_args() {  # history_args DIR: the --set argument that reads DIR's features (model.history of the config)
+  echo "--set" "model.history.file=$1/features.h5"
 }
 
 train() {  # train RUN_DIR DAY [ARGS...]: one training run; exits with its status on failure

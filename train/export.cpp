@@ -156,22 +156,21 @@ void write_input(h5::File& f, const MultiTaskModel& model, const DataSchema& sch
   f.set_attr("input", "per_task_tables", static_cast<int64_t>(c.type == "single_task" ? 1 : 0));
   f.set_attr("input", "embedding_dim", c.embedding_dim);
   f.set_attr("input", "fields", fields);
-  f.set_attr("input", "dense_col", fields * c.embedding_dim);
+  f.set_attr("input", "dense_col", model.dense_col());
   f.set_attr("input", "dense_dim", dense);
   std::vector<std::string> history;
   std::vector<int64_t> history_dims;
   if (model.history())
-    for (const auto& t : model.history()->serving_tables()) {
-      history.push_back(t.name);
-      history_dims.push_back(t.dim);
+    for (const auto& [name, width] : model.history()->widths()) {
+      history.push_back(name);
+      history_dims.push_back(width);
     }
   f.set_attr("input", "history", join(history));
   f.set_attr_i64s("input", "history_dims", history_dims);
   f.set_attr("input", "history_col", model.history() ? model.history_col() : int64_t{-1});
   f.set_attr("input", "interaction", c.interaction);
-  f.set_attr("input", "interaction_col",
-             c.interaction == "dot" ? fields * c.embedding_dim + dense + (model.history() ? model.history()->width() : 0)
-                                    : int64_t{-1});
+  f.set_attr("input", "interaction_col", model.interaction_col());
+  f.set_attr("input", "interaction_fields", model.interaction_fields());
   f.set_attr("input", "width", model.input_dim());
 }
 

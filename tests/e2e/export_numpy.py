@@ -233,7 +233,7 @@ class Export:
             x[:, c:c + dim] = summed
             c += dim
         if self.input["interaction"] == "dot":
-            F, c = int(self.input["fields"]), int(self.input["interaction_col"])
+            F, c = int(self.input["interaction_fields"]), int(self.input["interaction_col"])
             e = x[:, :F * d].reshape(B, F, d)
             x[:, c:c + F * F] = np.einsum("bid,bjd->bij", e, e).reshape(B, F * F)
         return x

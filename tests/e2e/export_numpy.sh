@@ -13,7 +13,8 @@
 #   apg          shared-bottom, LayerNorm, group-wise APG towers with over-parameterised factors
 #   single_task  one set of tables and one tower per task
 #   esmm_sampled ESMM on downsampled negatives with the logit correction (a per-task logit offset)
-#   history     ESMM with E-CDCTR history features (attention over two TPM snapshots)
+#   history     ESMM with E-CDCTR history features (attention over two TPM snapshots) that join
+#               the dot-product interaction as fields
 #   mmoe_np2     the mmoe config trained by 2 ranks (when mpiexec exists): one process exports it
 # Then the failures: a missing checkpoint and an --out in a missing folder exit non-zero with a
 # message and leave no file; a failed export leaves an existing FILE untouched; a write that
@@ -183,7 +184,8 @@ else
 fi
 
 # E-CDCTR history features: two snapshots of a tiny TPM (exports of days 1 and 2), merged by
-# `ncsrec history`, read with learned attention by an ESMM; the export folds the attention into
+# `ncsrec history`, read with learned attention by an ESMM (and interacting with the slot
+# embeddings in its dot products); the export folds the attention into
 # one vector per id (history/), which the scorer adds to its input vector.
 config tpm <<'EOF'
   type: esmm
@@ -199,7 +201,8 @@ if train tpm && "$ncsrec" train --config tpm.yaml --run-dir tpm2 --init-from tpm
     config history <<'EOF'
   type: esmm
   tower: [8]
-  history: {file: hist/features.h5, aggregate: attention, features: [user_id, item_id]}
+  interaction: dot
+  history: {file: hist/features.h5, aggregate: attention, features: [user_id, item_id], interact: true}
 EOF
     train history && check history history
     "$py" -c 'import h5py, sys

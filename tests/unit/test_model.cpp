@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/hdf5_util.h"
 #include "core/random.h"
 #include "gradcheck.h"
 #include "tests/model_inputs.h"
@@ -108,6 +109,54 @@ TEST(MultiTaskModel, GradientsIncludeThePairwiseInteractionForEveryType) {
     ModelConfig m = model_config(type);
     m.interaction = "dot";
     check_model_gradients(m, 707);
+  }
+}
+
+// A features file of `ncsrec history` (train/history.h) for slot "user"'s ids -10..30: K = 2
+// snapshots of dim-3 random vectors, some absent.
+std::string write_history_file(const std::string& name) {
+  const std::string path = ::testing::TempDir() + name + ".features.h5";
+  h5::File f = h5::File::create(path);
+  f.set_attr("/", "format", std::string("ncsrec-history"));
+  f.set_attr("/", "format_version", int64_t{1});
+  f.set_attr("/", "version", std::string("test@1"));
+  std::vector<int64_t> keys;
+  std::vector<float> values;
+  std::vector<uint8_t> present;
+  Rng rng(55);
+  for (int64_t id = -10; id <= 30; ++id) {
+    keys.push_back(id);
+    for (int k = 0; k < 2; ++k) {
+      present.push_back(k == 0 || id % 3 != 0 ? 1 : 0);
+      for (int j = 0; j < 3; ++j) values.push_back(static_cast<float>(rng.uniform(-1, 1)));
+    }
+  }
+  f.write("tables/u/keys", keys.data(), {keys.size()});
+  f.write("tables/u/values", values.data(), {keys.size(), 2, 3});
+  f.write("tables/u/present", present.data(), {keys.size(), 2});
+  f.set_attr("tables/u", "kind", std::string("hash"));
+  f.set_attr("tables/u", "rows", int64_t{100});
+  f.set_attr("tables/u", "dim", int64_t{3});
+  f.close();
+  return path;
+}
+
+TEST(MultiTaskModel, HistoryFeaturesInTheInputAndInTheInteractionGiveTheQueryItsDerivative) {
+  // Attention over the snapshots (the query is a parameter), after the dense features, then
+  // as a field of the dot products (its gradient arrives through them too).
+  for (const bool interact : {false, true}) {
+    ModelConfig m = model_config("esmm");
+    m.interaction = "dot";
+    m.history.file = write_history_file(interact ? "interact" : "plain");
+    m.history.aggregate = "attention";
+    m.history.features = {{"u", "user"}};
+    m.history.interact = interact;
+    check_model_gradients(m, 808, -1, [](MultiTaskModel& model) {
+      testing::fill_uniform(model.params().find("history.u.query")->value, 9, -0.5, 0.5);
+    });
+    MultiTaskModel model(m, test_schema(), DType::F64, 1);
+    EXPECT_EQ(model.history_col(), interact ? 9 : 11) << "3 slots of 3, then (interact) history or dense";
+    EXPECT_EQ(model.interaction_fields(), interact ? 4 : 3);
   }
 }
 
