@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The E-CDCTR experiment (docs/results/ecdctr.md). Generated two-domain data, 21 days, ads 25x
 # sparser than content (500k content and 20k ads impressions a day, shared users and items).
-# Days 1-7 are content only for the models: the ads model launches on day 8 (the cold start
-# E-CDCTR is for) and is then updated daily through day 20, in four variants, 3 seeds each:
+# Days 1-6 are content only for the models: the ads model launches on day 7 (the cold start
+# E-CDCTR is for) and is then updated daily through day 20 (14 days), in four variants, 3
+# seeds each:
 #   alone    A-CTR from scratch on ads
-#   cpm      A-CTR initialised from CPM (content days 5-7, the ads architecture)
-#   tpm      A-CTR with the TPM's historical features (K = 3 snapshots, mean)
+#   cpm      A-CTR initialised from CPM (content days 4-6, the ads architecture)
+#   tpm      A-CTR with the TPM's historical features (K = 3 snapshots, mean, joining the dot products)
 #   both     CPM (trained with the features) initialisation + the features
 # The TPM trains daily on content days 1-20 (one per seed, shared by the variants). Each day's
 # model is scored on the next ads day: AUC and GAUC (by user), and the forgetting measure: AUC
@@ -28,15 +29,15 @@ for seed in "${seeds[@]}"; do
   log="$o/pipeline.log"
   {
     $e tpm --out "$o" --config configs/ecdctr/tpm.yaml --first 2026-01-01 --last 2026-01-20 "${s[@]}"
-    $e cpm --out "$o" --config configs/ecdctr/ads.yaml --data "$data/content/day={day}" --day 2026-01-07 --window 3 \
+    $e cpm --out "$o" --config configs/ecdctr/ads.yaml --data "$data/content/day={day}" --day 2026-01-06 --window 3 \
       --name cpm "${s[@]}"
-    $e cpm --out "$o" --config configs/ecdctr/ads.yaml --data "$data/content/day={day}" --day 2026-01-07 --window 3 \
+    $e cpm --out "$o" --config configs/ecdctr/ads.yaml --data "$data/content/day={day}" --day 2026-01-06 --window 3 \
       --history 3 --name cpm_tpm "${s[@]}"
-    $e actr --out "$o" --config configs/ecdctr/ads.yaml --first 2026-01-08 --last 2026-01-20 --name actr-alone "${s[@]}"
-    $e actr --out "$o" --config configs/ecdctr/ads.yaml --first 2026-01-08 --last 2026-01-20 --cpm cpm --name actr-cpm "${s[@]}"
-    $e actr --out "$o" --config configs/ecdctr/ads.yaml --first 2026-01-08 --last 2026-01-20 --history 3 --name actr-tpm \
+    $e actr --out "$o" --config configs/ecdctr/ads.yaml --first 2026-01-07 --last 2026-01-20 --name actr-alone "${s[@]}"
+    $e actr --out "$o" --config configs/ecdctr/ads.yaml --first 2026-01-07 --last 2026-01-20 --cpm cpm --name actr-cpm "${s[@]}"
+    $e actr --out "$o" --config configs/ecdctr/ads.yaml --first 2026-01-07 --last 2026-01-20 --history 3 --name actr-tpm \
       "${s[@]}"
-    $e actr --out "$o" --config configs/ecdctr/ads.yaml --first 2026-01-08 --last 2026-01-20 --history 3 --cpm cpm_tpm \
+    $e actr --out "$o" --config configs/ecdctr/ads.yaml --first 2026-01-07 --last 2026-01-20 --history 3 --cpm cpm_tpm \
       --name actr-both "${s[@]}"
   } >"$log" 2>&1 || { tail -30 "$log"; exit 1; }
   # Predictions of each model on its next ads day, for the forgetting measure.

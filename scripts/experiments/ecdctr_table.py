@@ -13,7 +13,7 @@ data = sys.argv[2] if len(sys.argv) > 2 else "data/gen-ecdctr"
 variants = ["alone", "cpm", "tpm", "both"]
 names = {"alone": "A-CTR alone", "cpm": "+ CPM init", "tpm": "+ TPM features", "both": "+ both"}
 seeds = sorted(glob.glob(os.path.join(root, "seed-*")))
-days = [f"2026-01-{d:02d}" for d in range(8, 21)]
+days = [f"2026-01-{d:02d}" for d in range(7, 21)]
 
 
 def ms(values, digits=4):
@@ -75,9 +75,9 @@ for key, label in [("auc", "AUC"), ("gauc", "GAUC")]:
     for day in days:
         print(f"| {day} | " + " | ".join(ms([metric(s, v, day, key) for s in seeds]) for v in variants) + " |")
     means = [ms([statistics.mean([metric(s, v, d, key) for d in days]) for s in seeds]) for v in variants]
-    print("| mean of days 8-20 | " + " | ".join(means) + " |")
+    print("| mean of days 7-20 | " + " | ".join(means) + " |")
     first = [ms([statistics.mean([metric(s, v, d, key) for d in days[:3]]) for s in seeds]) for v in variants]
-    print("| mean of days 8-10 | " + " | ".join(first) + " |\n")
+    print("| mean of days 7-9 | " + " | ".join(first) + " |\n")
 
 # Forgetting: users with no ads impression in the 7 days before the eval day.
 print("Forgetting: next-day ads CTR AUC over rows whose user had no ads impression in the 7 days "
