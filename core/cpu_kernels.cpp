@@ -12,16 +12,15 @@
 
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "core/huge_pages.h"
 
 namespace ncsrec {
 namespace {
 
 constexpr int64_t kParallelMin = 1 << 14;  // below this, threads cost more than they save
 
-void* cpu_alloc(size_t bytes) {
-  // 64-byte alignment for vector loads; aligned_alloc needs a multiple of the alignment.
-  return std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-}
+// Embedding tables and their optimizer state are tensors: huge pages for the large ones.
+void* cpu_alloc(size_t bytes) { return allocate_for_random_access(bytes); }
 void cpu_free(void* p) { std::free(p); }
 void cpu_copy(void* dst, const void* src, size_t bytes, CopyKind kind) {
   NCSREC_CHECK(kind == CopyKind::HostToHost, "the CPU backend copies host to host only");

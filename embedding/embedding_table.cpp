@@ -202,8 +202,8 @@ void compact_rows(Tensor& storage, const std::vector<int64_t>& keep) {
     if (static_cast<int64_t>(i) != keep[i]) std::memmove(base + i * row_bytes, base + static_cast<size_t>(keep[i]) * row_bytes, row_bytes);
 }
 
-template <class V>
-void compact_vector(std::vector<V>& v, const std::vector<int64_t>& keep) {
+template <class Vector>
+void compact_vector(Vector& v, const std::vector<int64_t>& keep) {
   for (size_t i = 0; i < keep.size(); ++i) v[i] = v[static_cast<size_t>(keep[i])];
   v.resize(keep.size());
 }

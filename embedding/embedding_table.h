@@ -16,11 +16,16 @@
 #include <string>
 #include <vector>
 
+#include "core/huge_pages.h"
 #include "core/layers/embedding_bag.h"
 #include "core/optim.h"
 #include "core/tensor.h"
 
 namespace ncsrec {
+
+// Per-row int64 columns (keys, counters): read at the batch's random rows, so in huge pages
+// when large (core/huge_pages.h).
+using RowColumn = std::vector<int64_t, RandomAccessAllocator<int64_t>>;
 
 class EmbeddingTable {
  public:
@@ -40,7 +45,7 @@ class EmbeddingTable {
   Tensor& values() { return values_; }
   const Tensor& values() const { return values_; }
   // The key of each row.
-  const std::vector<int64_t>& keys() const { return keys_; }
+  const RowColumn& keys() const { return keys_; }
 
   // Appends one row per key, initialised from (seed, name, key), with fresh optimizer state
   // (each column's fill) and counters (0, -1, -1). Returns the index of the first new row.
@@ -53,12 +58,12 @@ class EmbeddingTable {
   // fresh). The pointer stays valid for the table's life.
   Tensor* add_state(const std::string& name, DType dtype, int64_t width, double fill);
 
-  std::vector<int64_t>& count() { return count_; }
-  std::vector<int64_t>& last_seen_day() { return last_seen_day_; }
-  std::vector<int64_t>& updated_step() { return updated_step_; }
-  const std::vector<int64_t>& count() const { return count_; }
-  const std::vector<int64_t>& last_seen_day() const { return last_seen_day_; }
-  const std::vector<int64_t>& updated_step() const { return updated_step_; }
+  RowColumn& count() { return count_; }
+  RowColumn& last_seen_day() { return last_seen_day_; }
+  RowColumn& updated_step() { return updated_step_; }
+  const RowColumn& count() const { return count_; }
+  const RowColumn& last_seen_day() const { return last_seen_day_; }
+  const RowColumn& updated_step() const { return updated_step_; }
 
  private:
   struct Column {
@@ -80,7 +85,7 @@ class EmbeddingTable {
   int64_t rows_ = 0, capacity_ = 0;
   Tensor storage_, values_;
   std::vector<std::unique_ptr<Column>> columns_;
-  std::vector<int64_t> keys_, count_, last_seen_day_, updated_step_;
+  RowColumn keys_, count_, last_seen_day_, updated_step_;
 };
 
 // Sparse optimizers: "adagrad" (sparse Adagrad), "adam" (sparse/lazy Adam: moments and the

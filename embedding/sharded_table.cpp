@@ -197,15 +197,15 @@ inline size_t probe_start(int64_t key, size_t mask) { return static_cast<size_t>
 
 int64_t ShardedTable::shard_index(int64_t row) const {
   if (hashed_) {
-    const size_t mask = index_keys_.size() - 1;
+    const size_t mask = index_.size() - 1;
     for (size_t i = probe_start(row, mask);; i = (i + 1) & mask) {
-      if (index_rows_[i] < 0) return -1;
-      if (index_keys_[i] == row) return index_rows_[i];
+      if (index_[i].row < 0) return -1;
+      if (index_[i].key == row) return index_[i].row;
     }
   }
   if (row < 0 || row >= rows_) return -1;
   if (holds_all_rows_) return row;
-  const std::vector<int64_t>& keys = shard_.keys();
+  const RowColumn& keys = shard_.keys();
   const auto it = std::lower_bound(keys.begin(), keys.end(), row);
   return (it != keys.end() && *it == row) ? static_cast<int64_t>(it - keys.begin()) : -1;
 }
@@ -214,15 +214,13 @@ int64_t ShardedTable::shard_index(int64_t row) const {
 void ShardedTable::rebuild_index() {
   size_t size = 16;
   while (size < 2 * static_cast<size_t>(shard_.rows() + 1)) size *= 2;
-  index_keys_.assign(size, 0);
-  index_rows_.assign(size, -1);
+  index_.assign(size, IndexSlot{});
   const size_t mask = size - 1;
-  const std::vector<int64_t>& keys = shard_.keys();
+  const RowColumn& keys = shard_.keys();
   for (size_t r = 0; r < keys.size(); ++r) {
     size_t i = probe_start(keys[r], mask);
-    while (index_rows_[i] >= 0) i = (i + 1) & mask;
-    index_keys_[i] = keys[r];
-    index_rows_[i] = static_cast<int64_t>(r);
+    while (index_[i].row >= 0) i = (i + 1) & mask;
+    index_[i] = {keys[r], static_cast<int64_t>(r)};
   }
 }
 
@@ -247,9 +245,9 @@ void ShardedTable::make_room(int64_t wanted, const std::vector<int64_t>& protect
                     std::to_string(wanted) + " new ids; raise model.tables." + name() +
                     ".capacity, or set evict_when_full: true or ttl_days");
   const int64_t evict = std::min(rows, rows + wanted - cap + cap / 10);
-  const std::vector<int64_t>& keys = shard_.keys();
-  const std::vector<int64_t>& seen = shard_.last_seen_day();
-  const std::vector<int64_t>& updated = shard_.updated_step();
+  const RowColumn& keys = shard_.keys();
+  const RowColumn& seen = shard_.last_seen_day();
+  const RowColumn& updated = shard_.updated_step();
   std::vector<int64_t> candidates;
   for (int64_t r = 0; r < rows; ++r)
     if (!std::binary_search(protected_keys.begin(), protected_keys.end(), keys[static_cast<size_t>(r)])) candidates.push_back(r);
@@ -326,14 +324,13 @@ std::vector<int64_t> ShardedTable::resolve(const std::vector<int64_t>& keys, con
       shard_.last_seen_day()[static_cast<size_t>(first) + a] = day_;
     }
     stats_.inserted += static_cast<int64_t>(admit.size());
-    if (2 * static_cast<size_t>(shard_.rows() + 1) > index_keys_.size()) rebuild_index();
+    if (2 * static_cast<size_t>(shard_.rows() + 1) > index_.size()) rebuild_index();
     else {
-      const size_t mask = index_keys_.size() - 1;
+      const size_t mask = index_.size() - 1;
       for (size_t a = 0; a < admit.size(); ++a) {
         size_t i = probe_start(admit[a], mask);
-        while (index_rows_[i] >= 0) i = (i + 1) & mask;
-        index_keys_[i] = admit[a];
-        index_rows_[i] = first + static_cast<int64_t>(a);
+        while (index_[i].row >= 0) i = (i + 1) & mask;
+        index_[i] = {admit[a], first + static_cast<int64_t>(a)};
       }
     }
   }
@@ -344,7 +341,7 @@ std::vector<int64_t> ShardedTable::resolve(const std::vector<int64_t>& keys, con
 void ShardedTable::start_day(int64_t day) {
   day_ = day;
   if (!hashed_ || hash_.ttl_days <= 0 || day < 0) return;
-  const std::vector<int64_t>& seen = shard_.last_seen_day();
+  const RowColumn& seen = shard_.last_seen_day();
   auto stale = [&](int64_t last) { return last >= 0 && day - last > hash_.ttl_days; };
   std::vector<uint8_t> drop(static_cast<size_t>(shard_.rows()), 0);
   int64_t dropped = 0;
@@ -361,8 +358,8 @@ void ShardedTable::start_day(int64_t day) {
 
 void ShardedTable::count_reads(const int64_t* ids, int64_t n) {
   NCSREC_CHECK(!hashed_ && holds_all_rows_, "table " << name() << ": count_reads is for a fixed table held whole");
-  std::vector<int64_t>& count = shard_.count();
-  std::vector<int64_t>& seen = shard_.last_seen_day();
+  RowColumn& count = shard_.count();
+  RowColumn& seen = shard_.last_seen_day();
   for (int64_t k = 0; k < n; ++k) {
     const size_t r = static_cast<size_t>(embedding_row(ids[k], rows_));
     ++count[r];

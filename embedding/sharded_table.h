@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "core/layers/embedding_bag.h"
+#include "core/huge_pages.h"
 #include "core/tensor.h"
 #include "dist/communicator.h"
 #include "embedding/embedding_table.h"
@@ -105,7 +106,7 @@ class ShardedTable {
   EmbeddingTable& shard() { return shard_; }
   const EmbeddingTable& shard() const { return shard_; }
   // Global row (hash table: id) of each shard row (size shard().rows()).
-  const std::vector<int64_t>& shard_rows() const { return shard_.keys(); }
+  const RowColumn& shard_rows() const { return shard_.keys(); }
   // True when shard row i is global row i for every row of the (fixed) table.
   bool holds_all_rows() const { return holds_all_rows_; }
   // Shard row of global `row` (hash table: id), or -1 when this rank does not hold it.
@@ -183,8 +184,12 @@ class ShardedTable {
   HashOptions hash_;
   EmbeddingTable shard_;
   int64_t day_ = -1;
-  // Hash tables: id -> shard row (open addressing, linear probing; slot value -1 = empty).
-  std::vector<int64_t> index_keys_, index_rows_;
+  // Hash tables: id -> shard row (open addressing, linear probing; row -1 = empty). A slot's
+  // key and row sit side by side, so a probe reads one cache line.
+  struct IndexSlot {
+    int64_t key = 0, row = -1;
+  };
+  std::vector<IndexSlot, RandomAccessAllocator<IndexSlot>> index_;
   std::unordered_map<int64_t, Pending> pending_;
   HashStats stats_;
 };

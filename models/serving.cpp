@@ -34,7 +34,7 @@ void copy_for_serving(MultiTaskModel& trained, MultiTaskModel& serving) {
   for (size_t t = 0; t < trained.tables().size(); ++t) {
     ShardedTable& to = serving.tables()[t];
     const ShardedTable& source = trained.tables()[t];
-    to.insert_owned(source.shard_rows());  // a hash table: the same ids, in the same order
+    to.insert_owned({source.shard_rows().begin(), source.shard_rows().end()});  // a hash table: the same ids, in order
     NCSREC_CHECK(to.shard_rows() == source.shard_rows(), "the serving table " << to.name() << " holds other rows");
     to.shard().values().copy_from(source.shard().values());
   }

@@ -52,7 +52,7 @@ Tensor gather_rows(const Tensor& t, const std::vector<int64_t>& order) {
   return out;
 }
 
-std::vector<int64_t> gather(const std::vector<int64_t>& v, const std::vector<int64_t>& order) {
+std::vector<int64_t> gather(const RowColumn& v, const std::vector<int64_t>& order) {
   std::vector<int64_t> out(order.size());
   for (size_t i = 0; i < order.size(); ++i) out[i] = v[static_cast<size_t>(order[i])];
   return out;
@@ -151,7 +151,7 @@ void copy_rows_by_key(const h5::File& f, const std::string& name, const std::vec
 // Copies the rows of the per-row counter `name` (int64 [keys]) whose key this rank holds; a
 // checkpoint written before the counters existed leaves them as they are.
 void copy_counter_by_key(const h5::File& f, const std::string& name, const std::vector<int64_t>& keys,
-                         const ShardedTable& table, std::vector<int64_t>& out, const std::string& dir) {
+                         const ShardedTable& table, RowColumn& out, const std::string& dir) {
   if (!f.exists(name)) return;
   const std::vector<int64_t> values = f.read_i64(name);
   if (values.size() != keys.size())
@@ -255,14 +255,14 @@ void save_checkpoint(const std::string& dir, const TrainingState& state, const C
       const EmbeddingTable& shard = tables[i].shard();
       std::vector<int64_t> order(static_cast<size_t>(shard.rows()));
       for (size_t r = 0; r < order.size(); ++r) order[r] = static_cast<int64_t>(r);
-      const std::vector<int64_t>& keys = shard.keys();
+      const RowColumn& keys = shard.keys();
       std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return keys[static_cast<size_t>(a)] < keys[static_cast<size_t>(b)]; });
       const std::vector<int64_t> sorted_keys = gather(keys, order);
       f.write(base + "/keys", sorted_keys.data(), {sorted_keys.size()});
       write_tensor(f, base + "/values", gather_rows(shard.values(), order));
       if (i < state.sparse_optimizers.size() && state.sparse_optimizers[i])
         for (auto& [slot, t] : state.sparse_optimizers[i]->state()) write_tensor(f, base + "/optim/" + slot, gather_rows(*t, order));
-      for (const auto& [name, counter] : {std::pair<const char*, const std::vector<int64_t>*>{"count", &shard.count()},
+      for (const auto& [name, counter] : {std::pair<const char*, const RowColumn*>{"count", &shard.count()},
                                           {"last_seen_day", &shard.last_seen_day()},
                                           {"updated_step", &shard.updated_step()}}) {
         const std::vector<int64_t> v = gather(*counter, order);

@@ -302,7 +302,7 @@ void write_tables(h5::File& f, MultiTaskModel& model, const Since* since, Export
     NCSREC_CHECK(table.hashed() || table.holds_all_rows(), "table " << table.name() << " is not whole in this process");
     const std::string g = "tables/" + table.name();
     const EmbeddingTable& shard = table.shard();
-    const std::vector<int64_t>& all_keys = shard.keys();
+    const RowColumn& all_keys = shard.keys();
     const std::unordered_set<int64_t>* before = nullptr;
     if (since) {
       const auto it = since->keys.find(table.name());

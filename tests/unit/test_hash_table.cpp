@@ -117,7 +117,7 @@ TEST(HashTable, InferenceNeverInsertsOrCounts) {
   ShardedTable t = make(hash(100, 2));
   read(t, {1, 1, 2});
   ASSERT_EQ(t.shard().rows(), 1);
-  const std::vector<int64_t> count = t.shard().count();
+  const RowColumn count = t.shard().count();
   ShardedTable::Lookup eval = read(t, {1, 2, 3, 3, 3}, false);
   EXPECT_EQ(value_read(eval, 0), row_of(t, 1));
   for (size_t k = 1; k < 5; ++k) EXPECT_EQ(value_read(eval, k), std::vector<double>(kDim, 0.0)) << k;
@@ -140,7 +140,7 @@ TEST(HashTable, AStepLeavesUntouchedRowsAndTheirStateBitIdentical) {
   const Tensor values = t.shard().values().clone();
   std::vector<Tensor> state;
   for (auto& [name, s] : adam->state()) state.push_back(s->clone());
-  const std::vector<int64_t> count = t.shard().count();
+  const RowColumn count = t.shard().count();
   const SparseGrad g = unit_gradient(t, lookup, nullptr);
   ASSERT_EQ(g.rows.size(), 3u);
   adam->step(t.shard(), g);

@@ -143,7 +143,7 @@ std::vector<RankRun> run_sharded(int world, Placement placement, DType dtype, co
     const Batch& b = batches[static_cast<size_t>(rank)];
     RankRun& run = runs[static_cast<size_t>(rank)];
     ShardedTable table(kTable, o.rows, kDim, dtype, kSeed, kScale, placement, table_rank_for(world), rank, world);
-    run.shard_rows = table.shard_rows();
+    run.shard_rows.assign(table.shard_rows().begin(), table.shard_rows().end());
 
     std::vector<ShardedTable::IdsView> views;
     for (int s = 0; s < kSlots; ++s) views.push_back({b.ids[s].data(), static_cast<int64_t>(b.ids[s].size())});
@@ -211,7 +211,7 @@ TEST(ShardedTable, ShardRowsAreTheUnshardedTableRows) {
         for (int rank = 0; rank < world; ++rank) {
           SCOPED_TRACE(describe(world, p, dtype) + ", rank " + std::to_string(rank));
           const ShardedTable t(kTable, 61, kDim, dtype, kSeed, kScale, p, table_rank_for(world), rank, world);
-          const std::vector<int64_t>& rows = t.shard_rows();
+          const RowColumn& rows = t.shard_rows();
           ASSERT_EQ(t.shard().rows(), static_cast<int64_t>(rows.size()));
           EXPECT_TRUE(std::is_sorted(rows.begin(), rows.end()));
           const size_t row_bytes = kDim * dtype_size(dtype);
@@ -442,7 +442,7 @@ TEST(ShardedTable, PartialGradientReachesOnlyItsRows) {
         const int rank = comm.rank();
         const Batch& b = batches[static_cast<size_t>(rank)];
         ShardedTable table(kTable, 61, kDim, DType::F64, kSeed, kScale, p, table_rank_for(world), rank, world);
-        shard_rows[static_cast<size_t>(rank)] = table.shard_rows();
+        shard_rows[static_cast<size_t>(rank)].assign(table.shard_rows().begin(), table.shard_rows().end());
         std::vector<ShardedTable::IdsView> views;
         for (int s = 0; s < kSlots; ++s) views.push_back({b.ids[s].data(), static_cast<int64_t>(b.ids[s].size())});
         ShardedTable::Lookup lookup;
