@@ -17,6 +17,7 @@
 
 #include "apps/args.h"
 #include "apps/commands.h"
+#include "core/blas_core.h"
 #include "core/data/block.h"
 #include "core/error.h"
 #include "core/masks.h"
@@ -322,9 +323,10 @@ int cmd_bench(int argc, char** argv) {
   const int64_t dense_params = model.params().numel();
   const int64_t peak = peak_rss_bytes();
 
-  std::printf("ncsrec bench: %s, batch %lld, %s schedule, %s masks, %lld threads\n", config_path.c_str(),
-              static_cast<long long>(batch), schedule.c_str(), exact ? "exact" : "paper_shared_adam",
-              static_cast<long long>(threads));
+  const std::string blas_core = openblas_core_in_use();
+  std::printf("ncsrec bench: %s, batch %lld, %s schedule, %s masks, %lld threads, OpenBLAS kernels %s\n",
+              config_path.c_str(), static_cast<long long>(batch), schedule.c_str(), exact ? "exact" : "paper_shared_adam",
+              static_cast<long long>(threads), blas_core.c_str());
   std::printf("  model: input %lld, shared", static_cast<long long>(model.input_dim()));
   for (auto s : mc.shared) std::printf(" %lld", static_cast<long long>(s));
   std::printf(", %d tasks; optimizers %s (dense) + sparse %s\n", n_tasks, config.dense_optimizer.type.c_str(),
@@ -353,6 +355,7 @@ int cmd_bench(int argc, char** argv) {
         .add("warmup", warmup)
         .add("density", density)
         .add("threads", threads)
+        .add("openblas_core", blas_core)
         .add("schedule", schedule)
         .add("mask_semantics", config.train.mask_semantics)
         .add("zipf", zipf)

@@ -27,6 +27,7 @@
 #include "dist/communicator.h"
 #include "train/checkpoint.h"
 #include "train/retrieval_eval.h"
+#include "core/blas_core.h"
 #include "train/evaluate.h"
 #include "train/json.h"
 #include "train/trainer.h"
@@ -548,10 +549,21 @@ int main(int argc, char** argv) {
   // machines (measured on 2 cores: 15k samples/s spinning vs 220k passive). libgomp reads
   // OMP_WAIT_POLICY when it loads, before main, so set it and re-execute once; a user's own
   // setting is respected.
+  // OpenBLAS likewise reads OPENBLAS_CORETYPE when it loads: the kernels for this CPU's
+  // instruction sets, not its (on VMs often generic) model name (core/blas_core.h).
+  bool reexec = false;
   if (!std::getenv("OMP_WAIT_POLICY")) {
     ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    ::execv("/proc/self/exe", argv);  // returns only on failure: carry on with the default
+    reexec = true;
   }
+  if (!std::getenv("OPENBLAS_CORETYPE")) {
+    const std::string core = ncsrec::openblas_core_for_this_cpu();
+    if (!core.empty()) {
+      ::setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
+      reexec = true;
+    }
+  }
+  if (reexec) ::execv("/proc/self/exe", argv);  // returns only on failure: carry on with the defaults
   // Under an MPI launcher an error on one rank ends the whole job (no rank waits for it); a
   // config error, which every rank meets alike, is reported by rank 0 alone.
   const int rank = ncsrec::launcher_rank();

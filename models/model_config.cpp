@@ -72,6 +72,9 @@ MaskSpec parse_masks(ConfigNode node, int64_t shared_layers) {
   m.epochs_per_round = node.get_int("epochs_per_round", 1, 1, 1000);
   m.shared_init = node.get_bool("shared_init", true);
   m.score_init = node.get_double("score_init", 0.01, 0.0, 10.0);
+  m.sparsity = node.get_choice("sparsity", {"topk", "penalty"}, "topk");
+  m.penalty_gain = node.get_double("penalty_gain", 1.0, 1e-6, 1e3);
+  if (m.find != "learned" && node.has("sparsity")) node.fail("sparsity", "only learned masks (find: learned) have a sparsity method");
   if (!m.file.empty() && m.find != "none") node.fail("file", "give either masks.file or masks.find, not both");
   node.finish();
   return m;

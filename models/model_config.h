@@ -56,6 +56,11 @@ struct MaskSpec {
   int64_t epochs_per_round = 1; // imp: single-task training before each prune
   bool shared_init = true;      // imp: one θ₀ for all tasks (false: one per task, as the paper)
   double score_init = 0.01;     // learned: scores start U(-score_init, score_init) plus |W₀| (see ncs.md)
+  // learned: how the density is held to final_density. topk: each layer keeps exactly its k
+  // highest scores; penalty: the mask is score > 0, and an L1 penalty on the scores whose
+  // weight follows the density error (models/multitask_model.cpp) holds it near the target.
+  std::string sparsity = "topk";
+  double penalty_gain = 1.0;    // penalty: λ per unit of relative density error
 };
 
 // Experts of type mmoe / ple.

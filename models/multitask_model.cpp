@@ -223,6 +223,12 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
         score->decay = false;
         score->task = t;
         score_params_.push_back(score);
+        if (config_.masks.sparsity == "penalty") {
+          Param* lambda = params_.add_state("mask_penalty." + task_names[static_cast<size_t>(t)] + "." +
+                                                masked_layer_name(l), {1}, Init::Zeros);
+          lambda->task = t;
+          penalty_params_.push_back(lambda);
+        }
       }
   for (int t = 0; t < T && !three_tower_; ++t) {
     std::vector<int64_t> sizes = config_.tasks[static_cast<size_t>(t)].tower;
@@ -452,7 +458,10 @@ const Tensor& MultiTaskModel::shared_output(size_t task) {
 
 void MultiTaskModel::init_learned_masks(uint64_t seed) {
   // Scores start at |W₀| plus a little noise: the first masks are the magnitude masks of the
-  // initialisation (one-shot pruning at init), from which training moves them.
+  // initialisation (one-shot pruning at init), from which training moves them. With the
+  // penalty (mask = score > 0) they start at |W₀| − q, q the layer's (1 − density) quantile
+  // of |W₀|: the same first masks.
+  const bool penalty = config_.masks.sparsity == "penalty";
   size_t k = 0;
   for (size_t t = 0; t < config_.tasks.size(); ++t)
     for (int l = 0; l < num_masked_layers(); ++l, ++k) {
@@ -466,20 +475,47 @@ void MultiTaskModel::init_learned_masks(uint64_t seed) {
       };
       if (dtype_ == DType::F32) fill(score->value.data<float>(), layer.weight()->value.data<float>());
       else fill(score->value.data<double>(), layer.weight()->value.data<double>());
+      if (penalty) {
+        auto shift = [&](auto* s, const auto* w) {
+          std::vector<double> mags(static_cast<size_t>(n));
+          for (int64_t i = 0; i < n; ++i) mags[static_cast<size_t>(i)] = std::abs(static_cast<double>(w[i]));
+          const int64_t keep = std::llround(config_.masks.final_density * static_cast<double>(n));
+          const auto at = mags.begin() + std::clamp<int64_t>(n - keep, 0, n - 1);
+          std::nth_element(mags.begin(), at, mags.end());
+          // Scores above the (n − keep)-th smallest magnitude stay positive (before the noise).
+          const double q = keep >= n ? -1.0 : *at;
+          for (int64_t i = 0; i < n; ++i) s[i] = static_cast<std::remove_pointer_t<decltype(s)>>(s[i] - q);
+        };
+        if (dtype_ == DType::F32) shift(score->value.data<float>(), layer.weight()->value.data<float>());
+        else shift(score->value.data<double>(), layer.weight()->value.data<double>());
+      }
       layer.set_score_grad(static_cast<int>(t), score->grad);
     }
   refresh_learned_masks();
 }
 
 void MultiTaskModel::refresh_learned_masks() {
-  // Each layer keeps exactly k = round(density · N) connections per task: the k highest scores,
-  // ties broken by index, so the density holds to the target by construction.
+  // Top-k: each layer keeps exactly k = round(density · N) connections per task, the k highest
+  // scores, ties broken by index, so the density holds to the target by construction.
+  // Penalty: the connections whose score is above 0.
   size_t k = 0;
   std::vector<int64_t> order;
   for (size_t t = 0; t < config_.tasks.size(); ++t)
     for (int l = 0; l < num_masked_layers(); ++l, ++k) {
       const Param* score = score_params_[k];
       const int64_t n = score->value.numel();
+      if (!penalty_params_.empty()) {
+        const BitMask& current = mask(static_cast<int>(t), l);
+        BitMask m = BitMask::zeros(current.rows, current.cols);
+        auto threshold = [&](const auto* s) {
+          for (int64_t i = 0; i < n; ++i)
+            if (s[i] > 0) m.set(i, true);
+        };
+        if (dtype_ == DType::F32) threshold(score->value.data<float>());
+        else threshold(score->value.data<double>());
+        if (m != current) set_mask(static_cast<int>(t), l, m);
+        continue;
+      }
       const int64_t keep = std::llround(config_.masks.final_density * static_cast<double>(n));
       order.resize(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
@@ -495,6 +531,40 @@ void MultiTaskModel::refresh_learned_masks() {
       for (int64_t i = 0; i < keep; ++i) m.set(order[static_cast<size_t>(i)], true);
       if (m != current) set_mask(static_cast<int>(t), l, m);
     }
+}
+
+void MultiTaskModel::apply_mask_penalty(int task, double lr) {
+  if (penalty_params_.empty()) return;
+  // The penalty λ · Σ_i s_i on a layer's scores: its gradient is λ for every score, applied as a
+  // plain gradient step of the dense rate outside the optimizer (Adam would normalise a uniform
+  // push away). Its weight follows the density error e = (density − target) / target each step,
+  // λ = gain · e + Σ (gain / 20) · e (proportional plus a slow integral, kept in the state
+  // mask_penalty.<task>.<layer>): the scores' uniform shift integrates λ, so the proportional
+  // term alone steers the density and the integral removes the bias of the scores' own drift.
+  const double target = config_.masks.final_density, gain = config_.masks.penalty_gain;
+  size_t k = 0;
+  for (size_t t = 0; t < config_.tasks.size(); ++t)
+    for (int l = 0; l < num_masked_layers(); ++l, ++k) {
+      if (task >= 0 && static_cast<int>(t) != task) continue;
+      Param* score = score_params_[k];
+      const double e = (mask(static_cast<int>(t), l).density() - target) / target;
+      auto apply = [&](auto* s, auto* integral) {
+        using T = std::remove_pointer_t<decltype(s)>;
+        integral[0] = static_cast<T>(static_cast<double>(integral[0]) + gain / 20 * e);
+        const T shift = static_cast<T>(lr * (gain * e + static_cast<double>(integral[0])));
+        const int64_t n = score->value.numel();
+        for (int64_t i = 0; i < n; ++i) s[i] -= shift;
+      };
+      if (dtype_ == DType::F32) apply(score->value.data<float>(), penalty_params_[k]->value.data<float>());
+      else apply(score->value.data<double>(), penalty_params_[k]->value.data<double>());
+    }
+}
+
+std::vector<std::vector<double>> MultiTaskModel::mask_densities() const {
+  std::vector<std::vector<double>> d(config_.tasks.size());
+  for (size_t t = 0; t < config_.tasks.size(); ++t)
+    for (int l = 0; l < num_masked_layers(); ++l) d[t].push_back(mask(static_cast<int>(t), l).density());
+  return d;
 }
 
 StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double>& normalizers, int only_task) {

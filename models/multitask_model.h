@@ -96,6 +96,12 @@ class MultiTaskModel {
   void refresh_masks() {
     if (!score_params_.empty()) refresh_learned_masks();
   }
+  // Learned masks with masks.sparsity: penalty, once per step (alike on every rank): the
+  // penalty's step on the scores of the tasks `task` steps (-1: all) at the dense rate `lr`
+  // (see the .cpp). Nothing for top-k masks.
+  void apply_mask_penalty(int task, double lr);
+  // The densities of the learned masks, [task][masked layer] (for logs).
+  std::vector<std::vector<double>> mask_densities() const;
   // Inference through CSR (ncs, f32): predict() then runs every task's masked layers as sparse
   // products of W ⊙ M_t (core/sparse.h), built now from the current weights and masks. Same
   // results as the dense path up to rounding; faster where the masks are sparse enough
@@ -198,6 +204,7 @@ class MultiTaskModel {
   MaskedMLP* masked_ = nullptr;                    // ncs: the block's masked MLP (sparse inference)
   std::vector<MaskedLayerRef> masked_refs_;        // every masked layer, in mask-file order
   std::vector<Param*> score_params_;               // learned masks: [task][masked layer]
+  std::vector<Param*> penalty_params_;             // learned masks, penalty: its integral term per [task][masked layer]
   std::vector<Param*> log_sigma_;                  // uncertainty weighting: one per loss
   std::vector<std::pair<int64_t, int64_t>> condition_cols_;  // apg group-wise: input columns [begin, end)
   int64_t condition_dim_ = 0;

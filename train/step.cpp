@@ -41,6 +41,7 @@ StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Blo
   const double grad_norm = clip_grad_norm(model.params().grads(), optimizers.clip_grad_norm, update);
 
   optimizers.dense->step(model.params().values(), model.params().grads(), step, update);
+  model.apply_mask_penalty(task, optimizers.dense->lr());  // learned masks, sparsity: penalty
   for (size_t t = 0; t < model.tables().size(); ++t) {
     const SparseGrad& grad = model.sparse_grads()[t];
     if (grad.rows.empty()) continue;

@@ -166,6 +166,22 @@ bool stop_agreed(Communicator& comm) {
   return stop > 0;
 }
 
+// Learned masks: each task's density per masked layer, {"ctr": [0.2, 0.2, 0.2], ...}.
+JsonObject mask_density_json(const MultiTaskModel& model) {
+  JsonObject j;
+  const auto d = model.mask_densities();
+  for (size_t t = 0; t < d.size(); ++t) {
+    std::string list = "[";
+    for (size_t l = 0; l < d[t].size(); ++l) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%s%.6g", l ? ", " : "", d[t][l]);
+      list += buf;
+    }
+    j.add_raw(model.config().tasks[t].name, list + "]");
+  }
+  return j;
+}
+
 }  // namespace
 
 void request_training_stop() { g_stop_requested = 1; }
@@ -449,6 +465,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
         if (config.train.clip_grad_norm > 0) line.add("clipped_steps", clipped_steps);
         if (config.model.loss_weighting == "uncertainty") line.add("loss_weights", loss_weights_json(model));
         if (has_hash_tables) line.add("hash_tables", hash_table_stats(model, comm));
+        if (config.model.masks.find == "learned") line.add("mask_density", mask_density_json(model));
         line.add("samples_per_sec", static_cast<double>(window_samples) / window_s).add("elapsed_sec", elapsed);
         if (comm.rank() == 0) metrics_log << line.str() << "\n" << std::flush;
         std::fill(loss_window.begin(), loss_window.end(), 0.0);

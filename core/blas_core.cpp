@@ -1,0 +1,22 @@
+#include "core/blas_core.h"
+
+#include <cblas.h>
+
+namespace ncsrec {
+
+std::string openblas_core_for_this_cpu() {
+  __builtin_cpu_init();
+  // libgcc's detection also checks that the OS saves the vector state (XCR0), as OpenBLAS does.
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl"))
+    return "SkylakeX";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+  return "";
+}
+
+std::string openblas_core_in_use() {
+  const char* name = openblas_get_corename();
+  return name ? std::string(name) : std::string();
+}
+
+}  // namespace ncsrec

@@ -1,0 +1,21 @@
+// Which OpenBLAS kernels this CPU should run. OpenBLAS picks its kernels from the CPU's model,
+// and on virtual machines whose CPUID names a generic model ("Intel Xeon Processor") it falls
+// back to its oldest x86-64 kernels (Prescott, SSE3) even where AVX-512 is there: measured on a
+// 2-core AVX-512 VM, 720x512 by 4096 SGEMM took 97 ms with them and 22 ms with SkylakeX's
+// (docs/results/bench.md), and the paper-sized NCS training step 594 ms against 198 ms. OpenBLAS
+// reads OPENBLAS_CORETYPE once, when it loads, so `ncsrec` sets it at start (before re-executing
+// itself, as for OMP_WAIT_POLICY) from the instruction sets the CPU and the OS support. A value
+// the user set is kept.
+#pragma once
+
+#include <string>
+
+namespace ncsrec {
+
+// "SkylakeX" (AVX-512 F/BW/DQ/VL), "Haswell" (AVX2 and FMA), or "" (let OpenBLAS decide).
+std::string openblas_core_for_this_cpu();
+
+// The kernels OpenBLAS runs with in this process ("" when it does not say).
+std::string openblas_core_in_use();
+
+}  // namespace ncsrec
