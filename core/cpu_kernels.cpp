@@ -15,6 +15,9 @@
 #include "core/huge_pages.h"
 
 namespace ncsrec {
+
+void add_cpu_training_ops(OpTable& t);  // core/cpu_training_ops.cpp
+
 namespace {
 
 constexpr int64_t kParallelMin = 1 << 14;  // below this, threads cost more than they save
@@ -266,6 +269,7 @@ OpTable make_cpu_table() {
   t.sum_squares = cpu_sum_squares;
   t.gate_mixture_forward = cpu_gate_mixture_forward;
   t.gate_mixture_backward = cpu_gate_mixture_backward;
+  add_cpu_training_ops(t);
   return t;
 }
 

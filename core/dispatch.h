@@ -63,6 +63,35 @@ struct OpTable {
   void (*gate_mixture_backward)(DType dtype, void* dlogits, void* const* dexperts, const void* dout,
                                 const void* probs, const void* const* experts, int64_t rows, int64_t num_experts,
                                 int64_t dim) = nullptr;
+
+  // Loss heads with their gradients fused (core/layers/losses.h; the per-element math is
+  // core/layers/loss_math.h on every backend): prob[i] = σ(logits[i]), grad[i] = w_i·dl_i/dx_i /
+  // normalizer (written); returns Σ_i w_i·l_i / normalizer (0 for a normalizer of 0). labels and
+  // weights are f32 (weights may be null: all 1); on a device backend every array is device memory.
+  double (*sigmoid_bce)(DType dtype, const void* logits, const float* labels, const float* weights, int64_t n,
+                        double normalizer, void* prob, void* grad) = nullptr;
+  double (*focal_loss)(DType dtype, const void* logits, const float* labels, const float* weights, int64_t n,
+                       double alpha, double gamma, double normalizer, void* prob, void* grad) = nullptr;
+  double (*sigmoid_mse)(DType dtype, const void* logits, const float* labels, const float* weights, int64_t n,
+                        double normalizer, void* prob, void* grad) = nullptr;
+
+  // Binary masks (core/masks.h) over n elements, `bits` packed little-endian (element i is bit
+  // i % 8 of byte i / 8): out = w ⊙ M (written); grad += dw ⊙ M (accumulates; exactly nothing is
+  // added outside M).
+  void (*apply_mask)(DType dtype, void* out, const void* w, const uint8_t* bits, int64_t n) = nullptr;
+  void (*add_masked)(DType dtype, void* grad, const void* dw, const uint8_t* bits, int64_t n) = nullptr;
+
+  // Dense optimizer steps over n contiguous elements (core/optim.h has the formulas). `update`
+  // (one byte per element, 1 = step it) may be null: every element. With wd > 0 the elements
+  // where `decay` is 1 (null: all) also decay: SGD and Adagrad as L2 in the gradient, Adam as
+  // AdamW (w -= lr·wd·w from the value before the step). Adam's c1, c2 are 1 − β^t.
+  void (*sgd_step)(DType dtype, void* w, const void* g, const uint8_t* update, const uint8_t* decay, int64_t n,
+                   double lr, double wd) = nullptr;
+  void (*adam_step)(DType dtype, void* w, const void* g, void* m, void* v, const uint8_t* update,
+                    const uint8_t* decay, int64_t n, double lr, double beta1, double beta2, double eps, double c1,
+                    double c2, double wd) = nullptr;
+  void (*adagrad_step)(DType dtype, void* w, const void* g, void* acc, const uint8_t* update, const uint8_t* decay,
+                       int64_t n, double lr, double eps, double wd) = nullptr;
 };
 
 // The table for a device. Throws a clear error if the device has no backend registered.

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/dispatch.h"
 #include "core/error.h"
 
 namespace ncsrec {
@@ -33,34 +34,6 @@ void check_kernel_args(const Tensor& dst, const Tensor& src, const BitMask& mask
   NCSREC_CHECK(dst.numel() == mask.size() && src.numel() == mask.size(),
                what << ": mask [" << mask.rows << ", " << mask.cols << "] vs " << dst.describe() << " and "
                     << src.describe());
-}
-
-// One byte of the mask covers 8 consecutive elements; the loop is over bytes so that it can be
-// split across threads without two threads sharing a byte (and stays bit-identical).
-template <class T, bool Accumulate>
-void masked_kernel(T* dst, const T* src, const uint8_t* bits, int64_t n) {
-  const int64_t nbytes = packed_bytes(n);
-#pragma omp parallel for schedule(static) if (n > (1 << 16))
-  for (int64_t b = 0; b < nbytes; ++b) {
-    const int64_t end = std::min<int64_t>(8 * b + 8, n);
-    const unsigned byte = bits[b];
-    for (int64_t i = 8 * b; i < end; ++i) {
-      const bool on = (byte >> (i & 7)) & 1u;
-      if constexpr (Accumulate) {
-        if (on) dst[i] += src[i];
-      } else {
-        dst[i] = on ? src[i] : T(0);
-      }
-    }
-  }
-}
-
-template <bool Accumulate>
-void masked_dispatch(Tensor& dst, const Tensor& src, const BitMask& mask) {
-  if (dst.dtype() == DType::F32)
-    masked_kernel<float, Accumulate>(dst.data<float>(), src.data<float>(), mask.bits.data(), mask.size());
-  else
-    masked_kernel<double, Accumulate>(dst.data<double>(), src.data<double>(), mask.bits.data(), mask.size());
 }
 
 // Sort key of a prune candidate: |w| first, then (layer, element) packed into one integer so
@@ -113,12 +86,12 @@ double BitMask::density() const { return size() == 0 ? 1.0 : static_cast<double>
 
 void apply_mask(Tensor& dst, const Tensor& src, const BitMask& mask) {
   check_kernel_args(dst, src, mask, "apply_mask");
-  masked_dispatch<false>(dst, src, mask);
+  ops_for(Device::CPU).apply_mask(dst.dtype(), dst.raw(), src.raw(), mask.bits.data(), mask.size());
 }
 
 void add_masked(Tensor& dst, const Tensor& src, const BitMask& mask) {
   check_kernel_args(dst, src, mask, "add_masked");
-  masked_dispatch<true>(dst, src, mask);
+  ops_for(Device::CPU).add_masked(dst.dtype(), dst.raw(), src.raw(), mask.bits.data(), mask.size());
 }
 
 double imp_prune_fraction(double final_density, int rounds) {

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/dispatch.h"
 #include "core/error.h"
 
 namespace ncsrec {
@@ -30,66 +31,6 @@ void check_step_args(const Tensor& values, const Tensor& grads, int64_t numel, D
                "the CPU optimizer got " << values.describe() << " and " << grads.describe());
 }
 
-// Whether element i is decayed, in a kDecay loop: `decay_mask` null = every element.
-inline bool decayed(const uint8_t* decay_mask, int64_t i) { return !decay_mask || decay_mask[i]; }
-
-// w -= lr · g;  decayed: w -= lr · (g + wd · w)
-template <bool kMasked, bool kDecay, class T>
-void sgd_t(T* w, const T* g, const uint8_t* mask, const uint8_t* decay_mask, int64_t n, T lr, T wd) {
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) {
-    if constexpr (kMasked)
-      if (!mask[i]) continue;
-    if constexpr (kDecay)
-      if (decayed(decay_mask, i)) {
-        w[i] -= lr * (g[i] + wd * w[i]);
-        continue;
-      }
-    w[i] -= lr * g[i];
-  }
-}
-
-// m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²;  w -= lr · (m / c1) / (sqrt(v / c2) + eps),
-// with the bias corrections c1 = 1 - β1^t, c2 = 1 - β2^t. Decayed (AdamW): also w -= lr·wd · w,
-// from the value before this step.
-template <bool kMasked, bool kDecay, class T>
-void adam_t(T* w, const T* g, T* m, T* v, const uint8_t* mask, const uint8_t* decay_mask, int64_t n, T lr, T beta1,
-            T beta2, T eps, T c1, T c2, T lr_wd) {
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) {
-    if constexpr (kMasked)
-      if (!mask[i]) continue;
-    m[i] = beta1 * m[i] + (T(1) - beta1) * g[i];
-    v[i] = beta2 * v[i] + (T(1) - beta2) * g[i] * g[i];
-    if constexpr (kDecay)
-      if (decayed(decay_mask, i)) {
-        w[i] -= lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + eps) + lr_wd * w[i];
-        continue;
-      }
-    w[i] -= lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + eps);
-  }
-}
-
-// acc += g²;  w -= lr · g / (sqrt(acc) + eps);  decayed: g + wd · w in place of g (L2, both lines)
-template <bool kMasked, bool kDecay, class T>
-void adagrad_t(T* w, const T* g, T* acc, const uint8_t* mask, const uint8_t* decay_mask, int64_t n, T lr, T eps,
-               T wd) {
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) {
-    if constexpr (kMasked)
-      if (!mask[i]) continue;
-    T gi = g[i];
-    if constexpr (kDecay)
-      if (decayed(decay_mask, i)) gi += wd * w[i];
-    acc[i] += gi * gi;
-    w[i] -= lr * gi / (std::sqrt(acc[i]) + eps);
-  }
-}
-
-// One of the four variants of kernel K: <masked?, decayed?>.
-#define NCSREC_PICK_VARIANT_(K, T, masked, decay) \
-  ((masked) ? ((decay) ? K<true, true, T> : K<true, false, T>) : ((decay) ? K<false, true, T> : K<false, false, T>))
-
 class Sgd final : public DenseOptimizer {
  public:
   Sgd(const OptimizerConfig& c, int64_t numel, DType dtype) : DenseOptimizer(c, numel), dtype_(dtype) {}
@@ -104,9 +45,8 @@ class Sgd final : public DenseOptimizer {
  private:
   template <class T>
   void run(Tensor& values, const Tensor& grads, const uint8_t* mask) {
-    auto kernel = NCSREC_PICK_VARIANT_(sgd_t, T, mask, decays());
-    kernel(values.data<T>(), grads.data<T>(), mask, decay_mask(), numel_, static_cast<T>(lr_),
-           static_cast<T>(weight_decay_));
+    ops_for(values.device()).sgd_step(dtype_, values.raw(), grads.raw(), mask, decay_mask(), numel_, lr_,
+                                      decays() ? weight_decay_ : 0.0);
   }
 
   DType dtype_;
@@ -132,10 +72,9 @@ class Adam final : public DenseOptimizer {
  private:
   template <class T>
   void run(Tensor& values, const Tensor& grads, const uint8_t* mask, double c1, double c2) {
-    auto kernel = NCSREC_PICK_VARIANT_(adam_t, T, mask, decays());
-    kernel(values.data<T>(), grads.data<T>(), m_.data<T>(), v_.data<T>(), mask, decay_mask(), numel_,
-           static_cast<T>(lr_), static_cast<T>(c_.beta1), static_cast<T>(c_.beta2), static_cast<T>(c_.eps),
-           static_cast<T>(c1), static_cast<T>(c2), static_cast<T>(lr_ * weight_decay_));
+    ops_for(values.device()).adam_step(dtype_, values.raw(), grads.raw(), m_.raw(), v_.raw(), mask, decay_mask(),
+                                       numel_, lr_, c_.beta1, c_.beta2, c_.eps, c1, c2,
+                                       decays() ? weight_decay_ : 0.0);
   }
 
   OptimizerConfig c_;
@@ -161,9 +100,8 @@ class Adagrad final : public DenseOptimizer {
  private:
   template <class T>
   void run(Tensor& values, const Tensor& grads, const uint8_t* mask) {
-    auto kernel = NCSREC_PICK_VARIANT_(adagrad_t, T, mask, decays());
-    kernel(values.data<T>(), grads.data<T>(), accumulator_.data<T>(), mask, decay_mask(), numel_,
-           static_cast<T>(lr_), static_cast<T>(c_.adagrad_eps), static_cast<T>(weight_decay_));
+    ops_for(values.device()).adagrad_step(dtype_, values.raw(), grads.raw(), accumulator_.raw(), mask, decay_mask(),
+                                          numel_, lr_, c_.adagrad_eps, decays() ? weight_decay_ : 0.0);
   }
 
   OptimizerConfig c_;
@@ -171,7 +109,6 @@ class Adagrad final : public DenseOptimizer {
   Tensor accumulator_;
 };
 
-#undef NCSREC_PICK_VARIANT_
 
 void validate(const OptimizerConfig& c) {
   if (!(c.lr >= 0) || !std::isfinite(c.lr))

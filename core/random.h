@@ -8,11 +8,7 @@
 #include <cstdint>
 #include <string>
 
-#ifdef __CUDACC__
-#define NCSREC_HOST_DEVICE __host__ __device__
-#else
-#define NCSREC_HOST_DEVICE
-#endif
+#include "core/host_device.h"
 
 namespace ncsrec {
 

@@ -21,55 +21,19 @@
 #include "core/error.h"
 #include "core/launcher.h"
 #include "cuda/check.h"
+#include "cuda/common.cuh"
+#include "cuda/train_ops.h"
 
 namespace ncsrec {
 namespace {
 
-constexpr int kThreads = 256;        // block size of the element-wise kernels (a power of two)
-constexpr int64_t kMaxBlocks = 4096;  // grid-stride loops cover the rest
+using namespace cuda_detail;
+
 constexpr int kReduceBlocks = 1024;  // first-pass blocks of sum / sum_squares (a power of two)
 
 cublasHandle_t g_cublas = nullptr;
 double* g_reduce_scratch = nullptr;  // kReduceBlocks + 1 doubles on the device
 std::mutex g_reduce_mutex;           // guards g_reduce_scratch
-
-int blocks_for(int64_t n) { return static_cast<int>(std::max<int64_t>(1, std::min((n + kThreads - 1) / kThreads, kMaxBlocks))); }
-
-#define NCSREC_CUDA_FLOAT_DISPATCH(dtype, call_f32, call_f64)                    \
-  do {                                                                          \
-    if ((dtype) == DType::F32) { call_f32; }                                    \
-    else if ((dtype) == DType::F64) { call_f64; }                               \
-    else NCSREC_CHECK(false, "floating-point op on " << dtype_name(dtype));     \
-  } while (0)
-
-// ---- block reductions (fixed tree order: deterministic) ---------------------------------------
-
-// Sum of v over the block; the result is valid in thread 0. `shared` holds blockDim.x doubles;
-// blockDim.x must be a power of two.
-__device__ double block_sum(double v, double* shared) {
-  shared[threadIdx.x] = v;
-  __syncthreads();
-  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
-    __syncthreads();
-  }
-  const double r = shared[0];
-  __syncthreads();  // `shared` may be reused right after
-  return r;
-}
-
-template <class T>
-__device__ T block_max(T v, T* shared) {
-  shared[threadIdx.x] = v;
-  __syncthreads();
-  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) shared[threadIdx.x] = max(shared[threadIdx.x], shared[threadIdx.x + s]);
-    __syncthreads();
-  }
-  const T r = shared[0];
-  __syncthreads();
-  return r;
-}
 
 // ---- kernels --------------------------------------------------------------------------------
 
@@ -180,7 +144,6 @@ __global__ void reduce_pass2_kernel(const double* partial, int count, double* ou
   if (threadIdx.x == 0) *out = s;
 }
 
-#define NCSREC_CUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
 
 // ---- table entries --------------------------------------------------------------------------
 
@@ -388,6 +351,7 @@ OpTable make_cuda_table() {
   t.scale = cuda_scale;
   t.sum = cuda_sum;
   t.sum_squares = cuda_sum_squares;
+  add_cuda_training_ops(t);
   return t;
 }
 

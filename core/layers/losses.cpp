@@ -7,34 +7,17 @@
 // Not here: learned loss weights or multi-task weighting policies (models/ decides those).
 #include "core/layers/losses.h"
 
+#include "core/layers/loss_math.h"
+
 #include <algorithm>
 #include <cmath>
 
 namespace ncsrec {
 namespace {
 
-// softplus(x) = log(1 + e^x), without overflow for large x or lost digits for very negative x.
-template <class T>
-T softplus(T x) {
-  return std::max(x, T(0)) + std::log1p(std::exp(-std::abs(x)));
-}
-// log σ(x) = -softplus(-x)
-template <class T>
-T log_sigmoid(T x) {
-  return -softplus(-x);
-}
-// σ(x) from whichever side keeps exp() from overflowing.
-template <class T>
-T sigmoid(T x) {
-  if (x >= T(0)) return T(1) / (T(1) + std::exp(-x));
-  const T e = std::exp(x);
-  return e / (T(1) + e);
-}
-// Smallest 1 - p we divide by or take the log of: only reached when 1 - p underflows.
-template <class T>
-constexpr T one_minus_p_floor() {
-  return sizeof(T) == 4 ? T(1e-12) : T(1e-300);
-}
+using loss_math::log_sigmoid;
+using loss_math::one_minus_p_floor;
+using loss_math::sigmoid;
 
 }  // namespace
 
@@ -44,13 +27,10 @@ double sigmoid_bce_forward_backward(const T* logits, const float* labels, const 
   const T scale = normalizer != 0 ? static_cast<T>(1.0 / normalizer) : T(0);
   double loss = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const T x = logits[i], y = static_cast<T>(labels[i]);
     const T w = weights ? static_cast<T>(weights[i]) : T(1);
-    const T p = sigmoid(x);
-    prob[i] = p;
-    grad[i] = w * (p - y) * scale;
-    // l = max(x, 0) - x·y + log1p(e^{-|x|}) = -[y log σ(x) + (1 - y) log(1 - σ(x))]
-    const T l = std::max(x, T(0)) - x * y + std::log1p(std::exp(-std::abs(x)));
+    T dl;
+    const T l = loss_math::bce(logits[i], static_cast<T>(labels[i]), &prob[i], &dl);
+    grad[i] = w * dl * scale;
     loss += static_cast<double>(w) * static_cast<double>(l);
   }
   return normalizer != 0 ? loss / normalizer : 0.0;
@@ -67,18 +47,11 @@ double focal_forward_backward(const T* logits, const float* labels, const float*
   const T a = static_cast<T>(alpha), g = static_cast<T>(gamma);
   double loss = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const T x = logits[i], y = static_cast<T>(labels[i]);
     const T w = weights ? static_cast<T>(weights[i]) : T(1);
-    const T p = sigmoid(x), q = sigmoid(-x);
-    const T log_p = log_sigmoid(x), log_q = log_sigmoid(-x);
-    const T q_pow = std::pow(q, g), p_pow = std::pow(p, g);
-    prob[i] = p;
-    const T l_pos = -a * q_pow * log_p;
-    const T l_neg = -(T(1) - a) * p_pow * log_q;
-    const T d_pos = a * q_pow * (g * p * log_p - q);
-    const T d_neg = (T(1) - a) * p_pow * (p - g * q * log_q);
-    grad[i] = w * (y * d_pos + (T(1) - y) * d_neg) * scale;
-    loss += static_cast<double>(w) * static_cast<double>(y * l_pos + (T(1) - y) * l_neg);
+    T dl;
+    const T l = loss_math::focal(logits[i], static_cast<T>(labels[i]), a, g, &prob[i], &dl);
+    grad[i] = w * dl * scale;
+    loss += static_cast<double>(w) * static_cast<double>(l);
   }
   return normalizer != 0 ? loss / normalizer : 0.0;
 }
@@ -89,13 +62,11 @@ double sigmoid_mse_forward_backward(const T* logits, const float* labels, const 
   const T scale = normalizer != 0 ? static_cast<T>(1.0 / normalizer) : T(0);
   double loss = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const T x = logits[i], y = static_cast<T>(labels[i]);
     const T w = weights ? static_cast<T>(weights[i]) : T(1);
-    const T p = sigmoid(x), q = sigmoid(-x);  // q from σ(-x), not 1 - p, keeps its digits near p = 1
-    const T d = p - y;
-    prob[i] = p;
-    grad[i] = w * T(2) * d * p * q * scale;
-    loss += static_cast<double>(w) * static_cast<double>(d * d);
+    T dl;
+    const T l = loss_math::sigmoid_mse(logits[i], static_cast<T>(labels[i]), &prob[i], &dl);
+    grad[i] = w * dl * scale;
+    loss += static_cast<double>(w) * static_cast<double>(l);
   }
   return normalizer != 0 ? loss / normalizer : 0.0;
 }

@@ -23,96 +23,12 @@
 #include "core/dispatch.h"
 #include "core/error.h"
 #include "cuda/device.h"
+#include "tests/gpu/gpu_test_util.h"
 
 namespace ncsrec {
 namespace {
 
-constexpr int64_t kGuard = 37;  // poisoned elements after every device buffer
-
-const OpTable& cpu() { return ops_for(Device::CPU); }
-const OpTable& gpu() { return ops_for(Device::CUDA); }
-
-template <class T> constexpr double eps() { return std::numeric_limits<T>::epsilon(); }
-
-// Random values in ±[0.05, 1]: never zero, both signs.
-template <class T>
-std::vector<T> random_values(int64_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> mag(0.05, 1.0);
-  std::bernoulli_distribution neg(0.5);
-  std::vector<T> v(static_cast<size_t>(n));
-  for (auto& x : v) x = static_cast<T>(neg(rng) ? -mag(rng) : mag(rng));
-  return v;
-}
-
-template <class T>
-bool is_poison(T v) {
-  unsigned char b[sizeof(T)];
-  std::memcpy(b, &v, sizeof(T));
-  for (unsigned char c : b)
-    if (c != 0xFF) return false;
-  return true;
-}
-
-// A device buffer of n elements plus a poisoned guard tail.
-template <class T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(int64_t n) : n_(n) {
-    ptr_ = static_cast<T*>(gpu().alloc(static_cast<size_t>(n + kGuard) * sizeof(T)));
-    poison();
-  }
-  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(static_cast<int64_t>(host.size())) { upload(host); }
-  ~DeviceBuffer() { gpu().free(ptr_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-  T* get() { return ptr_; }
-  void poison() {
-    std::vector<unsigned char> ff(static_cast<size_t>(n_ + kGuard) * sizeof(T), 0xFF);
-    gpu().copy(ptr_, ff.data(), ff.size(), CopyKind::HostToDevice);
-  }
-  void upload(const std::vector<T>& host) {
-    gpu().copy(ptr_, host.data(), host.size() * sizeof(T), CopyKind::HostToDevice);
-  }
-  std::vector<T> download() {
-    std::vector<T> all(static_cast<size_t>(n_ + kGuard));
-    gpu().synchronize();
-    gpu().copy(all.data(), ptr_, all.size() * sizeof(T), CopyKind::DeviceToHost);
-    for (int64_t i = n_; i < n_ + kGuard; ++i)
-      EXPECT_TRUE(is_poison(all[static_cast<size_t>(i)])) << "guard element " << i - n_ << " overwritten";
-    all.resize(static_cast<size_t>(n_));
-    return all;
-  }
-
- private:
-  int64_t n_;
-  T* ptr_ = nullptr;
-};
-
-// |got - want| <= bound[i] elementwise (bound already includes the tolerance); reports the
-// first few failures with their index.
-template <class T>
-void expect_close(const std::vector<T>& got, const std::vector<T>& want, const std::vector<double>& bound,
-                  const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  int reported = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double g = got[i], w = want[i], err = std::fabs(g - w);
-    if (!(err <= bound[i])) {  // also catches NaN (poison left in place)
-      ADD_FAILURE() << what << ": element " << i << ": gpu " << g << " cpu " << w << " |diff| " << err
-                    << " > bound " << bound[i];
-      if (++reported == 5) return;
-    }
-  }
-}
-
-template <class T>
-std::vector<double> relative_bound(const std::vector<T>& want, double rtol) {
-  std::vector<double> b(want.size());
-  for (size_t i = 0; i < want.size(); ++i) b[i] = rtol * std::fabs(static_cast<double>(want[i]));
-  return b;
-}
+using namespace gpu_test;
 
 const char* tname(DType d) { return dtype_name(d); }
 

@@ -1,0 +1,203 @@
+// CPU entries of the dispatch table for training (core/dispatch.h): the fused loss heads, the
+// mask kernels and the dense optimizer steps. Element-wise OpenMP loops with static schedules;
+// an element's result reads only its own inputs, so it does not depend on the thread count.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/dispatch.h"
+#include "core/error.h"
+#include "core/layers/losses.h"
+
+namespace ncsrec {
+namespace {
+
+constexpr int64_t kParallelMin = 1 << 14;  // below this, threads cost more than they save
+
+#define NCSREC_FLOAT_DISPATCH(dtype, call_f32, call_f64)                          \
+  do {                                                                            \
+    if ((dtype) == DType::F32) { call_f32; }                                      \
+    else if ((dtype) == DType::F64) { call_f64; }                                 \
+    else NCSREC_CHECK(false, "floating-point op on " << dtype_name(dtype));       \
+  } while (0)
+
+// ---- loss heads -----------------------------------------------------------------------------
+
+double cpu_sigmoid_bce(DType d, const void* logits, const float* labels, const float* weights, int64_t n,
+                       double normalizer, void* prob, void* grad) {
+  double l = 0;
+  NCSREC_FLOAT_DISPATCH(d,
+                        l = sigmoid_bce_forward_backward(static_cast<const float*>(logits), labels, weights, n,
+                                                         normalizer, static_cast<float*>(prob), static_cast<float*>(grad)),
+                        l = sigmoid_bce_forward_backward(static_cast<const double*>(logits), labels, weights, n,
+                                                         normalizer, static_cast<double*>(prob), static_cast<double*>(grad)));
+  return l;
+}
+double cpu_focal_loss(DType d, const void* logits, const float* labels, const float* weights, int64_t n, double alpha,
+                      double gamma, double normalizer, void* prob, void* grad) {
+  double l = 0;
+  NCSREC_FLOAT_DISPATCH(d,
+                        l = focal_forward_backward(static_cast<const float*>(logits), labels, weights, n, alpha, gamma,
+                                                   normalizer, static_cast<float*>(prob), static_cast<float*>(grad)),
+                        l = focal_forward_backward(static_cast<const double*>(logits), labels, weights, n, alpha, gamma,
+                                                   normalizer, static_cast<double*>(prob), static_cast<double*>(grad)));
+  return l;
+}
+double cpu_sigmoid_mse(DType d, const void* logits, const float* labels, const float* weights, int64_t n,
+                       double normalizer, void* prob, void* grad) {
+  double l = 0;
+  NCSREC_FLOAT_DISPATCH(d,
+                        l = sigmoid_mse_forward_backward(static_cast<const float*>(logits), labels, weights, n,
+                                                         normalizer, static_cast<float*>(prob), static_cast<float*>(grad)),
+                        l = sigmoid_mse_forward_backward(static_cast<const double*>(logits), labels, weights, n,
+                                                         normalizer, static_cast<double*>(prob), static_cast<double*>(grad)));
+  return l;
+}
+
+// ---- masks ----------------------------------------------------------------------------------
+
+// One byte of the mask covers 8 consecutive elements; the loop is over bytes so that it can be
+// split across threads without two threads sharing a byte (and stays bit-identical).
+template <class T, bool Accumulate>
+void masked_kernel(T* dst, const T* src, const uint8_t* bits, int64_t n) {
+  const int64_t nbytes = (n + 7) / 8;
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+  for (int64_t b = 0; b < nbytes; ++b) {
+    const int64_t end = std::min<int64_t>(8 * b + 8, n);
+    const unsigned byte = bits[b];
+    for (int64_t i = 8 * b; i < end; ++i) {
+      const bool on = (byte >> (i & 7)) & 1u;
+      if constexpr (Accumulate) {
+        if (on) dst[i] += src[i];
+      } else {
+        dst[i] = on ? src[i] : T(0);
+      }
+    }
+  }
+}
+
+void cpu_apply_mask(DType d, void* out, const void* w, const uint8_t* bits, int64_t n) {
+  NCSREC_FLOAT_DISPATCH(d, (masked_kernel<float, false>(static_cast<float*>(out), static_cast<const float*>(w), bits, n)),
+                        (masked_kernel<double, false>(static_cast<double*>(out), static_cast<const double*>(w), bits, n)));
+}
+void cpu_add_masked(DType d, void* grad, const void* dw, const uint8_t* bits, int64_t n) {
+  NCSREC_FLOAT_DISPATCH(d, (masked_kernel<float, true>(static_cast<float*>(grad), static_cast<const float*>(dw), bits, n)),
+                        (masked_kernel<double, true>(static_cast<double*>(grad), static_cast<const double*>(dw), bits, n)));
+}
+
+// ---- dense optimizers -----------------------------------------------------------------------
+// An update mask and weight decay are compile-time variants of each loop, chosen outside it, so
+// the plain loop (no mask, no decay) stays plain; an element outside the decay mask takes
+// exactly the plain update.
+
+// Whether element i is decayed, in a kDecay loop: `decay_mask` null = every element.
+inline bool decayed(const uint8_t* decay_mask, int64_t i) { return !decay_mask || decay_mask[i]; }
+
+// w -= lr · g;  decayed: w -= lr · (g + wd · w)
+template <bool kMasked, bool kDecay, class T>
+void sgd_t(T* w, const T* g, const uint8_t* mask, const uint8_t* decay_mask, int64_t n, T lr, T wd) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    if constexpr (kMasked)
+      if (!mask[i]) continue;
+    if constexpr (kDecay)
+      if (decayed(decay_mask, i)) {
+        w[i] -= lr * (g[i] + wd * w[i]);
+        continue;
+      }
+    w[i] -= lr * g[i];
+  }
+}
+
+// m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²;  w -= lr · (m / c1) / (sqrt(v / c2) + eps).
+// Decayed (AdamW): also w -= lr·wd · w, from the value before this step.
+template <bool kMasked, bool kDecay, class T>
+void adam_t(T* w, const T* g, T* m, T* v, const uint8_t* mask, const uint8_t* decay_mask, int64_t n, T lr, T beta1,
+            T beta2, T eps, T c1, T c2, T lr_wd) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    if constexpr (kMasked)
+      if (!mask[i]) continue;
+    m[i] = beta1 * m[i] + (T(1) - beta1) * g[i];
+    v[i] = beta2 * v[i] + (T(1) - beta2) * g[i] * g[i];
+    if constexpr (kDecay)
+      if (decayed(decay_mask, i)) {
+        w[i] -= lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + eps) + lr_wd * w[i];
+        continue;
+      }
+    w[i] -= lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + eps);
+  }
+}
+
+// acc += g²;  w -= lr · g / (sqrt(acc) + eps);  decayed: g + wd · w in place of g (L2, both lines)
+template <bool kMasked, bool kDecay, class T>
+void adagrad_t(T* w, const T* g, T* acc, const uint8_t* mask, const uint8_t* decay_mask, int64_t n, T lr, T eps,
+               T wd) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    if constexpr (kMasked)
+      if (!mask[i]) continue;
+    T gi = g[i];
+    if constexpr (kDecay)
+      if (decayed(decay_mask, i)) gi += wd * w[i];
+    acc[i] += gi * gi;
+    w[i] -= lr * gi / (std::sqrt(acc[i]) + eps);
+  }
+}
+
+// One of the four variants of kernel K: <masked?, decayed?>.
+#define NCSREC_PICK_VARIANT_(K, T, masked, decay) \
+  ((masked) ? ((decay) ? K<true, true, T> : K<true, false, T>) : ((decay) ? K<false, true, T> : K<false, false, T>))
+
+template <class T>
+void sgd_typed(void* w, const void* g, const uint8_t* update, const uint8_t* decay, int64_t n, double lr, double wd) {
+  auto kernel = NCSREC_PICK_VARIANT_(sgd_t, T, update, wd > 0);
+  kernel(static_cast<T*>(w), static_cast<const T*>(g), update, decay, n, static_cast<T>(lr), static_cast<T>(wd));
+}
+template <class T>
+void adam_typed(void* w, const void* g, void* m, void* v, const uint8_t* update, const uint8_t* decay, int64_t n,
+                double lr, double beta1, double beta2, double eps, double c1, double c2, double wd) {
+  auto kernel = NCSREC_PICK_VARIANT_(adam_t, T, update, wd > 0);
+  kernel(static_cast<T*>(w), static_cast<const T*>(g), static_cast<T*>(m), static_cast<T*>(v), update, decay, n,
+         static_cast<T>(lr), static_cast<T>(beta1), static_cast<T>(beta2), static_cast<T>(eps), static_cast<T>(c1),
+         static_cast<T>(c2), static_cast<T>(lr * wd));
+}
+template <class T>
+void adagrad_typed(void* w, const void* g, void* acc, const uint8_t* update, const uint8_t* decay, int64_t n, double lr,
+                   double eps, double wd) {
+  auto kernel = NCSREC_PICK_VARIANT_(adagrad_t, T, update, wd > 0);
+  kernel(static_cast<T*>(w), static_cast<const T*>(g), static_cast<T*>(acc), update, decay, n, static_cast<T>(lr),
+         static_cast<T>(eps), static_cast<T>(wd));
+}
+#undef NCSREC_PICK_VARIANT_
+
+void cpu_sgd_step(DType d, void* w, const void* g, const uint8_t* update, const uint8_t* decay, int64_t n, double lr,
+                  double wd) {
+  NCSREC_FLOAT_DISPATCH(d, sgd_typed<float>(w, g, update, decay, n, lr, wd), sgd_typed<double>(w, g, update, decay, n, lr, wd));
+}
+void cpu_adam_step(DType d, void* w, const void* g, void* m, void* v, const uint8_t* update, const uint8_t* decay,
+                   int64_t n, double lr, double beta1, double beta2, double eps, double c1, double c2, double wd) {
+  NCSREC_FLOAT_DISPATCH(d, adam_typed<float>(w, g, m, v, update, decay, n, lr, beta1, beta2, eps, c1, c2, wd),
+                        adam_typed<double>(w, g, m, v, update, decay, n, lr, beta1, beta2, eps, c1, c2, wd));
+}
+void cpu_adagrad_step(DType d, void* w, const void* g, void* acc, const uint8_t* update, const uint8_t* decay,
+                      int64_t n, double lr, double eps, double wd) {
+  NCSREC_FLOAT_DISPATCH(d, adagrad_typed<float>(w, g, acc, update, decay, n, lr, eps, wd),
+                        adagrad_typed<double>(w, g, acc, update, decay, n, lr, eps, wd));
+}
+
+}  // namespace
+
+void add_cpu_training_ops(OpTable& t) {
+  t.sigmoid_bce = cpu_sigmoid_bce;
+  t.focal_loss = cpu_focal_loss;
+  t.sigmoid_mse = cpu_sigmoid_mse;
+  t.apply_mask = cpu_apply_mask;
+  t.add_masked = cpu_add_masked;
+  t.sgd_step = cpu_sgd_step;
+  t.adam_step = cpu_adam_step;
+  t.adagrad_step = cpu_adagrad_step;
+}
+
+}  // namespace ncsrec

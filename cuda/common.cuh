@@ -1,0 +1,59 @@
+// Helpers shared by the CUDA kernel files of cuda/: launch sizes, the f32/f64 dispatch of a
+// table entry, the launch check, and block reductions in a fixed tree order (deterministic).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "core/error.h"
+#include "core/tensor.h"
+#include "cuda/check.h"
+
+namespace ncsrec::cuda_detail {
+
+constexpr int kThreads = 256;         // block size of the element-wise kernels (a power of two)
+constexpr int64_t kMaxBlocks = 4096;  // grid-stride loops cover the rest
+
+inline int blocks_for(int64_t n) {
+  return static_cast<int>(std::max<int64_t>(1, std::min((n + kThreads - 1) / kThreads, kMaxBlocks)));
+}
+
+#define NCSREC_CUDA_FLOAT_DISPATCH(dtype, call_f32, call_f64)                    \
+  do {                                                                          \
+    if ((dtype) == DType::F32) { call_f32; }                                    \
+    else if ((dtype) == DType::F64) { call_f64; }                               \
+    else NCSREC_CHECK(false, "floating-point op on " << dtype_name(dtype));     \
+  } while (0)
+
+#define NCSREC_CUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+// Sum of v over the block; the result is valid in every thread. `shared` holds blockDim.x
+// doubles; blockDim.x must be a power of two.
+__device__ inline double block_sum(double v, double* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
+    __syncthreads();
+  }
+  const double r = shared[0];
+  __syncthreads();  // `shared` may be reused right after
+  return r;
+}
+
+template <class T>
+__device__ T block_max(T v, T* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) shared[threadIdx.x] = max(shared[threadIdx.x], shared[threadIdx.x + s]);
+    __syncthreads();
+  }
+  const T r = shared[0];
+  __syncthreads();
+  return r;
+}
+
+}  // namespace ncsrec::cuda_detail

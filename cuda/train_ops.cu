@@ -1,0 +1,336 @@
+// CUDA twins of the training entries of the dispatch table (cuda/train_ops.h): the MMoE/PLE
+// gate (softmax + expert mixture, forward and backward), the fused loss heads, the mask kernels
+// and the dense optimizer steps.
+//
+// The loss heads run core/layers/loss_math.h's per-element functions, the same code as the CPU;
+// their sums are taken in double through the table's deterministic `sum`. The gate keeps the
+// CPU's order inside a row (a row per block: softmax by one thread, the mixture per element in
+// expert order); only its backward's dot products are block reductions (in double). Everything
+// runs on the default stream.
+#include "cuda/train_ops.h"
+
+#include <cuda_runtime.h>
+
+#include <mutex>
+
+#include "core/error.h"
+#include "core/layers/loss_math.h"
+#include "cuda/check.h"
+#include "cuda/common.cuh"
+
+namespace ncsrec {
+namespace {
+
+using namespace cuda_detail;
+
+#define GRID_STRIDE(i, n) \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+// ---- gate: softmax + expert mixture ---------------------------------------------------------
+
+// Expert pointers travel by value in the kernel's parameters (up to 64 experts a gate).
+constexpr int64_t kMaxExperts = 64;
+struct ConstPointers {
+  const void* p[kMaxExperts];
+};
+struct Pointers {
+  void* p[kMaxExperts];
+};
+
+template <class T>
+__global__ void gate_forward_kernel(T* out, T* probs, const T* logits, ConstPointers experts, int64_t rows, int64_t E,
+                                    int64_t D) {
+  __shared__ T p[kMaxExperts];
+  for (int64_t b = blockIdx.x; b < rows; b += gridDim.x) {
+    if (threadIdx.x == 0) {  // the CPU's order: max, exp and sum, divide
+      const T* l = logits + b * E;
+      T m = l[0];
+      for (int64_t e = 1; e < E; ++e) m = l[e] > m ? l[e] : m;
+      T s = 0;
+      for (int64_t e = 0; e < E; ++e) s += (p[e] = exp(l[e] - m));
+      for (int64_t e = 0; e < E; ++e) probs[b * E + e] = (p[e] /= s);
+    }
+    __syncthreads();
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      T o = 0;
+      for (int64_t e = 0; e < E; ++e) o += p[e] * static_cast<const T*>(experts.p[e])[b * D + d];
+      out[b * D + d] = o;
+    }
+    __syncthreads();  // p is rewritten for the next row
+  }
+}
+
+template <class T>
+__global__ void gate_backward_kernel(T* dlogits, Pointers dexperts, const T* dout, const T* probs, ConstPointers experts,
+                                     int64_t rows, int64_t E, int64_t D) {
+  __shared__ double reduce[kThreads];
+  __shared__ double s[kMaxExperts];
+  for (int64_t b = blockIdx.x; b < rows; b += gridDim.x) {
+    const T* g = dout + b * D;
+    // s_e = dout · expert_e, per expert a block reduction in double.
+    for (int64_t e = 0; e < E; ++e) {
+      const T* x = static_cast<const T*>(experts.p[e]) + b * D;
+      double partial = 0;
+      for (int64_t d = threadIdx.x; d < D; d += blockDim.x) partial += static_cast<double>(g[d]) * static_cast<double>(x[d]);
+      const double total = block_sum(partial, reduce);
+      if (threadIdx.x == 0) s[e] = total;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {  // dl_e = p_e (s_e − Σ p·s)
+      double mean_s = 0;
+      for (int64_t e = 0; e < E; ++e) mean_s += static_cast<double>(probs[b * E + e]) * s[e];
+      for (int64_t e = 0; e < E; ++e) dlogits[b * E + e] = static_cast<T>(static_cast<double>(probs[b * E + e]) * (s[e] - mean_s));
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      if (!dexperts.p[e]) continue;
+      T* dx = static_cast<T*>(dexperts.p[e]) + b * D;
+      const T pe = probs[b * E + e];
+      for (int64_t d = threadIdx.x; d < D; d += blockDim.x) dx[d] += pe * g[d];
+    }
+    __syncthreads();  // s is rewritten for the next row
+  }
+}
+
+void check_experts(int64_t E) {
+  NCSREC_CHECK(E >= 1 && E <= kMaxExperts, "CUDA gate: " << E << " experts; the kernel takes 1 to " << kMaxExperts);
+}
+
+void cuda_gate_mixture_forward(DType d, void* out, void* probs, const void* logits, const void* const* experts,
+                               int64_t rows, int64_t E, int64_t D) {
+  if (rows == 0) return;
+  check_experts(E);
+  ConstPointers x{};
+  for (int64_t e = 0; e < E; ++e) x.p[e] = experts[e];
+  const int g = static_cast<int>(std::min<int64_t>(rows, 65535));
+  NCSREC_CUDA_FLOAT_DISPATCH(
+      d,
+      (gate_forward_kernel<float><<<g, kThreads>>>(static_cast<float*>(out), static_cast<float*>(probs),
+                                                   static_cast<const float*>(logits), x, rows, E, D)),
+      (gate_forward_kernel<double><<<g, kThreads>>>(static_cast<double*>(out), static_cast<double*>(probs),
+                                                    static_cast<const double*>(logits), x, rows, E, D)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+
+void cuda_gate_mixture_backward(DType d, void* dlogits, void* const* dexperts, const void* dout, const void* probs,
+                                const void* const* experts, int64_t rows, int64_t E, int64_t D) {
+  if (rows == 0) return;
+  check_experts(E);
+  ConstPointers x{};
+  Pointers dx{};
+  for (int64_t e = 0; e < E; ++e) {
+    x.p[e] = experts[e];
+    dx.p[e] = dexperts[e];
+  }
+  const int g = static_cast<int>(std::min<int64_t>(rows, 65535));
+  NCSREC_CUDA_FLOAT_DISPATCH(
+      d,
+      (gate_backward_kernel<float><<<g, kThreads>>>(static_cast<float*>(dlogits), dx, static_cast<const float*>(dout),
+                                                    static_cast<const float*>(probs), x, rows, E, D)),
+      (gate_backward_kernel<double><<<g, kThreads>>>(static_cast<double*>(dlogits), dx,
+                                                     static_cast<const double*>(dout), static_cast<const double*>(probs),
+                                                     x, rows, E, D)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+
+// ---- loss heads -----------------------------------------------------------------------------
+
+// A device scratch of doubles for the per-element weighted losses, grown to the largest batch.
+std::mutex g_loss_mutex;
+double* g_loss_scratch = nullptr;
+int64_t g_loss_capacity = 0;
+
+double* loss_scratch(int64_t n) {
+  if (n > g_loss_capacity) {
+    if (g_loss_scratch) CUDA_CHECK(cudaFree(g_loss_scratch));
+    g_loss_scratch = nullptr;
+    g_loss_capacity = 0;
+    CUDA_CHECK(cudaMalloc(&g_loss_scratch, static_cast<size_t>(n) * sizeof(double)));
+    g_loss_capacity = n;
+  }
+  return g_loss_scratch;
+}
+
+enum class Head { Bce, Focal, Mse };
+
+template <class T, Head kHead>
+__global__ void loss_kernel(const T* logits, const float* labels, const float* weights, int64_t n, T scale, T alpha,
+                            T gamma, T* prob, T* grad, double* weighted) {
+  GRID_STRIDE(i, n) {
+    const T w = weights ? static_cast<T>(weights[i]) : T(1);
+    const T y = static_cast<T>(labels[i]);
+    T p, dl, l;
+    if constexpr (kHead == Head::Bce) l = loss_math::bce(logits[i], y, &p, &dl);
+    else if constexpr (kHead == Head::Focal) l = loss_math::focal(logits[i], y, alpha, gamma, &p, &dl);
+    else l = loss_math::sigmoid_mse(logits[i], y, &p, &dl);
+    prob[i] = p;
+    grad[i] = w * dl * scale;
+    weighted[i] = static_cast<double>(w) * static_cast<double>(l);
+  }
+}
+
+template <Head kHead>
+double run_loss(DType d, const void* logits, const float* labels, const float* weights, int64_t n, double alpha,
+                double gamma, double normalizer, void* prob, void* grad) {
+  if (n == 0) return 0.0;
+  std::lock_guard<std::mutex> lock(g_loss_mutex);
+  double* weighted = loss_scratch(n);
+  const double scale = normalizer != 0 ? 1.0 / normalizer : 0.0;
+  const int g = blocks_for(n);
+  NCSREC_CUDA_FLOAT_DISPATCH(
+      d,
+      (loss_kernel<float, kHead><<<g, kThreads>>>(static_cast<const float*>(logits), labels, weights, n,
+                                                  static_cast<float>(scale), static_cast<float>(alpha),
+                                                  static_cast<float>(gamma), static_cast<float*>(prob),
+                                                  static_cast<float*>(grad), weighted)),
+      (loss_kernel<double, kHead><<<g, kThreads>>>(static_cast<const double*>(logits), labels, weights, n, scale, alpha,
+                                                   gamma, static_cast<double*>(prob), static_cast<double*>(grad),
+                                                   weighted)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+  if (normalizer == 0) return 0.0;
+  return ops_for(Device::CUDA).sum(DType::F64, weighted, n) / normalizer;
+}
+
+double cuda_sigmoid_bce(DType d, const void* logits, const float* labels, const float* weights, int64_t n,
+                        double normalizer, void* prob, void* grad) {
+  return run_loss<Head::Bce>(d, logits, labels, weights, n, 0, 0, normalizer, prob, grad);
+}
+double cuda_focal_loss(DType d, const void* logits, const float* labels, const float* weights, int64_t n, double alpha,
+                       double gamma, double normalizer, void* prob, void* grad) {
+  return run_loss<Head::Focal>(d, logits, labels, weights, n, alpha, gamma, normalizer, prob, grad);
+}
+double cuda_sigmoid_mse(DType d, const void* logits, const float* labels, const float* weights, int64_t n,
+                        double normalizer, void* prob, void* grad) {
+  return run_loss<Head::Mse>(d, logits, labels, weights, n, 0, 0, normalizer, prob, grad);
+}
+
+// ---- masks ----------------------------------------------------------------------------------
+
+template <class T, bool kAccumulate>
+__global__ void mask_kernel(T* dst, const T* src, const uint8_t* bits, int64_t n) {
+  GRID_STRIDE(i, n) {
+    const bool on = (bits[i >> 3] >> (i & 7)) & 1u;
+    if constexpr (kAccumulate) {
+      if (on) dst[i] += src[i];
+    } else {
+      dst[i] = on ? src[i] : T(0);
+    }
+  }
+}
+
+void cuda_apply_mask(DType d, void* out, const void* w, const uint8_t* bits, int64_t n) {
+  if (n == 0) return;
+  NCSREC_CUDA_FLOAT_DISPATCH(d,
+                             (mask_kernel<float, false><<<blocks_for(n), kThreads>>>(
+                                 static_cast<float*>(out), static_cast<const float*>(w), bits, n)),
+                             (mask_kernel<double, false><<<blocks_for(n), kThreads>>>(
+                                 static_cast<double*>(out), static_cast<const double*>(w), bits, n)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+void cuda_add_masked(DType d, void* grad, const void* dw, const uint8_t* bits, int64_t n) {
+  if (n == 0) return;
+  NCSREC_CUDA_FLOAT_DISPATCH(d,
+                             (mask_kernel<float, true><<<blocks_for(n), kThreads>>>(
+                                 static_cast<float*>(grad), static_cast<const float*>(dw), bits, n)),
+                             (mask_kernel<double, true><<<blocks_for(n), kThreads>>>(
+                                 static_cast<double*>(grad), static_cast<const double*>(dw), bits, n)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+
+// ---- dense optimizers (the formulas of core/cpu_training_ops.cpp) ---------------------------
+
+__device__ inline bool steps(const uint8_t* update, int64_t i) { return !update || update[i]; }
+__device__ inline bool decays(bool on, const uint8_t* decay, int64_t i) { return on && (!decay || decay[i]); }
+
+template <class T>
+__global__ void sgd_kernel(T* w, const T* g, const uint8_t* update, const uint8_t* decay, int64_t n, T lr, T wd,
+                           bool decay_on) {
+  GRID_STRIDE(i, n) {
+    if (!steps(update, i)) continue;
+    if (decays(decay_on, decay, i)) w[i] -= lr * (g[i] + wd * w[i]);
+    else w[i] -= lr * g[i];
+  }
+}
+
+template <class T>
+__global__ void adam_kernel(T* w, const T* g, T* m, T* v, const uint8_t* update, const uint8_t* decay, int64_t n, T lr,
+                            T beta1, T beta2, T eps, T c1, T c2, T lr_wd, bool decay_on) {
+  GRID_STRIDE(i, n) {
+    if (!steps(update, i)) continue;
+    m[i] = beta1 * m[i] + (T(1) - beta1) * g[i];
+    v[i] = beta2 * v[i] + (T(1) - beta2) * g[i] * g[i];
+    const T step = lr * (m[i] / c1) / (sqrt(v[i] / c2) + eps);
+    if (decays(decay_on, decay, i)) w[i] -= step + lr_wd * w[i];
+    else w[i] -= step;
+  }
+}
+
+template <class T>
+__global__ void adagrad_kernel(T* w, const T* g, T* acc, const uint8_t* update, const uint8_t* decay, int64_t n, T lr,
+                               T eps, T wd, bool decay_on) {
+  GRID_STRIDE(i, n) {
+    if (!steps(update, i)) continue;
+    T gi = g[i];
+    if (decays(decay_on, decay, i)) gi += wd * w[i];
+    acc[i] += gi * gi;
+    w[i] -= lr * gi / (sqrt(acc[i]) + eps);
+  }
+}
+
+void cuda_sgd_step(DType d, void* w, const void* g, const uint8_t* update, const uint8_t* decay, int64_t n, double lr,
+                   double wd) {
+  if (n == 0) return;
+  NCSREC_CUDA_FLOAT_DISPATCH(d,
+                             (sgd_kernel<float><<<blocks_for(n), kThreads>>>(
+                                 static_cast<float*>(w), static_cast<const float*>(g), update, decay, n,
+                                 static_cast<float>(lr), static_cast<float>(wd), wd > 0)),
+                             (sgd_kernel<double><<<blocks_for(n), kThreads>>>(static_cast<double*>(w),
+                                                                              static_cast<const double*>(g), update,
+                                                                              decay, n, lr, wd, wd > 0)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+
+void cuda_adam_step(DType d, void* w, const void* g, void* m, void* v, const uint8_t* update, const uint8_t* decay,
+                    int64_t n, double lr, double beta1, double beta2, double eps, double c1, double c2, double wd) {
+  if (n == 0) return;
+  NCSREC_CUDA_FLOAT_DISPATCH(
+      d,
+      (adam_kernel<float><<<blocks_for(n), kThreads>>>(
+          static_cast<float*>(w), static_cast<const float*>(g), static_cast<float*>(m), static_cast<float*>(v), update,
+          decay, n, static_cast<float>(lr), static_cast<float>(beta1), static_cast<float>(beta2),
+          static_cast<float>(eps), static_cast<float>(c1), static_cast<float>(c2), static_cast<float>(lr * wd), wd > 0)),
+      (adam_kernel<double><<<blocks_for(n), kThreads>>>(static_cast<double*>(w), static_cast<const double*>(g),
+                                                        static_cast<double*>(m), static_cast<double*>(v), update, decay,
+                                                        n, lr, beta1, beta2, eps, c1, c2, lr * wd, wd > 0)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+
+void cuda_adagrad_step(DType d, void* w, const void* g, void* acc, const uint8_t* update, const uint8_t* decay,
+                       int64_t n, double lr, double eps, double wd) {
+  if (n == 0) return;
+  NCSREC_CUDA_FLOAT_DISPATCH(d,
+                             (adagrad_kernel<float><<<blocks_for(n), kThreads>>>(
+                                 static_cast<float*>(w), static_cast<const float*>(g), static_cast<float*>(acc), update,
+                                 decay, n, static_cast<float>(lr), static_cast<float>(eps), static_cast<float>(wd),
+                                 wd > 0)),
+                             (adagrad_kernel<double><<<blocks_for(n), kThreads>>>(
+                                 static_cast<double*>(w), static_cast<const double*>(g), static_cast<double*>(acc),
+                                 update, decay, n, lr, eps, wd, wd > 0)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void add_cuda_training_ops(OpTable& t) {
+  t.gate_mixture_forward = cuda_gate_mixture_forward;
+  t.gate_mixture_backward = cuda_gate_mixture_backward;
+  t.sigmoid_bce = cuda_sigmoid_bce;
+  t.focal_loss = cuda_focal_loss;
+  t.sigmoid_mse = cuda_sigmoid_mse;
+  t.apply_mask = cuda_apply_mask;
+  t.add_masked = cuda_add_masked;
+  t.sgd_step = cuda_sgd_step;
+  t.adam_step = cuda_adam_step;
+  t.adagrad_step = cuda_adagrad_step;
+}
+
+}  // namespace ncsrec

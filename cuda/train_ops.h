@@ -1,0 +1,13 @@
+// The CUDA entries of the dispatch table for training (cuda/train_ops.cu): the MMoE/PLE gate,
+// the fused loss heads, the mask kernels and the dense optimizer steps, each the twin of its
+// CPU entry (core/cpu_kernels.cpp, core/cpu_training_ops.cpp) and checked against it by
+// tests/gpu/test_cuda_train_ops.cpp.
+#pragma once
+
+#include "core/dispatch.h"
+
+namespace ncsrec {
+
+void add_cuda_training_ops(OpTable& t);
+
+}  // namespace ncsrec

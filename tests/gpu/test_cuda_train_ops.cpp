@@ -1,0 +1,270 @@
+// CUDA/CPU parity of the training entries of the dispatch table (cuda/train_ops.cu): the gate
+// (softmax + expert mixture, forward and backward), the fused loss heads, the mask kernels and
+// the dense optimizer steps. Inputs are random and never zero; outputs are poisoned (0xFF) with a
+// poisoned guard tail that must survive. Bounds follow the operands' magnitudes:
+//   gate out           rtol · Σ_e p_e |x_e|
+//   gate dlogits       rtol · p_e (Σ_d |g x_e| + Σ_e' p_e' Σ_d |g x_e'|)
+//   losses             prob and grad relative rtol (plus rtol · scale absolute), the loss sum rtol
+//   masks              exact (a copy or one addition per element)
+//   optimizers         relative rtol of each updated array, and elements outside the update mask
+//                      bit-identical
+// with rtol 1e-5 (f32: the device contracts multiply-adds, and its exp/log/pow are within a few
+// ulp of glibc's) and 1e-12 (f64). Without a GPU every test skips with the reason.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/dispatch.h"
+#include "cuda/device.h"
+#include "tests/gpu/gpu_test_util.h"
+
+namespace ncsrec {
+namespace {
+
+using namespace gpu_test;
+
+class CudaTrainOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!cuda_register_if_available(&why)) GTEST_SKIP() << "CUDA parity needs a GPU: " << why;
+  }
+};
+
+template <class T>
+double rtol() {
+  return sizeof(T) == 4 ? 1e-5 : 1e-12;
+}
+
+template <class T>
+constexpr DType dtype_of() {
+  return sizeof(T) == 4 ? DType::F32 : DType::F64;
+}
+
+// ---- gate -----------------------------------------------------------------------------------
+
+template <class T>
+void check_gate(int64_t rows, int64_t E, int64_t D, uint64_t seed) {
+  const std::string what = std::string(dtype_name(dtype_of<T>())) + " gate rows " + std::to_string(rows) + " E " +
+                           std::to_string(E) + " D " + std::to_string(D);
+  auto logits = random_values<T>(rows * E, seed);
+  for (auto& l : logits) l *= T(4);  // spread the softmax
+  std::vector<std::vector<T>> experts, dexperts0;
+  for (int64_t e = 0; e < E; ++e) {
+    experts.push_back(random_values<T>(rows * D, seed + 10 + static_cast<uint64_t>(e)));
+    dexperts0.push_back(random_values<T>(rows * D, seed + 100 + static_cast<uint64_t>(e)));
+  }
+  const auto dout = random_values<T>(rows * D, seed + 5);
+
+  // CPU reference.
+  std::vector<T> out_c(static_cast<size_t>(rows * D)), probs_c(static_cast<size_t>(rows * E)),
+      dlog_c(static_cast<size_t>(rows * E));
+  std::vector<const void*> xs;
+  for (auto& x : experts) xs.push_back(x.data());
+  cpu().gate_mixture_forward(dtype_of<T>(), out_c.data(), probs_c.data(), logits.data(), xs.data(), rows, E, D);
+  std::vector<std::vector<T>> dx_c = dexperts0;
+  std::vector<void*> dxs;
+  for (int64_t e = 0; e < E; ++e) dxs.push_back(e == 1 ? nullptr : dx_c[static_cast<size_t>(e)].data());  // one skipped
+  cpu().gate_mixture_backward(dtype_of<T>(), dlog_c.data(), dxs.data(), dout.data(), probs_c.data(), xs.data(), rows, E,
+                              D);
+
+  // GPU.
+  DeviceBuffer<T> d_logits(logits), d_out(rows * D), d_probs(rows * E), d_dlog(rows * E), d_dout(dout);
+  std::vector<std::unique_ptr<DeviceBuffer<T>>> d_x, d_dx;
+  std::vector<const void*> gxs;
+  std::vector<void*> gdxs;
+  for (int64_t e = 0; e < E; ++e) {
+    d_x.push_back(std::make_unique<DeviceBuffer<T>>(experts[static_cast<size_t>(e)]));
+    d_dx.push_back(std::make_unique<DeviceBuffer<T>>(dexperts0[static_cast<size_t>(e)]));
+    gxs.push_back(d_x.back()->get());
+    gdxs.push_back(e == 1 ? nullptr : d_dx.back()->get());
+  }
+  gpu().gate_mixture_forward(dtype_of<T>(), d_out.get(), d_probs.get(), d_logits.get(), gxs.data(), rows, E, D);
+  gpu().gate_mixture_backward(dtype_of<T>(), d_dlog.get(), gdxs.data(), d_dout.get(), d_probs.get(), gxs.data(), rows,
+                              E, D);
+  const auto out_g = d_out.download(), probs_g = d_probs.download(), dlog_g = d_dlog.download();
+
+  std::vector<double> b_out(out_c.size()), b_dlog(dlog_c.size());
+  for (int64_t b = 0; b < rows; ++b) {
+    double mix = 0;
+    std::vector<double> dots(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; ++e) {
+      double s = 0;
+      for (int64_t d = 0; d < D; ++d)
+        s += std::fabs(dout[static_cast<size_t>(b * D + d)] * experts[static_cast<size_t>(e)][static_cast<size_t>(b * D + d)]);
+      dots[static_cast<size_t>(e)] = s;
+      mix += probs_c[static_cast<size_t>(b * E + e)] * s;
+    }
+    for (int64_t d = 0; d < D; ++d) {
+      double s = 0;
+      for (int64_t e = 0; e < E; ++e)
+        s += probs_c[static_cast<size_t>(b * E + e)] * std::fabs(experts[static_cast<size_t>(e)][static_cast<size_t>(b * D + d)]);
+      b_out[static_cast<size_t>(b * D + d)] = rtol<T>() * s + 1e-30;
+    }
+    for (int64_t e = 0; e < E; ++e)
+      b_dlog[static_cast<size_t>(b * E + e)] = rtol<T>() * probs_c[static_cast<size_t>(b * E + e)] * (dots[static_cast<size_t>(e)] + mix) + 1e-30;
+  }
+  expect_close(probs_g, probs_c, relative_bound(probs_c, rtol<T>()), what + " probs");
+  expect_close(out_g, out_c, b_out, what + " out");
+  expect_close(dlog_g, dlog_c, b_dlog, what + " dlogits");
+  for (int64_t e = 0; e < E; ++e) {
+    const auto got = d_dx[static_cast<size_t>(e)]->download();
+    const auto& want = dx_c[static_cast<size_t>(e)];
+    std::vector<double> bound(want.size());
+    for (size_t i = 0; i < want.size(); ++i) bound[i] = rtol<T>() * (std::fabs(want[i]) + std::fabs(dout[i]));
+    if (e == 1) EXPECT_EQ(got, dexperts0[1]) << what << ": a null dexperts entry was written";
+    else expect_close(got, want, bound, what + " dexperts[" + std::to_string(e) + "] (accumulated)");
+  }
+}
+
+TEST_F(CudaTrainOps, GateMixtureForwardAndBackward) {
+  for (auto [rows, E, D] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {7, 3, 5}, {300, 4, 64}, {1000, 8, 257},
+                            {33, 64, 16}}) {
+    check_gate<float>(rows, E, D, 17);
+    check_gate<double>(rows, E, D, 18);
+  }
+}
+
+// ---- loss heads -----------------------------------------------------------------------------
+
+enum class Head { Bce, Focal, Mse };
+
+template <class T>
+void check_loss(Head head, int64_t n, bool weighted, double normalizer, uint64_t seed) {
+  const std::string what = std::string(dtype_name(dtype_of<T>())) + (head == Head::Bce ? " bce" : head == Head::Focal ? " focal" : " mse") +
+                           " n " + std::to_string(n) + (weighted ? " weighted" : "") + " normalizer " +
+                           std::to_string(normalizer);
+  auto logits = random_values<T>(n, seed);
+  for (int64_t i = 0; i < n; ++i) logits[static_cast<size_t>(i)] *= static_cast<T>(1 + (i % 7) * 5);  // up to ±31
+  if (n > 4) {
+    logits[0] = T(60);  // saturated logits stay finite on both sides
+    logits[1] = T(-60);
+  }
+  std::vector<float> labels(static_cast<size_t>(n)), weights;
+  for (int64_t i = 0; i < n; ++i) labels[static_cast<size_t>(i)] = static_cast<float>((i * 7919) % 3 == 0);
+  if (weighted) {
+    const auto w = random_values<float>(n, seed + 1);
+    for (float x : w) weights.push_back(std::fabs(x) * 2);
+  }
+  const float* wptr = weighted ? weights.data() : nullptr;
+  auto run = [&](const OpTable& ops, const void* l, const float* y, const float* w, void* p, void* g) {
+    if (head == Head::Bce) return ops.sigmoid_bce(dtype_of<T>(), l, y, w, n, normalizer, p, g);
+    if (head == Head::Focal) return ops.focal_loss(dtype_of<T>(), l, y, w, n, 0.75, 2.0, normalizer, p, g);
+    return ops.sigmoid_mse(dtype_of<T>(), l, y, w, n, normalizer, p, g);
+  };
+  std::vector<T> prob_c(static_cast<size_t>(n)), grad_c(static_cast<size_t>(n));
+  const double loss_c = run(cpu(), logits.data(), labels.data(), wptr, prob_c.data(), grad_c.data());
+
+  DeviceBuffer<T> d_logits(logits), d_prob(n), d_grad(n);
+  DeviceBuffer<float> d_labels(labels);
+  std::unique_ptr<DeviceBuffer<float>> d_weights;
+  if (weighted) d_weights = std::make_unique<DeviceBuffer<float>>(weights);
+  const double loss_g = run(gpu(), d_logits.get(), d_labels.get(), weighted ? d_weights->get() : nullptr, d_prob.get(),
+                            d_grad.get());
+  const auto prob_g = d_prob.download(), grad_g = d_grad.download();
+  const double scale = normalizer != 0 ? 1.0 / normalizer : 0.0;
+  std::vector<double> bp = relative_bound(prob_c, rtol<T>()), bg = relative_bound(grad_c, rtol<T>());
+  for (size_t i = 0; i < bp.size(); ++i) {
+    bp[i] += rtol<T>() * 1e-6;  // probabilities near 0 carry an absolute error of the device exp
+    bg[i] += rtol<T>() * scale * 2;
+  }
+  expect_close(prob_g, prob_c, bp, what + " prob");
+  expect_close(grad_g, grad_c, bg, what + " grad");
+  EXPECT_NEAR(loss_g, loss_c, rtol<T>() * std::fabs(loss_c) + 1e-300) << what << " loss";
+  if (normalizer == 0) EXPECT_EQ(loss_g, 0.0) << what;
+}
+
+TEST_F(CudaTrainOps, LossHeadsFusedWithTheirGradients) {
+  for (Head head : {Head::Bce, Head::Focal, Head::Mse})
+    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{1000}, int64_t{100003}})
+      for (bool weighted : {false, true}) {
+        check_loss<float>(head, n, weighted, static_cast<double>(n), 3);
+        check_loss<double>(head, n, weighted, 17.0, 4);
+      }
+  check_loss<float>(Head::Bce, 100, false, 0.0, 5);  // a batch without rows for the task: loss 0
+}
+
+// ---- masks ----------------------------------------------------------------------------------
+
+template <class T>
+void check_masks(int64_t n, uint64_t seed) {
+  const auto w = random_values<T>(n, seed), dw = random_values<T>(n, seed + 1), g0 = random_values<T>(n, seed + 2);
+  std::vector<uint8_t> bits(static_cast<size_t>((n + 7) / 8));
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  for (auto& b : bits) b = static_cast<uint8_t>(rng());
+  std::vector<T> out_c(static_cast<size_t>(n)), g_c = g0;
+  cpu().apply_mask(dtype_of<T>(), out_c.data(), w.data(), bits.data(), n);
+  cpu().add_masked(dtype_of<T>(), g_c.data(), dw.data(), bits.data(), n);
+  DeviceBuffer<T> d_w(w), d_dw(dw), d_g(g0), d_out(n);
+  DeviceBuffer<uint8_t> d_bits(bits);
+  gpu().apply_mask(dtype_of<T>(), d_out.get(), d_w.get(), d_bits.get(), n);
+  gpu().add_masked(dtype_of<T>(), d_g.get(), d_dw.get(), d_bits.get(), n);
+  EXPECT_EQ(d_out.download(), out_c) << "apply_mask n " << n;
+  EXPECT_EQ(d_g.download(), g_c) << "add_masked n " << n;
+}
+
+TEST_F(CudaTrainOps, MasksAreExact) {
+  for (int64_t n : {int64_t{1}, int64_t{13}, int64_t{720 * 512}, int64_t{1000003}}) {
+    check_masks<float>(n, 7);
+    check_masks<double>(n, 8);
+  }
+}
+
+// ---- optimizers -----------------------------------------------------------------------------
+
+template <class T>
+void check_optimizer(const std::string& kind, int64_t n, bool masked, double wd, bool decay_mask, uint64_t seed) {
+  const std::string what = std::string(dtype_name(dtype_of<T>())) + " " + kind + " n " + std::to_string(n) +
+                           (masked ? " masked" : "") + " wd " + std::to_string(wd) + (decay_mask ? " decay-mask" : "");
+  const auto w0 = random_values<T>(n, seed), g = random_values<T>(n, seed + 1);
+  auto m0 = random_values<T>(n, seed + 2), v0 = random_values<T>(n, seed + 3);
+  for (auto& v : v0) v = v * v;  // second moments and accumulators are positive
+  std::vector<uint8_t> update, decay;
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  for (int64_t i = 0; i < n; ++i) {
+    update.push_back(static_cast<uint8_t>(rng() % 3 != 0));
+    decay.push_back(static_cast<uint8_t>(rng() % 2));
+  }
+  const uint8_t* up = masked ? update.data() : nullptr;
+  const uint8_t* dp = decay_mask ? decay.data() : nullptr;
+  std::vector<T> w_c = w0, m_c = m0, v_c = v0;
+  auto step = [&](const OpTable& ops, void* w, void* m, void* v, const void* gg, const uint8_t* u, const uint8_t* dm) {
+    if (kind == "sgd") ops.sgd_step(dtype_of<T>(), w, gg, u, dm, n, 0.1, wd);
+    else if (kind == "adam") ops.adam_step(dtype_of<T>(), w, gg, m, v, u, dm, n, 0.01, 0.9, 0.999, 1e-8, 1 - 0.9, 1 - 0.999, wd);
+    else ops.adagrad_step(dtype_of<T>(), w, gg, v, u, dm, n, 0.05, 1e-10, wd);
+  };
+  step(cpu(), w_c.data(), m_c.data(), v_c.data(), g.data(), up, dp);
+  DeviceBuffer<T> d_w(w0), d_m(m0), d_v(v0), d_g(g);
+  DeviceBuffer<uint8_t> d_up(update), d_dp(decay);
+  step(gpu(), d_w.get(), d_m.get(), d_v.get(), d_g.get(), masked ? d_up.get() : nullptr, decay_mask ? d_dp.get() : nullptr);
+  const auto w_g = d_w.download(), m_g = d_m.download(), v_g = d_v.download();
+  auto bound = [&](const std::vector<T>& want, const std::vector<T>& before) {
+    std::vector<double> b(want.size());
+    for (size_t i = 0; i < want.size(); ++i) b[i] = rtol<T>() * (std::fabs(want[i]) + std::fabs(before[i]));
+    return b;
+  };
+  expect_close(w_g, w_c, bound(w_c, w0), what + " w");
+  if (kind == "adam") expect_close(m_g, m_c, bound(m_c, m0), what + " m");
+  if (kind != "sgd") expect_close(v_g, v_c, bound(v_c, v0), what + (kind == "adam" ? " v" : " accumulator"));
+  if (masked)
+    for (int64_t i = 0; i < n; ++i)
+      if (!update[static_cast<size_t>(i)]) {
+        ASSERT_EQ(w_g[static_cast<size_t>(i)], w0[static_cast<size_t>(i)]) << what << ": element " << i << " outside the update mask moved";
+        ASSERT_EQ(v_g[static_cast<size_t>(i)], v0[static_cast<size_t>(i)]) << what << ": state " << i << " outside the update mask moved";
+      }
+}
+
+TEST_F(CudaTrainOps, DenseOptimizerSteps) {
+  for (const char* kind : {"sgd", "adam", "adagrad"})
+    for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{533634}})
+      for (bool masked : {false, true})
+        for (double wd : {0.0, 0.01}) {
+          check_optimizer<float>(kind, n, masked, wd, false, 21);
+          check_optimizer<double>(kind, n, masked, wd, wd > 0, 22);
+        }
+}
+
+}  // namespace
+}  // namespace ncsrec
