@@ -1,14 +1,15 @@
-// CUDA/CPU parity for the hash embedding table: CudaHashTable (cuda/hash_table.h) against the
-// CPU hash table (embedding/sharded_table.h, one process) with the CPU embedding bag and
-// sparse Adagrad, over several training steps on random bags of Zipf-like ids (repeats within
-// and across bags, new ids every step, some empty bags).
+// CUDA/CPU parity for the embedding table's training step: CudaEmbeddingTable
+// (cuda/embedding_table.h) against the CPU table (embedding/sharded_table.h, one process) with
+// the CPU embedding bag and sparse optimizer, for a fixed and a hash table, with sum pooling and
+// Adagrad and with mean pooling and lazy Adam, over several training steps on random bags of
+// skewed ids (repeats within and across bags, new ids every step, some empty bags).
 //
 // Outputs are poisoned with NaN (plus a guard row that must survive) before each GPU forward.
-// Bounds: a pooled output element within 1e-5 · Σ|summed values| of the CPU's; after the
-// steps, every row's value and accumulator within 1e-5 relative (plus 1e-7 absolute) of the
-// CPU's, and the same set of ids. The rounding of both sides is the same by construction
-// (_rn intrinsics), so in practice they agree to the bit; the bound only allows for the
-// device's double log/cos in the initialisation differing by an ulp.
+// Bounds: a pooled output element within 1e-5 · Σ|pooled values| of the CPU's; after the
+// steps, every row's value and optimizer state within 1e-5 relative (plus 1e-7 absolute) of the
+// CPU's, and the same set of keys. The rounding of both sides is the same by construction (_rn
+// intrinsics), so in practice they agree to the bit; the bound allows for the device's double
+// log, cos and pow (row initialisation, Adam's bias corrections) differing by an ulp.
 //
 // Without a GPU every test skips with the reason.
 #include <gtest/gtest.h>
@@ -28,7 +29,7 @@
 #include "core/random.h"
 #include "core/tensor.h"
 #include "cuda/device.h"
-#include "cuda/hash_table.h"
+#include "cuda/embedding_table.h"
 #include "embedding/embedding_table.h"
 #include "embedding/sharded_table.h"
 #include "tests/random_inputs.h"
@@ -36,11 +37,11 @@
 namespace ncsrec {
 namespace {
 
-class CudaHashParity : public ::testing::Test {
+class CudaEmbeddingParity : public ::testing::Test {
  protected:
   void SetUp() override {
     std::string why;
-    if (!cuda_register_if_available(&why)) GTEST_SKIP() << "the GPU hash table needs a GPU: " << why;
+    if (!cuda_register_if_available(&why)) GTEST_SKIP() << "the GPU embedding table needs a GPU: " << why;
   }
 };
 
@@ -87,84 +88,106 @@ struct DeviceCopy {
   }
 };
 
-CudaHashTableOptions gpu_options(int64_t capacity) {
-  CudaHashTableOptions o;
+CudaEmbeddingOptions gpu_options(int64_t rows, bool hash = true, bool mean = false, const std::string& optimizer = "adagrad") {
+  CudaEmbeddingOptions o;
   o.name = "items";
-  o.capacity = capacity;
+  o.hash = hash;
+  o.rows = rows;
   o.dim = kDim;
+  o.mean_pooling = mean;
   o.seed = kSeed;
   o.init_scale = kScale;
-  o.lr = 0.05;
-  o.eps = 1e-10;
+  o.optimizer = optimizer;
+  o.lr = optimizer == "adam" ? 0.01 : 0.05;
+  o.eps = optimizer == "adam" ? 1e-8 : 1e-10;
   o.initial_accumulator = 0.1;
   return o;
 }
 
-TEST_F(CudaHashParity, TrainingStepsMatchTheCpuHashTableRowForRow) {
-  const int64_t capacity = 5000;
+void check_training(bool hash, bool mean, const std::string& optimizer) {
+  const std::string what = std::string(hash ? "hash" : "fixed") + (mean ? " mean " : " sum ") + optimizer;
+  const int64_t rows = hash ? 5000 : 700;  // fixed: the ids wrap around the rows
+  const CudaEmbeddingOptions o = gpu_options(rows, hash, mean, optimizer);
   HashOptions h;
-  h.capacity = capacity;
-  ShardedTable cpu("items", 0, kDim, DType::F32, kSeed, kScale, Placement::RowWise, 0, 0, 1, &h);
+  h.capacity = rows;
+  ShardedTable cpu("items", rows, kDim, DType::F32, kSeed, kScale, Placement::RowWise, 0, 0, 1, hash ? &h : nullptr);
   OptimizerConfig oc;
-  oc.type = "adagrad";
-  oc.lr = 0.05;
-  oc.adagrad_eps = oc.eps = 1e-10;
-  oc.initial_accumulator = 0.1;
-  auto adagrad = make_sparse_optimizer(oc, cpu.shard());
-  CudaHashTable gpu(gpu_options(capacity));
+  oc.type = optimizer;
+  oc.lr = o.lr;
+  oc.eps = o.eps;
+  oc.adagrad_eps = o.eps;
+  oc.initial_accumulator = o.initial_accumulator;
+  auto sparse = make_sparse_optimizer(oc, cpu.shard());
+  CudaEmbeddingTable gpu(o);
+  const Pooling pooling = mean ? Pooling::Mean : Pooling::Sum;
 
   for (int step = 0; step < 6; ++step) {
     const Bags bags = random_bags(300, 2000, 100 + step);
     const int64_t B = bags.batch();
-    // CPU: lookup (inserting), pooled forward, backward, Adagrad.
+    // CPU: lookup (a hash table inserts), pooled forward, backward, the sparse optimizer.
     ShardedTable::Lookup lookup;
     cpu.lookup({{bags.ids.data(), static_cast<int64_t>(bags.ids.size())}}, nullptr, &lookup, true);
     Tensor out_cpu = Tensor::empty({B, kDim}, DType::F32);
-    embedding_bag_forward(out_cpu, 0, lookup.values, bags.offsets.data(), lookup.ids[0].data(), B, Pooling::Sum);
+    embedding_bag_forward(out_cpu, 0, lookup.values, bags.offsets.data(), lookup.ids[0].data(), B, pooling);
     const Tensor dout = testing::random_f32({B, kDim}, 900 + step);
     const SparseGrad compact = embedding_bag_backward(
-        dout, {{bags.offsets.data(), lookup.ids[0].data(), 0, Pooling::Sum}}, B, lookup.values.dim(0), kDim);
-    adagrad->step(cpu.shard(), cpu.reduce_gradient(lookup, compact, nullptr));
+        dout, {{bags.offsets.data(), lookup.ids[0].data(), 0, pooling}}, B, lookup.values.dim(0), kDim);
+    sparse->step(cpu.shard(), cpu.reduce_gradient(lookup, compact, nullptr));
 
     // GPU: the same, the output poisoned with a guard row.
     DeviceCopy<int64_t> offsets(bags.offsets), ids(bags.ids);
     DeviceCopy<float> out(std::vector<float>(static_cast<size_t>((B + 1) * kDim), std::numeric_limits<float>::quiet_NaN()));
     gpu.forward(offsets.ptr, ids.ptr, B, static_cast<int64_t>(bags.ids.size()), out.ptr, true);
     const std::vector<float> got = out.to_host(static_cast<size_t>((B + 1) * kDim));
-    for (int64_t d = 0; d < kDim; ++d) EXPECT_TRUE(std::isnan(got[static_cast<size_t>(B * kDim + d)])) << "guard row written";
+    for (int64_t d = 0; d < kDim; ++d)
+      EXPECT_TRUE(std::isnan(got[static_cast<size_t>(B * kDim + d)])) << what << ": guard row written";
     for (int64_t b = 0; b < B; ++b)
       for (int64_t d = 0; d < kDim; ++d) {
         double bound = 0;
         for (int64_t k = bags.offsets[b]; k < bags.offsets[b + 1]; ++k)
           bound += std::fabs(lookup.values.data<float>()[lookup.ids[0][static_cast<size_t>(k)] * kDim + d]);
         const float want = out_cpu.data<float>()[b * kDim + d], have = got[static_cast<size_t>(b * kDim + d)];
-        ASSERT_LE(std::fabs(have - want), 1e-5 * bound + 1e-30) << "step " << step << " bag " << b << " element " << d;
+        ASSERT_LE(std::fabs(have - want), 1e-5 * bound + 1e-30) << what << ": step " << step << " bag " << b << " element " << d;
       }
     DeviceCopy<float> dout_gpu(std::vector<float>(dout.data<float>(), dout.data<float>() + dout.numel()));
-    gpu.backward_adagrad(dout_gpu.ptr);
+    gpu.backward_update(dout_gpu.ptr);
   }
 
-  // Every row: same ids, values and accumulators.
-  std::vector<int64_t> ids;
-  std::vector<float> values, acc;
-  gpu.snapshot(&ids, &values, &acc);
-  ASSERT_EQ(static_cast<int64_t>(ids.size()), cpu.shard().rows());
-  ASSERT_EQ(gpu.rows(), cpu.shard().rows());
-  const Tensor* cpu_acc = adagrad->state()[0].second;
-  for (size_t i = 0; i < ids.size(); ++i) {
-    const int64_t r = cpu.shard_index(ids[i]);
-    ASSERT_GE(r, 0) << "id " << ids[i] << " has a GPU row and no CPU row";
-    for (int64_t d = 0; d < kDim; ++d) {
-      const float cv = cpu.shard().values().data<float>()[r * kDim + d], gv = values[i * kDim + d];
-      const float ca = cpu_acc->data<float>()[r * kDim + d], ga = acc[i * kDim + d];
-      EXPECT_NEAR(gv, cv, 1e-5 * std::fabs(cv) + 1e-7) << "id " << ids[i] << " element " << d;
-      EXPECT_NEAR(ga, ca, 1e-5 * std::fabs(ca) + 1e-7) << "id " << ids[i] << " accumulator " << d;
+  // Every row: the same keys, values and optimizer state.
+  const CudaEmbeddingTable::Snapshot snap = gpu.snapshot();
+  ASSERT_EQ(static_cast<int64_t>(snap.keys.size()), cpu.shard().rows()) << what;
+  ASSERT_EQ(gpu.rows(), cpu.shard().rows()) << what;
+  auto close = [&](float got, float want, const std::string& name, int64_t key, int64_t d) {
+    EXPECT_NEAR(got, want, 1e-5 * std::fabs(want) + 1e-7) << what << ": key " << key << " " << name << " " << d;
+  };
+  for (size_t i = 0; i < snap.keys.size(); ++i) {
+    const int64_t r = cpu.shard_index(snap.keys[i]);
+    ASSERT_GE(r, 0) << what << ": key " << snap.keys[i] << " has a GPU row and no CPU row";
+    for (int64_t d = 0; d < kDim; ++d)
+      close(snap.values[i * kDim + d], cpu.shard().values().data<float>()[r * kDim + d], "value", snap.keys[i], d);
+    for (const auto& [name, column] : snap.state) {
+      const Tensor* state = nullptr;
+      for (auto& [n, t] : sparse->state())
+        if (n == name) state = t;
+      ASSERT_NE(state, nullptr) << what << ": the CPU optimizer has no state " << name;
+      if (name == "steps") {
+        EXPECT_EQ(static_cast<int64_t>(column[i]), state->data<int64_t>()[r]) << what << ": key " << snap.keys[i];
+        continue;
+      }
+      for (int64_t d = 0; d < kDim; ++d) close(column[i * kDim + d], state->data<float>()[r * kDim + d], name, snap.keys[i], d);
     }
   }
 }
 
-TEST_F(CudaHashParity, InferenceNeverInsertsAndReadsZerosForUnknownIds) {
-  CudaHashTable gpu(gpu_options(100));
+TEST_F(CudaEmbeddingParity, TrainingStepsMatchTheCpuTableRowForRow) {
+  for (bool hash : {false, true}) {
+    check_training(hash, false, "adagrad");
+    check_training(hash, true, "adam");
+  }
+}
+
+TEST_F(CudaEmbeddingParity, InferenceNeverInsertsAndReadsZerosForUnknownIds) {
+  CudaEmbeddingTable gpu(gpu_options(100));
   const std::vector<int64_t> offsets{0, 2, 3}, ids{11, 12, 11};
   DeviceCopy<int64_t> d_offsets(offsets), d_ids(ids);
   DeviceCopy<float> out(std::vector<float>(2 * kDim, std::numeric_limits<float>::quiet_NaN()));
@@ -177,11 +200,11 @@ TEST_F(CudaHashParity, InferenceNeverInsertsAndReadsZerosForUnknownIds) {
   const std::vector<float> trained = out.to_host(2 * kDim);
   gpu.forward(d_offsets.ptr, d_ids.ptr, 2, 3, out.ptr, false);
   EXPECT_EQ(out.to_host(2 * kDim), trained);
-  EXPECT_THROW(gpu.backward_adagrad(out.ptr), InternalError);  // the last forward was not a training one
+  EXPECT_THROW(gpu.backward_update(out.ptr), InternalError);  // the last forward was not a training one
 }
 
-TEST_F(CudaHashParity, AFullTableIsAUserErrorNamingTheTable) {
-  CudaHashTable gpu(gpu_options(4));
+TEST_F(CudaEmbeddingParity, AFullTableIsAUserErrorNamingTheTable) {
+  CudaEmbeddingTable gpu(gpu_options(4));
   std::vector<int64_t> offsets{0}, ids;
   for (int64_t i = 0; i < 10; ++i) {
     ids.push_back(1000 + i);
@@ -198,9 +221,9 @@ TEST_F(CudaHashParity, AFullTableIsAUserErrorNamingTheTable) {
   EXPECT_EQ(gpu.rows(), 4);
 }
 
-TEST(CudaHashTableNoGpu, BuildingOneWithoutAGpuThrowsInsteadOfCrashing) {
+TEST(CudaEmbeddingTableNoGpu, BuildingOneWithoutAGpuThrowsInsteadOfCrashing) {
   if (cuda_device_count() > 0) GTEST_SKIP() << "a GPU is present";
-  EXPECT_THROW(CudaHashTable table(gpu_options(10)), InternalError);
+  EXPECT_THROW(CudaEmbeddingTable table(gpu_options(10)), InternalError);
 }
 
 }  // namespace

@@ -1,0 +1,473 @@
+// The GPU embedding table (cuda/embedding_table.h): the hash index, row initialisation, pooled
+// lookup and the fused segment-sum backward with the sparse optimizer's update.
+//
+// Float arithmetic that must match the CPU reference uses the _rn intrinsics (__fadd_rn,
+// __fmul_rn, ...), which nvcc never contracts into fused multiply-adds: the sums and the
+// optimizer updates then round exactly as embedding_bag.cpp and embedding_table.cpp do.
+#include "cuda/embedding_table.h"
+
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+#include "core/random.h"
+#include "cuda/check.h"
+#include "cuda/common.cuh"
+
+namespace ncsrec {
+namespace {
+
+using namespace cuda_detail;
+
+constexpr unsigned long long kEmptySlot = static_cast<unsigned long long>(INT64_MIN);
+
+#define GRID_STRIDE(i, n) \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+__global__ void iota_kernel(int64_t* p, int64_t n) {
+  GRID_STRIDE(i, n) p[i] = i;
+}
+
+__global__ void fill_i64_kernel(int64_t* p, int64_t n, int64_t v) {
+  GRID_STRIDE(i, n) p[i] = v;
+}
+
+__global__ void fill_f32_kernel(float* p, int64_t n, float v) {
+  GRID_STRIDE(i, n) p[i] = v;
+}
+
+// A fixed table's key of an id: its row, the non-negative remainder (embedding_row on the CPU).
+__global__ void fixed_rows_kernel(const int64_t* ids, int64_t n, int64_t rows, int64_t* keys) {
+  GRID_STRIDE(i, n) {
+    const int64_t r = ids[i] % rows;
+    keys[i] = r < 0 ? r + rows : r;
+  }
+}
+
+// 1 where a run of equal keys starts in the sorted keys.
+__global__ void run_start_flags_kernel(const int64_t* sorted, int64_t n, int32_t* flags) {
+  GRID_STRIDE(i, n) flags[i] = (i == 0 || sorted[i] != sorted[i - 1]) ? 1 : 0;
+}
+
+// run_id1[i] = 1 + the unique index of sorted[i] (the inclusive scan of the flags): each run's
+// key and its first position; run_begin[U] = n closes the last run.
+__global__ void compact_runs_kernel(const int64_t* sorted, const int32_t* run_id1, int64_t n, int64_t* unique_keys,
+                                    int64_t* run_begin) {
+  GRID_STRIDE(i, n) {
+    if (i == 0 || sorted[i] != sorted[i - 1]) {
+      const int64_t u = run_id1[i] - 1;
+      unique_keys[u] = sorted[i];
+      run_begin[u] = i;
+    }
+    if (i == n - 1) run_begin[run_id1[i]] = n;
+  }
+}
+
+__global__ void copy_i64_kernel(const int64_t* src, int64_t n, int64_t* dst) {
+  GRID_STRIDE(i, n) dst[i] = src[i];
+}
+
+// Hash tables: one thread per unique id of the batch (so no two threads ever look for the same
+// id): the row of the id, claiming a slot and a row for a new id when `insert`. row -1: no row
+// (absent and not inserted, or the table is full: then *full is set).
+__global__ void find_or_insert_kernel(const int64_t* unique_ids, int64_t U, unsigned long long* slot_keys,
+                                      int64_t* slot_rows, uint64_t slot_mask, unsigned long long* row_count,
+                                      int64_t capacity, int64_t* row_keys, int64_t* unique_rows, uint8_t* is_new,
+                                      int* full, bool insert) {
+  GRID_STRIDE(u, U) {
+    const int64_t id = unique_ids[u];
+    const auto want = static_cast<unsigned long long>(id);
+    uint64_t slot = mix64(static_cast<uint64_t>(id)) & slot_mask;
+    int64_t row = -1;
+    uint8_t fresh = 0;
+    bool settled = false;
+    for (uint64_t probe = 0; probe <= slot_mask; ++probe, slot = (slot + 1) & slot_mask) {
+      unsigned long long seen = reinterpret_cast<volatile unsigned long long*>(slot_keys)[slot];
+      if (seen == kEmptySlot) {
+        if (!insert) {
+          settled = true;
+          break;
+        }
+        const unsigned long long before = atomicCAS(&slot_keys[slot], kEmptySlot, want);
+        if (before == kEmptySlot) {  // the slot is ours: take a row
+          const unsigned long long r = atomicAdd(row_count, 1ULL);
+          if (static_cast<int64_t>(r) < capacity) {
+            row = static_cast<int64_t>(r);
+            slot_rows[slot] = row;
+            row_keys[row] = id;
+            fresh = 1;
+          } else {
+            atomicExch(full, 1);  // the slot keeps row -1: the id reads zeros
+          }
+          settled = true;
+          break;
+        }
+        seen = before;  // another id took it first: go on probing
+      }
+      if (seen == want) {  // inserted by an earlier batch (a batch's ids are unique)
+        row = slot_rows[slot];
+        settled = true;
+        break;
+      }
+    }
+    if (!settled && insert) atomicExch(full, 1);  // every slot probed
+    unique_rows[u] = row;
+    is_new[u] = fresh;
+  }
+}
+
+// Rows from (table seed, key), as init_rows in embedding_table.cpp: one generator per row, drawn
+// in element order. rows[u] receives keys[u] (when is_new is null, or is_new[u]).
+__global__ void init_rows_kernel(const int64_t* keys, const int64_t* rows, const uint8_t* is_new, int64_t U,
+                                 float* values, int64_t dim, uint64_t table_seed, double init_scale) {
+  GRID_STRIDE(u, U) {
+    if (is_new && !is_new[u]) continue;
+    const int64_t row = rows ? rows[u] : u;
+    Rng rng(hash_combine(table_seed, static_cast<uint64_t>(keys ? keys[u] : u)));
+    for (int64_t d = 0; d < dim; ++d) values[row * dim + d] = static_cast<float>(init_scale * rng.normal());
+  }
+}
+
+// The row each position of the batch reads.
+__global__ void scatter_rows_kernel(const int64_t* sorted_positions, const int32_t* run_id1, const int64_t* unique_rows,
+                                    int64_t n, int64_t* row_of_position) {
+  GRID_STRIDE(i, n) row_of_position[sorted_positions[i]] = unique_rows[run_id1[i] - 1];
+}
+
+__global__ void bag_of_position_kernel(const int64_t* offsets, int64_t batch, int64_t* bag_of_position) {
+  GRID_STRIDE(b, batch) for (int64_t k = offsets[b]; k < offsets[b + 1]; ++k) bag_of_position[k] = b;
+}
+
+// The pooling factor of a bag of `count` ids: 1 for sum, T(1)/count for mean (pool_scale on the CPU).
+__device__ inline float pool_scale(bool mean, int64_t count) {
+  return (mean && count > 0) ? __fdiv_rn(1.0f, static_cast<float>(count)) : 1.0f;
+}
+
+// out[b, d] = pool over the bag's positions, in order, of values[row(k), d] (rows -1 read zeros).
+__global__ void pooled_kernel(const int64_t* offsets, const int64_t* row_of_position, const float* values,
+                              int64_t batch, int64_t dim, bool mean, float* out) {
+  GRID_STRIDE(e, batch * dim) {
+    const int64_t b = e / dim, d = e % dim;
+    float sum = 0.0f;
+    for (int64_t k = offsets[b]; k < offsets[b + 1]; ++k) {
+      const int64_t row = row_of_position[k];
+      if (row >= 0) sum = __fadd_rn(sum, values[row * dim + d]);
+    }
+    const float s = pool_scale(mean, offsets[b + 1] - offsets[b]);
+    out[e] = s != 1.0f ? __fmul_rn(sum, s) : sum;
+  }
+}
+
+// The gradient of unique row u, element d: its positions' output gradients in order (the
+// sorted segment sum), each times its bag's pooling factor.
+__device__ inline float segment_gradient(const int64_t* run_begin, const int64_t* sorted_positions,
+                                         const int64_t* bag_of_position, const int64_t* offsets, const float* dout,
+                                         int64_t dim, bool mean, int64_t u, int64_t d) {
+  float g = 0.0f;
+  for (int64_t i = run_begin[u]; i < run_begin[u + 1]; ++i) {
+    const int64_t bag = bag_of_position[sorted_positions[i]];
+    g = __fadd_rn(g, __fmul_rn(dout[bag * dim + d], pool_scale(mean, offsets[bag + 1] - offsets[bag])));
+  }
+  return g;
+}
+
+// acc += g²; w -= lr · g / (sqrt(acc) + eps)
+__global__ void adagrad_kernel(const int64_t* run_begin, const int64_t* sorted_positions, const int64_t* bag_of_position,
+                               const int64_t* offsets, const int64_t* unique_rows, int64_t U, const float* dout,
+                               int64_t dim, bool mean, float* values, float* acc, float lr, float eps) {
+  GRID_STRIDE(e, U * dim) {
+    const int64_t u = e / dim, d = e % dim, row = unique_rows[u];
+    if (row < 0) continue;  // an id without a row gets no gradient
+    const float g = segment_gradient(run_begin, sorted_positions, bag_of_position, offsets, dout, dim, mean, u, d);
+    const int64_t w = row * dim + d;
+    const float a = __fadd_rn(acc[w], __fmul_rn(g, g));
+    acc[w] = a;
+    values[w] = __fsub_rn(values[w], __fdiv_rn(__fmul_rn(lr, g), __fadd_rn(__fsqrt_rn(a), eps)));
+  }
+}
+
+// Lazy Adam: t = the row's steps + 1 (steps is incremented after, by steps_kernel);
+// m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²; w -= lr · (m / c1) / (sqrt(v / c2) + eps).
+__global__ void adam_kernel(const int64_t* run_begin, const int64_t* sorted_positions, const int64_t* bag_of_position,
+                            const int64_t* offsets, const int64_t* unique_rows, int64_t U, const float* dout,
+                            int64_t dim, bool mean, float* values, float* m, float* v, const int64_t* steps, float lr,
+                            double beta1, double beta2, float eps) {
+  GRID_STRIDE(e, U * dim) {
+    const int64_t u = e / dim, d = e % dim, row = unique_rows[u];
+    if (row < 0) continue;
+    const float g = segment_gradient(run_begin, sorted_positions, bag_of_position, offsets, dout, dim, mean, u, d);
+    const double t = static_cast<double>(steps[row] + 1);
+    const float c1 = static_cast<float>(1.0 - pow(beta1, t)), c2 = static_cast<float>(1.0 - pow(beta2, t));
+    const float b1 = static_cast<float>(beta1), b2 = static_cast<float>(beta2);
+    const int64_t w = row * dim + d;
+    const float mw = __fadd_rn(__fmul_rn(b1, m[w]), __fmul_rn(__fsub_rn(1.0f, b1), g));
+    const float vw = __fadd_rn(__fmul_rn(b2, v[w]), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, b2), g), g));
+    m[w] = mw;
+    v[w] = vw;
+    values[w] = __fsub_rn(values[w], __fdiv_rn(__fmul_rn(lr, __fdiv_rn(mw, c1)), __fadd_rn(__fsqrt_rn(__fdiv_rn(vw, c2)), eps)));
+  }
+}
+
+__global__ void steps_kernel(const int64_t* unique_rows, int64_t U, int64_t* steps) {
+  GRID_STRIDE(u, U) {
+    const int64_t row = unique_rows[u];
+    if (row >= 0) ++steps[row];
+  }
+}
+
+void launch_check() { CUDA_CHECK(cudaGetLastError()); }
+
+// A device buffer that grows (and only grows) to the largest size asked for.
+template <class T>
+class DeviceVector {
+ public:
+  DeviceVector() = default;
+  ~DeviceVector() {
+    if (ptr_) (void)cudaFree(ptr_);
+  }
+  DeviceVector(const DeviceVector&) = delete;
+  DeviceVector& operator=(const DeviceVector&) = delete;
+  T* reserve(int64_t n) {
+    if (n > size_) {
+      if (ptr_) CUDA_CHECK(cudaFree(ptr_));
+      ptr_ = nullptr;
+      size_ = 0;
+      CUDA_CHECK(cudaMalloc(&ptr_, static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T)));
+      size_ = n;
+    }
+    return ptr_;
+  }
+  T* get() const { return ptr_; }
+
+ private:
+  T* ptr_ = nullptr;
+  int64_t size_ = 0;
+};
+
+template <class T>
+std::vector<T> to_host(const T* device, int64_t n) {
+  std::vector<T> host(static_cast<size_t>(n));
+  if (n > 0) CUDA_CHECK(cudaMemcpy(host.data(), device, host.size() * sizeof(T), cudaMemcpyDeviceToHost));
+  return host;
+}
+
+}  // namespace
+
+struct CudaEmbeddingTable::Buffers {
+  // The table.
+  DeviceVector<float> values, acc, m, v;  // [rows, dim]; acc (adagrad) or m, v (adam)
+  DeviceVector<int64_t> steps;            // adam: [rows]
+  // Hash tables.
+  uint64_t slot_mask = 0;
+  DeviceVector<unsigned long long> slot_keys;  // [slots]: id or kEmptySlot
+  DeviceVector<int64_t> slot_rows;             // [slots]: row of the slot's id, -1 none
+  DeviceVector<int64_t> row_keys;              // [rows]: id of each row
+  DeviceVector<unsigned long long> row_count;  // [1]
+  DeviceVector<int> full;                      // [1]
+  // The last forward's batch (backward reads it).
+  const int64_t* offsets = nullptr;
+  int64_t batch = 0, nnz = 0, unique = 0;
+  bool trained_forward = false;
+  DeviceVector<int64_t> keys, positions, sorted_keys, sorted_positions, unique_keys, run_begin, unique_rows,
+      row_of_position, bag_of_position;
+  DeviceVector<int32_t> flags, run_id1;
+  DeviceVector<uint8_t> is_new;
+  DeviceVector<char> scratch;  // CUB temporary storage
+};
+
+CudaEmbeddingTable::CudaEmbeddingTable(const CudaEmbeddingOptions& options)
+    : options_(options), table_seed_(hash_combine(options.seed, hash_string(options.name))),
+      buffers_(std::make_unique<Buffers>()) {
+  NCSREC_CHECK(options_.rows > 0 && options_.dim > 0,
+               "CudaEmbeddingTable " << options_.name << ": rows " << options_.rows << ", dim " << options_.dim);
+  NCSREC_CHECK(options_.optimizer == "adagrad" || options_.optimizer == "adam",
+               "CudaEmbeddingTable " << options_.name << ": optimizer " << options_.optimizer << " (adagrad or adam)");
+  Buffers& b = *buffers_;
+  const int64_t n = options_.rows * options_.dim;
+  b.values.reserve(n);
+  if (options_.optimizer == "adagrad") {
+    fill_f32_kernel<<<blocks_for(n), kThreads>>>(b.acc.reserve(n), n, static_cast<float>(options_.initial_accumulator));
+    launch_check();
+  } else {
+    CUDA_CHECK(cudaMemset(b.m.reserve(n), 0, static_cast<size_t>(n) * sizeof(float)));
+    CUDA_CHECK(cudaMemset(b.v.reserve(n), 0, static_cast<size_t>(n) * sizeof(float)));
+    CUDA_CHECK(cudaMemset(b.steps.reserve(options_.rows), 0, static_cast<size_t>(options_.rows) * sizeof(int64_t)));
+  }
+  if (options_.hash) {
+    uint64_t slots = 16;
+    while (slots < 2 * static_cast<uint64_t>(options_.rows)) slots *= 2;
+    b.slot_mask = slots - 1;
+    const auto n_slots = static_cast<int64_t>(slots);
+    // INT64_MIN is 0x8000...0: not a byte pattern cudaMemset can write, so fill by kernel.
+    fill_i64_kernel<<<blocks_for(n_slots), kThreads>>>(reinterpret_cast<int64_t*>(b.slot_keys.reserve(n_slots)),
+                                                       n_slots, INT64_MIN);
+    launch_check();
+    fill_i64_kernel<<<blocks_for(n_slots), kThreads>>>(b.slot_rows.reserve(n_slots), n_slots, -1);
+    launch_check();
+    b.row_keys.reserve(options_.rows);
+    CUDA_CHECK(cudaMemset(b.row_count.reserve(1), 0, sizeof(unsigned long long)));
+    CUDA_CHECK(cudaMemset(b.full.reserve(1), 0, sizeof(int)));
+  } else {
+    // Every row of a fixed table now, keyed by its index.
+    init_rows_kernel<<<blocks_for(options_.rows), kThreads>>>(nullptr, nullptr, nullptr, options_.rows, b.values.get(),
+                                                               options_.dim, table_seed_, options_.init_scale);
+    launch_check();
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+CudaEmbeddingTable::~CudaEmbeddingTable() = default;
+
+int64_t CudaEmbeddingTable::rows() const {
+  if (!options_.hash) return options_.rows;
+  unsigned long long count = 0;
+  CUDA_CHECK(cudaMemcpy(&count, buffers_->row_count.get(), sizeof(count), cudaMemcpyDeviceToHost));
+  return std::min<int64_t>(static_cast<int64_t>(count), options_.rows);
+}
+
+void CudaEmbeddingTable::forward(const int64_t* offsets, const int64_t* ids, int64_t batch, int64_t nnz, float* out,
+                                 bool training) {
+  NCSREC_CHECK(batch >= 0 && nnz >= 0 && nnz <= INT32_MAX, "CudaEmbeddingTable " << options_.name << ": batch "
+                                                                              << batch << ", nnz " << nnz);
+  Buffers& b = *buffers_;
+  const int64_t dim = options_.dim;
+  b.offsets = offsets;
+  b.batch = batch;
+  b.nnz = nnz;
+  b.trained_forward = false;
+  b.unique = 0;
+  if (nnz > 0) {
+    const int n = static_cast<int>(nnz);
+    // The keys of the positions: a fixed table's rows, a hash table's ids.
+    const int64_t* keys = ids;
+    if (!options_.hash) {
+      fixed_rows_kernel<<<blocks_for(nnz), kThreads>>>(ids, nnz, options_.rows, b.keys.reserve(nnz));
+      launch_check();
+      keys = b.keys.get();
+    }
+    iota_kernel<<<blocks_for(nnz), kThreads>>>(b.positions.reserve(nnz), nnz);
+    launch_check();
+    // Keys sorted with their positions (stable: a run of one key keeps its positions ascending).
+    size_t sort_bytes = 0, scan_bytes = 0;
+    CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, keys, b.sorted_keys.reserve(nnz), b.positions.get(),
+                                               b.sorted_positions.reserve(nnz), n));
+    CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, b.flags.reserve(nnz), b.run_id1.reserve(nnz), n));
+    char* scratch = b.scratch.reserve(static_cast<int64_t>(std::max(sort_bytes, scan_bytes)));
+    CUDA_CHECK(cub::DeviceRadixSort::SortPairs(scratch, sort_bytes, keys, b.sorted_keys.get(), b.positions.get(),
+                                               b.sorted_positions.get(), n));
+    run_start_flags_kernel<<<blocks_for(nnz), kThreads>>>(b.sorted_keys.get(), nnz, b.flags.get());
+    launch_check();
+    CUDA_CHECK(cub::DeviceScan::InclusiveSum(scratch, scan_bytes, b.flags.get(), b.run_id1.get(), n));
+    int32_t unique = 0;
+    CUDA_CHECK(cudaMemcpy(&unique, b.run_id1.get() + (nnz - 1), sizeof(unique), cudaMemcpyDeviceToHost));
+    b.unique = unique;
+    compact_runs_kernel<<<blocks_for(nnz), kThreads>>>(b.sorted_keys.get(), b.run_id1.get(), nnz,
+                                                       b.unique_keys.reserve(b.unique), b.run_begin.reserve(b.unique + 1));
+    launch_check();
+    if (options_.hash) {
+      find_or_insert_kernel<<<blocks_for(b.unique), kThreads>>>(
+          b.unique_keys.get(), b.unique, b.slot_keys.get(), b.slot_rows.get(), b.slot_mask, b.row_count.get(),
+          options_.rows, b.row_keys.get(), b.unique_rows.reserve(b.unique), b.is_new.reserve(b.unique), b.full.get(),
+          training);
+      launch_check();
+      init_rows_kernel<<<blocks_for(b.unique), kThreads>>>(b.unique_keys.get(), b.unique_rows.get(), b.is_new.get(),
+                                                           b.unique, b.values.get(), dim, table_seed_,
+                                                           options_.init_scale);
+      launch_check();
+    } else {
+      copy_i64_kernel<<<blocks_for(b.unique), kThreads>>>(b.unique_keys.get(), b.unique, b.unique_rows.reserve(b.unique));
+      launch_check();
+    }
+    scatter_rows_kernel<<<blocks_for(nnz), kThreads>>>(b.sorted_positions.get(), b.run_id1.get(), b.unique_rows.get(),
+                                                       nnz, b.row_of_position.reserve(nnz));
+    launch_check();
+    bag_of_position_kernel<<<blocks_for(batch), kThreads>>>(offsets, batch, b.bag_of_position.reserve(nnz));
+    launch_check();
+    if (training && options_.hash) {
+      int full = 0;
+      CUDA_CHECK(cudaMemcpy(&full, b.full.get(), sizeof(full), cudaMemcpyDeviceToHost));
+      if (full)
+        throw UserError("hash table " + options_.name + " (GPU) is full: it holds its capacity of " +
+                        std::to_string(options_.rows) + " rows; raise its capacity");
+    }
+  }
+  if (batch > 0) {
+    if (nnz > 0) {
+      pooled_kernel<<<blocks_for(batch * dim), kThreads>>>(offsets, b.row_of_position.get(), b.values.get(), batch, dim,
+                                                           options_.mean_pooling, out);
+      launch_check();
+    } else {
+      CUDA_CHECK(cudaMemset(out, 0, static_cast<size_t>(batch * dim) * sizeof(float)));
+    }
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+  b.trained_forward = training;
+}
+
+void CudaEmbeddingTable::backward_update(const float* dout) {
+  Buffers& b = *buffers_;
+  NCSREC_CHECK(b.trained_forward, "CudaEmbeddingTable " << options_.name << ": backward without a training forward");
+  b.trained_forward = false;  // one backward per forward
+  if (b.unique == 0) return;
+  const int64_t dim = options_.dim;
+  const int g = blocks_for(b.unique * dim);
+  if (options_.optimizer == "adagrad") {
+    adagrad_kernel<<<g, kThreads>>>(b.run_begin.get(), b.sorted_positions.get(), b.bag_of_position.get(), b.offsets,
+                                    b.unique_rows.get(), b.unique, dout, dim, options_.mean_pooling, b.values.get(),
+                                    b.acc.get(), static_cast<float>(options_.lr), static_cast<float>(options_.eps));
+    launch_check();
+  } else {
+    adam_kernel<<<g, kThreads>>>(b.run_begin.get(), b.sorted_positions.get(), b.bag_of_position.get(), b.offsets,
+                                 b.unique_rows.get(), b.unique, dout, dim, options_.mean_pooling, b.values.get(),
+                                 b.m.get(), b.v.get(), b.steps.get(), static_cast<float>(options_.lr), options_.beta1,
+                                 options_.beta2, static_cast<float>(options_.eps));
+    launch_check();
+    steps_kernel<<<blocks_for(b.unique), kThreads>>>(b.unique_rows.get(), b.unique, b.steps.get());
+    launch_check();
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+CudaEmbeddingTable::Snapshot CudaEmbeddingTable::snapshot() const {
+  const Buffers& b = *buffers_;
+  const int64_t rows = this->rows(), dim = options_.dim;
+  std::vector<int64_t> keys(static_cast<size_t>(rows));
+  if (options_.hash) keys = to_host(b.row_keys.get(), rows);
+  else std::iota(keys.begin(), keys.end(), int64_t{0});
+  std::vector<std::pair<std::string, std::vector<float>>> columns;  // [rows, width] each, row order
+  std::vector<int64_t> widths;
+  columns.emplace_back("values", to_host(b.values.get(), rows * dim));
+  widths.push_back(dim);
+  if (options_.optimizer == "adagrad") {
+    columns.emplace_back("accumulator", to_host(b.acc.get(), rows * dim));
+    widths.push_back(dim);
+  } else {
+    columns.emplace_back("m", to_host(b.m.get(), rows * dim));
+    columns.emplace_back("v", to_host(b.v.get(), rows * dim));
+    const std::vector<int64_t> steps = to_host(b.steps.get(), rows);
+    columns.emplace_back("steps", std::vector<float>(steps.begin(), steps.end()));
+    widths.insert(widths.end(), {dim, dim, 1});
+  }
+  std::vector<int64_t> order(static_cast<size_t>(rows));
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return keys[static_cast<size_t>(x)] < keys[static_cast<size_t>(y)]; });
+  Snapshot s;
+  for (const int64_t r : order) s.keys.push_back(keys[static_cast<size_t>(r)]);
+  for (size_t c = 0; c < columns.size(); ++c) {
+    std::vector<float> sorted;
+    const int64_t w = widths[c];
+    for (const int64_t r : order)
+      sorted.insert(sorted.end(), columns[c].second.begin() + r * w, columns[c].second.begin() + (r + 1) * w);
+    if (c == 0) s.values = std::move(sorted);
+    else s.state.emplace_back(columns[c].first, std::move(sorted));
+  }
+  return s;
+}
+
+}  // namespace ncsrec

@@ -1,0 +1,100 @@
+// The GPU twin of an embedding table's training step on one rank (embedding/embedding_table.h,
+// embedding/sharded_table.h, core/layers/embedding_bag.h): the pooled lookup of one slot of
+// CSR bags, and its backward as a sorted segment sum fused with the sparse optimizer's update of
+// the rows the batch touched. Two kinds of table:
+//   fixed  `rows` rows; an id reads row id mod rows (the non-negative remainder), as on the CPU
+//   hash   an int64 id to row index in device memory, for an open vocabulary: open addressing
+//          with linear probing over a power-of-two number of slots (at least twice the
+//          capacity); a new id claims an empty slot with atomicCAS, then takes the next row
+//          number from an atomicAdd counter
+// Every row is initialised on the device from (seed, table name, key) with core/random.h's
+// generator, exactly as EmbeddingTable does on the CPU (key = the row of a fixed table, the id of
+// a hash table), so neither the insertion order nor the thread schedule changes a row's values.
+// A hash table's row numbers do depend on the schedule; nothing outside this class sees them
+// (snapshot() is in key order).
+//
+// A training step is:
+//   forward:  the batch's rows (fixed: id mod rows; hash: the id) sorted with their positions
+//             (CUB radix sort, stable), unique keys found by a flag scan, each unique key's row
+//             looked up (or, hash, inserted) by one thread, then every bag summed over its
+//             positions in order (mean: times 1/count, as the CPU);
+//   backward: per unique row, the sum of its positions' output gradients in position order (the
+//             sorted segment sum: deterministic, no float atomics; mean: each times 1/count),
+//             then the sparse optimizer on the row:
+//               adagrad  acc += g²; w -= lr · g / (sqrt(acc) + eps)
+//               adam     lazy: the row's own step t += 1, m and v moved, w -= lr · (m / (1 − β1^t))
+//                        / (sqrt(v / (1 − β2^t)) + eps)
+//             as embedding_table.cpp. No other row or state changes.
+// Two runs on the same input give bit-identical tables; the CPU gives the same values up to
+// the rounding of the device's math functions. The float arithmetic of sums and updates uses
+// the _rn intrinsics, which are never fused into multiply-adds, so it rounds as the CPU's.
+//
+// Scope: one slot per table, f32, one device. Hash tables admit an id at its first read (the
+// CPU's admit_after 1) and have no TTL or eviction: a full table is a UserError and stays usable
+// for reads. The CPU table has the rest; the id INT64_MIN is reserved as the empty-slot marker.
+// Buffers are allocated when the table is built and grown only when a batch is larger than any
+// before it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ncsrec {
+
+struct CudaEmbeddingOptions {
+  std::string name;          // the table's name: part of each row's initialisation key
+  bool hash = false;         // false: a fixed table of `rows` rows; true: a hash table of `rows` capacity
+  int64_t rows = 0;
+  int64_t dim = 0;
+  bool mean_pooling = false; // false: sum
+  uint64_t seed = 1;         // run.seed
+  double init_scale = 0.01;  // rows start N(0, init_scale²)
+  std::string optimizer = "adagrad";  // adagrad | adam (lazy)
+  double lr = 0.05;
+  double eps = 1e-10;
+  double initial_accumulator = 0.0;  // adagrad
+  double beta1 = 0.9, beta2 = 0.999;  // adam
+};
+
+class CudaEmbeddingTable {
+ public:
+  // Needs a GPU (cuda_register_if_available); throws InternalError from a failing CUDA call.
+  explicit CudaEmbeddingTable(const CudaEmbeddingOptions& options);
+  ~CudaEmbeddingTable();
+  CudaEmbeddingTable(const CudaEmbeddingTable&) = delete;
+  CudaEmbeddingTable& operator=(const CudaEmbeddingTable&) = delete;
+
+  // Rows holding a key: every row of a fixed table, the rows inserted so far of a hash table.
+  int64_t rows() const;
+  int64_t dim() const { return options_.dim; }
+
+  // One slot of `batch` bags in CSR form, DEVICE arrays: offsets [batch + 1] (offsets[0] = 0),
+  // ids [nnz] with nnz = offsets[batch]. Writes out [batch, dim] (device), each bag pooled over
+  // its ids' rows; a hash table's id without a row reads zeros. `training`: a hash table first
+  // inserts its ids without a row (a UserError naming the table when it is full), and the batch
+  // is kept for backward.
+  void forward(const int64_t* offsets, const int64_t* ids, int64_t batch, int64_t nnz, float* out, bool training);
+  // dout [batch, dim] (device): the gradient of the last training forward's output. The
+  // optimizer's update of the rows that batch read; nothing else changes.
+  void backward_update(const float* dout);
+
+  // Host copies of every row holding a key, in increasing key order: keys (fixed: the rows),
+  // values [rows, dim], and the optimizer state by name ("accumulator", or "m", "v" [rows, dim]
+  // and "steps" [rows] as floats).
+  struct Snapshot {
+    std::vector<int64_t> keys;
+    std::vector<float> values;
+    std::vector<std::pair<std::string, std::vector<float>>> state;
+  };
+  Snapshot snapshot() const;
+
+ private:
+  struct Buffers;
+  CudaEmbeddingOptions options_;
+  uint64_t table_seed_ = 0;
+  std::unique_ptr<Buffers> buffers_;
+};
+
+}  // namespace ncsrec
