@@ -9,6 +9,7 @@
 #include "core/dispatch.h"
 #include "core/error.h"
 #include "core/layers/losses.h"
+#include "core/metrics/metrics.h"
 
 namespace ncsrec {
 namespace {
@@ -198,6 +199,7 @@ void add_cpu_training_ops(OpTable& t) {
   t.sgd_step = cpu_sgd_step;
   t.adam_step = cpu_adam_step;
   t.adagrad_step = cpu_adagrad_step;
+  t.auc = auc_exact;
 }
 
 }  // namespace ncsrec

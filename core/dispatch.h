@@ -92,6 +92,10 @@ struct OpTable {
                     double c2, double wd) = nullptr;
   void (*adagrad_step)(DType dtype, void* w, const void* g, void* acc, const uint8_t* update, const uint8_t* decay,
                        int64_t n, double lr, double eps, double wd) = nullptr;
+
+  // Exact ROC AUC of f32 scores against labels (> 0.5: positive), ties counted half, weighted
+  // when `weights` is non-null (core/metrics/metrics.h auc_exact); NaN when a class is empty.
+  double (*auc)(const float* scores, const float* labels, const float* weights, int64_t n) = nullptr;
 };
 
 // The table for a device. Throws a clear error if the device has no backend registered.

@@ -352,6 +352,7 @@ OpTable make_cuda_table() {
   t.sum = cuda_sum;
   t.sum_squares = cuda_sum_squares;
   add_cuda_training_ops(t);
+  add_cuda_metric_ops(t);
   return t;
 }
 

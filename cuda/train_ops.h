@@ -9,5 +9,7 @@
 namespace ncsrec {
 
 void add_cuda_training_ops(OpTable& t);
+// The metrics (cuda/metrics.cu): AUC on the device.
+void add_cuda_metric_ops(OpTable& t);
 
 }  // namespace ncsrec

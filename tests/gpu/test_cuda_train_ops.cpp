@@ -1,6 +1,6 @@
 // CUDA/CPU parity of the training entries of the dispatch table (cuda/train_ops.cu): the gate
 // (softmax + expert mixture, forward and backward), the fused loss heads, the mask kernels and
-// the dense optimizer steps. Inputs are random and never zero; outputs are poisoned (0xFF) with a
+// the dense optimizer steps, and the AUC. Inputs are random and never zero; outputs are poisoned (0xFF) with a
 // poisoned guard tail that must survive. Bounds follow the operands' magnitudes:
 //   gate out           rtol · Σ_e p_e |x_e|
 //   gate dlogits       rtol · p_e (Σ_d |g x_e| + Σ_e' p_e' Σ_d |g x_e'|)
@@ -8,6 +8,7 @@
 //   masks              exact (a copy or one addition per element)
 //   optimizers         relative rtol of each updated array, and elements outside the update mask
 //                      bit-identical
+//   auc                equal to the CPU's exact AUC (unit weights), within 1e-12 (weighted)
 // with rtol 1e-5 (f32: the device contracts multiply-adds, and its exp/log/pow are within a few
 // ulp of glibc's) and 1e-12 (f64). Without a GPU every test skips with the reason.
 #include <gtest/gtest.h>
@@ -264,6 +265,39 @@ TEST_F(CudaTrainOps, DenseOptimizerSteps) {
           check_optimizer<float>(kind, n, masked, wd, false, 21);
           check_optimizer<double>(kind, n, masked, wd, wd > 0, 22);
         }
+}
+
+// ---- AUC ------------------------------------------------------------------------------------
+
+void check_auc(int64_t n, int levels, bool weighted, bool one_class, uint64_t seed) {
+  const std::string what = "auc n " + std::to_string(n) + " levels " + std::to_string(levels) +
+                           (weighted ? " weighted" : "") + (one_class ? " one class" : "");
+  std::mt19937_64 rng(seed);
+  std::vector<float> scores(static_cast<size_t>(n)), labels(static_cast<size_t>(n)), weights;
+  for (int64_t i = 0; i < n; ++i) {
+    // levels > 0: scores on a grid, so that many tie (the half-counted case).
+    const double u = std::uniform_real_distribution<double>(0, 1)(rng);
+    scores[static_cast<size_t>(i)] = levels > 0 ? static_cast<float>(std::floor(u * levels) / levels) : static_cast<float>(u);
+    labels[static_cast<size_t>(i)] = one_class ? 0.0f : static_cast<float>(std::bernoulli_distribution(0.2 + 0.6 * u)(rng));
+    if (weighted) weights.push_back(static_cast<float>(0.5 + std::uniform_real_distribution<double>(0, 1)(rng)));
+  }
+  const double want = cpu().auc(scores.data(), labels.data(), weighted ? weights.data() : nullptr, n);
+  DeviceBuffer<float> d_scores(scores), d_labels(labels), d_weights(weighted ? weights : std::vector<float>{0.0f});
+  const double got = gpu().auc(d_scores.get(), d_labels.get(), weighted ? d_weights.get() : nullptr, n);
+  if (one_class) {
+    EXPECT_TRUE(std::isnan(got) && std::isnan(want)) << what << ": gpu " << got << " cpu " << want;
+    return;
+  }
+  if (weighted) EXPECT_NEAR(got, want, 1e-12) << what;
+  else EXPECT_EQ(got, want) << what;  // every term a multiple of 1/2: exact on both sides
+}
+
+TEST_F(CudaTrainOps, AucEqualsTheCpusExactAuc) {
+  for (int64_t n : {int64_t{2}, int64_t{1000}, int64_t{500000}})
+    for (int levels : {0, 16})
+      for (bool weighted : {false, true}) check_auc(n, levels, weighted, false, 9);
+  check_auc(1000, 0, false, true, 10);  // no positives: NaN on both sides
+  check_auc(1000, 1, false, false, 11);  // every score tied: 0.5
 }
 
 }  // namespace
