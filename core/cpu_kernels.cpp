@@ -249,6 +249,14 @@ void cpu_gate_mixture_backward(DType d, void* dlogits, void* const* dexperts, co
                                                 experts, rows, E, D));
 }
 
+// No fused GEMM on the CPU: the three ops one after the other, FP32 whatever the precision.
+void cpu_gemm_bias_act(DType d, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, const void* B,
+                       const void* bias, bool relu, int /*precision*/, void* C) {
+  cpu_gemm(d, ta, tb, M, N, K, 1.0, A, B, 0.0, C);
+  if (bias) cpu_bias_add(d, C, bias, M, N);
+  if (relu) cpu_relu_forward(d, C, C, M * N);
+}
+
 OpTable make_cpu_table() {
   OpTable t;
   t.alloc = cpu_alloc;
@@ -257,6 +265,7 @@ OpTable make_cpu_table() {
   t.memset_zero = cpu_memset_zero;
   t.synchronize = cpu_synchronize;
   t.gemm = cpu_gemm;
+  t.gemm_bias_act = cpu_gemm_bias_act;
   t.bias_add = cpu_bias_add;
   t.bias_grad = cpu_bias_grad;
   t.relu_forward = cpu_relu_forward;

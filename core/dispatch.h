@@ -20,6 +20,10 @@ namespace ncsrec {
 
 enum class CopyKind : uint8_t { HostToHost, HostToDevice, DeviceToHost, DeviceToDevice };
 
+// The arithmetic of a matrix product (gemm_bias_act): FP32, or TF32 tensor cores (10-bit
+// mantissas in the products, FP32 accumulation: error about 2e-3 of the operands' magnitudes).
+enum MatmulPrecision : int { kMatmulFp32 = 0, kMatmulTf32 = 1 };
+
 struct OpTable {
   // memory
   void* (*alloc)(size_t bytes) = nullptr;
@@ -31,6 +35,11 @@ struct OpTable {
   // C[M,N] = alpha * op(A) * op(B) + beta * C; op(A) is [M,K], op(B) is [K,N]; row-major.
   void (*gemm)(DType dtype, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha,
                const void* A, const void* B, double beta, void* C) = nullptr;
+  // Linear layer forward, fused where the backend can: C[M,N] = act(op(A)·op(B) + bias), bias
+  // [N] (null: none), act ReLU when `relu`, C written. `precision` (MatmulPrecision): FP32, or on
+  // the CUDA backend TF32 tensor cores (f32 inputs and outputs; the CPU ignores it).
+  void (*gemm_bias_act)(DType dtype, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const void* A,
+                        const void* B, const void* bias, bool relu, int precision, void* C) = nullptr;
   // y[r,c] += b[c] for r < rows
   void (*bias_add)(DType dtype, void* y, const void* b, int64_t rows, int64_t cols) = nullptr;
   // db[c] += sum_r dy[r,c]   (a parameter gradient: accumulates)

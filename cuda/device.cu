@@ -353,6 +353,7 @@ OpTable make_cuda_table() {
   t.sum_squares = cuda_sum_squares;
   add_cuda_training_ops(t);
   add_cuda_metric_ops(t);
+  add_cuda_gemm_ops(t);
   return t;
 }
 

@@ -9,6 +9,8 @@
 namespace ncsrec {
 
 void add_cuda_training_ops(OpTable& t);
+// The fused linear forward through cuBLASLt (cuda/gemm_lt.cu).
+void add_cuda_gemm_ops(OpTable& t);
 // The metrics (cuda/metrics.cu): AUC on the device.
 void add_cuda_metric_ops(OpTable& t);
 

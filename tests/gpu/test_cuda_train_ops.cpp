@@ -8,13 +8,16 @@
 //   masks              exact (a copy or one addition per element)
 //   optimizers         relative rtol of each updated array, and elements outside the update mask
 //                      bit-identical
+//   gemm_bias_act      rtol · (Σ_k |a||b| + |bias|), rtol 2e-3 with TF32
 //   auc                equal to the CPU's exact AUC (unit weights), within 1e-12 (weighted)
 // with rtol 1e-5 (f32: the device contracts multiply-adds, and its exp/log/pow are within a few
 // ulp of glibc's) and 1e-12 (f64). Without a GPU every test skips with the reason.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/dispatch.h"
@@ -265,6 +268,47 @@ TEST_F(CudaTrainOps, DenseOptimizerSteps) {
           check_optimizer<float>(kind, n, masked, wd, false, 21);
           check_optimizer<double>(kind, n, masked, wd, wd > 0, 22);
         }
+}
+
+// ---- fused linear forward (cuBLASLt epilogues) ---------------------------------------------
+
+template <class T>
+void check_gemm_bias_act(int64_t M, int64_t N, int64_t K, bool ta, bool tb, bool with_bias, bool relu, int precision) {
+  const std::string what = std::string(dtype_name(dtype_of<T>())) + " gemm_bias_act " + std::to_string(M) + "x" +
+                           std::to_string(N) + "x" + std::to_string(K) + (ta ? " Aᵀ" : "") + (tb ? " Bᵀ" : "") +
+                           (with_bias ? " bias" : "") + (relu ? " relu" : "") + (precision == kMatmulTf32 ? " tf32" : "");
+  const auto A = random_values<T>(M * K, 31), B = random_values<T>(K * N, 32), bias = random_values<T>(N, 33);
+  std::vector<T> c_cpu(static_cast<size_t>(M * N));
+  cpu().gemm_bias_act(dtype_of<T>(), ta, tb, M, N, K, A.data(), B.data(), with_bias ? bias.data() : nullptr, relu,
+                      kMatmulFp32, c_cpu.data());
+  DeviceBuffer<T> dA(A), dB(B), dbias(bias), dC(M * N);
+  gpu().gemm_bias_act(dtype_of<T>(), ta, tb, M, N, K, dA.get(), dB.get(), with_bias ? dbias.get() : nullptr, relu,
+                      precision, dC.get());
+  const auto c_gpu = dC.download();
+  // |gpu − cpu| ≤ rtol · (Σ_k |a_ik| |b_kj| + |bias_j|): ReLU is 1-Lipschitz, so the bound holds after it.
+  const double rt = precision == kMatmulTf32 ? 2e-3 : rtol<T>();
+  std::vector<double> absA(A.size()), absB(B.size()), bound(c_cpu.size());
+  for (size_t i = 0; i < A.size(); ++i) absA[i] = std::fabs(static_cast<double>(A[i]));
+  for (size_t i = 0; i < B.size(); ++i) absB[i] = std::fabs(static_cast<double>(B[i]));
+  cpu().gemm(DType::F64, ta, tb, M, N, K, 1.0, absA.data(), absB.data(), 0.0, bound.data());  // Σ_k |a||b|
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      double& b = bound[static_cast<size_t>(i * N + j)];
+      b = rt * (b + (with_bias ? std::fabs(static_cast<double>(bias[static_cast<size_t>(j)])) : 0.0)) + 1e-30;
+    }
+  expect_close(c_gpu, c_cpu, bound, what);
+}
+
+TEST_F(CudaTrainOps, FusedLinearForwardThroughCublasLtEpilogues) {
+  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {7, 33, 65}, {4096, 512, 720}, {257, 128, 256}})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (bool with_bias : {false, true})
+          for (bool relu : {false, true}) {
+            check_gemm_bias_act<float>(M, N, K, ta, tb, with_bias, relu, kMatmulFp32);
+            check_gemm_bias_act<double>(M, N, K, ta, tb, with_bias, relu, kMatmulFp32);
+          }
+  for (bool relu : {false, true}) check_gemm_bias_act<float>(4096, 512, 720, false, false, true, relu, kMatmulTf32);
 }
 
 // ---- AUC ------------------------------------------------------------------------------------
