@@ -56,6 +56,77 @@ double cpu_sigmoid_mse(DType d, const void* logits, const float* labels, const f
   return l;
 }
 
+void cpu_esmm_loss(DType d, const void* a, const void* b, const float* click, const float* ctcvr, const float* weights,
+                   int64_t n, double normalizer, double cw, void* p_ctr, void* p_cvr, void* p_ctcvr, void* g_ctr,
+                   void* g_cvr, double* losses) {
+  EsmmLoss l;
+  NCSREC_FLOAT_DISPATCH(d,
+                        l = esmm_forward_backward(static_cast<const float*>(a), static_cast<const float*>(b), click, ctcvr,
+                                                  weights, n, normalizer, cw, static_cast<float*>(p_ctr),
+                                                  static_cast<float*>(p_cvr), static_cast<float*>(p_ctcvr),
+                                                  static_cast<float*>(g_ctr), static_cast<float*>(g_cvr)),
+                        l = esmm_forward_backward(static_cast<const double*>(a), static_cast<const double*>(b), click,
+                                                  ctcvr, weights, n, normalizer, cw, static_cast<double*>(p_ctr),
+                                                  static_cast<double*>(p_cvr), static_cast<double*>(p_ctcvr),
+                                                  static_cast<double*>(g_ctr), static_cast<double*>(g_cvr)));
+  losses[0] = l.ctr;
+  losses[1] = l.ctcvr;
+}
+
+// ---- interaction ----------------------------------------------------------------------------
+
+template <class T>
+void dot_forward_t(T* out, int64_t out_stride, int64_t out_col, const T* x, int64_t x_stride, int64_t emb_col,
+                   int64_t B, int64_t F, int64_t d) {
+#pragma omp parallel for schedule(static) if (B * F * F * d >= (1 << 16))
+  for (int64_t b = 0; b < B; ++b) {
+    const T* e = x + b * x_stride + emb_col;
+    T* o = out + b * out_stride + out_col;
+    for (int64_t i = 0; i < F; ++i)
+      for (int64_t j = i; j < F; ++j) {
+        T s = 0;
+        for (int64_t k = 0; k < d; ++k) s += e[i * d + k] * e[j * d + k];
+        o[i * F + j] = s;
+        o[j * F + i] = s;
+      }
+  }
+}
+
+template <class T>
+void dot_backward_t(T* dx, int64_t dx_stride, int64_t emb_col, const T* dout, int64_t dout_stride, int64_t out_col,
+                    const T* x, int64_t x_stride, int64_t B, int64_t F, int64_t d) {
+  // d(e_i·e_j)/de_i = e_j, and entry (i, j) and (j, i) both depend on e_i.
+#pragma omp parallel for schedule(static) if (B * F * F * d >= (1 << 16))
+  for (int64_t b = 0; b < B; ++b) {
+    const T* e = x + b * x_stride + emb_col;
+    const T* g = dout + b * dout_stride + out_col;
+    T* de = dx + b * dx_stride + emb_col;
+    for (int64_t i = 0; i < F; ++i)
+      for (int64_t j = 0; j < F; ++j) {
+        const T w = g[i * F + j] + g[j * F + i];
+        for (int64_t k = 0; k < d; ++k) de[i * d + k] += w * e[j * d + k];
+      }
+  }
+}
+
+void cpu_pairwise_dot_forward(DType dt, void* out, int64_t out_stride, int64_t out_col, const void* x, int64_t x_stride,
+                              int64_t emb_col, int64_t B, int64_t F, int64_t d) {
+  NCSREC_FLOAT_DISPATCH(dt,
+                        dot_forward_t(static_cast<float*>(out), out_stride, out_col, static_cast<const float*>(x),
+                                      x_stride, emb_col, B, F, d),
+                        dot_forward_t(static_cast<double*>(out), out_stride, out_col, static_cast<const double*>(x),
+                                      x_stride, emb_col, B, F, d));
+}
+void cpu_pairwise_dot_backward(DType dt, void* dx, int64_t dx_stride, int64_t emb_col, const void* dout,
+                               int64_t dout_stride, int64_t out_col, const void* x, int64_t x_stride, int64_t B,
+                               int64_t F, int64_t d) {
+  NCSREC_FLOAT_DISPATCH(dt,
+                        dot_backward_t(static_cast<float*>(dx), dx_stride, emb_col, static_cast<const float*>(dout),
+                                       dout_stride, out_col, static_cast<const float*>(x), x_stride, B, F, d),
+                        dot_backward_t(static_cast<double*>(dx), dx_stride, emb_col, static_cast<const double*>(dout),
+                                       dout_stride, out_col, static_cast<const double*>(x), x_stride, B, F, d));
+}
+
 // ---- masks ----------------------------------------------------------------------------------
 
 // One byte of the mask covers 8 consecutive elements; the loop is over bytes so that it can be
@@ -194,6 +265,9 @@ void add_cpu_training_ops(OpTable& t) {
   t.sigmoid_bce = cpu_sigmoid_bce;
   t.focal_loss = cpu_focal_loss;
   t.sigmoid_mse = cpu_sigmoid_mse;
+  t.esmm_loss = cpu_esmm_loss;
+  t.pairwise_dot_forward = cpu_pairwise_dot_forward;
+  t.pairwise_dot_backward = cpu_pairwise_dot_backward;
   t.apply_mask = cpu_apply_mask;
   t.add_masked = cpu_add_masked;
   t.sgd_step = cpu_sgd_step;

@@ -84,6 +84,22 @@ struct OpTable {
   double (*sigmoid_mse)(DType dtype, const void* logits, const float* labels, const float* weights, int64_t n,
                         double normalizer, void* prob, void* grad) = nullptr;
 
+  // The ESMM head (core/layers/losses.h esmm_forward_backward): writes the three probabilities
+  // and dL/da, dL/db; losses[0], losses[1] (HOST memory) receive the CTR and CTCVR losses.
+  void (*esmm_loss)(DType dtype, const void* logit_ctr, const void* logit_cvr, const float* click,
+                    const float* ctcvr_label, const float* weights, int64_t n, double normalizer, double ctcvr_weight,
+                    void* p_ctr, void* p_cvr, void* p_ctcvr, void* grad_ctr, void* grad_cvr, double* losses) = nullptr;
+
+  // DLRM pairwise interaction (core/layers/interaction.h) of F fields of width d, row by row of
+  // row-major arrays with the given strides: out[b, out_col + i·F + j] = e_i · e_j with e_f =
+  // x[b, emb_col + f·d, … + d) (written); backward dx[b, emb_col + i·d + k] += Σ_j (g_ij + g_ji)·e_j[k]
+  // (accumulates) with g = dout[b, out_col …]. out/x and dx/dout may be one buffer (disjoint columns).
+  void (*pairwise_dot_forward)(DType dtype, void* out, int64_t out_stride, int64_t out_col, const void* x,
+                               int64_t x_stride, int64_t emb_col, int64_t rows, int64_t fields, int64_t dim) = nullptr;
+  void (*pairwise_dot_backward)(DType dtype, void* dx, int64_t dx_stride, int64_t emb_col, const void* dout,
+                                int64_t dout_stride, int64_t out_col, const void* x, int64_t x_stride, int64_t rows,
+                                int64_t fields, int64_t dim) = nullptr;
+
   // Binary masks (core/masks.h) over n elements, `bits` packed little-endian (element i is bit
   // i % 8 of byte i / 8): out = w ⊙ M (written); grad += dw ⊙ M (accumulates; exactly nothing is
   // added outside M).

@@ -1,6 +1,6 @@
 // CUDA twins of the training entries of the dispatch table (cuda/train_ops.h): the MMoE/PLE
-// gate (softmax + expert mixture, forward and backward), the fused loss heads, the mask kernels
-// and the dense optimizer steps.
+// gate (softmax + expert mixture, forward and backward), the fused loss heads (and the ESMM head),
+// the DLRM pairwise interaction, the mask kernels and the dense optimizer steps.
 //
 // The loss heads run core/layers/loss_math.h's per-element functions, the same code as the CPU;
 // their sums are taken in double through the table's deterministic `sum`. The gate keeps the
@@ -203,6 +203,112 @@ double cuda_sigmoid_mse(DType d, const void* logits, const float* labels, const 
   return run_loss<Head::Mse>(d, logits, labels, weights, n, 0, 0, normalizer, prob, grad);
 }
 
+template <class T>
+__global__ void esmm_kernel(const T* a, const T* b, const float* click, const float* ctcvr, const float* weights,
+                            int64_t n, T scale, T cw, T* p_ctr, T* p_cvr, T* p_ctcvr, T* g_ctr, T* g_cvr,
+                            double* weighted) {
+  GRID_STRIDE(i, n) {
+    const T w = weights ? static_cast<T>(weights[i]) : T(1);
+    const loss_math::EsmmElement<T> e =
+        loss_math::esmm(a[i], b[i], static_cast<T>(click[i]), static_cast<T>(ctcvr[i]), cw);
+    p_ctr[i] = e.p_ctr;
+    p_cvr[i] = e.p_cvr;
+    p_ctcvr[i] = e.p_ctcvr;
+    g_ctr[i] = w * scale * e.d_ctr;
+    g_cvr[i] = w * scale * e.d_cvr;
+    weighted[i] = static_cast<double>(w) * static_cast<double>(e.l_ctr);
+    weighted[n + i] = static_cast<double>(w) * static_cast<double>(e.l_ctcvr);
+  }
+}
+
+void cuda_esmm_loss(DType d, const void* a, const void* b, const float* click, const float* ctcvr, const float* weights,
+                    int64_t n, double normalizer, double cw, void* p_ctr, void* p_cvr, void* p_ctcvr, void* g_ctr,
+                    void* g_cvr, double* losses) {
+  losses[0] = losses[1] = 0.0;
+  if (n == 0) return;
+  std::lock_guard<std::mutex> lock(g_loss_mutex);
+  double* weighted = loss_scratch(2 * n);
+  const double scale = normalizer != 0 ? 1.0 / normalizer : 0.0;
+  const int g = blocks_for(n);
+  NCSREC_CUDA_FLOAT_DISPATCH(
+      d,
+      (esmm_kernel<float><<<g, kThreads>>>(static_cast<const float*>(a), static_cast<const float*>(b), click, ctcvr,
+                                           weights, n, static_cast<float>(scale), static_cast<float>(cw),
+                                           static_cast<float*>(p_ctr), static_cast<float*>(p_cvr),
+                                           static_cast<float*>(p_ctcvr), static_cast<float*>(g_ctr),
+                                           static_cast<float*>(g_cvr), weighted)),
+      (esmm_kernel<double><<<g, kThreads>>>(static_cast<const double*>(a), static_cast<const double*>(b), click, ctcvr,
+                                            weights, n, scale, cw, static_cast<double*>(p_ctr),
+                                            static_cast<double*>(p_cvr), static_cast<double*>(p_ctcvr),
+                                            static_cast<double*>(g_ctr), static_cast<double*>(g_cvr), weighted)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+  if (normalizer == 0) return;
+  const OpTable& ops = ops_for(Device::CUDA);
+  losses[0] = ops.sum(DType::F64, weighted, n) / normalizer;
+  losses[1] = ops.sum(DType::F64, weighted + n, n) / normalizer;
+}
+
+// ---- interaction ----------------------------------------------------------------------------
+
+// One thread per (row, i, j): the dot product in k order, as the CPU (which writes the (i, j)
+// and (j, i) entries from one sum: the same products in the same order).
+template <class T>
+__global__ void dot_forward_kernel(T* out, int64_t out_stride, int64_t out_col, const T* x, int64_t x_stride,
+                                   int64_t emb_col, int64_t B, int64_t F, int64_t d) {
+  GRID_STRIDE(e, B * F * F) {
+    const int64_t b = e / (F * F), i = (e / F) % F, j = e % F;
+    const T* x_row = x + b * x_stride + emb_col;
+    const T* ei = x_row + (i <= j ? i : j) * d;  // the CPU's sum runs over the smaller index's field first
+    const T* ej = x_row + (i <= j ? j : i) * d;
+    T s = 0;
+    for (int64_t k = 0; k < d; ++k) s += ei[k] * ej[k];
+    out[b * out_stride + out_col + i * F + j] = s;
+  }
+}
+
+// One thread per (row, field i, element k): de_i[k] += Σ_j (g_ij + g_ji) e_j[k] in j order.
+template <class T>
+__global__ void dot_backward_kernel(T* dx, int64_t dx_stride, int64_t emb_col, const T* dout, int64_t dout_stride,
+                                    int64_t out_col, const T* x, int64_t x_stride, int64_t B, int64_t F, int64_t d) {
+  GRID_STRIDE(e, B * F * d) {
+    const int64_t b = e / (F * d), i = (e / d) % F, k = e % d;
+    const T* x_row = x + b * x_stride + emb_col;
+    const T* g = dout + b * dout_stride + out_col;
+    T acc = dx[b * dx_stride + emb_col + i * d + k];
+    for (int64_t j = 0; j < F; ++j) acc += (g[i * F + j] + g[j * F + i]) * x_row[j * d + k];
+    dx[b * dx_stride + emb_col + i * d + k] = acc;
+  }
+}
+
+void cuda_pairwise_dot_forward(DType dt, void* out, int64_t out_stride, int64_t out_col, const void* x, int64_t x_stride,
+                               int64_t emb_col, int64_t B, int64_t F, int64_t d) {
+  if (B * F == 0) return;
+  const int g = blocks_for(B * F * F);
+  NCSREC_CUDA_FLOAT_DISPATCH(dt,
+                             (dot_forward_kernel<float><<<g, kThreads>>>(static_cast<float*>(out), out_stride, out_col,
+                                                                         static_cast<const float*>(x), x_stride,
+                                                                         emb_col, B, F, d)),
+                             (dot_forward_kernel<double><<<g, kThreads>>>(static_cast<double*>(out), out_stride, out_col,
+                                                                          static_cast<const double*>(x), x_stride,
+                                                                          emb_col, B, F, d)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+
+void cuda_pairwise_dot_backward(DType dt, void* dx, int64_t dx_stride, int64_t emb_col, const void* dout,
+                                int64_t dout_stride, int64_t out_col, const void* x, int64_t x_stride, int64_t B,
+                                int64_t F, int64_t d) {
+  if (B * F * d == 0) return;
+  const int g = blocks_for(B * F * d);
+  NCSREC_CUDA_FLOAT_DISPATCH(dt,
+                             (dot_backward_kernel<float><<<g, kThreads>>>(
+                                 static_cast<float*>(dx), dx_stride, emb_col, static_cast<const float*>(dout),
+                                 dout_stride, out_col, static_cast<const float*>(x), x_stride, B, F, d)),
+                             (dot_backward_kernel<double><<<g, kThreads>>>(
+                                 static_cast<double*>(dx), dx_stride, emb_col, static_cast<const double*>(dout),
+                                 dout_stride, out_col, static_cast<const double*>(x), x_stride, B, F, d)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+
 // ---- masks ----------------------------------------------------------------------------------
 
 template <class T, bool kAccumulate>
@@ -326,6 +432,9 @@ void add_cuda_training_ops(OpTable& t) {
   t.sigmoid_bce = cuda_sigmoid_bce;
   t.focal_loss = cuda_focal_loss;
   t.sigmoid_mse = cuda_sigmoid_mse;
+  t.esmm_loss = cuda_esmm_loss;
+  t.pairwise_dot_forward = cuda_pairwise_dot_forward;
+  t.pairwise_dot_backward = cuda_pairwise_dot_backward;
   t.apply_mask = cuda_apply_mask;
   t.add_masked = cuda_add_masked;
   t.sgd_step = cuda_sgd_step;

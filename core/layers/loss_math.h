@@ -70,4 +70,33 @@ NCSREC_HOST_DEVICE inline T sigmoid_mse(T x, T y, T* p_out, T* dl) {
   return d * d;
 }
 
+// The ESMM head for one element, pCTR = σ(a), pCVR = σ(b), pCTCVR = p = σ(a)σ(b), click y, the
+// CTCVR label z and the CTCVR loss weight cw:
+//   l_ctr = BCE(y, σ(a)),  l_ctcvr = -(z log p + (1 - z) log(1 - p)),  log p = log σ(a) + log σ(b),
+//   1 - p = -expm1(log p), floored where it underflows;
+//   dL/da = (σ(a) - y) + cw (p - z) · σ(-a)/(1 - p),  dL/db = cw (p - z) · σ(-b)/(1 - p),
+// the ratios σ(-·)/(1 - p) clamped to 1 (they lie in [0, 1]; the clamp keeps the floor of 1 - p
+// from turning underflow into a large gradient).
+template <class T>
+struct EsmmElement {
+  T p_ctr, p_cvr, p_ctcvr, d_ctr, d_cvr, l_ctr, l_ctcvr;
+};
+template <class T>
+NCSREC_HOST_DEVICE inline EsmmElement<T> esmm(T a, T b, T y, T z, T cw) {
+  EsmmElement<T> r;
+  r.p_ctr = sigmoid(a);
+  r.p_cvr = sigmoid(b);
+  const T log_p = log_sigmoid(a) + log_sigmoid(b);
+  const T p = std::exp(log_p);
+  const T one_minus_p = max_of(-std::expm1(log_p), one_minus_p_floor<T>());
+  r.p_ctcvr = p;
+  r.l_ctr = max_of(a, T(0)) - a * y + std::log1p(std::exp(-std::abs(a)));
+  r.l_ctcvr = -(z * log_p + (T(1) - z) * std::log(one_minus_p));
+  const T ratio_a = min_of(sigmoid(-a) / one_minus_p, T(1));  // (1 - σ(a)) / (1 - p)
+  const T ratio_b = min_of(sigmoid(-b) / one_minus_p, T(1));
+  r.d_ctr = (r.p_ctr - y) + cw * (p - z) * ratio_a;
+  r.d_cvr = cw * (p - z) * ratio_b;
+  return r;
+}
+
 }  // namespace ncsrec::loss_math

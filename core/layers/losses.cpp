@@ -13,13 +13,6 @@
 #include <cmath>
 
 namespace ncsrec {
-namespace {
-
-using loss_math::log_sigmoid;
-using loss_math::one_minus_p_floor;
-using loss_math::sigmoid;
-
-}  // namespace
 
 template <class T>
 double sigmoid_bce_forward_backward(const T* logits, const float* labels, const float* weights, int64_t n,
@@ -84,26 +77,16 @@ EsmmLoss esmm_forward_backward(const T* logit_ctr, const T* logit_cvr, const flo
   const T cw = static_cast<T>(ctcvr_weight);
   double ctr_loss = 0, ctcvr_loss = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const T a = logit_ctr[i], b = logit_cvr[i];
-    const T y = static_cast<T>(click[i]), z = static_cast<T>(ctcvr_label[i]);
     const T w = weights ? static_cast<T>(weights[i]) : T(1);
-    const T sa = sigmoid(a), sb = sigmoid(b);
-    const T log_p = log_sigmoid(a) + log_sigmoid(b);
-    const T p = std::exp(log_p);
-    const T one_minus_p = std::max(-std::expm1(log_p), one_minus_p_floor<T>());
-    p_ctr[i] = sa;
-    p_cvr[i] = sb;
-    p_ctcvr[i] = p;
-
-    const T l_ctr = std::max(a, T(0)) - a * y + std::log1p(std::exp(-std::abs(a)));
-    const T l_ctcvr = -(z * log_p + (T(1) - z) * std::log(one_minus_p));
-    ctr_loss += static_cast<double>(w) * static_cast<double>(l_ctr);
-    ctcvr_loss += static_cast<double>(w) * static_cast<double>(l_ctcvr);
-
-    const T ratio_a = std::min(sigmoid(-a) / one_minus_p, T(1));  // (1 - σ(a)) / (1 - p)
-    const T ratio_b = std::min(sigmoid(-b) / one_minus_p, T(1));
-    grad_ctr[i] = w * scale * ((sa - y) + cw * (p - z) * ratio_a);
-    grad_cvr[i] = w * scale * (cw * (p - z) * ratio_b);
+    const loss_math::EsmmElement<T> e = loss_math::esmm(logit_ctr[i], logit_cvr[i], static_cast<T>(click[i]),
+                                                         static_cast<T>(ctcvr_label[i]), cw);
+    p_ctr[i] = e.p_ctr;
+    p_cvr[i] = e.p_cvr;
+    p_ctcvr[i] = e.p_ctcvr;
+    ctr_loss += static_cast<double>(w) * static_cast<double>(e.l_ctr);
+    ctcvr_loss += static_cast<double>(w) * static_cast<double>(e.l_ctcvr);
+    grad_ctr[i] = w * scale * e.d_ctr;
+    grad_cvr[i] = w * scale * e.d_cvr;
   }
   if (normalizer == 0) return {};
   return {ctr_loss / normalizer, ctcvr_loss / normalizer};

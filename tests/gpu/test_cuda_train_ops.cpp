@@ -8,6 +8,8 @@
 //   masks              exact (a copy or one addition per element)
 //   optimizers         relative rtol of each updated array, and elements outside the update mask
 //                      bit-identical
+//   esmm               as the loss heads, per output
+//   interaction        rtol · Σ_k |e_i e_j| (forward), rtol · (|dx| + Σ_j |(g_ij + g_ji) e_j|) (backward)
 //   gemm_bias_act      rtol · (Σ_k |a||b| + |bias|), rtol 2e-3 with TF32
 //   auc                equal to the CPU's exact AUC (unit weights), within 1e-12 (weighted)
 // with rtol 1e-5 (f32: the device contracts multiply-adds, and its exp/log/pow are within a few
@@ -188,6 +190,100 @@ TEST_F(CudaTrainOps, LossHeadsFusedWithTheirGradients) {
         check_loss<double>(head, n, weighted, 17.0, 4);
       }
   check_loss<float>(Head::Bce, 100, false, 0.0, 5);  // a batch without rows for the task: loss 0
+}
+
+template <class T>
+void check_esmm(int64_t n, bool weighted, uint64_t seed) {
+  const std::string what = std::string(dtype_name(dtype_of<T>())) + " esmm n " + std::to_string(n) + (weighted ? " weighted" : "");
+  auto a = random_values<T>(n, seed), b = random_values<T>(n, seed + 1);
+  for (int64_t i = 0; i < n; ++i) {
+    a[static_cast<size_t>(i)] *= static_cast<T>(1 + (i % 5) * 6);
+    b[static_cast<size_t>(i)] *= static_cast<T>(1 + (i % 3) * 10);
+  }
+  if (n > 2) a[0] = b[0] = T(40);  // p near 1: the floored 1 − p and the clamped ratios
+  std::vector<float> click(static_cast<size_t>(n)), ctcvr(static_cast<size_t>(n)), weights;
+  for (int64_t i = 0; i < n; ++i) {
+    click[static_cast<size_t>(i)] = static_cast<float>(i % 4 == 0);
+    ctcvr[static_cast<size_t>(i)] = static_cast<float>(i % 12 == 0);
+    if (weighted) weights.push_back(0.5f + static_cast<float>(i % 7) / 7.0f);
+  }
+  const double normalizer = static_cast<double>(n), cw = 1.5;
+  std::vector<std::vector<T>> c(5, std::vector<T>(static_cast<size_t>(n)));
+  double lc[2], lg[2];
+  cpu().esmm_loss(dtype_of<T>(), a.data(), b.data(), click.data(), ctcvr.data(), weighted ? weights.data() : nullptr, n,
+                  normalizer, cw, c[0].data(), c[1].data(), c[2].data(), c[3].data(), c[4].data(), lc);
+  DeviceBuffer<T> da(a), db(b), d0(n), d1(n), d2(n), d3(n), d4(n);
+  DeviceBuffer<float> dclick(click), dctcvr(ctcvr), dw(weighted ? weights : std::vector<float>{1.0f});
+  gpu().esmm_loss(dtype_of<T>(), da.get(), db.get(), dclick.get(), dctcvr.get(), weighted ? dw.get() : nullptr, n,
+                  normalizer, cw, d0.get(), d1.get(), d2.get(), d3.get(), d4.get(), lg);
+  const char* names[] = {"p_ctr", "p_cvr", "p_ctcvr", "grad_ctr", "grad_cvr"};
+  DeviceBuffer<T>* outs[] = {&d0, &d1, &d2, &d3, &d4};
+  for (int k = 0; k < 5; ++k) {
+    std::vector<double> bound = relative_bound(c[static_cast<size_t>(k)], rtol<T>());
+    for (auto& x : bound) x += rtol<T>() * (k < 3 ? 1e-6 : 4.0 / normalizer);
+    expect_close(outs[k]->download(), c[static_cast<size_t>(k)], bound, what + " " + names[k]);
+  }
+  EXPECT_NEAR(lg[0], lc[0], rtol<T>() * std::fabs(lc[0])) << what << " ctr loss";
+  EXPECT_NEAR(lg[1], lc[1], rtol<T>() * std::fabs(lc[1])) << what << " ctcvr loss";
+}
+
+TEST_F(CudaTrainOps, EsmmHeadFusedWithItsGradients) {
+  for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{65537}})
+    for (bool weighted : {false, true}) {
+      check_esmm<float>(n, weighted, 41);
+      check_esmm<double>(n, weighted, 42);
+    }
+}
+
+// ---- interaction ----------------------------------------------------------------------------
+
+template <class T>
+void check_interaction(int64_t B, int64_t F, int64_t d, uint64_t seed) {
+  const std::string what = std::string(dtype_name(dtype_of<T>())) + " interaction B " + std::to_string(B) + " F " +
+                           std::to_string(F) + " d " + std::to_string(d);
+  // One buffer as in the model: [embeddings F·d | 3 other columns | products F·F]; the backward
+  // reads the products' gradient from the same buffer it accumulates the embeddings' into.
+  const int64_t cols = F * d + 3 + F * F, out_col = F * d + 3;
+  const auto x = random_values<T>(B * cols, seed);
+  std::vector<T> fwd_c = x;
+  cpu().pairwise_dot_forward(dtype_of<T>(), fwd_c.data(), cols, out_col, x.data(), cols, 0, B, F, d);
+  DeviceBuffer<T> dx_in(x), d_fwd(x);
+  gpu().pairwise_dot_forward(dtype_of<T>(), d_fwd.get(), cols, out_col, dx_in.get(), cols, 0, B, F, d);
+  std::vector<double> bound(fwd_c.size(), 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < F; ++i)
+      for (int64_t j = 0; j < F; ++j) {
+        double s = 0;
+        for (int64_t k = 0; k < d; ++k)
+          s += std::fabs(x[static_cast<size_t>(b * cols + i * d + k)] * x[static_cast<size_t>(b * cols + j * d + k)]);
+        bound[static_cast<size_t>(b * cols + out_col + i * F + j)] = rtol<T>() * s;
+      }
+  expect_close(d_fwd.download(), fwd_c, bound, what + " forward (other columns untouched)");
+
+  const auto grad = random_values<T>(B * cols, seed + 1);  // dx columns hold an incoming gradient
+  std::vector<T> bwd_c = grad;
+  cpu().pairwise_dot_backward(dtype_of<T>(), bwd_c.data(), cols, 0, bwd_c.data(), cols, out_col, x.data(), cols, B, F, d);
+  DeviceBuffer<T> d_bwd(grad);
+  gpu().pairwise_dot_backward(dtype_of<T>(), d_bwd.get(), cols, 0, d_bwd.get(), cols, out_col, dx_in.get(), cols, B, F, d);
+  std::vector<double> bb(bwd_c.size(), 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < F; ++i)
+      for (int64_t k = 0; k < d; ++k) {
+        double s = std::fabs(grad[static_cast<size_t>(b * cols + i * d + k)]);
+        for (int64_t j = 0; j < F; ++j)
+          s += std::fabs((grad[static_cast<size_t>(b * cols + out_col + i * F + j)] +
+                          grad[static_cast<size_t>(b * cols + out_col + j * F + i)]) *
+                         x[static_cast<size_t>(b * cols + j * d + k)]);
+        bb[static_cast<size_t>(b * cols + i * d + k)] = rtol<T>() * s;
+      }
+  expect_close(d_bwd.download(), bwd_c, bb, what + " backward (accumulated)");
+}
+
+TEST_F(CudaTrainOps, PairwiseInteractionForwardAndBackward) {
+  for (auto [B, F, d] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {7, 3, 5}, {4096, 20, 16}, {33, 9, 8}}) {
+    check_interaction<float>(B, F, d, 51);
+    check_interaction<double>(B, F, d, 52);
+  }
 }
 
 // ---- masks ----------------------------------------------------------------------------------
