@@ -140,8 +140,16 @@ __global__ void scatter_rows_kernel(const int64_t* sorted_positions, const int32
   GRID_STRIDE(i, n) row_of_position[sorted_positions[i]] = unique_rows[run_id1[i] - 1];
 }
 
-__global__ void bag_of_position_kernel(const int64_t* offsets, int64_t batch, int64_t* bag_of_position) {
-  GRID_STRIDE(b, batch) for (int64_t k = offsets[b]; k < offsets[b + 1]; ++k) bag_of_position[k] = b;
+// Bags are numbered slot-major, bag = slot · batch + row. For one slot (its positions start at
+// `base` in the concatenated ids): each position's bag, and each bag's first position and count.
+__global__ void slot_bags_kernel(const int64_t* offsets, int64_t batch, int64_t slot, int64_t base,
+                                 int64_t* bag_of_position, int64_t* bag_start, int64_t* bag_count) {
+  GRID_STRIDE(r, batch) {
+    const int64_t bag = slot * batch + r, begin = offsets[r], end = offsets[r + 1];
+    bag_start[bag] = base + begin;
+    bag_count[bag] = end - begin;
+    for (int64_t k = begin; k < end; ++k) bag_of_position[base + k] = bag;
+  }
 }
 
 // The pooling factor of a bag of `count` ids: 1 for sum, T(1)/count for mean (pool_scale on the CPU).
@@ -149,42 +157,54 @@ __device__ inline float pool_scale(bool mean, int64_t count) {
   return (mean && count > 0) ? __fdiv_rn(1.0f, static_cast<float>(count)) : 1.0f;
 }
 
-// out[b, d] = pool over the bag's positions, in order, of values[row(k), d] (rows -1 read zeros).
-__global__ void pooled_kernel(const int64_t* offsets, const int64_t* row_of_position, const float* values,
-                              int64_t batch, int64_t dim, bool mean, float* out) {
-  GRID_STRIDE(e, batch * dim) {
-    const int64_t b = e / dim, d = e % dim;
+// out[row, col(slot) + d] = pool over the bag's positions, in order, of values[row(k), d] (rows
+// -1 read zeros); one thread per (bag, d).
+__global__ void pooled_kernel(const int64_t* bag_start, const int64_t* bag_count, const int64_t* slot_cols,
+                              const int64_t* row_of_position, const float* values, int64_t bags, int64_t batch,
+                              int64_t dim, bool mean, float* out, int64_t out_cols) {
+  GRID_STRIDE(e, bags * dim) {
+    const int64_t bag = e / dim, d = e % dim;
     float sum = 0.0f;
-    for (int64_t k = offsets[b]; k < offsets[b + 1]; ++k) {
+    for (int64_t k = bag_start[bag]; k < bag_start[bag] + bag_count[bag]; ++k) {
       const int64_t row = row_of_position[k];
       if (row >= 0) sum = __fadd_rn(sum, values[row * dim + d]);
     }
-    const float s = pool_scale(mean, offsets[b + 1] - offsets[b]);
-    out[e] = s != 1.0f ? __fmul_rn(sum, s) : sum;
+    const float s = pool_scale(mean, bag_count[bag]);
+    out[(bag % batch) * out_cols + slot_cols[bag / batch] + d] = s != 1.0f ? __fmul_rn(sum, s) : sum;
   }
 }
 
-// The gradient of unique row u, element d: its positions' output gradients in order (the
-// sorted segment sum), each times its bag's pooling factor.
-__device__ inline float segment_gradient(const int64_t* run_begin, const int64_t* sorted_positions,
-                                         const int64_t* bag_of_position, const int64_t* offsets, const float* dout,
-                                         int64_t dim, bool mean, int64_t u, int64_t d) {
+// The gradient of unique row u, element d: its positions' output gradients in position order
+// (slot by slot, then row by row: the CPU's (slot, row, k) order), each times its bag's pooling
+// factor.
+struct GradientSource {
+  const int64_t* run_begin;
+  const int64_t* sorted_positions;
+  const int64_t* bag_of_position;
+  const int64_t* bag_count;
+  const int64_t* slot_cols;
+  const float* dout;
+  int64_t dout_cols, batch, dim;
+  bool mean;
+};
+__device__ inline float segment_gradient(const GradientSource& src, int64_t u, int64_t d) {
   float g = 0.0f;
-  for (int64_t i = run_begin[u]; i < run_begin[u + 1]; ++i) {
-    const int64_t bag = bag_of_position[sorted_positions[i]];
-    g = __fadd_rn(g, __fmul_rn(dout[bag * dim + d], pool_scale(mean, offsets[bag + 1] - offsets[bag])));
+  for (int64_t i = src.run_begin[u]; i < src.run_begin[u + 1]; ++i) {
+    const int64_t bag = src.bag_of_position[src.sorted_positions[i]];
+    const float gi = src.dout[(bag % src.batch) * src.dout_cols + src.slot_cols[bag / src.batch] + d];
+    g = __fadd_rn(g, __fmul_rn(gi, pool_scale(src.mean, src.bag_count[bag])));
   }
   return g;
 }
 
 // acc += g²; w -= lr · g / (sqrt(acc) + eps)
-__global__ void adagrad_kernel(const int64_t* run_begin, const int64_t* sorted_positions, const int64_t* bag_of_position,
-                               const int64_t* offsets, const int64_t* unique_rows, int64_t U, const float* dout,
-                               int64_t dim, bool mean, float* values, float* acc, float lr, float eps) {
+__global__ void adagrad_kernel(GradientSource src, const int64_t* unique_rows, int64_t U, float* values, float* acc,
+                               float lr, float eps) {
+  const int64_t dim = src.dim;
   GRID_STRIDE(e, U * dim) {
     const int64_t u = e / dim, d = e % dim, row = unique_rows[u];
     if (row < 0) continue;  // an id without a row gets no gradient
-    const float g = segment_gradient(run_begin, sorted_positions, bag_of_position, offsets, dout, dim, mean, u, d);
+    const float g = segment_gradient(src, u, d);
     const int64_t w = row * dim + d;
     const float a = __fadd_rn(acc[w], __fmul_rn(g, g));
     acc[w] = a;
@@ -194,14 +214,13 @@ __global__ void adagrad_kernel(const int64_t* run_begin, const int64_t* sorted_p
 
 // Lazy Adam: t = the row's steps + 1 (steps is incremented after, by steps_kernel);
 // m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²; w -= lr · (m / c1) / (sqrt(v / c2) + eps).
-__global__ void adam_kernel(const int64_t* run_begin, const int64_t* sorted_positions, const int64_t* bag_of_position,
-                            const int64_t* offsets, const int64_t* unique_rows, int64_t U, const float* dout,
-                            int64_t dim, bool mean, float* values, float* m, float* v, const int64_t* steps, float lr,
-                            double beta1, double beta2, float eps) {
+__global__ void adam_kernel(GradientSource src, const int64_t* unique_rows, int64_t U, float* values, float* m, float* v,
+                            const int64_t* steps, float lr, double beta1, double beta2, float eps) {
+  const int64_t dim = src.dim;
   GRID_STRIDE(e, U * dim) {
     const int64_t u = e / dim, d = e % dim, row = unique_rows[u];
     if (row < 0) continue;
-    const float g = segment_gradient(run_begin, sorted_positions, bag_of_position, offsets, dout, dim, mean, u, d);
+    const float g = segment_gradient(src, u, d);
     const double t = static_cast<double>(steps[row] + 1);
     const float c1 = static_cast<float>(1.0 - pow(beta1, t)), c2 = static_cast<float>(1.0 - pow(beta2, t));
     const float b1 = static_cast<float>(beta1), b2 = static_cast<float>(beta2);
@@ -271,11 +290,10 @@ struct CudaEmbeddingTable::Buffers {
   DeviceVector<unsigned long long> row_count;  // [1]
   DeviceVector<int> full;                      // [1]
   // The last forward's batch (backward reads it).
-  const int64_t* offsets = nullptr;
-  int64_t batch = 0, nnz = 0, unique = 0;
+  int64_t batch = 0, nnz = 0, unique = 0, slots = 0;
   bool trained_forward = false;
-  DeviceVector<int64_t> keys, positions, sorted_keys, sorted_positions, unique_keys, run_begin, unique_rows,
-      row_of_position, bag_of_position;
+  DeviceVector<int64_t> all_ids, keys, positions, sorted_keys, sorted_positions, unique_keys, run_begin, unique_rows,
+      row_of_position, bag_of_position, bag_start, bag_count, slot_cols;
   DeviceVector<int32_t> flags, run_id1;
   DeviceVector<uint8_t> is_new;
   DeviceVector<char> scratch;  // CUB temporary storage
@@ -333,21 +351,56 @@ int64_t CudaEmbeddingTable::rows() const {
 
 void CudaEmbeddingTable::forward(const int64_t* offsets, const int64_t* ids, int64_t batch, int64_t nnz, float* out,
                                  bool training) {
-  NCSREC_CHECK(batch >= 0 && nnz >= 0 && nnz <= INT32_MAX, "CudaEmbeddingTable " << options_.name << ": batch "
-                                                                              << batch << ", nnz " << nnz);
+  forward({Slot{offsets, ids, nnz, 0}}, batch, out, options_.dim, training);
+}
+
+void CudaEmbeddingTable::forward(const std::vector<Slot>& slots, int64_t batch, float* out, int64_t out_cols,
+                                 bool training) {
   Buffers& b = *buffers_;
-  const int64_t dim = options_.dim;
-  b.offsets = offsets;
+  const int64_t dim = options_.dim, S = static_cast<int64_t>(slots.size());
+  NCSREC_CHECK(S >= 1 && batch >= 0, "CudaEmbeddingTable " << options_.name << ": " << S << " slots, batch " << batch);
+  int64_t nnz = 0;
+  std::vector<int64_t> cols;
+  for (const Slot& slot : slots) {
+    NCSREC_CHECK(slot.nnz >= 0 && slot.col >= 0 && slot.col + dim <= out_cols,
+                 "CudaEmbeddingTable " << options_.name << ": a slot of " << slot.nnz << " ids at column " << slot.col
+                                       << " of " << out_cols);
+    nnz += slot.nnz;
+    cols.push_back(slot.col);
+  }
+  NCSREC_CHECK(nnz <= INT32_MAX, "CudaEmbeddingTable " << options_.name << ": " << nnz << " ids in one batch");
   b.batch = batch;
   b.nnz = nnz;
+  b.slots = S;
   b.trained_forward = false;
   b.unique = 0;
+  const int64_t bags = S * batch;
+  CUDA_CHECK(cudaMemcpy(b.slot_cols.reserve(S), cols.data(), static_cast<size_t>(S) * sizeof(int64_t),
+                        cudaMemcpyHostToDevice));
+  // Every slot's ids one after the other (position = slot base + k), and the bags.
+  int64_t* all_ids = b.all_ids.reserve(nnz);
+  int64_t base = 0;
+  b.bag_start.reserve(bags);
+  b.bag_count.reserve(bags);
+  b.bag_of_position.reserve(nnz);
+  for (int64_t s = 0; s < S; ++s) {
+    const Slot& slot = slots[static_cast<size_t>(s)];
+    if (slot.nnz > 0)
+      CUDA_CHECK(cudaMemcpy(all_ids + base, slot.ids, static_cast<size_t>(slot.nnz) * sizeof(int64_t),
+                            cudaMemcpyDeviceToDevice));
+    if (batch > 0) {
+      slot_bags_kernel<<<blocks_for(batch), kThreads>>>(slot.offsets, batch, s, base, b.bag_of_position.get(),
+                                                        b.bag_start.get(), b.bag_count.get());
+      launch_check();
+    }
+    base += slot.nnz;
+  }
   if (nnz > 0) {
     const int n = static_cast<int>(nnz);
     // The keys of the positions: a fixed table's rows, a hash table's ids.
-    const int64_t* keys = ids;
+    const int64_t* keys = all_ids;
     if (!options_.hash) {
-      fixed_rows_kernel<<<blocks_for(nnz), kThreads>>>(ids, nnz, options_.rows, b.keys.reserve(nnz));
+      fixed_rows_kernel<<<blocks_for(nnz), kThreads>>>(all_ids, nnz, options_.rows, b.keys.reserve(nnz));
       launch_check();
       keys = b.keys.get();
     }
@@ -387,8 +440,6 @@ void CudaEmbeddingTable::forward(const int64_t* offsets, const int64_t* ids, int
     scatter_rows_kernel<<<blocks_for(nnz), kThreads>>>(b.sorted_positions.get(), b.run_id1.get(), b.unique_rows.get(),
                                                        nnz, b.row_of_position.reserve(nnz));
     launch_check();
-    bag_of_position_kernel<<<blocks_for(batch), kThreads>>>(offsets, batch, b.bag_of_position.reserve(nnz));
-    launch_check();
     if (training && options_.hash) {
       int full = 0;
       CUDA_CHECK(cudaMemcpy(&full, b.full.get(), sizeof(full), cudaMemcpyDeviceToHost));
@@ -397,36 +448,35 @@ void CudaEmbeddingTable::forward(const int64_t* offsets, const int64_t* ids, int
                         std::to_string(options_.rows) + " rows; raise its capacity");
     }
   }
-  if (batch > 0) {
-    if (nnz > 0) {
-      pooled_kernel<<<blocks_for(batch * dim), kThreads>>>(offsets, b.row_of_position.get(), b.values.get(), batch, dim,
-                                                           options_.mean_pooling, out);
-      launch_check();
-    } else {
-      CUDA_CHECK(cudaMemset(out, 0, static_cast<size_t>(batch * dim) * sizeof(float)));
-    }
+  if (bags > 0) {
+    pooled_kernel<<<blocks_for(bags * dim), kThreads>>>(b.bag_start.get(), b.bag_count.get(), b.slot_cols.get(),
+                                                        nnz > 0 ? b.row_of_position.get() : nullptr, b.values.get(),
+                                                        bags, batch, dim, options_.mean_pooling, out, out_cols);
+    launch_check();
   }
   CUDA_CHECK(cudaDeviceSynchronize());
   b.trained_forward = training;
 }
 
-void CudaEmbeddingTable::backward_update(const float* dout) {
+void CudaEmbeddingTable::backward_update(const float* dout) { backward_update(dout, options_.dim); }
+
+void CudaEmbeddingTable::backward_update(const float* dout, int64_t dout_cols) {
   Buffers& b = *buffers_;
   NCSREC_CHECK(b.trained_forward, "CudaEmbeddingTable " << options_.name << ": backward without a training forward");
   b.trained_forward = false;  // one backward per forward
   if (b.unique == 0) return;
   const int64_t dim = options_.dim;
+  const GradientSource src{b.run_begin.get(), b.sorted_positions.get(), b.bag_of_position.get(), b.bag_count.get(),
+                           b.slot_cols.get(), dout, dout_cols, b.batch, dim, options_.mean_pooling};
   const int g = blocks_for(b.unique * dim);
   if (options_.optimizer == "adagrad") {
-    adagrad_kernel<<<g, kThreads>>>(b.run_begin.get(), b.sorted_positions.get(), b.bag_of_position.get(), b.offsets,
-                                    b.unique_rows.get(), b.unique, dout, dim, options_.mean_pooling, b.values.get(),
-                                    b.acc.get(), static_cast<float>(options_.lr), static_cast<float>(options_.eps));
+    adagrad_kernel<<<g, kThreads>>>(src, b.unique_rows.get(), b.unique, b.values.get(), b.acc.get(),
+                                    static_cast<float>(options_.lr), static_cast<float>(options_.eps));
     launch_check();
   } else {
-    adam_kernel<<<g, kThreads>>>(b.run_begin.get(), b.sorted_positions.get(), b.bag_of_position.get(), b.offsets,
-                                 b.unique_rows.get(), b.unique, dout, dim, options_.mean_pooling, b.values.get(),
-                                 b.m.get(), b.v.get(), b.steps.get(), static_cast<float>(options_.lr), options_.beta1,
-                                 options_.beta2, static_cast<float>(options_.eps));
+    adam_kernel<<<g, kThreads>>>(src, b.unique_rows.get(), b.unique, b.values.get(), b.m.get(), b.v.get(), b.steps.get(),
+                                 static_cast<float>(options_.lr), options_.beta1, options_.beta2,
+                                 static_cast<float>(options_.eps));
     launch_check();
     steps_kernel<<<blocks_for(b.unique), kThreads>>>(b.unique_rows.get(), b.unique, b.steps.get());
     launch_check();

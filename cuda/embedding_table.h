@@ -29,7 +29,7 @@
 // the rounding of the device's math functions. The float arithmetic of sums and updates uses
 // the _rn intrinsics, which are never fused into multiply-adds, so it rounds as the CPU's.
 //
-// Scope: one slot per table, f32, one device. Hash tables admit an id at its first read (the
+// Scope: f32, one device. Hash tables admit an id at its first read (the
 // CPU's admit_after 1) and have no TTL or eviction: a full table is a UserError and stays usable
 // for reads. The CPU table has the rest; the id INT64_MIN is reserved as the empty-slot marker.
 // Buffers are allocated when the table is built and grown only when a batch is larger than any
@@ -76,9 +76,21 @@ class CudaEmbeddingTable {
   // inserts its ids without a row (a UserError naming the table when it is full), and the batch
   // is kept for backward.
   void forward(const int64_t* offsets, const int64_t* ids, int64_t batch, int64_t nnz, float* out, bool training);
+  // Several slots reading this table (as the CPU's slots of one table): each slot's bags pooled
+  // into columns [col, col + dim) of out [batch, out_cols] (device); a row read by several slots
+  // gets one update from the sum of their gradients (in slot order, as the CPU).
+  struct Slot {
+    const int64_t* offsets;  // device, [batch + 1]
+    const int64_t* ids;      // device, [nnz]
+    int64_t nnz;
+    int64_t col;
+  };
+  void forward(const std::vector<Slot>& slots, int64_t batch, float* out, int64_t out_cols, bool training);
   // dout [batch, dim] (device): the gradient of the last training forward's output. The
   // optimizer's update of the rows that batch read; nothing else changes.
   void backward_update(const float* dout);
+  // The same for a several-slot forward: dout [batch, dout_cols], each slot's gradient at its columns.
+  void backward_update(const float* dout, int64_t dout_cols);
 
   // Host copies of every row holding a key, in increasing key order: keys (fixed: the rows),
   // values [rows, dim], and the optimizer state by name ("accumulator", or "m", "v" [rows, dim]

@@ -179,6 +179,72 @@ void check_training(bool hash, bool mean, const std::string& optimizer) {
   }
 }
 
+// Two slots read one table into columns 3 and 3 + dim + 2 of a wider buffer whose other columns
+// must stay poisoned; a row read by both slots gets one update from their summed gradients.
+void check_two_slots(bool hash, bool mean, const std::string& optimizer) {
+  const std::string what = std::string("two slots, ") + (hash ? "hash" : "fixed") + (mean ? " mean " : " sum ") + optimizer;
+  const int64_t rows = hash ? 5000 : 700, cols = 3 + kDim + 2 + kDim + 1, col0 = 3, col1 = 3 + kDim + 2;
+  const CudaEmbeddingOptions o = gpu_options(rows, hash, mean, optimizer);
+  HashOptions h;
+  h.capacity = rows;
+  ShardedTable cpu("items", rows, kDim, DType::F32, kSeed, kScale, Placement::RowWise, 0, 0, 1, hash ? &h : nullptr);
+  OptimizerConfig oc;
+  oc.type = optimizer;
+  oc.lr = o.lr;
+  oc.eps = oc.adagrad_eps = o.eps;
+  oc.initial_accumulator = o.initial_accumulator;
+  auto sparse = make_sparse_optimizer(oc, cpu.shard());
+  CudaEmbeddingTable gpu(o);
+  const Pooling pooling = mean ? Pooling::Mean : Pooling::Sum;
+  for (int step = 0; step < 4; ++step) {
+    const Bags a = random_bags(200, 1500, 300 + step), b = random_bags(200, 1500, 400 + step);
+    const int64_t B = a.batch();
+    ShardedTable::Lookup lookup;
+    cpu.lookup({{a.ids.data(), static_cast<int64_t>(a.ids.size())}, {b.ids.data(), static_cast<int64_t>(b.ids.size())}},
+               nullptr, &lookup, true);
+    Tensor out_cpu = Tensor::empty({B, cols}, DType::F32);
+    for (int64_t i = 0; i < out_cpu.numel(); ++i) out_cpu.data<float>()[i] = std::numeric_limits<float>::quiet_NaN();
+    embedding_bag_forward(out_cpu, col0, lookup.values, a.offsets.data(), lookup.ids[0].data(), B, pooling);
+    embedding_bag_forward(out_cpu, col1, lookup.values, b.offsets.data(), lookup.ids[1].data(), B, pooling);
+    const Tensor dout = testing::random_f32({B, cols}, 700 + step);
+    const SparseGrad compact = embedding_bag_backward(
+        dout, {{a.offsets.data(), lookup.ids[0].data(), col0, pooling}, {b.offsets.data(), lookup.ids[1].data(), col1, pooling}},
+        B, lookup.values.dim(0), kDim);
+    sparse->step(cpu.shard(), cpu.reduce_gradient(lookup, compact, nullptr));
+
+    DeviceCopy<int64_t> ao(a.offsets), ai(a.ids), bo(b.offsets), bi(b.ids);
+    DeviceCopy<float> out(std::vector<float>(static_cast<size_t>(B * cols), std::numeric_limits<float>::quiet_NaN()));
+    gpu.forward({{ao.ptr, ai.ptr, static_cast<int64_t>(a.ids.size()), col0}, {bo.ptr, bi.ptr, static_cast<int64_t>(b.ids.size()), col1}},
+                B, out.ptr, cols, true);
+    const std::vector<float> got = out.to_host(static_cast<size_t>(B * cols));
+    for (int64_t i = 0; i < B * cols; ++i) {
+      const float want = out_cpu.data<float>()[i], have = got[static_cast<size_t>(i)];
+      if (std::isnan(want)) {
+        ASSERT_TRUE(std::isnan(have)) << what << ": column " << i % cols << " written";
+        continue;
+      }
+      ASSERT_NEAR(have, want, 1e-5 * std::fabs(want) + 1e-6) << what << ": step " << step << " element " << i;
+    }
+    DeviceCopy<float> dout_gpu(std::vector<float>(dout.data<float>(), dout.data<float>() + dout.numel()));
+    gpu.backward_update(dout_gpu.ptr, cols);
+  }
+  const CudaEmbeddingTable::Snapshot snap = gpu.snapshot();
+  ASSERT_EQ(static_cast<int64_t>(snap.keys.size()), cpu.shard().rows()) << what;
+  for (size_t i = 0; i < snap.keys.size(); ++i) {
+    const int64_t r = cpu.shard_index(snap.keys[i]);
+    ASSERT_GE(r, 0) << what;
+    for (int64_t d = 0; d < kDim; ++d) {
+      const float want = cpu.shard().values().data<float>()[r * kDim + d];
+      EXPECT_NEAR(snap.values[i * kDim + d], want, 1e-5 * std::fabs(want) + 1e-7) << what << ": key " << snap.keys[i];
+    }
+  }
+}
+
+TEST_F(CudaEmbeddingParity, SeveralSlotsOfOneTableWriteTheirColumnsAndShareOneUpdate) {
+  check_two_slots(false, true, "adam");
+  check_two_slots(true, false, "adagrad");
+}
+
 TEST_F(CudaEmbeddingParity, TrainingStepsMatchTheCpuTableRowForRow) {
   for (bool hash : {false, true}) {
     check_training(hash, false, "adagrad");
