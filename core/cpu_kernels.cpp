@@ -12,6 +12,7 @@
 
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "core/float_dispatch.h"
 #include "core/huge_pages.h"
 
 namespace ncsrec {
@@ -178,12 +179,6 @@ void gate_mixture_backward_t(T* dlogits, void* const* dexperts, const T* dout, c
   }
 }
 
-#define NCSREC_FLOAT_DISPATCH(dtype, call_f32, call_f64)                          \
-  do {                                                                            \
-    if ((dtype) == DType::F32) { call_f32; }                                      \
-    else if ((dtype) == DType::F64) { call_f64; }                                 \
-    else NCSREC_CHECK(false, "floating-point op on " << dtype_name(dtype));       \
-  } while (0)
 
 void cpu_bias_add(DType d, void* y, const void* b, int64_t rows, int64_t cols) {
   NCSREC_FLOAT_DISPATCH(d, bias_add_t(static_cast<float*>(y), static_cast<const float*>(b), rows, cols),

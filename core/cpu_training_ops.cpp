@@ -8,6 +8,7 @@
 
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "core/float_dispatch.h"
 #include "core/layers/losses.h"
 #include "core/metrics/metrics.h"
 
@@ -16,12 +17,6 @@ namespace {
 
 constexpr int64_t kParallelMin = 1 << 14;  // below this, threads cost more than they save
 
-#define NCSREC_FLOAT_DISPATCH(dtype, call_f32, call_f64)                          \
-  do {                                                                            \
-    if ((dtype) == DType::F32) { call_f32; }                                      \
-    else if ((dtype) == DType::F64) { call_f64; }                                 \
-    else NCSREC_CHECK(false, "floating-point op on " << dtype_name(dtype));       \
-  } while (0)
 
 // ---- loss heads -----------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "core/error.h"
+#include "core/float_dispatch.h"
 #include "core/tensor.h"
 #include "cuda/check.h"
 
@@ -20,12 +21,7 @@ inline int blocks_for(int64_t n) {
   return static_cast<int>(std::max<int64_t>(1, std::min((n + kThreads - 1) / kThreads, kMaxBlocks)));
 }
 
-#define NCSREC_CUDA_FLOAT_DISPATCH(dtype, call_f32, call_f64)                    \
-  do {                                                                          \
-    if ((dtype) == DType::F32) { call_f32; }                                    \
-    else if ((dtype) == DType::F64) { call_f64; }                               \
-    else NCSREC_CHECK(false, "floating-point op on " << dtype_name(dtype));     \
-  } while (0)
+#define NCSREC_CUDA_FLOAT_DISPATCH NCSREC_FLOAT_DISPATCH
 
 #define NCSREC_CUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
 
@@ -55,5 +51,33 @@ __device__ T block_max(T v, T* shared) {
   __syncthreads();
   return r;
 }
+
+// A device buffer that grows (and only grows) to the largest size asked for: the scratch of
+// kernels whose sizes vary from call to call (a step's batch), allocated on the first large one.
+template <class T>
+class DeviceVector {
+ public:
+  DeviceVector() = default;
+  ~DeviceVector() {
+    if (ptr_) (void)cudaFree(ptr_);
+  }
+  DeviceVector(const DeviceVector&) = delete;
+  DeviceVector& operator=(const DeviceVector&) = delete;
+  T* reserve(int64_t n) {
+    if (n > size_) {
+      if (ptr_) CUDA_CHECK(cudaFree(ptr_));
+      ptr_ = nullptr;
+      size_ = 0;
+      CUDA_CHECK(cudaMalloc(&ptr_, static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T)));
+      size_ = n;
+    }
+    return ptr_;
+  }
+  T* get() const { return ptr_; }
+
+ private:
+  T* ptr_ = nullptr;
+  int64_t size_ = 0;
+};
 
 }  // namespace ncsrec::cuda_detail

@@ -242,33 +242,6 @@ __global__ void steps_kernel(const int64_t* unique_rows, int64_t U, int64_t* ste
 
 void launch_check() { CUDA_CHECK(cudaGetLastError()); }
 
-// A device buffer that grows (and only grows) to the largest size asked for.
-template <class T>
-class DeviceVector {
- public:
-  DeviceVector() = default;
-  ~DeviceVector() {
-    if (ptr_) (void)cudaFree(ptr_);
-  }
-  DeviceVector(const DeviceVector&) = delete;
-  DeviceVector& operator=(const DeviceVector&) = delete;
-  T* reserve(int64_t n) {
-    if (n > size_) {
-      if (ptr_) CUDA_CHECK(cudaFree(ptr_));
-      ptr_ = nullptr;
-      size_ = 0;
-      CUDA_CHECK(cudaMalloc(&ptr_, static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T)));
-      size_ = n;
-    }
-    return ptr_;
-  }
-  T* get() const { return ptr_; }
-
- private:
-  T* ptr_ = nullptr;
-  int64_t size_ = 0;
-};
-
 template <class T>
 std::vector<T> to_host(const T* device, int64_t n) {
   std::vector<T> host(static_cast<size_t>(n));

@@ -6,6 +6,7 @@
 // column-major Cᵀ [N, M], and Cᵀ = op(B)ᵀ·op(A)ᵀ, so B is cuBLASLt's first operand and A its
 // second, with no data moved; the bias, one value per column of C, is then one per row of Cᵀ,
 // which is what the epilogue adds. f64 has no epilogue here: GEMM, bias and ReLU run as three ops.
+// cuBLASLt returns cuBLAS's status codes: CUBLAS_CHECK reports them.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -18,15 +19,6 @@
 #include "cuda/common.cuh"
 #include "cuda/train_ops.h"
 
-#define CUBLASLT_CHECK(expr)                                                                             \
-  do {                                                                                                   \
-    const cublasStatus_t ncsrec_lt_st_ = (expr);                                                         \
-    if (ncsrec_lt_st_ != CUBLAS_STATUS_SUCCESS)                                                          \
-      ::ncsrec::cuda_detail::throw_library_error("cuBLASLt", static_cast<long>(ncsrec_lt_st_),           \
-                                                 cublasGetStatusName(ncsrec_lt_st_),                     \
-                                                 cublasGetStatusString(ncsrec_lt_st_), #expr, __FILE__,  \
-                                                 __LINE__);                                              \
-  } while (0)
 
 namespace ncsrec {
 namespace {
@@ -69,38 +61,38 @@ void cuda_gemm_bias_act(DType d, bool ta, bool tb, int64_t M, int64_t N, int64_t
   NCSREC_CHECK(precision == kMatmulFp32 || precision == kMatmulTf32, "gemm_bias_act: precision " << precision);
   std::lock_guard<std::mutex> lock(g_lt_mutex);
   if (!g_lt) {
-    CUBLASLT_CHECK(cublasLtCreate(&g_lt));
+    CUBLAS_CHECK(cublasLtCreate(&g_lt));
     CUDA_CHECK(cudaMalloc(&g_workspace, kWorkspaceBytes));
   }
   const int m = checked_int(N, "N"), n = checked_int(M, "M"), k = checked_int(K, "K");
   LtCall call;
   const cublasComputeType_t compute = precision == kMatmulTf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  CUBLASLT_CHECK(cublasLtMatmulDescCreate(&call.desc, compute, CUDA_R_32F));
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&call.desc, compute, CUDA_R_32F));
   // cuBLASLt's first operand is our B (op: our trans_b), its second our A (our trans_a).
   const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-  CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(call.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
-  CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(call.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
   const cublasLtEpilogue_t epilogue = bias ? (relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
                                            : (relu ? CUBLASLT_EPILOGUE_RELU : CUBLASLT_EPILOGUE_DEFAULT);
-  CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(call.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
   if (bias)
-    CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(call.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   // Stored shapes (column-major): our B is [N, K] (ld N), or transposed [K, N] (ld K); our A
   // [K, M] (ld K), or [M, K] (ld M); Cᵀ [N, M] (ld N).
-  CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&call.a, CUDA_R_32F, tb ? k : m, tb ? m : k, tb ? k : m));
-  CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&call.b, CUDA_R_32F, ta ? n : k, ta ? k : n, ta ? n : k));
-  CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&call.c, CUDA_R_32F, m, n, m));
-  CUBLASLT_CHECK(cublasLtMatmulPreferenceCreate(&call.pref));
-  CUBLASLT_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&call.a, CUDA_R_32F, tb ? k : m, tb ? m : k, tb ? k : m));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&call.b, CUDA_R_32F, ta ? n : k, ta ? k : n, ta ? n : k));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&call.c, CUDA_R_32F, m, n, m));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&call.pref));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                       &kWorkspaceBytes, sizeof(kWorkspaceBytes)));
   cublasLtMatmulHeuristicResult_t heuristic{};
   int found = 0;
-  CUBLASLT_CHECK(cublasLtMatmulAlgoGetHeuristic(g_lt, call.desc, call.a, call.b, call.c, call.c, call.pref, 1,
+  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(g_lt, call.desc, call.a, call.b, call.c, call.c, call.pref, 1,
                                                 &heuristic, &found));
   NCSREC_CHECK(found > 0, "cuBLASLt has no algorithm for a " << M << "x" << K << " by " << K << "x" << N
                                                              << " product with this epilogue");
   const float alpha = 1.0f, beta = 0.0f;
-  CUBLASLT_CHECK(cublasLtMatmul(g_lt, call.desc, &alpha, B, call.a, A, call.b, &beta, C, call.c, C, call.c,
+  CUBLAS_CHECK(cublasLtMatmul(g_lt, call.desc, &alpha, B, call.a, A, call.b, &beta, C, call.c, C, call.c,
                                 &heuristic.algo, g_workspace, kWorkspaceBytes, nullptr));
 }
 

@@ -61,28 +61,12 @@ __global__ void wins_kernel(const double* pos, const double* neg, const double* 
   GRID_STRIDE(g, groups) wins[g] = pos[g] * (below[g] + 0.5 * neg[g]);
 }
 
-template <class T>
-struct Scratch {
-  T* ptr = nullptr;
-  int64_t size = 0;
-  T* reserve(int64_t n) {
-    if (n > size) {
-      if (ptr) CUDA_CHECK(cudaFree(ptr));
-      ptr = nullptr;
-      size = 0;
-      CUDA_CHECK(cudaMalloc(&ptr, static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T)));
-      size = n;
-    }
-    return ptr;
-  }
-};
-
 std::mutex g_auc_mutex;  // guards the scratch buffers below (grown to the largest eval set)
-Scratch<float> g_sorted;
-Scratch<int32_t> g_index, g_order, g_flags, g_gid1;
-Scratch<int64_t> g_start;
-Scratch<double> g_pos, g_neg, g_below, g_wins;
-Scratch<char> g_cub;
+DeviceVector<float> g_sorted;
+DeviceVector<int32_t> g_index, g_order, g_flags, g_gid1;
+DeviceVector<int64_t> g_start;
+DeviceVector<double> g_pos, g_neg, g_below, g_wins;
+DeviceVector<char> g_cub;
 
 double cuda_auc(const float* scores, const float* labels, const float* weights, int64_t n) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
@@ -93,29 +77,29 @@ double cuda_auc(const float* scores, const float* labels, const float* weights, 
   iota_i32_kernel<<<blocks_for(n), kThreads>>>(g_index.reserve(n), n);
   NCSREC_CUDA_LAUNCH_CHECK();
   size_t sort_bytes = 0, scan_bytes = 0, dscan_bytes = 0;
-  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, scores, g_sorted.reserve(n), g_index.ptr,
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, scores, g_sorted.reserve(n), g_index.get(),
                                              g_order.reserve(n), items));
   CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, g_flags.reserve(n), g_gid1.reserve(n), items));
   CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, dscan_bytes, g_neg.reserve(n), g_below.reserve(n), items));
   char* scratch = g_cub.reserve(static_cast<int64_t>(std::max({sort_bytes, scan_bytes, dscan_bytes})));
-  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(scratch, sort_bytes, scores, g_sorted.ptr, g_index.ptr, g_order.ptr, items));
-  group_flags_kernel<<<blocks_for(n), kThreads>>>(g_sorted.ptr, n, g_flags.ptr);
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(scratch, sort_bytes, scores, g_sorted.get(), g_index.get(), g_order.get(), items));
+  group_flags_kernel<<<blocks_for(n), kThreads>>>(g_sorted.get(), n, g_flags.get());
   NCSREC_CUDA_LAUNCH_CHECK();
-  CUDA_CHECK(cub::DeviceScan::InclusiveSum(scratch, scan_bytes, g_flags.ptr, g_gid1.ptr, items));
+  CUDA_CHECK(cub::DeviceScan::InclusiveSum(scratch, scan_bytes, g_flags.get(), g_gid1.get(), items));
   int32_t groups = 0;
-  CUDA_CHECK(cudaMemcpy(&groups, g_gid1.ptr + (n - 1), sizeof(groups), cudaMemcpyDeviceToHost));
-  group_starts_kernel<<<blocks_for(n), kThreads>>>(g_flags.ptr, g_gid1.ptr, n, g_start.reserve(groups + 1));
+  CUDA_CHECK(cudaMemcpy(&groups, g_gid1.get() + (n - 1), sizeof(groups), cudaMemcpyDeviceToHost));
+  group_starts_kernel<<<blocks_for(n), kThreads>>>(g_flags.get(), g_gid1.get(), n, g_start.reserve(groups + 1));
   NCSREC_CUDA_LAUNCH_CHECK();
-  group_sums_kernel<<<blocks_for(groups), kThreads>>>(g_start.ptr, groups, g_order.ptr, labels, weights,
-                                                      g_pos.reserve(groups), g_neg.ptr);
+  group_sums_kernel<<<blocks_for(groups), kThreads>>>(g_start.get(), groups, g_order.get(), labels, weights,
+                                                      g_pos.reserve(groups), g_neg.get());
   NCSREC_CUDA_LAUNCH_CHECK();
-  CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scratch, dscan_bytes, g_neg.ptr, g_below.ptr, groups));
-  wins_kernel<<<blocks_for(groups), kThreads>>>(g_pos.ptr, g_neg.ptr, g_below.ptr, groups, g_wins.reserve(groups));
+  CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scratch, dscan_bytes, g_neg.get(), g_below.get(), groups));
+  wins_kernel<<<blocks_for(groups), kThreads>>>(g_pos.get(), g_neg.get(), g_below.get(), groups, g_wins.reserve(groups));
   NCSREC_CUDA_LAUNCH_CHECK();
   const OpTable& ops = ops_for(Device::CUDA);
-  const double positives = ops.sum(DType::F64, g_pos.ptr, groups), negatives = ops.sum(DType::F64, g_neg.ptr, groups);
+  const double positives = ops.sum(DType::F64, g_pos.get(), groups), negatives = ops.sum(DType::F64, g_neg.get(), groups);
   if (positives <= 0 || negatives <= 0) return nan;
-  return ops.sum(DType::F64, g_wins.ptr, groups) / (positives * negatives);
+  return ops.sum(DType::F64, g_wins.get(), groups) / (positives * negatives);
 }
 
 }  // namespace

@@ -135,20 +135,10 @@ void cuda_gate_mixture_backward(DType d, void* dlogits, void* const* dexperts, c
 // ---- loss heads -----------------------------------------------------------------------------
 
 // A device scratch of doubles for the per-element weighted losses, grown to the largest batch.
-std::mutex g_loss_mutex;
-double* g_loss_scratch = nullptr;
-int64_t g_loss_capacity = 0;
+std::mutex g_loss_mutex;  // guards g_loss_scratch
+DeviceVector<double> g_loss_scratch;
 
-double* loss_scratch(int64_t n) {
-  if (n > g_loss_capacity) {
-    if (g_loss_scratch) CUDA_CHECK(cudaFree(g_loss_scratch));
-    g_loss_scratch = nullptr;
-    g_loss_capacity = 0;
-    CUDA_CHECK(cudaMalloc(&g_loss_scratch, static_cast<size_t>(n) * sizeof(double)));
-    g_loss_capacity = n;
-  }
-  return g_loss_scratch;
-}
+double* loss_scratch(int64_t n) { return g_loss_scratch.reserve(n); }
 
 enum class Head { Bce, Focal, Mse };
 

@@ -5,19 +5,13 @@ import statistics
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from table_util import ms  # noqa: E402
+
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/daily_sampling")
 variants = ["all", "logit", "weight", "none"]
 runs = {v: [[json.loads(l) for l in open(p)] for p in sorted((root / v).glob("seed-*/daily.jsonl"))] for v in variants}
 runs = {v: r for v, r in runs.items() if r}
-
-
-def ms(values, digits=4):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def metric(line, task, key):

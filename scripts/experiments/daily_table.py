@@ -4,18 +4,12 @@ import statistics
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from table_util import ms  # noqa: E402
+
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/daily")
 modes = ["incremental", "scratch", "frozen"]
 runs = {m: [[json.loads(l) for l in open(p)] for p in sorted((root / m).glob("seed-*/daily.jsonl"))] for m in modes}
-
-
-def ms(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def metric(line, task, key="auc"):

@@ -4,9 +4,13 @@ import json
 import os
 import statistics
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from table_util import ms  # noqa: E402
 
 root = sys.argv[1] if len(sys.argv) > 1 else "runs/ecdctr"
 data = sys.argv[2] if len(sys.argv) > 2 else "data/gen-ecdctr"
@@ -14,15 +18,6 @@ variants = ["alone", "cpm", "tpm", "both"]
 names = {"alone": "A-CTR alone", "cpm": "+ CPM init", "tpm": "+ TPM features", "both": "+ both"}
 seeds = sorted(glob.glob(os.path.join(root, "seed-*")))
 days = [f"2026-01-{d:02d}" for d in range(7, 21)]
-
-
-def ms(values, digits=4):
-    values = [v for v in values if v is not None and v == v]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def summary(seed, variant, day):

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -104,20 +105,33 @@ CudaEmbeddingOptions gpu_options(int64_t rows, bool hash = true, bool mean = fal
   return o;
 }
 
+// The CPU table and sparse optimizer matching GPU options `o` (a hash table of capacity o.rows).
+struct CpuTwin {
+  HashOptions hash;
+  std::unique_ptr<ShardedTable> table;
+  std::unique_ptr<SparseOptimizer> optimizer;
+};
+CpuTwin cpu_twin(const CudaEmbeddingOptions& o) {
+  CpuTwin t;
+  t.hash.capacity = o.rows;
+  t.table = std::make_unique<ShardedTable>("items", o.rows, kDim, DType::F32, kSeed, kScale, Placement::RowWise, 0, 0, 1,
+                                           o.hash ? &t.hash : nullptr);
+  OptimizerConfig oc;
+  oc.type = o.optimizer;
+  oc.lr = o.lr;
+  oc.eps = oc.adagrad_eps = o.eps;
+  oc.initial_accumulator = o.initial_accumulator;
+  t.optimizer = make_sparse_optimizer(oc, t.table->shard());
+  return t;
+}
+
 void check_training(bool hash, bool mean, const std::string& optimizer) {
   const std::string what = std::string(hash ? "hash" : "fixed") + (mean ? " mean " : " sum ") + optimizer;
   const int64_t rows = hash ? 5000 : 700;  // fixed: the ids wrap around the rows
   const CudaEmbeddingOptions o = gpu_options(rows, hash, mean, optimizer);
-  HashOptions h;
-  h.capacity = rows;
-  ShardedTable cpu("items", rows, kDim, DType::F32, kSeed, kScale, Placement::RowWise, 0, 0, 1, hash ? &h : nullptr);
-  OptimizerConfig oc;
-  oc.type = optimizer;
-  oc.lr = o.lr;
-  oc.eps = o.eps;
-  oc.adagrad_eps = o.eps;
-  oc.initial_accumulator = o.initial_accumulator;
-  auto sparse = make_sparse_optimizer(oc, cpu.shard());
+  CpuTwin twin = cpu_twin(o);
+  ShardedTable& cpu = *twin.table;
+  auto& sparse = twin.optimizer;
   CudaEmbeddingTable gpu(o);
   const Pooling pooling = mean ? Pooling::Mean : Pooling::Sum;
 
@@ -185,15 +199,9 @@ void check_two_slots(bool hash, bool mean, const std::string& optimizer) {
   const std::string what = std::string("two slots, ") + (hash ? "hash" : "fixed") + (mean ? " mean " : " sum ") + optimizer;
   const int64_t rows = hash ? 5000 : 700, cols = 3 + kDim + 2 + kDim + 1, col0 = 3, col1 = 3 + kDim + 2;
   const CudaEmbeddingOptions o = gpu_options(rows, hash, mean, optimizer);
-  HashOptions h;
-  h.capacity = rows;
-  ShardedTable cpu("items", rows, kDim, DType::F32, kSeed, kScale, Placement::RowWise, 0, 0, 1, hash ? &h : nullptr);
-  OptimizerConfig oc;
-  oc.type = optimizer;
-  oc.lr = o.lr;
-  oc.eps = oc.adagrad_eps = o.eps;
-  oc.initial_accumulator = o.initial_accumulator;
-  auto sparse = make_sparse_optimizer(oc, cpu.shard());
+  CpuTwin twin = cpu_twin(o);
+  ShardedTable& cpu = *twin.table;
+  auto& sparse = twin.optimizer;
   CudaEmbeddingTable gpu(o);
   const Pooling pooling = mean ? Pooling::Mean : Pooling::Sum;
   for (int step = 0; step < 4; ++step) {

@@ -4,6 +4,8 @@
 // reaches the formula's densities; both schedules train.
 #include <gtest/gtest.h>
 
+#include <memory>
+
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -293,25 +295,36 @@ TEST(Ncs, LearnedScoresGetTheStraightThroughGradientOfTheMaskedWeight) {
     EXPECT_NEAR(score->grad.data<double>()[i], full.data<double>()[i] * layer.weight()->value.data<double>()[i], 1e-12);
 }
 
-TEST(Ncs, LearnedMasksKeepTheTargetDensityAndTrain) {
-  ScratchDir dir("ncs_learned");
-  const std::string data = small_data(dir);
-  const TrainConfig c = small_ncs(data, "  masks: {find: learned, final_density: 0.3}\n", ", epochs: 2");
+// Trains `c` (learned masks) on the small data, checks the model learned something, and returns
+// the trained model (from its final checkpoint) and a freshly initialised one, for their masks.
+struct LearnedRun {
+  std::unique_ptr<MultiTaskModel> trained, initial;
+};
+LearnedRun train_learned(const ScratchDir& dir, const std::string& data, const TrainConfig& c) {
   auto comm = make_local_communicator();
   const TrainSummary s = run_training(c, "x: 1", (dir.path / "run").string(), *comm);
   for (const auto& v : s.eval.views)
     if (v.name == "ctr") EXPECT_GT(v.metrics.auc, 0.6) << "CTR AUC " << v.metrics.auc;
   int64_t rows = 0;
   const DataSchema schema = read_shard_schema(expand_data_paths({data + "/day=2026-01-01"}, "test").front(), &rows);
-  MultiTaskModel trained(c.model, schema, DType::F32, 1);
-  load_checkpoint((dir.path / "run/checkpoints/final").string(), TrainingState{&trained, nullptr, {}});
-  MultiTaskModel initial(c.model, schema, DType::F32, 1);
+  LearnedRun r{std::make_unique<MultiTaskModel>(c.model, schema, DType::F32, 1),
+               std::make_unique<MultiTaskModel>(c.model, schema, DType::F32, 1)};
+  load_checkpoint((dir.path / "run/checkpoints/final").string(), TrainingState{r.trained.get(), nullptr, {}});
+  r.trained->refresh_masks();  // the masks of the final scores
+  return r;
+}
+
+TEST(Ncs, LearnedMasksKeepTheTargetDensityAndTrain) {
+  ScratchDir dir("ncs_learned");
+  const std::string data = small_data(dir);
+  const TrainConfig c = small_ncs(data, "  masks: {find: learned, final_density: 0.3}\n", ", epochs: 2");
+  const LearnedRun run = train_learned(dir, data, c);
   bool moved = false;
   for (int t = 0; t < 2; ++t)
-    for (int l = 0; l < trained.num_masked_layers(); ++l) {
-      const BitMask& m = trained.mask(t, l);
+    for (int l = 0; l < run.trained->num_masked_layers(); ++l) {
+      const BitMask& m = run.trained->mask(t, l);
       EXPECT_EQ(m.count(), std::llround(0.3 * static_cast<double>(m.size())));
-      moved = moved || m != initial.mask(t, l);
+      moved = moved || m != run.initial->mask(t, l);
     }
   EXPECT_TRUE(moved) << "training should move the learned masks away from their initial top-k";
 }
@@ -323,16 +336,9 @@ TEST(Ncs, PenaltyMasksEndWithinOnePercentOfTheTargetDensity) {
   ScratchDir dir("ncs_penalty");
   const std::string data = small_data(dir);
   const TrainConfig c = small_ncs(data, "  masks: {find: learned, final_density: 0.3, sparsity: penalty}\n", ", epochs: 2");
-  auto comm = make_local_communicator();
-  const TrainSummary s = run_training(c, "x: 1", (dir.path / "run").string(), *comm);
-  for (const auto& v : s.eval.views)
-    if (v.name == "ctr") EXPECT_GT(v.metrics.auc, 0.6) << "CTR AUC " << v.metrics.auc;
-  int64_t rows = 0;
-  const DataSchema schema = read_shard_schema(expand_data_paths({data + "/day=2026-01-01"}, "test").front(), &rows);
-  MultiTaskModel trained(c.model, schema, DType::F32, 1);
-  load_checkpoint((dir.path / "run/checkpoints/final").string(), TrainingState{&trained, nullptr, {}});
-  trained.refresh_masks();  // the masks of the final scores
-  MultiTaskModel initial(c.model, schema, DType::F32, 1);
+  const LearnedRun run = train_learned(dir, data, c);
+  MultiTaskModel& trained = *run.trained;
+  const MultiTaskModel& initial = *run.initial;
   bool moved = false, pushed = false;
   for (int t = 0; t < 2; ++t)
     for (int l = 0; l < trained.num_masked_layers(); ++l) {
