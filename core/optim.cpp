@@ -15,28 +15,20 @@
 
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "core/ops.h"
 
 namespace ncsrec {
 namespace {
 
 constexpr int64_t kParallelMin = 1 << 14;  // below this, threads cost more than they save
 
-void check_step_args(const Tensor& values, const Tensor& grads, int64_t numel, DType dtype) {
-  NCSREC_CHECK(values.numel() == numel && grads.numel() == numel,
-               "optimizer built for " << numel << " elements got " << values.describe() << " and " << grads.describe());
-  NCSREC_CHECK(values.dtype() == dtype && grads.dtype() == dtype,
-               "optimizer built for " << dtype_name(dtype) << " got " << values.describe() << " and "
-                                      << grads.describe());
-  NCSREC_CHECK(values.device() == Device::CPU && grads.device() == Device::CPU,
-               "the CPU optimizer got " << values.describe() << " and " << grads.describe());
-}
-
 class Sgd final : public DenseOptimizer {
  public:
-  Sgd(const OptimizerConfig& c, int64_t numel, DType dtype) : DenseOptimizer(c, numel), dtype_(dtype) {}
+  Sgd(const OptimizerConfig& c, int64_t numel, DType dtype, Device device)
+      : DenseOptimizer(c, numel, device), dtype_(dtype) {}
   using DenseOptimizer::step;
   void step(Tensor& values, const Tensor& grads, int64_t, const uint8_t* mask) override {
-    check_step_args(values, grads, numel_, dtype_);
+    check_step(values, grads, dtype_);
     if (dtype_ == DType::F32) run<float>(values, grads, mask);
     else run<double>(values, grads, mask);
   }
@@ -55,11 +47,11 @@ class Sgd final : public DenseOptimizer {
 class Adam final : public DenseOptimizer {
  public:
   Adam(const OptimizerConfig& c, int64_t numel, DType dtype, Device device)
-      : DenseOptimizer(c, numel), c_(c), dtype_(dtype), m_(Tensor::zeros({numel}, dtype, device)),
+      : DenseOptimizer(c, numel, device), c_(c), dtype_(dtype), m_(Tensor::zeros({numel}, dtype, device)),
         v_(Tensor::zeros({numel}, dtype, device)) {}
   using DenseOptimizer::step;
   void step(Tensor& values, const Tensor& grads, int64_t step, const uint8_t* mask) override {
-    check_step_args(values, grads, numel_, dtype_);
+    check_step(values, grads, dtype_);
     NCSREC_CHECK(step >= 1, "Adam steps count from 1, got " << step);
     // Global step count, masked or not (see optim.h).
     const double c1 = 1.0 - std::pow(c_.beta1, static_cast<double>(step));
@@ -85,13 +77,15 @@ class Adam final : public DenseOptimizer {
 class Adagrad final : public DenseOptimizer {
  public:
   Adagrad(const OptimizerConfig& c, int64_t numel, DType dtype, Device device)
-      : DenseOptimizer(c, numel), c_(c), dtype_(dtype), accumulator_(Tensor::empty({numel}, dtype, device)) {
-    if (dtype == DType::F32) std::fill_n(accumulator_.data<float>(), numel, static_cast<float>(c.initial_accumulator));
-    else std::fill_n(accumulator_.data<double>(), numel, c.initial_accumulator);
+      : DenseOptimizer(c, numel, device), c_(c), dtype_(dtype) {
+    Tensor host = Tensor::empty({numel}, dtype, Device::CPU);
+    if (dtype == DType::F32) std::fill_n(host.data<float>(), numel, static_cast<float>(c.initial_accumulator));
+    else std::fill_n(host.data<double>(), numel, c.initial_accumulator);
+    accumulator_ = host.to(device);
   }
   using DenseOptimizer::step;
   void step(Tensor& values, const Tensor& grads, int64_t, const uint8_t* mask) override {
-    check_step_args(values, grads, numel_, dtype_);
+    check_step(values, grads, dtype_);
     if (dtype_ == DType::F32) run<float>(values, grads, mask);
     else run<double>(values, grads, mask);
   }
@@ -168,8 +162,24 @@ double clip_t(T* g, int64_t n, double max_norm, const uint8_t* mask) {
 
 }  // namespace
 
-DenseOptimizer::DenseOptimizer(const OptimizerConfig& config, int64_t numel)
-    : numel_(numel), base_lr_(config.lr), lr_(config.lr), weight_decay_(config.weight_decay) {}
+DenseOptimizer::DenseOptimizer(const OptimizerConfig& config, int64_t numel, Device device)
+    : numel_(numel), device_(device), base_lr_(config.lr), lr_(config.lr), weight_decay_(config.weight_decay) {}
+
+void DenseOptimizer::check_step(const Tensor& values, const Tensor& grads, DType dtype) const {
+  NCSREC_CHECK(values.numel() == numel_ && grads.numel() == numel_,
+               "optimizer built for " << numel_ << " elements got " << values.describe() << " and " << grads.describe());
+  NCSREC_CHECK(values.dtype() == dtype && grads.dtype() == dtype,
+               "optimizer built for " << dtype_name(dtype) << " got " << values.describe() << " and "
+                                      << grads.describe());
+  NCSREC_CHECK(values.device() == device_ && grads.device() == device_,
+               "optimizer on " << device_name(device_) << " got " << values.describe() << " and " << grads.describe());
+}
+
+const uint8_t* DenseOptimizer::decay_mask() const {
+  if (decay_mask_.empty()) return nullptr;
+  if (device_ == Device::CPU) return decay_mask_.data();
+  return static_cast<const uint8_t*>(decay_mask_device_.raw());
+}
 
 void DenseOptimizer::set_lr(double lr) {
   NCSREC_CHECK(lr >= 0 && std::isfinite(lr), "learning rate " << lr);
@@ -184,10 +194,22 @@ void DenseOptimizer::set_decay_mask(const std::vector<uint8_t>& mask) {
   decay_nowhere_ = !mask.empty() && std::none_of(mask.begin(), mask.end(), [](uint8_t b) { return b != 0; });
   if (all_ones) decay_mask_.clear();
   else decay_mask_ = mask;
+  decay_mask_device_ = Tensor();
+  if (device_ != Device::CPU && !decay_mask_.empty()) {
+    Tensor host = Tensor::empty({numel_}, DType::U8, Device::CPU);
+    std::copy(decay_mask_.begin(), decay_mask_.end(), host.data<uint8_t>());
+    decay_mask_device_ = host.to(device_);
+  }
 }
 
 double clip_grad_norm(Tensor& grads, double max_norm, const uint8_t* mask) {
-  NCSREC_CHECK(grads.device() == Device::CPU, "clip_grad_norm on " << grads.describe());
+  if (grads.device() != Device::CPU) {
+    // The norm of a host copy, in the host's order (the same bits as on the CPU); the scaling on the device.
+    Tensor host = grads.to(Device::CPU);
+    const double norm = clip_grad_norm(host, 0.0, mask);
+    if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) ops::scale(grads, max_norm / norm);
+    return norm;
+  }
   NCSREC_CHECK(grads.dtype() == DType::F32 || grads.dtype() == DType::F64, "clip_grad_norm on " << grads.describe());
   NCSREC_CHECK(max_norm >= 0, "clip_grad_norm max_norm " << max_norm);
   if (grads.dtype() == DType::F32) return clip_t(grads.data<float>(), grads.numel(), max_norm, mask);
@@ -200,11 +222,8 @@ std::unique_ptr<DenseOptimizer> make_dense_optimizer(const OptimizerConfig& conf
   NCSREC_CHECK(dtype == DType::F32 || dtype == DType::F64, "dense optimizer on " << dtype_name(dtype) << " values");
   if (config.type != "sgd" && config.type != "adam" && config.type != "adagrad")
     throw ConfigError("unknown optimizer type '" + config.type + "'; valid types: sgd, adam, adagrad");
-  if (device != Device::CPU)
-    throw UserError(std::string("dense optimizer '") + config.type + "' has no implementation on " +
-                    device_name(device) + " yet");
   validate(config);
-  if (config.type == "sgd") return std::make_unique<Sgd>(config, numel, dtype);
+  if (config.type == "sgd") return std::make_unique<Sgd>(config, numel, dtype, device);
   if (config.type == "adam") return std::make_unique<Adam>(config, numel, dtype, device);
   return std::make_unique<Adagrad>(config, numel, dtype, device);
 }

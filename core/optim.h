@@ -54,22 +54,28 @@ class DenseOptimizer {
   double lr() const { return lr_; }
   double base_lr() const { return base_lr_; }
   // Where weight decay applies: one byte per element, 1 = decay; empty (the default) = every
-  // element. The trainer passes ParamStore::decay_mask() (kernels, not biases or norms).
+  // element. The trainer passes ParamStore::decay_mask() (kernels, not biases or norms). An
+  // optimizer on a device keeps a device copy.
   void set_decay_mask(const std::vector<uint8_t>& mask);
+  Device device() const { return device_; }
 
  protected:
-  DenseOptimizer(const OptimizerConfig& config, int64_t numel);
+  DenseOptimizer(const OptimizerConfig& config, int64_t numel, Device device);
   // Whether this step decays anything (weight_decay > 0 and a mask that is not all zeros).
   bool decays() const { return weight_decay_ > 0 && !decay_nowhere_; }
-  // The decay mask for the kernels: null = every element.
-  const uint8_t* decay_mask() const { return decay_mask_.empty() ? nullptr : decay_mask_.data(); }
+  // The decay mask for the kernels, in the optimizer's device memory: null = every element.
+  const uint8_t* decay_mask() const;
+  // The checks every step makes of its buffers (sizes, element type, device).
+  void check_step(const Tensor& values, const Tensor& grads, DType dtype) const;
 
   int64_t numel_;
+  Device device_;
   double base_lr_, lr_;
   double weight_decay_;
 
  private:
   std::vector<uint8_t> decay_mask_;  // empty = every element
+  Tensor decay_mask_device_;         // its copy when the optimizer is on a device
   bool decay_nowhere_ = false;
 };
 
@@ -77,8 +83,8 @@ class DenseOptimizer {
 std::unique_ptr<DenseOptimizer> make_dense_optimizer(const OptimizerConfig& config, int64_t numel, DType dtype,
                                                      Device device);
 
-// Gradient clipping by global norm: the L2 norm of `grads` (f32 or f64, on the CPU) over the
-// elements where `mask` is 1 (null = all), summed in double in an order fixed by the buffer's
+// Gradient clipping by global norm: the L2 norm of `grads` (f32 or f64; on a device, measured
+// on a host copy and scaled there) over the elements where `mask` (HOST memory) is 1 (null = all), summed in double in an order fixed by the buffer's
 // size alone, so the result does not depend on the thread count. If it exceeds `max_norm` > 0
 // the whole buffer is scaled by max_norm / norm (elements outside the mask too: the update
 // does not read them). max_norm 0 only measures. A non-finite norm is returned and nothing is

@@ -66,6 +66,10 @@ class ParamStore {
   // One byte per element: 1 where the parameter is trainable. Null when every parameter is
   // (then an optimizer runs its unmasked loop). Valid after finalize().
   const uint8_t* trainable_mask() const { return trainable_mask_.empty() ? nullptr : trainable_mask_.data(); }
+  // The same in the buffers' device memory (the host mask for a CPU store).
+  const uint8_t* trainable_mask_on_device() const {
+    return trainable_mask_device_.defined() ? static_cast<const uint8_t*>(trainable_mask_device_.raw()) : trainable_mask();
+  }
   // One byte per element: 1 where weight decay applies. Built at finalize().
   const std::vector<uint8_t>& decay_mask() const { return decay_mask_; }
 
@@ -76,6 +80,7 @@ class ParamStore {
   bool finalized_ = false;
   Tensor values_, grads_;
   std::vector<uint8_t> trainable_mask_, decay_mask_;
+  Tensor trainable_mask_device_;  // a device store's copy of trainable_mask_
 };
 
 // Fills `out` (host, f32 or f64, n elements) with the initial values for a parameter.

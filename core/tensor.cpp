@@ -80,8 +80,9 @@ void* Tensor::raw() {
 }
 const void* Tensor::raw() const { return const_cast<Tensor*>(this)->raw(); }
 
-void Tensor::check_dtype(DType want) const {
+void Tensor::check_host_access(DType want) const {
   NCSREC_CHECK(dtype_ == want, "tensor " << describe() << " accessed as " << dtype_name(want));
+  NCSREC_CHECK(device_ == Device::CPU, "tensor " << describe() << " read or written from the host: copy it with to(Device::CPU)");
 }
 
 Tensor Tensor::view(int64_t offset, Shape shape) const {

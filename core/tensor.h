@@ -59,8 +59,10 @@ class Tensor {
 
   void* raw();
   const void* raw() const;
-  template <class T> T* data() { check_dtype(dtype_of<T>()); return static_cast<T*>(raw()); }
-  template <class T> const T* data() const { check_dtype(dtype_of<T>()); return static_cast<const T*>(raw()); }
+  // Typed HOST access: the tensor must be on the CPU (a device tensor's memory goes to kernels
+  // through raw(), and to the host through to(Device::CPU)).
+  template <class T> T* data() { check_host_access(dtype_of<T>()); return static_cast<T*>(raw()); }
+  template <class T> const T* data() const { check_host_access(dtype_of<T>()); return static_cast<const T*>(raw()); }
 
   // A view of `shape` starting `offset` elements into this tensor's storage (shares storage).
   Tensor view(int64_t offset, Shape shape) const;
@@ -77,7 +79,7 @@ class Tensor {
   std::string describe() const;  // "f32[4, 8] on cpu"
 
  private:
-  void check_dtype(DType want) const;
+  void check_host_access(DType want) const;
   std::shared_ptr<Storage> storage_;
   int64_t offset_ = 0;  // in elements
   Shape shape_;

@@ -177,7 +177,7 @@ void CudaCsrLinear::forward(Tensor& y, const Tensor& x) {
                "CudaCsrLinear::forward: x " << x.describe() << " must be [B, " << impl_->in << "]");
   NCSREC_CHECK(y.ndim() == 2 && y.dim(0) == x.dim(0) && y.dim(1) == impl_->out,
                "CudaCsrLinear::forward: y " << y.describe() << " must be [" << x.dim(0) << ", " << impl_->out << "]");
-  forward(y.data<float>(), x.data<float>(), x.dim(0));
+  forward(static_cast<float*>(y.raw()), static_cast<const float*>(x.raw()), x.dim(0));
 }
 
 }  // namespace ncsrec

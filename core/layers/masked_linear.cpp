@@ -4,6 +4,9 @@
 // Not here: the plain dense layer (linear.cpp), pruning (masks.cpp).
 #include "core/layers/masked_linear.h"
 
+#include <algorithm>
+
+#include "core/dispatch.h"
 #include "core/error.h"
 #include "core/ops.h"
 
@@ -34,6 +37,18 @@ void MaskedLinear::set_mask(int task, const BitMask& mask) {
   NCSREC_CHECK(static_cast<int64_t>(mask.bits.size()) == (mask.size() + 7) / 8,
                "mask [" << mask.rows << ", " << mask.cols << "] holds " << mask.bits.size() << " bytes");
   t.mask = mask;
+  t.device_bits_stale = true;
+}
+
+const uint8_t* MaskedLinear::mask_bits_on_device(TaskState& t) {
+  const Device device = weight_->value.device();
+  if (t.device_bits_stale || !t.device_bits.defined()) {
+    Tensor host = Tensor::empty({static_cast<int64_t>(t.mask.bits.size())}, DType::U8, Device::CPU);
+    std::copy(t.mask.bits.begin(), t.mask.bits.end(), host.data<uint8_t>());
+    t.device_bits = host.to(device);
+    t.device_bits_stale = false;
+  }
+  return static_cast<const uint8_t*>(t.device_bits.raw());
 }
 
 const BitMask& MaskedLinear::mask(int task) const {
@@ -41,7 +56,11 @@ const BitMask& MaskedLinear::mask(int task) const {
   return tasks_[static_cast<size_t>(task)].mask;
 }
 
-BitMask& MaskedLinear::mutable_mask(int task) { return task_state(task, "mutable_mask").mask; }
+BitMask& MaskedLinear::mutable_mask(int task) {
+  TaskState& t = task_state(task, "mutable_mask");
+  t.device_bits_stale = true;  // the caller may change it
+  return t.mask;
+}
 
 const Tensor& MaskedLinear::forward(int task, const Tensor& x) {  // x [B, in] -> y_t [B, out]
   TaskState& t = task_state(task, "forward");
@@ -54,9 +73,9 @@ const Tensor& MaskedLinear::forward(int task, const Tensor& x) {  // x [B, in] -
                                                      << "] no longer fits the [" << in_ << ", " << out_
                                                      << "] weight");
   const int64_t B = x.dim(0);
-  // apply_mask checks for CPU: the masking has no dispatch op yet.
   Tensor w_masked = ensure_buffer(t.w_masked, in_, out_, W.dtype(), W.device());
-  apply_mask(w_masked, W, t.mask);
+  if (W.device() == Device::CPU) apply_mask(w_masked, W, t.mask);
+  else ops_for(W.device()).apply_mask(W.dtype(), w_masked.raw(), W.raw(), mask_bits_on_device(t), in_ * out_);
   t.y = ensure_buffer(t.y_buf, B, out_, x.dtype(), x.device());
   ops::gemm(t.y, x, false, w_masked, false, 1.0, 0.0);
   ops::bias_add(t.y, bias_->value);
@@ -89,8 +108,10 @@ const Tensor& MaskedLinear::backward(int task, const Tensor& dy, bool need_dx) {
   // M_t receive exactly 0 (not a product that merely happens to be small).
   Tensor dw = ensure_buffer(dw_scratch_, in_, out_, dy.dtype(), dy.device());
   ops::gemm(dw, t.x, true, *dpre, false, 1.0, 0.0);
-  add_masked(weight_->grad, dw, t.mask);
+  if (dw.device() == Device::CPU) add_masked(weight_->grad, dw, t.mask);
+  else ops_for(dw.device()).add_masked(dw.dtype(), weight_->grad.raw(), dw.raw(), mask_bits_on_device(t), in_ * out_);
   if (t.score_grad.defined()) {
+    NCSREC_CHECK(dw.device() == Device::CPU, "learned masks train on the CPU only");
     // dS += dw ⊙ W (the straight-through estimator of the mask's gradient).
     auto accumulate = [&](auto* g, const auto* d, const auto* w) {
       const int64_t n = in_ * out_;

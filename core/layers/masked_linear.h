@@ -11,10 +11,11 @@
 // buffers, so a joint step may run forward(0), forward(1), backward(1), backward(0).
 // Gradient contract (as Linear): dW and db accumulate (+=); dx is written (=).
 //
+// On a device the masking runs through the dispatch table's apply_mask / add_masked with a
+// device copy of each task's mask bits (learned masks' score gradients stay CPU-only).
+//
 // Not here: mask learning (IMP is prune_global_magnitude plus a trainer), a sparse kernel
-// (masks are ~20–70% dense, so the masked weight is materialised and one dense GEMM runs),
-// and CUDA: the masking is a CPU loop (apply_mask / add_masked in core/masks.h) until a
-// matching dispatch op exists; forward throws a clear error on other devices.
+// (masks are ~20–70% dense, so the masked weight is materialised and one dense GEMM runs).
 #pragma once
 
 #include <string>
@@ -68,7 +69,11 @@ class MaskedLinear {
     Tensor x;                 // cached input (a reference to the caller's tensor)
     Tensor y_buf, y, dpre_buf, dpre, dx_buf, dx;
     Tensor score_grad;        // learned masks: dL/dS_t [in, out] (undefined: not learned)
+    Tensor device_bits;       // the mask's bytes in the weight's device memory (a device layer)
+    bool device_bits_stale = true;
   };
+  // The task's mask bits where the weight lives (copied up when the mask changed).
+  const uint8_t* mask_bits_on_device(TaskState& t);
   TaskState& task_state(int task, const char* what);
 
   int64_t in_, out_;

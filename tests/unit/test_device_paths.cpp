@@ -1,0 +1,145 @@
+// The device code paths of the optimizers, gradient clipping and the masked layer, run on the
+// stand-in device of fake_device.h (CPU kernels in the CUDA slot, host access to its tensors
+// refused): each must give the CPU's bits, so what differs on a real GPU is the kernels alone
+// (tests/gpu/ checks those). A missing host↔device copy fails here as "read or written from the
+// host".
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/layers/masked_linear.h"
+#include "core/optim.h"
+#include "core/random.h"
+#include "tests/unit/fake_device.h"
+
+namespace ncsrec {
+namespace {
+
+using testing::FakeDevice;
+
+Tensor random_tensor(Shape shape, DType dtype, uint64_t seed) {
+  Tensor t = Tensor::empty(std::move(shape), dtype, Device::CPU);
+  Rng rng(seed);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const double v = rng.uniform() * 2.0 - 1.0;
+    if (dtype == DType::F32) t.data<float>()[i] = static_cast<float>(v);
+    else t.data<double>()[i] = v;
+  }
+  return t;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  const Tensor ha = a.to(Device::CPU), hb = b.to(Device::CPU);
+  return ha.numel() == hb.numel() && ha.dtype() == hb.dtype() &&
+         std::memcmp(ha.raw(), hb.raw(), static_cast<size_t>(ha.numel()) * dtype_size(ha.dtype())) == 0;
+}
+
+TEST(DevicePaths, HostAccessToADeviceTensorIsRefusedWithTheCopyToMake) {
+  FakeDevice device;
+  Tensor t = Tensor::zeros({4}, DType::F32, Device::CUDA);
+  try {
+    (void)t.data<float>();
+    FAIL() << "host access to a device tensor was allowed";
+  } catch (const InternalError& e) {
+    EXPECT_NE(std::string(e.what()).find("to(Device::CPU)"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(t.to(Device::CPU).data<float>()[3], 0.0f);
+}
+
+class DeviceOptimizer : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(DeviceOptimizer, FiveStepsOnTheDeviceGiveTheCpuBits) {
+  FakeDevice device;
+  OptimizerConfig c;
+  c.type = GetParam();
+  c.lr = 0.05;
+  c.weight_decay = 0.01;
+  const int64_t n = 257;
+  std::vector<uint8_t> decay(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) decay[static_cast<size_t>(i)] = i % 3 != 0;
+  std::vector<uint8_t> update(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) update[static_cast<size_t>(i)] = i % 5 != 1;
+  Tensor update_host = Tensor::empty({n}, DType::U8, Device::CPU);
+  std::memcpy(update_host.raw(), update.data(), update.size());
+  const Tensor update_device = update_host.to(Device::CUDA);
+
+  auto cpu = make_dense_optimizer(c, n, DType::F32, Device::CPU);
+  auto gpu = make_dense_optimizer(c, n, DType::F32, Device::CUDA);
+  cpu->set_decay_mask(decay);
+  gpu->set_decay_mask(decay);
+  Tensor w_cpu = random_tensor({n}, DType::F32, 1);
+  Tensor w_gpu = w_cpu.to(Device::CUDA);
+  for (int step = 1; step <= 5; ++step) {
+    const Tensor g = random_tensor({n}, DType::F32, 100 + static_cast<uint64_t>(step));
+    cpu->step(w_cpu, g, step, update.data());
+    gpu->step(w_gpu, g.to(Device::CUDA), step, static_cast<const uint8_t*>(update_device.raw()));
+  }
+  EXPECT_TRUE(same_bits(w_cpu, w_gpu));
+  EXPECT_FALSE(same_bits(w_cpu, random_tensor({n}, DType::F32, 1))) << "the steps moved nothing";
+  // A CPU buffer given to the device optimizer is refused, not read as device memory.
+  EXPECT_THROW(gpu->step(w_cpu, random_tensor({n}, DType::F32, 7), 6), InternalError);
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, DeviceOptimizer, ::testing::Values("sgd", "adam", "adagrad"));
+
+TEST(DevicePaths, ClippingOnTheDeviceMeasuresAndScalesLikeTheCpu) {
+  FakeDevice device;
+  Tensor g_cpu = random_tensor({1000}, DType::F64, 3);
+  Tensor g_gpu = g_cpu.to(Device::CUDA);
+  std::vector<uint8_t> mask(1000, 1);
+  mask[10] = 0;
+  const double n_cpu = clip_grad_norm(g_cpu, 2.0, mask.data());
+  const double n_gpu = clip_grad_norm(g_gpu, 2.0, mask.data());
+  EXPECT_EQ(n_cpu, n_gpu);
+  EXPECT_GT(n_cpu, 2.0) << "the test must clip";
+  EXPECT_TRUE(same_bits(g_cpu, g_gpu));
+}
+
+// Two tasks through one masked layer, forward and backward, then a mask change between steps:
+// the device copy of the bits must follow it.
+TEST(DevicePaths, MaskedLayerOnTheDeviceGivesTheCpuOutputsAndGradients) {
+  FakeDevice device;
+  const int64_t B = 6, in = 9, out = 5;
+  auto build = [&](Device d, ParamStore& store) {
+    auto layer = std::make_unique<MaskedLinear>(store, "l", in, out, 2, Activation::ReLU);
+    store.finalize(DType::F64, d, 11);
+    return layer;
+  };
+  ParamStore s_cpu, s_gpu;
+  auto l_cpu = build(Device::CPU, s_cpu);
+  auto l_gpu = build(Device::CUDA, s_gpu);
+  auto masks = [&](uint64_t seed) {
+    BitMask m = BitMask::zeros(in, out);
+    Rng rng(seed);
+    for (int64_t i = 0; i < in * out; ++i) m.set(i, rng.uniform() < 0.6);
+    return m;
+  };
+  const Tensor x = random_tensor({B, in}, DType::F64, 5);
+  const Tensor dy = random_tensor({B, out}, DType::F64, 6);
+  const Tensor x_gpu = x.to(Device::CUDA), dy_gpu = dy.to(Device::CUDA);
+  for (int round = 0; round < 2; ++round) {
+    for (int t = 0; t < 2; ++t) {
+      const BitMask m = masks(20 + static_cast<uint64_t>(round * 2 + t));
+      l_cpu->set_mask(t, m);
+      l_gpu->set_mask(t, m);
+    }
+    s_cpu.zero_grad();
+    s_gpu.zero_grad();
+    for (int t = 0; t < 2; ++t) {
+      EXPECT_TRUE(same_bits(l_cpu->forward(t, x), l_gpu->forward(t, x_gpu))) << "task " << t << " round " << round;
+    }
+    for (int t = 1; t >= 0; --t) {
+      EXPECT_TRUE(same_bits(l_cpu->backward(t, dy), l_gpu->backward(t, dy_gpu))) << "dx, task " << t;
+    }
+    EXPECT_TRUE(same_bits(s_cpu.grads(), s_gpu.grads())) << "round " << round;
+  }
+  // In-place pruning through mutable_mask reaches the device too.
+  l_cpu->mutable_mask(0).set(0, !l_cpu->mask(0).get(0));
+  l_gpu->mutable_mask(0).set(0, !l_gpu->mask(0).get(0));
+  EXPECT_TRUE(same_bits(l_cpu->forward(0, x), l_gpu->forward(0, x_gpu)));
+}
+
+}  // namespace
+}  // namespace ncsrec
