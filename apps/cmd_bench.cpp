@@ -21,6 +21,7 @@
 #include "core/data/block.h"
 #include "core/error.h"
 #include "core/masks.h"
+#include "core/dispatch.h"
 #include "core/random.h"
 #include "dist/communicator.h"
 #include "models/multitask_model.h"
@@ -29,12 +30,16 @@
 #include "train/train_config.h"
 #include "train/trainer.h"
 
+#ifdef NCSREC_HAVE_CUDA
+#include "cuda/device.h"
+#endif
+
 namespace ncsrec {
 namespace {
 
 const char* kBenchHelp = R"(usage: ncsrec bench [--config FILE] [--batch N] [--steps N] [--warmup K] [--density D]
                     [--threads T] [--schedule joint|alternating] [--zipf S] [--pool N]
-                    [--multi-valued SLOTS] [--seed N] [--json FILE]
+                    [--multi-valued SLOTS] [--seed N] [--device cpu|cuda] [--json FILE]
 
 Measures the training step only: forward, losses, backward, the dense optimizer update and
 the sparse updates of the embedding rows, exactly as `ncsrec train` does them
@@ -63,6 +68,9 @@ Multi-valued slots carry 1 to 5 ids per row, the others exactly one.
   --multi-valued SLOTS comma-separated multi-valued slots (default f15,f16,f17,f18,f19,
                        those of them the config has)
   --seed N             seeds the model, the masks and the batches (default: the config's)
+  --device D           where the dense layers run: cpu (default) or cuda (the embedding
+                       tables, input assembly and losses stay on the host, as in training);
+                       each timed step ends with a device synchronisation
   --json FILE          also write the results as JSON
 )";
 
@@ -202,7 +210,7 @@ int cmd_bench(int argc, char** argv) {
     if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") return std::fputs(kBenchHelp, stdout), 0;
   Args args("bench", argc, argv, 2,
             {"config", "batch", "steps", "warmup", "density", "threads", "schedule", "zipf", "pool", "multi-valued",
-             "seed", "json"},
+             "seed", "device", "json"},
             {});
   args.no_positionals();
   const std::string config_path = args.get("config", "configs/ncs_paper.yaml");
@@ -230,6 +238,19 @@ int cmd_bench(int argc, char** argv) {
     throw ConfigError("ncsrec bench: --schedule must be joint or alternating, got '" + schedule + "'");
   if (!(zipf > 0) || !std::isfinite(zipf)) throw ConfigError("ncsrec bench: --zipf must be a positive number");
   if (pool < 1 || pool > 1024) throw ConfigError("ncsrec bench: --pool must be in [1, 1024]");
+  const std::string device_arg = args.get("device", "cpu");
+  if (device_arg != "cpu" && device_arg != "cuda")
+    throw ConfigError("ncsrec bench: --device must be cpu or cuda, got '" + device_arg + "'");
+  const Device device = device_arg == "cuda" ? Device::CUDA : Device::CPU;
+  std::string device_text = "cpu";
+  if (device == Device::CUDA) {
+    std::string why = "this ncsrec was built without CUDA";
+#ifdef NCSREC_HAVE_CUDA
+    if (cuda_register_if_available(&why)) why.clear();
+    if (why.empty()) device_text = cuda_device_description(cuda_select_device_index(cuda_device_count()));
+#endif
+    if (!why.empty()) throw UserError("ncsrec bench: --device cuda: no GPU can be used: " + why);
+  }
   configure_threads(threads);
 
   // The schema: the tasks' labels (click, conversion), every slot of the config's tables.
@@ -260,7 +281,7 @@ int cmd_bench(int argc, char** argv) {
 
   std::fprintf(stderr, "bench: building the model (%zu tables, %zu slots)...\n", mc.tables.size(), slots.size());
   auto t0 = Clock::now();
-  MultiTaskModel model(mc, schema, DType::F32, seed);
+  MultiTaskModel model(mc, schema, DType::F32, seed, nullptr, device);
   // Random per-task masks on every masked layer (a different draw per task and layer).
   int64_t masked_total = 0, masked_on = 0;
   for (size_t task = 0; task < mc.tasks.size(); ++task)
@@ -298,6 +319,7 @@ int cmd_bench(int argc, char** argv) {
     const Block& b = batches[static_cast<size_t>((step - 1) % pool)];
     const int task = schedule == "joint" ? -1 : static_cast<int>((step - 1) % n_tasks);
     const StepLoss l = train_one_step(model, optimizers, b, task, step, exact, *comm);
+    if (device != Device::CPU) ops_for(device).synchronize();  // the step's kernels are done
     loss_sum += l.total;
   };
   t0 = Clock::now();
@@ -327,6 +349,7 @@ int cmd_bench(int argc, char** argv) {
   std::printf("ncsrec bench: %s, batch %lld, %s schedule, %s masks, %lld threads, OpenBLAS kernels %s\n",
               config_path.c_str(), static_cast<long long>(batch), schedule.c_str(), exact ? "exact" : "paper_shared_adam",
               static_cast<long long>(threads), blas_core.c_str());
+  std::printf("  device: %s\n", device_text.c_str());
   std::printf("  model: input %lld, shared", static_cast<long long>(model.input_dim()));
   for (auto s : mc.shared) std::printf(" %lld", static_cast<long long>(s));
   std::printf(", %d tasks; optimizers %s (dense) + sparse %s\n", n_tasks, config.dense_optimizer.type.c_str(),
@@ -356,6 +379,7 @@ int cmd_bench(int argc, char** argv) {
         .add("density", density)
         .add("threads", threads)
         .add("openblas_core", blas_core)
+        .add("device", device_text)
         .add("schedule", schedule)
         .add("mask_semantics", config.train.mask_semantics)
         .add("zipf", zipf)

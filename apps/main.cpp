@@ -129,19 +129,16 @@ bool wants_help(int argc, char** argv) {
 
 void print_help(const char* text) { std::fputs(text, stdout); }
 
+// Registers the CUDA backend when a GPU exists; the trainer then picks the device
+// (train/step.h training_device). run.device: cuda without a GPU stops here.
 void select_device(const std::string& device) {
   std::string why_not = "this ncsrec was built without CUDA";
   bool gpu = false;
 #ifdef NCSREC_HAVE_CUDA
-  gpu = cuda_register_if_available(&why_not);
+  if (device != "cpu") gpu = cuda_register_if_available(&why_not);
 #endif
-  if (device == "cuda") {
-    if (!gpu) throw UserError("run.device is cuda but no GPU can be used: " + why_not + "; set run.device: cpu");
-    throw UserError("run.device: cuda: the GPU training path is not available yet in this version; "
-                    "use run.device: cpu (or auto)");
-  }
-  if (device == "auto" && gpu)
-    std::fprintf(stderr, "device: a GPU is present, but this version trains on the CPU\n");
+  if (device == "cuda" && !gpu)
+    throw UserError("run.device is cuda but no GPU can be used: " + why_not + "; set run.device: cpu (or auto)");
 }
 
 std::string default_run_dir(const std::string& config_path) {

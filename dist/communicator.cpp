@@ -33,6 +33,13 @@ void check_reducible(DType dtype) {
 
 void Communicator::all_reduce_sum(Tensor& buffer) {
   NCSREC_CHECK(buffer.defined(), "all-reduce of an undefined tensor");
+  const bool on_device = buffer.device() != Device::CPU;
+  if (world_size() > 1 && on_device != takes_device_memory()) {
+    Tensor staged = buffer.to(takes_device_memory() ? Device::CUDA : Device::CPU);
+    all_reduce_sum(staged.raw(), staged.numel(), staged.dtype());
+    buffer.copy_from(staged);
+    return;
+  }
   all_reduce_sum(buffer.raw(), buffer.numel(), buffer.dtype());
 }
 void Communicator::all_reduce_sum(double* values, int64_t n) { all_reduce_sum(values, n, DType::F64); }
@@ -75,6 +82,13 @@ void Communicator::all_gather(const void* send, int64_t count, void* recv, DType
 
 void Communicator::broadcast(Tensor& buffer, int root) {
   NCSREC_CHECK(buffer.defined(), "broadcast of an undefined tensor");
+  const bool on_device = buffer.device() != Device::CPU;
+  if (world_size() > 1 && on_device != takes_device_memory()) {
+    Tensor staged = buffer.to(takes_device_memory() ? Device::CUDA : Device::CPU);
+    broadcast(staged.raw(), staged.numel(), staged.dtype(), root);
+    buffer.copy_from(staged);
+    return;
+  }
   broadcast(buffer.raw(), buffer.numel(), buffer.dtype(), root);
 }
 void Communicator::broadcast(void* data, int64_t n, DType dtype, int root) {

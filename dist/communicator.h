@@ -46,8 +46,11 @@ class Communicator {
   virtual int world_size() const = 0;
   // "local", "mpi" or "nccl".
   virtual const char* kind() const = 0;
+  // Whether the collectives take device memory (NCCL) rather than host memory (MPI, local).
+  virtual bool takes_device_memory() const { return false; }
 
-  // In-place sum across ranks (F32, F64 or I64).
+  // In-place sum across ranks (F32, F64 or I64). A tensor in the other kind of memory than the
+  // communicator takes (a device tensor over MPI) is staged through a copy.
   void all_reduce_sum(Tensor& buffer);
   void all_reduce_sum(double* values, int64_t n);
   void all_reduce_sum(int64_t* values, int64_t n);

@@ -130,6 +130,7 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int world_size() const override { return size_; }
   const char* kind() const override { return "nccl"; }
+  bool takes_device_memory() const override { return true; }
 
  protected:
   void do_all_reduce(void* data, int64_t n, DType dtype, bool max) override {

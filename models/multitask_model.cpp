@@ -18,10 +18,33 @@ namespace {
 std::string in_file(const ModelConfig& m) { return m.source.empty() ? std::string() : m.source + ": "; }
 }  // namespace
 
+std::string MultiTaskModel::device_limits(const ModelConfig& config) {
+  std::vector<std::string> host_only;
+  if (config.type == "three_tower") host_only.push_back("type three_tower");
+  if (config.layers.norm != Norm::None) host_only.push_back("layers.norm");
+  if (config.layers.dropout > 0) host_only.push_back("layers.dropout");
+  if (!config.apg.in.empty()) host_only.push_back("apg");
+  if (config.loss_weighting == "uncertainty") host_only.push_back("loss_weighting: uncertainty");
+  if (config.masks.find == "learned") host_only.push_back("masks.find: learned");
+  if (config.history.enabled() && config.history.aggregate == "attention")
+    host_only.push_back("history.aggregate: attention");
+  std::string why;
+  for (const auto& h : host_only) why += (why.empty() ? "" : ", ") + h;
+  return why.empty() ? why : why + " (host-only so far)";
+}
+
 MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& schema, DType dtype, uint64_t seed,
-                               Communicator* comm)
-    : config_(config), schema_(schema), dtype_(dtype), comm_(comm && comm->world_size() > 1 ? comm : nullptr) {
+                               Communicator* comm, Device device)
+    : config_(config), schema_(schema), dtype_(dtype), device_(device),
+      comm_(comm && comm->world_size() > 1 ? comm : nullptr) {
   if (config_.type == "esmm") config_.esmm = true;  // configs built in code
+  if (device_ != Device::CPU) {
+    const std::string why = device_limits(config_);
+    if (!why.empty())
+      throw ConfigError(in_file(config_) + "run.device: " + device_name(device_) + " cannot train this model: " + why +
+                        "; use run.device: cpu (auto picks it for such models)");
+    (void)ops_for(device_);  // a clear error now if the device has no backend
+  }
   // Tasks: labels must exist in the data.
   for (const auto& t : config_.tasks) {
     const int li = schema_.task_index(t.label);
@@ -249,11 +272,14 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
       p->task = k < n ? static_cast<int>(k) : kd && k < 2 * n ? static_cast<int>(k - n) : -1;
       log_sigma_.push_back(p);
     }
-  params_.finalize(dtype_, Device::CPU, seed);
+  params_.finalize(dtype_, device_, seed);
   if (!score_params_.empty()) init_learned_masks(seed);
   sparse_grads_.resize(tables_.size());
   dlogit_bufs_.resize(config_.tasks.size());
   prob_bufs_.resize(config_.tasks.size());
+  logit_host_bufs_.resize(config_.tasks.size());
+  dlogit_device_bufs_.resize(config_.tasks.size());
+  staged_logits_.resize(config_.tasks.size());
 }
 
 void MultiTaskModel::check_compatible(const DataSchema& schema, const std::string& what) const {
@@ -319,13 +345,13 @@ void MultiTaskModel::forward(const Block& batch, bool training) {
   const int64_t B = batch.rows;
   lookups_.resize(tables_.size());
   for (auto& g : groups_) {
-    g.x = ensure_buffer(g.x_buf, B, input_dim_, dtype_, Device::CPU);
+    g.host = ensure_buffer(g.host_buf, B, input_dim_, dtype_, Device::CPU);
     for (const auto& tr : g.tables) {
       ShardedTable& table = tables_[static_cast<size_t>(tr.table)];
       if (!comm_ && !table.hashed()) {  // one process, a fixed table: it is all here
         for (const auto& s : tr.slots) {
           const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
-          embedding_bag_forward(g.x, s.col, table.shard().values(), c.offsets.data(), c.ids.data(), B, s.pooling);
+          embedding_bag_forward(g.host, s.col, table.shard().values(), c.offsets.data(), c.ids.data(), B, s.pooling);
           if (training) table.count_reads(c.ids.data(), static_cast<int64_t>(c.ids.size()));
         }
         continue;
@@ -342,16 +368,22 @@ void MultiTaskModel::forward(const Block& batch, bool training) {
       for (size_t i = 0; i < tr.slots.size(); ++i) {
         const SlotRef& s = tr.slots[i];
         const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
-        embedding_bag_forward(g.x, s.col, lookup.values, c.offsets.data(), lookup.ids[i].data(), B, s.pooling);
+        embedding_bag_forward(g.host, s.col, lookup.values, c.offsets.data(), lookup.ids[i].data(), B, s.pooling);
       }
     }
     if (config_.use_dense && schema_.dense_dim > 0) {
-      if (dtype_ == DType::F32) copy_dense<float>(g.x, dense_col_, batch.dense, B, schema_.dense_dim);
-      else copy_dense<double>(g.x, dense_col_, batch.dense, B, schema_.dense_dim);
+      if (dtype_ == DType::F32) copy_dense<float>(g.host, dense_col_, batch.dense, B, schema_.dense_dim);
+      else copy_dense<double>(g.host, dense_col_, batch.dense, B, schema_.dense_dim);
     }
-    if (history_) history_->forward(g.x, history_col_, batch);
+    if (history_) history_->forward(g.host, history_col_, batch);
     if (interaction_col_ >= 0)
-      pairwise_dot_forward(g.x, interaction_col_, g.x, 0, interaction_fields_, config_.embedding_dim);
+      pairwise_dot_forward(g.host, interaction_col_, g.host, 0, interaction_fields_, config_.embedding_dim);
+    if (device_ == Device::CPU) {
+      g.x = g.host;
+    } else {
+      g.x = ensure_buffer(g.x_buf, B, input_dim_, dtype_, device_);
+      g.x.copy_from(g.host);
+    }
   }
   if (condition_dim_ > 0) {
     cond_bufs_.resize(groups_.size());
@@ -359,7 +391,7 @@ void MultiTaskModel::forward(const Block& batch, bool training) {
     for (size_t g = 0; g < groups_.size(); ++g) {
       conds_[g] = ensure_buffer(cond_bufs_[g], B, condition_dim_, dtype_, Device::CPU);
       const size_t es = dtype_size(dtype_);
-      const auto* x = static_cast<const char*>(groups_[g].x.raw());
+      const auto* x = static_cast<const char*>(groups_[g].host.raw());
       auto* c = static_cast<char*>(conds_[g].raw());
       for (int64_t r = 0; r < B; ++r) {
         int64_t at = 0;
@@ -602,8 +634,19 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     loss = dtype_ == DType::F32 ? three_tower_losses<float>(batch, normalizers, dlogit_views, dmixed)
                                 : three_tower_losses<double>(batch, normalizers, dlogit_views, dmixed);
   } else {
-    loss = dtype_ == DType::F32 ? compute_losses<float>(batch, normalizers, logits, dlogits, probs, only_task)
-                                : compute_losses<double>(batch, normalizers, logits, dlogits, probs, only_task);
+    // The losses run on the host: a device model's logits come down ([B, 1] per task).
+    std::vector<const Tensor*> host_logits(T, nullptr);
+    for (size_t t = 0; t < T; ++t)
+      if (logits[t]) host_logits[t] = &logits_on_host(t, *logits[t]);
+    loss = dtype_ == DType::F32 ? compute_losses<float>(batch, normalizers, host_logits, dlogits, probs, only_task)
+                                : compute_losses<double>(batch, normalizers, host_logits, dlogits, probs, only_task);
+    if (device_ != Device::CPU)
+      for (size_t t = 0; t < T; ++t) {
+        if (!dlogits[t]) continue;
+        Tensor up = ensure_buffer(dlogit_device_bufs_[t], B, 1, dtype_, device_);
+        up.copy_from(*dlogits[t]);
+        dlogit_views[t] = up;  // dlogits[t] points here: the towers' backward reads the device copy
+      }
   }
   if (!log_sigma_.empty()) {
     // L = Σ_k w_k L_k / (2σ_k²) + log σ_k, s_k = log σ_k: dL/ds_k = −2·(w_k e^{−2s_k}/2)·L_k + 1.
@@ -649,10 +692,16 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     }
     // The embeddings (and interacting history features) also reach the loss through their dot
     // products (disjoint columns of dx).
+    // The rest of the backward is the host's (the tables live there): a device model's input
+    // gradient comes down once.
+    Tensor dx = grp.dx.sum;
+    if (device_ != Device::CPU) {
+      dx = ensure_buffer(grp.dx_host_buf, B, input_dim_, dtype_, Device::CPU);
+      dx.copy_from(grp.dx.sum);
+    }
     if (interaction_col_ >= 0)
-      pairwise_dot_backward(grp.dx.sum, 0, grp.dx.sum, interaction_col_, grp.x, interaction_fields_,
-                            config_.embedding_dim);
-    if (history_) history_->backward(grp.dx.sum, history_col_, batch);  // attention's queries
+      pairwise_dot_backward(dx, 0, dx, interaction_col_, grp.host, interaction_fields_, config_.embedding_dim);
+    if (history_) history_->backward(dx, history_col_, batch);  // attention's queries
     for (const auto& tr : grp.tables) {
       const size_t t = static_cast<size_t>(tr.table);
       const ShardedTable& table = tables_[t];
@@ -664,11 +713,11 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
         inputs.push_back({c.offsets.data(), direct ? c.ids.data() : lookups_[t].ids[i].data(), s.col, s.pooling});
       }
       if (direct) {
-        sparse_grads_[t] = embedding_bag_backward(grp.dx.sum, inputs, B, table.shard().rows(), table.dim());
+        sparse_grads_[t] = embedding_bag_backward(dx, inputs, B, table.shard().rows(), table.dim());
         continue;
       }
       // The gradient over the batch's rows goes back to their owners, summed over ranks there.
-      const SparseGrad local = embedding_bag_backward(grp.dx.sum, inputs, B, lookups_[t].values.dim(0), table.dim());
+      const SparseGrad local = embedding_bag_backward(dx, inputs, B, lookups_[t].values.dim(0), table.dim());
       sparse_grads_[t] = table.reduce_gradient(lookups_[t], local, comm_);
     }
   }
@@ -818,8 +867,9 @@ void MultiTaskModel::predict(const Block& batch, std::vector<std::vector<float>>
   if (three_tower_) three_tower_->forward(groups_[0].x, pass(0, false));
   probabilities.assign(T, std::vector<float>(static_cast<size_t>(B)));
   for (size_t t = 0; t < T; ++t) {
-    const Tensor& logit = three_tower_ ? three_tower_->logit(t)
-                                       : towers_[t]->forward(shared_output(t), pass(static_cast<size_t>(group_of_task_[t]), false));
+    const Tensor& logit = logits_on_host(
+        t, three_tower_ ? three_tower_->logit(t)
+                        : towers_[t]->forward(shared_output(t), pass(static_cast<size_t>(group_of_task_[t]), false)));
     Tensor p = ensure_buffer(prob_bufs_[t], B, 1, dtype_, Device::CPU);
     const double offset = config_.tasks[t].logit_offset;  // negative downsampling's logit correction
     if (offset != 0.0) {
@@ -884,6 +934,7 @@ void MultiTaskModel::set_mask(int task, int i, const BitMask& mask) {
 void MultiTaskModel::enable_sparse_inference() {
   if (!masked_) throw ConfigError(in_file(config_) + "model.type: sparse inference needs the masked layers of type ncs");
   if (dtype_ != DType::F32) throw UserError("sparse inference runs in f32");
+  if (device_ != Device::CPU) throw UserError("sparse inference runs on the CPU: load the model with device cpu");
   if (!score_params_.empty()) refresh_learned_masks();
   csr_.assign(config_.tasks.size(), {});
   for (size_t t = 0; t < config_.tasks.size(); ++t)
@@ -934,8 +985,32 @@ const uint8_t* MultiTaskModel::update_mask(int task) {
       }
     }
     update_masks_stale_ = false;
+    update_masks_device_stale_ = true;
   }
   return update_masks_[static_cast<size_t>(task + 1)].data();
+}
+
+const Tensor& MultiTaskModel::logits_on_host(size_t task, const Tensor& logits) {
+  if (logits.device() == Device::CPU) return logits;
+  Tensor& host = staged_logits_[task];
+  host = ensure_buffer(logit_host_bufs_[task], logits.dim(0), logits.dim(1), logits.dtype(), Device::CPU);
+  host.copy_from(logits);
+  return host;
+}
+
+const uint8_t* MultiTaskModel::update_mask_on_device(int task) {
+  const uint8_t* host = update_mask(task);
+  if (device_ == Device::CPU) return host;
+  if (update_masks_device_stale_) {
+    update_masks_device_.clear();
+    for (const auto& m : update_masks_) {
+      Tensor h = Tensor::empty({static_cast<int64_t>(m.size())}, DType::U8, Device::CPU);
+      std::copy(m.begin(), m.end(), h.data<uint8_t>());
+      update_masks_device_.push_back(h.to(device_));
+    }
+    update_masks_device_stale_ = false;
+  }
+  return static_cast<const uint8_t*>(update_masks_device_[static_cast<size_t>(task + 1)].raw());
 }
 
 template StepLoss MultiTaskModel::three_tower_losses<float>(const Block&, const std::vector<double>&,

@@ -57,8 +57,16 @@ class MultiTaskModel {
   // `comm`: the ranks the embedding tables are placed over (model.tables.<t>.placement); null
   // for one process. The model keeps the pointer: forward and backward exchange embedding rows
   // through it, so every rank must run the same sequence of train_step/predict calls.
+  // `device`: where the dense part (shared block, towers, their parameters and gradients)
+  // runs. The embedding tables, the input's assembly (pooling, dense features, the dot-product
+  // interaction) and the losses stay on the host; the input goes up and its gradient comes back
+  // once per step (see docs/cuda.md). device_limits says which configs a device can train.
   MultiTaskModel(const ModelConfig& config, const DataSchema& schema, DType dtype, uint64_t seed,
-                 Communicator* comm = nullptr);
+                 Communicator* comm = nullptr, Device device = Device::CPU);
+  // Why `config` cannot train on a device yet ("" when it can): the layers and heads whose
+  // computations still run on the host only.
+  static std::string device_limits(const ModelConfig& config);
+  Device device() const { return device_; }
 
   const ModelConfig& config() const { return config_; }
   // Whether batches of `schema` can feed this model: the same labels, slots and dense width in
@@ -83,6 +91,9 @@ class MultiTaskModel {
   // change the parameter and its optimizer state. A task's step never touches another task's
   // tower, nor a masked weight outside its own mask; a joint step touches the union.
   const uint8_t* update_mask(int task);
+  // The same bytes in the parameters' device memory (update_mask itself on the CPU): what the
+  // dense optimizer reads.
+  const uint8_t* update_mask_on_device(int task);
 
   // Masks (ncs, masked experts): one per task per masked layer.
   int num_masked_layers() const { return static_cast<int>(masked_refs_.size()); }
@@ -156,8 +167,10 @@ class MultiTaskModel {
   };
   struct InputGroup {  // one set of embedding tables feeding the input vector
     std::vector<TableRef> tables;
-    Tensor x_buf, x;
-    GradientSum dx;  // input gradient, summed over its consumers, plus the interaction's share
+    Tensor host_buf, host;  // the input as assembled on the host
+    Tensor x_buf, x;        // the input where the dense part runs (host itself on the CPU)
+    GradientSum dx;         // input gradient, summed over its consumers (on the model's device)
+    Tensor dx_host_buf;     // a device model: dx copied back for the interaction and the tables
   };
 
   // `training`: the tables count the batch's reads and hash tables insert its admitted ids.
@@ -177,6 +190,7 @@ class MultiTaskModel {
   ModelConfig config_;
   DataSchema schema_;
   DType dtype_;
+  Device device_ = Device::CPU;
   int64_t input_dim_ = 0, embedding_cols_ = 0, fields_ = 0, interaction_col_ = -1;
   std::unique_ptr<HistoryFeatures> history_;  // model.history
   int64_t history_col_ = -1;                  // its first input column
@@ -215,6 +229,12 @@ class MultiTaskModel {
   std::vector<Tensor> csr_out_bufs_, csr_outs_;    // sparse inference: per shared layer
   std::vector<std::vector<uint8_t>> update_masks_;  // [task + 1], 0 = joint; built lazily
   bool update_masks_stale_ = true;
+  std::vector<Tensor> update_masks_device_;        // their device copies (a device model)
+  bool update_masks_device_stale_ = true;
+  // A device model's per-task staging between the device and the host-side losses.
+  std::vector<Tensor> logit_host_bufs_, dlogit_device_bufs_, staged_logits_;  // staged: the current views
+  // The host copy of a task's logits [B, 1] (the tensor itself on the CPU).
+  const Tensor& logits_on_host(size_t task, const Tensor& logits);
   std::vector<std::unique_ptr<FeedForward>> towers_;
   std::vector<SparseGrad> sparse_grads_;
   std::vector<Tensor> dlogit_bufs_, prob_bufs_;

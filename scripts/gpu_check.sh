@@ -22,9 +22,9 @@
 #     and the cuSPARSE CSR path: they join tests/gpu/ and so the `gpu` label automatically;
 #   - a multi-GPU NCCL run via mpirun when more than one GPU is visible (the world-size-1 NCCL
 #     tests, ncsrec_nccl_tests, are in the gpu label already);
-#   - compute-sanitizer initcheck and synccheck, and a short CPU-vs-GPU training-step parity run
-#     of the `ncsrec` command;
-#   - kernel timings (a benchmark step) reported next to the checks.
+#   - compute-sanitizer initcheck and synccheck.
+# Already here after the tests: a short NCS run of `ncsrec train` on cpu and on cuda (eval AUCs
+# within 0.005) and `ncsrec bench` of the training step on both devices.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -179,5 +179,44 @@ else
     "$sanitizer" --tool racecheck --error-exitcode 1 "$gpu_tests" \
     --gtest_filter='CudaParity.RowOps:CudaParity.Reductions'
 fi
+
+# ---- the command on the GPU -----------------------------------------------------------------
+# A short NCS training run on cpu and on cuda over the same small generated data: both must
+# finish, and their eval AUCs must agree to 0.005 (the GPU sums in another order, so bits differ).
+# Then the training step's speed on both devices, side by side in one run.
+ncsrec="$build_dir/bin/ncsrec"
+work="$build_dir/gpu_check_work"
+rm -rf "$work"
+mkdir -p "$work"
+run_check "gen (small data)" "$log_dir/gen.log" \
+  "$ncsrec" gen --out "$work/data" --days 3 --rows-per-day 60000 --users 5000 --items 2000
+train_on() {  # train_on DEVICE
+  "$ncsrec" train --config "$root/configs/ncs.yaml" --run-dir "$work/run-$1" \
+    --set run.device="$1" --set model.masks.find=none \
+    --set "data.train=[\"$work/data/content/day=2026-01-0[1-2]\"]" --set 'data.valid=[]' \
+    --set "data.eval=[\"$work/data/content/day=2026-01-03\"]" --set train.batch_size=512
+}
+run_check "train ncs (cpu)" "$log_dir/train_cpu.log" train_on cpu
+run_check "train ncs (cuda)" "$log_dir/train_cuda.log" train_on cuda
+compare_runs() {
+  python3 - "$work/run-cpu/summary.json" "$work/run-cuda/summary.json" <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+assert b.get("device") == "cuda", "the cuda run trained on " + str(b.get("device"))
+worst = 0.0
+for name, va in a["eval"].items():
+    vb = b["eval"][name]
+    d = abs(va["auc"] - vb["auc"])
+    worst = max(worst, d)
+    print(f"{name:8s} AUC cpu {va['auc']:.5f} cuda {vb['auc']:.5f} |diff| {d:.5f}")
+print(f"training samples/s: cpu {a['samples_per_sec']:.0f}, cuda {b['samples_per_sec']:.0f}")
+sys.exit(0 if worst < 0.005 else 1)
+PY
+}
+run_check "cpu vs cuda eval AUC" "$log_dir/compare.log" compare_runs
+run_check "bench ncs (cpu)" "$log_dir/bench_cpu.log" \
+  "$ncsrec" bench --config "$root/configs/ncs_bench_tiny.yaml" --device cpu --threads "$(nproc)" --json "$work/bench_cpu.json"
+run_check "bench ncs (cuda)" "$log_dir/bench_cuda.log" \
+  "$ncsrec" bench --config "$root/configs/ncs_bench_tiny.yaml" --device cuda --json "$work/bench_cuda.json"
 
 finish

@@ -61,7 +61,7 @@ ImpResult find_masks_imp(const TrainConfig& config, const DataSchema& schema, co
     const std::string& task = config.model.tasks[t].name;
     // One θ₀ for all tasks by default; the paper's code drew one per task.
     const uint64_t seed = spec.shared_init ? config.seed : hash_combine(config.seed, t + 1);
-    MultiTaskModel model(config.model, schema, DType::F32, seed, &comm);
+    MultiTaskModel model(config.model, schema, DType::F32, seed, &comm, training_device(config));
     const ModelSnapshot theta0 = ModelSnapshot::capture(model);
     std::vector<BitMask> masks;
     for (int l = 0; l < model.num_masked_layers(); ++l) masks.push_back(model.mask(static_cast<int>(t), l));
@@ -98,7 +98,12 @@ ImpResult find_masks_imp(const TrainConfig& config, const DataSchema& schema, co
       if (round == spec.rounds) break;
       std::vector<BitMask*> mask_ptrs;
       for (auto& m : masks) mask_ptrs.push_back(&m);
-      prune_global_magnitude(model.masked_weights(), mask_ptrs, p);
+      // Pruning reads the weights on the host.
+      std::vector<Tensor> host_weights;
+      for (const Tensor* w : model.masked_weights()) host_weights.push_back(w->to(Device::CPU));
+      std::vector<const Tensor*> weights;
+      for (const Tensor& w : host_weights) weights.push_back(&w);
+      prune_global_magnitude(weights, mask_ptrs, p);
       // Rewind every parameter to θ₀ for the next round.
       theta0.restore(model);
     }

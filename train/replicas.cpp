@@ -39,8 +39,9 @@ void average_state_over_ranks(MultiTaskModel& model, Communicator& comm) {
 }
 
 uint32_t replica_checksum(MultiTaskModel& model) {
-  Tensor& values = model.params().values();
-  uint32_t crc = crc32c(values.raw(), values.nbytes());
+  const Tensor& values = model.params().values();
+  const Tensor host = values.device() == Device::CPU ? values : values.to(Device::CPU);
+  uint32_t crc = crc32c(host.raw(), host.nbytes());
   for (int t = 0; t < static_cast<int>(model.config().tasks.size()); ++t)
     for (int l = 0; l < model.num_masked_layers(); ++l) {
       const BitMask& m = model.mask(t, l);

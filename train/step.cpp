@@ -1,12 +1,23 @@
 #include "train/step.h"
 
+#include "core/dispatch.h"
 #include "train/replicas.h"
 
 namespace ncsrec {
 
+Device training_device(const TrainConfig& config) {
+  if (config.device == "cpu") return Device::CPU;
+  const bool backend = device_available(Device::CUDA);
+  if (config.device == "cuda") {
+    if (!backend) throw ConfigError("run.device is cuda but no GPU backend is available; set run.device: cpu or auto");
+    return Device::CUDA;
+  }
+  return backend && MultiTaskModel::device_limits(config.model).empty() ? Device::CUDA : Device::CPU;
+}
+
 Optimizers make_optimizers(const OptimizerConfig& dense, const OptimizerConfig& sparse, MultiTaskModel& model) {
   Optimizers o;
-  o.dense = make_dense_optimizer(dense, model.params().numel(), model.dtype(), Device::CPU);
+  o.dense = make_dense_optimizer(dense, model.params().numel(), model.dtype(), model.device());
   o.dense->set_decay_mask(model.params().decay_mask());
   for (auto& table : model.tables()) o.sparse.push_back(make_sparse_optimizer(sparse, table.shard()));
   return o;
@@ -37,10 +48,12 @@ StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Blo
   const double factor = lr_factor(optimizers.lr_schedule, step);
   optimizers.dense->set_lr(optimizers.dense->base_lr() * factor);
   for (auto& s : optimizers.sparse) s->set_lr(s->base_lr() * factor);
+  // The update mask twice: in host memory for the norm, where the parameters are for the update.
+  const uint8_t* update_on_device = exact_masks ? model.update_mask_on_device(task) : model.params().trainable_mask_on_device();
   const uint8_t* update = exact_masks ? model.update_mask(task) : model.params().trainable_mask();
   const double grad_norm = clip_grad_norm(model.params().grads(), optimizers.clip_grad_norm, update);
 
-  optimizers.dense->step(model.params().values(), model.params().grads(), step, update);
+  optimizers.dense->step(model.params().values(), model.params().grads(), step, update_on_device);
   model.apply_mask_penalty(task, optimizers.dense->lr());  // learned masks, sparsity: penalty
   for (size_t t = 0; t < model.tables().size(); ++t) {
     const SparseGrad& grad = model.sparse_grads()[t];

@@ -34,6 +34,11 @@ struct StepStats {
   double lr = 0, sparse_lr = 0;  // the rates the step used (sparse_lr: 0 without tables)
 };
 
+// Where `config` trains its dense part (run.device): cpu; cuda (its backend must be registered:
+// cuda_register_if_available); auto: cuda when a backend is registered and the model can train
+// there (MultiTaskModel::device_limits), else cpu.
+Device training_device(const TrainConfig& config);
+
 // Optimizers with a constant rate and no clipping; weight decay (from `dense`) applies where
 // the model's ParamStore::decay_mask() is 1.
 Optimizers make_optimizers(const OptimizerConfig& dense, const OptimizerConfig& sparse, MultiTaskModel& model);

@@ -13,6 +13,7 @@
 #include <fstream>
 
 #include "core/data/hdf5_shard.h"
+#include "core/dispatch.h"
 #include "core/data/reader.h"
 #include "core/error.h"
 #include "core/optim.h"
@@ -201,7 +202,16 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   // The schema comes from the first reader; the model is built against it, and the eval data
   // is checked now rather than after training.
   std::unique_ptr<Reader> reader = std::make_unique<Reader>(ro);
-  MultiTaskModel model(config.model, reader->schema(), DType::F32, config.seed, &comm);
+  const Device device = training_device(config);
+  if (comm.rank() == 0) {
+    if (device != Device::CPU)
+      std::fprintf(stderr, "device: %s (dense layers; embedding tables, input assembly and losses on the host)\n",
+                   device_name(device));
+    else if (config.device == "auto" && device_available(Device::CUDA))
+      std::fprintf(stderr, "device: cpu (a GPU is present, but %s)\n",
+                   MultiTaskModel::device_limits(config.model).c_str());
+  }
+  MultiTaskModel model(config.model, reader->schema(), DType::F32, config.seed, &comm, device);
   if (!eval_files.empty()) {
     int64_t rows = 0;
     model.check_compatible(read_shard_schema(eval_files.front(), &rows), "data.eval (" + eval_files.front() + ")");
@@ -547,7 +557,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
         .add("all_gather_bytes_per_step", static_cast<double>(summary.comm.all_gather_bytes) * per_step)
         .add("seconds", summary.comm.seconds)
         .add("fraction_of_train_time", summary.train_seconds > 0 ? summary.comm.seconds / summary.train_seconds : 0.0);
-    s.add("model", config.model.type).add("world_size", comm.world_size())
+    s.add("model", config.model.type).add("device", device_name(model.device())).add("world_size", comm.world_size())
         .add("global_batch", config.train.batch_size * comm.world_size()).add("communication", comm_json)
         .add("dense_parameters", dense_parameters)
         .add("multiply_adds_per_sample", model.multiply_adds_per_sample()).add("steps", step).add("samples", summary.samples)

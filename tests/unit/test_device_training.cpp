@@ -1,0 +1,198 @@
+// Whole models trained with their dense part on a device, run on the stand-in device of
+// fake_device.h: every step's losses, dense weights, optimizer state, embedding rows and
+// predictions must be the CPU model's bits (the host-side halves run the same code, the device
+// halves the same kernels), so a missing copy or a host read of device memory fails here. The
+// models a device cannot train yet are refused by name, and run.device: auto falls back for them.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/random.h"
+#include "dist/communicator.h"
+#include "models/multitask_model.h"
+#include "scratch_dir.h"
+#include "tests/unit/fake_device.h"
+#include "tiny_data.h"
+#include "train/checkpoint.h"
+#include "train/step.h"
+#include "train/trainer.h"
+
+namespace ncsrec {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::FakeDevice;
+
+// Random impressions: slots user, item (multi-hot), ctx; 3 dense features.
+Block random_block(int64_t rows, uint64_t seed) {
+  return testing::random_block(rows, seed, {"user", "item", "ctx"}, 3, 40, 1);
+}
+
+TrainConfig config_for(const std::string& model_yaml, const std::string& optimizer = "adam") {
+  const std::string yaml = "data: {train: [\"unused\"]}\nmodel:\n  embedding_dim: 4\n"
+                           "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n" +
+                           model_yaml + "optimizer: {type: " + optimizer + ", lr: 0.01, weight_decay: 0.001}\n" +
+                           "sparse_optimizer: {type: adagrad, lr: 0.05}\ntrain: {batch_size: 32, clip_grad_norm: 0.5}\n";
+  return parse_train_config(yaml, "device.yaml");
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  const Tensor ha = a.to(Device::CPU), hb = b.to(Device::CPU);
+  return ha.numel() == hb.numel() && std::memcmp(ha.raw(), hb.raw(), ha.nbytes()) == 0;
+}
+
+struct Case {
+  const char* name;
+  std::string model;
+  std::vector<int> tasks;  // per step: -1 joint, t alone
+  const char* optimizer = "adam";
+};
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+class DeviceModel : public ::testing::TestWithParam<Case> {};
+
+TEST_P(DeviceModel, StepsOnTheDeviceGiveTheCpuModelsBits) {
+  FakeDevice device;
+  const Case& c = GetParam();
+  const TrainConfig config = config_for(c.model, c.optimizer);
+  const Block first = random_block(32, 1);
+  MultiTaskModel cpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
+  MultiTaskModel gpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
+  ASSERT_EQ(gpu.params().values().device(), Device::CUDA);
+  ASSERT_TRUE(same_bits(cpu.params().values(), gpu.params().values())) << "the same initialisation";
+  for (int l = 0; l < cpu.num_masked_layers(); ++l)
+    for (int t = 0; t < 2; ++t) {
+      const BitMask& m = cpu.mask(t, l);
+      BitMask r = BitMask::zeros(m.rows, m.cols);
+      Rng rng(100 + static_cast<uint64_t>(l * 2 + t));
+      for (int64_t i = 0; i < r.size(); ++i) r.set(i, rng.bernoulli(0.5));
+      cpu.set_mask(t, l, r);
+      gpu.set_mask(t, l, r);
+    }
+  Optimizers o_cpu = make_optimizers(config, cpu), o_gpu = make_optimizers(config, gpu);
+  auto comm = make_local_communicator();
+  for (size_t s = 0; s < c.tasks.size(); ++s) {
+    const Block batch = random_block(s % 2 ? 32 : 24, 10 + s);  // two batch sizes: the buffers' views
+    StepStats st_cpu, st_gpu;
+    const StepLoss l_cpu = train_one_step(cpu, o_cpu, batch, c.tasks[s], static_cast<int64_t>(s + 1), true, *comm, &st_cpu);
+    const StepLoss l_gpu = train_one_step(gpu, o_gpu, batch, c.tasks[s], static_cast<int64_t>(s + 1), true, *comm, &st_gpu);
+    EXPECT_EQ(l_cpu.total, l_gpu.total) << "step " << s + 1;
+    EXPECT_EQ(st_cpu.grad_norm, st_gpu.grad_norm) << "step " << s + 1;
+  }
+  EXPECT_TRUE(same_bits(cpu.params().values(), gpu.params().values()));
+  for (const auto& [slot, state] : o_cpu.dense->state()) {
+    bool found = false;
+    for (const auto& [slot2, state2] : o_gpu.dense->state())
+      if (slot2 == slot) {
+        found = true;
+        EXPECT_TRUE(same_bits(*state, *state2)) << "optimizer state " << slot;
+      }
+    EXPECT_TRUE(found) << slot;
+  }
+  for (size_t t = 0; t < cpu.tables().size(); ++t)
+    EXPECT_TRUE(same_bits(cpu.tables()[t].shard().values(), gpu.tables()[t].shard().values())) << "table " << t;
+  const Block eval = random_block(20, 99);
+  std::vector<std::vector<float>> p_cpu, p_gpu;
+  cpu.predict(eval, p_cpu);
+  gpu.predict(eval, p_gpu);
+  EXPECT_EQ(p_cpu, p_gpu);
+  // The steps moved the model: a test of bits that nothing changes could not fail.
+  MultiTaskModel fresh(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
+  EXPECT_FALSE(same_bits(fresh.params().values(), gpu.params().values()));
+}
+
+const std::string kTables = "  tables: {user: {rows: 40}, item: {rows: 40, pooling: mean}, ctx: {rows: 40}}\n";
+
+INSTANTIATE_TEST_SUITE_P(
+    Models, DeviceModel,
+    ::testing::Values(
+        Case{"esmm_dot", "  type: esmm\n  tower: [8]\n  interaction: dot\n" + kTables, {-1, -1, -1}},
+        Case{"ncs_alternating",
+             "  type: ncs\n  shared: [16, 8]\n  tower: []\n" + kTables, {0, 1, 0, 1, -1}},
+        Case{"ncs_esmm_sgd", "  type: ncs\n  esmm: true\n  shared: [12]\n  tower: [4]\n" + kTables, {-1, -1}, "sgd"},
+        Case{"mmoe", "  type: mmoe\n  experts: {count: 3, sizes: [8]}\n  tower: [4]\n" + kTables, {-1, -1, -1}},
+        Case{"ple_masked_experts",
+             "  type: ple\n  esmm: true\n  experts: {levels: 1, task_experts: 1, shared_experts: 1, sizes: [8], "
+             "masked: true}\n  tower: [4]\n" + kTables,
+             {-1, -1}},
+        Case{"shared_bottom_adagrad", "  type: shared_bottom\n  bottom: [8]\n  tower: [4]\n" + kTables, {0, 1, -1},
+             "adagrad"},
+        Case{"single_task", "  type: single_task\n  tower: [8]\n" + kTables, {0, 1, -1}},
+        Case{"hash_tables",
+             "  type: esmm\n  tower: [8]\n  tables: {user: {capacity: 64}, item: {rows: 40}, ctx: {capacity: 64}}\n",
+             {-1, -1, -1}}),
+    [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
+
+TEST(DeviceModel, ModelsWithHostOnlyLayersAreRefusedByName) {
+  FakeDevice device;
+  const Block first = random_block(8, 1);
+  const TrainConfig dropout = config_for("  type: esmm\n  tower: [8]\n  layers: {dropout: 0.1}\n" + kTables);
+  try {
+    MultiTaskModel m(dropout.model, first.schema, DType::F32, 1, nullptr, Device::CUDA);
+    FAIL() << "a model with dropout was built on the device";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("layers.dropout"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("run.device: cpu"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(MultiTaskModel::device_limits(config_for("  type: mmoe\n  experts: {count: 2, sizes: [4]}\n" + kTables).model),
+            "");
+  TrainConfig automatic = dropout;
+  automatic.device = "auto";
+  EXPECT_EQ(training_device(automatic), Device::CPU) << "auto falls back for a host-only model";
+  automatic.model.layers.dropout = 0;
+  EXPECT_EQ(training_device(automatic), Device::CUDA);
+}
+
+TEST(DeviceModel, CudaWithoutABackendIsAConfigError) {
+  TrainConfig c = config_for("  type: esmm\n  tower: [8]\n" + kTables);
+  c.device = "cuda";
+  if (device_available(Device::CUDA)) GTEST_SKIP() << "a GPU backend is registered on this machine";
+  EXPECT_THROW(training_device(c), ConfigError);
+}
+
+// The trainer on the device: the same run (checkpoint mid-way, resumed) as on the CPU gives the
+// same losses, checkpoint and evaluation.
+TEST(DeviceTraining, ARunResumedFromItsCheckpointOnTheDeviceMatchesTheCpuRun) {
+  FakeDevice device;
+  testing::ScratchDir scratch("device_training");
+  testing::write_day(scratch.path / "train", 100, 1);
+  testing::write_day(scratch.path / "eval", 40, 2);
+  auto run = [&](const std::string& dev, const std::string& name, bool resume, int64_t max_steps) {
+    const std::string yaml = "run: {device: " + dev + "}\n" + "data: {train: [\"" + (scratch.path / "train").string() +
+                             "\"], eval: [\"" + (scratch.path / "eval").string() + "\"]}\n" +
+                             "model:\n  type: ncs\n  shared: [8]\n  tower: [4]\n  embedding_dim: 4\n"
+                             "  tables: {user: {rows: 50}, item: {rows: 50}}\n"
+                             "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n"
+                             "train: {batch_size: 16, epochs: 2, schedule: alternating, checkpoint_every: 4"
+                             ", max_steps: " + std::to_string(max_steps) + "}\n";
+    auto comm = make_local_communicator();
+    TrainOptions options;
+    options.resume = resume;
+    return run_training(parse_train_config(yaml, "run.yaml"), yaml, (scratch.path / name).string(), *comm, options);
+  };
+  const TrainSummary cpu = run("cpu", "cpu", false, 10);
+  run("cuda", "gpu", false, 6);  // stops at step 6, its newest periodic checkpoint at 4 (final at 6)
+  fs::remove_all(scratch.path / "gpu/checkpoints/final");  // as if it had crashed after step 4
+  const TrainSummary gpu = run("cuda", "gpu", true, 10);
+  EXPECT_EQ(gpu.resumed_from_step, 4);
+  EXPECT_EQ(gpu.steps, cpu.steps);
+  EXPECT_EQ(gpu.eval.rows, cpu.eval.rows);
+  ASSERT_FALSE(cpu.eval.views.empty());
+  ASSERT_EQ(gpu.eval.views.size(), cpu.eval.views.size());
+  for (size_t v = 0; v < cpu.eval.views.size(); ++v) {
+    EXPECT_EQ(gpu.eval.views[v].metrics.auc, cpu.eval.views[v].metrics.auc) << cpu.eval.views[v].name;
+    EXPECT_EQ(gpu.eval.views[v].metrics.logloss, cpu.eval.views[v].metrics.logloss) << cpu.eval.views[v].name;
+  }
+  std::ifstream summary(scratch.path / "gpu/summary.json");
+  const std::string text((std::istreambuf_iterator<char>(summary)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("\"device\": \"cuda\""), std::string::npos) << text;
+}
+
+}  // namespace
+}  // namespace ncsrec
