@@ -26,7 +26,10 @@ same rank-to-row scatter, multi-valued slots 1-5 ids, click ~4%, conversion ~10%
     /usr/bin/python3 scripts/bench_torch.py --device cpu --ncsrec build/bin/ncsrec
 
 runs `ncsrec bench` first (same config, batch, density, threads, Zipf exponent), then the
-PyTorch model, and prints both samples/s and the ratio ncsrec / PyTorch.
+PyTorch model, and prints both samples/s and the ratio ncsrec / PyTorch. With --device cuda
+both run on the GPU: PyTorch eager with the model, masks and batch pool in GPU memory (each
+step ends with the loss read back, a synchronisation); ncsrec with its dense layers on the GPU
+and its tables and batches on the host (docs/cuda.md).
 """
 import argparse
 import json
@@ -38,11 +41,14 @@ import tempfile
 import time
 
 MULTI_DEFAULT = "f15,f16,f17,f18,f19"
+DEVICE = ["cpu"]  # where the model and the batch pool live (--device)
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cpu", choices=["cpu"], help="only cpu")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cpu, or cuda: the model, its masks and the batch pool on the GPU (ncsrec bench --device cuda "
+                        "keeps its tables and batches on the host)")
     p.add_argument("--config", default="configs/ncs_paper.yaml")
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--steps", type=int, default=30, help="timed steps of the chosen variant")
@@ -66,7 +72,7 @@ def run_ncsrec(a):
         cmd = [a.ncsrec, "bench", "--config", a.config, "--batch", str(a.batch), "--steps", str(a.steps),
                "--warmup", str(a.warmup), "--density", str(a.density), "--threads", str(a.threads),
                "--schedule", "joint", "--zipf", str(a.zipf), "--pool", str(a.pool),
-               "--multi-valued", a.multi_valued, "--seed", str(a.seed), "--json", out]
+               "--multi-valued", a.multi_valued, "--seed", str(a.seed), "--device", a.device, "--json", out]
         print("$ " + " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         with open(out) as f:
@@ -146,8 +152,10 @@ def make_batch(rng, tables, samplers, multi, B):
         lens = np.concatenate(lens_list)
         offsets = np.concatenate([[0], np.cumsum(lens)[:-1]])
         per_table.append((torch.from_numpy(np.concatenate(ids_list)), torch.from_numpy(offsets.astype(np.int64))))
-    return {"click": torch.from_numpy(click.astype(np.float32)), "conv": torch.from_numpy(conv.astype(np.float32)),
-            "tables": per_table}
+    dev = DEVICE[0]
+    return {"click": torch.from_numpy(click.astype(np.float32)).to(dev),
+            "conv": torch.from_numpy(conv.astype(np.float32)).to(dev),
+            "tables": [(ids.to(dev), offsets.to(dev)) for ids, offsets in per_table]}
 
 
 # ---- model --------------------------------------------------------------------------------
@@ -233,7 +241,9 @@ def build_model(cfg, a):
             x = torch.cat([E.reshape(B, -1), torch.bmm(E, E.transpose(1, 2)).reshape(B, -1)], dim=1)
             return [self.heads[t](self.shared(x, t)).squeeze(1) for t in range(len(tasks))]
 
-    net = Net()
+    net = Net().to(DEVICE[0])
+    net.masks = [[mk.to(DEVICE[0]) for mk in ms] for ms in net.masks]
+    net.coo = [[(i.to(DEVICE[0]), f.to(DEVICE[0])) for i, f in cs] for cs in net.coo]
     ctr_spec, cvr_spec = tasks[0][1], tasks[1][1]
     alpha, gamma = float(ctr_spec.get("focal_alpha", 0.75)), float(ctr_spec.get("focal_gamma", 2.0))
     cvr_weight = float(cvr_spec.get("loss_weight", 1.0))
@@ -260,8 +270,7 @@ def build_model(cfg, a):
 def main():
     global numpy, torch_mod
     a = parse_args()
-    if a.device != "cpu":
-        sys.exit("only --device cpu")
+    DEVICE[0] = a.device
     ncsrec = run_ncsrec(a) if a.ncsrec else None
     if ncsrec:
         print(f"ncsrec samples/s: {ncsrec['samples_per_s']:.0f}\n", flush=True)
@@ -270,6 +279,8 @@ def main():
     import torch
     import yaml
     torch_mod = torch
+    if a.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: this PyTorch sees no GPU")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     with open(a.config) as f:
@@ -307,7 +318,8 @@ def main():
             times.append(time.perf_counter() - s)
         return times
 
-    print(f"pytorch {torch.__version__}, {torch.get_num_threads()} threads, batch {a.batch}, "
+    where = torch.cuda.get_device_name() if a.device == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"pytorch {torch.__version__}, {where}, batch {a.batch}, "
           f"input {net.input_dim}, shared {cfg['model']['shared']}; built in {build_s:.1f} s, "
           f"{a.pool} batches in {gen_s:.1f} s", flush=True)
     timed(a.warmup)  # first touches of the SparseAdam state, allocator warm-up
@@ -335,7 +347,8 @@ def main():
     print(f"pytorch samples/s: {sps:.0f} ({chosen})")
     result = {"pytorch": {"version": torch.__version__, "samples_per_s": sps, "variant": chosen,
                           "trials": trials, "ms_per_step": 1000 * total / len(t), "median_ms": med,
-                          "peak_rss_gib": peak, "steps": len(t), "batch": a.batch, "threads": a.threads}}
+                          "peak_rss_gib": peak, "steps": len(t), "batch": a.batch, "threads": a.threads,
+                          "device": a.device}}
     if ncsrec:
         ratio = ncsrec["samples_per_s"] / sps
         result["ncsrec"] = ncsrec

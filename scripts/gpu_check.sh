@@ -218,5 +218,13 @@ run_check "bench ncs (cpu)" "$log_dir/bench_cpu.log" \
   "$ncsrec" bench --config "$root/configs/ncs_bench_tiny.yaml" --device cpu --threads "$(nproc)" --json "$work/bench_cpu.json"
 run_check "bench ncs (cuda)" "$log_dir/bench_cuda.log" \
   "$ncsrec" bench --config "$root/configs/ncs_bench_tiny.yaml" --device cuda --json "$work/bench_cuda.json"
+# The paper-sized model against PyTorch on the GPU, when this python has a CUDA PyTorch.
+if python3 -c 'import torch, numpy, yaml, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  run_check "bench vs pytorch (cuda)" "$log_dir/bench_torch_cuda.log" \
+    python3 "$root/scripts/bench_torch.py" --device cuda --config "$root/configs/ncs_paper.yaml" \
+    --ncsrec "$ncsrec" --steps 20 --warmup 8 --json "$work/bench_torch_cuda.json"
+else
+  record "bench vs pytorch (cuda)" "SKIP (python3 has no CUDA PyTorch with numpy, yaml)" "0.0"
+fi
 
 finish
