@@ -6,6 +6,8 @@
 //    one-process model it trains itself on the whole global batch.
 //  - A deliberately wrong variant (each rank's loss normalised by its own slice, so the reduced
 //    gradient is a sum of means instead of the global mean) fails the same comparison.
+//  - The same with the ranks' dense layers on a (stand-in) device: the dense gradient is staged
+//    through host memory for the MPI all-reduce.
 //  - Training and evaluating on n ranks gives the eval metrics one process gives on the same
 //    checkpoint and data (exact AUC over the whole eval set, per task).
 #include <gtest/gtest.h>
@@ -16,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 
 #include <unistd.h>
 
@@ -26,6 +29,7 @@
 #include "models/multitask_model.h"
 #include "tests/model_inputs.h"
 #include "tests/random_inputs.h"
+#include "tests/unit/fake_device.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
 #include "train/step.h"
@@ -76,9 +80,11 @@ struct Case {
   std::string dense_opt, sparse_opt;
   double rtol;
   std::string user_placement = "row_wise", item_placement = "row_wise";
+  Device device = Device::CPU;  // the ranks' dense layers: CUDA is the stand-in device of fake_device.h
 };
 
-std::vector<double> as_doubles(const Tensor& t) {
+std::vector<double> as_doubles(const Tensor& device_tensor) {
+  const Tensor t = device_tensor.to(Device::CPU);
   std::vector<double> v(static_cast<size_t>(t.numel()));
   for (int64_t i = 0; i < t.numel(); ++i)
     v[static_cast<size_t>(i)] = t.dtype() == DType::F32 ? t.data<float>()[i] : t.data<double>()[i];
@@ -113,7 +119,9 @@ Updates compare_updates(const Case& c, Communicator& comm, LocalNormalizers* wro
   mc.tables[1].placement = c.item_placement;
   if (c.item_placement == "table_wise") mc.tables[1].table_rank = comm.world_size() - 1;
   const uint64_t seed = 11;
-  MultiTaskModel dist(mc, schema, c.dtype, seed, &comm);
+  std::unique_ptr<testing::FakeDevice> device;
+  if (c.device != Device::CPU) device = std::make_unique<testing::FakeDevice>();
+  MultiTaskModel dist(mc, schema, c.dtype, seed, &comm, c.device);
   MultiTaskModel ref(mc, schema, c.dtype, seed);
   if (c.type == "ncs")
     for (int t = 0; t < 2; ++t)
@@ -191,7 +199,7 @@ TEST_P(Equivalence, TheSumOfPerRankMeansInsteadOfTheGlobalMeanFails) {
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   const Case& c = info.param;
   return c.type + "_" + (c.dtype == DType::F64 ? "f64_" : "f32_") + c.dense_opt + "_" + c.sparse_opt + "_" +
-         c.user_placement + "_" + c.item_placement;
+         c.user_placement + "_" + c.item_placement + (c.device == Device::CPU ? "" : "_device");
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -199,7 +207,9 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{"esmm", DType::F64, "adam", "adagrad", 1e-10}, Case{"ncs", DType::F64, "adam", "adagrad", 1e-10},
                       Case{"esmm", DType::F64, "adagrad", "adam", 1e-10}, Case{"ncs", DType::F64, "adagrad", "adam", 1e-10},
                       Case{"esmm", DType::F32, "sgd", "sgd", 1e-5}, Case{"ncs", DType::F32, "sgd", "sgd", 1e-5},
-                      Case{"esmm", DType::F64, "adam", "adagrad", 1e-10, "replicated", "table_wise"}),
+                      Case{"esmm", DType::F64, "adam", "adagrad", 1e-10, "replicated", "table_wise"},
+                      Case{"ncs", DType::F64, "adam", "adagrad", 1e-10, "row_wise", "row_wise", Device::CUDA},
+                      Case{"esmm", DType::F32, "sgd", "sgd", 1e-5, "row_wise", "table_wise", Device::CUDA}),
     case_name);
 
 TEST(DataParallel, ABatchWithNoRowsForATaskGivesLossZeroNotNaN) {

@@ -12,6 +12,7 @@
 #include "core/layers/masked_linear.h"
 #include "core/optim.h"
 #include "core/random.h"
+#include "dist/communicator.h"
 #include "tests/unit/fake_device.h"
 
 namespace ncsrec {
@@ -139,6 +140,38 @@ TEST(DevicePaths, MaskedLayerOnTheDeviceGivesTheCpuOutputsAndGradients) {
   l_cpu->mutable_mask(0).set(0, !l_cpu->mask(0).get(0));
   l_gpu->mutable_mask(0).set(0, !l_gpu->mask(0).get(0));
   EXPECT_TRUE(same_bits(l_cpu->forward(0, x), l_gpu->forward(0, x_gpu)));
+}
+
+// Two "ranks" whose all-reduce doubles the buffer (the sum of two equal replicas), recording the
+// memory it was handed.
+class DoublingComm final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int world_size() const override { return 2; }
+  const char* kind() const override { return "doubling"; }
+  const void* seen = nullptr;
+
+ protected:
+  void do_all_reduce(void* data, int64_t n, DType dtype, bool) override {
+    seen = data;
+    for (int64_t i = 0; i < n; ++i) static_cast<double*>(data)[i] *= 2;
+    (void)dtype;
+  }
+  void do_all_to_all_v(const void*, const int64_t*, void*, const int64_t*, DType) override {}
+  void do_all_gather(const void*, int64_t, void*, DType) override {}
+  void do_broadcast(void*, int64_t, DType, int) override {}
+  void do_barrier() override {}
+};
+
+TEST(DevicePaths, AHostCommunicatorSumsADeviceTensorThroughAHostCopy) {
+  FakeDevice device;
+  const Tensor host = random_tensor({5}, DType::F64, 9);
+  Tensor t = host.to(Device::CUDA);
+  DoublingComm comm;
+  comm.all_reduce_sum(t);
+  EXPECT_NE(comm.seen, t.raw()) << "MPI was handed device memory";
+  const Tensor back = t.to(Device::CPU);
+  for (int64_t i = 0; i < 5; ++i) EXPECT_EQ(back.data<double>()[i], 2 * host.data<double>()[i]);
 }
 
 }  // namespace
