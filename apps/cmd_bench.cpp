@@ -39,7 +39,8 @@ namespace {
 
 const char* kBenchHelp = R"(usage: ncsrec bench [--config FILE] [--batch N] [--steps N] [--warmup K] [--density D]
                     [--threads T] [--schedule joint|alternating] [--zipf S] [--pool N]
-                    [--multi-valued SLOTS] [--seed N] [--device cpu|cuda] [--json FILE]
+                    [--multi-valued SLOTS] [--seed N] [--device cpu|cuda] [--matmul fp32|tf32]
+                    [--json FILE]
 
 Measures the training step only: forward, losses, backward, the dense optimizer update and
 the sparse updates of the embedding rows, exactly as `ncsrec train` does them
@@ -71,6 +72,7 @@ Multi-valued slots carry 1 to 5 ids per row, the others exactly one.
   --device D           where the dense layers run: cpu (default) or cuda (the embedding
                        tables, input assembly and losses stay on the host, as in training);
                        each timed step ends with a device synchronisation
+  --matmul P           the device's matrix products: fp32 (default) or tf32
   --json FILE          also write the results as JSON
 )";
 
@@ -210,7 +212,7 @@ int cmd_bench(int argc, char** argv) {
     if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") return std::fputs(kBenchHelp, stdout), 0;
   Args args("bench", argc, argv, 2,
             {"config", "batch", "steps", "warmup", "density", "threads", "schedule", "zipf", "pool", "multi-valued",
-             "seed", "device", "json"},
+             "seed", "device", "matmul", "json"},
             {});
   args.no_positionals();
   const std::string config_path = args.get("config", "configs/ncs_paper.yaml");
@@ -251,6 +253,10 @@ int cmd_bench(int argc, char** argv) {
 #endif
     if (!why.empty()) throw UserError("ncsrec bench: --device cuda: no GPU can be used: " + why);
   }
+  const std::string matmul = args.get("matmul", "fp32");
+  if (matmul != "fp32" && matmul != "tf32")
+    throw ConfigError("ncsrec bench: --matmul must be fp32 or tf32, got '" + matmul + "'");
+  set_matmul_precision(matmul == "tf32" ? kMatmulTf32 : kMatmulFp32);
   configure_threads(threads);
 
   // The schema: the tasks' labels (click, conversion), every slot of the config's tables.
@@ -349,7 +355,7 @@ int cmd_bench(int argc, char** argv) {
   std::printf("ncsrec bench: %s, batch %lld, %s schedule, %s masks, %lld threads, OpenBLAS kernels %s\n",
               config_path.c_str(), static_cast<long long>(batch), schedule.c_str(), exact ? "exact" : "paper_shared_adam",
               static_cast<long long>(threads), blas_core.c_str());
-  std::printf("  device: %s\n", device_text.c_str());
+  std::printf("  device: %s%s\n", device_text.c_str(), device == Device::CPU ? "" : (", " + matmul + " products").c_str());
   std::printf("  model: input %lld, shared", static_cast<long long>(model.input_dim()));
   for (auto s : mc.shared) std::printf(" %lld", static_cast<long long>(s));
   std::printf(", %d tasks; optimizers %s (dense) + sparse %s\n", n_tasks, config.dense_optimizer.type.c_str(),
@@ -380,6 +386,7 @@ int cmd_bench(int argc, char** argv) {
         .add("threads", threads)
         .add("openblas_core", blas_core)
         .add("device", device_text)
+        .add("matmul", device == Device::CPU ? std::string("fp32") : matmul)
         .add("schedule", schedule)
         .add("mask_semantics", config.train.mask_semantics)
         .add("zipf", zipf)

@@ -75,7 +75,8 @@ AUC beside the Bayes-optimal AUC when the data came from `ncsrec gen`.
   --resume               continue the run in DIR from its newest checkpoint, with its
                          config.yaml; --set may change only train.max_steps, train.epochs,
                          train.log_every, train.checkpoint_every, train.keep_checkpoints,
-                         run.threads, run.comm_timeout and data.eval
+                         run.threads, run.comm_timeout, run.device, run.matmul and data.eval
+                         (checkpoints are the same on every device)
 
 SIGTERM or SIGUSR1 stops training at the next step on every rank, saves
 checkpoints/step-<N> and exits with status 75; `--resume` goes on from there.
@@ -131,7 +132,8 @@ void print_help(const char* text) { std::fputs(text, stdout); }
 
 // Registers the CUDA backend when a GPU exists; the trainer then picks the device
 // (train/step.h training_device). run.device: cuda without a GPU stops here.
-void select_device(const std::string& device) {
+void select_device(const std::string& device, const std::string& matmul) {
+  set_matmul_precision(matmul == "tf32" ? kMatmulTf32 : kMatmulFp32);
   std::string why_not = "this ncsrec was built without CUDA";
   bool gpu = false;
 #ifdef NCSREC_HAVE_CUDA
@@ -198,7 +200,8 @@ int cmd_train(int argc, char** argv) {
     static const std::vector<std::string> kMayChange = {"train.max_steps",        "train.epochs",
                                                         "train.log_every",        "train.checkpoint_every",
                                                         "train.keep_checkpoints", "run.threads",
-                                                        "run.comm_timeout",       "data.eval"};
+                                                        "run.comm_timeout",       "run.device",
+                                                        "run.matmul",             "data.eval"};
     for (const std::string& o : args.all("set")) {
       const std::string key = o.substr(0, o.find('='));
       if (std::find(kMayChange.begin(), kMayChange.end(), key) == kMayChange.end()) {
@@ -224,7 +227,7 @@ int cmd_train(int argc, char** argv) {
     resolved = substitute_day(resolved, options.day, config_path);
     config = parse_train_config(resolved, config_path);
   }
-  select_device(config.device);
+  select_device(config.device, config.matmul);
   if (!options.resume) run_dir = args.get("run-dir", default_run_dir(config_path));
   CommOptions comm_options;
   comm_options.timeout_seconds = config.comm_timeout;

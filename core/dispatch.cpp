@@ -1,5 +1,7 @@
 #include "core/dispatch.h"
 
+#include <atomic>
+
 #include "core/error.h"
 
 namespace ncsrec {
@@ -21,6 +23,17 @@ const OpTable& ops_for(Device device) {
                     "use device: cpu");
   return t;
 }
+
+namespace {
+std::atomic<int> g_matmul_precision{kMatmulFp32};
+}  // namespace
+
+void set_matmul_precision(MatmulPrecision precision) {
+  NCSREC_CHECK(precision == kMatmulFp32 || precision == kMatmulTf32, "matmul precision " << precision);
+  g_matmul_precision = precision;
+}
+
+MatmulPrecision matmul_precision() { return static_cast<MatmulPrecision>(g_matmul_precision.load()); }
 
 bool device_available(Device device) { return device == Device::CPU || cuda_slot().alloc != nullptr; }
 

@@ -123,6 +123,11 @@ struct OpTable {
   double (*auc)(const float* scores, const float* labels, const float* weights, int64_t n) = nullptr;
 };
 
+// The arithmetic of the matrix products on a device (run.matmul), for the whole process:
+// FP32 (the default) or TF32. The CPU computes in FP32 whatever it says.
+void set_matmul_precision(MatmulPrecision precision);
+MatmulPrecision matmul_precision();
+
 // The table for a device. Throws a clear error if the device has no backend registered.
 const OpTable& ops_for(Device device);
 // True when a backend is registered for the device.

@@ -58,6 +58,17 @@ void gemm(Tensor& C, const Tensor& A, bool ta, const Tensor& B, bool tb, double 
   ops_for(C.device()).gemm(C.dtype(), ta, tb, M, N, K, alpha, A.raw(), B.raw(), beta, C.raw());
 }
 
+void linear_forward(Tensor& y, const Tensor& x, const Tensor& W, const Tensor* b, bool relu) {
+  same_place(y, x, "linear_forward");
+  same_place(y, W, "linear_forward");
+  if (b) same_place(y, *b, "linear_forward");
+  NCSREC_CHECK(x.ndim() == 2 && W.ndim() == 2 && y.ndim() == 2 && x.dim(1) == W.dim(0) && y.dim(0) == x.dim(0) &&
+                   y.dim(1) == W.dim(1) && (!b || b->numel() == W.dim(1)),
+               "linear_forward: x " << x.describe() << ", W " << W.describe() << ", y " << y.describe());
+  ops_for(y.device()).gemm_bias_act(y.dtype(), false, false, x.dim(0), W.dim(1), x.dim(1), x.raw(), W.raw(),
+                                    b ? b->raw() : nullptr, relu, matmul_precision(), y.raw());
+}
+
 void bias_add(Tensor& y, const Tensor& b) {
   same_place(y, b, "bias_add");
   NCSREC_CHECK(y.ndim() == 2 && b.numel() == y.dim(1), "bias_add: " << y.describe() << " + " << b.describe());

@@ -12,6 +12,9 @@ namespace ncsrec::ops {
 // C = alpha * op(A) * op(B) + beta * C, all 2-D.
 void gemm(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha = 1.0,
           double beta = 0.0);
+// A linear layer's forward: y = act(x·W + b) (b may be null; ReLU when `relu`), fused on a
+// device (cuBLASLt epilogue, at matmul_precision()), the three ops in turn on the CPU.
+void linear_forward(Tensor& y, const Tensor& x, const Tensor& W, const Tensor* b, bool relu);
 // y[r, :] += b
 void bias_add(Tensor& y, const Tensor& b);
 // db += column sums of dy

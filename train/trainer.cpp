@@ -557,7 +557,8 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
         .add("all_gather_bytes_per_step", static_cast<double>(summary.comm.all_gather_bytes) * per_step)
         .add("seconds", summary.comm.seconds)
         .add("fraction_of_train_time", summary.train_seconds > 0 ? summary.comm.seconds / summary.train_seconds : 0.0);
-    s.add("model", config.model.type).add("device", device_name(model.device())).add("world_size", comm.world_size())
+    s.add("model", config.model.type).add("device", device_name(model.device()))
+        .add("matmul", model.device() == Device::CPU ? std::string("fp32") : config.matmul).add("world_size", comm.world_size())
         .add("global_batch", config.train.batch_size * comm.world_size()).add("communication", comm_json)
         .add("dense_parameters", dense_parameters)
         .add("multiply_adds_per_sample", model.multiply_adds_per_sample()).add("steps", step).add("samples", summary.samples)

@@ -52,9 +52,7 @@ const Tensor& Linear::forward(const Tensor& x) {  // x [B, in] -> y [B, out]
                "linear input " << x.describe() << " does not match its weight " << W.describe());
   const int64_t B = x.dim(0);
   y_ = ensure_buffer(y_buf_, B, out_, x.dtype(), x.device());
-  ops::gemm(y_, x, false, W, false, 1.0, 0.0);
-  if (bias_) ops::bias_add(y_, bias_->value);
-  if (act_ == Activation::ReLU) ops::relu_forward(y_, y_);
+  ops::linear_forward(y_, x, W, bias_ ? &bias_->value : nullptr, act_ == Activation::ReLU);
   x_ = x;  // shares storage: the caller keeps x unchanged until backward
   return y_;
 }

@@ -77,9 +77,7 @@ const Tensor& MaskedLinear::forward(int task, const Tensor& x) {  // x [B, in] -
   if (W.device() == Device::CPU) apply_mask(w_masked, W, t.mask);
   else ops_for(W.device()).apply_mask(W.dtype(), w_masked.raw(), W.raw(), mask_bits_on_device(t), in_ * out_);
   t.y = ensure_buffer(t.y_buf, B, out_, x.dtype(), x.device());
-  ops::gemm(t.y, x, false, w_masked, false, 1.0, 0.0);
-  ops::bias_add(t.y, bias_->value);
-  if (act_ == Activation::ReLU) ops::relu_forward(t.y, t.y);
+  ops::linear_forward(t.y, x, w_masked, &bias_->value, act_ == Activation::ReLU);
   t.x = x;  // shares storage: the caller keeps x unchanged until backward
   return t.y;
 }

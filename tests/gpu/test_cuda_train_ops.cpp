@@ -369,11 +369,12 @@ TEST_F(CudaTrainOps, DenseOptimizerSteps) {
 // ---- fused linear forward (cuBLASLt epilogues) ---------------------------------------------
 
 template <class T>
-void check_gemm_bias_act(int64_t M, int64_t N, int64_t K, bool ta, bool tb, bool with_bias, bool relu, int precision) {
+void check_gemm_bias_act(int64_t M, int64_t N, int64_t K, bool ta, bool tb, bool with_bias, bool relu, int precision,
+                         uint64_t seed = 31) {
   const std::string what = std::string(dtype_name(dtype_of<T>())) + " gemm_bias_act " + std::to_string(M) + "x" +
                            std::to_string(N) + "x" + std::to_string(K) + (ta ? " Aᵀ" : "") + (tb ? " Bᵀ" : "") +
                            (with_bias ? " bias" : "") + (relu ? " relu" : "") + (precision == kMatmulTf32 ? " tf32" : "");
-  const auto A = random_values<T>(M * K, 31), B = random_values<T>(K * N, 32), bias = random_values<T>(N, 33);
+  const auto A = random_values<T>(M * K, seed), B = random_values<T>(K * N, seed + 1), bias = random_values<T>(N, seed + 2);
   std::vector<T> c_cpu(static_cast<size_t>(M * N));
   cpu().gemm_bias_act(dtype_of<T>(), ta, tb, M, N, K, A.data(), B.data(), with_bias ? bias.data() : nullptr, relu,
                       kMatmulFp32, c_cpu.data());
@@ -405,6 +406,9 @@ TEST_F(CudaTrainOps, FusedLinearForwardThroughCublasLtEpilogues) {
             check_gemm_bias_act<double>(M, N, K, ta, tb, with_bias, relu, kMatmulFp32);
           }
   for (bool relu : {false, true}) check_gemm_bias_act<float>(4096, 512, 720, false, false, true, relu, kMatmulTf32);
+  // A shape seen before, with new operands and a new bias buffer: the cached plan takes this
+  // call's bias pointer.
+  check_gemm_bias_act<float>(257, 128, 256, false, false, true, true, kMatmulFp32, 41);
 }
 
 // ---- AUC ------------------------------------------------------------------------------------

@@ -196,3 +196,22 @@ TEST(DeviceTraining, ARunResumedFromItsCheckpointOnTheDeviceMatchesTheCpuRun) {
 
 }  // namespace
 }  // namespace ncsrec
+
+namespace ncsrec {
+namespace {
+
+TEST(DeviceConfig, RunMatmulIsFp32OrTf32AndAnythingElseIsRefusedByName) {
+  EXPECT_EQ(config_for("  type: esmm\n  tower: [8]\n" + kTables).matmul, "fp32");
+  const std::string base = "data: {train: [\"unused\"]}\nmodel:\n  type: shared_embedding\n  tower: [8]\n  embedding_dim: 4\n"
+                           "  tables: {user: {rows: 4}}\n  tasks: {ctr: {label: click}}\n";
+  EXPECT_EQ(parse_train_config("run: {matmul: tf32}\n" + base, "m.yaml").matmul, "tf32");
+  try {
+    parse_train_config("run: {matmul: bf16}\n" + base, "m.yaml");
+    FAIL() << "run.matmul: bf16 was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("run.matmul"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace ncsrec
