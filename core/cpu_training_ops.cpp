@@ -254,6 +254,45 @@ void cpu_adagrad_step(DType d, void* w, const void* g, void* acc, const uint8_t*
                         adagrad_typed<double>(w, g, acc, update, decay, n, lr, eps, wd));
 }
 
+template <bool kMasked, class T>
+double sum_squares(const T* g, const uint8_t* mask, int64_t begin, int64_t end) {
+  double s = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    if constexpr (kMasked)
+      if (!mask[i]) continue;
+    const double x = static_cast<double>(g[i]);
+    s += x * x;
+  }
+  return s;
+}
+
+// masked_sum_squares: the chunks of the sum depend on the buffer's size only (at most kNormChunks of at
+// least kNormChunkMin elements): each is summed in order by one thread, then the chunk sums
+// in order, so any thread count gives the same bits. No allocation.
+constexpr int64_t kNormChunks = 256, kNormChunkMin = 4096;
+
+template <class T>
+double masked_sum_squares_t(const T* g, const uint8_t* mask, int64_t n) {
+  const int64_t chunk = std::max(kNormChunkMin, (n + kNormChunks - 1) / kNormChunks);
+  const int64_t chunks = (n + chunk - 1) / chunk;
+  double partial[kNormChunks];
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * chunk, end = std::min(n, begin + chunk);
+    partial[c] = mask ? sum_squares<true>(g, mask, begin, end) : sum_squares<false>(g, mask, begin, end);
+  }
+  double sum = 0;
+  for (int64_t c = 0; c < chunks; ++c) sum += partial[c];
+  return sum;
+}
+
+double cpu_masked_sum_squares(DType d, const void* x, const uint8_t* mask, int64_t n) {
+  double r = 0;
+  NCSREC_FLOAT_DISPATCH(d, r = masked_sum_squares_t(static_cast<const float*>(x), mask, n),
+                        r = masked_sum_squares_t(static_cast<const double*>(x), mask, n));
+  return r;
+}
+
 }  // namespace
 
 void add_cpu_training_ops(OpTable& t) {
@@ -269,6 +308,7 @@ void add_cpu_training_ops(OpTable& t) {
   t.adam_step = cpu_adam_step;
   t.adagrad_step = cpu_adagrad_step;
   t.auc = auc_exact;
+  t.masked_sum_squares = cpu_masked_sum_squares;
 }
 
 }  // namespace ncsrec

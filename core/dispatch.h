@@ -60,6 +60,9 @@ struct OpTable {
   double (*sum)(DType dtype, const void* x, int64_t n) = nullptr;
   // sum of x*x (computed in double)
   double (*sum_squares)(DType dtype, const void* x, int64_t n) = nullptr;
+  // Σ x_i² over the i where mask[i] != 0 (null: every i), in double, summed in an order that
+  // depends on n only (not on the thread count): the gradient's norm for clipping.
+  double (*masked_sum_squares)(DType dtype, const void* x, const uint8_t* mask, int64_t n) = nullptr;
 
   // MMoE/PLE gate: softmax over experts, then the probability-weighted mixture, as one op.
   // `experts` / `dexperts` are HOST arrays of num_experts pointers to [rows, dim] buffers.

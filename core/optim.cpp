@@ -122,44 +122,6 @@ void validate(const OptimizerConfig& c) {
 }
 
 // Sum of g[i]² over [begin, end) where the mask is 1, in double, in index order.
-template <bool kMasked, class T>
-double sum_squares(const T* g, const uint8_t* mask, int64_t begin, int64_t end) {
-  double s = 0;
-  for (int64_t i = begin; i < end; ++i) {
-    if constexpr (kMasked)
-      if (!mask[i]) continue;
-    const double x = static_cast<double>(g[i]);
-    s += x * x;
-  }
-  return s;
-}
-
-// The chunks of the norm's sum depend on the buffer's size only (at most kNormChunks of at
-// least kNormChunkMin elements): each is summed in order by one thread, then the chunk sums
-// in order, so any thread count gives the same bits. No allocation.
-constexpr int64_t kNormChunks = 256, kNormChunkMin = 4096;
-
-template <class T>
-double clip_t(T* g, int64_t n, double max_norm, const uint8_t* mask) {
-  const int64_t chunk = std::max(kNormChunkMin, (n + kNormChunks - 1) / kNormChunks);
-  const int64_t chunks = (n + chunk - 1) / chunk;
-  double partial[kNormChunks];
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t begin = c * chunk, end = std::min(n, begin + chunk);
-    partial[c] = mask ? sum_squares<true>(g, mask, begin, end) : sum_squares<false>(g, mask, begin, end);
-  }
-  double sum = 0;
-  for (int64_t c = 0; c < chunks; ++c) sum += partial[c];
-  const double norm = std::sqrt(sum);
-  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
-    const T scale = static_cast<T>(max_norm / norm);
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-    for (int64_t i = 0; i < n; ++i) g[i] *= scale;
-  }
-  return norm;
-}
-
 }  // namespace
 
 DenseOptimizer::DenseOptimizer(const OptimizerConfig& config, int64_t numel, Device device)
@@ -203,17 +165,12 @@ void DenseOptimizer::set_decay_mask(const std::vector<uint8_t>& mask) {
 }
 
 double clip_grad_norm(Tensor& grads, double max_norm, const uint8_t* mask) {
-  if (grads.device() != Device::CPU) {
-    // The norm of a host copy, in the host's order (the same bits as on the CPU); the scaling on the device.
-    Tensor host = grads.to(Device::CPU);
-    const double norm = clip_grad_norm(host, 0.0, mask);
-    if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) ops::scale(grads, max_norm / norm);
-    return norm;
-  }
   NCSREC_CHECK(grads.dtype() == DType::F32 || grads.dtype() == DType::F64, "clip_grad_norm on " << grads.describe());
   NCSREC_CHECK(max_norm >= 0, "clip_grad_norm max_norm " << max_norm);
-  if (grads.dtype() == DType::F32) return clip_t(grads.data<float>(), grads.numel(), max_norm, mask);
-  return clip_t(grads.data<double>(), grads.numel(), max_norm, mask);
+  const double norm =
+      std::sqrt(ops_for(grads.device()).masked_sum_squares(grads.dtype(), grads.raw(), mask, grads.numel()));
+  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) ops::scale(grads, max_norm / norm);
+  return norm;
 }
 
 std::unique_ptr<DenseOptimizer> make_dense_optimizer(const OptimizerConfig& config, int64_t numel, DType dtype,

@@ -83,12 +83,13 @@ class DenseOptimizer {
 std::unique_ptr<DenseOptimizer> make_dense_optimizer(const OptimizerConfig& config, int64_t numel, DType dtype,
                                                      Device device);
 
-// Gradient clipping by global norm: the L2 norm of `grads` (f32 or f64; on a device, measured
-// on a host copy and scaled there) over the elements where `mask` (HOST memory) is 1 (null = all), summed in double in an order fixed by the buffer's
-// size alone, so the result does not depend on the thread count. If it exceeds `max_norm` > 0
-// the whole buffer is scaled by max_norm / norm (elements outside the mask too: the update
-// does not read them). max_norm 0 only measures. A non-finite norm is returned and nothing is
-// scaled. Returns the norm before clipping.
+// Gradient clipping by global norm: the L2 norm of `grads` (f32 or f64, on any device) over the
+// elements where `mask` (one byte per element, in the gradient's memory) is 1 (null = all),
+// summed in double in an order fixed by the buffer's size alone (OpTable::masked_sum_squares), so
+// the result does not depend on the thread count. If it exceeds `max_norm` > 0 the whole buffer
+// is scaled by max_norm / norm (elements outside the mask too: the update does not read them).
+// max_norm 0 only measures. A non-finite norm is returned and nothing is scaled. Returns the
+// norm before clipping.
 double clip_grad_norm(Tensor& grads, double max_norm, const uint8_t* mask);
 
 }  // namespace ncsrec

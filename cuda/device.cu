@@ -125,10 +125,11 @@ __global__ void scale_kernel(int64_t n, T a, T* x) {
 
 // Pass 1 of sum / sum_squares: block b writes the sum of its grid-stride elements to partial[b].
 template <class T, bool kSquare>
-__global__ void reduce_pass1_kernel(const T* x, int64_t n, double* partial) {
+__global__ void reduce_pass1_kernel(const T* x, int64_t n, double* partial, const uint8_t* mask = nullptr) {
   __shared__ double shared[kThreads];
   double acc = 0;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    if (mask && !mask[i]) continue;
     const double v = static_cast<double>(x[i]);
     acc += kSquare ? v * v : v;
   }
@@ -316,7 +317,7 @@ void cuda_scale(DType d, int64_t n, double a, void* x) {
 }
 
 template <bool kSquare>
-double cuda_reduce(DType d, const void* x, int64_t n) {
+double cuda_reduce(DType d, const void* x, int64_t n, const uint8_t* mask = nullptr) {
   if (n == 0) return 0.0;
   // The grid depends on n only, so the summation order (and the result) is the same every run.
   const int g = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, kReduceBlocks));
@@ -324,8 +325,8 @@ double cuda_reduce(DType d, const void* x, int64_t n) {
   double* partial = g_reduce_scratch;
   double* out = g_reduce_scratch + kReduceBlocks;
   NCSREC_CUDA_FLOAT_DISPATCH(
-      d, (reduce_pass1_kernel<float, kSquare><<<g, kThreads>>>(static_cast<const float*>(x), n, partial)),
-      (reduce_pass1_kernel<double, kSquare><<<g, kThreads>>>(static_cast<const double*>(x), n, partial)));
+      d, (reduce_pass1_kernel<float, kSquare><<<g, kThreads>>>(static_cast<const float*>(x), n, partial, mask)),
+      (reduce_pass1_kernel<double, kSquare><<<g, kThreads>>>(static_cast<const double*>(x), n, partial, mask)));
   NCSREC_CUDA_LAUNCH_CHECK();
   reduce_pass2_kernel<<<1, kReduceBlocks>>>(partial, g, out);
   NCSREC_CUDA_LAUNCH_CHECK();
@@ -336,6 +337,9 @@ double cuda_reduce(DType d, const void* x, int64_t n) {
 
 double cuda_sum(DType d, const void* x, int64_t n) { return cuda_reduce<false>(d, x, n); }
 double cuda_sum_squares(DType d, const void* x, int64_t n) { return cuda_reduce<true>(d, x, n); }
+double cuda_masked_sum_squares(DType d, const void* x, const uint8_t* mask, int64_t n) {
+  return cuda_reduce<true>(d, x, n, mask);
+}
 
 OpTable make_cuda_table() {
   OpTable t;
@@ -355,6 +359,7 @@ OpTable make_cuda_table() {
   t.scale = cuda_scale;
   t.sum = cuda_sum;
   t.sum_squares = cuda_sum_squares;
+  t.masked_sum_squares = cuda_masked_sum_squares;
   add_cuda_training_ops(t);
   add_cuda_metric_ops(t);
   add_cuda_gemm_ops(t);

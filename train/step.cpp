@@ -48,12 +48,11 @@ StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Blo
   const double factor = lr_factor(optimizers.lr_schedule, step);
   optimizers.dense->set_lr(optimizers.dense->base_lr() * factor);
   for (auto& s : optimizers.sparse) s->set_lr(s->base_lr() * factor);
-  // The update mask twice: in host memory for the norm, where the parameters are for the update.
-  const uint8_t* update_on_device = exact_masks ? model.update_mask_on_device(task) : model.params().trainable_mask_on_device();
-  const uint8_t* update = exact_masks ? model.update_mask(task) : model.params().trainable_mask();
+  // The update mask where the parameters are (the host's own on the CPU).
+  const uint8_t* update = exact_masks ? model.update_mask_on_device(task) : model.params().trainable_mask_on_device();
   const double grad_norm = clip_grad_norm(model.params().grads(), optimizers.clip_grad_norm, update);
 
-  optimizers.dense->step(model.params().values(), model.params().grads(), step, update_on_device);
+  optimizers.dense->step(model.params().values(), model.params().grads(), step, update);
   model.apply_mask_penalty(task, optimizers.dense->lr());  // learned masks, sparsity: penalty
   for (size_t t = 0; t < model.tables().size(); ++t) {
     const SparseGrad& grad = model.sparse_grads()[t];

@@ -411,6 +411,30 @@ TEST_F(CudaTrainOps, FusedLinearForwardThroughCublasLtEpilogues) {
   check_gemm_bias_act<float>(257, 128, 256, false, false, true, true, kMatmulFp32, 41);
 }
 
+// ---- the gradient's norm ------------------------------------------------------------------
+
+// masked_sum_squares (clip_grad_norm): both sum the same squares in double, so they differ by the
+// order of the additions only: ≤ 1e-12 of the sum. The masked-out elements are large, so
+// counting one of them is far outside the bound.
+TEST_F(CudaTrainOps, MaskedSumOfSquaresForTheGradientNorm) {
+  for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{533634}}) {
+    auto x = random_values<float>(n, 51);
+    std::vector<uint8_t> mask(static_cast<size_t>(n));
+    std::mt19937_64 rng(52);
+    for (int64_t i = 0; i < n; ++i) {
+      mask[static_cast<size_t>(i)] = (rng() % 3 != 0) || n == 1;
+      if (!mask[static_cast<size_t>(i)]) x[static_cast<size_t>(i)] = 1000.0f;
+    }
+    DeviceBuffer<float> dx(x);
+    DeviceBuffer<uint8_t> dm(mask);
+    for (bool masked : {false, true}) {
+      const double want = cpu().masked_sum_squares(DType::F32, x.data(), masked ? mask.data() : nullptr, n);
+      const double got = gpu().masked_sum_squares(DType::F32, dx.get(), masked ? dm.get() : nullptr, n);
+      EXPECT_NEAR(got, want, 1e-12 * want) << "n " << n << (masked ? " masked" : "");
+    }
+  }
+}
+
 // ---- AUC ------------------------------------------------------------------------------------
 
 void check_auc(int64_t n, int levels, bool weighted, bool one_class, uint64_t seed) {

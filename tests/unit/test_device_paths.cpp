@@ -5,6 +5,7 @@
 // host".
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -85,14 +86,17 @@ TEST_P(DeviceOptimizer, FiveStepsOnTheDeviceGiveTheCpuBits) {
 
 INSTANTIATE_TEST_SUITE_P(Types, DeviceOptimizer, ::testing::Values("sgd", "adam", "adagrad"));
 
+// The norm on the device, over a mask in device memory.
 TEST(DevicePaths, ClippingOnTheDeviceMeasuresAndScalesLikeTheCpu) {
   FakeDevice device;
   Tensor g_cpu = random_tensor({1000}, DType::F64, 3);
   Tensor g_gpu = g_cpu.to(Device::CUDA);
-  std::vector<uint8_t> mask(1000, 1);
-  mask[10] = 0;
-  const double n_cpu = clip_grad_norm(g_cpu, 2.0, mask.data());
-  const double n_gpu = clip_grad_norm(g_gpu, 2.0, mask.data());
+  Tensor mask = Tensor::empty({1000}, DType::U8, Device::CPU);
+  std::fill_n(mask.data<uint8_t>(), 1000, uint8_t{1});
+  mask.data<uint8_t>()[10] = 0;
+  const Tensor mask_gpu = mask.to(Device::CUDA);
+  const double n_cpu = clip_grad_norm(g_cpu, 2.0, mask.data<uint8_t>());
+  const double n_gpu = clip_grad_norm(g_gpu, 2.0, static_cast<const uint8_t*>(mask_gpu.raw()));
   EXPECT_EQ(n_cpu, n_gpu);
   EXPECT_GT(n_cpu, 2.0) << "the test must clip";
   EXPECT_TRUE(same_bits(g_cpu, g_gpu));
