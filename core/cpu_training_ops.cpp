@@ -17,7 +17,6 @@ namespace {
 
 constexpr int64_t kParallelMin = 1 << 14;  // below this, threads cost more than they save
 
-
 // ---- loss heads -----------------------------------------------------------------------------
 
 double cpu_sigmoid_bce(DType d, const void* logits, const float* labels, const float* weights, int64_t n,

@@ -25,15 +25,19 @@ void check_mask(const BitMask& m, const char* what) {
     NCSREC_CHECK((m.bits.back() >> (m.size() % 8)) == 0, what << ": mask has set bits past its last element");
 }
 
-void check_kernel_args(const Tensor& dst, const Tensor& src, const BitMask& mask, const char* what) {
+// The mask's bytes for the kernel: `bits` (in the tensors' memory), or the host's for CPU tensors.
+const uint8_t* check_kernel_args(const Tensor& dst, const Tensor& src, const BitMask& mask, const uint8_t* bits,
+                                 const char* what) {
   check_mask(mask, what);
-  NCSREC_CHECK(dst.device() == Device::CPU && src.device() == Device::CPU,
-               what << " is a CPU kernel; got " << dst.describe() << " and " << src.describe());
+  NCSREC_CHECK(dst.device() == src.device(), what << " got " << dst.describe() << " and " << src.describe());
+  NCSREC_CHECK(bits || dst.device() == Device::CPU,
+               what << " on " << dst.describe() << " needs the mask's bytes in that device's memory");
   NCSREC_CHECK(dst.dtype() == src.dtype() && (dst.dtype() == DType::F32 || dst.dtype() == DType::F64),
                what << " needs two f32 or two f64 tensors; got " << dst.describe() << " and " << src.describe());
   NCSREC_CHECK(dst.numel() == mask.size() && src.numel() == mask.size(),
                what << ": mask [" << mask.rows << ", " << mask.cols << "] vs " << dst.describe() << " and "
                     << src.describe());
+  return bits ? bits : mask.bits.data();
 }
 
 // Sort key of a prune candidate: |w| first, then (layer, element) packed into one integer so
@@ -84,14 +88,14 @@ int64_t BitMask::count() const {
 
 double BitMask::density() const { return size() == 0 ? 1.0 : static_cast<double>(count()) / static_cast<double>(size()); }
 
-void apply_mask(Tensor& dst, const Tensor& src, const BitMask& mask) {
-  check_kernel_args(dst, src, mask, "apply_mask");
-  ops_for(Device::CPU).apply_mask(dst.dtype(), dst.raw(), src.raw(), mask.bits.data(), mask.size());
+void apply_mask(Tensor& dst, const Tensor& src, const BitMask& mask, const uint8_t* bits) {
+  bits = check_kernel_args(dst, src, mask, bits, "apply_mask");
+  ops_for(dst.device()).apply_mask(dst.dtype(), dst.raw(), src.raw(), bits, mask.size());
 }
 
-void add_masked(Tensor& dst, const Tensor& src, const BitMask& mask) {
-  check_kernel_args(dst, src, mask, "add_masked");
-  ops_for(Device::CPU).add_masked(dst.dtype(), dst.raw(), src.raw(), mask.bits.data(), mask.size());
+void add_masked(Tensor& dst, const Tensor& src, const BitMask& mask, const uint8_t* bits) {
+  bits = check_kernel_args(dst, src, mask, bits, "add_masked");
+  ops_for(dst.device()).add_masked(dst.dtype(), dst.raw(), src.raw(), bits, mask.size());
 }
 
 double imp_prune_fraction(double final_density, int rounds) {

@@ -54,13 +54,14 @@ struct BitMask {
   bool operator!=(const BitMask& o) const { return !(*this == o); }
 };
 
-// Masked element-wise kernels (CPU reference; f32 or f64, contiguous, numel == mask.size()).
-// Entries outside the mask become exactly 0 (a select, not a multiply, so an inf or NaN
-// outside the mask cannot leak through as NaN).
+// Masked element-wise kernels (f32 or f64, contiguous, numel == mask.size(), both tensors on
+// one device). Entries outside the mask become exactly 0 (a select, not a multiply, so an inf
+// or NaN outside the mask cannot leak through as NaN). `bits`: the mask's bytes in the
+// tensors' memory; null reads mask.bits (host memory: CPU tensors only).
 // dst = src ⊙ M   (dst and src may alias)
-void apply_mask(Tensor& dst, const Tensor& src, const BitMask& mask);
+void apply_mask(Tensor& dst, const Tensor& src, const BitMask& mask, const uint8_t* bits = nullptr);
 // dst += src ⊙ M  (a parameter gradient: accumulates)
-void add_masked(Tensor& dst, const Tensor& src, const BitMask& mask);
+void add_masked(Tensor& dst, const Tensor& src, const BitMask& mask, const uint8_t* bits = nullptr);
 
 // IMP per-round prune fraction p = 1 − r^(1/n): after n rounds, each removing the fraction p
 // of the weights still alive, the density is r (up to the rounding of each round's count).

@@ -20,8 +20,6 @@
 namespace ncsrec {
 namespace {
 
-constexpr int64_t kParallelMin = 1 << 14;  // below this, threads cost more than they save
-
 class Sgd final : public DenseOptimizer {
  public:
   Sgd(const OptimizerConfig& c, int64_t numel, DType dtype, Device device)
@@ -103,7 +101,6 @@ class Adagrad final : public DenseOptimizer {
   Tensor accumulator_;
 };
 
-
 void validate(const OptimizerConfig& c) {
   if (!(c.lr >= 0) || !std::isfinite(c.lr))
     throw ConfigError(NCSREC_STR_("optimizer lr must be a finite number >= 0, got " << c.lr));
@@ -121,7 +118,6 @@ void validate(const OptimizerConfig& c) {
     throw ConfigError(NCSREC_STR_("optimizer weight_decay must be a finite number >= 0, got " << c.weight_decay));
 }
 
-// Sum of g[i]² over [begin, end) where the mask is 1, in double, in index order.
 }  // namespace
 
 DenseOptimizer::DenseOptimizer(const OptimizerConfig& config, int64_t numel, Device device)
@@ -156,12 +152,7 @@ void DenseOptimizer::set_decay_mask(const std::vector<uint8_t>& mask) {
   decay_nowhere_ = !mask.empty() && std::none_of(mask.begin(), mask.end(), [](uint8_t b) { return b != 0; });
   if (all_ones) decay_mask_.clear();
   else decay_mask_ = mask;
-  decay_mask_device_ = Tensor();
-  if (device_ != Device::CPU && !decay_mask_.empty()) {
-    Tensor host = Tensor::empty({numel_}, DType::U8, Device::CPU);
-    std::copy(decay_mask_.begin(), decay_mask_.end(), host.data<uint8_t>());
-    decay_mask_device_ = host.to(device_);
-  }
+  decay_mask_device_ = device_ != Device::CPU && !decay_mask_.empty() ? Tensor::from_bytes(decay_mask_, device_) : Tensor();
 }
 
 double clip_grad_norm(Tensor& grads, double max_norm, const uint8_t* mask) {

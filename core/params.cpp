@@ -81,11 +81,7 @@ void ParamStore::finalize(DType dtype, Device device, uint64_t seed) {
     trainable_mask_.assign(static_cast<size_t>(total_), 1);
     for (const Param& p : params_)
       if (!p.trainable) std::fill_n(trainable_mask_.begin() + p.offset, shape_numel(p.shape), uint8_t{0});
-    if (device != Device::CPU) {
-      Tensor host_mask = Tensor::empty({total_}, DType::U8, Device::CPU);
-      std::copy(trainable_mask_.begin(), trainable_mask_.end(), host_mask.data<uint8_t>());
-      trainable_mask_device_ = host_mask.to(device);
-    }
+    if (device != Device::CPU) trainable_mask_device_ = Tensor::from_bytes(trainable_mask_, device);
   }
   finalized_ = true;
 }

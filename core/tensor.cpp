@@ -109,6 +109,14 @@ Tensor Tensor::reshape(Shape shape) const {
   return view(0, std::move(shape));
 }
 
+Tensor Tensor::from_bytes(const std::vector<uint8_t>& bytes, Device device) {
+  Tensor t = empty({static_cast<int64_t>(bytes.size())}, DType::U8, device);
+  if (!bytes.empty())
+    ops_for(device).copy(t.raw(), bytes.data(), bytes.size(),
+                         device == Device::CPU ? CopyKind::HostToHost : CopyKind::HostToDevice);
+  return t;
+}
+
 Tensor Tensor::to(Device device) const {
   Tensor t = empty(shape_, dtype_, device);
   t.copy_from(*this);

@@ -47,6 +47,8 @@ class Tensor {
   Tensor() = default;
   static Tensor empty(Shape shape, DType dtype, Device device = Device::CPU);
   static Tensor zeros(Shape shape, DType dtype, Device device = Device::CPU);
+  // A u8 tensor [bytes.size()] holding `bytes` on `device` (masks for the kernels).
+  static Tensor from_bytes(const std::vector<uint8_t>& bytes, Device device);
 
   bool defined() const { return storage_ != nullptr; }
   DType dtype() const { return dtype_; }

@@ -31,16 +31,20 @@ void check_reducible(DType dtype) {
 
 }  // namespace
 
-void Communicator::all_reduce_sum(Tensor& buffer) {
-  NCSREC_CHECK(buffer.defined(), "all-reduce of an undefined tensor");
+void Communicator::in_memory_taken(Tensor& buffer, const std::function<void(Tensor&)>& collective) {
   const bool on_device = buffer.device() != Device::CPU;
-  if (world_size() > 1 && on_device != takes_device_memory()) {
-    Tensor staged = buffer.to(takes_device_memory() ? Device::CUDA : Device::CPU);
-    all_reduce_sum(staged.raw(), staged.numel(), staged.dtype());
-    buffer.copy_from(staged);
+  if (world_size() == 1 || on_device == takes_device_memory()) {
+    collective(buffer);
     return;
   }
-  all_reduce_sum(buffer.raw(), buffer.numel(), buffer.dtype());
+  Tensor staged = buffer.to(takes_device_memory() ? Device::CUDA : Device::CPU);
+  collective(staged);
+  buffer.copy_from(staged);
+}
+
+void Communicator::all_reduce_sum(Tensor& buffer) {
+  NCSREC_CHECK(buffer.defined(), "all-reduce of an undefined tensor");
+  in_memory_taken(buffer, [&](Tensor& t) { all_reduce_sum(t.raw(), t.numel(), t.dtype()); });
 }
 void Communicator::all_reduce_sum(double* values, int64_t n) { all_reduce_sum(values, n, DType::F64); }
 void Communicator::all_reduce_sum(int64_t* values, int64_t n) { all_reduce_sum(values, n, DType::I64); }
@@ -82,14 +86,7 @@ void Communicator::all_gather(const void* send, int64_t count, void* recv, DType
 
 void Communicator::broadcast(Tensor& buffer, int root) {
   NCSREC_CHECK(buffer.defined(), "broadcast of an undefined tensor");
-  const bool on_device = buffer.device() != Device::CPU;
-  if (world_size() > 1 && on_device != takes_device_memory()) {
-    Tensor staged = buffer.to(takes_device_memory() ? Device::CUDA : Device::CPU);
-    broadcast(staged.raw(), staged.numel(), staged.dtype(), root);
-    buffer.copy_from(staged);
-    return;
-  }
-  broadcast(buffer.raw(), buffer.numel(), buffer.dtype(), root);
+  in_memory_taken(buffer, [&](Tensor& t) { broadcast(t.raw(), t.numel(), t.dtype(), root); });
 }
 void Communicator::broadcast(void* data, int64_t n, DType dtype, int root) {
   NCSREC_CHECK(root >= 0 && root < world_size(), "broadcast from rank " << root << " of " << world_size());

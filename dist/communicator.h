@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -71,6 +72,11 @@ class Communicator {
 
   const CommStats& stats() const { return stats_; }
   void reset_stats() { stats_ = CommStats{}; }
+
+ private:
+  // Runs `collective` on `buffer`, or (several ranks, the other kind of memory than the
+  // communicator takes) on a copy in the memory it takes, copied back after.
+  void in_memory_taken(Tensor& buffer, const std::function<void(Tensor&)>& collective);
 
  protected:
   virtual void do_all_reduce(void* data, int64_t n, DType dtype, bool max) = 0;

@@ -690,8 +690,6 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
       for (const auto& tr : grp.tables) sparse_grads_[static_cast<size_t>(tr.table)] = SparseGrad{};
       continue;
     }
-    // The embeddings (and interacting history features) also reach the loss through their dot
-    // products (disjoint columns of dx).
     // The rest of the backward is the host's (the tables live there): a device model's input
     // gradient comes down once.
     Tensor dx = grp.dx.sum;
@@ -699,6 +697,8 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
       dx = ensure_buffer(grp.dx_host_buf, B, input_dim_, dtype_, Device::CPU);
       dx.copy_from(grp.dx.sum);
     }
+    // The embeddings (and interacting history features) also reach the loss through their dot
+    // products (disjoint columns of dx).
     if (interaction_col_ >= 0)
       pairwise_dot_backward(dx, 0, dx, interaction_col_, grp.host, interaction_fields_, config_.embedding_dim);
     if (history_) history_->backward(dx, history_col_, batch);  // attention's queries
@@ -1003,11 +1003,7 @@ const uint8_t* MultiTaskModel::update_mask_on_device(int task) {
   if (device_ == Device::CPU) return host;
   if (update_masks_device_stale_) {
     update_masks_device_.clear();
-    for (const auto& m : update_masks_) {
-      Tensor h = Tensor::empty({static_cast<int64_t>(m.size())}, DType::U8, Device::CPU);
-      std::copy(m.begin(), m.end(), h.data<uint8_t>());
-      update_masks_device_.push_back(h.to(device_));
-    }
+    for (const auto& m : update_masks_) update_masks_device_.push_back(Tensor::from_bytes(m, device_));
     update_masks_device_stale_ = false;
   }
   return static_cast<const uint8_t*>(update_masks_device_[static_cast<size_t>(task + 1)].raw());

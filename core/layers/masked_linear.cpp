@@ -4,9 +4,6 @@
 // Not here: the plain dense layer (linear.cpp), pruning (masks.cpp).
 #include "core/layers/masked_linear.h"
 
-#include <algorithm>
-
-#include "core/dispatch.h"
 #include "core/error.h"
 #include "core/ops.h"
 
@@ -42,10 +39,9 @@ void MaskedLinear::set_mask(int task, const BitMask& mask) {
 
 const uint8_t* MaskedLinear::mask_bits_on_device(TaskState& t) {
   const Device device = weight_->value.device();
+  if (device == Device::CPU) return nullptr;  // the kernels read t.mask.bits
   if (t.device_bits_stale || !t.device_bits.defined()) {
-    Tensor host = Tensor::empty({static_cast<int64_t>(t.mask.bits.size())}, DType::U8, Device::CPU);
-    std::copy(t.mask.bits.begin(), t.mask.bits.end(), host.data<uint8_t>());
-    t.device_bits = host.to(device);
+    t.device_bits = Tensor::from_bytes(t.mask.bits, device);
     t.device_bits_stale = false;
   }
   return static_cast<const uint8_t*>(t.device_bits.raw());
@@ -74,8 +70,7 @@ const Tensor& MaskedLinear::forward(int task, const Tensor& x) {  // x [B, in] -
                                                      << "] weight");
   const int64_t B = x.dim(0);
   Tensor w_masked = ensure_buffer(t.w_masked, in_, out_, W.dtype(), W.device());
-  if (W.device() == Device::CPU) apply_mask(w_masked, W, t.mask);
-  else ops_for(W.device()).apply_mask(W.dtype(), w_masked.raw(), W.raw(), mask_bits_on_device(t), in_ * out_);
+  apply_mask(w_masked, W, t.mask, mask_bits_on_device(t));
   t.y = ensure_buffer(t.y_buf, B, out_, x.dtype(), x.device());
   ops::linear_forward(t.y, x, w_masked, &bias_->value, act_ == Activation::ReLU);
   t.x = x;  // shares storage: the caller keeps x unchanged until backward
@@ -106,8 +101,7 @@ const Tensor& MaskedLinear::backward(int task, const Tensor& dy, bool need_dx) {
   // M_t receive exactly 0 (not a product that merely happens to be small).
   Tensor dw = ensure_buffer(dw_scratch_, in_, out_, dy.dtype(), dy.device());
   ops::gemm(dw, t.x, true, *dpre, false, 1.0, 0.0);
-  if (dw.device() == Device::CPU) add_masked(weight_->grad, dw, t.mask);
-  else ops_for(dw.device()).add_masked(dw.dtype(), weight_->grad.raw(), dw.raw(), mask_bits_on_device(t), in_ * out_);
+  add_masked(weight_->grad, dw, t.mask, mask_bits_on_device(t));
   if (t.score_grad.defined()) {
     NCSREC_CHECK(dw.device() == Device::CPU, "learned masks train on the CPU only");
     // dS += dw ⊙ W (the straight-through estimator of the mask's gradient).

@@ -72,7 +72,8 @@ class MaskedLinear {
     Tensor device_bits;       // the mask's bytes in the weight's device memory (a device layer)
     bool device_bits_stale = true;
   };
-  // The task's mask bits where the weight lives (copied up when the mask changed).
+  // The task's mask bits in the weight's device memory (copied up when the mask changed);
+  // null for a CPU layer, whose kernels read the mask itself.
   const uint8_t* mask_bits_on_device(TaskState& t);
   TaskState& task_state(int task, const char* what);
 
