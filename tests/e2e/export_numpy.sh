@@ -218,9 +218,9 @@ fi
 
 # A checkpoint written by 2 ranks (row-wise tables: each rank file holds half the rows).
 if command -v mpiexec >/dev/null; then
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-  export OMPI_MCA_btl_tcp_if_include="${OMPI_MCA_btl_tcp_if_include:-lo}"
-  export OMPI_MCA_oob_tcp_if_include="${OMPI_MCA_oob_tcp_if_include:-lo}"
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  # shellcheck source=tests/mpi/local_env.sh
+  source "$(dirname "${BASH_SOURCE[0]}")/../mpi/local_env.sh"
   if out="$(timeout 120 mpiexec -np 2 --oversubscribe "$ncsrec" train --config mmoe.yaml --run-dir mmoe_np2 2>&1)"; then
     ranks="$("$py" -c 'import h5py, sys; print(h5py.File(sys.argv[1])["meta"].attrs["world_size"])' \
       mmoe_np2/checkpoints/final/rank-0.h5)"

@@ -14,9 +14,8 @@ ncsrec="$2"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$work" || exit 1
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-export OMPI_MCA_btl_tcp_if_include="${OMPI_MCA_btl_tcp_if_include:-lo}"
-export OMPI_MCA_oob_tcp_if_include="${OMPI_MCA_oob_tcp_if_include:-lo}"
+# shellcheck source=tests/mpi/local_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/local_env.sh"
 py=/usr/bin/python3
 [[ -x $py ]] || py=python3
 "$ncsrec" gen --out gen --days 3 --rows-per-day 4000 --users 300 --items 100 >/dev/null || { echo "FAIL gen"; exit 1; }

@@ -35,9 +35,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "preempt_resume.sh: interrupted"; exit 124' TERM INT
 cd "$work" || exit 1
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-export OMPI_MCA_btl_tcp_if_include="${OMPI_MCA_btl_tcp_if_include:-lo}"
-export OMPI_MCA_oob_tcp_if_include="${OMPI_MCA_oob_tcp_if_include:-lo}"
+# shellcheck source=tests/mpi/local_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/local_env.sh"
 mpi=("$mpiexec" -np 2 --oversubscribe -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS)
 
 steps=6000

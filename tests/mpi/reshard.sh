@@ -17,9 +17,8 @@ src="$3"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$work" || exit 1
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-export OMPI_MCA_btl_tcp_if_include="${OMPI_MCA_btl_tcp_if_include:-lo}"
-export OMPI_MCA_oob_tcp_if_include="${OMPI_MCA_oob_tcp_if_include:-lo}"
+# shellcheck source=tests/mpi/local_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/local_env.sh"
 py=/usr/bin/python3
 [[ -x $py ]] || py=python3
 if ! "$py" -c 'import h5py, numpy' 2>/dev/null; then
