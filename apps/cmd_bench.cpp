@@ -19,9 +19,9 @@
 #include "apps/commands.h"
 #include "core/blas_core.h"
 #include "core/data/block.h"
+#include "core/dispatch.h"
 #include "core/error.h"
 #include "core/masks.h"
-#include "core/dispatch.h"
 #include "core/random.h"
 #include "dist/communicator.h"
 #include "models/multitask_model.h"
@@ -29,10 +29,6 @@
 #include "train/step.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
-
-#ifdef NCSREC_HAVE_CUDA
-#include "cuda/device.h"
-#endif
 
 namespace ncsrec {
 namespace {
@@ -244,19 +240,10 @@ int cmd_bench(int argc, char** argv) {
   if (device_arg != "cpu" && device_arg != "cuda")
     throw ConfigError("ncsrec bench: --device must be cpu or cuda, got '" + device_arg + "'");
   const Device device = device_arg == "cuda" ? Device::CUDA : Device::CPU;
-  std::string device_text = "cpu";
-  if (device == Device::CUDA) {
-    std::string why = "this ncsrec was built without CUDA";
-#ifdef NCSREC_HAVE_CUDA
-    if (cuda_register_if_available(&why)) why.clear();
-    if (why.empty()) device_text = cuda_device_description(cuda_select_device_index(cuda_device_count()));
-#endif
-    if (!why.empty()) throw UserError("ncsrec bench: --device cuda: no GPU can be used: " + why);
-  }
   const std::string matmul = args.get("matmul", "fp32");
   if (matmul != "fp32" && matmul != "tf32")
     throw ConfigError("ncsrec bench: --matmul must be fp32 or tf32, got '" + matmul + "'");
-  set_matmul_precision(matmul == "tf32" ? kMatmulTf32 : kMatmulFp32);
+  const std::string device_text = select_device(device_arg, matmul, "ncsrec bench: --device cuda", "");
   configure_threads(threads);
 
   // The schema: the tasks' labels (click, conversion), every slot of the config's tables.

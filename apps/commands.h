@@ -3,7 +3,17 @@
 // and configuration mistakes (exit 2) and UserError for data errors (exit 1); main.cpp catches.
 #pragma once
 
+#include <string>
+
 namespace ncsrec {
+
+// For the commands that train: sets the products' precision (matmul: fp32 | tf32) and, unless
+// `device` is cpu, registers the CUDA backend when a GPU exists (the trainer then picks the
+// device: train/step.h training_device). device cuda without a GPU is the UserError
+// "<what> but no GPU can be used: <reason><remedy>". Returns the GPU's description when one
+// was registered, else "cpu".
+std::string select_device(const std::string& device, const std::string& matmul, const std::string& what,
+                          const std::string& remedy);
 
 // ncsrec convert --schema FILE --out DIR [--policy fail|skip] [--rejects FILE] INPUT...
 int cmd_convert(int argc, char** argv);

@@ -31,9 +31,6 @@
 #include "train/evaluate.h"
 #include "train/json.h"
 #include "train/trainer.h"
-#ifdef NCSREC_HAVE_CUDA
-#include "cuda/device.h"
-#endif
 
 namespace ncsrec {
 namespace {
@@ -130,19 +127,6 @@ bool wants_help(int argc, char** argv) {
 
 void print_help(const char* text) { std::fputs(text, stdout); }
 
-// Registers the CUDA backend when a GPU exists; the trainer then picks the device
-// (train/step.h training_device). run.device: cuda without a GPU stops here.
-void select_device(const std::string& device, const std::string& matmul) {
-  set_matmul_precision(matmul == "tf32" ? kMatmulTf32 : kMatmulFp32);
-  std::string why_not = "this ncsrec was built without CUDA";
-  bool gpu = false;
-#ifdef NCSREC_HAVE_CUDA
-  if (device != "cpu") gpu = cuda_register_if_available(&why_not);
-#endif
-  if (device == "cuda" && !gpu)
-    throw UserError("run.device is cuda but no GPU can be used: " + why_not + "; set run.device: cpu (or auto)");
-}
-
 std::string default_run_dir(const std::string& config_path) {
   char stamp[32];
   const std::time_t now = std::time(nullptr);
@@ -227,7 +211,7 @@ int cmd_train(int argc, char** argv) {
     resolved = substitute_day(resolved, options.day, config_path);
     config = parse_train_config(resolved, config_path);
   }
-  select_device(config.device, config.matmul);
+  select_device(config.device, config.matmul, "run.device is cuda", "; set run.device: cpu (or auto)");
   if (!options.resume) run_dir = args.get("run-dir", default_run_dir(config_path));
   CommOptions comm_options;
   comm_options.timeout_seconds = config.comm_timeout;

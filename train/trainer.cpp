@@ -13,8 +13,8 @@
 #include <fstream>
 
 #include "core/data/hdf5_shard.h"
-#include "core/dispatch.h"
 #include "core/data/reader.h"
+#include "core/dispatch.h"
 #include "core/error.h"
 #include "core/optim.h"
 #include "embedding/embedding_table.h"
