@@ -19,4 +19,9 @@ std::string openblas_core_in_use() {
   return name ? std::string(name) : std::string();
 }
 
+void use_single_threaded_blas() {
+  static const bool done = (openblas_set_num_threads(1), true);
+  (void)done;
+}
+
 }  // namespace ncsrec

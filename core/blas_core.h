@@ -18,4 +18,9 @@ std::string openblas_core_for_this_cpu();
 // The kernels OpenBLAS runs with in this process ("" when it does not say).
 std::string openblas_core_in_use();
 
+// Makes every OpenBLAS call single-threaded (once per process; cheap after the first call).
+// OpenMP threads the products instead, by blocks of the result (core/cpu_kernels.cpp): one
+// thread pool, not two fighting for the cores.
+void use_single_threaded_blas();
+
 }  // namespace ncsrec

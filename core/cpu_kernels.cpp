@@ -7,9 +7,12 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
+#include "core/blas_core.h"
 #include "core/dispatch.h"
 #include "core/error.h"
 #include "core/float_dispatch.h"
@@ -33,20 +36,63 @@ void cpu_copy(void* dst, const void* src, size_t bytes, CopyKind kind) {
 void cpu_memset_zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
 void cpu_synchronize() {}
 
+// One single-threaded BLAS call on a block of C: rows [m0, m0 + m) and columns [n0, n0 + n) of
+// the M x N product.
+template <class T>
+void gemm_block(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, const T* B, T beta, T* C,
+                int64_t m0, int64_t m, int64_t n0, int64_t n) {
+  const CBLAS_TRANSPOSE opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
+  const int64_t lda = ta ? M : K, ldb = tb ? K : N, ldc = N;
+  const T* a = ta ? A + m0 : A + m0 * lda;  // op(A)'s rows m0.. are A's columns (ta) or rows
+  const T* b = tb ? B + n0 * ldb : B + n0;  // op(B)'s columns n0.. are B's rows (tb) or columns
+  T* c = C + m0 * ldc + n0;
+  if constexpr (std::is_same_v<T, float>) {
+    cblas_sgemm(CblasRowMajor, opa, opb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(K), alpha, a,
+                static_cast<int>(lda), b, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+  } else {
+    cblas_dgemm(CblasRowMajor, opa, opb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(K), alpha, a,
+                static_cast<int>(lda), b, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+  }
+}
+
+// The products are threaded by OpenMP, not by OpenBLAS: C is cut into one block per OpenMP
+// thread along its longer side and each block is one single-threaded BLAS call. A second
+// thread pool (OpenBLAS's pthreads, yield-spinning between calls) beside OpenMP's fought it for
+// the cores: on the paper-sized NCS step (2 cores) sched_yield took a fifth of the samples
+// (docs/results/bench.md). Each element of C is still one BLAS dot product over all of K, and
+// the result is bit-identical on any thread count (tests/unit/test_gemm.cpp).
+template <class T>
+void gemm_t(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, const T* B, T beta, T* C) {
+  use_single_threaded_blas();
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  constexpr int64_t kAlign = 16;  // block edges on whole SIMD registers and cache lines
+  const bool by_rows = M >= N;
+  const int64_t side = by_rows ? M : N;
+  const int64_t chunk = ((side + threads - 1) / threads + kAlign - 1) / kAlign * kAlign;
+  if (threads == 1 || side < 2 * kAlign || M * N * K < (int64_t{1} << 21)) {
+    gemm_block(ta, tb, M, N, K, alpha, A, B, beta, C, 0, M, 0, N);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t lo = std::min(side, omp_get_thread_num() * chunk), hi = std::min(side, lo + chunk);
+    if (hi > lo) {
+      if (by_rows) gemm_block(ta, tb, M, N, K, alpha, A, B, beta, C, lo, hi - lo, 0, N);
+      else gemm_block(ta, tb, M, N, K, alpha, A, B, beta, C, 0, M, lo, hi - lo);
+    }
+  }
+}
+
 void cpu_gemm(DType dtype, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const void* A,
               const void* B, double beta, void* C) {
   if (M == 0 || N == 0) return;
-  const CBLAS_TRANSPOSE opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
-  const int lda = static_cast<int>(ta ? M : K), ldb = static_cast<int>(tb ? K : N), ldc = static_cast<int>(N);
   if (dtype == DType::F32) {
-    cblas_sgemm(CblasRowMajor, opa, opb, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
-                static_cast<float>(alpha), static_cast<const float*>(A), lda, static_cast<const float*>(B), ldb,
-                static_cast<float>(beta), static_cast<float*>(C), ldc);
+    gemm_t(ta, tb, M, N, K, static_cast<float>(alpha), static_cast<const float*>(A), static_cast<const float*>(B),
+           static_cast<float>(beta), static_cast<float*>(C));
   } else {
     NCSREC_CHECK(dtype == DType::F64, "gemm on " << dtype_name(dtype));
-    cblas_dgemm(CblasRowMajor, opa, opb, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha,
-                static_cast<const double*>(A), lda, static_cast<const double*>(B), ldb, beta,
-                static_cast<double*>(C), ldc);
+    gemm_t(ta, tb, M, N, K, alpha, static_cast<const double*>(A), static_cast<const double*>(B), beta,
+           static_cast<double*>(C));
   }
 }
 
@@ -75,7 +121,12 @@ void relu_forward_t(T* y, const T* x, int64_t n) {
 template <class T>
 void relu_backward_t(T* dx, const T* dy, const T* y, int64_t n) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) dx[i] = y[i] > T(0) ? dy[i] : T(0);
+  for (int64_t i = 0; i < n; ++i) {
+    // Both loads unconditional, so that the loop vectorises as a blend: a branch on y's sign
+    // mispredicted on half of the elements and made this pass 8-10% of the NCS step.
+    const T g = dy[i];
+    dx[i] = y[i] > T(0) ? g : T(0);
+  }
 }
 
 template <class T>

@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/blas_core.h"
 #include "core/data/generator_truth.h"
 #include "core/data/hdf5_shard.h"
 #include "core/error.h"
@@ -141,9 +142,16 @@ void score(std::vector<float>& out, const Tensor& user, int64_t q0, int64_t q, c
            int64_t w) {
   const int64_t n = user.dim(1), I = items.dim(0);
   out.resize(static_cast<size_t>(q * I));
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(q), static_cast<int>(I), static_cast<int>(w),
-              1.0f, user.data<float>() + q0 * n + c0, static_cast<int>(n), items.data<float>() + c0, static_cast<int>(n),
-              0.0f, out.data(), static_cast<int>(I));
+  // Single-threaded BLAS calls on blocks of queries (OpenMP threads the products; core/cpu_kernels.cpp).
+  use_single_threaded_blas();
+  constexpr int64_t kBlock = 64;
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t b = 0; b < q; b += kBlock) {
+    const int64_t rows = std::min(kBlock, q - b);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows), static_cast<int>(I),
+                static_cast<int>(w), 1.0f, user.data<float>() + (q0 + b) * n + c0, static_cast<int>(n),
+                items.data<float>() + c0, static_cast<int>(n), 0.0f, out.data() + b * I, static_cast<int>(I));
+  }
 }
 
 void write_serving_form(const std::string& path, const MultiTaskModel& model, const std::vector<int64_t>& item_ids,

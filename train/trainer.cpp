@@ -1,6 +1,5 @@
 #include "train/trainer.h"
 
-#include <cblas.h>
 #include <omp.h>
 #include <unistd.h>
 
@@ -32,8 +31,7 @@ namespace fs = std::filesystem;
 
 void configure_threads(int64_t threads) {
   if (threads <= 0) return;
-  omp_set_num_threads(static_cast<int>(threads));
-  openblas_set_num_threads(static_cast<int>(threads));
+  omp_set_num_threads(static_cast<int>(threads));  // OpenBLAS runs single-threaded inside them (core/cpu_kernels.cpp)
 }
 
 namespace {

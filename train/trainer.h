@@ -54,7 +54,7 @@ void request_training_stop();
 // killing it.
 void catch_stop_signals();
 
-// Applies run.threads to OpenMP and OpenBLAS (0 leaves the defaults).
+// Applies run.threads to OpenMP, which also threads the BLAS products (0 leaves the default).
 void configure_threads(int64_t threads);
 
 }  // namespace ncsrec
