@@ -18,6 +18,11 @@ The masked layers run in two ways, each timed briefly; the faster is then timed 
   dense   x @ (W * M_t): materialise the masked weight, one dense matmul
   sparse  torch.sparse.mm with a COO matrix of W ⊙ M_t rebuilt every step from W's values at
           the mask's (fixed) indices, so the gradient reaches W through the gather
+Then, with --compile (the default where torch.compile exists), the dense variant again with
+everything after the embedding lookups (interaction, masked layers, heads, loss) compiled by
+torch.compile (inductor); the embedding bags stay eager, since their sparse gradients are not
+compiled. Eager and compiled are timed in full in the same process, and the ratio is printed
+against each.
 
 Batches are generated before timing (a pool cycled through), with the same distributions as
 `ncsrec bench`: ids Zipf over each table's rows by the same rejection-inversion sampler and the
@@ -55,6 +60,8 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--trial-steps", type=int, default=8, help="timed steps of each variant when choosing")
     p.add_argument("--variant", default="auto", choices=["auto", "dense", "sparse"])
+    p.add_argument("--compile", default="auto", choices=["auto", "yes", "no"],
+                   help="also time the dense variant under torch.compile (auto: where torch has it)")
     p.add_argument("--density", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--zipf", type=float, default=1.05)
@@ -235,11 +242,13 @@ def build_model(cfg, a):
                     h = torch.relu(torch.sparse.mm(wt, h.t()).t() + b)
             return h
 
-        def forward(self, batch):
-            E = self.embed(batch)
+        def tail(self, E):
             B = E.shape[0]
             x = torch.cat([E.reshape(B, -1), torch.bmm(E, E.transpose(1, 2)).reshape(B, -1)], dim=1)
             return [self.heads[t](self.shared(x, t)).squeeze(1) for t in range(len(tasks))]
+
+        def forward(self, batch):
+            return self.tail(self.embed(batch))
 
     net = Net().to(DEVICE[0])
     net.masks = [[mk.to(DEVICE[0]) for mk in ms] for ms in net.masks]
@@ -265,6 +274,17 @@ def build_model(cfg, a):
     dense_opt = torch.optim.Adam(dense_params, lr=float(opt_cfg.get("lr", 1e-3)))
     sparse_opt = torch.optim.SparseAdam(list(net.bags.parameters()), lr=float(sp_cfg.get("lr", 1e-3)))
     return net, tables, loss_fn, dense_opt, sparse_opt, dense_params
+
+
+def compiled_loss(net, loss_fn):
+    """loss(batch) with everything after the embedding bags under torch.compile (dense variant)."""
+    torch = torch_mod
+
+    def tail_loss(E, click, conv):
+        return loss_fn(net.tail(E), {"click": click, "conv": conv})
+
+    compiled = torch.compile(tail_loss)
+    return lambda batch: compiled(net.embed(batch), batch["click"], batch["conv"])
 
 
 def main():
@@ -298,17 +318,19 @@ def main():
 
     counter = [0]
     last_loss = [0.0]
+    eager_loss = lambda b: loss_fn(net(b), b)
+    batch_loss = [eager_loss]
 
     def step():
         b = pool[counter[0] % len(pool)]
         counter[0] += 1
         dense_opt.zero_grad(set_to_none=True)
         sparse_opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(b), b)
+        loss = batch_loss[0](b)
         loss.backward()
         dense_opt.step()
         sparse_opt.step()
-        last_loss[0] = float(loss)
+        last_loss[0] = float(loss.detach())
 
     def timed(n):
         times = []
@@ -333,28 +355,50 @@ def main():
         print(f"  trial {v:6s} ({'x @ (W*M)' if v == 'dense' else 'torch.sparse.mm, COO of W⊙M per step'}): "
               f"{trials[v]:.0f} samples/s over {len(t)} steps", flush=True)
     chosen = max(trials, key=trials.get)
+
+    def timed_run(label):
+        t = timed(a.steps)
+        if not numpy.isfinite(last_loss[0]):
+            sys.exit(f"the PyTorch loss ({label}) is not finite")
+        total = sum(t)
+        med = sorted(t)[len(t) // 2] * 1000
+        print(f"  {len(t)} timed steps ({label}) in {total:.2f} s: {1000 * total / len(t):.1f} ms/step "
+              f"(median {med:.1f}, min {min(t) * 1000:.1f}, max {max(t) * 1000:.1f})", flush=True)
+        return {"samples_per_s": a.batch * len(t) / total, "ms_per_step": 1000 * total / len(t), "median_ms": med}
+
     net.variant = chosen
-    t = timed(a.steps)
-    total = sum(t)
-    sps = a.batch * len(t) / total
-    med = sorted(t)[len(t) // 2] * 1000
+    runs = {"eager": timed_run(f"eager, {chosen}")}
+    runs["eager"]["variant"] = chosen
+    want_compile = a.compile == "yes" or (a.compile == "auto" and hasattr(torch, "compile"))
+    if want_compile:
+        if not hasattr(torch, "compile"):
+            sys.exit(f"--compile yes: torch {torch.__version__} has no torch.compile")
+        net.variant = "dense"
+        batch_loss[0] = compiled_loss(net, loss_fn)
+        t0 = time.time()
+        timed(3)  # compiles (forward and backward graphs), then runs with them
+        print(f"  torch.compile: compiled and warmed up in {time.time() - t0:.1f} s", flush=True)
+        runs["compile"] = timed_run("torch.compile, dense")
+        runs["compile"]["variant"] = "dense"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024  # KiB -> GiB
-    if not numpy.isfinite(last_loss[0]):
-        sys.exit("the PyTorch loss is not finite")
-    print(f"  {len(t)} timed steps ({chosen}) in {total:.2f} s: {1000 * total / len(t):.1f} ms/step "
-          f"(median {med:.1f}, min {min(t) * 1000:.1f}, max {max(t) * 1000:.1f})")
     print(f"  peak memory (ru_maxrss): {peak:.2f} GiB")
-    print(f"pytorch samples/s: {sps:.0f} ({chosen})")
+    for mode, r in runs.items():
+        print(f"pytorch samples/s: {r['samples_per_s']:.0f} ({mode}, {r['variant']})")
+    sps = runs["eager"]["samples_per_s"]
     result = {"pytorch": {"version": torch.__version__, "samples_per_s": sps, "variant": chosen,
-                          "trials": trials, "ms_per_step": 1000 * total / len(t), "median_ms": med,
-                          "peak_rss_gib": peak, "steps": len(t), "batch": a.batch, "threads": a.threads,
+                          "trials": trials, "ms_per_step": runs["eager"]["ms_per_step"],
+                          "median_ms": runs["eager"]["median_ms"], "runs": runs,
+                          "peak_rss_gib": peak, "steps": a.steps, "batch": a.batch, "threads": a.threads,
                           "device": a.device}}
     if ncsrec:
-        ratio = ncsrec["samples_per_s"] / sps
         result["ncsrec"] = ncsrec
-        result["ratio"] = ratio
-        print(f"\nncsrec {ncsrec['samples_per_s']:.0f} samples/s, pytorch {sps:.0f} samples/s ({chosen}): "
-              f"ratio ncsrec/pytorch = {ratio:.2f}")
+        result["ratio"] = ncsrec["samples_per_s"] / sps
+        print()
+        for mode, r in runs.items():
+            ratio = ncsrec["samples_per_s"] / r["samples_per_s"]
+            result[f"ratio_{mode}"] = ratio
+            print(f"ncsrec {ncsrec['samples_per_s']:.0f} samples/s, pytorch {mode} {r['samples_per_s']:.0f} "
+                  f"samples/s: ratio ncsrec/pytorch {mode} = {ratio:.2f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)
