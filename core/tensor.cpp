@@ -1,5 +1,6 @@
 #include "core/tensor.h"
 
+#include <atomic>
 #include <sstream>
 
 #include "core/dispatch.h"
@@ -43,10 +44,17 @@ int64_t shape_numel(const Shape& shape) {
   return n;
 }
 
+namespace {
+std::atomic<int64_t> allocation_count[2];  // by Device
+}  // namespace
+
+int64_t storage_allocations(Device device) { return allocation_count[device == Device::CPU ? 0 : 1].load(); }
+
 Storage::Storage(size_t bytes_, Device device_) : bytes(bytes_), device(device_) {
   ptr = bytes ? ops_for(device).alloc(bytes) : nullptr;
   if (ptr == nullptr && bytes != 0)
     throw UserError(NCSREC_STR_("out of memory: cannot allocate " << bytes << " bytes on " << device_name(device)));
+  if (bytes) allocation_count[device == Device::CPU ? 0 : 1].fetch_add(1, std::memory_order_relaxed);
 }
 
 Storage::~Storage() {

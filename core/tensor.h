@@ -42,6 +42,10 @@ struct Storage {
   Storage& operator=(const Storage&) = delete;
 };
 
+// How many tensor storages have been allocated on `device` in this process so far: a training
+// step after the first allocates none (tests/unit/test_device_training.cpp checks it).
+int64_t storage_allocations(Device device);
+
 class Tensor {
  public:
   Tensor() = default;

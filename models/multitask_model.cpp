@@ -275,6 +275,8 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
   params_.finalize(dtype_, device_, seed);
   if (!score_params_.empty()) init_learned_masks(seed);
   sparse_grads_.resize(tables_.size());
+  bag_workspaces_.resize(tables_.size());
+  local_grads_.resize(tables_.size());
   dlogit_bufs_.resize(config_.tasks.size());
   prob_bufs_.resize(config_.tasks.size());
   logit_host_bufs_.resize(config_.tasks.size());
@@ -687,7 +689,11 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
   for (size_t g = 0; g < groups_.size(); ++g) {
     InputGroup& grp = groups_[g];
     if (!grp.dx.any) {  // single_task: this task's group was not stepped (on every rank alike)
-      for (const auto& tr : grp.tables) sparse_grads_[static_cast<size_t>(tr.table)] = SparseGrad{};
+      for (const auto& tr : grp.tables) {
+        SparseGrad& grad = sparse_grads_[static_cast<size_t>(tr.table)];
+        grad.rows.clear();  // keeps the capacity
+        grad.values = Tensor();
+      }
       continue;
     }
     // The rest of the backward is the host's (the tables live there): a device model's input
@@ -713,11 +719,12 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
         inputs.push_back({c.offsets.data(), direct ? c.ids.data() : lookups_[t].ids[i].data(), s.col, s.pooling});
       }
       if (direct) {
-        sparse_grads_[t] = embedding_bag_backward(dx, inputs, B, table.shard().rows(), table.dim());
+        embedding_bag_backward(sparse_grads_[t], bag_workspaces_[t], dx, inputs, B, table.shard().rows(), table.dim());
         continue;
       }
       // The gradient over the batch's rows goes back to their owners, summed over ranks there.
-      const SparseGrad local = embedding_bag_backward(dx, inputs, B, lookups_[t].values.dim(0), table.dim());
+      SparseGrad& local = local_grads_[t];
+      embedding_bag_backward(local, bag_workspaces_[t], dx, inputs, B, lookups_[t].values.dim(0), table.dim());
       sparse_grads_[t] = table.reduce_gradient(lookups_[t], local, comm_);
     }
   }

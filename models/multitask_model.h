@@ -237,6 +237,8 @@ class MultiTaskModel {
   const Tensor& logits_on_host(size_t task, const Tensor& logits);
   std::vector<std::unique_ptr<FeedForward>> towers_;
   std::vector<SparseGrad> sparse_grads_;
+  std::vector<EmbeddingBagWorkspace> bag_workspaces_;  // per table: the backward's memory, reused
+  std::vector<SparseGrad> local_grads_;                // per table: over the lookup's rows (sharded, hashed)
   std::vector<Tensor> dlogit_bufs_, prob_bufs_;
   Tensor shifted_logit_buf_;  // predict: logit + TaskSpec::logit_offset
 };

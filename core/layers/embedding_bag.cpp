@@ -1,15 +1,17 @@
 // CPU reference of the pooled embedding lookup and of its sparse backward.
 //
 // Determinism is the point of the backward's shape: contributions are listed in (slot, batch
-// row, k) order, stably sorted by table row, then each unique row sums its own segment in that
+// row, k) order, sorted by (table row, slot, batch row), then each unique row sums its own segment in that
 // order. Threads split the work by output row (forward) or by unique table row (backward), so
 // no two threads ever add into the same element and the result is bit-identical for any
 // thread count. Not here: the table itself, sharding, or the optimizer (embedding/).
 #include "core/layers/embedding_bag.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "core/error.h"
+#include "core/layers/linear.h"
 
 namespace ncsrec {
 namespace {
@@ -46,14 +48,7 @@ void forward_t(T* out, int64_t out_cols, int64_t col, const T* table, int64_t ro
   }
 }
 
-// One contribution to the table gradient: dout[batch_row, slot's block] / divisor into table_row
-// (divisor is the bag size for mean pooling, 1 for sum).
-struct Contribution {
-  int64_t table_row;
-  int64_t batch_row;
-  int64_t col;
-  int64_t divisor;
-};
+using Contribution = EmbeddingBagWorkspace::Contribution;
 
 template <class T>
 void segment_sum_t(T* values, int64_t dim, const T* dout, int64_t out_cols, const std::vector<Contribution>& sorted,
@@ -96,34 +91,46 @@ void embedding_bag_forward(Tensor& out, int64_t col, const Tensor& table, const 
   }
 }
 
-SparseGrad embedding_bag_backward(const Tensor& dout, const std::vector<SlotInput>& slots, int64_t batch,
-                                  int64_t table_rows, int64_t dim) {
+void embedding_bag_backward(SparseGrad& grad, EmbeddingBagWorkspace& ws, const Tensor& dout,
+                            const std::vector<SlotInput>& slots, int64_t batch, int64_t table_rows, int64_t dim) {
   NCSREC_CHECK(table_rows > 0 && dim > 0, "embedding bag backward for a table [" << table_rows << ", " << dim << "]");
   NCSREC_CHECK(dout.ndim() == 2 && dout.dim(0) >= batch, "embedding bag dout " << dout.describe() << " for batch "
                                                                                << batch);
   NCSREC_CHECK(dout.dtype() == DType::F32 || dout.dtype() == DType::F64, "embedding bag dout " << dout.describe());
   NCSREC_CHECK(dout.device() == Device::CPU, "the CPU embedding bag got " << dout.describe());
   const int64_t out_cols = dout.dim(1);
+  constexpr int64_t kInt32 = std::numeric_limits<int32_t>::max();
+  NCSREC_CHECK(batch <= kInt32 && out_cols <= kInt32 && static_cast<int64_t>(slots.size()) <= kInt32,
+               "embedding bag backward: batch " << batch << " or dout " << dout.describe() << " beyond 2^31");
 
-  // Contributions in (slot, batch row, k) order; the stable sort keeps that order within a row.
-  std::vector<Contribution> contributions;
-  for (const SlotInput& slot : slots) {
+  // Contributions in (slot, batch row, k) order, then sorted by (table row, slot, batch row):
+  // contributions that tie are one bag's repeats of an id, the same term, so every row's sum
+  // runs in (slot, row, k) order whatever the sort does with ties.
+  std::vector<Contribution>& contributions = ws.contributions;
+  contributions.clear();
+  for (size_t s = 0; s < slots.size(); ++s) {
+    const SlotInput& slot = slots[s];
     NCSREC_CHECK(slot.col >= 0 && slot.col + dim <= out_cols,
                  "embedding block [" << slot.col << ", " << slot.col + dim << ") outside dout " << dout.describe());
     check_csr(slot.offsets, slot.ids, batch);
     contributions.reserve(contributions.size() + static_cast<size_t>(slot.offsets[batch]));
     for (int64_t r = 0; r < batch; ++r) {
       const int64_t begin = slot.offsets[r], end = slot.offsets[r + 1];
-      const int64_t divisor = slot.pooling == Pooling::Mean ? end - begin : 1;
+      NCSREC_CHECK(end - begin <= kInt32, "embedding bag backward: a bag of " << end - begin << " ids");
+      const int32_t divisor = slot.pooling == Pooling::Mean ? static_cast<int32_t>(end - begin) : 1;
       for (int64_t k = begin; k < end; ++k)
-        contributions.push_back({embedding_row(slot.ids[k], table_rows), r, slot.col, divisor});
+        contributions.push_back({embedding_row(slot.ids[k], table_rows), static_cast<int32_t>(s),
+                                 static_cast<int32_t>(r), static_cast<int32_t>(slot.col), divisor});
     }
   }
-  std::stable_sort(contributions.begin(), contributions.end(),
-                   [](const Contribution& a, const Contribution& b) { return a.table_row < b.table_row; });
+  std::sort(contributions.begin(), contributions.end(), [](const Contribution& a, const Contribution& b) {
+    if (a.table_row != b.table_row) return a.table_row < b.table_row;
+    return a.slot != b.slot ? a.slot < b.slot : a.batch_row < b.batch_row;
+  });
 
-  SparseGrad grad;
-  std::vector<int64_t> segment_begin;
+  grad.rows.clear();
+  std::vector<int64_t>& segment_begin = ws.segment_begin;
+  segment_begin.clear();
   for (size_t i = 0; i < contributions.size(); ++i) {
     if (i == 0 || contributions[i].table_row != contributions[i - 1].table_row) {
       grad.rows.push_back(contributions[i].table_row);
@@ -133,12 +140,19 @@ SparseGrad embedding_bag_backward(const Tensor& dout, const std::vector<SlotInpu
   segment_begin.push_back(static_cast<int64_t>(contributions.size()));
 
   const int64_t unique = static_cast<int64_t>(grad.rows.size());
-  grad.values = Tensor::empty({unique, dim}, dout.dtype(), Device::CPU);
+  grad.values = ensure_buffer(ws.values, unique, dim, dout.dtype(), Device::CPU);
   if (dout.dtype() == DType::F32) {
     segment_sum_t(grad.values.data<float>(), dim, dout.data<float>(), out_cols, contributions, segment_begin);
   } else {
     segment_sum_t(grad.values.data<double>(), dim, dout.data<double>(), out_cols, contributions, segment_begin);
   }
+}
+
+SparseGrad embedding_bag_backward(const Tensor& dout, const std::vector<SlotInput>& slots, int64_t batch,
+                                  int64_t table_rows, int64_t dim) {
+  SparseGrad grad;
+  EmbeddingBagWorkspace workspace;
+  embedding_bag_backward(grad, workspace, dout, slots, batch, table_rows, dim);
   return grad;
 }
 

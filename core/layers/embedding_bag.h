@@ -41,8 +41,26 @@ struct SlotInput {
   Pooling pooling;
 };
 
+// The memory embedding_bag_backward reuses from call to call (grown, never shrunk), so that a
+// training step after the first allocates none: the list of contributions, its segments, and
+// the gradient's rows (the SparseGrad's values are a view of `values`).
+struct EmbeddingBagWorkspace {
+  // dout[batch_row, col : col + dim] / divisor goes into table_row (divisor: the bag's size for
+  // mean pooling, 1 for sum); `slot` orders the contributions of different slots.
+  struct Contribution {
+    int64_t table_row;
+    int32_t slot, batch_row, col, divisor;
+  };
+  std::vector<Contribution> contributions;
+  std::vector<int64_t> segment_begin;
+  Tensor values;
+};
+
 // dout: [B, out_cols]. Builds the gradient of `table` from every slot in `slots` (all reading
 // this table). Deterministic: each row's gradient sums contributions in (slot, row, k) order.
+void embedding_bag_backward(SparseGrad& grad, EmbeddingBagWorkspace& workspace, const Tensor& dout,
+                            const std::vector<SlotInput>& slots, int64_t batch, int64_t table_rows, int64_t dim);
+// The same into fresh memory.
 SparseGrad embedding_bag_backward(const Tensor& dout, const std::vector<SlotInput>& slots, int64_t batch,
                                   int64_t table_rows, int64_t dim);
 

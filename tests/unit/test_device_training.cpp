@@ -107,6 +107,35 @@ TEST_P(DeviceModel, StepsOnTheDeviceGiveTheCpuModelsBits) {
   EXPECT_FALSE(same_bits(fresh.params().values(), gpu.params().values()));
 }
 
+// Memory is allocated while the model is built and during the first steps: buffers sized by
+// the batch (grown, never shrunk; the embedding gradient's by the batch's unique rows) and the
+// optimizer's state. Once the schedule has seen its batches, replaying them allocates nothing,
+// on the device or on the host (fixed tables; a hashed or sharded table's lookup still does).
+TEST_P(DeviceModel, OnceWarmNoStepAllocatesMemory) {
+  FakeDevice device;
+  const Case& c = GetParam();
+  const TrainConfig config = config_for(c.model, c.optimizer);
+  const Block first = random_block(32, 1);
+  MultiTaskModel gpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
+  Optimizers opt = make_optimizers(config, gpu);
+  auto comm = make_local_communicator();
+  std::vector<Block> batches;  // made first: a batch's own tensors are not the step's
+  for (size_t s = 0; s < c.tasks.size(); ++s) batches.push_back(random_block(s % 2 ? 32 : 24, 10 + s));
+  int64_t step = 0;
+  auto run_schedule = [&] {
+    for (size_t s = 0; s < c.tasks.size(); ++s)
+      train_one_step(gpu, opt, batches[s], c.tasks[s], ++step, true, *comm, nullptr);
+  };
+  run_schedule();
+  const int64_t warm = storage_allocations(Device::CUDA), warm_host = storage_allocations(Device::CPU);
+  EXPECT_GT(warm, 0) << "the count sees the device's allocations";
+  run_schedule();
+  run_schedule();
+  EXPECT_EQ(storage_allocations(Device::CUDA), warm) << "steps after warm-up allocated device memory";
+  const bool hashed = c.model.find("capacity") != std::string::npos;
+  if (!hashed) EXPECT_EQ(storage_allocations(Device::CPU), warm_host) << "steps after warm-up allocated host tensors";
+}
+
 const std::string kTables = "  tables: {user: {rows: 40}, item: {rows: 40, pooling: mean}, ctx: {rows: 40}}\n";
 
 INSTANTIATE_TEST_SUITE_P(
