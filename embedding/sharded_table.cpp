@@ -452,6 +452,10 @@ void ShardedTable::lookup(const std::vector<IdsView>& slots, Communicator* comm,
     L.requested_shard_rows = resolve(L.rows, count ? occurrences.data() : nullptr, count);
     const void* shard_values = shard_.values().raw();  // after resolve: insertions may move the rows
     for (int64_t i = 0; i < unique; ++i) {
+      if (i + 8 < unique) {  // the rows are scattered over the shard: overlap their misses
+        const int64_t ahead = L.requested_shard_rows[static_cast<size_t>(i + 8)];
+        if (ahead >= 0) __builtin_prefetch(static_cast<const char*>(shard_values) + ahead * bytes);
+      }
       const int64_t r = L.requested_shard_rows[static_cast<size_t>(i)];
       if (r >= 0) copy_row(L.values.raw(), i, shard_values, r, bytes);
       else std::memset(static_cast<char*>(L.values.raw()) + i * bytes, 0, static_cast<size_t>(bytes));

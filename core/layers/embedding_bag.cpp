@@ -39,6 +39,8 @@ void forward_t(T* out, int64_t out_cols, int64_t col, const T* table, int64_t ro
     T* o = out + r * out_cols + col;  // [dim]
     for (int64_t d = 0; d < dim; ++d) o[d] = T(0);
     for (int64_t k = offsets[r]; k < offsets[r + 1]; ++k) {
+      if (k + 8 < offsets[batch])  // rows scattered over the table: overlap their misses
+        __builtin_prefetch(table + embedding_row(ids[k + 8], rows) * dim);
       const T* e = table + embedding_row(ids[k], rows) * dim;
       for (int64_t d = 0; d < dim; ++d) o[d] += e[d];
     }
