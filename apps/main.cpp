@@ -25,11 +25,15 @@
 #include "core/masks.h"
 #include "core/launcher.h"
 #include "dist/communicator.h"
+#ifdef NCSREC_HAVE_NCCL
+#include "dist/nccl_communicator.h"
+#endif
 #include "train/checkpoint.h"
 #include "train/retrieval_eval.h"
 #include "core/blas_core.h"
 #include "train/evaluate.h"
 #include "train/json.h"
+#include "train/step.h"
 #include "train/trainer.h"
 
 namespace ncsrec {
@@ -72,7 +76,8 @@ AUC beside the Bayes-optimal AUC when the data came from `ncsrec gen`.
   --resume               continue the run in DIR from its newest checkpoint, with its
                          config.yaml; --set may change only train.max_steps, train.epochs,
                          train.log_every, train.checkpoint_every, train.keep_checkpoints,
-                         run.threads, run.comm_timeout, run.device, run.matmul and data.eval
+                         run.threads, run.comm_timeout, run.device, run.matmul,
+                         run.dense_comm and data.eval
                          (checkpoints are the same on every device)
 
 SIGTERM or SIGUSR1 stops training at the next step on every rank, saves
@@ -163,6 +168,29 @@ std::string substitute_day(std::string text, const std::string& day, const std::
 // sysexits.h EX_TEMPFAIL: not finished, try again (with --resume).
 constexpr int kExitPreempted = 75;
 
+// The communicator that sums a GPU model's dense gradient across ranks (run.dense_comm): NCCL on
+// the device's buffers, or none (the host communicator, through host memory). Collective over
+// `comm`: every rank reads the same config and the same world size, so all choose alike.
+std::unique_ptr<Communicator> make_dense_communicator(const TrainConfig& config, Communicator& comm,
+                                                      const CommOptions& options) {
+  if (config.dense_comm == "host" || comm.world_size() == 1 || training_device(config) != Device::CUDA)
+    return nullptr;
+#ifdef NCSREC_HAVE_NCCL
+  try {
+    return make_nccl_communicator(comm, options);
+  } catch (const UserError& e) {
+    throw UserError(std::string(e.what()) + "\n  (run.dense_comm: host sums the dense gradient through host "
+                    "memory over " + comm.kind() + " instead)");
+  }
+#else
+  (void)options;
+  if (config.dense_comm == "nccl")
+    throw ConfigError("run.dense_comm is nccl but this ncsrec was built without NCCL; set run.dense_comm: host "
+                      "(or auto)");
+  return nullptr;
+#endif
+}
+
 int cmd_train(int argc, char** argv) {
   if (wants_help(argc, argv)) return print_help(kTrainHelp), 0;
   catch_stop_signals();
@@ -185,7 +213,8 @@ int cmd_train(int argc, char** argv) {
                                                         "train.log_every",        "train.checkpoint_every",
                                                         "train.keep_checkpoints", "run.threads",
                                                         "run.comm_timeout",       "run.device",
-                                                        "run.matmul",             "data.eval"};
+                                                        "run.matmul",             "run.dense_comm",
+                                                        "data.eval"};
     for (const std::string& o : args.all("set")) {
       const std::string key = o.substr(0, o.find('='));
       if (std::find(kMayChange.begin(), kMayChange.end(), key) == kMayChange.end()) {
@@ -216,6 +245,8 @@ int cmd_train(int argc, char** argv) {
   CommOptions comm_options;
   comm_options.timeout_seconds = config.comm_timeout;
   auto comm = make_default_communicator(comm_options);
+  const std::unique_ptr<Communicator> dense_comm = make_dense_communicator(config, *comm, comm_options);
+  options.dense_comm = dense_comm.get();
   if (comm->rank() == 0) {
     std::fprintf(stderr, "run folder: %s\n", run_dir.c_str());
     if (comm->world_size() > 1)

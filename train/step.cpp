@@ -32,7 +32,7 @@ Optimizers make_optimizers(const TrainConfig& config, MultiTaskModel& model) {
 }
 
 StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Block& batch, int task, int64_t step,
-                        bool exact_masks, Communicator& comm, StepStats* stats) {
+                        bool exact_masks, Communicator& comm, StepStats* stats, Communicator* dense_comm) {
   std::vector<double> norms = model.local_normalizers(batch);
   comm.all_reduce_sum(norms.data(), static_cast<int64_t>(norms.size()));
   model.params().zero_grad();
@@ -42,7 +42,7 @@ StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Blo
   // not stepped reports NaN on every rank, and stays NaN.
   comm.all_reduce_sum(loss.per_task.data(), static_cast<int64_t>(loss.per_task.size()));
   comm.all_reduce_sum(&loss.total, 1);
-  comm.all_reduce_sum(model.params().grads());
+  (dense_comm ? *dense_comm : comm).all_reduce_sum(model.params().grads());
 
   // Every rank holds the same reduced gradient and step, so every rank clips and schedules alike.
   const double factor = lr_factor(optimizers.lr_schedule, step);

@@ -52,7 +52,12 @@ Optimizers make_optimizers(const TrainConfig& config, MultiTaskModel& model);
 // gradient norm (and clipping) covers exactly the elements the update reads: the update mask,
 // or the trainable ones. `step` counts from 1. Returns the loss summed over ranks; `stats`, if
 // given, receives the step's gradient norm and rates.
+//
+// `comm` sums the host's values (loss normalisers, losses, BatchNorm statistics, embedding
+// gradients); `dense_comm`, when given, sums the dense gradient instead (NCCL on the device's
+// buffers for a GPU model; run.dense_comm), over the same ranks.
 StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Block& batch, int task, int64_t step,
-                        bool exact_masks, Communicator& comm, StepStats* stats = nullptr);
+                        bool exact_masks, Communicator& comm, StepStats* stats = nullptr,
+                        Communicator* dense_comm = nullptr);
 
 }  // namespace ncsrec

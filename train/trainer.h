@@ -36,6 +36,9 @@ struct TrainOptions {
   std::string day;
   // Called on every rank after each step with the step count (tests use it to preempt).
   std::function<void(int64_t step)> after_step;
+  // Sums the dense gradient in place of `comm` (train_one_step): the NCCL communicator of a GPU
+  // model on several ranks (run.dense_comm). Same ranks as `comm`.
+  Communicator* dense_comm = nullptr;
 };
 
 // `resolved_yaml` is the config as run (overrides applied); it is saved in the run folder and

@@ -136,6 +136,48 @@ TEST_P(DeviceModel, OnceWarmNoStepAllocatesMemory) {
   if (!hashed) EXPECT_EQ(storage_allocations(Device::CPU), warm_host) << "steps after warm-up allocated host tensors";
 }
 
+// A communicator of device memory for one rank (NCCL's part in train_one_step): records the
+// buffers it is asked to sum, and sums over its one rank (leaves them as they are).
+class DeviceMemoryComm final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int world_size() const override { return 1; }
+  const char* kind() const override { return "device-memory"; }
+  bool takes_device_memory() const override { return true; }
+  std::vector<const void*> reduced;
+
+ protected:
+  void do_all_reduce(void* data, int64_t, DType, bool) override { reduced.push_back(data); }
+  void do_all_to_all_v(const void*, const int64_t*, void*, const int64_t*, DType) override { ADD_FAILURE(); }
+  void do_all_gather(const void*, int64_t, void*, DType) override { ADD_FAILURE(); }
+  void do_broadcast(void*, int64_t, DType, int) override { ADD_FAILURE(); }
+  void do_barrier() override {}
+};
+
+// run.dense_comm: the dense gradient is summed by the dense communicator, in the device's own
+// memory (no staging copy), and the host communicator sums the rest; the step is the same.
+TEST(DeviceTraining, TheDenseGradientIsSummedByTheDenseCommunicatorInDeviceMemory) {
+  FakeDevice device;
+  const TrainConfig config = config_for("  type: ncs\n  shared: [16, 8]\n  tower: []\n" + std::string(
+      "  tables: {user: {rows: 40}, item: {rows: 40, pooling: mean}, ctx: {rows: 40}}\n"));
+  const Block batch = random_block(32, 5);
+  MultiTaskModel a(config.model, batch.schema, DType::F32, 7, nullptr, Device::CUDA);
+  MultiTaskModel b(config.model, batch.schema, DType::F32, 7, nullptr, Device::CUDA);
+  Optimizers oa = make_optimizers(config, a), ob = make_optimizers(config, b);
+  auto host_a = make_local_communicator(), host_b = make_local_communicator();
+  DeviceMemoryComm dense;
+  for (int64_t step = 1; step <= 3; ++step) {
+    const StepLoss la = train_one_step(a, oa, batch, -1, step, true, *host_a);
+    const StepLoss lb = train_one_step(b, ob, batch, -1, step, true, *host_b, nullptr, &dense);
+    EXPECT_EQ(la.total, lb.total);
+  }
+  ASSERT_EQ(dense.reduced.size(), 3u) << "one dense all-reduce a step";
+  for (const void* p : dense.reduced) EXPECT_EQ(p, b.params().grads().raw()) << "the device's gradient, not a copy";
+  EXPECT_EQ(host_b->stats().all_reduce_calls + 3, host_a->stats().all_reduce_calls)
+      << "the host communicator no longer sums the dense gradient";
+  EXPECT_TRUE(same_bits(a.params().values(), b.params().values()));
+}
+
 const std::string kTables = "  tables: {user: {rows: 40}, item: {rows: 40, pooling: mean}, ctx: {rows: 40}}\n";
 
 INSTANTIATE_TEST_SUITE_P(
@@ -239,6 +281,20 @@ TEST(DeviceConfig, RunMatmulIsFp32OrTf32AndAnythingElseIsRefusedByName) {
     FAIL() << "run.matmul: bf16 was accepted";
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("run.matmul"), std::string::npos) << e.what();
+  }
+}
+
+TEST(DeviceConfig, RunDenseCommIsAutoNcclOrHostAndAnythingElseIsRefusedByName) {
+  EXPECT_EQ(config_for("  type: esmm\n  tower: [8]\n" + kTables).dense_comm, "auto");
+  const std::string base = "data: {train: [\"unused\"]}\nmodel:\n  type: shared_embedding\n  tower: [8]\n  embedding_dim: 4\n"
+                           "  tables: {user: {rows: 4}}\n  tasks: {ctr: {label: click}}\n";
+  EXPECT_EQ(parse_train_config("run: {dense_comm: host}\n" + base, "m.yaml").dense_comm, "host");
+  EXPECT_EQ(parse_train_config("run: {dense_comm: nccl}\n" + base, "m.yaml").dense_comm, "nccl");
+  try {
+    parse_train_config("run: {dense_comm: mpi}\n" + base, "m.yaml");
+    FAIL() << "run.dense_comm: mpi was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("run.dense_comm"), std::string::npos) << e.what();
   }
 }
 
