@@ -12,7 +12,10 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "apps/args.h"
 #include "apps/commands.h"
@@ -176,6 +179,23 @@ std::unique_ptr<Communicator> make_dense_communicator(const TrainConfig& config,
   if (config.dense_comm == "host" || comm.world_size() == 1 || training_device(config) != Device::CUDA)
     return nullptr;
 #ifdef NCSREC_HAVE_NCCL
+  // NCCL needs a GPU of its own for every rank: ranks of one node sharing a GPU (more ranks than
+  // GPUs) sum over the host communicator instead (auto), or are refused (nccl).
+  char host[256] = {};
+  (void)gethostname(host, sizeof(host) - 1);
+  const int64_t mine = static_cast<int64_t>(std::hash<std::string>{}(host) & 0xffffffffffff) * 4096 +
+                       nccl_device_for_this_rank();
+  std::vector<int64_t> all(static_cast<size_t>(comm.world_size()));
+  comm.all_gather(&mine, 1, all.data(), DType::I64);
+  std::sort(all.begin(), all.end());
+  if (std::adjacent_find(all.begin(), all.end()) != all.end()) {
+    const std::string what = "ranks of one node share a GPU (more ranks than GPUs), and NCCL needs a GPU per rank";
+    if (config.dense_comm == "nccl") throw ConfigError("run.dense_comm is nccl but " + what + "; set run.dense_comm: auto or host");
+    if (comm.rank() == 0)
+      std::fprintf(stderr, "note: %s: the dense gradient is summed over %s through host memory\n", what.c_str(),
+                   comm.kind());
+    return nullptr;
+  }
   try {
     return make_nccl_communicator(comm, options);
   } catch (const UserError& e) {

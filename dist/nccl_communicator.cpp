@@ -56,6 +56,12 @@ int select_device() {
   return launcher_local_rank() % count;
 }
 
+}  // namespace
+
+int nccl_device_for_this_rank() { return select_device(); }
+
+namespace {
+
 ncclDataType_t nccl_type(DType dtype) {
   switch (dtype) {
     case DType::F32: return ncclFloat32;

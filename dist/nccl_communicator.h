@@ -36,4 +36,8 @@ namespace ncsrec {
 // throws CommTimeout (UserError for an NCCL error); every later call then throws too.
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, const CommOptions& options = {});
 
+// The GPU make_nccl_communicator gives this rank (node-local rank modulo the visible GPUs);
+// UserError when there is none. NCCL needs a GPU of its own for every rank of a node.
+int nccl_device_for_this_rank();
+
 }  // namespace ncsrec
