@@ -35,7 +35,7 @@ namespace {
 
 const char* kBenchHelp = R"(usage: ncsrec bench [--config FILE] [--batch N] [--steps N] [--warmup K] [--density D]
                     [--threads T] [--schedule joint|alternating] [--zipf S] [--pool N]
-                    [--multi-valued SLOTS] [--seed N] [--device cpu|cuda] [--matmul fp32|tf32]
+                    [--multi-valued SLOTS] [--seed N] [--device cpu|cuda] [--matmul fp32|tf32|bf16]
                     [--json FILE]
 
 Measures the training step only: forward, losses, backward, the dense optimizer update and
@@ -68,7 +68,7 @@ Multi-valued slots carry 1 to 5 ids per row, the others exactly one.
   --device D           where the dense layers run: cpu (default) or cuda (the embedding
                        tables, input assembly and losses stay on the host, as in training);
                        each timed step ends with a device synchronisation
-  --matmul P           the device's matrix products: fp32 (default) or tf32
+  --matmul P           the device's matrix products: fp32 (default), tf32 or bf16
   --json FILE          also write the results as JSON
 )";
 
@@ -241,8 +241,8 @@ int cmd_bench(int argc, char** argv) {
     throw ConfigError("ncsrec bench: --device must be cpu or cuda, got '" + device_arg + "'");
   const Device device = device_arg == "cuda" ? Device::CUDA : Device::CPU;
   const std::string matmul = args.get("matmul", "fp32");
-  if (matmul != "fp32" && matmul != "tf32")
-    throw ConfigError("ncsrec bench: --matmul must be fp32 or tf32, got '" + matmul + "'");
+  if (matmul != "fp32" && matmul != "tf32" && matmul != "bf16")
+    throw ConfigError("ncsrec bench: --matmul must be fp32, tf32 or bf16, got '" + matmul + "'");
   const std::string device_text = select_device(device_arg, matmul, "ncsrec bench: --device cuda", "");
   configure_threads(threads);
 

@@ -7,7 +7,7 @@
 
 namespace ncsrec {
 
-// For the commands that train: sets the products' precision (matmul: fp32 | tf32) and, unless
+// For the commands that train: sets the products' precision (matmul: fp32 | tf32 | bf16) and, unless
 // `device` is cpu, registers the CUDA backend when a GPU exists (the trainer then picks the
 // device: train/step.h training_device). device cuda without a GPU is the UserError
 // "<what> but no GPU can be used: <reason><remedy>". Returns the GPU's description when one

@@ -14,7 +14,7 @@ namespace ncsrec {
 
 std::string select_device(const std::string& device, const std::string& matmul, const std::string& what,
                           const std::string& remedy) {
-  set_matmul_precision(matmul == "tf32" ? kMatmulTf32 : kMatmulFp32);
+  set_matmul_precision(parse_matmul_precision(matmul));
   std::string why_not = "this ncsrec was built without CUDA";
   bool gpu = false;
   std::string description = "cpu";

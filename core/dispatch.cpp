@@ -29,8 +29,16 @@ std::atomic<int> g_matmul_precision{kMatmulFp32};
 }  // namespace
 
 void set_matmul_precision(MatmulPrecision precision) {
-  NCSREC_CHECK(precision == kMatmulFp32 || precision == kMatmulTf32, "matmul precision " << precision);
+  NCSREC_CHECK(precision == kMatmulFp32 || precision == kMatmulTf32 || precision == kMatmulBf16,
+               "matmul precision " << precision);
   g_matmul_precision = precision;
+}
+
+MatmulPrecision parse_matmul_precision(const std::string& name) {
+  if (name == "fp32") return kMatmulFp32;
+  if (name == "tf32") return kMatmulTf32;
+  if (name == "bf16") return kMatmulBf16;
+  throw ConfigError("matmul precision '" + name + "': expected fp32, tf32 or bf16");
 }
 
 MatmulPrecision matmul_precision() { return static_cast<MatmulPrecision>(g_matmul_precision.load()); }

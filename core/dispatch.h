@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "core/tensor.h"
 
@@ -20,9 +21,15 @@ namespace ncsrec {
 
 enum class CopyKind : uint8_t { HostToHost, HostToDevice, DeviceToHost, DeviceToDevice };
 
-// The arithmetic of a matrix product (gemm_bias_act): FP32, or TF32 tensor cores (10-bit
-// mantissas in the products, FP32 accumulation: error about 2e-3 of the operands' magnitudes).
-enum MatmulPrecision : int { kMatmulFp32 = 0, kMatmulTf32 = 1 };
+// The arithmetic of a matrix product on a device: FP32; TF32 tensor cores (10-bit mantissas in
+// the products, FP32 accumulation: error about 2e-3 of the operands' magnitudes); or BF16 tensor
+// cores (the FP32 operands rounded to 8-bit mantissas inside the product, FP32 accumulation:
+// about 8e-3). Inputs, outputs, weights and their optimizer stay FP32 in every case (the FP32
+// "master weights"), and BF16 has FP32's exponent range, so no loss scaling is needed.
+enum MatmulPrecision : int { kMatmulFp32 = 0, kMatmulTf32 = 1, kMatmulBf16 = 2 };
+
+// "fp32", "tf32", "bf16" (run.matmul, bench --matmul) and back; ConfigError for anything else.
+MatmulPrecision parse_matmul_precision(const std::string& name);
 
 struct OpTable {
   // memory
@@ -37,7 +44,7 @@ struct OpTable {
                const void* A, const void* B, double beta, void* C) = nullptr;
   // Linear layer forward, fused where the backend can: C[M,N] = act(op(A)·op(B) + bias), bias
   // [N] (null: none), act ReLU when `relu`, C written. `precision` (MatmulPrecision): FP32, or on
-  // the CUDA backend TF32 tensor cores (f32 inputs and outputs; the CPU ignores it).
+  // the CUDA backend TF32 or BF16 tensor cores (f32 inputs and outputs; the CPU ignores it).
   void (*gemm_bias_act)(DType dtype, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const void* A,
                         const void* B, const void* bias, bool relu, int precision, void* C) = nullptr;
   // y[r,c] += b[c] for r < rows
@@ -127,7 +134,7 @@ struct OpTable {
 };
 
 // The arithmetic of the matrix products on a device (run.matmul), for the whole process:
-// FP32 (the default) or TF32. The CPU computes in FP32 whatever it says.
+// FP32 (the default), TF32 or BF16. The CPU computes in FP32 whatever it says.
 void set_matmul_precision(MatmulPrecision precision);
 MatmulPrecision matmul_precision();
 

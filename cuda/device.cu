@@ -218,10 +218,13 @@ void cuda_gemm(DType dtype, bool ta, bool tb, int64_t M, int64_t N, int64_t K, d
   const int ldb = std::max(1, checked_int(tb ? K : N, "ldb"));
   const int lda = std::max(1, checked_int(ta ? M : K, "lda"));
   const int ldc = m;
-  if (dtype == DType::F32 && matmul_precision() == kMatmulTf32) {
+  if (dtype == DType::F32 && matmul_precision() != kMatmulFp32) {
+    // FP32 arrays, the products on TF32 or BF16 tensor cores, FP32 accumulation.
     const float a = static_cast<float>(alpha), b = static_cast<float>(beta);
+    const cublasComputeType_t compute =
+        matmul_precision() == kMatmulBf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F_FAST_TF32;
     CUBLAS_CHECK(cublasGemmEx(g_cublas, op_b, op_a, m, n, k, &a, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &b, C,
-                              CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+                              CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
   } else if (dtype == DType::F32) {
     const float a = static_cast<float>(alpha), b = static_cast<float>(beta);
     CUBLAS_CHECK(cublasSgemm(g_cublas, op_b, op_a, m, n, k, &a, static_cast<const float*>(B), ldb,

@@ -1,6 +1,6 @@
 // The fused linear forward (the `gemm_bias_act` entry of the CUDA table) through cuBLASLt:
 // C = act(op(A)·op(B) + bias) in one call, the bias and ReLU in the GEMM's epilogue
-// (CUBLASLT_EPILOGUE_BIAS / RELU_BIAS), in FP32 or with TF32 tensor cores.
+// (CUBLASLT_EPILOGUE_BIAS / RELU_BIAS), in FP32 or with TF32 or BF16 tensor cores.
 //
 // Layout: our arrays are row-major, cuBLASLt's column-major. A row-major C [M, N] is a
 // column-major Cᵀ [N, M], and Cᵀ = op(B)ᵀ·op(A)ᵀ, so B is cuBLASLt's first operand and A its
@@ -61,8 +61,9 @@ const LtPlan& plan_for(const PlanKey& key) {
   if (it != g_plans.end()) return it->second;
   const int m = checked_int(key.N, "N"), n = checked_int(key.M, "M"), k = checked_int(key.K, "K");
   LtPlan p;
-  const cublasComputeType_t compute =
-      key.precision == kMatmulTf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const cublasComputeType_t compute = key.precision == kMatmulTf32   ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                     : key.precision == kMatmulBf16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                                    : CUBLAS_COMPUTE_32F;
   CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, compute, CUDA_R_32F));
   // cuBLASLt's first operand is our B (op: our trans_b), its second our A (our trans_a).
   const cublasOperation_t op_first = key.tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_second = key.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -103,7 +104,8 @@ void cuda_gemm_bias_act(DType d, bool ta, bool tb, int64_t M, int64_t N, int64_t
     if (relu) ops.relu_forward(d, C, C, M * N);
     return;
   }
-  NCSREC_CHECK(precision == kMatmulFp32 || precision == kMatmulTf32, "gemm_bias_act: precision " << precision);
+  NCSREC_CHECK(precision == kMatmulFp32 || precision == kMatmulTf32 || precision == kMatmulBf16,
+               "gemm_bias_act: precision " << precision);
   std::lock_guard<std::mutex> lock(g_lt_mutex);
   if (!g_lt) {
     CUBLAS_CHECK(cublasLtCreate(&g_lt));

@@ -218,6 +218,11 @@ run_check "bench ncs (cpu)" "$log_dir/bench_cpu.log" \
   "$ncsrec" bench --config "$root/configs/ncs_bench_tiny.yaml" --device cpu --threads "$(nproc)" --json "$work/bench_cpu.json"
 run_check "bench ncs (cuda)" "$log_dir/bench_cuda.log" \
   "$ncsrec" bench --config "$root/configs/ncs_bench_tiny.yaml" --device cuda --json "$work/bench_cuda.json"
+for precision in tf32 bf16; do  # the tensor-core modes of run.matmul, same step
+  run_check "bench ncs (cuda, $precision)" "$log_dir/bench_cuda_$precision.log" \
+    "$ncsrec" bench --config "$root/configs/ncs_bench_tiny.yaml" --device cuda --matmul "$precision" \
+    --json "$work/bench_cuda_$precision.json"
+done
 # The paper-sized model against PyTorch on the GPU, when this python has a CUDA PyTorch.
 if python3 -c 'import torch, numpy, yaml, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   run_check "bench vs pytorch (cuda)" "$log_dir/bench_torch_cuda.log" \

@@ -70,9 +70,12 @@ TEST_F(CudaParity, MemoryOps) {
 
 template <class T>
 void check_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, double beta, uint64_t seed,
-                bool tf32 = false) {
+                MatmulPrecision precision = kMatmulFp32) {
   const DType dt = dtype_of<T>();
-  const double rtol = tf32 ? 2e-3 : std::is_same<T, float>::value ? 1e-5 : 1e-12;
+  const double rtol = precision == kMatmulTf32   ? 2e-3
+                      : precision == kMatmulBf16 ? 1.6e-2
+                      : std::is_same<T, float>::value ? 1e-5
+                                                      : 1e-12;
   const auto A = random_values<T>(M * K, seed), B = random_values<T>(K * N, seed + 1);
   const auto C0 = random_values<T>(M * N, seed + 2);
   // CPU reference. With beta == 0 the reference starts from zeros, the GPU from NaN poison:
@@ -91,31 +94,33 @@ void check_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
 
   DeviceBuffer<T> dA(A), dB(B), dC(M * N);
   if (beta != 0) dC.upload(C0);
-  set_matmul_precision(tf32 ? kMatmulTf32 : kMatmulFp32);
+  set_matmul_precision(precision);
   gpu().gemm(dt, ta, tb, M, N, K, alpha, dA.get(), dB.get(), beta, dC.get());
   set_matmul_precision(kMatmulFp32);
   expect_close(dC.download(), want, bound,
-               std::string("gemm ") + (tf32 ? "tf32 " : "") + tname(dt) + (ta ? " A^T" : " A") + (tb ? " B^T" : " B") + " M=" +
+               std::string("gemm ") + (precision == kMatmulTf32 ? "tf32 " : precision == kMatmulBf16 ? "bf16 " : "") + tname(dt) + (ta ? " A^T" : " A") + (tb ? " B^T" : " B") + " M=" +
                    std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
                    " alpha=" + std::to_string(alpha) + " beta=" + std::to_string(beta));
 }
 
 template <class T>
-void check_gemm_all(bool tf32 = false) {
+void check_gemm_all(MatmulPrecision precision = kMatmulFp32) {
   const int64_t shapes[][3] = {{1, 1, 1},  {7, 33, 1},    {33, 7, 1000}, {1000, 1, 7},
                                {1, 1000, 33}, {64, 33, 7}, {257, 129, 65}, {1000, 33, 1000}};
   uint64_t seed = 100;
   for (const auto& s : shapes)
     for (int t = 0; t < 4; ++t) {
-      check_gemm<T>(t & 1, t & 2, s[0], s[1], s[2], 1.0, 0.0, seed++, tf32);
-      check_gemm<T>(t & 1, t & 2, s[0], s[1], s[2], 0.5, -1.5, seed++, tf32);
+      check_gemm<T>(t & 1, t & 2, s[0], s[1], s[2], 1.0, 0.0, seed++, precision);
+      check_gemm<T>(t & 1, t & 2, s[0], s[1], s[2], 0.5, -1.5, seed++, precision);
     }
 }
 
 TEST_F(CudaParity, GemmF32) { check_gemm_all<float>(); }
 TEST_F(CudaParity, GemmF64) { check_gemm_all<double>(); }
 // run.matmul: tf32 (every f32 product of a step: cuBLAS with the TF32 compute type; the linear forward through cuBLASLt is CudaTrainOps.GemmBiasAct*).
-TEST_F(CudaParity, GemmF32Tf32) { check_gemm_all<float>(true); }
+TEST_F(CudaParity, GemmF32Tf32) { check_gemm_all<float>(kMatmulTf32); }
+// run.matmul: bf16 (the FP32 operands rounded to BF16 inside cuBLAS, FP32 accumulation): 1.6e-2.
+TEST_F(CudaParity, GemmF32Bf16) { check_gemm_all<float>(kMatmulBf16); }
 
 // ---- row ops --------------------------------------------------------------------------------
 

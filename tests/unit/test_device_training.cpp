@@ -271,14 +271,17 @@ TEST(DeviceTraining, ARunResumedFromItsCheckpointOnTheDeviceMatchesTheCpuRun) {
 namespace ncsrec {
 namespace {
 
-TEST(DeviceConfig, RunMatmulIsFp32OrTf32AndAnythingElseIsRefusedByName) {
+TEST(DeviceConfig, RunMatmulIsFp32Tf32OrBf16AndAnythingElseIsRefusedByName) {
   EXPECT_EQ(config_for("  type: esmm\n  tower: [8]\n" + kTables).matmul, "fp32");
   const std::string base = "data: {train: [\"unused\"]}\nmodel:\n  type: shared_embedding\n  tower: [8]\n  embedding_dim: 4\n"
                            "  tables: {user: {rows: 4}}\n  tasks: {ctr: {label: click}}\n";
   EXPECT_EQ(parse_train_config("run: {matmul: tf32}\n" + base, "m.yaml").matmul, "tf32");
+  EXPECT_EQ(parse_train_config("run: {matmul: bf16}\n" + base, "m.yaml").matmul, "bf16");
+  EXPECT_EQ(parse_matmul_precision("bf16"), kMatmulBf16);
+  EXPECT_THROW(parse_matmul_precision("fp16"), ConfigError);
   try {
-    parse_train_config("run: {matmul: bf16}\n" + base, "m.yaml");
-    FAIL() << "run.matmul: bf16 was accepted";
+    parse_train_config("run: {matmul: fp16}\n" + base, "m.yaml");
+    FAIL() << "run.matmul: fp16 was accepted";
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("run.matmul"), std::string::npos) << e.what();
   }
