@@ -42,16 +42,17 @@ struct SlotInput {
 };
 
 // The memory embedding_bag_backward reuses from call to call (grown, never shrunk), so that a
-// training step after the first allocates none: the list of contributions, its segments, and
-// the gradient's rows (the SparseGrad's values are a view of `values`).
+// training step after the first allocates none: the list of contributions and the radix sort's
+// second copy of it, its segments, and the gradient's rows (the SparseGrad's values are a view
+// of `values`).
 struct EmbeddingBagWorkspace {
   // dout[batch_row, col : col + dim] / divisor goes into table_row (divisor: the bag's size for
-  // mean pooling, 1 for sum); `slot` orders the contributions of different slots.
+  // mean pooling, 1 for sum).
   struct Contribution {
     int64_t table_row;
-    int32_t slot, batch_row, col, divisor;
+    int32_t batch_row, col, divisor;
   };
-  std::vector<Contribution> contributions;
+  std::vector<Contribution> contributions, sort_buffer;
   std::vector<int64_t> segment_begin;
   Tensor values;
 };

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "core/error.h"
@@ -322,6 +323,53 @@ TEST(EmbeddingBag, ResultsAreBitIdenticalForOneAndTwoThreads) {
   ASSERT_EQ(g1.rows, g2.rows);
   EXPECT_TRUE(std::is_sorted(g1.rows.begin(), g1.rows.end()));
   EXPECT_EQ(0, std::memcmp(g1.values.raw(), g2.values.raw(), g1.values.nbytes()));
+}
+
+// Row numbers of three bytes (three passes of the backward's radix sort), two slots sharing the
+// table (sum and mean), ids repeated within bags and across slots, and a reused workspace: each
+// row's gradient is the sum of its contributions in (slot, batch row, k) order, bit for bit.
+TEST(EmbeddingBag, BackwardSumsEachRowInSlotRowKOrderOnLargeRowNumbers) {
+  constexpr int64_t rows = 70000, dim = 4, batch = 500;
+  Rng rng(71);
+  std::vector<std::vector<int64_t>> offsets(2, {0}), ids(2);
+  for (size_t s = 0; s < 2; ++s)
+    for (int64_t r = 0; r < batch; ++r) {
+      const int64_t n = static_cast<int64_t>(rng.below(5));
+      for (int64_t k = 0; k < n; ++k)  // a few hot ids, repeated; the rest anywhere in the rows
+        ids[s].push_back(rng.bernoulli(0.3) ? static_cast<int64_t>(rng.below(4)) * 17477 + 300
+                                            : static_cast<int64_t>(rng.below(rows)));
+      offsets[s].push_back(static_cast<int64_t>(ids[s].size()));
+    }
+  const std::vector<SlotInput> slots = {{offsets[0].data(), ids[0].data(), 0, Pooling::Sum},
+                                        {offsets[1].data(), ids[1].data(), dim, Pooling::Mean}};
+  std::map<int64_t, std::vector<double>> want;  // by row, in row order: the batch's rows
+  for (size_t s = 0; s < 2; ++s)
+    for (int64_t id : ids[s]) want[id].assign(dim, 0.0);
+  EmbeddingBagWorkspace workspace;
+  SparseGrad grad;
+  for (uint64_t seed : {81, 82}) {  // the second call reuses the workspace's memory
+    const Tensor dout = random_tensor({batch, 2 * dim}, seed);
+    for (auto& [row, v] : want) std::fill(v.begin(), v.end(), 0.0);
+    for (size_t s = 0; s < 2; ++s)
+      for (int64_t r = 0; r < batch; ++r) {
+        const int64_t begin = offsets[s][static_cast<size_t>(r)], end = offsets[s][static_cast<size_t>(r) + 1];
+        const double scale = slots[s].pooling == Pooling::Mean ? 1.0 / static_cast<double>(end - begin) : 1.0;
+        for (int64_t k = begin; k < end; ++k)
+          for (int64_t d = 0; d < dim; ++d)
+            want[ids[s][static_cast<size_t>(k)]][static_cast<size_t>(d)] +=
+                dout.data<double>()[r * 2 * dim + slots[s].col + d] * scale;
+      }
+    embedding_bag_backward(grad, workspace, dout, slots, batch, rows, dim);
+    ASSERT_EQ(grad.rows.size(), want.size());
+    size_t u = 0;
+    for (const auto& [row, v] : want) {
+      ASSERT_EQ(grad.rows[u], row);
+      for (int64_t d = 0; d < dim; ++d)
+        EXPECT_EQ(grad.values.data<double>()[static_cast<int64_t>(u) * dim + d], v[static_cast<size_t>(d)])
+            << "row " << row << " element " << d;
+      ++u;
+    }
+  }
 }
 
 TEST(EmbeddingBag, EmptyBatchGivesAnEmptyGradient) {
