@@ -105,11 +105,20 @@ void bias_add_t(T* y, const T* b, int64_t rows, int64_t cols) {
 
 template <class T>
 void bias_grad_t(T* db, const T* dy, int64_t rows, int64_t cols) {
-  // Column sums accumulated row by row in row order: deterministic.
-  std::vector<double> acc(static_cast<size_t>(cols), 0.0);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) acc[static_cast<size_t>(c)] += dy[r * cols + c];
-  for (int64_t c = 0; c < cols; ++c) db[c] += static_cast<T>(acc[static_cast<size_t>(c)]);
+  // Column sums accumulated row by row in row order: deterministic. Threads take blocks of
+  // columns, each summed in the same order, so the bits do not depend on the thread count.
+  constexpr int64_t kBlock = 64;
+  const int64_t blocks = (cols + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin && blocks > 1)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t c0 = blk * kBlock, n = std::min(kBlock, cols - c0);
+    double acc[kBlock] = {};
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* row = dy + r * cols + c0;
+      for (int64_t c = 0; c < n; ++c) acc[c] += row[c];
+    }
+    for (int64_t c = 0; c < n; ++c) db[c0 + c] += static_cast<T>(acc[c]);
+  }
 }
 
 template <class T>

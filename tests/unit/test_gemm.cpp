@@ -3,7 +3,8 @@
 // combination, shapes cut by rows, by columns and not cut at all, sides that are not multiples
 // of the block alignment, alpha and beta both non-trivial, against a double reference within an
 // error bound: |Δ| ≤ rtol · (|α| Σ_k |A||B| + |β| |C₀|). And the blocks do not change the bits:
-// the result on 1, 2 and 3 threads is identical.
+// the result on 1, 2 and 3 threads is identical. Also the bias gradient, threaded by blocks of
+// columns.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -89,6 +90,35 @@ TEST_P(Gemm, MatchesTheReferenceAndIsTheSameOnAnyThreadCount) {
 INSTANTIATE_TEST_SUITE_P(AllTransposes, Gemm,
                          ::testing::Combine(::testing::Bool(), ::testing::Bool(),
                                             ::testing::Values(DType::F32, DType::F64)));
+
+}  // namespace
+}  // namespace ncsrec
+
+namespace ncsrec {
+namespace {
+
+// db += column sums of dy, each column summed in row order in double: threads take blocks of
+// columns, so the bits are the in-order sum's on any thread count.
+TEST(BiasGrad, ColumnSumsInRowOrderOnAnyThreadCount) {
+  const int64_t rows = 777, cols = 300;
+  const Tensor dy = testing::random_f32({rows, cols}, 5);
+  const Tensor db0 = testing::random_f32({cols}, 6);
+  std::vector<float> want(static_cast<size_t>(cols));
+  for (int64_t c = 0; c < cols; ++c) {
+    double acc = 0.0;
+    for (int64_t r = 0; r < rows; ++r) acc += dy.data<float>()[r * cols + c];
+    want[static_cast<size_t>(c)] = db0.data<float>()[c] + static_cast<float>(acc);
+  }
+  const int saved = omp_get_max_threads();
+  for (int threads : {1, 2, 3}) {
+    omp_set_num_threads(threads);
+    Tensor db = db0.clone();
+    ops::bias_grad(db, dy);
+    for (int64_t c = 0; c < cols; ++c)
+      ASSERT_EQ(db.data<float>()[c], want[static_cast<size_t>(c)]) << "column " << c << ", " << threads << " threads";
+  }
+  omp_set_num_threads(saved);
+}
 
 }  // namespace
 }  // namespace ncsrec
