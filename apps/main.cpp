@@ -176,8 +176,21 @@ constexpr int kExitPreempted = 75;
 // `comm`: every rank reads the same config and the same world size, so all choose alike.
 std::unique_ptr<Communicator> make_dense_communicator(const TrainConfig& config, Communicator& comm,
                                                       const CommOptions& options) {
-  if (config.dense_comm == "host" || comm.world_size() == 1 || training_device(config) != Device::CUDA)
+  if (config.dense_comm == "host" || comm.world_size() == 1) return nullptr;
+  // Every rank takes part in the choice: with run.device auto a rank without a GPU trains on its
+  // CPU, and then every rank sums over the host communicator.
+  int64_t on_gpu = training_device(config) == Device::CUDA ? 1 : 0;
+  comm.all_reduce_sum(&on_gpu, 1);
+  if (on_gpu == 0) return nullptr;
+  if (on_gpu < comm.world_size()) {
+    const std::string what = std::to_string(on_gpu) + " of the " + std::to_string(comm.world_size()) +
+                             " ranks train on a GPU";
+    if (config.dense_comm == "nccl") throw ConfigError("run.dense_comm is nccl but only " + what);
+    if (comm.rank() == 0)
+      std::fprintf(stderr, "note: %s: the dense gradient is summed over %s through host memory\n", what.c_str(),
+                   comm.kind());
     return nullptr;
+  }
 #ifdef NCSREC_HAVE_NCCL
   // NCCL needs a GPU of its own for every rank: ranks of one node sharing a GPU (more ranks than
   // GPUs) sum over the host communicator instead (auto), or are refused (nccl).
