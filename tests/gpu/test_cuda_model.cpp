@@ -1,5 +1,6 @@
-// A whole model trained with its dense part on the GPU against the same model on the CPU: after
-// a few joint and alternating steps (NCS masks, SGD, clipping) the dense weights, the embedding
+// A whole model trained with its dense part on the GPU against the same model on the CPU, for
+// the NCS model and ESMM: after a few steps (NCS: joint and single-task, with masks; SGD, clipping)
+// the dense weights, the embedding
 // rows and the predictions agree to rounding (cuBLAS sums in another order than the CPU GEMM,
 // so bits differ; tests/unit/test_device_training.cpp checks the host-side code bit for bit on
 // a stand-in device). Skips without a GPU.
@@ -33,12 +34,20 @@ double max_abs_difference(const Tensor& a, const Tensor& b) {
   return d;
 }
 
-TEST(CudaModel, NcsStepsOnTheGpuTrackTheCpuModel) {
+struct Case {
+  const char* name;
+  std::string model;        // the model: block of the config
+  std::vector<int> schedule;  // per step: -1 joint, t task t alone
+};
+
+class CudaModel : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CudaModel, StepsOnTheGpuTrackTheCpuModel) {
   std::string why;
   if (!cuda_register_if_available(&why)) GTEST_SKIP() << "needs a GPU: " << why;
   const std::string yaml =
-      "data: {train: [\"unused\"]}\nmodel:\n  type: ncs\n  embedding_dim: 8\n  interaction: dot\n"
-      "  shared: [256, 128]\n  tower: [32]\n  tables: {user: {rows: 500}, item: {rows: 500}}\n"
+      "data: {train: [\"unused\"]}\nmodel:\n  embedding_dim: 8\n  interaction: dot\n" + GetParam().model +
+      "  tables: {user: {rows: 500}, item: {rows: 500}}\n"
       "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n"
       "optimizer: {type: sgd, lr: 0.05}\nsparse_optimizer: {type: adagrad, lr: 0.05}\n"
       "train: {batch_size: 512, clip_grad_norm: 5}\n";
@@ -56,7 +65,7 @@ TEST(CudaModel, NcsStepsOnTheGpuTrackTheCpuModel) {
     }
   Optimizers o_cpu = make_optimizers(config, cpu), o_gpu = make_optimizers(config, gpu);
   auto comm = make_local_communicator();
-  const std::vector<int> schedule = {-1, 0, 1, -1, 0, 1, -1, -1};
+  const std::vector<int>& schedule = GetParam().schedule;
   for (size_t s = 0; s < schedule.size(); ++s) {
     const Block batch = random_block(512, 10 + s);
     const StepLoss a = train_one_step(cpu, o_cpu, batch, schedule[s], static_cast<int64_t>(s + 1), true, *comm);
@@ -76,6 +85,14 @@ TEST(CudaModel, NcsStepsOnTheGpuTrackTheCpuModel) {
   for (size_t t = 0; t < p_cpu.size(); ++t)
     for (size_t i = 0; i < p_cpu[t].size(); ++i) ASSERT_NEAR(p_cpu[t][i], p_gpu[t][i], 1e-5) << t << " " << i;
 }
+
+INSTANTIATE_TEST_SUITE_P(Models, CudaModel,
+                         ::testing::Values(Case{"ncs", "  type: ncs\n  shared: [256, 128]\n  tower: [32]\n",
+                                                {-1, 0, 1, -1, 0, 1, -1, -1}},
+                                           // ESMM trains its two losses together: joint steps only.
+                                           Case{"esmm", "  type: esmm\n  tower: [256, 128, 32]\n",
+                                                {-1, -1, -1, -1, -1, -1, -1, -1}}),
+                         [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
 
 }  // namespace
 }  // namespace ncsrec
