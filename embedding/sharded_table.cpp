@@ -195,6 +195,10 @@ inline size_t probe_start(int64_t key, size_t mask) { return static_cast<size_t>
 
 }  // namespace
 
+void ShardedTable::prefetch_index_slot(int64_t key) const {
+  if (!index_.empty()) __builtin_prefetch(&index_[probe_start(key, index_.size() - 1)]);
+}
+
 int64_t ShardedTable::shard_index(int64_t row) const {
   if (hashed_) {
     const size_t mask = index_.size() - 1;
@@ -282,7 +286,10 @@ std::vector<int64_t> ShardedTable::resolve(const std::vector<int64_t>& keys, con
     return out;
   }
   if (!training) {
-    for (size_t j = 0; j < n; ++j) out[j] = shard_index(keys[j]);
+    for (size_t j = 0; j < n; ++j) {
+      if (j + kPrefetchAhead < n) prefetch_index_slot(keys[j + kPrefetchAhead]);
+      out[j] = shard_index(keys[j]);
+    }
     return out;
   }
   // Occurrences per distinct id (several ranks may ask for one id), in increasing id order.
@@ -300,6 +307,7 @@ std::vector<int64_t> ShardedTable::resolve(const std::vector<int64_t>& keys, con
   }
   std::vector<int64_t> admit, admit_count;
   for (size_t u = 0; u < distinct.size(); ++u) {
+    if (u + kPrefetchAhead < distinct.size()) prefetch_index_slot(distinct[u + kPrefetchAhead]);
     const int64_t row = shard_index(distinct[u]);
     if (row >= 0) {
       shard_.count()[static_cast<size_t>(row)] += total[u];
