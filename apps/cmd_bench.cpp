@@ -22,6 +22,7 @@
 #include "core/dispatch.h"
 #include "core/error.h"
 #include "core/masks.h"
+#include "core/phase_clock.h"
 #include "core/random.h"
 #include "dist/communicator.h"
 #include "models/multitask_model.h"
@@ -36,7 +37,7 @@ namespace {
 const char* kBenchHelp = R"(usage: ncsrec bench [--config FILE] [--batch N] [--steps N] [--warmup K] [--density D]
                     [--threads T] [--schedule joint|alternating] [--zipf S] [--pool N]
                     [--multi-valued SLOTS] [--seed N] [--device cpu|cuda] [--matmul fp32|tf32|bf16]
-                    [--json FILE]
+                    [--phase-steps N] [--json FILE]
 
 Measures the training step only: forward, losses, backward, the dense optimizer update and
 the sparse updates of the embedding rows, exactly as `ncsrec train` does them
@@ -56,6 +57,10 @@ Multi-valued slots carry 1 to 5 ids per row, the others exactly one.
   --steps N            timed steps (default 50)
   --warmup K           untimed steps first (default 10; at least --pool, so that every
                        batch's rows have been touched once)
+  --phase-steps N      after the timed steps, N more (default 10; 0: none) timed by phase
+                       (input, dense forward, losses, dense backward, input backward,
+                       all-reduce, dense and sparse optimizers), the device waited for at
+                       the end of each phase; printed as ms/step and share of the step
   --density D          density of every task's mask on every masked layer (default 0.2)
   --threads T          OpenMP/OpenBLAS threads (default 2)
   --schedule S         joint (both tasks' losses in every step) or alternating (one task
@@ -208,7 +213,7 @@ int cmd_bench(int argc, char** argv) {
     if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") return std::fputs(kBenchHelp, stdout), 0;
   Args args("bench", argc, argv, 2,
             {"config", "batch", "steps", "warmup", "density", "threads", "schedule", "zipf", "pool", "multi-valued",
-             "seed", "device", "matmul", "json"},
+             "seed", "device", "matmul", "phase-steps", "json"},
             {});
   args.no_positionals();
   const std::string config_path = args.get("config", "configs/ncs_paper.yaml");
@@ -221,6 +226,8 @@ int cmd_bench(int argc, char** argv) {
   const int64_t batch = args.get_int("batch", config.train.batch_size);
   const int64_t steps = args.get_int("steps", 50);
   const int64_t warmup = args.get_int("warmup", 10);
+  const int64_t phase_steps = args.get_int("phase-steps", 10);
+  if (phase_steps < 0) throw ConfigError("ncsrec bench: --phase-steps must be 0 or more");
   const double density = args.get_double("density", 0.2);
   const int64_t threads = args.get_int("threads", 2);
   const std::string schedule = args.get("schedule", config.train.schedule);
@@ -329,6 +336,14 @@ int cmd_bench(int argc, char** argv) {
   }
   const double seconds = since(start);
   if (!std::isfinite(loss_sum)) throw UserError("ncsrec bench: the loss is not finite (diverged?)");
+  const double mean_loss = loss_sum / static_cast<double>(steps);
+  // The split by phase, in steps of their own: its waits for the device would slow the steps above.
+  PhaseClock& clock = model.phase_clock();
+  clock.enable(device);
+  const auto phases_start = Clock::now();
+  for (int64_t i = 0; i < phase_steps; ++i) run_step();
+  const double phases_wall = since(phases_start);
+  clock.disable();
   const double samples_per_s = static_cast<double>(steps * batch) / seconds;
   const double ms_per_step = 1000 * seconds / static_cast<double>(steps);
   std::vector<double> sorted = step_ms;
@@ -358,6 +373,21 @@ int cmd_bench(int argc, char** argv) {
               build_s, gen_s, static_cast<long long>(warmup), warmup_s);
   std::printf("  %lld timed steps in %.2f s: %.1f ms/step (median %.1f, min %.1f, max %.1f)\n",
               static_cast<long long>(steps), seconds, ms_per_step, median_ms, min_ms, max_ms);
+  JsonObject phases_json;
+  if (phase_steps > 0) {
+    std::printf("  time per step by phase (%lld more steps, the device waited for after each phase):\n",
+                static_cast<long long>(phase_steps));
+    double total = 0;
+    for (int p = 0; p < kStepPhases; ++p) total += clock.seconds()[static_cast<size_t>(p)];
+    for (int p = 0; p < kStepPhases; ++p) {
+      const double ms = 1000 * clock.seconds()[static_cast<size_t>(p)] / static_cast<double>(phase_steps);
+      std::printf("    %-48s %8.2f ms %5.1f%%\n", step_phase_name(static_cast<StepPhase>(p)), ms,
+                  total > 0 ? 100 * clock.seconds()[static_cast<size_t>(p)] / total : 0.0);
+      phases_json.add(step_phase_name(static_cast<StepPhase>(p)), ms);
+    }
+    std::printf("    %-48s %8.2f ms (%.2f ms/step by the wall clock)\n", "sum", 1000 * total / static_cast<double>(phase_steps),
+                1000 * phases_wall / static_cast<double>(phase_steps));
+  }
   std::printf("  peak memory (VmHWM): %.2f GiB\n", static_cast<double>(peak) / (1024.0 * 1024 * 1024));
   std::printf("samples/s: %.0f\n", samples_per_s);
 
@@ -388,7 +418,9 @@ int cmd_bench(int argc, char** argv) {
         .add("embedding_rows", embedding_rows)
         .add("embedding_params", embedding_params)
         .add("peak_rss_bytes", peak)
-        .add("mean_loss", loss_sum / static_cast<double>(steps));
+        .add("phase_steps", phase_steps)
+        .add("phases_ms_per_step", phases_json)
+        .add("mean_loss", mean_loss);
     std::ofstream f(json_path);
     f << j.str() << "\n";
     if (!f) throw UserError("ncsrec bench: cannot write " + json_path);

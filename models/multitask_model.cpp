@@ -613,6 +613,7 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
   if (three_tower_ && only_task >= 0)
     throw ConfigError(in_file(config_) + "model: three_tower trains its losses together; use train.schedule: joint");
   forward(batch, true);
+  phase_clock_.mark(StepPhase::Input);
   const int64_t B = batch.rows;
   std::vector<bool> active_tasks(T);
   for (size_t t = 0; t < T; ++t) active_tasks[t] = active(t);
@@ -629,6 +630,7 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     dlogits[t] = &dlogit_views[t];
     probs[t] = &prob_views[t];
   }
+  phase_clock_.mark(StepPhase::DenseForward);
   StepLoss loss;
   Tensor dmixed;  // three_tower: dL/dS
   if (three_tower_) {
@@ -666,6 +668,8 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     }
   }
 
+  phase_clock_.mark(StepPhase::Losses);
+
   // Backward: towers, then the shared block (summing its tasks' gradients), then per input
   // group: the APG condition's gradient, the interaction, the tables.
   std::vector<const Tensor*> dtower(T, nullptr);
@@ -686,6 +690,7 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
       const size_t g = static_cast<size_t>(group_of_task_[t]);
       add_condition_gradient(groups_[g].dx.sum, towers_[t]->dcondition());
     }
+  phase_clock_.mark(StepPhase::DenseBackward);
   for (size_t g = 0; g < groups_.size(); ++g) {
     InputGroup& grp = groups_[g];
     if (!grp.dx.any) {  // single_task: this task's group was not stepped (on every rank alike)
@@ -728,6 +733,7 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
       sparse_grads_[t] = table.reduce_gradient(lookups_[t], local, comm_);
     }
   }
+  phase_clock_.mark(StepPhase::EmbeddingBackward);
   return loss;
 }
 

@@ -34,6 +34,7 @@
 #include "core/layers/linear.h"
 #include "core/params.h"
 #include "core/masks.h"
+#include "core/phase_clock.h"
 #include "core/sparse.h"
 #include "core/layers/masked_linear.h"
 #include "dist/communicator.h"
@@ -140,6 +141,9 @@ class MultiTaskModel {
   int64_t multiply_adds_per_sample() const;
 
   ParamStore& params() { return params_; }
+  // The step's time by phase (off unless enabled; `ncsrec bench` turns it on): train_step marks
+  // its phases, train_one_step the rest.
+  PhaseClock& phase_clock() { return phase_clock_; }
   // This rank's part of every table (all of it on one rank); sparse optimizers step shard().
   std::vector<ShardedTable>& tables() { return tables_; }
   // Per table: the gradient of this rank's shard (rows = shard rows), already summed over ranks.
@@ -237,6 +241,7 @@ class MultiTaskModel {
   const Tensor& logits_on_host(size_t task, const Tensor& logits);
   std::vector<std::unique_ptr<FeedForward>> towers_;
   std::vector<SparseGrad> sparse_grads_;
+  PhaseClock phase_clock_;
   std::vector<EmbeddingBagWorkspace> bag_workspaces_;  // per table: the backward's memory, reused
   std::vector<SparseGrad> local_grads_;                // per table: over the lookup's rows (sharded, hashed)
   std::vector<Tensor> dlogit_bufs_, prob_bufs_;

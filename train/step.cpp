@@ -33,16 +33,20 @@ Optimizers make_optimizers(const TrainConfig& config, MultiTaskModel& model) {
 
 StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Block& batch, int task, int64_t step,
                         bool exact_masks, Communicator& comm, StepStats* stats, Communicator* dense_comm) {
+  PhaseClock& clock = model.phase_clock();
+  clock.start();
   std::vector<double> norms = model.local_normalizers(batch);
   comm.all_reduce_sum(norms.data(), static_cast<int64_t>(norms.size()));
   model.params().zero_grad();
   model.set_step(step);  // dropout masks: a function of (seed, step)
+  clock.mark(StepPhase::AllReduce);
   StepLoss loss = model.train_step(batch, norms, task);
   // Each rank's loss is its share of the global mean: the sum over ranks is the loss. A task
   // not stepped reports NaN on every rank, and stays NaN.
   comm.all_reduce_sum(loss.per_task.data(), static_cast<int64_t>(loss.per_task.size()));
   comm.all_reduce_sum(&loss.total, 1);
   (dense_comm ? *dense_comm : comm).all_reduce_sum(model.params().grads());
+  clock.mark(StepPhase::AllReduce);
 
   // Every rank holds the same reduced gradient and step, so every rank clips and schedules alike.
   const double factor = lr_factor(optimizers.lr_schedule, step);
@@ -54,6 +58,7 @@ StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Blo
 
   optimizers.dense->step(model.params().values(), model.params().grads(), step, update);
   model.apply_mask_penalty(task, optimizers.dense->lr());  // learned masks, sparsity: penalty
+  clock.mark(StepPhase::DenseOptimizer);
   for (size_t t = 0; t < model.tables().size(); ++t) {
     const SparseGrad& grad = model.sparse_grads()[t];
     if (grad.rows.empty()) continue;
@@ -61,7 +66,9 @@ StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Blo
     optimizers.sparse[t]->step(shard, grad);
     for (int64_t row : grad.rows) shard.updated_step()[static_cast<size_t>(row)] = step;
   }
+  clock.mark(StepPhase::SparseOptimizer);
   average_state_over_ranks(model, comm);  // BatchNorm's running statistics, from each rank's slice
+  clock.mark(StepPhase::AllReduce);
   if (stats) {
     stats->grad_norm = grad_norm;
     stats->clipped = optimizers.clip_grad_norm > 0 && grad_norm > optimizers.clip_grad_norm;

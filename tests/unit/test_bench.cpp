@@ -1,5 +1,5 @@
 // `ncsrec bench` (apps/cmd_bench.cpp): its help, a tiny run on configs/ncs_bench_tiny.yaml that
-// prints samples/s and writes its JSON, and a usage error.
+// prints samples/s and the split by phase and writes its JSON, and a usage error.
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
@@ -38,11 +38,18 @@ TEST(Bench, TinyRunPrintsSamplesPerSecond) {
   s << f.rdbuf();
   EXPECT_NE(s.str().find("\"samples_per_s\": "), std::string::npos) << s.str();
   EXPECT_NE(s.str().find("\"batch\": 64"), std::string::npos) << s.str();
+  // The split by phase, printed and in the JSON.
+  EXPECT_NE(r.output.find("time per step by phase (10 more steps"), std::string::npos) << r.output;
+  for (const char* phase : {"dense forward", "dense backward", "sparse optimizer (embedding rows)", "sum"})
+    EXPECT_NE(r.output.find(std::string("    ") + phase), std::string::npos) << phase << "\n" << r.output;
+  EXPECT_NE(s.str().find("\"phases_ms_per_step\": {\"input (lookups"), std::string::npos) << s.str();
 
   const Result alt = run(std::string("bench --config '") + NCSREC_SOURCE_DIR +
-                         "/configs/ncs_bench_tiny.yaml' --steps 2 --warmup 0 --batch 32 --schedule alternating");
+                         "/configs/ncs_bench_tiny.yaml' --steps 2 --warmup 0 --batch 32 --schedule alternating "
+                         "--phase-steps 0");
   EXPECT_EQ(alt.exit_code, 0) << alt.output;
   EXPECT_NE(alt.output.find("alternating schedule"), std::string::npos) << alt.output;
+  EXPECT_EQ(alt.output.find("by phase"), std::string::npos) << "--phase-steps 0 prints no split\n" << alt.output;
 }
 
 TEST(Bench, BadDensityIsAUsageError) {

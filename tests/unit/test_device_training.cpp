@@ -5,6 +5,7 @@
 // models a device cannot train yet are refused by name, and run.device: auto falls back for them.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -299,6 +300,37 @@ TEST(DeviceConfig, RunDenseCommIsAutoNcclOrHostAndAnythingElseIsRefusedByName) {
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("run.dense_comm"), std::string::npos) << e.what();
   }
+}
+
+}  // namespace
+}  // namespace ncsrec
+
+namespace ncsrec {
+namespace {
+
+// The model's phase clock (ncsrec bench's split): off, a step records nothing; on, every phase
+// a step has gets time, and the phases add up to no more than the steps' wall time.
+TEST(PhaseClock, AStepsPhasesAddUpToItsTime) {
+  const TrainConfig config = config_for("  type: ncs\n  shared: [64, 32]\n  tower: [8]\n  interaction: dot\n" + kTables);
+  const Block batch = random_block(256, 3);
+  MultiTaskModel model(config.model, batch.schema, DType::F32, 7, nullptr, Device::CPU);
+  Optimizers opt = make_optimizers(config, model);
+  auto comm = make_local_communicator();
+  train_one_step(model, opt, batch, -1, 1, true, *comm);
+  for (double s : model.phase_clock().seconds()) EXPECT_EQ(s, 0.0) << "the clock is off unless enabled";
+  model.phase_clock().enable(Device::CPU);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t step = 2; step <= 6; ++step) train_one_step(model, opt, batch, -1, step, true, *comm);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double sum = 0;
+  for (int p = 0; p < kStepPhases; ++p) {
+    const double s = model.phase_clock().seconds()[static_cast<size_t>(p)];
+    sum += s;
+    if (static_cast<StepPhase>(p) != StepPhase::AllReduce)  // one rank: nothing to wait for
+      EXPECT_GT(s, 0.0) << step_phase_name(static_cast<StepPhase>(p));
+  }
+  EXPECT_LE(sum, wall);
+  EXPECT_GT(sum, 0.5 * wall) << "the phases cover the step";
 }
 
 }  // namespace
