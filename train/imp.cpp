@@ -49,7 +49,8 @@ void ModelSnapshot::restore(MultiTaskModel& model) const {
 }
 
 ImpResult find_masks_imp(const TrainConfig& config, const DataSchema& schema, const std::vector<std::string>& train_files,
-                         const std::vector<std::string>& valid_files, const std::string& run_dir, Communicator& comm) {
+                         const std::vector<std::string>& valid_files, const std::string& run_dir, Communicator& comm,
+                         Communicator* dense_comm) {
   const MaskSpec& spec = config.model.masks;
   const size_t T = config.model.tasks.size();
   const double p = imp_prune_fraction(spec.final_density, spec.rounds);
@@ -78,7 +79,7 @@ ImpResult find_masks_imp(const TrainConfig& config, const DataSchema& schema, co
         while (reader.next(batch)) {
           StepStats stats;
           const StepLoss loss =
-              train_one_step(model, optimizers, batch, static_cast<int>(t), ++step, true, comm, &stats);
+              train_one_step(model, optimizers, batch, static_cast<int>(t), ++step, true, comm, &stats, dense_comm);
           if (!std::isfinite(loss.total) || !std::isfinite(stats.grad_norm))
             throw UserError("IMP for task " + task + " diverged in round " + std::to_string(round) + " (" +
                             (std::isfinite(loss.total) ? "the dense gradient" : "loss") +

@@ -39,8 +39,10 @@ struct ImpResult {
 
 // Runs the search for every task of `config.model` (type ncs, masks.find: imp). Writes
 // <run_dir>/masks/round-<k>.h5 (every task's round-k mask), <run_dir>/masks/chosen.h5 and
-// <run_dir>/masks/imp.json. `schema` is the training data's.
+// <run_dir>/masks/imp.json. `schema` is the training data's. `dense_comm`, if given, sums the
+// dense gradient of every step (train_one_step; NCCL for a GPU model on several ranks).
 ImpResult find_masks_imp(const TrainConfig& config, const DataSchema& schema, const std::vector<std::string>& train_files,
-                         const std::vector<std::string>& valid_files, const std::string& run_dir, Communicator& comm);
+                         const std::vector<std::string>& valid_files, const std::string& run_dir, Communicator& comm,
+                         Communicator* dense_comm = nullptr);
 
 }  // namespace ncsrec

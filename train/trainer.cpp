@@ -324,7 +324,8 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   if (!masks_given && !config.model.masks.file.empty()) load_masks(config.model.masks.file, model);
   if (!masks_given && config.model.masks.find == "imp") {
     const std::vector<std::string> valid_files = expand_data_paths(config.data.valid, "data.valid");
-    const ImpResult imp = find_masks_imp(config, reader->schema(), train_files, valid_files, run_dir, comm);
+    const ImpResult imp =
+        find_masks_imp(config, reader->schema(), train_files, valid_files, run_dir, comm, options.dense_comm);
     for (size_t t = 0; t < imp.masks.size(); ++t)
       for (int l = 0; l < model.num_masked_layers(); ++l)
         model.set_mask(static_cast<int>(t), l, imp.masks[t][static_cast<size_t>(l)]);
