@@ -38,6 +38,10 @@ struct OpTable {
   void (*copy)(void* dst, const void* src, size_t bytes, CopyKind kind) = nullptr;
   void (*memset_zero)(void* ptr, size_t bytes) = nullptr;
   void (*synchronize)() = nullptr;
+  // Page-locked host memory for the buffers this device copies from and to (faster copies);
+  // null where the backend has none. host_alloc may return null: ordinary host memory then.
+  void* (*host_alloc)(size_t bytes) = nullptr;
+  void (*host_free)(void* ptr) = nullptr;
 
   // C[M,N] = alpha * op(A) * op(B) + beta * C; op(A) is [M,K], op(B) is [K,N]; row-major.
   void (*gemm)(DType dtype, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha,

@@ -51,14 +51,35 @@ std::atomic<int64_t> allocation_count[2];  // by Device
 int64_t storage_allocations(Device device) { return allocation_count[device == Device::CPU ? 0 : 1].load(); }
 
 Storage::Storage(size_t bytes_, Device device_) : bytes(bytes_), device(device_) {
-  ptr = bytes ? ops_for(device).alloc(bytes) : nullptr;
+  const OpTable& ops = ops_for(device);
+  ptr = bytes ? ops.alloc(bytes) : nullptr;
+  release = ops.free;
   if (ptr == nullptr && bytes != 0)
     throw UserError(NCSREC_STR_("out of memory: cannot allocate " << bytes << " bytes on " << device_name(device)));
   if (bytes) allocation_count[device == Device::CPU ? 0 : 1].fetch_add(1, std::memory_order_relaxed);
 }
 
+Storage::Storage(size_t bytes_, Device device_, Device pinned_for) : bytes(bytes_), device(device_) {
+  NCSREC_CHECK(device == Device::CPU, "page-locked memory is host memory, not " << device_name(device));
+  if (pinned_for != Device::CPU && bytes != 0) {
+    const OpTable& ops = ops_for(pinned_for);
+    if (ops.host_alloc && ops.host_free) {
+      ptr = ops.host_alloc(bytes);
+      release = ops.host_free;
+    }
+  }
+  if (ptr == nullptr && bytes != 0) {  // no page-locked memory to be had: ordinary host memory
+    const OpTable& ops = ops_for(Device::CPU);
+    ptr = ops.alloc(bytes);
+    release = ops.free;
+  }
+  if (ptr == nullptr && bytes != 0)
+    throw UserError(NCSREC_STR_("out of memory: cannot allocate " << bytes << " bytes on the host"));
+  if (bytes) allocation_count[0].fetch_add(1, std::memory_order_relaxed);
+}
+
 Storage::~Storage() {
-  if (ptr) ops_for(device).free(ptr);
+  if (ptr) release(ptr);
 }
 
 Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
@@ -68,6 +89,17 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
   t.shape_ = std::move(shape);
   t.dtype_ = dtype;
   t.device_ = device;
+  return t;
+}
+
+Tensor Tensor::empty_pinned(Shape shape, DType dtype, Device for_device) {
+  for (int64_t d : shape) NCSREC_CHECK(d >= 0, "negative dimension in shape " << shape_string(shape));
+  Tensor t;
+  t.storage_ = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), Device::CPU,
+                                         for_device);
+  t.shape_ = std::move(shape);
+  t.dtype_ = dtype;
+  t.device_ = Device::CPU;
   return t;
 }
 

@@ -36,7 +36,11 @@ struct Storage {
   void* ptr = nullptr;
   size_t bytes = 0;
   Device device = Device::CPU;
+  void (*release)(void*) = nullptr;  // the allocator's own free, taken when allocated
   Storage(size_t bytes, Device device);
+  // Host memory from `pinned_for`'s page-locked allocator (OpTable::host_alloc), or ordinary
+  // host memory where it has none.
+  Storage(size_t bytes, Device device, Device pinned_for);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -51,6 +55,9 @@ class Tensor {
   Tensor() = default;
   static Tensor empty(Shape shape, DType dtype, Device device = Device::CPU);
   static Tensor zeros(Shape shape, DType dtype, Device device = Device::CPU);
+  // A host tensor for copies to and from `for_device`: page-locked where its backend offers it
+  // (faster copies), ordinary host memory otherwise (and always for Device::CPU).
+  static Tensor empty_pinned(Shape shape, DType dtype, Device for_device);
   // A u8 tensor [bytes.size()] holding `bytes` on `device` (masks for the kernels).
   static Tensor from_bytes(const std::vector<uint8_t>& bytes, Device device);
 

@@ -179,6 +179,31 @@ void cuda_free(void* p) noexcept {
   }
 }
 
+// Page-locked host memory for the staging buffers (the input going up, its gradient coming down):
+// copies from it run at full PCIe speed, without the driver's bounce through its own buffer.
+// Null when the driver cannot lock that much: the caller falls back to ordinary memory.
+void* cuda_host_alloc(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+  const cudaError_t err = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return nullptr;
+  }
+  return p;
+}
+
+void cuda_host_free(void* p) noexcept {
+  if (!p) return;
+  const cudaError_t err = cudaFreeHost(p);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    if (err != cudaErrorCudartUnloading)
+      std::fprintf(stderr, "ncsrec: warning: cudaFreeHost failed: %s (%s)\n", cudaGetErrorName(err),
+                   cudaGetErrorString(err));
+  }
+}
+
 cudaMemcpyKind memcpy_kind(CopyKind kind) {
   switch (kind) {
     case CopyKind::HostToHost: return cudaMemcpyHostToHost;
@@ -348,6 +373,8 @@ OpTable make_cuda_table() {
   OpTable t;
   t.alloc = cuda_alloc;
   t.free = cuda_free;
+  t.host_alloc = cuda_host_alloc;
+  t.host_free = cuda_host_free;
   t.copy = cuda_copy;
   t.memset_zero = cuda_memset_zero;
   t.synchronize = cuda_synchronize;

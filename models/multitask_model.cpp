@@ -347,7 +347,7 @@ void MultiTaskModel::forward(const Block& batch, bool training) {
   const int64_t B = batch.rows;
   lookups_.resize(tables_.size());
   for (auto& g : groups_) {
-    g.host = ensure_buffer(g.host_buf, B, input_dim_, dtype_, Device::CPU);
+    g.host = ensure_buffer(g.host_buf, B, input_dim_, dtype_, Device::CPU, device_);  // goes up
     for (const auto& tr : g.tables) {
       ShardedTable& table = tables_[static_cast<size_t>(tr.table)];
       if (!comm_ && !table.hashed()) {  // one process, a fixed table: it is all here
@@ -625,7 +625,7 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     if (!active(t)) continue;
     const size_t g = static_cast<size_t>(group_of_task_[t]);
     logits[t] = &towers_[t]->forward(shared_output(t), pass(g, true));
-    dlogit_views[t] = ensure_buffer(dlogit_bufs_[t], B, 1, dtype_, Device::CPU);
+    dlogit_views[t] = ensure_buffer(dlogit_bufs_[t], B, 1, dtype_, Device::CPU, device_);
     prob_views[t] = ensure_buffer(prob_bufs_[t], B, 1, dtype_, Device::CPU);
     dlogits[t] = &dlogit_views[t];
     probs[t] = &prob_views[t];
@@ -705,7 +705,7 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     // gradient comes down once.
     Tensor dx = grp.dx.sum;
     if (device_ != Device::CPU) {
-      dx = ensure_buffer(grp.dx_host_buf, B, input_dim_, dtype_, Device::CPU);
+      dx = ensure_buffer(grp.dx_host_buf, B, input_dim_, dtype_, Device::CPU, device_);
       dx.copy_from(grp.dx.sum);
     }
     // The embeddings (and interacting history features) also reach the loss through their dot
@@ -1006,7 +1006,8 @@ const uint8_t* MultiTaskModel::update_mask(int task) {
 const Tensor& MultiTaskModel::logits_on_host(size_t task, const Tensor& logits) {
   if (logits.device() == Device::CPU) return logits;
   Tensor& host = staged_logits_[task];
-  host = ensure_buffer(logit_host_bufs_[task], logits.dim(0), logits.dim(1), logits.dtype(), Device::CPU);
+  host = ensure_buffer(logit_host_bufs_[task], logits.dim(0), logits.dim(1), logits.dtype(), Device::CPU,
+                       logits.device());
   host.copy_from(logits);
   return host;
 }

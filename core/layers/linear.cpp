@@ -12,7 +12,7 @@
 
 namespace ncsrec {
 
-Tensor ensure_buffer(Tensor& buffer, int64_t rows, int64_t cols, DType dtype, Device device) {
+Tensor ensure_buffer(Tensor& buffer, int64_t rows, int64_t cols, DType dtype, Device device, Device staging_for) {
   NCSREC_CHECK(rows >= 0 && cols >= 0, "buffer of negative shape [" << rows << ", " << cols << "]");
   const bool fits = buffer.defined() && buffer.dtype() == dtype && buffer.device() == device &&
                     buffer.ndim() == 2 && buffer.dim(1) == cols && buffer.dim(0) >= rows;
@@ -22,7 +22,8 @@ Tensor ensure_buffer(Tensor& buffer, int64_t rows, int64_t cols, DType dtype, De
     if (buffer.defined() && buffer.dtype() == dtype && buffer.device() == device && buffer.ndim() == 2 &&
         buffer.dim(1) == cols)
       capacity = std::max(capacity, buffer.dim(0));
-    buffer = Tensor::empty({capacity, cols}, dtype, device);
+    buffer = device == Device::CPU && staging_for != Device::CPU ? Tensor::empty_pinned({capacity, cols}, dtype, staging_for)
+                                                                 : Tensor::empty({capacity, cols}, dtype, device);
   }
   return buffer.dim(0) == rows ? buffer : buffer.slice_rows(0, rows);
 }

@@ -18,8 +18,11 @@ enum class Activation : uint8_t { None, ReLU };
 
 // Returns a [rows, cols] view of `buffer`, (re)allocating it when it is too small or of
 // another dtype/device. Contents are unspecified. Returned by value: `buffer` keeps its full
-// capacity, so a smaller batch followed by a larger one does not reallocate.
-Tensor ensure_buffer(Tensor& buffer, int64_t rows, int64_t cols, DType dtype, Device device);
+// capacity, so a smaller batch followed by a larger one does not reallocate. A host buffer
+// (device CPU) that `staging_for` (a device) copies to or from is allocated page-locked where
+// that device's backend offers it (Tensor::empty_pinned).
+Tensor ensure_buffer(Tensor& buffer, int64_t rows, int64_t cols, DType dtype, Device device,
+                     Device staging_for = Device::CPU);
 
 // The gradient of one tensor summed over its consumers: the first contribution is copied into
 // `sum` (a view of `buffer`), later ones are added. reset() at the start of each backward;

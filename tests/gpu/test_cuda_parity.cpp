@@ -20,8 +20,11 @@
 #include <type_traits>
 #include <vector>
 
+#include <cuda_runtime.h>
+
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "core/tensor.h"
 #include "cuda/device.h"
 #include "tests/gpu/gpu_test_util.h"
 
@@ -64,6 +67,24 @@ void check_memory_ops() {
 TEST_F(CudaParity, MemoryOps) {
   check_memory_ops<float>();
   check_memory_ops<double>();
+}
+
+// The staging buffers of a device model (Tensor::empty_pinned): page-locked host memory that
+// the runtime knows, and copies through it both ways keep every bit.
+TEST_F(CudaParity, PinnedHostBuffersAreRegisteredAndCopyBothWays) {
+  const int64_t n = 1000003;
+  Tensor up = Tensor::empty_pinned({n}, DType::F32, Device::CUDA);
+  Tensor down = Tensor::empty_pinned({n}, DType::F32, Device::CUDA);
+  cudaPointerAttributes attr{};
+  ASSERT_EQ(cudaPointerGetAttributes(&attr, up.raw()), cudaSuccess);
+  EXPECT_EQ(attr.type, cudaMemoryTypeHost) << "page-locked host memory";
+  const auto values = random_values<float>(n, 7);
+  std::memcpy(up.raw(), values.data(), up.nbytes());
+  for (int64_t i = 0; i < n; ++i) down.data<float>()[i] = std::numeric_limits<float>::quiet_NaN();
+  Tensor on_device = Tensor::empty({n}, DType::F32, Device::CUDA);
+  on_device.copy_from(up);
+  down.copy_from(on_device);
+  EXPECT_EQ(std::memcmp(down.raw(), values.data(), down.nbytes()), 0);
 }
 
 // ---- gemm -----------------------------------------------------------------------------------

@@ -5,7 +5,9 @@
 // models a device cannot train yet are refused by name, and run.device: auto falls back for them.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -154,6 +156,50 @@ class DeviceMemoryComm final : public Communicator {
   void do_broadcast(void*, int64_t, DType, int) override { ADD_FAILURE(); }
   void do_barrier() override {}
 };
+
+// A device model's staging buffers (the input going up, its gradient and the logits coming down,
+// dL/dlogit going up) come from the device's page-locked allocator, and go back to it; where it
+// has none to give (null), ordinary host memory serves and the step is the same.
+std::atomic<int64_t> g_pinned_allocs{0}, g_pinned_frees{0};
+bool g_pinned_refuse = false;
+void* counting_host_alloc(size_t bytes) {
+  if (g_pinned_refuse) return nullptr;
+  ++g_pinned_allocs;
+  return std::malloc(bytes);
+}
+void counting_host_free(void* p) {
+  ++g_pinned_frees;
+  std::free(p);
+}
+
+TEST(DeviceTraining, StagingBuffersArePageLockedWhereTheDeviceOffersIt) {
+  FakeDevice device;
+  OpTable t = ops_for(Device::CUDA);
+  t.host_alloc = counting_host_alloc;
+  t.host_free = counting_host_free;
+  register_ops(Device::CUDA, t);
+  const TrainConfig config = config_for("  type: ncs\n  shared: [16, 8]\n  tower: []\n" + std::string(
+      "  tables: {user: {rows: 40}, item: {rows: 40, pooling: mean}, ctx: {rows: 40}}\n"));
+  const Block batch = random_block(32, 5);
+  std::vector<float> losses;
+  for (bool refuse : {false, true}) {
+    g_pinned_refuse = refuse;
+    g_pinned_allocs = 0;
+    g_pinned_frees = 0;
+    {
+      MultiTaskModel model(config.model, batch.schema, DType::F32, 7, nullptr, Device::CUDA);
+      Optimizers opt = make_optimizers(config, model);
+      auto comm = make_local_communicator();
+      for (int64_t step = 1; step <= 3; ++step)
+        losses.push_back(static_cast<float>(train_one_step(model, opt, batch, -1, step, true, *comm).total));
+      if (refuse) EXPECT_EQ(g_pinned_allocs, 0);
+      else EXPECT_GE(g_pinned_allocs, 4) << "input, input gradient, and per task logits and dL/dlogit";
+    }
+    EXPECT_EQ(g_pinned_frees, g_pinned_allocs) << "every page-locked buffer went back to its own allocator";
+  }
+  g_pinned_refuse = false;
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(losses[i], losses[i + 3]) << "step " << i + 1;
+}
 
 // run.dense_comm: the dense gradient is summed by the dense communicator, in the device's own
 // memory (no staging copy), and the host communicator sums the rest; the step is the same.
