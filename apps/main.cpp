@@ -194,13 +194,24 @@ std::unique_ptr<Communicator> make_dense_communicator(const TrainConfig& config,
 #ifdef NCSREC_HAVE_NCCL
   // NCCL needs a GPU of its own for every rank: ranks of one node sharing a GPU (more ranks than
   // GPUs) sum over the host communicator instead (auto), or are refused (nccl).
+  // Every rank contributes to the gather, also one that cannot name its GPU or its host (-1):
+  // then every rank throws after it, instead of the others waiting for it.
+  int64_t mine = -1;
+  std::string why_not;
   char host[256] = {};
-  (void)gethostname(host, sizeof(host) - 1);
-  const int64_t mine = static_cast<int64_t>(std::hash<std::string>{}(host) & 0xffffffffffff) * 4096 +
-                       nccl_device_for_this_rank();
+  try {
+    if (gethostname(host, sizeof(host) - 1) != 0) throw UserError("gethostname failed");
+    mine = static_cast<int64_t>(std::hash<std::string>{}(host) & 0xffffffffffff) * 4096 + nccl_device_for_this_rank();
+  } catch (const UserError& e) {
+    why_not = e.what();
+  }
   std::vector<int64_t> all(static_cast<size_t>(comm.world_size()));
   comm.all_gather(&mine, 1, all.data(), DType::I64);
   std::sort(all.begin(), all.end());
+  if (all.front() < 0)
+    throw UserError("run.dense_comm: a rank cannot tell its host and GPU for NCCL" +
+                    (why_not.empty() ? std::string() : " (here: " + why_not + ")") +
+                    "; set run.dense_comm: host to sum the dense gradient over " + comm.kind());
   if (std::adjacent_find(all.begin(), all.end()) != all.end()) {
     const std::string what = "ranks of one node share a GPU (more ranks than GPUs), and NCCL needs a GPU per rank";
     if (config.dense_comm == "nccl") throw ConfigError("run.dense_comm is nccl but " + what + "; set run.dense_comm: auto or host");

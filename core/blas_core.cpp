@@ -20,7 +20,10 @@ std::string openblas_core_in_use() {
 }
 
 void use_single_threaded_blas() {
-  static const bool done = (openblas_set_num_threads(1), true);
+  // OpenBLAS's OpenMP build (openblas_get_parallel() == 2) runs single-threaded inside our
+  // parallel regions by itself, and its openblas_set_num_threads would call
+  // omp_set_num_threads(1) and so turn off every region of ours: leave it alone.
+  static const bool done = (openblas_get_parallel() != 2 ? openblas_set_num_threads(1) : void(), true);
   (void)done;
 }
 

@@ -59,8 +59,11 @@ void gemm_block(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, cons
 // thread along its longer side and each block is one single-threaded BLAS call. A second
 // thread pool (OpenBLAS's pthreads, yield-spinning between calls) beside OpenMP's fought it for
 // the cores: on the paper-sized NCS step (2 cores) sched_yield took a fifth of the samples
-// (docs/results/bench.md). Each element of C is still one BLAS dot product over all of K, and
-// the result is bit-identical on any thread count (tests/unit/test_gemm.cpp).
+// (docs/results/bench.md). Each element of C is still one BLAS dot product over all of K; with
+// our OpenBLAS the result is bit-identical on 1, 2 and 3 threads (tests/unit/test_gemm.cpp),
+// though a BLAS may pick other kernels for a block than for the whole product. The blocks are
+// fixed by the thread count asked for and shared out over the team OpenMP gives, which may be
+// smaller (OMP_DYNAMIC, OMP_THREAD_LIMIT): every block is computed either way.
 template <class T>
 void gemm_t(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, const T* B, T beta, T* C) {
   use_single_threaded_blas();
@@ -73,13 +76,12 @@ void gemm_t(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T*
     gemm_block(ta, tb, M, N, K, alpha, A, B, beta, C, 0, M, 0, N);
     return;
   }
-#pragma omp parallel num_threads(threads)
-  {
-    const int64_t lo = std::min(side, omp_get_thread_num() * chunk), hi = std::min(side, lo + chunk);
-    if (hi > lo) {
-      if (by_rows) gemm_block(ta, tb, M, N, K, alpha, A, B, beta, C, lo, hi - lo, 0, N);
-      else gemm_block(ta, tb, M, N, K, alpha, A, B, beta, C, 0, M, lo, hi - lo);
-    }
+  const int64_t blocks = (side + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t lo = blk * chunk, n = std::min(side, lo + chunk) - lo;
+    if (by_rows) gemm_block(ta, tb, M, N, K, alpha, A, B, beta, C, lo, n, 0, N);
+    else gemm_block(ta, tb, M, N, K, alpha, A, B, beta, C, 0, M, lo, n);
   }
 }
 

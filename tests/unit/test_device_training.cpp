@@ -139,14 +139,17 @@ TEST_P(DeviceModel, OnceWarmNoStepAllocatesMemory) {
   if (!hashed) EXPECT_EQ(storage_allocations(Device::CPU), warm_host) << "steps after warm-up allocated host tensors";
 }
 
-// A communicator of device memory for one rank (NCCL's part in train_one_step): records the
-// buffers it is asked to sum, and sums over its one rank (leaves them as they are).
-class DeviceMemoryComm final : public Communicator {
+// A communicator of two ranks whose other rank contributes zeros (a sum that leaves the buffers
+// as they are), in device memory (NCCL's part in train_one_step) or host memory (MPI's): records
+// the buffers it is asked to sum. With two ranks a buffer in the other kind of memory is staged
+// through a copy, so the recorded pointer tells whether the gradient was summed where it is.
+class RecordingComm final : public Communicator {
  public:
+  explicit RecordingComm(bool device_memory) : device_memory_(device_memory) {}
   int rank() const override { return 0; }
-  int world_size() const override { return 1; }
-  const char* kind() const override { return "device-memory"; }
-  bool takes_device_memory() const override { return true; }
+  int world_size() const override { return 2; }
+  const char* kind() const override { return "recording"; }
+  bool takes_device_memory() const override { return device_memory_; }
   std::vector<const void*> reduced;
 
  protected:
@@ -155,14 +158,18 @@ class DeviceMemoryComm final : public Communicator {
   void do_all_gather(const void*, int64_t, void*, DType) override { ADD_FAILURE(); }
   void do_broadcast(void*, int64_t, DType, int) override { ADD_FAILURE(); }
   void do_barrier() override {}
+
+ private:
+  bool device_memory_;
 };
 
 // A device model's staging buffers (the input going up, its gradient and the logits coming down,
 // dL/dlogit going up) come from the device's page-locked allocator, and go back to it; where it
 // has none to give (null), ordinary host memory serves and the step is the same.
-std::atomic<int64_t> g_pinned_allocs{0}, g_pinned_frees{0};
+std::atomic<int64_t> g_pinned_calls{0}, g_pinned_allocs{0}, g_pinned_frees{0};
 bool g_pinned_refuse = false;
 void* counting_host_alloc(size_t bytes) {
+  ++g_pinned_calls;
   if (g_pinned_refuse) return nullptr;
   ++g_pinned_allocs;
   return std::malloc(bytes);
@@ -184,6 +191,7 @@ TEST(DeviceTraining, StagingBuffersArePageLockedWhereTheDeviceOffersIt) {
   std::vector<float> losses;
   for (bool refuse : {false, true}) {
     g_pinned_refuse = refuse;
+    g_pinned_calls = 0;
     g_pinned_allocs = 0;
     g_pinned_frees = 0;
     {
@@ -192,8 +200,9 @@ TEST(DeviceTraining, StagingBuffersArePageLockedWhereTheDeviceOffersIt) {
       auto comm = make_local_communicator();
       for (int64_t step = 1; step <= 3; ++step)
         losses.push_back(static_cast<float>(train_one_step(model, opt, batch, -1, step, true, *comm).total));
-      if (refuse) EXPECT_EQ(g_pinned_allocs, 0);
-      else EXPECT_GE(g_pinned_allocs, 4) << "input, input gradient, and per task logits and dL/dlogit";
+      // One input group and two tasks: the input, its gradient, and per task logits and dL/dlogit.
+      EXPECT_EQ(g_pinned_calls, 2 + 2 * 2) << "every staging buffer asks for page-locked memory";
+      EXPECT_EQ(g_pinned_allocs, refuse ? 0 : 2 + 2 * 2);
     }
     EXPECT_EQ(g_pinned_frees, g_pinned_allocs) << "every page-locked buffer went back to its own allocator";
   }
@@ -212,7 +221,7 @@ TEST(DeviceTraining, TheDenseGradientIsSummedByTheDenseCommunicatorInDeviceMemor
   MultiTaskModel b(config.model, batch.schema, DType::F32, 7, nullptr, Device::CUDA);
   Optimizers oa = make_optimizers(config, a), ob = make_optimizers(config, b);
   auto host_a = make_local_communicator(), host_b = make_local_communicator();
-  DeviceMemoryComm dense;
+  RecordingComm dense(true), staged(false);
   for (int64_t step = 1; step <= 3; ++step) {
     const StepLoss la = train_one_step(a, oa, batch, -1, step, true, *host_a);
     const StepLoss lb = train_one_step(b, ob, batch, -1, step, true, *host_b, nullptr, &dense);
@@ -220,6 +229,13 @@ TEST(DeviceTraining, TheDenseGradientIsSummedByTheDenseCommunicatorInDeviceMemor
   }
   ASSERT_EQ(dense.reduced.size(), 3u) << "one dense all-reduce a step";
   for (const void* p : dense.reduced) EXPECT_EQ(p, b.params().grads().raw()) << "the device's gradient, not a copy";
+  // The control: a host-memory communicator gets a staged copy, so the check above can fail.
+  MultiTaskModel c(config.model, batch.schema, DType::F32, 7, nullptr, Device::CUDA);
+  Optimizers oc = make_optimizers(config, c);
+  auto host_c = make_local_communicator();
+  train_one_step(c, oc, batch, -1, 1, true, *host_c, nullptr, &staged);
+  ASSERT_EQ(staged.reduced.size(), 1u);
+  EXPECT_NE(staged.reduced[0], c.params().grads().raw()) << "a host communicator sums a host copy";
   EXPECT_EQ(host_b->stats().all_reduce_calls + 3, host_a->stats().all_reduce_calls)
       << "the host communicator no longer sums the dense gradient";
   EXPECT_TRUE(same_bits(a.params().values(), b.params().values()));

@@ -45,8 +45,9 @@ TEST_P(Gemm, MatchesTheReferenceAndIsTheSameOnAnyThreadCount) {
   const auto [ta, tb, dtype] = GetParam();
   const double alpha = 0.75, beta = -0.5;
   const double rtol = dtype == DType::F32 ? 1e-5 : 1e-13;
-  // cut by rows (M ≥ N), by columns (N > M), too small to cut, and a side just over 2 blocks
-  for (const Case c : {Case{301, 70, 131}, Case{37, 333, 203}, Case{5, 7, 3}, Case{33, 1030, 64}}) {
+  // cut by rows (M ≥ N), by columns (N > M), too small to cut, a side just over 2 blocks, and
+  // enough work to cut but a longer side under 2 blocks (not cut)
+  for (const Case c : {Case{301, 70, 131}, Case{37, 333, 203}, Case{5, 7, 3}, Case{33, 1030, 64}, Case{31, 20, 5000}}) {
     SCOPED_TRACE(::testing::Message() << "M " << c.M << " N " << c.N << " K " << c.K << " ta " << ta << " tb " << tb
                                     << " " << dtype_name(dtype));
     const uint64_t seed = static_cast<uint64_t>(c.M * 1000003 + c.N * 1009 + c.K);
@@ -62,6 +63,18 @@ TEST_P(Gemm, MatchesTheReferenceAndIsTheSameOnAnyThreadCount) {
       results.push_back(C);
     }
     omp_set_num_threads(saved);
+    // Called from inside a parallel region (each thread its own C): one BLAS call each.
+    std::vector<Tensor> inner(2);
+#pragma omp parallel num_threads(2)
+    {
+      const int t = omp_get_thread_num();
+      if (t < 2) {
+        inner[static_cast<size_t>(t)] = C0.clone();
+        ops::gemm(inner[static_cast<size_t>(t)], A, ta, B, tb, alpha, beta);
+      }
+    }
+    for (const Tensor& C : inner)
+      if (C.defined()) results.push_back(C);
     const int64_t lda = ta ? c.M : c.K, ldb = tb ? c.K : c.N;
     int64_t bad = 0;
     for (int64_t i = 0; i < c.M; ++i) {
@@ -83,7 +96,7 @@ TEST_P(Gemm, MatchesTheReferenceAndIsTheSameOnAnyThreadCount) {
     EXPECT_EQ(bad, 0);
     for (size_t r = 1; r < results.size(); ++r)
       EXPECT_EQ(std::memcmp(results[0].raw(), results[r].raw(), results[0].nbytes()), 0)
-          << (r + 1) << " threads changed the bits of the product";
+          << "run " << r << " (runs 1, 2: 2 and 3 threads; then inside a parallel region) changed the bits";
   }
 }
 
