@@ -335,7 +335,21 @@ LoadedRun load_run(const Args& args, const std::vector<std::string>& data_files)
   LoadedRun run;
   int64_t rows = 0;
   const DataSchema schema = read_shard_schema(data_files.at(0), &rows);
-  run.model = load_model(checkpoint, schema, nullptr, &run.config, &run.meta);
+  // The run evaluates where it trained when this machine can: with run.device cuda or auto, on
+  // a GPU if one is here and the model runs there, else on the CPU (a checkpoint is the same on
+  // every device, so a GPU-trained one evaluates on a machine without a GPU). --sparse (CSR
+  // layers) runs on the CPU.
+  TrainConfig saved = parse_train_config(read_checkpoint_meta(checkpoint).config_yaml, checkpoint + " (saved config)");
+  Device device = Device::CPU;
+  if (saved.device != "cpu" && !args.has("sparse")) {
+    const std::string trained_on = saved.device;
+    saved.device = "auto";
+    select_device(saved.device, saved.matmul, "", "");
+    device = training_device(saved);
+    if (device != Device::CPU)
+      std::fprintf(stderr, "the dense layers run on the GPU (the run's run.device: %s)\n", trained_on.c_str());
+  }
+  run.model = load_model(checkpoint, schema, nullptr, &run.config, &run.meta, device);
   configure_threads(run.config.threads);
   if (args.has("sparse")) run.model->enable_sparse_inference();
   return run;

@@ -480,10 +480,10 @@ void prune_step_checkpoints(const std::string& checkpoints_dir, int64_t keep) {
 }
 
 std::unique_ptr<MultiTaskModel> load_model(const std::string& dir, const DataSchema& schema, Communicator* comm,
-                                           TrainConfig* config, CheckpointMeta* meta) {
+                                           TrainConfig* config, CheckpointMeta* meta, Device device) {
   const CheckpointMeta m = read_checkpoint_meta(dir);
   const TrainConfig c = parse_train_config(m.config_yaml, dir + " (saved config)");
-  auto model = std::make_unique<MultiTaskModel>(c.model, schema, DType::F32, c.seed, comm);
+  auto model = std::make_unique<MultiTaskModel>(c.model, schema, DType::F32, c.seed, comm, device);
   load_verified(dir, m, TrainingState{model.get(), nullptr, {}});
   if (config) *config = c;
   if (meta) *meta = m;

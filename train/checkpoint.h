@@ -61,10 +61,12 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir);
 // checkpoint loads onto any number of ranks and any placement.
 CheckpointMeta load_checkpoint(const std::string& dir, const TrainingState& state);
 // The model saved in checkpoint `dir`: built from its saved config for data of `schema` (on the
-// ranks of `comm`, null for one process) and loaded, without optimizer state. `config` and
-// `meta`, if given, receive the saved config and metadata.
+// ranks of `comm`, null for one process) and loaded, without optimizer state, with its dense
+// part on `device` (checkpoints are the same on every device). `config` and `meta`, if given,
+// receive the saved config and metadata.
 std::unique_ptr<MultiTaskModel> load_model(const std::string& dir, const DataSchema& schema, Communicator* comm,
-                                           TrainConfig* config = nullptr, CheckpointMeta* meta = nullptr);
+                                           TrainConfig* config = nullptr, CheckpointMeta* meta = nullptr,
+                                           Device device = Device::CPU);
 // The checkpoint a resumed run continues from: of `checkpoints_dir`/step-<N> and /final (after
 // recovering any a crash interrupted), the one with the highest step ("final" on a tie); ""
 // when there is none.

@@ -21,6 +21,7 @@
 #include "scratch_dir.h"
 #include "tests/unit/fake_device.h"
 #include "tiny_data.h"
+#include "core/data/hdf5_shard.h"
 #include "train/checkpoint.h"
 #include "train/step.h"
 #include "train/trainer.h"
@@ -292,6 +293,34 @@ TEST(DeviceModel, CudaWithoutABackendIsAConfigError) {
 
 // The trainer on the device: the same run (checkpoint mid-way, resumed) as on the CPU gives the
 // same losses, checkpoint and evaluation.
+// `ncsrec eval` and `predict` load a run trained with run.device cuda or auto onto the device
+// when one is there (load_model's device): its predictions are the CPU-loaded model's.
+TEST(DeviceTraining, ACheckpointLoadedOnTheDevicePredictsAsOnTheCpu) {
+  FakeDevice device;
+  testing::ScratchDir scratch("device_load");
+  testing::write_day(scratch.path / "train", 100, 1);
+  const std::string yaml = "run: {device: cuda}\ndata: {train: [\"" + (scratch.path / "train").string() + "\"]}\n" +
+                           "model:\n  type: ncs\n  shared: [8]\n  tower: [4]\n  embedding_dim: 4\n"
+                           "  tables: {user: {rows: 50}, item: {rows: 50}}\n"
+                           "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n"
+                           "train: {batch_size: 16, max_steps: 6}\n";
+  auto comm = make_local_communicator();
+  run_training(parse_train_config(yaml, "run.yaml"), yaml, (scratch.path / "run").string(), *comm, TrainOptions{});
+  const std::string ckpt = (scratch.path / "run/checkpoints/final").string();
+  const std::string shard = (scratch.path / "train/part-0000.h5").string();
+  int64_t rows = 0;
+  Block eval = Block::with_schema(read_shard_schema(shard, &rows));
+  read_shard_rows(shard, 0, rows, eval);
+  auto on_cpu = load_model(ckpt, eval.schema, nullptr);
+  auto on_device = load_model(ckpt, eval.schema, nullptr, nullptr, nullptr, Device::CUDA);
+  ASSERT_EQ(on_device->params().values().device(), Device::CUDA);
+  std::vector<std::vector<float>> p_cpu, p_device;
+  on_cpu->predict(eval, p_cpu);
+  on_device->predict(eval, p_device);
+  ASSERT_FALSE(p_cpu.empty());
+  EXPECT_EQ(p_cpu, p_device);
+}
+
 TEST(DeviceTraining, ARunResumedFromItsCheckpointOnTheDeviceMatchesTheCpuRun) {
   FakeDevice device;
   testing::ScratchDir scratch("device_training");
