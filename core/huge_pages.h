@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 
@@ -17,6 +18,17 @@ constexpr size_t kHugePageMinBytes = size_t{32} << 20;
 
 // Like aligned_alloc (null when out of memory); free with std::free.
 void* allocate_for_random_access(size_t bytes);
+
+// Loops over rows scattered through such arrays ask for the row kPrefetchAhead places ahead
+// while they work on the current one, so that the DRAM misses of the rows overlap instead of
+// queueing one after the other (docs/results/hash_tables.md).
+constexpr int64_t kPrefetchAhead = 8;
+// Asks the cache for the first `bytes` (up to 4 lines) at `p`; `Write` when the loop will write.
+template <bool Write = false>
+inline void prefetch_row(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (size_t off = 0; off < bytes && off < 256; off += 64) __builtin_prefetch(c + off, Write ? 1 : 0);
+}
 
 // A std::vector allocator over allocate_for_random_access.
 template <class T>

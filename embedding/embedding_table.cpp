@@ -17,20 +17,13 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/huge_pages.h"
 #include "core/random.h"
 
 namespace ncsrec {
 namespace {
 
 constexpr int64_t kParallelMinRows = 64;  // below this, threads cost more than they save
-
-// The updates touch rows scattered over tables of up to gigabytes, each a DRAM miss: asking for
-// the row kPrefetchRows ahead overlaps the misses instead of taking them one after the other.
-constexpr int64_t kPrefetchRows = 8;
-inline void prefetch_row(const void* p, size_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (size_t off = 0; off < bytes && off < 256; off += 64) __builtin_prefetch(c + off, 1);
-}
 
 // Row r of `values` is the row of key keys[r]: a pure function of (table seed, key), so shards,
 // whole tables and hash tables agree bit for bit.
@@ -91,10 +84,10 @@ class SparseAdagrad final : public SparseOptimizer {
     const T lr = static_cast<T>(lr_), eps = static_cast<T>(c_.adagrad_eps);
 #pragma omp parallel for schedule(static) if (n >= kParallelMinRows)
     for (int64_t i = 0; i < n; ++i) {
-      if (i + kPrefetchRows < n) {
-        const int64_t ahead = grad.rows[static_cast<size_t>(i + kPrefetchRows)] * dim;
-        prefetch_row(w + ahead, dim * sizeof(T));
-        prefetch_row(acc + ahead, dim * sizeof(T));
+      if (i + kPrefetchAhead < n) {
+        const int64_t ahead = grad.rows[static_cast<size_t>(i + kPrefetchAhead)] * dim;
+        prefetch_row<true>(w + ahead, dim * sizeof(T));
+        prefetch_row<true>(acc + ahead, dim * sizeof(T));
       }
       const int64_t row = grad.rows[static_cast<size_t>(i)];
       for (int64_t d = 0; d < dim; ++d) {
@@ -139,12 +132,12 @@ class SparseAdam final : public SparseOptimizer {
             eps = static_cast<T>(c_.eps);
 #pragma omp parallel for schedule(static) if (n >= kParallelMinRows)
     for (int64_t i = 0; i < n; ++i) {
-      if (i + kPrefetchRows < n) {
-        const int64_t ahead = grad.rows[static_cast<size_t>(i + kPrefetchRows)];
-        prefetch_row(w + ahead * dim, dim * sizeof(T));
-        prefetch_row(m + ahead * dim, dim * sizeof(T));
-        prefetch_row(v + ahead * dim, dim * sizeof(T));
-        __builtin_prefetch(steps + ahead, 1);
+      if (i + kPrefetchAhead < n) {
+        const int64_t ahead = grad.rows[static_cast<size_t>(i + kPrefetchAhead)];
+        prefetch_row<true>(w + ahead * dim, dim * sizeof(T));
+        prefetch_row<true>(m + ahead * dim, dim * sizeof(T));
+        prefetch_row<true>(v + ahead * dim, dim * sizeof(T));
+        prefetch_row<true>(steps + ahead, sizeof(int64_t));
       }
       const int64_t row = grad.rows[static_cast<size_t>(i)];
       const int64_t t = ++steps[row];

@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/huge_pages.h"
 #include "core/random.h"
 
 namespace ncsrec {
@@ -196,7 +197,7 @@ inline size_t probe_start(int64_t key, size_t mask) { return static_cast<size_t>
 }  // namespace
 
 void ShardedTable::prefetch_index_slot(int64_t key) const {
-  if (!index_.empty()) __builtin_prefetch(&index_[probe_start(key, index_.size() - 1)]);
+  if (!index_.empty()) prefetch_row(&index_[probe_start(key, index_.size() - 1)], sizeof(index_[0]));
 }
 
 int64_t ShardedTable::shard_index(int64_t row) const {
@@ -460,9 +461,9 @@ void ShardedTable::lookup(const std::vector<IdsView>& slots, Communicator* comm,
     L.requested_shard_rows = resolve(L.rows, count ? occurrences.data() : nullptr, count);
     const void* shard_values = shard_.values().raw();  // after resolve: insertions may move the rows
     for (int64_t i = 0; i < unique; ++i) {
-      if (i + 8 < unique) {  // the rows are scattered over the shard: overlap their misses
-        const int64_t ahead = L.requested_shard_rows[static_cast<size_t>(i + 8)];
-        if (ahead >= 0) __builtin_prefetch(static_cast<const char*>(shard_values) + ahead * bytes);
+      if (i + kPrefetchAhead < unique) {  // rows scattered over the shard
+        const int64_t ahead = L.requested_shard_rows[static_cast<size_t>(i + kPrefetchAhead)];
+        if (ahead >= 0) prefetch_row(static_cast<const char*>(shard_values) + ahead * bytes, static_cast<size_t>(bytes));
       }
       const int64_t r = L.requested_shard_rows[static_cast<size_t>(i)];
       if (r >= 0) copy_row(L.values.raw(), i, shard_values, r, bytes);

@@ -112,9 +112,8 @@ class ShardedTable {
   // Shard row of global `row` (hash table: id), or -1 when this rank does not hold it.
   int64_t shard_index(int64_t row) const;
   // Asks the cache for the hash index's first probe of `key` (the index of a large table is
-  // gigabytes: probes of the ids a few places ahead overlap their misses).
+  // gigabytes: probes of the ids kPrefetchAhead places ahead overlap their misses).
   void prefetch_index_slot(int64_t key) const;
-  static constexpr size_t kPrefetchAhead = 8;
 
   // The day (days since 1970-01-01) of the training batches that follow, for last_seen_day; a
   // hash table with ttl_days drops the rows and pending ids not seen since day - ttl_days.

@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "core/huge_pages.h"
 #include "core/layers/linear.h"
 
 namespace ncsrec {
@@ -39,8 +40,8 @@ void forward_t(T* out, int64_t out_cols, int64_t col, const T* table, int64_t ro
     T* o = out + r * out_cols + col;  // [dim]
     for (int64_t d = 0; d < dim; ++d) o[d] = T(0);
     for (int64_t k = offsets[r]; k < offsets[r + 1]; ++k) {
-      if (k + 8 < offsets[batch])  // rows scattered over the table: overlap their misses
-        __builtin_prefetch(table + embedding_row(ids[k + 8], rows) * dim);
+      if (k + kPrefetchAhead < offsets[batch])  // rows scattered over the table
+        prefetch_row(table + embedding_row(ids[k + kPrefetchAhead], rows) * dim, static_cast<size_t>(dim) * sizeof(T));
       const T* e = table + embedding_row(ids[k], rows) * dim;
       for (int64_t d = 0; d < dim; ++d) o[d] += e[d];
     }
