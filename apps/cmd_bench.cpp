@@ -248,7 +248,8 @@ int cmd_bench(int argc, char** argv) {
     throw ConfigError("ncsrec bench: --device must be cpu or cuda, got '" + device_arg + "'");
   const Device device = device_arg == "cuda" ? Device::CUDA : Device::CPU;
   const std::string matmul = args.get("matmul", "fp32");
-  if (matmul != "fp32" && matmul != "tf32" && matmul != "bf16")
+  const std::vector<std::string>& precisions = matmul_precision_names();
+  if (std::find(precisions.begin(), precisions.end(), matmul) == precisions.end())
     throw ConfigError("ncsrec bench: --matmul must be fp32, tf32 or bf16, got '" + matmul + "'");
   const std::string device_text = select_device(device_arg, matmul, "ncsrec bench: --device cuda", "");
   configure_threads(threads);

@@ -1,5 +1,6 @@
 #include "core/dispatch.h"
 
+#include <algorithm>
 #include <atomic>
 
 #include "core/error.h"
@@ -34,11 +35,16 @@ void set_matmul_precision(MatmulPrecision precision) {
   g_matmul_precision = precision;
 }
 
+const std::vector<std::string>& matmul_precision_names() {
+  static const std::vector<std::string> names = {"fp32", "tf32", "bf16"};
+  return names;
+}
+
 MatmulPrecision parse_matmul_precision(const std::string& name) {
-  if (name == "fp32") return kMatmulFp32;
-  if (name == "tf32") return kMatmulTf32;
-  if (name == "bf16") return kMatmulBf16;
-  throw ConfigError("matmul precision '" + name + "': expected fp32, tf32 or bf16");
+  const std::vector<std::string>& names = matmul_precision_names();
+  const auto it = std::find(names.begin(), names.end(), name);
+  if (it == names.end()) throw ConfigError("matmul precision '" + name + "': expected fp32, tf32 or bf16");
+  return static_cast<MatmulPrecision>(it - names.begin());
 }
 
 MatmulPrecision matmul_precision() { return static_cast<MatmulPrecision>(g_matmul_precision.load()); }

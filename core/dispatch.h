@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -28,7 +29,10 @@ enum class CopyKind : uint8_t { HostToHost, HostToDevice, DeviceToHost, DeviceTo
 // "master weights"), and BF16 has FP32's exponent range, so no loss scaling is needed.
 enum MatmulPrecision : int { kMatmulFp32 = 0, kMatmulTf32 = 1, kMatmulBf16 = 2 };
 
-// "fp32", "tf32", "bf16" (run.matmul, bench --matmul) and back; ConfigError for anything else.
+// The names of the precisions in MatmulPrecision order: "fp32", "tf32", "bf16" (run.matmul,
+// bench --matmul).
+const std::vector<std::string>& matmul_precision_names();
+// A name to its precision; ConfigError for anything else.
 MatmulPrecision parse_matmul_precision(const std::string& name);
 
 struct OpTable {

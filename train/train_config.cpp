@@ -4,6 +4,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/dispatch.h"
+
 namespace ncsrec {
 namespace {
 
@@ -80,7 +82,7 @@ TrainConfig parse_root(ConfigNode root) {
   ConfigNode run = root.child("run");
   c.seed = static_cast<uint64_t>(run.get_int("seed", 1, 0, INT64_MAX));
   c.device = run.get_choice("device", {"cpu", "cuda", "auto"}, "cpu");
-  c.matmul = run.get_choice("matmul", {"fp32", "tf32", "bf16"}, "fp32");
+  c.matmul = run.get_choice("matmul", matmul_precision_names(), "fp32");
   c.dense_comm = run.get_choice("dense_comm", {"auto", "nccl", "host"}, "auto");
   c.threads = run.get_int("threads", 0, 0, 1024);
   c.comm_timeout = run.get_double("comm_timeout", 60, 1, 86400);
