@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -83,6 +84,18 @@ class DeviceBuffer {
 
 // |got - want| <= bound[i] elementwise (bound already includes the tolerance); reports the
 // first few failures with their index.
+// For a reduced-precision product (BF16) whose `bound` is rtol · scale: the product did run in
+// that precision, i.e. somewhere the error is far above FP32's (about 1e-7 of the scale), near
+// the precision's own (BF16: about 4e-3). Exact elements on both sides (ReLU zeros) count 0.
+template <class T>
+void expect_reduced_precision(const std::vector<T>& got, const std::vector<T>& want, const std::vector<double>& bound,
+                              double rtol, const std::string& what) {
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    worst = std::max(worst, std::fabs(static_cast<double>(got[i]) - static_cast<double>(want[i])) / (bound[i] / rtol));
+  EXPECT_GT(worst, 1e-4) << what << ": FP32 accuracy, not the reduced precision's";
+}
+
 template <class T>
 void expect_close(const std::vector<T>& got, const std::vector<T>& want, const std::vector<double>& bound,
                   const std::string& what) {

@@ -10,7 +10,6 @@
 // backend reports the absence cleanly.
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -120,14 +119,9 @@ void check_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
   gpu().gemm(dt, ta, tb, M, N, K, alpha, dA.get(), dB.get(), beta, dC.get());
   set_matmul_precision(kMatmulFp32);
   const std::vector<T> got = dC.download();
-  if (precision == kMatmulBf16 && K >= 64) {
-    // And the products did run in BF16: somewhere the error is far above FP32's (about 1e-7 of
-    // the scale), near BF16's (about 4e-3).
-    double worst = 0;
-    for (size_t i = 0; i < got.size(); ++i)
-      worst = std::max(worst, std::fabs(static_cast<double>(got[i]) - static_cast<double>(want[i])) / (bound[i] / rtol));
-    EXPECT_GT(worst, 1e-4) << "gemm bf16 M=" << M << " N=" << N << " K=" << K << ": FP32 accuracy, not BF16's";
-  }
+  if (precision == kMatmulBf16 && K >= 64)
+    expect_reduced_precision(got, want, bound, rtol,
+                             "gemm bf16 M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
   expect_close(got, want, bound,
                std::string("gemm ") + (precision == kMatmulTf32 ? "tf32 " : precision == kMatmulBf16 ? "bf16 " : "") + tname(dt) + (ta ? " A^T" : " A") + (tb ? " B^T" : " B") + " M=" +
                    std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +

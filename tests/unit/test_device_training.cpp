@@ -45,6 +45,8 @@ TrainConfig config_for(const std::string& model_yaml, const std::string& optimiz
   return parse_train_config(yaml, "device.yaml");
 }
 
+const std::string kTables = "  tables: {user: {rows: 40}, item: {rows: 40, pooling: mean}, ctx: {rows: 40}}\n";
+
 bool same_bits(const Tensor& a, const Tensor& b) {
   const Tensor ha = a.to(Device::CPU), hb = b.to(Device::CPU);
   return ha.numel() == hb.numel() && std::memcmp(ha.raw(), hb.raw(), ha.nbytes()) == 0;
@@ -186,8 +188,7 @@ TEST(DeviceTraining, StagingBuffersArePageLockedWhereTheDeviceOffersIt) {
   t.host_alloc = counting_host_alloc;
   t.host_free = counting_host_free;
   register_ops(Device::CUDA, t);
-  const TrainConfig config = config_for("  type: ncs\n  shared: [16, 8]\n  tower: []\n" + std::string(
-      "  tables: {user: {rows: 40}, item: {rows: 40, pooling: mean}, ctx: {rows: 40}}\n"));
+  const TrainConfig config = config_for("  type: ncs\n  shared: [16, 8]\n  tower: []\n" + kTables);
   const Block batch = random_block(32, 5);
   std::vector<float> losses;
   for (bool refuse : {false, true}) {
@@ -215,8 +216,7 @@ TEST(DeviceTraining, StagingBuffersArePageLockedWhereTheDeviceOffersIt) {
 // memory (no staging copy), and the host communicator sums the rest; the step is the same.
 TEST(DeviceTraining, TheDenseGradientIsSummedByTheDenseCommunicatorInDeviceMemory) {
   FakeDevice device;
-  const TrainConfig config = config_for("  type: ncs\n  shared: [16, 8]\n  tower: []\n" + std::string(
-      "  tables: {user: {rows: 40}, item: {rows: 40, pooling: mean}, ctx: {rows: 40}}\n"));
+  const TrainConfig config = config_for("  type: ncs\n  shared: [16, 8]\n  tower: []\n" + kTables);
   const Block batch = random_block(32, 5);
   MultiTaskModel a(config.model, batch.schema, DType::F32, 7, nullptr, Device::CUDA);
   MultiTaskModel b(config.model, batch.schema, DType::F32, 7, nullptr, Device::CUDA);
@@ -242,7 +242,6 @@ TEST(DeviceTraining, TheDenseGradientIsSummedByTheDenseCommunicatorInDeviceMemor
   EXPECT_TRUE(same_bits(a.params().values(), b.params().values()));
 }
 
-const std::string kTables = "  tables: {user: {rows: 40}, item: {rows: 40, pooling: mean}, ctx: {rows: 40}}\n";
 
 INSTANTIATE_TEST_SUITE_P(
     Models, DeviceModel,
