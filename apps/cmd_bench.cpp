@@ -22,6 +22,7 @@
 #include "core/dispatch.h"
 #include "core/error.h"
 #include "core/masks.h"
+#include "core/layers/masked_linear.h"
 #include "core/phase_clock.h"
 #include "core/random.h"
 #include "dist/communicator.h"
@@ -37,7 +38,7 @@ namespace {
 const char* kBenchHelp = R"(usage: ncsrec bench [--config FILE] [--batch N] [--steps N] [--warmup K] [--density D]
                     [--threads T] [--schedule joint|alternating] [--zipf S] [--pool N]
                     [--multi-valued SLOTS] [--seed N] [--device cpu|cuda] [--matmul fp32|tf32|bf16]
-                    [--phase-steps N] [--json FILE]
+                    [--masked-route auto|plain|fused] [--phase-steps N] [--json FILE]
 
 Measures the training step only: forward, losses, backward, the dense optimizer update and
 the sparse updates of the embedding rows, exactly as `ncsrec train` does them
@@ -74,6 +75,10 @@ Multi-valued slots carry 1 to 5 ids per row, the others exactly one.
                        tables, input assembly and losses stay on the host, as in training);
                        each timed step ends with a device synchronisation
   --matmul P           the device's matrix products: fp32 (default), tf32 or bf16
+  --masked-route R     how the device runs the masked layers (run.masked_route): auto
+                       (default: per shape, the faster of the two, measured at first use and
+                       printed), plain (W ⊙ M_t written out, one GEMM per task) or fused (one
+                       kernel for every task, the masks applied on the fly)
   --json FILE          also write the results as JSON
 )";
 
@@ -213,7 +218,7 @@ int cmd_bench(int argc, char** argv) {
     if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") return std::fputs(kBenchHelp, stdout), 0;
   Args args("bench", argc, argv, 2,
             {"config", "batch", "steps", "warmup", "density", "threads", "schedule", "zipf", "pool", "multi-valued",
-             "seed", "device", "matmul", "phase-steps", "json"},
+             "seed", "device", "matmul", "masked-route", "phase-steps", "json"},
             {});
   args.no_positionals();
   const std::string config_path = args.get("config", "configs/ncs_paper.yaml");
@@ -251,7 +256,11 @@ int cmd_bench(int argc, char** argv) {
   const std::vector<std::string>& precisions = matmul_precision_names();
   if (std::find(precisions.begin(), precisions.end(), matmul) == precisions.end())
     throw ConfigError("ncsrec bench: --matmul must be fp32, tf32 or bf16, got '" + matmul + "'");
-  const std::string device_text = select_device(device_arg, matmul, "ncsrec bench: --device cuda", "");
+  const std::string route = args.get("masked-route", "auto");
+  const std::vector<std::string>& routes = masked_route_names();
+  if (std::find(routes.begin(), routes.end(), route) == routes.end())
+    throw ConfigError("ncsrec bench: --masked-route must be auto, plain or fused, got '" + route + "'");
+  const std::string device_text = select_device(device_arg, matmul, route, "ncsrec bench: --device cuda", "");
   configure_threads(threads);
 
   // The schema: the tasks' labels (click, conversion), every slot of the config's tables.
@@ -389,6 +398,15 @@ int cmd_bench(int argc, char** argv) {
     std::printf("    %-48s %8.2f ms (%.2f ms/step by the wall clock)\n", "sum", 1000 * total / static_cast<double>(phase_steps),
                 1000 * phases_wall / static_cast<double>(phase_steps));
   }
+  const std::string route_choices = describe_masked_route_choices();
+  if (device != Device::CPU) {
+    std::printf("  masked layers' route: %s\n", route.c_str());
+    if (!route_choices.empty()) {
+      std::printf("  measured per shape (one forward and backward of the layer, best of 3):\n");
+      std::istringstream lines(route_choices);
+      for (std::string line; std::getline(lines, line);) std::printf("    %s\n", line.c_str());
+    }
+  }
   std::printf("  peak memory (VmHWM): %.2f GiB\n", static_cast<double>(peak) / (1024.0 * 1024 * 1024));
   std::printf("samples/s: %.0f\n", samples_per_s);
 
@@ -405,6 +423,8 @@ int cmd_bench(int argc, char** argv) {
         .add("openblas_core", blas_core)
         .add("device", device_text)
         .add("matmul", device == Device::CPU ? std::string("fp32") : matmul)
+        .add("masked_route", device == Device::CPU ? std::string("plain") : route)
+        .add_raw("masked_route_measurements", masked_route_choices_json())
         .add("schedule", schedule)
         .add("mask_semantics", config.train.mask_semantics)
         .add("zipf", zipf)

@@ -7,13 +7,14 @@
 
 namespace ncsrec {
 
-// For the commands that train: sets the products' precision (matmul: fp32 | tf32 | bf16) and, unless
+// For the commands that train: sets the products' precision (matmul: fp32 | tf32 | bf16) and the
+// masked layers' route (masked_route: auto | plain | fused; core/layers/masked_linear.h) and, unless
 // `device` is cpu, registers the CUDA backend when a GPU exists (the trainer then picks the
 // device: train/step.h training_device). device cuda without a GPU is the UserError
 // "<what> but no GPU can be used: <reason><remedy>". Returns the GPU's description when one
 // was registered, else "cpu".
-std::string select_device(const std::string& device, const std::string& matmul, const std::string& what,
-                          const std::string& remedy);
+std::string select_device(const std::string& device, const std::string& matmul, const std::string& masked_route,
+                          const std::string& what, const std::string& remedy);
 
 // ncsrec convert --schema FILE --out DIR [--policy fail|skip] [--rejects FILE] INPUT...
 int cmd_convert(int argc, char** argv);

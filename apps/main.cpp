@@ -80,7 +80,7 @@ AUC beside the Bayes-optimal AUC when the data came from `ncsrec gen`.
                          config.yaml; --set may change only train.max_steps, train.epochs,
                          train.log_every, train.checkpoint_every, train.keep_checkpoints,
                          run.threads, run.comm_timeout, run.device, run.matmul,
-                         run.dense_comm and data.eval
+                         run.dense_comm, run.masked_route and data.eval
                          (checkpoints are the same on every device)
 
 SIGTERM or SIGUSR1 stops training at the next step on every rank, saves
@@ -258,7 +258,7 @@ int cmd_train(int argc, char** argv) {
                                                         "train.keep_checkpoints", "run.threads",
                                                         "run.comm_timeout",       "run.device",
                                                         "run.matmul",             "run.dense_comm",
-                                                        "data.eval"};
+                                                        "run.masked_route",       "data.eval"};
     for (const std::string& o : args.all("set")) {
       const std::string key = o.substr(0, o.find('='));
       if (std::find(kMayChange.begin(), kMayChange.end(), key) == kMayChange.end()) {
@@ -284,7 +284,7 @@ int cmd_train(int argc, char** argv) {
     resolved = substitute_day(resolved, options.day, config_path);
     config = parse_train_config(resolved, config_path);
   }
-  select_device(config.device, config.matmul, "run.device is cuda", "; set run.device: cpu (or auto)");
+  select_device(config.device, config.matmul, config.masked_route, "run.device is cuda", "; set run.device: cpu (or auto)");
   if (!options.resume) run_dir = args.get("run-dir", default_run_dir(config_path));
   CommOptions comm_options;
   comm_options.timeout_seconds = config.comm_timeout;
@@ -344,7 +344,7 @@ LoadedRun load_run(const Args& args, const std::vector<std::string>& data_files)
   if (saved.device != "cpu" && !args.has("sparse")) {
     const std::string trained_on = saved.device;
     saved.device = "auto";
-    select_device(saved.device, saved.matmul, "", "");
+    select_device(saved.device, saved.matmul, saved.masked_route, "", "");
     device = training_device(saved);
     if (device != Device::CPU)
       std::fprintf(stderr, "the dense layers run on the GPU (the run's run.device: %s)\n", trained_on.c_str());

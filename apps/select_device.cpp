@@ -5,6 +5,7 @@
 #include "apps/commands.h"
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "core/layers/masked_linear.h"
 
 #ifdef NCSREC_HAVE_CUDA
 #include "cuda/device.h"
@@ -12,9 +13,10 @@
 
 namespace ncsrec {
 
-std::string select_device(const std::string& device, const std::string& matmul, const std::string& what,
-                          const std::string& remedy) {
+std::string select_device(const std::string& device, const std::string& matmul, const std::string& masked_route,
+                          const std::string& what, const std::string& remedy) {
   set_matmul_precision(parse_matmul_precision(matmul));
+  set_masked_route(parse_masked_route(masked_route));
   std::string why_not = "this ncsrec was built without CUDA";
   bool gpu = false;
   std::string description = "cpu";

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/dispatch.h"
 #include "core/error.h"
@@ -150,6 +151,61 @@ void cpu_apply_mask(DType d, void* out, const void* w, const uint8_t* bits, int6
 void cpu_add_masked(DType d, void* grad, const void* dw, const uint8_t* bits, int64_t n) {
   NCSREC_FLOAT_DISPATCH(d, (masked_kernel<float, true>(static_cast<float*>(grad), static_cast<const float*>(dw), bits, n)),
                         (masked_kernel<double, true>(static_cast<double*>(grad), static_cast<const double*>(dw), bits, n)));
+}
+
+// ---- the masked multi-task linear layer, as the plain route computes it ---------------------
+// The CPU has no faster way than the plain route (W ⊙ M_t written out, one product per task),
+// so these entries are that route, op for op: a device stand-in that registers them (the unit
+// tests' fake device) gets the plain route's bits from the fused route's calls.
+
+// W ⊙ M_t into a scratch array kept across calls (an [in, out] weight: a few MB at most).
+template <class T>
+const T* masked_weight_scratch(const T* w, const uint8_t* bits, int64_t n) {
+  thread_local std::vector<T> scratch;
+  if (static_cast<int64_t>(scratch.size()) < n) scratch.resize(static_cast<size_t>(n));
+  masked_kernel<T, false>(scratch.data(), w, bits, n);
+  return scratch.data();
+}
+
+void cpu_masked_linear_forward(DType d, int tasks, int64_t rows, int64_t in, int64_t out, const void* const* x,
+                               const void* w, const uint8_t* const* bits, const void* bias, bool relu,
+                               void* const* y) {
+  const OpTable& cpu = ops_for(Device::CPU);
+  for (int t = 0; t < tasks; ++t) {
+    const void* wm = nullptr;
+    NCSREC_FLOAT_DISPATCH(d, wm = masked_weight_scratch(static_cast<const float*>(w), bits[t], in * out),
+                          wm = masked_weight_scratch(static_cast<const double*>(w), bits[t], in * out));
+    cpu.gemm_bias_act(d, false, false, rows, out, in, x[t], wm, bias, relu, kMatmulFp32, y[t]);
+  }
+}
+
+void cpu_masked_linear_input_grad(DType d, int tasks, int64_t rows, int64_t in, int64_t out, const void* const* dy,
+                                  const void* w, const uint8_t* const* bits, void* const* dx) {
+  const OpTable& cpu = ops_for(Device::CPU);
+  for (int t = 0; t < tasks; ++t) {
+    const void* wm = nullptr;
+    NCSREC_FLOAT_DISPATCH(d, wm = masked_weight_scratch(static_cast<const float*>(w), bits[t], in * out),
+                          wm = masked_weight_scratch(static_cast<const double*>(w), bits[t], in * out));
+    cpu.gemm(d, false, true, rows, in, out, 1.0, dy[t], wm, 0.0, dx[t]);
+  }
+}
+
+template <class T>
+void masked_weight_grad_t(int tasks, int64_t rows, int64_t in, int64_t out, const void* const* x,
+                          const void* const* dy, const uint8_t* const* bits, T* dw) {
+  thread_local std::vector<T> product;
+  const int64_t n = in * out;
+  if (static_cast<int64_t>(product.size()) < n) product.resize(static_cast<size_t>(n));
+  for (int t = 0; t < tasks; ++t) {
+    ops_for(Device::CPU).gemm(dtype_of<T>(), true, false, in, out, rows, 1.0, x[t], dy[t], 0.0, product.data());
+    masked_kernel<T, true>(dw, product.data(), bits[t], n);
+  }
+}
+
+void cpu_masked_linear_weight_grad(DType d, int tasks, int64_t rows, int64_t in, int64_t out, const void* const* x,
+                                   const void* const* dy, const uint8_t* const* bits, void* dw) {
+  NCSREC_FLOAT_DISPATCH(d, masked_weight_grad_t(tasks, rows, in, out, x, dy, bits, static_cast<float*>(dw)),
+                        masked_weight_grad_t(tasks, rows, in, out, x, dy, bits, static_cast<double*>(dw)));
 }
 
 // ---- dense optimizers -----------------------------------------------------------------------
@@ -303,6 +359,9 @@ void add_cpu_training_ops(OpTable& t) {
   t.pairwise_dot_backward = cpu_pairwise_dot_backward;
   t.apply_mask = cpu_apply_mask;
   t.add_masked = cpu_add_masked;
+  t.masked_linear_forward = cpu_masked_linear_forward;
+  t.masked_linear_input_grad = cpu_masked_linear_input_grad;
+  t.masked_linear_weight_grad = cpu_masked_linear_weight_grad;
   t.sgd_step = cpu_sgd_step;
   t.adam_step = cpu_adam_step;
   t.adagrad_step = cpu_adagrad_step;

@@ -124,6 +124,26 @@ struct OpTable {
   void (*apply_mask)(DType dtype, void* out, const void* w, const uint8_t* bits, int64_t n) = nullptr;
   void (*add_masked)(DType dtype, void* grad, const void* dw, const uint8_t* bits, int64_t n) = nullptr;
 
+  // The masked multi-task linear layer (core/layers/masked_linear.h) as one product for
+  // `tasks` tasks: a pass over the shared weight W [in, out] applies each task's mask M_t
+  // (bits as above) on the fly, so W ⊙ M_t is never written out. The per-task arguments are
+  // HOST arrays of `tasks` pointers; the arrays they point to are [rows, in] (x_t, dx_t) or
+  // [rows, out] (y_t, dy_t). The layer runs them where its route for the shape is "fused";
+  // the plain route is apply_mask and one product per task.
+  //   forward:      y_t = act(x_t·(W ⊙ M_t) + bias)                (written; bias null: none)
+  //   input grad:   dx_t = dy_t·(W ⊙ M_t)ᵀ                          (written)
+  //   weight grad:  dW += (x_0ᵀ·dy_0) ⊙ M_0, then task 1, …        (accumulates, in task order;
+  //                 exactly nothing is added outside a task's mask)
+  void (*masked_linear_forward)(DType dtype, int tasks, int64_t rows, int64_t in, int64_t out, const void* const* x,
+                                const void* w, const uint8_t* const* bits, const void* bias, bool relu,
+                                void* const* y) = nullptr;
+  void (*masked_linear_input_grad)(DType dtype, int tasks, int64_t rows, int64_t in, int64_t out,
+                                   const void* const* dy, const void* w, const uint8_t* const* bits,
+                                   void* const* dx) = nullptr;
+  void (*masked_linear_weight_grad)(DType dtype, int tasks, int64_t rows, int64_t in, int64_t out,
+                                    const void* const* x, const void* const* dy, const uint8_t* const* bits,
+                                    void* dw) = nullptr;
+
   // Dense optimizer steps over n contiguous elements (core/optim.h has the formulas). `update`
   // (one byte per element, 1 = step it) may be null: every element. With wd > 0 the elements
   // where `decay` is 1 (null: all) also decay: SGD and Adagrad as L2 in the gradient, Adam as

@@ -151,4 +151,85 @@ void gate_mixture_backward(Tensor& dlogits, const std::vector<Tensor*>& dexperts
       dlogits.dtype(), dlogits.raw(), grads.data(), dout.raw(), probs.raw(), in.data(), B, E, D);
 }
 
+// ---- the masked multi-task linear layer's fused route ----------------------------------------
+
+namespace {
+
+// Checks one list of per-task [rows, width] operands against W's dtype and device; returns rows.
+template <class TensorPtr>
+int64_t check_task_operands(const std::vector<TensorPtr>& list, size_t tasks, int64_t width, const Tensor& W,
+                            const char* op, const char* name) {
+  NCSREC_CHECK(list.size() == tasks, op << ": " << list.size() << " " << name << " for " << tasks << " tasks");
+  for (size_t t = 0; t < tasks; ++t) NCSREC_CHECK(list[t] != nullptr, op << ": " << name << "[" << t << "] is null");
+  const int64_t rows = list.front()->ndim() == 2 ? list.front()->dim(0) : -1;
+  for (size_t t = 0; t < tasks; ++t) {
+    same_place(*list[t], W, op);
+    NCSREC_CHECK(list[t]->ndim() == 2 && list[t]->dim(0) == rows && list[t]->dim(1) == width,
+                 op << ": " << name << "[" << t << "] " << list[t]->describe() << ", expected [" << rows << ", "
+                    << width << "] for a weight " << W.describe());
+  }
+  return rows;
+}
+
+void check_masked_weight(const Tensor& W, const std::vector<const uint8_t*>& bits, size_t tasks, const char* op) {
+  NCSREC_CHECK(W.ndim() == 2, op << ": weight " << W.describe() << " must be 2-D");
+  NCSREC_CHECK(tasks >= 1 && bits.size() == tasks, op << ": " << bits.size() << " masks for " << tasks << " tasks");
+  for (size_t t = 0; t < tasks; ++t) NCSREC_CHECK(bits[t] != nullptr, op << ": task " << t << "'s mask bits are null");
+}
+
+template <class TensorPtr>
+std::vector<void*> raw_pointers(const std::vector<TensorPtr>& list) {
+  std::vector<void*> p;
+  for (const auto* t : list) p.push_back(const_cast<void*>(static_cast<const void*>(t->raw())));
+  return p;
+}
+
+}  // namespace
+
+bool fused_masked_linear_available(Device device) {
+  if (!device_available(device)) return false;
+  const OpTable& t = ops_for(device);
+  return t.masked_linear_forward && t.masked_linear_input_grad && t.masked_linear_weight_grad;
+}
+
+void masked_linear_forward(const std::vector<Tensor*>& y, const std::vector<const Tensor*>& x, const Tensor& W,
+                           const std::vector<const uint8_t*>& bits, const Tensor* b, bool relu) {
+  const char* op = "masked_linear_forward";
+  check_masked_weight(W, bits, x.size(), op);
+  const int64_t rows = check_task_operands(x, bits.size(), W.dim(0), W, op, "x");
+  NCSREC_CHECK(check_task_operands(y, bits.size(), W.dim(1), W, op, "y") == rows, op << ": y and x differ in rows");
+  if (b) {
+    same_place(*b, W, op);
+    NCSREC_CHECK(b->numel() == W.dim(1), op << ": bias " << b->describe() << " for a weight " << W.describe());
+  }
+  const auto xs = raw_pointers(x), ys = raw_pointers(y);
+  kernel_or_throw(ops_for(W.device()).masked_linear_forward, op, W.device())(
+      W.dtype(), static_cast<int>(bits.size()), rows, W.dim(0), W.dim(1), xs.data(), W.raw(), bits.data(),
+      b ? b->raw() : nullptr, relu, ys.data());
+}
+
+void masked_linear_input_grad(const std::vector<Tensor*>& dx, const std::vector<const Tensor*>& dy, const Tensor& W,
+                              const std::vector<const uint8_t*>& bits) {
+  const char* op = "masked_linear_input_grad";
+  check_masked_weight(W, bits, dy.size(), op);
+  const int64_t rows = check_task_operands(dy, bits.size(), W.dim(1), W, op, "dy");
+  NCSREC_CHECK(check_task_operands(dx, bits.size(), W.dim(0), W, op, "dx") == rows, op << ": dx and dy differ in rows");
+  const auto dys = raw_pointers(dy), dxs = raw_pointers(dx);
+  kernel_or_throw(ops_for(W.device()).masked_linear_input_grad, op, W.device())(
+      W.dtype(), static_cast<int>(bits.size()), rows, W.dim(0), W.dim(1), dys.data(), W.raw(), bits.data(),
+      dxs.data());
+}
+
+void masked_linear_weight_grad(Tensor& dW, const std::vector<const Tensor*>& x, const std::vector<const Tensor*>& dy,
+                               const std::vector<const uint8_t*>& bits) {
+  const char* op = "masked_linear_weight_grad";
+  check_masked_weight(dW, bits, x.size(), op);
+  const int64_t rows = check_task_operands(x, bits.size(), dW.dim(0), dW, op, "x");
+  NCSREC_CHECK(check_task_operands(dy, bits.size(), dW.dim(1), dW, op, "dy") == rows, op << ": dy and x differ in rows");
+  const auto xs = raw_pointers(x), dys = raw_pointers(dy);
+  kernel_or_throw(ops_for(dW.device()).masked_linear_weight_grad, op, dW.device())(
+      dW.dtype(), static_cast<int>(bits.size()), rows, dW.dim(0), dW.dim(1), xs.data(), dys.data(), bits.data(),
+      dW.raw());
+}
+
 }  // namespace ncsrec::ops

@@ -36,4 +36,17 @@ void gate_mixture_forward(Tensor& out, Tensor& probs, const Tensor& logits, cons
 void gate_mixture_backward(Tensor& dlogits, const std::vector<Tensor*>& dexperts, const Tensor& dout,
                            const Tensor& probs, const std::vector<const Tensor*>& experts);
 
+// The masked multi-task linear layer's fused route (OpTable::masked_linear_*): one call serves
+// every task in the lists, task t through its mask's packed bits `bits[t]` (in W's memory: the
+// host bytes on the CPU, a device copy on a device). x_t, dx_t [B, in]; y_t, dy_t [B, out];
+// W, dW [in, out]; b [out] or null. y_t and dx_t are written, dW accumulates in task order.
+// `fused_masked_linear_available` says whether the device's backend has the three entries.
+bool fused_masked_linear_available(Device device);
+void masked_linear_forward(const std::vector<Tensor*>& y, const std::vector<const Tensor*>& x, const Tensor& W,
+                           const std::vector<const uint8_t*>& bits, const Tensor* b, bool relu);
+void masked_linear_input_grad(const std::vector<Tensor*>& dx, const std::vector<const Tensor*>& dy, const Tensor& W,
+                              const std::vector<const uint8_t*>& bits);
+void masked_linear_weight_grad(Tensor& dW, const std::vector<const Tensor*>& x, const std::vector<const Tensor*>& dy,
+                               const std::vector<const uint8_t*>& bits);
+
 }  // namespace ncsrec::ops

@@ -393,6 +393,7 @@ OpTable make_cuda_table() {
   add_cuda_training_ops(t);
   add_cuda_metric_ops(t);
   add_cuda_gemm_ops(t);
+  add_cuda_masked_linear_ops(t);
   return t;
 }
 

@@ -11,6 +11,8 @@ namespace ncsrec {
 void add_cuda_training_ops(OpTable& t);
 // The fused linear forward through cuBLASLt (cuda/gemm_lt.cu).
 void add_cuda_gemm_ops(OpTable& t);
+// The masked multi-task linear layer's fused route (cuda/masked_linear.cu).
+void add_cuda_masked_linear_ops(OpTable& t);
 // The metrics (cuda/metrics.cu): AUC on the device.
 void add_cuda_metric_ops(OpTable& t);
 

@@ -48,16 +48,29 @@ class MaskedBlock final : public SharedBlock {
         out_(static_cast<size_t>(num_tasks), nullptr) {}
   MaskedMLP* mlp() { return &mlp_; }
   int64_t out_dim() const override { return mlp_.out(); }
+  // The active tasks go through the MLP together, layer by layer (one fused product per layer
+  // where the layer's route is fused).
   void forward(const Tensor& x, const std::vector<bool>& active, const Pass&) override {
+    std::vector<int> tasks;
     for (size_t t = 0; t < active.size(); ++t)
-      if (active[t]) out_[t] = &mlp_.forward(static_cast<int>(t), x);
+      if (active[t]) tasks.push_back(static_cast<int>(t));
+    if (tasks.empty()) return;
+    mlp_.forward_tasks(tasks, x);
+    for (int t : tasks) out_[static_cast<size_t>(t)] = &mlp_.output(t);
   }
   const Tensor& output(size_t t) override { return *out_[t]; }
   const Tensor& backward(const std::vector<const Tensor*>& dy) override {
-    dx_.reset();
+    std::vector<int> tasks;
+    std::vector<const Tensor*> grads;
     for (size_t t = 0; t < dy.size(); ++t)
-      if (dy[t]) dx_.add(mlp_.backward(static_cast<int>(t), *dy[t], true));
-    NCSREC_CHECK(dx_.any, "masked block backward without a task gradient");
+      if (dy[t]) {
+        tasks.push_back(static_cast<int>(t));
+        grads.push_back(dy[t]);
+      }
+    NCSREC_CHECK(!tasks.empty(), "masked block backward without a task gradient");
+    mlp_.backward_tasks(tasks, grads, true);
+    dx_.reset();
+    for (int t : tasks) dx_.add(mlp_.input_grad(t));
     return dx_.sum;
   }
   std::vector<MaskedLayerRef> masked_layers() override {
@@ -115,8 +128,12 @@ class ExpertGroup {
         for (auto& o : outs_) o[j] = e;
         continue;
       }
+      std::vector<int> active;
       for (size_t t = 0; t < tasks.size(); ++t)
-        if (tasks[t]) outs_[t][j] = &masked_[j]->forward(static_cast<int>(t), x);
+        if (tasks[t]) active.push_back(static_cast<int>(t));
+      if (active.empty()) continue;
+      masked_[j]->forward_tasks(active, x);  // every task through expert j at once
+      for (int t : active) outs_[static_cast<size_t>(t)][j] = &masked_[j]->output(t);
     }
     std::fill(touched_.begin(), touched_.end(), false);
   }
@@ -135,13 +152,25 @@ class ExpertGroup {
     for (auto& g : grads_[k]) into.push_back(&g);
   }
   // Backward of every expert that received gradient; adds dL/dx into `dx`.
+  // Masked experts run every touched task at once (one fused product per layer where the
+  // route is fused); dx sums in the same order either way: task by task, expert by expert.
   void backward(GradientSum& dx) {
+    if (opts_.masked) {
+      std::vector<int> tasks;
+      for (size_t k = 0; k < grads_.size(); ++k)
+        if (touched_[k]) tasks.push_back(static_cast<int>(k));
+      for (size_t j = 0; j < names_.size() && !tasks.empty(); ++j) {
+        std::vector<const Tensor*> grads;
+        for (int k : tasks) grads.push_back(&grads_[static_cast<size_t>(k)][j]);
+        masked_[j]->backward_tasks(tasks, grads, true);
+      }
+      for (int k : tasks)
+        for (size_t j = 0; j < names_.size(); ++j) dx.add(masked_[j]->input_grad(k));
+      return;
+    }
     for (size_t k = 0; k < grads_.size(); ++k) {
       if (!touched_[k]) continue;
-      for (size_t j = 0; j < names_.size(); ++j) {
-        if (opts_.masked) dx.add(masked_[j]->backward(static_cast<int>(k), grads_[k][j], true));
-        else dx.add(plain_[j]->backward(grads_[k][j], true));
-      }
+      for (size_t j = 0; j < names_.size(); ++j) dx.add(plain_[j]->backward(grads_[k][j], true));
     }
   }
   void masked_layers(std::vector<MaskedLayerRef>& refs) {

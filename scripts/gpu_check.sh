@@ -17,14 +17,13 @@
 #   NCSREC_GPU_TARGETS     targets to build (default: all)
 #
 # What later issues add here (keep the one-command, one-table shape):
-#   - parity tests for the fused kernels (masked multi-task linear, gate softmax + expert mixture,
-#     pooled embedding lookup + segment-sum backward + sparse update, sigmoid-BCE, device AUC)
-#     and the cuSPARSE CSR path: they join tests/gpu/ and so the `gpu` label automatically;
+#   - parity tests of new kernels: they join tests/gpu/ and so the `gpu` label automatically;
 #   - a multi-GPU NCCL run via mpirun when more than one GPU is visible (the world-size-1 NCCL
 #     tests, ncsrec_nccl_tests, are in the gpu label already);
 #   - compute-sanitizer initcheck and synccheck.
 # Already here after the tests: a short NCS run of `ncsrec train` on cpu and on cuda (eval AUCs
-# within 0.005) and `ncsrec bench` of the training step on both devices.
+# within 0.005), `ncsrec bench` of the training step on both devices, with each route of the
+# masked layers forced (plain, fused) beside auto's per-shape measurements, and PyTorch.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -174,10 +173,11 @@ else
     record "memcheck (nccl)" "SKIP (no ncsrec_nccl_tests: NCCL not found)" "0.0"
   fi
   # racecheck (shared-memory hazards) over the tests of our own shared-memory kernels
-  # (softmax_rows, bias_grad, the reductions); cuBLAS GEMM under racecheck is slow and not ours.
+  # (softmax_rows, bias_grad, the reductions, the fused masked layer's tiles); cuBLAS GEMM under
+  # racecheck is slow and not ours.
   run_check "compute-sanitizer racecheck" "$log_dir/racecheck.log" \
     "$sanitizer" --tool racecheck --error-exitcode 1 "$gpu_tests" \
-    --gtest_filter='CudaParity.RowOps:CudaParity.Reductions'
+    --gtest_filter='CudaParity.RowOps:CudaParity.Reductions:CudaMaskedLinear.FusedRouteMatchesTheCpuWithoutBiasOrActivation'
 fi
 
 # ---- the command on the GPU -----------------------------------------------------------------
@@ -218,6 +218,13 @@ run_check "bench ncs (cpu)" "$log_dir/bench_cpu.log" \
   "$ncsrec" bench --config "$root/configs/ncs_bench_tiny.yaml" --device cpu --threads "$(nproc)" --json "$work/bench_cpu.json"
 run_check "bench ncs (cuda)" "$log_dir/bench_cuda.log" \
   "$ncsrec" bench --config "$root/configs/ncs_bench_tiny.yaml" --device cuda --json "$work/bench_cuda.json"
+# The masked layers' two routes, each forced, beside the auto run above (its log lists the
+# per-shape measurements of both routes and the one it kept).
+for route in plain fused; do
+  run_check "bench ncs (cuda, $route route)" "$log_dir/bench_cuda_$route.log" \
+    "$ncsrec" bench --config "$root/configs/ncs_bench_tiny.yaml" --device cuda --masked-route "$route" \
+    --json "$work/bench_cuda_$route.json"
+done
 for precision in tf32 bf16; do  # the tensor-core modes of run.matmul, same step
   run_check "bench ncs (cuda, $precision)" "$log_dir/bench_cuda_$precision.log" \
     "$ncsrec" bench --config "$root/configs/ncs_bench_tiny.yaml" --device cuda --matmul "$precision" \

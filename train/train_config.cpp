@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/dispatch.h"
+#include "core/layers/masked_linear.h"
 
 namespace ncsrec {
 namespace {
@@ -84,6 +85,7 @@ TrainConfig parse_root(ConfigNode root) {
   c.device = run.get_choice("device", {"cpu", "cuda", "auto"}, "cpu");
   c.matmul = run.get_choice("matmul", matmul_precision_names(), "fp32");
   c.dense_comm = run.get_choice("dense_comm", {"auto", "nccl", "host"}, "auto");
+  c.masked_route = run.get_choice("masked_route", masked_route_names(), "auto");
   c.threads = run.get_int("threads", 0, 0, 1024);
   c.comm_timeout = run.get_double("comm_timeout", 60, 1, 86400);
   run.finish();

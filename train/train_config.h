@@ -73,6 +73,7 @@ struct TrainConfig {
   uint64_t seed = 1;
   std::string device = "cpu";  // cpu | cuda | auto
   std::string matmul = "fp32";  // fp32 | tf32 | bf16: the device's matrix products
+  std::string masked_route = "auto";  // auto | plain | fused: how a device runs the masked layers
   std::string dense_comm = "auto";  // auto | nccl | host: how a GPU model's ranks sum the dense gradient
   int64_t threads = 0;         // 0 = OpenMP default
   double comm_timeout = 60;    // seconds a collective may wait for the other ranks

@@ -15,6 +15,7 @@
 #include "core/data/reader.h"
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "core/layers/masked_linear.h"
 #include "core/optim.h"
 #include "embedding/embedding_table.h"
 #include "models/multitask_model.h"
@@ -77,6 +78,21 @@ JsonObject loss_weights_json(const MultiTaskModel& model) {
   for (const auto& [name, w] : model.loss_weights()) o.add(name, w);
   return o;
 }
+
+}  // namespace
+
+std::string masked_route_choices_json() {
+  std::string array = "[";
+  for (const MaskedRouteChoice& c : masked_route_choices()) {
+    if (array.size() > 1) array += ", ";
+    array += JsonObject().add("device", c.device).add("dtype", c.dtype).add("tasks", c.tasks).add("rows", c.rows)
+                 .add("in", c.in).add("out", c.out).add("plain_ms", c.plain_ms).add("fused_ms", c.fused_ms)
+                 .add("route", c.fused ? "fused" : "plain").str();
+  }
+  return array + "]";
+}
+
+namespace {
 
 JsonObject metrics_json(const EvalReport& report) {
   JsonObject views;
@@ -558,7 +574,9 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
         .add("seconds", summary.comm.seconds)
         .add("fraction_of_train_time", summary.train_seconds > 0 ? summary.comm.seconds / summary.train_seconds : 0.0);
     s.add("model", config.model.type).add("device", device_name(model.device()))
-        .add("matmul", model.device() == Device::CPU ? std::string("fp32") : config.matmul).add("world_size", comm.world_size())
+        .add("matmul", model.device() == Device::CPU ? std::string("fp32") : config.matmul)
+        .add("masked_route", model.device() == Device::CPU ? std::string("plain") : config.masked_route)
+        .add_raw("masked_route_measurements", masked_route_choices_json()).add("world_size", comm.world_size())
         .add("global_batch", config.train.batch_size * comm.world_size()).add("communication", comm_json)
         .add("dense_parameters", dense_parameters)
         .add("multiply_adds_per_sample", model.multiply_adds_per_sample()).add("steps", step).add("samples", summary.samples)
@@ -581,6 +599,8 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
     out << s.str() << "\n";
     out.close();
     fs::rename(run_dir + "/summary.json.tmp", run_dir + "/summary.json");
+    const std::string routes = describe_masked_route_choices();
+    if (!routes.empty()) std::fprintf(stderr, "masked layers' route (run.masked_route: auto), measured:\n%s", routes.c_str());
   }
   return summary;
 }

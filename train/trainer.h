@@ -60,4 +60,8 @@ void catch_stop_signals();
 // Applies run.threads to OpenMP, which also threads the BLAS products (0 leaves the default).
 void configure_threads(int64_t threads);
 
+// The masked layers' route measurements of this process (run.masked_route: auto;
+// core/layers/masked_linear.h masked_route_choices) as a JSON array of objects, "[]" if none.
+std::string masked_route_choices_json();
+
 }  // namespace ncsrec

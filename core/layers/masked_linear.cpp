@@ -4,10 +4,75 @@
 // Not here: the plain dense layer (linear.cpp), pruning (masks.cpp).
 #include "core/layers/masked_linear.h"
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <tuple>
+
 #include "core/error.h"
 #include "core/ops.h"
 
 namespace ncsrec {
+
+// ---- the route of the products ---------------------------------------------------------------
+
+namespace {
+
+std::atomic<int> g_route{static_cast<int>(MaskedRoute::Auto)};
+
+// auto's measurements: per shape, whether the fused route won, and the list for reports.
+struct RouteKey {
+  Device device;
+  DType dtype;
+  int tasks;
+  int64_t rows, in, out;
+  bool operator<(const RouteKey& o) const {
+    return std::tie(device, dtype, tasks, rows, in, out) < std::tie(o.device, o.dtype, o.tasks, o.rows, o.in, o.out);
+  }
+};
+std::mutex g_route_mutex;
+std::map<RouteKey, bool> g_route_cache;        // guarded by g_route_mutex
+std::vector<MaskedRouteChoice> g_route_log;    // guarded by g_route_mutex
+
+constexpr double kFusedMargin = 0.95;  // fused must take at most 95% of the plain route's time
+
+}  // namespace
+
+const std::vector<std::string>& masked_route_names() {
+  static const std::vector<std::string> names = {"auto", "plain", "fused"};
+  return names;
+}
+
+MaskedRoute parse_masked_route(const std::string& name) {
+  const std::vector<std::string>& names = masked_route_names();
+  const auto it = std::find(names.begin(), names.end(), name);
+  if (it == names.end()) throw ConfigError("masked route '" + name + "': expected auto, plain or fused");
+  return static_cast<MaskedRoute>(it - names.begin());
+}
+
+void set_masked_route(MaskedRoute route) { g_route.store(static_cast<int>(route)); }
+MaskedRoute masked_route() { return static_cast<MaskedRoute>(g_route.load()); }
+
+std::vector<MaskedRouteChoice> masked_route_choices() {
+  std::lock_guard<std::mutex> lock(g_route_mutex);
+  return g_route_log;
+}
+
+std::string describe_masked_route_choices() {
+  std::string text;
+  for (const MaskedRouteChoice& c : masked_route_choices()) {
+    char line[256];
+    std::snprintf(line, sizeof line, "%lld→%lld, %d task%s, %lld rows (%s %s): plain %.3f ms, fused %.3f ms: %s\n",
+                  static_cast<long long>(c.in), static_cast<long long>(c.out), c.tasks, c.tasks == 1 ? "" : "s",
+                  static_cast<long long>(c.rows), c.device.c_str(), c.dtype.c_str(), c.plain_ms, c.fused_ms,
+                  c.fused ? "fused" : "plain");
+    text += line;
+  }
+  return text;
+}
 
 MaskedLinear::MaskedLinear(ParamStore& store, const std::string& name, int64_t in, int64_t out, int num_tasks,
                            Activation act)
@@ -58,7 +123,7 @@ BitMask& MaskedLinear::mutable_mask(int task) {
   return t.mask;
 }
 
-const Tensor& MaskedLinear::forward(int task, const Tensor& x) {  // x [B, in] -> y_t [B, out]
+MaskedLinear::TaskState& MaskedLinear::check_input(int task, const Tensor& x) {
   TaskState& t = task_state(task, "forward");
   const Tensor& W = weight_->value;
   NCSREC_CHECK(W.defined(), "masked linear forward before the parameter store was finalised");
@@ -68,13 +133,170 @@ const Tensor& MaskedLinear::forward(int task, const Tensor& x) {  // x [B, in] -
   NCSREC_CHECK(t.mask.same_shape(in_, out_), "task " << task << " mask [" << t.mask.rows << ", " << t.mask.cols
                                                      << "] no longer fits the [" << in_ << ", " << out_
                                                      << "] weight");
-  const int64_t B = x.dim(0);
+  return t;
+}
+
+void MaskedLinear::forward_plain(TaskState& t, const Tensor& x) {
+  const Tensor& W = weight_->value;
   Tensor w_masked = ensure_buffer(t.w_masked, in_, out_, W.dtype(), W.device());
   apply_mask(w_masked, W, t.mask, mask_bits_on_device(t));
-  t.y = ensure_buffer(t.y_buf, B, out_, x.dtype(), x.device());
+  t.y = ensure_buffer(t.y_buf, x.dim(0), out_, x.dtype(), x.device());
   ops::linear_forward(t.y, x, w_masked, &bias_->value, act_ == Activation::ReLU);
   t.x = x;  // shares storage: the caller keeps x unchanged until backward
-  return t.y;
+  t.fused = false;
+}
+
+bool MaskedLinear::fused_route(int tasks, int64_t rows) {
+  const Device device = weight_->value.device();
+  if (device == Device::CPU || !ops::fused_masked_linear_available(device)) return false;
+  for (const TaskState& t : tasks_)
+    if (t.score_grad.defined()) return false;  // learned masks: the plain route's score gradient
+  switch (masked_route()) {
+    case MaskedRoute::Plain: return false;
+    case MaskedRoute::Fused: return true;
+    case MaskedRoute::Auto: break;
+  }
+  const RouteKey key{device, weight_->value.dtype(), tasks, rows, in_, out_};
+  {
+    std::lock_guard<std::mutex> lock(g_route_mutex);
+    const auto it = g_route_cache.find(key);
+    if (it != g_route_cache.end()) return it->second;
+  }
+  const bool fused = measure_fused_faster(tasks, rows);
+  std::lock_guard<std::mutex> lock(g_route_mutex);
+  g_route_cache.emplace(key, fused);
+  return fused;
+}
+
+bool MaskedLinear::measure_fused_faster(int tasks, int64_t rows) {
+  // Operands of the shape, on the weight's device: random inputs and gradients, the layer's own
+  // weight and the first `tasks` masks; outputs and gradients go to scratch (the layer's state
+  // and its parameter gradients are not touched).
+  const Tensor& W = weight_->value;
+  const Device device = W.device();
+  const DType dtype = W.dtype();
+  auto random = [&](int64_t r, int64_t c, uint64_t seed) {
+    Tensor host = Tensor::empty({r, c}, dtype);
+    uint64_t state = seed;
+    auto next = [&state] {
+      state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+      return static_cast<double>(state >> 11) / 9007199254740992.0 * 2 - 1;
+    };
+    if (dtype == DType::F32)
+      for (int64_t i = 0; i < r * c; ++i) host.data<float>()[i] = static_cast<float>(next());
+    else
+      for (int64_t i = 0; i < r * c; ++i) host.data<double>()[i] = next();
+    return host.to(device);
+  };
+  std::vector<Tensor> x, dy, y, dx;
+  std::vector<const uint8_t*> bits;
+  for (int t = 0; t < tasks; ++t) {
+    x.push_back(random(rows, in_, 2 * t + 1));
+    dy.push_back(random(rows, out_, 2 * t + 2));
+    y.push_back(Tensor::empty({rows, out_}, dtype, device));
+    dx.push_back(Tensor::empty({rows, in_}, dtype, device));
+    bits.push_back(mask_bits_on_device(tasks_[static_cast<size_t>(t % num_tasks())]));
+  }
+  Tensor w_masked = Tensor::empty({in_, out_}, dtype, device), dw = Tensor::zeros({in_, out_}, dtype, device),
+         product = Tensor::empty({in_, out_}, dtype, device);
+  const bool relu = act_ == Activation::ReLU;
+  auto plain = [&] {
+    for (int t = 0; t < tasks; ++t) {
+      const BitMask& mask = tasks_[static_cast<size_t>(t % num_tasks())].mask;
+      apply_mask(w_masked, W, mask, bits[static_cast<size_t>(t)]);
+      ops::linear_forward(y[static_cast<size_t>(t)], x[static_cast<size_t>(t)], w_masked, &bias_->value, relu);
+      ops::gemm(product, x[static_cast<size_t>(t)], true, dy[static_cast<size_t>(t)], false, 1.0, 0.0);
+      add_masked(dw, product, mask, bits[static_cast<size_t>(t)]);
+      ops::gemm(dx[static_cast<size_t>(t)], dy[static_cast<size_t>(t)], false, w_masked, true, 1.0, 0.0);
+    }
+  };
+  std::vector<Tensor*> ys, dxs;
+  std::vector<const Tensor*> xs, dys;
+  for (int t = 0; t < tasks; ++t) {
+    ys.push_back(&y[static_cast<size_t>(t)]);
+    dxs.push_back(&dx[static_cast<size_t>(t)]);
+    xs.push_back(&x[static_cast<size_t>(t)]);
+    dys.push_back(&dy[static_cast<size_t>(t)]);
+  }
+  auto fused = [&] {
+    ops::masked_linear_forward(ys, xs, W, bits, &bias_->value, relu);
+    ops::masked_linear_weight_grad(dw, xs, dys, bits);
+    ops::masked_linear_input_grad(dxs, dys, W, bits);
+  };
+  const OpTable& table = ops_for(device);
+  auto time_ms = [&](auto&& run) {
+    table.synchronize();
+    const auto start = std::chrono::steady_clock::now();
+    run();
+    table.synchronize();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  };
+  plain();  // warm-up: plans, workspaces, first launches
+  fused();
+  double plain_ms = 1e300, fused_ms = 1e300;
+  for (int rep = 0; rep < 3; ++rep) {  // alternating, the best of three each
+    plain_ms = std::min(plain_ms, time_ms(plain));
+    fused_ms = std::min(fused_ms, time_ms(fused));
+  }
+  MaskedRouteChoice choice;
+  choice.device = device_name(device);
+  choice.dtype = dtype_name(dtype);
+  choice.tasks = tasks;
+  choice.rows = rows;
+  choice.in = in_;
+  choice.out = out_;
+  choice.plain_ms = plain_ms;
+  choice.fused_ms = fused_ms;
+  choice.fused = fused_ms <= kFusedMargin * plain_ms;
+  std::lock_guard<std::mutex> lock(g_route_mutex);
+  g_route_log.push_back(choice);
+  return choice.fused;
+}
+
+const Tensor& MaskedLinear::forward(int task, const Tensor& x) {  // x [B, in] -> y_t [B, out]
+  forward_tasks({task}, {&x});
+  return tasks_[static_cast<size_t>(task)].y;
+}
+
+void MaskedLinear::forward_tasks(const std::vector<int>& tasks, const std::vector<const Tensor*>& xs) {
+  NCSREC_CHECK(!tasks.empty() && tasks.size() == xs.size(),
+               "masked linear forward_tasks: " << tasks.size() << " tasks, " << xs.size() << " inputs");
+  std::vector<bool> seen(tasks_.size(), false);
+  bool same_rows = true;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    NCSREC_CHECK(xs[i] != nullptr, "masked linear forward_tasks: input " << i << " is null");
+    check_input(tasks[i], *xs[i]);
+    NCSREC_CHECK(!seen[static_cast<size_t>(tasks[i])], "masked linear forward_tasks: task " << tasks[i] << " twice");
+    seen[static_cast<size_t>(tasks[i])] = true;
+    same_rows = same_rows && xs[i]->dim(0) == xs[0]->dim(0);
+  }
+  if (!same_rows || !fused_route(static_cast<int>(tasks.size()), xs[0]->dim(0))) {
+    for (size_t i = 0; i < tasks.size(); ++i) forward_plain(tasks_[static_cast<size_t>(tasks[i])], *xs[i]);
+    return;
+  }
+  const Tensor& W = weight_->value;
+  const int64_t B = xs[0]->dim(0);
+  std::vector<Tensor*> ys;
+  std::vector<const uint8_t*> bits;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    TaskState& t = tasks_[static_cast<size_t>(tasks[i])];
+    t.y = ensure_buffer(t.y_buf, B, out_, W.dtype(), W.device());
+    t.x = *xs[i];
+    t.fused = true;
+    ys.push_back(&t.y);
+    bits.push_back(mask_bits_on_device(t));
+  }
+  ops::masked_linear_forward(ys, xs, W, bits, &bias_->value, act_ == Activation::ReLU);
+}
+
+const Tensor& MaskedLinear::output(int task) const {
+  NCSREC_CHECK(task >= 0 && task < num_tasks(), "masked linear output: task " << task << " of " << num_tasks());
+  return tasks_[static_cast<size_t>(task)].y;
+}
+
+const Tensor& MaskedLinear::input_grad(int task) const {
+  NCSREC_CHECK(task >= 0 && task < num_tasks(), "masked linear input_grad: task " << task << " of " << num_tasks());
+  return tasks_[static_cast<size_t>(task)].dx;
 }
 
 void MaskedLinear::set_score_grad(int task, const Tensor& grad) {
@@ -84,23 +306,23 @@ void MaskedLinear::set_score_grad(int task, const Tensor& grad) {
   t.score_grad = grad;
 }
 
-const Tensor& MaskedLinear::backward(int task, const Tensor& dy, bool need_dx) {  // dy [B, out] -> dx [B, in]
-  TaskState& t = task_state(task, "backward");
+const Tensor& MaskedLinear::pre_activation_grad(int task, TaskState& t, const Tensor& dy) {
   NCSREC_CHECK(t.x.defined(), "masked linear backward for task " << task << " before its forward");
   const int64_t B = t.x.dim(0);
   NCSREC_CHECK(dy.ndim() == 2 && dy.dim(0) == B && dy.dim(1) == out_,
                "masked linear backward expects dy [" << B << ", " << out_ << "], got " << dy.describe());
-  const Tensor* dpre = &dy;
-  if (act_ == Activation::ReLU) {
-    // dpre = dy * (y > 0): y > 0 exactly where the pre-activation was > 0.
-    t.dpre = ensure_buffer(t.dpre_buf, B, out_, dy.dtype(), dy.device());
-    ops::relu_backward(t.dpre, dy, t.y);
-    dpre = &t.dpre;
-  }
+  if (act_ != Activation::ReLU) return dy;
+  // dpre = dy * (y > 0): y > 0 exactly where the pre-activation was > 0.
+  t.dpre = ensure_buffer(t.dpre_buf, B, out_, dy.dtype(), dy.device());
+  ops::relu_backward(t.dpre, dy, t.y);
+  return t.dpre;
+}
+
+void MaskedLinear::backward_plain(TaskState& t, const Tensor& dpre, bool need_dx) {
   // dW += (xᵀ·dpre) ⊙ M_t: the unmasked product goes to scratch first, so weights outside
   // M_t receive exactly 0 (not a product that merely happens to be small).
-  Tensor dw = ensure_buffer(dw_scratch_, in_, out_, dy.dtype(), dy.device());
-  ops::gemm(dw, t.x, true, *dpre, false, 1.0, 0.0);
+  Tensor dw = ensure_buffer(dw_scratch_, in_, out_, dpre.dtype(), dpre.device());
+  ops::gemm(dw, t.x, true, dpre, false, 1.0, 0.0);
   add_masked(weight_->grad, dw, t.mask, mask_bits_on_device(t));
   if (t.score_grad.defined()) {
     NCSREC_CHECK(dw.device() == Device::CPU, "learned masks train on the CPU only");
@@ -113,12 +335,59 @@ const Tensor& MaskedLinear::backward(int task, const Tensor& dy, bool need_dx) {
     if (dw.dtype() == DType::F32) accumulate(t.score_grad.data<float>(), dw.data<float>(), weight_->value.data<float>());
     else accumulate(t.score_grad.data<double>(), dw.data<double>(), weight_->value.data<double>());
   }
-  ops::bias_grad(bias_->grad, *dpre);  // db += colsum(dpre)
-  if (!need_dx) return none_;
-  t.dx = ensure_buffer(t.dx_buf, B, in_, dy.dtype(), dy.device());
+  ops::bias_grad(bias_->grad, dpre);  // db += colsum(dpre)
+  if (!need_dx) {
+    t.dx = Tensor();
+    return;
+  }
+  t.dx = ensure_buffer(t.dx_buf, t.x.dim(0), in_, dpre.dtype(), dpre.device());
   // dx = dpre·(W ⊙ M_t)ᵀ with the masked weight this task's forward used.
-  ops::gemm(t.dx, *dpre, false, t.w_masked, true, 1.0, 0.0);
-  return t.dx;
+  ops::gemm(t.dx, dpre, false, t.w_masked, true, 1.0, 0.0);
+}
+
+const Tensor& MaskedLinear::backward(int task, const Tensor& dy, bool need_dx) {  // dy [B, out] -> dx [B, in]
+  backward_tasks({task}, {&dy}, need_dx);
+  return need_dx ? tasks_[static_cast<size_t>(task)].dx : none_;
+}
+
+void MaskedLinear::backward_tasks(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys, bool need_dx) {
+  NCSREC_CHECK(!tasks.empty() && tasks.size() == dys.size(),
+               "masked linear backward_tasks: " << tasks.size() << " tasks, " << dys.size() << " gradients");
+  std::vector<const Tensor*> xs, dpres;
+  std::vector<const uint8_t*> bits;
+  bool fused = true;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    NCSREC_CHECK(dys[i] != nullptr, "masked linear backward_tasks: gradient " << i << " is null");
+    TaskState& t = task_state(tasks[i], "backward");
+    dpres.push_back(&pre_activation_grad(tasks[i], t, *dys[i]));
+    xs.push_back(&t.x);
+    fused = fused && t.fused && t.x.dim(0) == xs[0]->dim(0);
+  }
+  if (!fused) {  // the plain route, one task after the other
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      TaskState& t = tasks_[static_cast<size_t>(tasks[i])];
+      if (t.fused) {  // its forward was fused with other rows: run this task's product fused alone
+        backward_tasks({tasks[i]}, {dys[i]}, need_dx);
+        continue;
+      }
+      backward_plain(t, *dpres[i], need_dx);
+    }
+    return;
+  }
+  for (int task : tasks) bits.push_back(mask_bits_on_device(tasks_[static_cast<size_t>(task)]));
+  ops::masked_linear_weight_grad(weight_->grad, xs, dpres, bits);
+  for (const Tensor* dpre : dpres) ops::bias_grad(bias_->grad, *dpre);
+  std::vector<Tensor*> dxs;
+  for (int task : tasks) {
+    TaskState& t = tasks_[static_cast<size_t>(task)];
+    if (!need_dx) {
+      t.dx = Tensor();
+      continue;
+    }
+    t.dx = ensure_buffer(t.dx_buf, t.x.dim(0), in_, t.x.dtype(), t.x.device());
+    dxs.push_back(&t.dx);
+  }
+  if (need_dx) ops::masked_linear_input_grad(dxs, dpres, weight_->value, bits);
 }
 
 MaskedMLP::MaskedMLP(ParamStore& store, const std::string& prefix, int64_t in, const std::vector<int64_t>& sizes,
@@ -148,6 +417,24 @@ const Tensor& MaskedMLP::backward(int task, const Tensor& dy, bool need_dx) {
   const Tensor* g = &dy;
   for (size_t i = layers_.size(); i-- > 0;) g = &layers_[i].backward(task, *g, i > 0 || need_dx);
   return *g;
+}
+
+void MaskedMLP::forward_tasks(const std::vector<int>& tasks, const Tensor& x) {
+  std::vector<const Tensor*> inputs(tasks.size(), &x);
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (l > 0)
+      for (size_t i = 0; i < tasks.size(); ++i) inputs[i] = &layers_[l - 1].output(tasks[i]);
+    layers_[l].forward_tasks(tasks, inputs);
+  }
+}
+
+void MaskedMLP::backward_tasks(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys, bool need_dx) {
+  std::vector<const Tensor*> grads = dys;
+  for (size_t l = layers_.size(); l-- > 0;) {
+    layers_[l].backward_tasks(tasks, grads, l > 0 || need_dx);
+    if (l > 0)
+      for (size_t i = 0; i < tasks.size(); ++i) grads[i] = &layers_[l].input_grad(tasks[i]);
+  }
 }
 
 std::vector<const Tensor*> MaskedMLP::masked_weights() const {

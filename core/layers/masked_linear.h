@@ -11,8 +11,12 @@
 // buffers, so a joint step may run forward(0), forward(1), backward(1), backward(0).
 // Gradient contract (as Linear): dW and db accumulate (+=); dx is written (=).
 //
-// On a device the masking runs through the dispatch table's apply_mask / add_masked with a
-// device copy of each task's mask bits (learned masks' score gradients stay CPU-only).
+// Two routes run the products (MaskedRoute). The plain route materialises W ⊙ M_t
+// (apply_mask) and runs one dense product per task; the CPU always takes it. On a device the
+// fused route may run instead: forward_tasks / backward_tasks hand every task of a call to one
+// kernel that reads W once and applies each task's mask on the fly (dispatch.h
+// masked_linear_*). Either way the masks use a device copy of each task's bits there (learned
+// masks' score gradients stay CPU-only and always take the plain route).
 //
 // Not here: mask learning (IMP is prune_global_magnitude plus a trainer), a sparse kernel
 // (masks are ~20–70% dense, so the masked weight is materialised and one dense GEMM runs).
@@ -27,6 +31,39 @@
 #include "core/tensor.h"
 
 namespace ncsrec {
+
+// How a masked layer on a device runs its products (run.masked_route):
+//   plain  W ⊙ M_t written by apply_mask, then one product per task through the device's GEMM
+//          (cuBLASLt forward with its epilogue, at run.matmul's precision; cuBLAS backward);
+//   fused  one kernel per product serving every task of the call, the masks applied on the fly
+//          (FP32 or FP64 sums, no tensor cores);
+//   auto   for each shape (device, dtype, tasks, rows, in, out), the route that a measurement at
+//          the shape's first use finds faster (forward and backward); fused only when it is at
+//          least 5% faster. Close timings may choose differently from run to run, and the two
+//          routes round differently: set plain or fused for bit-reproducible device runs.
+// The CPU always runs the plain route (its products are already as fast as it gets).
+enum class MaskedRoute : int { Auto = 0, Plain = 1, Fused = 2 };
+// "auto", "plain", "fused", in MaskedRoute order.
+const std::vector<std::string>& masked_route_names();
+// A name to its route; ConfigError for anything else.
+MaskedRoute parse_masked_route(const std::string& name);
+// The route for the whole process (default auto).
+void set_masked_route(MaskedRoute route);
+MaskedRoute masked_route();
+
+// One measurement of `auto`: a shape and the two routes' times for one forward and backward of
+// every task (milliseconds, the best of three after a warm-up), and which route it chose.
+struct MaskedRouteChoice {
+  std::string device, dtype;
+  int tasks = 0;
+  int64_t rows = 0, in = 0, out = 0;
+  double plain_ms = 0, fused_ms = 0;
+  bool fused = false;
+};
+// Every measurement so far in this process, in the order they were made.
+std::vector<MaskedRouteChoice> masked_route_choices();
+// One line per measurement: "720→512, 2 tasks, 4096 rows (cuda f32): plain 0.31 ms, fused 0.45 ms: plain".
+std::string describe_masked_route_choices();
 
 class MaskedLinear {
  public:
@@ -49,6 +86,16 @@ class MaskedLinear {
   // db += colsum(dpre); returns dx = dpre·(W ⊙ M_t)ᵀ [B, in] (this task's buffer) when
   // `need_dx`, else an undefined tensor. dpre = dy ⊙ act'(y_t).
   const Tensor& backward(int task, const Tensor& dy, bool need_dx = true);
+
+  // forward(t, x_t) for every task t in `tasks` (distinct; inputs xs[i] for tasks[i]), as one
+  // fused product where the layer's route for the shape is fused; output(t) is then y_t.
+  void forward_tasks(const std::vector<int>& tasks, const std::vector<const Tensor*>& xs);
+  // backward(t, dy_t, need_dx) for every task in `tasks`; input_grad(t) is then dx_t. The weight
+  // and bias gradients accumulate in task order, as the calls one by one would.
+  void backward_tasks(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys, bool need_dx = true);
+  const Tensor& output(int task) const;
+  const Tensor& input_grad(int task) const;
+
   // Learned masks (ours, PAPERS.md §8): when set, task `task`'s backward also accumulates the
   // straight-through gradient of its mask scores, dL/dS_t += dL/d(W⊙M_t) ⊙ W = (xᵀ·dpre) ⊙ W,
   // over every weight (a weight outside the mask still learns whether it should be in).
@@ -71,11 +118,22 @@ class MaskedLinear {
     Tensor score_grad;        // learned masks: dL/dS_t [in, out] (undefined: not learned)
     Tensor device_bits;       // the mask's bytes in the weight's device memory (a device layer)
     bool device_bits_stale = true;
+    bool fused = false;       // the last forward took the fused route (its backward must too)
   };
   // The task's mask bits in the weight's device memory (copied up when the mask changed);
   // null for a CPU layer, whose kernels read the mask itself.
   const uint8_t* mask_bits_on_device(TaskState& t);
   TaskState& task_state(int task, const char* what);
+  // Checks x for task `task`'s forward; returns the task's state.
+  TaskState& check_input(int task, const Tensor& x);
+  void forward_plain(TaskState& t, const Tensor& x);
+  void backward_plain(TaskState& t, const Tensor& dpre, bool need_dx);
+  // dy ⊙ act'(y_t) for the task's last forward (dy itself without an activation).
+  const Tensor& pre_activation_grad(int task, TaskState& t, const Tensor& dy);
+  // Whether `tasks` tasks at `rows` rows run fused here (route, device, backend, measurement).
+  bool fused_route(int tasks, int64_t rows);
+  // auto's measurement for this layer's shape: true when the fused route is faster.
+  bool measure_fused_faster(int tasks, int64_t rows);
 
   int64_t in_, out_;
   Activation act_;
@@ -95,6 +153,14 @@ class MaskedMLP {
             int num_tasks, bool final_activation);
   const Tensor& forward(int task, const Tensor& x);
   const Tensor& backward(int task, const Tensor& dy, bool need_dx = true);
+  // forward(t, x) for every task in `tasks` on one input, layer by layer, so that each layer
+  // may serve all of them in one fused product; output(t) is then task t's output.
+  void forward_tasks(const std::vector<int>& tasks, const Tensor& x);
+  // backward(t, dys[i], need_dx) for tasks[i], layer by layer; input_grad(t) is then task t's
+  // dx (when need_dx). Gradients accumulate in the order of the calls one task at a time.
+  void backward_tasks(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys, bool need_dx = true);
+  const Tensor& output(int task) const { return layers_.back().output(task); }
+  const Tensor& input_grad(int task) const { return layers_.front().input_grad(task); }
   // Learned masks (ours, PAPERS.md §8): when set, task `task`'s backward also accumulates the
   // straight-through gradient of its mask scores, dL/dS_t += dL/d(W⊙M_t) ⊙ W = (xᵀ·dpre) ⊙ W,
   // over every weight (a weight outside the mask still learns whether it should be in).

@@ -15,10 +15,30 @@
 #include <vector>
 
 #include "core/dispatch.h"
+#include "cuda/device.h"
 
 namespace ncsrec::gpu_test {
 
 constexpr int64_t kGuard = 37;  // poisoned elements after every device buffer
+
+// The fixture of the parity tests: registers the CUDA backend, or skips the test with the reason
+// where no GPU can be used.
+class GpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!cuda_register_if_available(&why))
+      GTEST_SKIP() << ::testing::UnitTest::GetInstance()->current_test_info()->test_suite_name()
+                   << " needs a GPU: " << why;
+  }
+};
+
+// The relative tolerance of a parity bound: 1e-5 in f32 (the device contracts multiply-adds and
+// sums in other orders), 1e-12 in f64.
+template <class T>
+double rtol() {
+  return sizeof(T) == 4 ? 1e-5 : 1e-12;
+}
 
 inline const OpTable& cpu() { return ops_for(Device::CPU); }
 inline const OpTable& gpu() { return ops_for(Device::CUDA); }

@@ -33,18 +33,13 @@
 #include "cuda/embedding_table.h"
 #include "embedding/embedding_table.h"
 #include "embedding/sharded_table.h"
+#include "tests/gpu/gpu_test_util.h"
 #include "tests/random_inputs.h"
 
 namespace ncsrec {
 namespace {
 
-class CudaEmbeddingParity : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string why;
-    if (!cuda_register_if_available(&why)) GTEST_SKIP() << "the GPU embedding table needs a GPU: " << why;
-  }
-};
+class CudaEmbeddingParity : public gpu_test::GpuTest {};
 
 constexpr int64_t kDim = 8;
 constexpr double kScale = 0.1;

@@ -35,13 +35,7 @@ using namespace gpu_test;
 
 const char* tname(DType d) { return dtype_name(d); }
 
-class CudaParity : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string why;
-    if (!cuda_register_if_available(&why)) GTEST_SKIP() << "CUDA parity needs a GPU: " << why;
-  }
-};
+class CudaParity : public GpuTest {};
 
 // ---- memory ---------------------------------------------------------------------------------
 

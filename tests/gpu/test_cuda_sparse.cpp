@@ -24,6 +24,7 @@
 #include "cuda/device.h"
 #include "cuda/sparse.h"
 
+#include "tests/gpu/gpu_test_util.h"
 #include "tests/random_inputs.h"
 
 namespace ncsrec {
@@ -33,13 +34,7 @@ using testing::random_f32;
 
 using testing::random_mask;
 
-class CudaCsrParity : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string why;
-    if (!cuda_register_if_available(&why)) GTEST_SKIP() << "cuSPARSE parity needs a GPU: " << why;
-  }
-};
+class CudaCsrParity : public gpu_test::GpuTest {};
 
 struct Case {
   int64_t batch, in, out;

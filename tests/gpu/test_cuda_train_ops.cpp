@@ -31,18 +31,7 @@ namespace {
 
 using namespace gpu_test;
 
-class CudaTrainOps : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string why;
-    if (!cuda_register_if_available(&why)) GTEST_SKIP() << "CUDA parity needs a GPU: " << why;
-  }
-};
-
-template <class T>
-double rtol() {
-  return sizeof(T) == 4 ? 1e-5 : 1e-12;
-}
+class CudaTrainOps : public GpuTest {};
 
 template <class T>
 constexpr DType dtype_of() {

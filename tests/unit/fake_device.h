@@ -5,6 +5,7 @@
 // The real kernels are checked against the CPU ones by tests/gpu/.
 #pragma once
 
+#include <atomic>
 #include <cstring>
 
 #include "core/dispatch.h"
@@ -25,6 +26,42 @@ class FakeDevice {
 
  private:
   OpTable saved_{};
+};
+
+// Calls of the stand-in device's fused masked-layer entries (core/dispatch.h masked_linear_*),
+// counted by CountingDevice; each runs the CPU's entry.
+inline std::atomic<int> g_forward_calls{0}, g_input_grad_calls{0}, g_weight_grad_calls{0};
+
+inline void counting_forward(DType d, int tasks, int64_t rows, int64_t in, int64_t out, const void* const* x,
+                             const void* w, const uint8_t* const* bits, const void* bias, bool relu, void* const* y) {
+  ++g_forward_calls;
+  ops_for(Device::CPU).masked_linear_forward(d, tasks, rows, in, out, x, w, bits, bias, relu, y);
+}
+inline void counting_input_grad(DType d, int tasks, int64_t rows, int64_t in, int64_t out, const void* const* dy,
+                                const void* w, const uint8_t* const* bits, void* const* dx) {
+  ++g_input_grad_calls;
+  ops_for(Device::CPU).masked_linear_input_grad(d, tasks, rows, in, out, dy, w, bits, dx);
+}
+inline void counting_weight_grad(DType d, int tasks, int64_t rows, int64_t in, int64_t out, const void* const* x,
+                                 const void* const* dy, const uint8_t* const* bits, void* dw) {
+  ++g_weight_grad_calls;
+  ops_for(Device::CPU).masked_linear_weight_grad(d, tasks, rows, in, out, x, dy, bits, dw);
+}
+
+// The stand-in device with counting fused masked-layer entries (the counters start at 0).
+class CountingDevice {
+ public:
+  CountingDevice() {
+    OpTable t = ops_for(Device::CUDA);
+    t.masked_linear_forward = counting_forward;
+    t.masked_linear_input_grad = counting_input_grad;
+    t.masked_linear_weight_grad = counting_weight_grad;
+    register_ops(Device::CUDA, t);
+    g_forward_calls = g_input_grad_calls = g_weight_grad_calls = 0;
+  }
+
+ private:
+  FakeDevice device_;  // constructed first, puts the real table back last
 };
 
 }  // namespace ncsrec::testing

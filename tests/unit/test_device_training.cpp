@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/layers/masked_linear.h"
 #include "core/random.h"
 #include "dist/communicator.h"
 #include "models/multitask_model.h"
@@ -63,9 +64,9 @@ void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 class DeviceModel : public ::testing::TestWithParam<Case> {};
 
-TEST_P(DeviceModel, StepsOnTheDeviceGiveTheCpuModelsBits) {
-  FakeDevice device;
-  const Case& c = GetParam();
+// Trains case `c` on the CPU and on the stand-in device (which the caller has registered) and
+// expects the same bits everywhere.
+void expect_device_steps_match_cpu(const Case& c) {
   const TrainConfig config = config_for(c.model, c.optimizer);
   const Block first = random_block(32, 1);
   MultiTaskModel cpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
@@ -111,6 +112,33 @@ TEST_P(DeviceModel, StepsOnTheDeviceGiveTheCpuModelsBits) {
   // The steps moved the model: a test of bits that nothing changes could not fail.
   MultiTaskModel fresh(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
   EXPECT_FALSE(same_bits(fresh.params().values(), gpu.params().values()));
+}
+
+TEST_P(DeviceModel, StepsOnTheDeviceGiveTheCpuModelsBits) {
+  FakeDevice device;
+  expect_device_steps_match_cpu(GetParam());
+}
+
+// The models with masked layers, with each route forced (core/layers/masked_linear.h): the
+// fused route's calls serve every active task of a layer at once and still give the CPU's
+// bits (the stand-in's fused entries are the CPU's, which compute the plain route op for op).
+class DeviceMaskedRoutes : public ::testing::TestWithParam<Case> {};
+
+TEST_P(DeviceMaskedRoutes, BothRoutesGiveTheCpuModelsBits) {
+  const Case& c = GetParam();
+  for (const MaskedRoute route : {MaskedRoute::Fused, MaskedRoute::Plain}) {
+    SCOPED_TRACE(masked_route_names()[static_cast<size_t>(route)]);
+    testing::CountingDevice device;
+    set_masked_route(route);
+    expect_device_steps_match_cpu(c);
+    set_masked_route(MaskedRoute::Auto);
+    if (route == MaskedRoute::Fused) {
+      EXPECT_GT(testing::g_forward_calls, 0);
+      EXPECT_GT(testing::g_weight_grad_calls, 0);
+    } else {
+      EXPECT_EQ(testing::g_forward_calls + testing::g_weight_grad_calls + testing::g_input_grad_calls, 0);
+    }
+  }
 }
 
 // Memory is allocated while the model is built and during the first steps: buffers sized by
@@ -243,10 +271,8 @@ TEST(DeviceTraining, TheDenseGradientIsSummedByTheDenseCommunicatorInDeviceMemor
 }
 
 
-INSTANTIATE_TEST_SUITE_P(
-    Models, DeviceModel,
-    ::testing::Values(
-        Case{"esmm_dot", "  type: esmm\n  tower: [8]\n  interaction: dot\n" + kTables, {-1, -1, -1}},
+std::vector<Case> model_cases() {
+  return {Case{"esmm_dot", "  type: esmm\n  tower: [8]\n  interaction: dot\n" + kTables, {-1, -1, -1}},
         Case{"ncs_alternating",
              "  type: ncs\n  shared: [16, 8]\n  tower: []\n" + kTables, {0, 1, 0, 1, -1}},
         Case{"ncs_esmm_sgd", "  type: ncs\n  esmm: true\n  shared: [12]\n  tower: [4]\n" + kTables, {-1, -1}, "sgd"},
@@ -260,8 +286,24 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"single_task", "  type: single_task\n  tower: [8]\n" + kTables, {0, 1, -1}},
         Case{"hash_tables",
              "  type: esmm\n  tower: [8]\n  tables: {user: {capacity: 64}, item: {rows: 40}, ctx: {capacity: 64}}\n",
-             {-1, -1, -1}}),
-    [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
+             {-1, -1, -1}}};
+}
+
+bool has_masked_layers(const Case& c) {
+  return c.model.find("type: ncs") != std::string::npos || c.model.find("masked: true") != std::string::npos;
+}
+
+std::vector<Case> masked_model_cases() {
+  std::vector<Case> masked;
+  for (const Case& c : model_cases())
+    if (has_masked_layers(c)) masked.push_back(c);
+  return masked;
+}
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) { return info.param.name; }
+
+INSTANTIATE_TEST_SUITE_P(Models, DeviceModel, ::testing::ValuesIn(model_cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(Models, DeviceMaskedRoutes, ::testing::ValuesIn(masked_model_cases()), case_name);
 
 TEST(DeviceModel, ModelsWithHostOnlyLayersAreRefusedByName) {
   FakeDevice device;

@@ -1,0 +1,42 @@
+// A host emulation of the few CUDA features cuda/masked_linear.cu uses, for
+// scripts/emulate_masked_kernels.sh: blocks run one at a time, a block's threads as std::threads
+// meeting at a barrier for __syncthreads, and __shared__ arrays become statics (shared by the
+// block's threads; one block runs at once). Launches are rewritten to emu_launch by the script.
+#pragma once
+#include <pthread.h>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <thread>
+#include <vector>
+#include <algorithm>
+#include <climits>
+#include "core/dispatch.h"
+#include "core/error.h"
+#include "core/float_dispatch.h"
+struct dim3 { unsigned x, y, z; dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {} };
+inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+inline pthread_barrier_t g_bar;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+#define __restrict__
+#define __shared__ static
+inline void __syncthreads() { pthread_barrier_wait(&g_bar); }
+using std::fma;
+inline void emu_launch(dim3 grid, int block, const std::function<void()>& body) {
+  gridDim = grid; blockDim = dim3(block);
+  pthread_barrier_init(&g_bar, nullptr, block);
+  for (unsigned by = 0; by < grid.y; ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      std::vector<std::thread> th;
+      for (int t = 0; t < block; ++t) th.emplace_back([&, t] { threadIdx = dim3(t); blockIdx = dim3(bx, by); body(); });
+      for (auto& x : th) x.join();
+    }
+  pthread_barrier_destroy(&g_bar);
+}
+#define NCSREC_CUDA_FLOAT_DISPATCH NCSREC_FLOAT_DISPATCH
+#define NCSREC_CUDA_LAUNCH_CHECK() do {} while (0)
+namespace ncsrec::cuda_detail {}
