@@ -57,6 +57,22 @@ void Communicator::all_reduce_sum(void* data, int64_t n, DType dtype) {
   if (n > 0) do_all_reduce(data, n, dtype, false);
   else if (world_size() > 1) do_barrier();  // every rank still meets every collective
 }
+void Communicator::start_all_reduce_sum(void* data, int64_t n, DType dtype) {
+  check_reducible(dtype);
+  NCSREC_CHECK(n >= 0, "all-reduce of " << n << " elements");
+  if (n == 0) return;
+  Timed timed(stats_.seconds);
+  ++stats_.all_reduce_calls;
+  if (world_size() > 1) stats_.all_reduce_bytes += bytes_of(n, dtype);
+  do_start_all_reduce(data, n, dtype);
+  ++in_flight_;
+}
+void Communicator::finish_all_reduces() {
+  if (in_flight_ == 0) return;
+  Timed timed(stats_.seconds);
+  in_flight_ = 0;
+  do_finish_all_reduces();
+}
 void Communicator::all_reduce_max(double* values, int64_t n) {
   Timed timed(stats_.seconds);
   ++stats_.all_reduce_calls;

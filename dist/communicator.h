@@ -59,6 +59,17 @@ class Communicator {
   // In-place maximum across ranks (used for agreement checks).
   void all_reduce_max(double* values, int64_t n);
 
+  // The overlapped all-reduce (the dense gradient's buckets, started during the backward):
+  // start_all_reduce_sum begins an in-place sum of n elements at `data` (memory of the kind the
+  // communicator takes) and returns while it runs where the implementation can (MPI:
+  // MPI_Iallreduce; NCCL: queued on its stream behind the compute queued so far; local: done at
+  // once). The data must not be touched until finish_all_reduces(), which waits for every sum
+  // started, under the watchdog. Each start is a collective: every rank starts the same sums in
+  // the same order relative to its other collectives. n == 0 starts nothing on every rank.
+  void start_all_reduce_sum(void* data, int64_t n, DType dtype);
+  void finish_all_reduces();
+  int64_t all_reduces_in_flight() const { return in_flight_; }
+
   // send holds world_size() consecutive blocks, block r (send_counts[r] elements) going to rank
   // r; recv receives block s (recv_counts[s] elements) from rank s, in rank order. Both count
   // arrays have world_size() entries; each rank's recv_counts[s] must equal rank s's
@@ -85,9 +96,13 @@ class Communicator {
   virtual void do_all_gather(const void* send, int64_t count, void* recv, DType dtype) = 0;
   virtual void do_broadcast(void* data, int64_t n, DType dtype, int root) = 0;
   virtual void do_barrier() = 0;
+  // The default runs the sum at once (no overlap); MPI and NCCL start it and wait in finish.
+  virtual void do_start_all_reduce(void* data, int64_t n, DType dtype) { do_all_reduce(data, n, dtype, false); }
+  virtual void do_finish_all_reduces() {}
 
  private:
   CommStats stats_;
+  int64_t in_flight_ = 0;
 };
 
 // Variable-size all-gather built on all_to_all_v: every rank contributes `send` (any length,

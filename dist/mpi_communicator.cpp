@@ -208,6 +208,23 @@ class MpiCommunicator final : public Communicator {
     wait(request, what, "MPI_Iallreduce");
   }
 
+  // Started like do_all_reduce and waited for, in the order started, by do_finish_all_reduces.
+  // MPI progresses them inside the MPI calls made meanwhile (other collectives' polls).
+  void do_start_all_reduce(void* data, int64_t n, DType dtype) override {
+    const int count = int_count(n, "all_reduce_sum");
+    const Collective what = begin(Op::kAllReduceSum, n * static_cast<int64_t>(dtype_size(dtype)));
+    MPI_Request request;
+    check(MPI_Iallreduce(MPI_IN_PLACE, data, count, mpi_type(dtype), MPI_SUM, comm_, &request), "MPI_Iallreduce",
+          what);
+    started_.push_back(Started{request, what});
+  }
+
+  void do_finish_all_reduces() override {
+    std::vector<Started> started;
+    started.swap(started_);
+    for (Started& s : started) wait(s.request, s.what, "MPI_Iallreduce");
+  }
+
   void do_all_to_all_v(const void* send, const int64_t* send_counts, void* recv, const int64_t* recv_counts,
                        DType dtype) override {
     const size_t elem = dtype_size(dtype);
@@ -423,6 +440,11 @@ class MpiCommunicator final : public Communicator {
   bool diag_ready_ = false;        // set up (MPI_Comm_idup completes later than it returns)
   Collective current_{Op::kSetup, 0, 0};  // the collective being waited for, for answers to pings
   int64_t seq_ = 0;
+  struct Started {
+    MPI_Request request;
+    Collective what;
+  };
+  std::vector<Started> started_;  // all-reduces started and not yet waited for
   std::deque<Outgoing> outgoing_;  // a deque: buffers of sends in flight must not move
   bool timed_out_ = false;
   std::string timeout_message_;

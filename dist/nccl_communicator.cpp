@@ -2,8 +2,16 @@
 // communicator's own stream and waited for by a watchdog, so a peer that stops or dies ends the
 // job with one message instead of a hang (the same contract as the MPI communicator).
 //
+// Streams. The communicator's stream is non-blocking: each collective is ordered behind the
+// compute queued before it on the legacy default stream by an event (cudaEventRecord +
+// cudaStreamWaitEvent), not by a host sync. The blocking collectives then wait for the stream;
+// start_all_reduce_sum only waits until NCCL has enqueued its all-reduce, so it runs while the
+// compute queued after it (the rest of the backward) runs, and finish_all_reduces waits for
+// the stream under the watchdog. One stream for every collective keeps them in one order on
+// every rank (NCCL does not promise that two of its kernels progress concurrently).
+//
 // Not here: liveness pings naming the missing rank (the MPI communicator's diagnosis; NCCL has
-// no side channel for it), several GPUs per process, communication overlapped with compute.
+// no side channel for it), several GPUs per process.
 //
 // Watchdog. The NCCL communicator is non-blocking (ncclConfig_t::blocking = 0): no NCCL call
 // blocks the host, and initialisation, enqueueing and the collective itself are all waited for
@@ -26,6 +34,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 #include <exception>
 #include <iomanip>
 #include <memory>
@@ -113,8 +122,11 @@ class NcclCommunicator final : public Communicator {
       : rank_(rank), size_(size), device_(device), timeout_(timeout_seconds) {
     try {
       CUDA_CHECK(cudaSetDevice(device_));
-      // A blocking stream: ordered after the legacy default stream, where the CUDA backend runs.
-      CUDA_CHECK(cudaStreamCreate(&stream_));
+      // A non-blocking stream, so that an all-reduce started during the backward does not hold
+      // up the compute queued after it on the legacy default stream (where the CUDA backend
+      // runs); every collective is ordered behind the compute queued before it by an event.
+      CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+      CUDA_CHECK(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming));
       CUDA_CHECK(cudaMalloc(&barrier_scratch_, sizeof(int32_t)));
       CUDA_CHECK(cudaMemset(barrier_scratch_, 0, sizeof(int32_t)));
       ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
@@ -149,6 +161,26 @@ class NcclCommunicator final : public Communicator {
                            stream_),
              "ncclAllReduce", what);
     wait(what);
+  }
+
+  // Queued on the stream (behind the compute queued so far) and waited for only until NCCL has
+  // enqueued it; do_finish_all_reduces waits for the stream, which runs them in order.
+  void do_start_all_reduce(void* data, int64_t n, DType dtype) override {
+    NCSREC_CHECK(dtype != DType::U8, "all-reduce of u8");
+    const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
+    require_device_memory(data, bytes, "all_reduce_sum", "buffer");
+    const Collective what = begin("all_reduce_sum (started)", static_cast<int64_t>(bytes));
+    enqueued(ncclAllReduce(data, data, static_cast<size_t>(n), nccl_type(dtype), ncclSum, comm_, stream_),
+             "ncclAllReduce", what);
+    wait(what, /*on_stream=*/false);
+    started_.push_back(what);
+  }
+
+  void do_finish_all_reduces() override {
+    if (started_.empty()) return;
+    const Collective last = started_.back();
+    started_.clear();
+    wait(last);  // the stream is done: every started all-reduce is
   }
 
   void do_all_to_all_v(const void* send, const int64_t* send_counts, void* recv, const int64_t* recv_counts,
@@ -261,7 +293,11 @@ class NcclCommunicator final : public Communicator {
       if (timed_out_) throw CommTimeout(message);
       throw UserError(message);
     }
-    return Collective{name, ++seq_, bytes};
+    const Collective what{name, ++seq_, bytes};
+    // Behind the compute queued so far on the legacy default stream: what it reads is written.
+    cuda_on_stream(cudaEventRecord(compute_done_, cudaStreamLegacy), "cudaEventRecord", what);
+    cuda_on_stream(cudaStreamWaitEvent(stream_, compute_done_, 0), "cudaStreamWaitEvent", what);
+    return what;
   }
 
   std::string describe(const Collective& what) const {
@@ -382,8 +418,10 @@ class NcclCommunicator final : public Communicator {
     }
     if (barrier_scratch_) report_cuda(cudaFree(barrier_scratch_), "cudaFree");
     if (stream_) report_cuda(cudaStreamDestroy(stream_), "cudaStreamDestroy");
+    if (compute_done_) report_cuda(cudaEventDestroy(compute_done_), "cudaEventDestroy");
     barrier_scratch_ = nullptr;
     stream_ = nullptr;
+    compute_done_ = nullptr;
   }
 
   // ncclCommFinalize flushes and waits (non-blocking: polled, with the same deadline) until
@@ -427,6 +465,8 @@ class NcclCommunicator final : public Communicator {
   int rank_, size_, device_;
   double timeout_;
   cudaStream_t stream_ = nullptr;
+  cudaEvent_t compute_done_ = nullptr;  // recorded on the legacy default stream before each collective
+  std::vector<Collective> started_;     // all-reduces started and not yet finished
   int32_t* barrier_scratch_ = nullptr;  // the one element a barrier all-reduces
   ncclComm_t comm_ = nullptr;
   int64_t seq_ = 0;

@@ -202,6 +202,7 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
   experts.layers = with_apg(apg_in("experts"), false);
   experts.masked = config_.experts.masked;
   experts.masked_layers = config_.masks.layers;
+  block_params_begin_ = params_.numel();
   if (config_.type == "shared_bottom")
     block_ = make_bottom_block(params_, input_dim_, config_.bottom, with_apg(apg_in("bottom"), false));
   if (config_.type == "ncs") block_ = make_masked_block(params_, input_dim_, config_.shared, config_.masks.layers, T, &masked_);
@@ -253,6 +254,7 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
           penalty_params_.push_back(lambda);
         }
       }
+  tower_params_begin_ = params_.numel();
   for (int t = 0; t < T && !three_tower_; ++t) {
     std::vector<int64_t> sizes = config_.tasks[static_cast<size_t>(t)].tower;
     sizes.push_back(1);
@@ -675,6 +677,10 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
   std::vector<const Tensor*> dtower(T, nullptr);
   for (size_t t = 0; t < T && !three_tower_; ++t)
     if (active(t)) dtower[t] = &towers_[t]->backward(*dlogits[t], true);
+  auto ready = [&](int64_t begin, int64_t end) {
+    if (gradient_ready_ && end > begin) gradient_ready_(begin, end);
+  };
+  ready(tower_params_begin_, params_.numel());
   for (auto& grp : groups_) grp.dx.reset();
   if (three_tower_) {
     std::vector<const Tensor*> dl;
@@ -690,17 +696,14 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
       const size_t g = static_cast<size_t>(group_of_task_[t]);
       add_condition_gradient(groups_[g].dx.sum, towers_[t]->dcondition());
     }
+  ready(block_params_begin_, tower_params_begin_);
   phase_clock_.mark(StepPhase::DenseBackward);
+  // The input side in two passes: first what still writes dense gradients (history attention),
+  // then, with the whole dense gradient final, the tables.
+  std::vector<Tensor> input_grads(groups_.size());
   for (size_t g = 0; g < groups_.size(); ++g) {
     InputGroup& grp = groups_[g];
-    if (!grp.dx.any) {  // single_task: this task's group was not stepped (on every rank alike)
-      for (const auto& tr : grp.tables) {
-        SparseGrad& grad = sparse_grads_[static_cast<size_t>(tr.table)];
-        grad.rows.clear();  // keeps the capacity
-        grad.values = Tensor();
-      }
-      continue;
-    }
+    if (!grp.dx.any) continue;
     // The rest of the backward is the host's (the tables live there): a device model's input
     // gradient comes down once.
     Tensor dx = grp.dx.sum;
@@ -713,6 +716,20 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     if (interaction_col_ >= 0)
       pairwise_dot_backward(dx, 0, dx, interaction_col_, grp.host, interaction_fields_, config_.embedding_dim);
     if (history_) history_->backward(dx, history_col_, batch);  // attention's queries
+    input_grads[g] = dx;
+  }
+  ready(0, block_params_begin_);
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    InputGroup& grp = groups_[g];
+    if (!grp.dx.any) {  // single_task: this task's group was not stepped (on every rank alike)
+      for (const auto& tr : grp.tables) {
+        SparseGrad& grad = sparse_grads_[static_cast<size_t>(tr.table)];
+        grad.rows.clear();  // keeps the capacity
+        grad.values = Tensor();
+      }
+      continue;
+    }
+    const Tensor& dx = input_grads[g];
     for (const auto& tr : grp.tables) {
       const size_t t = static_cast<size_t>(tr.table);
       const ShardedTable& table = tables_[t];

@@ -25,6 +25,7 @@
 // in single_task).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -82,6 +83,13 @@ class MultiTaskModel {
   // gradient of every table is left in sparse_grads(). `only_task` >= 0 steps that task alone
   // (its loss, its path through the masks): the alternating schedule. ESMM has no single-task step.
   StepLoss train_step(const Block& batch, const std::vector<double>& normalizers, int only_task = -1);
+  // Called inside train_step each time a range [begin, end) of params().grads() holds its final
+  // value for the step, so the caller can start that range's all-reduce while the backward goes
+  // on: the towers' (and loss weights') range after the towers, the shared block's after the
+  // block, the rest (history attention) before the tables' backward. The ranges cover the buffer
+  // once per step, back to front. Empty: not called.
+  using GradientReady = std::function<void(int64_t begin, int64_t end)>;
+  void set_gradient_ready(GradientReady ready) { gradient_ready_ = std::move(ready); }
   // The training step the next train_step belongs to: dropout masks are a pure function of
   // (seed, step, layer, element), so a resumed run draws the same masks.
   void set_step(int64_t step) { step_ = step; }
@@ -242,6 +250,11 @@ class MultiTaskModel {
   std::vector<std::unique_ptr<FeedForward>> towers_;
   std::vector<SparseGrad> sparse_grads_;
   PhaseClock phase_clock_;
+  GradientReady gradient_ready_;
+  // The gradient buffer's ranges by the component that writes them last: [0, block) the input
+  // side (history attention), [block, towers) the shared block (its learned-mask scores, the
+  // three-tower model), [towers, numel) the towers and the loss weights.
+  int64_t block_params_begin_ = 0, tower_params_begin_ = 0;
   std::vector<EmbeddingBagWorkspace> bag_workspaces_;  // per table: the backward's memory, reused
   std::vector<SparseGrad> local_grads_;                // per table: over the lookup's rows (sharded, hashed)
   std::vector<Tensor> dlogit_bufs_, prob_bufs_;

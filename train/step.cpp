@@ -1,5 +1,7 @@
 #include "train/step.h"
 
+#include <algorithm>
+
 #include "core/dispatch.h"
 #include "train/replicas.h"
 
@@ -31,8 +33,47 @@ Optimizers make_optimizers(const TrainConfig& config, MultiTaskModel& model) {
   return o;
 }
 
+namespace {
+
+// The dense gradient's sum over ranks, started bucket by bucket as the backward finishes each
+// range of the buffer and finished after it (one call after it where the buffer is not in the
+// memory the communicator takes). Buckets are cut from the end of each range, the same on
+// every rank.
+class DenseGradientSum {
+ public:
+  DenseGradientSum(Communicator& comm, Tensor& grads, int64_t bucket_bytes)
+      : comm_(comm), grads_(grads),
+        bucket_(std::max<int64_t>(1, bucket_bytes / static_cast<int64_t>(dtype_size(grads.dtype())))),
+        overlapped_(comm.world_size() > 1 && (grads.device() != Device::CPU) == comm.takes_device_memory()) {}
+
+  void ready(int64_t begin, int64_t end) {
+    if (!overlapped_) return;
+    const size_t elem = dtype_size(grads_.dtype());
+    for (int64_t hi = end; hi > begin;) {
+      const int64_t lo = std::max(begin, hi - bucket_);
+      comm_.start_all_reduce_sum(static_cast<char*>(grads_.raw()) + static_cast<size_t>(lo) * elem, hi - lo,
+                                 grads_.dtype());
+      hi = lo;
+    }
+  }
+
+  void finish() {
+    if (overlapped_) comm_.finish_all_reduces();
+    else comm_.all_reduce_sum(grads_);
+  }
+
+ private:
+  Communicator& comm_;
+  Tensor& grads_;
+  int64_t bucket_;
+  bool overlapped_;
+};
+
+}  // namespace
+
 StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Block& batch, int task, int64_t step,
-                        bool exact_masks, Communicator& comm, StepStats* stats, Communicator* dense_comm) {
+                        bool exact_masks, Communicator& comm, StepStats* stats, Communicator* dense_comm,
+                        int64_t bucket_bytes) {
   PhaseClock& clock = model.phase_clock();
   clock.start();
   std::vector<double> norms = model.local_normalizers(batch);
@@ -40,12 +81,21 @@ StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Blo
   model.params().zero_grad();
   model.set_step(step);  // dropout masks: a function of (seed, step)
   clock.mark(StepPhase::AllReduce);
-  StepLoss loss = model.train_step(batch, norms, task);
+  DenseGradientSum dense_sum(dense_comm ? *dense_comm : comm, model.params().grads(), bucket_bytes);
+  model.set_gradient_ready([&dense_sum](int64_t begin, int64_t end) { dense_sum.ready(begin, end); });
+  StepLoss loss;
+  try {
+    loss = model.train_step(batch, norms, task);
+  } catch (...) {
+    model.set_gradient_ready(nullptr);
+    throw;
+  }
+  model.set_gradient_ready(nullptr);
   // Each rank's loss is its share of the global mean: the sum over ranks is the loss. A task
   // not stepped reports NaN on every rank, and stays NaN.
   comm.all_reduce_sum(loss.per_task.data(), static_cast<int64_t>(loss.per_task.size()));
   comm.all_reduce_sum(&loss.total, 1);
-  (dense_comm ? *dense_comm : comm).all_reduce_sum(model.params().grads());
+  dense_sum.finish();
   clock.mark(StepPhase::AllReduce);
 
   // Every rank holds the same reduced gradient and step, so every rank clips and schedules alike.

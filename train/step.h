@@ -56,8 +56,15 @@ Optimizers make_optimizers(const TrainConfig& config, MultiTaskModel& model);
 // `comm` sums the host's values (loss normalisers, losses, BatchNorm statistics, embedding
 // gradients); `dense_comm`, when given, sums the dense gradient instead (NCCL on the device's
 // buffers for a GPU model; run.dense_comm), over the same ranks.
+//
+// The dense gradient is summed in buckets of at most `bucket_bytes`, each started as soon as the
+// backward has finished its range (MultiTaskModel::set_gradient_ready: the towers' while the
+// shared block's backward runs, the block's while the embeddings' backward and exchange run)
+// and all finished after the backward. Where the gradient is not in the memory the communicator
+// takes (a GPU model over MPI), it is summed in one call after the backward through a copy.
+constexpr int64_t kDenseBucketBytes = int64_t{25} << 20;
 StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Block& batch, int task, int64_t step,
                         bool exact_masks, Communicator& comm, StepStats* stats = nullptr,
-                        Communicator* dense_comm = nullptr);
+                        Communicator* dense_comm = nullptr, int64_t bucket_bytes = kDenseBucketBytes);
 
 }  // namespace ncsrec

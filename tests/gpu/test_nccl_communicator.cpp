@@ -257,7 +257,7 @@ TEST_F(Nccl, StatsCountCallsAndNoBytesToOtherRanks) {
 
 TEST_F(Nccl, CollectivesSeeWorkQueuedOnTheDefaultStream) {
   // The communicator's stream is ordered after the legacy default stream, where the CUDA
-  // backend runs: a memset queued there and not waited for must be what is gathered.
+  // backend runs, by an event: a memset queued there and not waited for must be what is gathered.
   const int64_t n = 1 << 22;
   DeviceBuffer<uint8_t> send(n), recv(n);
   cuda_ok(cudaMemsetAsync(send.get(), 0x5A, static_cast<size_t>(n), /*stream=*/0), "cudaMemsetAsync");
@@ -266,6 +266,30 @@ TEST_F(Nccl, CollectivesSeeWorkQueuedOnTheDefaultStream) {
   int64_t wrong = 0;
   for (uint8_t b : got) wrong += b != 0x5A;
   EXPECT_EQ(wrong, 0);
+}
+
+TEST_F(Nccl, StartedAllReducesReadEarlierWorkAndAreDoneAtTheFinish) {
+  // Started on the communicator's (non-blocking) stream behind the compute queued before them:
+  // a memset queued on the default stream and not waited for is what the second one sums.
+  comm().reset_stats();
+  const std::vector<float> a_in = values<float>(61, 1000);
+  const std::vector<double> c_in = values<double>(63, 77);
+  const int64_t n = 1 << 20;
+  DeviceBuffer<float> a(a_in), b(values<float>(62, n));
+  DeviceBuffer<double> c(c_in);
+  cuda_ok(cudaMemsetAsync(b.get(), 0, static_cast<size_t>(n) * sizeof(float), /*stream=*/0), "cudaMemsetAsync");
+  comm().start_all_reduce_sum(a.get(), 1000, DType::F32);
+  comm().start_all_reduce_sum(b.get(), n, DType::F32);
+  comm().start_all_reduce_sum(c.get(), 77, DType::F64);
+  EXPECT_EQ(comm().all_reduces_in_flight(), 3);
+  comm().finish_all_reduces();
+  EXPECT_EQ(comm().all_reduces_in_flight(), 0);
+  EXPECT_EQ(a.download(), a_in);
+  EXPECT_EQ(b.download(), std::vector<float>(static_cast<size_t>(n), 0.0f));
+  EXPECT_EQ(c.download(), c_in);
+  EXPECT_TRUE(a.guard_intact() && b.guard_intact() && c.guard_intact());
+  EXPECT_EQ(comm().stats().all_reduce_calls, 3);
+  EXPECT_EQ(comm().stats().all_reduce_bytes, 0) << "world size 1: nothing to other ranks";
 }
 
 TEST_F(Nccl, AllReduceOfBytesIsRejectedAndTheCommunicatorStaysUsable) {

@@ -127,6 +127,44 @@ TEST(AllReduce, ZeroLengthIsMetByEveryRankAndCounted) {
   expect_sum_is_exact<double>(5, 32);  // still in step with the other ranks
 }
 
+// The overlapped form: sums started together, with a blocking collective between the starts
+// and the finish (the embeddings' exchange during the backward), are exact at the finish; a
+// zero-length start starts nothing; calls and bytes are counted as blocking sums are.
+template <class T>
+bool sum_is_exact(const std::vector<T>& buffer, uint64_t seed) {
+  for (size_t i = 0; i < buffer.size(); ++i) {
+    T expected = 0;
+    for (int r = 0; r < world(); ++r) expected += value<T>(seed, r, static_cast<int64_t>(i));
+    if (buffer[i] != expected) return false;
+  }
+  return true;
+}
+
+TEST(StartedAllReduce, SumsStartedTogetherAndFinishedAfterOtherCollectivesAreExact) {
+  comm().reset_stats();
+  std::vector<float> a(1000);
+  std::vector<double> b(3001);
+  std::vector<int64_t> c(7);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = value<float>(81, rank(), static_cast<int64_t>(i));
+  for (size_t i = 0; i < b.size(); ++i) b[i] = value<double>(82, rank(), static_cast<int64_t>(i));
+  for (size_t i = 0; i < c.size(); ++i) c[i] = value<int64_t>(83, rank(), static_cast<int64_t>(i));
+  comm().start_all_reduce_sum(a.data(), static_cast<int64_t>(a.size()), DType::F32);
+  comm().start_all_reduce_sum(b.data(), static_cast<int64_t>(b.size()), DType::F64);
+  comm().start_all_reduce_sum(nullptr, 0, DType::F32);  // nothing, on every rank
+  expect_sum_is_exact<double>(17, 84);                  // a blocking collective meanwhile
+  comm().start_all_reduce_sum(c.data(), static_cast<int64_t>(c.size()), DType::I64);
+  EXPECT_EQ(comm().all_reduces_in_flight(), 3);
+  comm().finish_all_reduces();
+  EXPECT_EQ(comm().all_reduces_in_flight(), 0);
+  comm().finish_all_reduces();  // nothing in flight: a no-op
+  EXPECT_TRUE(sum_is_exact(a, 81));
+  EXPECT_TRUE(sum_is_exact(b, 82));
+  EXPECT_TRUE(sum_is_exact(c, 83));
+  EXPECT_EQ(comm().stats().all_reduce_calls, 4);
+  const int64_t bytes = world() > 1 ? 1000 * 4 + 3001 * 8 + 17 * 8 + 7 * 8 : 0;
+  EXPECT_EQ(comm().stats().all_reduce_bytes, bytes);
+}
+
 // Rank s sends count(s, r) elements to rank r: uneven, rank-dependent, zero for about a third
 // of the pairs, and nothing at all from the last rank to anyone but itself.
 int64_t pair_count(int s, int r) {

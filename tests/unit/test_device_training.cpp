@@ -181,10 +181,14 @@ class RecordingComm final : public Communicator {
   int world_size() const override { return 2; }
   const char* kind() const override { return "recording"; }
   bool takes_device_memory() const override { return device_memory_; }
-  std::vector<const void*> reduced;
+  std::vector<const void*> reduced;                        // blocking sums
+  std::vector<std::pair<const void*, int64_t>> started;  // started sums: data, elements
+  int finishes = 0;
 
  protected:
   void do_all_reduce(void* data, int64_t, DType, bool) override { reduced.push_back(data); }
+  void do_start_all_reduce(void* data, int64_t n, DType) override { started.emplace_back(data, n); }
+  void do_finish_all_reduces() override { ++finishes; }
   void do_all_to_all_v(const void*, const int64_t*, void*, const int64_t*, DType) override { ADD_FAILURE(); }
   void do_all_gather(const void*, int64_t, void*, DType) override { ADD_FAILURE(); }
   void do_broadcast(void*, int64_t, DType, int) override { ADD_FAILURE(); }
@@ -256,8 +260,20 @@ TEST(DeviceTraining, TheDenseGradientIsSummedByTheDenseCommunicatorInDeviceMemor
     const StepLoss lb = train_one_step(b, ob, batch, -1, step, true, *host_b, nullptr, &dense);
     EXPECT_EQ(la.total, lb.total);
   }
-  ASSERT_EQ(dense.reduced.size(), 3u) << "one dense all-reduce a step";
-  for (const void* p : dense.reduced) EXPECT_EQ(p, b.params().grads().raw()) << "the device's gradient, not a copy";
+  // Started range by range during each backward (the towers', then the shared block's), on the
+  // device's gradient buffer itself, covering it once a step; finished once a step.
+  EXPECT_TRUE(dense.reduced.empty()) << "the dense gradient is summed in started buckets";
+  EXPECT_EQ(dense.finishes, 3);
+  const char* buffer = static_cast<const char*>(b.params().grads().raw());
+  const int64_t numel = b.params().numel();
+  int64_t covered = 0;
+  for (const auto& [p, n] : dense.started) {
+    const char* at = static_cast<const char*>(p);
+    EXPECT_TRUE(at >= buffer && at + n * 4 <= buffer + numel * 4) << "the device's gradient, not a copy";
+    covered += n;
+  }
+  EXPECT_EQ(covered, 3 * numel);
+  EXPECT_GE(dense.started.size(), 6u) << "the towers' and the shared block's ranges, each step";
   // The control: a host-memory communicator gets a staged copy, so the check above can fail.
   MultiTaskModel c(config.model, batch.schema, DType::F32, 7, nullptr, Device::CUDA);
   Optimizers oc = make_optimizers(config, c);

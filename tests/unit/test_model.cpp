@@ -53,7 +53,29 @@ void check_model_gradients(const ModelConfig& config, uint64_t seed, int only_ta
   const std::vector<double> normalizers = model.local_normalizers(batch);
 
   model.params().zero_grad();
+  // The ranges the step declares final (the trainer starts their all-reduce there) are final:
+  // nothing writes them afterwards, and they cover the gradient buffer once, back to front.
+  std::vector<std::pair<int64_t, int64_t>> ready;
+  std::vector<std::vector<double>> at_ready;
+  model.set_gradient_ready([&](int64_t begin, int64_t end) {
+    ready.emplace_back(begin, end);
+    const double* g = model.params().grads().data<double>();
+    at_ready.emplace_back(g + begin, g + end);
+  });
   const StepLoss loss = model.train_step(batch, normalizers, only_task);
+  model.set_gradient_ready(nullptr);
+  ASSERT_FALSE(ready.empty()) << config.type;
+  int64_t expected_end = model.params().numel();
+  for (size_t r = 0; r < ready.size(); ++r) {
+    EXPECT_EQ(ready[r].second, expected_end) << config.type << ": range " << r << " does not follow the last";
+    expected_end = ready[r].first;
+    const double* g = model.params().grads().data<double>();
+    for (int64_t i = ready[r].first; i < ready[r].second; ++i)
+      ASSERT_EQ(g[i], at_ready[r][static_cast<size_t>(i - ready[r].first)])
+          << config.type << ": gradient element " << i << " changed after its range [" << ready[r].first << ", "
+          << ready[r].second << ") was declared final";
+  }
+  EXPECT_EQ(expected_end, 0) << config.type << ": the ranges do not reach the buffer's start";
   ASSERT_TRUE(std::isfinite(loss.total));
   double weighted = 0;
   for (size_t t = 0; t < loss.per_task.size() && t < config.tasks.size(); ++t)
