@@ -80,7 +80,7 @@ AUC beside the Bayes-optimal AUC when the data came from `ncsrec gen`.
                          config.yaml; --set may change only train.max_steps, train.epochs,
                          train.log_every, train.checkpoint_every, train.keep_checkpoints,
                          run.threads, run.comm_timeout, run.device, run.matmul,
-                         run.dense_comm, run.masked_route and data.eval
+                         run.dense_comm, run.masked_route, run.bucket_mb and data.eval
                          (checkpoints are the same on every device)
 
 SIGTERM or SIGUSR1 stops training at the next step on every rank, saves
@@ -258,7 +258,8 @@ int cmd_train(int argc, char** argv) {
                                                         "train.keep_checkpoints", "run.threads",
                                                         "run.comm_timeout",       "run.device",
                                                         "run.matmul",             "run.dense_comm",
-                                                        "run.masked_route",       "data.eval"};
+                                                        "run.masked_route",       "run.bucket_mb",
+                                                        "data.eval"};
     for (const std::string& o : args.all("set")) {
       const std::string key = o.substr(0, o.find('='));
       if (std::find(kMayChange.begin(), kMayChange.end(), key) == kMayChange.end()) {

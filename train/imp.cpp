@@ -79,7 +79,8 @@ ImpResult find_masks_imp(const TrainConfig& config, const DataSchema& schema, co
         while (reader.next(batch)) {
           StepStats stats;
           const StepLoss loss =
-              train_one_step(model, optimizers, batch, static_cast<int>(t), ++step, true, comm, &stats, dense_comm);
+              train_one_step(model, optimizers, batch, static_cast<int>(t), ++step, true, comm, &stats, dense_comm,
+                             config.bucket_bytes());
           if (!std::isfinite(loss.total) || !std::isfinite(stats.grad_norm))
             throw UserError("IMP for task " + task + " diverged in round " + std::to_string(round) + " (" +
                             (std::isfinite(loss.total) ? "the dense gradient" : "loss") +

@@ -88,6 +88,7 @@ TrainConfig parse_root(ConfigNode root) {
   c.masked_route = run.get_choice("masked_route", masked_route_names(), "auto");
   c.threads = run.get_int("threads", 0, 0, 1024);
   c.comm_timeout = run.get_double("comm_timeout", 60, 1, 86400);
+  c.bucket_mb = run.get_double("bucket_mb", 25, 0.001, 4096);
   run.finish();
 
   ConfigNode data = root.child("data");

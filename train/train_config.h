@@ -77,6 +77,8 @@ struct TrainConfig {
   std::string dense_comm = "auto";  // auto | nccl | host: how a GPU model's ranks sum the dense gradient
   int64_t threads = 0;         // 0 = OpenMP default
   double comm_timeout = 60;    // seconds a collective may wait for the other ranks
+  double bucket_mb = 25;       // the dense gradient's all-reduce buckets (MiB; train/step.h)
+  int64_t bucket_bytes() const { return static_cast<int64_t>(bucket_mb * 1024 * 1024); }
   DataConfig data;
   ModelConfig model;
   OptimizerConfig dense_optimizer;

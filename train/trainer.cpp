@@ -448,7 +448,8 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
       const int task = alternating ? static_cast<int>(step % num_tasks) : -1;
       StepStats stats;
       const StepLoss loss =
-          train_one_step(model, optimizers, batch, task, step + 1, exact_masks, comm, &stats, options.dense_comm);
+          train_one_step(model, optimizers, batch, task, step + 1, exact_masks, comm, &stats, options.dense_comm,
+                         config.bucket_bytes());
       if (!std::isfinite(loss.total))
         throw UserError("training diverged at step " + std::to_string(step + 1) +
                         " (loss is not finite): lower optimizer.lr or check the data");

@@ -12,7 +12,9 @@
 #include "dist/communicator.h"
 #include "models/multitask_model.h"
 #include "tests/model_inputs.h"
+#include "core/error.h"
 #include "train/step.h"
+#include "train/train_config.h"
 
 namespace ncsrec {
 namespace {
@@ -75,6 +77,19 @@ TEST(DenseBuckets, BucketsCoverTheGradientOnceBackToFrontAndDoNotChangeTheStep) 
       for (int64_t step = 1; step <= 2; ++step) train_one_step(reference, o_ref, batch, -1, step, true, *local);
     const Tensor a = reference.params().values(), b = model.params().values();
     EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0) << "the step depends on the bucket size";
+  }
+}
+
+TEST(DenseBuckets, RunBucketMbSetsTheBucketSizeAndIsChecked) {
+  const std::string base = "data: {train: [\"unused\"]}\nmodel:\n  type: ncs\n  shared: [8]\n  embedding_dim: 4\n"
+                           "  tables: {user: {rows: 4}}\n  tasks: {ctr: {label: click}, cvr: {label: conversion}}\n";
+  EXPECT_EQ(parse_train_config(base, "m.yaml").bucket_bytes(), kDenseBucketBytes);
+  EXPECT_EQ(parse_train_config("run: {bucket_mb: 0.5}\n" + base, "m.yaml").bucket_bytes(), 512 * 1024);
+  try {
+    parse_train_config("run: {bucket_mb: 0}\n" + base, "m.yaml");
+    FAIL() << "run.bucket_mb: 0 was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("run.bucket_mb"), std::string::npos) << e.what();
   }
 }
 
