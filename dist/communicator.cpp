@@ -73,6 +73,11 @@ void Communicator::finish_all_reduces() {
   in_flight_ = 0;
   do_finish_all_reduces();
 }
+void Communicator::abandon_all_reduces() {
+  if (in_flight_ == 0) return;
+  in_flight_ = 0;
+  do_abandon_all_reduces();
+}
 void Communicator::all_reduce_max(double* values, int64_t n) {
   Timed timed(stats_.seconds);
   ++stats_.all_reduce_calls;

@@ -69,6 +69,11 @@ class Communicator {
   void start_all_reduce_sum(void* data, int64_t n, DType dtype);
   void finish_all_reduces();
   int64_t all_reduces_in_flight() const { return in_flight_; }
+  // For a step that fails with sums in flight: they are given up, never waited for (their
+  // buffers may be freed next). MPI leaves the requests to the job's end (MPI_Abort, no
+  // MPI_Finalize); NCCL aborts the communicator, which stops its kernels. The communicator is
+  // unusable afterwards, as after a timeout.
+  void abandon_all_reduces();
 
   // send holds world_size() consecutive blocks, block r (send_counts[r] elements) going to rank
   // r; recv receives block s (recv_counts[s] elements) from rank s, in rank order. Both count
@@ -99,6 +104,7 @@ class Communicator {
   // The default runs the sum at once (no overlap); MPI and NCCL start it and wait in finish.
   virtual void do_start_all_reduce(void* data, int64_t n, DType dtype) { do_all_reduce(data, n, dtype, false); }
   virtual void do_finish_all_reduces() {}
+  virtual void do_abandon_all_reduces() {}
 
  private:
   CommStats stats_;

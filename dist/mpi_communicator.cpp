@@ -187,6 +187,11 @@ class MpiCommunicator final : public Communicator {
       g_error_seen = true;
       return;
     }
+    if (!started_.empty() || abandoned_) {
+      // All-reduces still active: freeing the communicator (or MPI_Finalize) with them is erroneous.
+      g_error_seen = true;
+      return;
+    }
     // Answers to pings may still be in flight only when a peer timed out and the job is ending.
     if (!outgoing_.empty()) return;
     if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
@@ -219,10 +224,21 @@ class MpiCommunicator final : public Communicator {
     started_.push_back(Started{request, what});
   }
 
+  // One deadline for all of them, from the finish's start.
   void do_finish_all_reduces() override {
     std::vector<Started> started;
     started.swap(started_);
-    for (Started& s : started) wait(s.request, s.what, "MPI_Iallreduce");
+    const Clock::time_point start = Clock::now();
+    for (Started& s : started) wait(s.request, s.what, "MPI_Iallreduce", start);
+  }
+
+  // The requests stay active: MPI may still write their buffers, so the job must end by
+  // MPI_Abort (end_job_after_error), never MPI_Finalize.
+  void do_abandon_all_reduces() override {
+    if (started_.empty()) return;
+    started_.clear();
+    abandoned_ = true;
+    g_error_seen = true;
   }
 
   void do_all_to_all_v(const void* send, const int64_t* send_counts, void* recv, const int64_t* recv_counts,
@@ -320,9 +336,9 @@ class MpiCommunicator final : public Communicator {
   // throws CommTimeout). Spins briefly, because most collectives finish in microseconds, then
   // yields and finally sleeps between polls: a waiting rank must leave the core to the ranks it
   // waits for when there are more ranks than cores.
-  void wait(MPI_Request& request, const Collective& what, const char* call) {
+  void wait(MPI_Request& request, const Collective& what, const char* call,
+            Clock::time_point start = Clock::now()) {
     current_ = what;
-    const Clock::time_point start = Clock::now();
     auto pause = std::chrono::microseconds(20);
     for (int64_t polls = 0;; ++polls) {
       int done = 0;
@@ -445,6 +461,7 @@ class MpiCommunicator final : public Communicator {
     Collective what;
   };
   std::vector<Started> started_;  // all-reduces started and not yet waited for
+  bool abandoned_ = false;        // some were given up (abandon_all_reduces): still active
   std::deque<Outgoing> outgoing_;  // a deque: buffers of sends in flight must not move
   bool timed_out_ = false;
   std::string timeout_message_;

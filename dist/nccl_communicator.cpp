@@ -180,7 +180,22 @@ class NcclCommunicator final : public Communicator {
     if (started_.empty()) return;
     const Collective last = started_.back();
     started_.clear();
+    require_alive();
     wait(last);  // the stream is done: every started all-reduce is
+  }
+
+  // The step failed with all-reduces queued: abort NCCL so its kernels stop (a free of their
+  // buffers, or any device synchronisation, would otherwise wait for them without a watchdog).
+  void do_abandon_all_reduces() override {
+    if (started_.empty() || dead_) {
+      started_.clear();
+      return;
+    }
+    const Collective last = started_.back();
+    started_.clear();
+    die(describe(last) + ": the step failed with the dense gradient's all-reduce in flight; the NCCL communicator "
+                         "is aborted",
+        /*timed_out=*/false);
   }
 
   void do_all_to_all_v(const void* send, const int64_t* send_counts, void* recv, const int64_t* recv_counts,
@@ -287,12 +302,15 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  void require_alive() const {
+    if (!dead_) return;
+    const std::string message = failure_message_ + " (the NCCL communicator is unusable after this)";
+    if (timed_out_) throw CommTimeout(message);
+    throw UserError(message);
+  }
+
   Collective begin(const char* name, int64_t bytes) {
-    if (dead_) {
-      const std::string message = failure_message_ + " (the NCCL communicator is unusable after this)";
-      if (timed_out_) throw CommTimeout(message);
-      throw UserError(message);
-    }
+    require_alive();
     const Collective what{name, ++seq_, bytes};
     // Behind the compute queued so far on the legacy default stream: what it reads is written.
     cuda_on_stream(cudaEventRecord(compute_done_, cudaStreamLegacy), "cudaEventRecord", what);

@@ -57,6 +57,14 @@ class DenseGradientSum {
     }
   }
 
+  // A step that throws between the first start and the finish gives its sums up: nobody may
+  // wait for them, and the gradient buffer may be freed during the unwinding.
+  ~DenseGradientSum() {
+    if (comm_.all_reduces_in_flight() > 0) comm_.abandon_all_reduces();
+  }
+  DenseGradientSum(const DenseGradientSum&) = delete;
+  DenseGradientSum& operator=(const DenseGradientSum&) = delete;
+
   void finish() {
     if (overlapped_) comm_.finish_all_reduces();
     else comm_.all_reduce_sum(grads_);
@@ -83,14 +91,11 @@ StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Blo
   clock.mark(StepPhase::AllReduce);
   DenseGradientSum dense_sum(dense_comm ? *dense_comm : comm, model.params().grads(), bucket_bytes);
   model.set_gradient_ready([&dense_sum](int64_t begin, int64_t end) { dense_sum.ready(begin, end); });
-  StepLoss loss;
-  try {
-    loss = model.train_step(batch, norms, task);
-  } catch (...) {
-    model.set_gradient_ready(nullptr);
-    throw;
-  }
-  model.set_gradient_ready(nullptr);
+  struct Unhook {
+    MultiTaskModel& model;
+    ~Unhook() { model.set_gradient_ready(nullptr); }
+  } unhook{model};
+  StepLoss loss = model.train_step(batch, norms, task);
   // Each rank's loss is its share of the global mean: the sum over ranks is the loss. A task
   // not stepped reports NaN on every rank, and stays NaN.
   comm.all_reduce_sum(loss.per_task.data(), static_cast<int64_t>(loss.per_task.size()));

@@ -27,14 +27,17 @@ class RecordingComm final : public Communicator {
   int world_size() const override { return 2; }
   const char* kind() const override { return "recording"; }
   std::vector<std::pair<const char*, int64_t>> started;
-  int blocking = 0, finishes = 0;
+  int blocking = 0, finishes = 0, abandons = 0;
+  size_t fail_at_start = 0;  // > 0: that start (1-based) throws, as a dead peer's would
 
  protected:
   void do_all_reduce(void*, int64_t, DType, bool) override { ++blocking; }
   void do_start_all_reduce(void* data, int64_t n, DType) override {
     started.emplace_back(static_cast<const char*>(data), n);
+    if (started.size() == fail_at_start) throw UserError("rank 1 is gone");
   }
   void do_finish_all_reduces() override { ++finishes; }
+  void do_abandon_all_reduces() override { ++abandons; }
   void do_all_to_all_v(const void* send, const int64_t* send_counts, void* recv, const int64_t*, DType dtype) override {
     std::memcpy(recv, send, static_cast<size_t>(send_counts[0]) * dtype_size(dtype));  // sharded tables: none here
   }
@@ -91,6 +94,25 @@ TEST(DenseBuckets, RunBucketMbSetsTheBucketSizeAndIsChecked) {
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("run.bucket_mb"), std::string::npos) << e.what();
   }
+}
+
+// A step that fails with sums in flight gives them up (nobody waits for them; NCCL would abort)
+// and leaves the model without the step's hook.
+TEST(DenseBuckets, AStepThatFailsWithSumsInFlightAbandonsThem) {
+  const DataSchema schema = testing::test_schema();
+  const Block batch = testing::random_batch(schema, 16, 3);
+  MultiTaskModel model(testing::model_config("ncs"), schema, DType::F32, 5);
+  Optimizers o = make_optimizers(OptimizerConfig{"adam", 0.01}, OptimizerConfig{"adagrad", 0.05}, model);
+  RecordingComm comm;
+  comm.fail_at_start = 2;  // the shared block's range, after the towers' started
+  EXPECT_THROW(train_one_step(model, o, batch, -1, 1, true, comm, nullptr, nullptr, 64), UserError);
+  EXPECT_EQ(comm.abandons, 1);
+  EXPECT_EQ(comm.finishes, 0);
+  EXPECT_EQ(comm.all_reduces_in_flight(), 0);
+  const size_t starts = comm.started.size();
+  model.params().zero_grad();
+  model.train_step(batch, model.local_normalizers(batch));  // no hook left behind
+  EXPECT_EQ(comm.started.size(), starts);
 }
 
 }  // namespace
