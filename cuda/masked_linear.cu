@@ -3,9 +3,10 @@
 //
 // Every kernel is one tiled product. A block owns a 64 × 64 tile of the output and walks the
 // reduction dimension in steps of BK (16 for f32, 8 for f64, so both fit 48 KB of shared memory
-// with four tasks). Each step loads the shared weight's tile once and writes every task's masked
-// copy of it into shared memory (the bit of element i of W is bit i % 8 of byte i / 8 of the
-// task's mask, as in apply_mask), so W is read once for all the tasks of the call and W ⊙ M_t
+// with four tasks; rows padded by one element against bank conflicts). Each step loads the
+// shared weight's tile once and writes every task's masked copy of it into shared memory (the
+// bit of element i of W is bit i % 8 of byte i / 8 of the task's mask, as in apply_mask), so
+// W is read once for all the tasks of the call and W ⊙ M_t
 // never exists in global memory. 256 threads, each holding a 4 × 4 piece of every task's tile
 // (rows ty + 16·i, columns tx + 16·j: neighbouring threads touch neighbouring words of shared
 // memory and of the output). Up to kFusedTasks tasks a launch; more run as several launches.
@@ -36,6 +37,9 @@ constexpr int kTile = 64;       // output tile: kTile × kTile
 constexpr int kSide = 16;       // threads per side of the block; each holds (kTile / kSide)² outputs
 constexpr int kPer = kTile / kSide;
 constexpr int kBlock = kSide * kSide;
+// A tile's rows in shared memory are one element longer than the tile: the loads that walk the
+// reduction index fastest (A_t, and W in the input gradient) then hit 16 different banks, not one.
+constexpr int kTileStride = kTile + 1;
 
 template <class T>
 struct ReductionStep {
@@ -55,7 +59,7 @@ __device__ __forceinline__ bool mask_bit(const uint8_t* bits, int64_t i) { retur
 template <class T, int NT>
 using Accumulators = T[NT][kPer][kPer];
 template <class T, int NT, int BK>
-using Tiles = T[NT][BK][kTile];
+using Tiles = T[NT][BK][kTileStride];
 
 template <class T, int NT>
 __device__ __forceinline__ void zero(Accumulators<T, NT>& acc) {
@@ -96,8 +100,8 @@ __global__ void __launch_bounds__(kBlock)
     masked_product_kernel(TaskArrays<T> args, const T* __restrict__ w, const T* __restrict__ bias, bool relu,
                           int64_t M, int64_t Nc, int64_t R, int64_t ldw) {
   constexpr int BK = ReductionStep<T>::value;
-  __shared__ T a_tile[NT][BK][kTile];  // A_t's tile, reduction index first
-  __shared__ T w_tile[NT][BK][kTile];  // (W ⊙ M_t)'s tile as op(W): [reduction][output column]
+  __shared__ T a_tile[NT][BK][kTileStride];  // A_t's tile, reduction index first
+  __shared__ T w_tile[NT][BK][kTileStride];  // (W ⊙ M_t)'s tile as op(W): [reduction][output column]
   const int tx = threadIdx.x % kSide, ty = threadIdx.x / kSide;
   const int64_t row0 = int64_t(blockIdx.x) * kTile, col0 = int64_t(blockIdx.y) * kTile;
 
@@ -165,8 +169,8 @@ template <class T, int NT>
 __global__ void __launch_bounds__(kBlock)
     masked_weight_grad_kernel(TaskArrays<T> args, T* __restrict__ dw, int64_t rows, int64_t K, int64_t N) {
   constexpr int BK = ReductionStep<T>::value;
-  __shared__ T x_tile[NT][BK][kTile];  // X_t[b0 + r, k0 + m]
-  __shared__ T d_tile[NT][BK][kTile];  // D_t[b0 + r, n0 + n]
+  __shared__ T x_tile[NT][BK][kTileStride];  // X_t[b0 + r, k0 + m]
+  __shared__ T d_tile[NT][BK][kTileStride];  // D_t[b0 + r, n0 + n]
   const int tx = threadIdx.x % kSide, ty = threadIdx.x / kSide;
   const int64_t k0 = int64_t(blockIdx.x) * kTile, n0 = int64_t(blockIdx.y) * kTile;
 
