@@ -333,6 +333,7 @@ int cmd_bench(int argc, char** argv) {
     loss_sum += l.total;
   };
   t0 = Clock::now();
+  plan_step_memory(model, batch);  // as ncsrec train does: buffers and the masked layers' routes
   for (int64_t i = 0; i < warmup; ++i) run_step();
   const double warmup_s = since(t0);
   std::vector<double> step_ms;

@@ -754,6 +754,29 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
   return loss;
 }
 
+void MultiTaskModel::plan_memory(int64_t rows) {
+  NCSREC_CHECK(rows > 0, "plan_memory for " << rows << " rows");
+  Block dry = Block::with_schema(schema_);
+  dry.rows = rows;
+  for (auto& l : dry.labels) l.assign(static_cast<size_t>(rows), 1.0f);  // every "given" row counts
+  if (schema_.has_weight) dry.weight.assign(static_cast<size_t>(rows), 1.0f);
+  dry.dense.assign(static_cast<size_t>(rows * schema_.dense_dim), 0.0f);
+  for (auto& col : dry.sparse) col.offsets.assign(static_cast<size_t>(rows + 1), 0);  // empty bags
+  for (auto& m : dry.meta) m.assign(static_cast<size_t>(rows), 0);
+  for (auto& t : dry.truth) t.assign(static_cast<size_t>(rows), 0.0f);
+  const Tensor saved = params_.values().clone();  // a training forward moves BatchNorm's statistics
+  const std::vector<double> normalizers = local_normalizers(dry);
+  train_step(dry, normalizers, -1);
+  if (!config_.esmm && !three_tower_)  // the alternating schedule's single-task steps
+    for (int t = 0; t < static_cast<int>(config_.tasks.size()); ++t) train_step(dry, normalizers, t);
+  params_.values().copy_from(saved);
+  params_.zero_grad();
+  for (SparseGrad& g : sparse_grads_) {
+    g.rows.clear();
+    g.values = Tensor();
+  }
+}
+
 void MultiTaskModel::set_teacher(MultiTaskModel* teacher) {
   if (!three_tower_ || config_.three_tower.teacher.empty())
     throw ConfigError(in_file(config_) + "model.three_tower: a teacher is only used by type three_tower with distill.teacher");

@@ -89,6 +89,15 @@ class MultiTaskModel {
   // block, the rest (history attention) before the tables' backward. The ranges cover the buffer
   // once per step, back to front. Empty: not called.
   using GradientReady = std::function<void(int64_t begin, int64_t end)>;
+  // Sizes, now, every buffer that training steps on batches of up to `rows` rows use on the
+  // device (the layers' outputs and gradients, the staging buffers, the masks' device bits,
+  // cuBLASLt's plans; the masked layers' route measurements under run.masked_route: auto): a
+  // dry joint step (and each task's own step, where the model has them) on a batch of `rows`
+  // rows whose bags are all empty, so no table is read or changed. Afterwards every parameter
+  // value is as before (BatchNorm's statistics included) and every gradient is 0. Collective
+  // when the tables are sharded (every rank calls it). train/step.h plan_step_memory adds the
+  // optimizer's side.
+  void plan_memory(int64_t rows);
   void set_gradient_ready(GradientReady ready) { gradient_ready_ = std::move(ready); }
   // The training step the next train_step belongs to: dropout masks are a pure function of
   // (seed, step, layer, element), so a resumed run draws the same masks.

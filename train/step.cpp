@@ -79,6 +79,13 @@ class DenseGradientSum {
 
 }  // namespace
 
+void plan_step_memory(MultiTaskModel& model, int64_t rows) {
+  model.plan_memory(rows);
+  const uint8_t* all = model.params().trainable_mask_on_device();
+  for (int task = -1; task < static_cast<int>(model.config().tasks.size()); ++task) model.update_mask_on_device(task);
+  clip_grad_norm(model.params().grads(), 0.0, all);  // measures only (the gradient is 0)
+}
+
 StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Block& batch, int task, int64_t step,
                         bool exact_masks, Communicator& comm, StepStats* stats, Communicator* dense_comm,
                         int64_t bucket_bytes) {

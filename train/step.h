@@ -63,6 +63,13 @@ Optimizers make_optimizers(const TrainConfig& config, MultiTaskModel& model);
 // and all finished after the backward. Where the gradient is not in the memory the communicator
 // takes (a GPU model over MPI), it is summed in one call after the backward through a copy.
 constexpr int64_t kDenseBucketBytes = int64_t{25} << 20;
+
+// Plans the memory of training steps on batches of up to `rows` rows before the first one:
+// the model's buffers (MultiTaskModel::plan_memory), the update masks every schedule's steps
+// read on the device, and the gradient norm's reduction. After it a step allocates no device
+// memory (DeviceModel.APlannedModelAllocatesNoDeviceMemoryInAnyStep), and the steps compute
+// exactly what they would have without it. Collective like plan_memory.
+void plan_step_memory(MultiTaskModel& model, int64_t rows);
 StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Block& batch, int task, int64_t step,
                         bool exact_masks, Communicator& comm, StepStats* stats = nullptr,
                         Communicator* dense_comm = nullptr, int64_t bucket_bytes = kDenseBucketBytes);

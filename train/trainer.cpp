@@ -393,6 +393,10 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
                  static_cast<long long>(reader->total_rows()), static_cast<long long>(total_steps),
                  static_cast<long long>(global_batch));
 
+  // The steps' buffers, planned before the first step (no step then allocates device memory;
+  // the masked layers' routes are measured here under run.masked_route: auto). Every rank.
+  plan_step_memory(model, config.train.batch_size);
+
   Progress progress(comm.rank() == 0);
   const std::vector<std::string>& loss_names = model.loss_names();
   std::vector<double> loss_window(loss_names.size(), 0.0);

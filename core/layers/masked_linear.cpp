@@ -23,14 +23,16 @@ namespace {
 
 std::atomic<int> g_route{static_cast<int>(MaskedRoute::Auto)};
 
-// auto's measurements: per shape, whether the fused route won, and the list for reports.
+// auto's measurements: per layer shape, whether the fused route won, and the list for reports.
+// The batch's rows are not part of the key: the first batch decides (the training batch size,
+// measured when the step's memory is planned), and a smaller last batch takes the same route.
 struct RouteKey {
   Device device;
   DType dtype;
   int tasks;
-  int64_t rows, in, out;
+  int64_t in, out;
   bool operator<(const RouteKey& o) const {
-    return std::tie(device, dtype, tasks, rows, in, out) < std::tie(o.device, o.dtype, o.tasks, o.rows, o.in, o.out);
+    return std::tie(device, dtype, tasks, in, out) < std::tie(o.device, o.dtype, o.tasks, o.in, o.out);
   }
 };
 std::mutex g_route_mutex;
@@ -156,7 +158,7 @@ bool MaskedLinear::fused_route(int tasks, int64_t rows) {
     case MaskedRoute::Fused: return true;
     case MaskedRoute::Auto: break;
   }
-  const RouteKey key{device, weight_->value.dtype(), tasks, rows, in_, out_};
+  const RouteKey key{device, weight_->value.dtype(), tasks, in_, out_};
   {
     std::lock_guard<std::mutex> lock(g_route_mutex);
     const auto it = g_route_cache.find(key);

@@ -37,10 +37,12 @@ namespace ncsrec {
 //          (cuBLASLt forward with its epilogue, at run.matmul's precision; cuBLAS backward);
 //   fused  one kernel per product serving every task of the call, the masks applied on the fly
 //          (FP32 or FP64 sums, no tensor cores);
-//   auto   for each shape (device, dtype, tasks, rows, in, out), the route that a measurement at
-//          the shape's first use finds faster (forward and backward); fused only when it is at
-//          least 5% faster. Close timings may choose differently from run to run, and the two
-//          routes round differently: set plain or fused for bit-reproducible device runs.
+//   auto   for each layer shape (device, dtype, tasks, in, out), the route that a measurement at
+//          the shape's first use, at that batch's rows, finds faster (forward and backward);
+//          fused only when it is at least 5% faster. Training measures at its batch size when it
+//          plans the step's memory, and smaller batches take the same route. Close timings may
+//          choose differently from run to run, and the two routes round differently: set plain
+//          or fused for bit-reproducible device runs.
 // The CPU always runs the plain route (its products are already as fast as it gets).
 enum class MaskedRoute : int { Auto = 0, Plain = 1, Fused = 2 };
 // "auto", "plain", "fused", in MaskedRoute order.
@@ -51,7 +53,7 @@ MaskedRoute parse_masked_route(const std::string& name);
 void set_masked_route(MaskedRoute route);
 MaskedRoute masked_route();
 
-// One measurement of `auto`: a shape and the two routes' times for one forward and backward of
+// One measurement of `auto`: a layer shape, the rows it was measured at, and the two routes' times for one forward and backward of
 // every task (milliseconds, the best of three after a warm-up), and which route it chose.
 struct MaskedRouteChoice {
   std::string device, dtype;

@@ -170,6 +170,45 @@ TEST_P(DeviceModel, OnceWarmNoStepAllocatesMemory) {
   if (!hashed) EXPECT_EQ(storage_allocations(Device::CPU), warm_host) << "steps after warm-up allocated host tensors";
 }
 
+// Planned before the first step (plan_step_memory for the largest batch): no step allocates
+// device memory, the first included, and planning changes nothing the steps compute (the same
+// bits as the CPU model that was not planned).
+TEST_P(DeviceModel, APlannedModelAllocatesNoDeviceMemoryInAnyStep) {
+  FakeDevice device;
+  const Case& c = GetParam();
+  const TrainConfig config = config_for(c.model, c.optimizer);
+  const Block first = random_block(32, 1);
+  MultiTaskModel cpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
+  MultiTaskModel gpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
+  for (int l = 0; l < cpu.num_masked_layers(); ++l)
+    for (int t = 0; t < 2; ++t) {
+      const BitMask& m = cpu.mask(t, l);
+      BitMask r = BitMask::zeros(m.rows, m.cols);
+      Rng rng(300 + static_cast<uint64_t>(l * 2 + t));
+      for (int64_t i = 0; i < r.size(); ++i) r.set(i, rng.bernoulli(0.5));
+      cpu.set_mask(t, l, r);
+      gpu.set_mask(t, l, r);
+    }
+  Optimizers o_cpu = make_optimizers(config, cpu), o_gpu = make_optimizers(config, gpu);
+  auto comm = make_local_communicator();
+  std::vector<Block> batches;
+  for (size_t s = 0; s < c.tasks.size(); ++s) batches.push_back(random_block(s % 2 ? 32 : 24, 40 + s));
+  const int64_t before_plan = storage_allocations(Device::CUDA);
+  plan_step_memory(gpu, 32);
+  EXPECT_GT(storage_allocations(Device::CUDA), before_plan) << "the plan allocates the step's buffers";
+  EXPECT_TRUE(same_bits(cpu.params().values(), gpu.params().values())) << "planning moved a parameter";
+  const int64_t planned = storage_allocations(Device::CUDA);
+  for (size_t s = 0; s < c.tasks.size(); ++s) {
+    const StepLoss l_cpu = train_one_step(cpu, o_cpu, batches[s], c.tasks[s], static_cast<int64_t>(s + 1), true, *comm);
+    const StepLoss l_gpu = train_one_step(gpu, o_gpu, batches[s], c.tasks[s], static_cast<int64_t>(s + 1), true, *comm);
+    EXPECT_EQ(l_cpu.total, l_gpu.total) << "step " << s + 1;
+  }
+  EXPECT_EQ(storage_allocations(Device::CUDA), planned) << "a step allocated device memory after planning";
+  EXPECT_TRUE(same_bits(cpu.params().values(), gpu.params().values()));
+  for (size_t t = 0; t < cpu.tables().size(); ++t)
+    EXPECT_TRUE(same_bits(cpu.tables()[t].shard().values(), gpu.tables()[t].shard().values())) << "table " << t;
+}
+
 // A communicator of two ranks whose other rank contributes zeros (a sum that leaves the buffers
 // as they are), in device memory (NCCL's part in train_one_step) or host memory (MPI's): records
 // the buffers it is asked to sum. With two ranks a buffer in the other kind of memory is staged
