@@ -23,7 +23,8 @@
 #   - compute-sanitizer initcheck and synccheck.
 # Already here after the tests: a short NCS run of `ncsrec train` on cpu and on cuda (eval AUCs
 # within 0.005), `ncsrec bench` of the training step on both devices, with each route of the
-# masked layers forced (plain, fused) beside auto's per-shape measurements, and PyTorch.
+# masked layers forced (plain, fused) beside auto's per-shape measurements, the embedding
+# lookup against a device-to-device copy (bench/embedding_bandwidth.cpp), and PyTorch.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -225,6 +226,12 @@ for route in plain fused; do
     "$ncsrec" bench --config "$root/configs/ncs_bench_tiny.yaml" --device cuda --masked-route "$route" \
     --json "$work/bench_cuda_$route.json"
 done
+# The GPU embedding table's pooled lookup (and its fused backward + update) against a
+# device-to-device copy of the table's size, measured in the same process.
+run_check "bench embedding lookup vs copy" "$log_dir/bench_embedding.log" \
+  "$build_dir/bench/ncsrec_bench_embedding" --json "$work/bench_embedding.json"
+run_check "bench embedding lookup vs copy (hash)" "$log_dir/bench_embedding_hash.log" \
+  "$build_dir/bench/ncsrec_bench_embedding" --hash --json "$work/bench_embedding_hash.json"
 for precision in tf32 bf16; do  # the tensor-core modes of run.matmul, same step
   run_check "bench ncs (cuda, $precision)" "$log_dir/bench_cuda_$precision.log" \
     "$ncsrec" bench --config "$root/configs/ncs_bench_tiny.yaml" --device cuda --matmul "$precision" \
