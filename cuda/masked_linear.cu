@@ -6,10 +6,10 @@
 // with four tasks; rows padded by one element against bank conflicts). Each step loads the
 // shared weight's tile once and writes every task's masked copy of it into shared memory (the
 // bit of element i of W is bit i % 8 of byte i / 8 of the task's mask, as in apply_mask), so
-// W is read once for all the tasks of the call and W ⊙ M_t
-// never exists in global memory. 256 threads, each holding a 4 × 4 piece of every task's tile
-// (rows ty + 16·i, columns tx + 16·j: neighbouring threads touch neighbouring words of shared
-// memory and of the output). Up to kFusedTasks tasks a launch; more run as several launches.
+// W is read once for all the tasks of the call and W ⊙ M_t never exists in global memory. 256
+// threads, each holding a 4 × 4 piece of every task's tile (rows ty + 16·i, columns tx + 16·j:
+// neighbouring threads touch neighbouring words of shared memory and of the output). Up to
+// kFusedTasks tasks a launch; more run as several launches.
 //
 // Sums run in the reduction's order with fused multiply-adds, in the element type (FP32 or
 // FP64): no tensor cores, whatever run.matmul says (the plain route's products follow it).

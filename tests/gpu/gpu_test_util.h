@@ -35,6 +35,12 @@ class GpuTest : public ::testing::Test {
 
 // The relative tolerance of a parity bound: 1e-5 in f32 (the device contracts multiply-adds and
 // sums in other orders), 1e-12 in f64.
+// The element type of T (float or double) as the dispatch table names it.
+template <class T>
+constexpr DType dtype_for() {
+  return sizeof(T) == 4 ? DType::F32 : DType::F64;
+}
+
 template <class T>
 double rtol() {
   return sizeof(T) == 4 ? 1e-5 : 1e-12;

@@ -30,11 +30,6 @@ using namespace gpu_test;
 
 class CudaMaskedLinear : public GpuTest {};
 
-template <class T>
-constexpr DType dtype_for() {
-  return sizeof(T) == 4 ? DType::F32 : DType::F64;
-}
-
 // Packed bits of a random [in, out] mask at `density` (element i: bit i % 8 of byte i / 8).
 std::vector<uint8_t> random_bits(int64_t n, double density, uint64_t seed) {
   std::mt19937_64 rng(seed);

@@ -33,16 +33,11 @@ using namespace gpu_test;
 
 class CudaTrainOps : public GpuTest {};
 
-template <class T>
-constexpr DType dtype_of() {
-  return sizeof(T) == 4 ? DType::F32 : DType::F64;
-}
-
 // ---- gate -----------------------------------------------------------------------------------
 
 template <class T>
 void check_gate(int64_t rows, int64_t E, int64_t D, uint64_t seed) {
-  const std::string what = std::string(dtype_name(dtype_of<T>())) + " gate rows " + std::to_string(rows) + " E " +
+  const std::string what = std::string(dtype_name(dtype_for<T>())) + " gate rows " + std::to_string(rows) + " E " +
                            std::to_string(E) + " D " + std::to_string(D);
   auto logits = random_values<T>(rows * E, seed);
   for (auto& l : logits) l *= T(4);  // spread the softmax
@@ -58,11 +53,11 @@ void check_gate(int64_t rows, int64_t E, int64_t D, uint64_t seed) {
       dlog_c(static_cast<size_t>(rows * E));
   std::vector<const void*> xs;
   for (auto& x : experts) xs.push_back(x.data());
-  cpu().gate_mixture_forward(dtype_of<T>(), out_c.data(), probs_c.data(), logits.data(), xs.data(), rows, E, D);
+  cpu().gate_mixture_forward(dtype_for<T>(), out_c.data(), probs_c.data(), logits.data(), xs.data(), rows, E, D);
   std::vector<std::vector<T>> dx_c = dexperts0;
   std::vector<void*> dxs;
   for (int64_t e = 0; e < E; ++e) dxs.push_back(e == 1 ? nullptr : dx_c[static_cast<size_t>(e)].data());  // one skipped
-  cpu().gate_mixture_backward(dtype_of<T>(), dlog_c.data(), dxs.data(), dout.data(), probs_c.data(), xs.data(), rows, E,
+  cpu().gate_mixture_backward(dtype_for<T>(), dlog_c.data(), dxs.data(), dout.data(), probs_c.data(), xs.data(), rows, E,
                               D);
 
   // GPU.
@@ -76,8 +71,8 @@ void check_gate(int64_t rows, int64_t E, int64_t D, uint64_t seed) {
     gxs.push_back(d_x.back()->get());
     gdxs.push_back(e == 1 ? nullptr : d_dx.back()->get());
   }
-  gpu().gate_mixture_forward(dtype_of<T>(), d_out.get(), d_probs.get(), d_logits.get(), gxs.data(), rows, E, D);
-  gpu().gate_mixture_backward(dtype_of<T>(), d_dlog.get(), gdxs.data(), d_dout.get(), d_probs.get(), gxs.data(), rows,
+  gpu().gate_mixture_forward(dtype_for<T>(), d_out.get(), d_probs.get(), d_logits.get(), gxs.data(), rows, E, D);
+  gpu().gate_mixture_backward(dtype_for<T>(), d_dlog.get(), gdxs.data(), d_dout.get(), d_probs.get(), gxs.data(), rows,
                               E, D);
   const auto out_g = d_out.download(), probs_g = d_probs.download(), dlog_g = d_dlog.download();
 
@@ -128,7 +123,7 @@ enum class Head { Bce, Focal, Mse };
 
 template <class T>
 void check_loss(Head head, int64_t n, bool weighted, double normalizer, uint64_t seed) {
-  const std::string what = std::string(dtype_name(dtype_of<T>())) + (head == Head::Bce ? " bce" : head == Head::Focal ? " focal" : " mse") +
+  const std::string what = std::string(dtype_name(dtype_for<T>())) + (head == Head::Bce ? " bce" : head == Head::Focal ? " focal" : " mse") +
                            " n " + std::to_string(n) + (weighted ? " weighted" : "") + " normalizer " +
                            std::to_string(normalizer);
   auto logits = random_values<T>(n, seed);
@@ -145,9 +140,9 @@ void check_loss(Head head, int64_t n, bool weighted, double normalizer, uint64_t
   }
   const float* wptr = weighted ? weights.data() : nullptr;
   auto run = [&](const OpTable& ops, const void* l, const float* y, const float* w, void* p, void* g) {
-    if (head == Head::Bce) return ops.sigmoid_bce(dtype_of<T>(), l, y, w, n, normalizer, p, g);
-    if (head == Head::Focal) return ops.focal_loss(dtype_of<T>(), l, y, w, n, 0.75, 2.0, normalizer, p, g);
-    return ops.sigmoid_mse(dtype_of<T>(), l, y, w, n, normalizer, p, g);
+    if (head == Head::Bce) return ops.sigmoid_bce(dtype_for<T>(), l, y, w, n, normalizer, p, g);
+    if (head == Head::Focal) return ops.focal_loss(dtype_for<T>(), l, y, w, n, 0.75, 2.0, normalizer, p, g);
+    return ops.sigmoid_mse(dtype_for<T>(), l, y, w, n, normalizer, p, g);
   };
   std::vector<T> prob_c(static_cast<size_t>(n)), grad_c(static_cast<size_t>(n));
   const double loss_c = run(cpu(), logits.data(), labels.data(), wptr, prob_c.data(), grad_c.data());
@@ -183,7 +178,7 @@ TEST_F(CudaTrainOps, LossHeadsFusedWithTheirGradients) {
 
 template <class T>
 void check_esmm(int64_t n, bool weighted, uint64_t seed) {
-  const std::string what = std::string(dtype_name(dtype_of<T>())) + " esmm n " + std::to_string(n) + (weighted ? " weighted" : "");
+  const std::string what = std::string(dtype_name(dtype_for<T>())) + " esmm n " + std::to_string(n) + (weighted ? " weighted" : "");
   auto a = random_values<T>(n, seed), b = random_values<T>(n, seed + 1);
   for (int64_t i = 0; i < n; ++i) {
     a[static_cast<size_t>(i)] *= static_cast<T>(1 + (i % 5) * 6);
@@ -199,11 +194,11 @@ void check_esmm(int64_t n, bool weighted, uint64_t seed) {
   const double normalizer = static_cast<double>(n), cw = 1.5;
   std::vector<std::vector<T>> c(5, std::vector<T>(static_cast<size_t>(n)));
   double lc[2], lg[2];
-  cpu().esmm_loss(dtype_of<T>(), a.data(), b.data(), click.data(), ctcvr.data(), weighted ? weights.data() : nullptr, n,
+  cpu().esmm_loss(dtype_for<T>(), a.data(), b.data(), click.data(), ctcvr.data(), weighted ? weights.data() : nullptr, n,
                   normalizer, cw, c[0].data(), c[1].data(), c[2].data(), c[3].data(), c[4].data(), lc);
   DeviceBuffer<T> da(a), db(b), d0(n), d1(n), d2(n), d3(n), d4(n);
   DeviceBuffer<float> dclick(click), dctcvr(ctcvr), dw(weighted ? weights : std::vector<float>{1.0f});
-  gpu().esmm_loss(dtype_of<T>(), da.get(), db.get(), dclick.get(), dctcvr.get(), weighted ? dw.get() : nullptr, n,
+  gpu().esmm_loss(dtype_for<T>(), da.get(), db.get(), dclick.get(), dctcvr.get(), weighted ? dw.get() : nullptr, n,
                   normalizer, cw, d0.get(), d1.get(), d2.get(), d3.get(), d4.get(), lg);
   const char* names[] = {"p_ctr", "p_cvr", "p_ctcvr", "grad_ctr", "grad_cvr"};
   DeviceBuffer<T>* outs[] = {&d0, &d1, &d2, &d3, &d4};
@@ -228,16 +223,16 @@ TEST_F(CudaTrainOps, EsmmHeadFusedWithItsGradients) {
 
 template <class T>
 void check_interaction(int64_t B, int64_t F, int64_t d, uint64_t seed) {
-  const std::string what = std::string(dtype_name(dtype_of<T>())) + " interaction B " + std::to_string(B) + " F " +
+  const std::string what = std::string(dtype_name(dtype_for<T>())) + " interaction B " + std::to_string(B) + " F " +
                            std::to_string(F) + " d " + std::to_string(d);
   // One buffer as in the model: [embeddings F·d | 3 other columns | products F·F]; the backward
   // reads the products' gradient from the same buffer it accumulates the embeddings' into.
   const int64_t cols = F * d + 3 + F * F, out_col = F * d + 3;
   const auto x = random_values<T>(B * cols, seed);
   std::vector<T> fwd_c = x;
-  cpu().pairwise_dot_forward(dtype_of<T>(), fwd_c.data(), cols, out_col, x.data(), cols, 0, B, F, d);
+  cpu().pairwise_dot_forward(dtype_for<T>(), fwd_c.data(), cols, out_col, x.data(), cols, 0, B, F, d);
   DeviceBuffer<T> dx_in(x), d_fwd(x);
-  gpu().pairwise_dot_forward(dtype_of<T>(), d_fwd.get(), cols, out_col, dx_in.get(), cols, 0, B, F, d);
+  gpu().pairwise_dot_forward(dtype_for<T>(), d_fwd.get(), cols, out_col, dx_in.get(), cols, 0, B, F, d);
   std::vector<double> bound(fwd_c.size(), 0.0);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t i = 0; i < F; ++i)
@@ -251,9 +246,9 @@ void check_interaction(int64_t B, int64_t F, int64_t d, uint64_t seed) {
 
   const auto grad = random_values<T>(B * cols, seed + 1);  // dx columns hold an incoming gradient
   std::vector<T> bwd_c = grad;
-  cpu().pairwise_dot_backward(dtype_of<T>(), bwd_c.data(), cols, 0, bwd_c.data(), cols, out_col, x.data(), cols, B, F, d);
+  cpu().pairwise_dot_backward(dtype_for<T>(), bwd_c.data(), cols, 0, bwd_c.data(), cols, out_col, x.data(), cols, B, F, d);
   DeviceBuffer<T> d_bwd(grad);
-  gpu().pairwise_dot_backward(dtype_of<T>(), d_bwd.get(), cols, 0, d_bwd.get(), cols, out_col, dx_in.get(), cols, B, F, d);
+  gpu().pairwise_dot_backward(dtype_for<T>(), d_bwd.get(), cols, 0, d_bwd.get(), cols, out_col, dx_in.get(), cols, B, F, d);
   std::vector<double> bb(bwd_c.size(), 0.0);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t i = 0; i < F; ++i)
@@ -284,12 +279,12 @@ void check_masks(int64_t n, uint64_t seed) {
   std::mt19937 rng(static_cast<uint32_t>(seed));
   for (auto& b : bits) b = static_cast<uint8_t>(rng());
   std::vector<T> out_c(static_cast<size_t>(n)), g_c = g0;
-  cpu().apply_mask(dtype_of<T>(), out_c.data(), w.data(), bits.data(), n);
-  cpu().add_masked(dtype_of<T>(), g_c.data(), dw.data(), bits.data(), n);
+  cpu().apply_mask(dtype_for<T>(), out_c.data(), w.data(), bits.data(), n);
+  cpu().add_masked(dtype_for<T>(), g_c.data(), dw.data(), bits.data(), n);
   DeviceBuffer<T> d_w(w), d_dw(dw), d_g(g0), d_out(n);
   DeviceBuffer<uint8_t> d_bits(bits);
-  gpu().apply_mask(dtype_of<T>(), d_out.get(), d_w.get(), d_bits.get(), n);
-  gpu().add_masked(dtype_of<T>(), d_g.get(), d_dw.get(), d_bits.get(), n);
+  gpu().apply_mask(dtype_for<T>(), d_out.get(), d_w.get(), d_bits.get(), n);
+  gpu().add_masked(dtype_for<T>(), d_g.get(), d_dw.get(), d_bits.get(), n);
   EXPECT_EQ(d_out.download(), out_c) << "apply_mask n " << n;
   EXPECT_EQ(d_g.download(), g_c) << "add_masked n " << n;
 }
@@ -305,7 +300,7 @@ TEST_F(CudaTrainOps, MasksAreExact) {
 
 template <class T>
 void check_optimizer(const std::string& kind, int64_t n, bool masked, double wd, bool decay_mask, uint64_t seed) {
-  const std::string what = std::string(dtype_name(dtype_of<T>())) + " " + kind + " n " + std::to_string(n) +
+  const std::string what = std::string(dtype_name(dtype_for<T>())) + " " + kind + " n " + std::to_string(n) +
                            (masked ? " masked" : "") + " wd " + std::to_string(wd) + (decay_mask ? " decay-mask" : "");
   const auto w0 = random_values<T>(n, seed), g = random_values<T>(n, seed + 1);
   auto m0 = random_values<T>(n, seed + 2), v0 = random_values<T>(n, seed + 3);
@@ -320,9 +315,9 @@ void check_optimizer(const std::string& kind, int64_t n, bool masked, double wd,
   const uint8_t* dp = decay_mask ? decay.data() : nullptr;
   std::vector<T> w_c = w0, m_c = m0, v_c = v0;
   auto step = [&](const OpTable& ops, void* w, void* m, void* v, const void* gg, const uint8_t* u, const uint8_t* dm) {
-    if (kind == "sgd") ops.sgd_step(dtype_of<T>(), w, gg, u, dm, n, 0.1, wd);
-    else if (kind == "adam") ops.adam_step(dtype_of<T>(), w, gg, m, v, u, dm, n, 0.01, 0.9, 0.999, 1e-8, 1 - 0.9, 1 - 0.999, wd);
-    else ops.adagrad_step(dtype_of<T>(), w, gg, v, u, dm, n, 0.05, 1e-10, wd);
+    if (kind == "sgd") ops.sgd_step(dtype_for<T>(), w, gg, u, dm, n, 0.1, wd);
+    else if (kind == "adam") ops.adam_step(dtype_for<T>(), w, gg, m, v, u, dm, n, 0.01, 0.9, 0.999, 1e-8, 1 - 0.9, 1 - 0.999, wd);
+    else ops.adagrad_step(dtype_for<T>(), w, gg, v, u, dm, n, 0.05, 1e-10, wd);
   };
   step(cpu(), w_c.data(), m_c.data(), v_c.data(), g.data(), up, dp);
   DeviceBuffer<T> d_w(w0), d_m(m0), d_v(v0), d_g(g);
@@ -360,16 +355,16 @@ TEST_F(CudaTrainOps, DenseOptimizerSteps) {
 template <class T>
 void check_gemm_bias_act(int64_t M, int64_t N, int64_t K, bool ta, bool tb, bool with_bias, bool relu, int precision,
                          uint64_t seed = 31) {
-  const std::string what = std::string(dtype_name(dtype_of<T>())) + " gemm_bias_act " + std::to_string(M) + "x" +
+  const std::string what = std::string(dtype_name(dtype_for<T>())) + " gemm_bias_act " + std::to_string(M) + "x" +
                            std::to_string(N) + "x" + std::to_string(K) + (ta ? " Aᵀ" : "") + (tb ? " Bᵀ" : "") +
                            (with_bias ? " bias" : "") + (relu ? " relu" : "") + (precision == kMatmulTf32 ? " tf32" : "") +
                            (precision == kMatmulBf16 ? " bf16" : "");
   const auto A = random_values<T>(M * K, seed), B = random_values<T>(K * N, seed + 1), bias = random_values<T>(N, seed + 2);
   std::vector<T> c_cpu(static_cast<size_t>(M * N));
-  cpu().gemm_bias_act(dtype_of<T>(), ta, tb, M, N, K, A.data(), B.data(), with_bias ? bias.data() : nullptr, relu,
+  cpu().gemm_bias_act(dtype_for<T>(), ta, tb, M, N, K, A.data(), B.data(), with_bias ? bias.data() : nullptr, relu,
                       kMatmulFp32, c_cpu.data());
   DeviceBuffer<T> dA(A), dB(B), dbias(bias), dC(M * N);
-  gpu().gemm_bias_act(dtype_of<T>(), ta, tb, M, N, K, dA.get(), dB.get(), with_bias ? dbias.get() : nullptr, relu,
+  gpu().gemm_bias_act(dtype_for<T>(), ta, tb, M, N, K, dA.get(), dB.get(), with_bias ? dbias.get() : nullptr, relu,
                       precision, dC.get());
   const auto c_gpu = dC.download();
   // |gpu − cpu| ≤ rtol · (Σ_k |a_ik| |b_kj| + |bias_j|): ReLU is 1-Lipschitz, so the bound holds after it.

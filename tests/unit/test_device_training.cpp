@@ -53,6 +53,19 @@ bool same_bits(const Tensor& a, const Tensor& b) {
   return ha.numel() == hb.numel() && std::memcmp(ha.raw(), hb.raw(), ha.nbytes()) == 0;
 }
 
+// The same random masks (density 0.5, from `seed`) on both models' masked layers, two tasks.
+void set_random_masks(MultiTaskModel& a, MultiTaskModel& b, uint64_t seed) {
+  for (int l = 0; l < a.num_masked_layers(); ++l)
+    for (int t = 0; t < 2; ++t) {
+      const BitMask& m = a.mask(t, l);
+      BitMask r = BitMask::zeros(m.rows, m.cols);
+      Rng rng(seed + static_cast<uint64_t>(l * 2 + t));
+      for (int64_t i = 0; i < r.size(); ++i) r.set(i, rng.bernoulli(0.5));
+      a.set_mask(t, l, r);
+      b.set_mask(t, l, r);
+    }
+}
+
 struct Case {
   const char* name;
   std::string model;
@@ -73,15 +86,7 @@ void expect_device_steps_match_cpu(const Case& c) {
   MultiTaskModel gpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
   ASSERT_EQ(gpu.params().values().device(), Device::CUDA);
   ASSERT_TRUE(same_bits(cpu.params().values(), gpu.params().values())) << "the same initialisation";
-  for (int l = 0; l < cpu.num_masked_layers(); ++l)
-    for (int t = 0; t < 2; ++t) {
-      const BitMask& m = cpu.mask(t, l);
-      BitMask r = BitMask::zeros(m.rows, m.cols);
-      Rng rng(100 + static_cast<uint64_t>(l * 2 + t));
-      for (int64_t i = 0; i < r.size(); ++i) r.set(i, rng.bernoulli(0.5));
-      cpu.set_mask(t, l, r);
-      gpu.set_mask(t, l, r);
-    }
+  set_random_masks(cpu, gpu, 100);
   Optimizers o_cpu = make_optimizers(config, cpu), o_gpu = make_optimizers(config, gpu);
   auto comm = make_local_communicator();
   for (size_t s = 0; s < c.tasks.size(); ++s) {
@@ -180,15 +185,7 @@ TEST_P(DeviceModel, APlannedModelAllocatesNoDeviceMemoryInAnyStep) {
   const Block first = random_block(32, 1);
   MultiTaskModel cpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
   MultiTaskModel gpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
-  for (int l = 0; l < cpu.num_masked_layers(); ++l)
-    for (int t = 0; t < 2; ++t) {
-      const BitMask& m = cpu.mask(t, l);
-      BitMask r = BitMask::zeros(m.rows, m.cols);
-      Rng rng(300 + static_cast<uint64_t>(l * 2 + t));
-      for (int64_t i = 0; i < r.size(); ++i) r.set(i, rng.bernoulli(0.5));
-      cpu.set_mask(t, l, r);
-      gpu.set_mask(t, l, r);
-    }
+  set_random_masks(cpu, gpu, 300);
   Optimizers o_cpu = make_optimizers(config, cpu), o_gpu = make_optimizers(config, gpu);
   auto comm = make_local_communicator();
   std::vector<Block> batches;
