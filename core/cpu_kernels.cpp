@@ -33,6 +33,12 @@ void cpu_copy(void* dst, const void* src, size_t bytes, CopyKind kind) {
   NCSREC_CHECK(kind == CopyKind::HostToHost, "the CPU backend copies host to host only");
   std::memcpy(dst, src, bytes);
 }
+void cpu_copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows,
+                 CopyKind kind) {
+  NCSREC_CHECK(kind == CopyKind::HostToHost, "the CPU backend copies host to host only");
+  for (size_t r = 0; r < rows; ++r)
+    std::memcpy(static_cast<char*>(dst) + r * dst_pitch, static_cast<const char*>(src) + r * src_pitch, width);
+}
 void cpu_memset_zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
 void cpu_synchronize() {}
 
@@ -319,6 +325,7 @@ OpTable make_cpu_table() {
   t.alloc = cpu_alloc;
   t.free = cpu_free;
   t.copy = cpu_copy;
+  t.copy_2d = cpu_copy_2d;
   t.memset_zero = cpu_memset_zero;
   t.synchronize = cpu_synchronize;
   t.gemm = cpu_gemm;

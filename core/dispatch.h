@@ -41,6 +41,10 @@ struct OpTable {
   void (*free)(void* ptr) = nullptr;
   void (*copy)(void* dst, const void* src, size_t bytes, CopyKind kind) = nullptr;
   void (*memset_zero)(void* ptr, size_t bytes) = nullptr;
+  // `rows` rows of `width` bytes: row r from src + r·src_pitch to dst + r·dst_pitch (a block of
+  // leading columns of a row-major array). Null: copied row by row through `copy`.
+  void (*copy_2d)(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows,
+                  CopyKind kind) = nullptr;
   void (*synchronize)() = nullptr;
   // Page-locked host memory for the buffers this device copies from and to (faster copies);
   // null where the backend has none. host_alloc may return null: ordinary host memory then.

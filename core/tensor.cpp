@@ -179,6 +179,27 @@ void Tensor::copy_from(const Tensor& src) {
   }
 }
 
+void Tensor::copy_columns_from(const Tensor& src, int64_t cols) {
+  NCSREC_CHECK(ndim() == 2 && src.ndim() == 2 && src.dim(0) == dim(0) && src.dim(1) == dim(1) &&
+                   src.dtype() == dtype_ && cols >= 0 && cols <= dim(1),
+               "copy of " << cols << " columns from " << src.describe() << " into " << describe());
+  const size_t elem = dtype_size(dtype_), pitch = static_cast<size_t>(dim(1)) * elem;
+  const size_t width = static_cast<size_t>(cols) * elem, rows = static_cast<size_t>(dim(0));
+  if (width == 0 || rows == 0) return;
+  CopyKind kind = CopyKind::HostToHost;
+  Device backend = Device::CPU;
+  if (device_ != Device::CPU && src.device() != Device::CPU) kind = CopyKind::DeviceToDevice, backend = device_;
+  else if (device_ != Device::CPU) kind = CopyKind::HostToDevice, backend = device_;
+  else if (src.device() != Device::CPU) kind = CopyKind::DeviceToHost, backend = src.device();
+  const OpTable& ops = ops_for(backend);
+  if (ops.copy_2d) {
+    ops.copy_2d(raw(), pitch, src.raw(), pitch, width, rows, kind);
+    return;
+  }
+  for (size_t r = 0; r < rows; ++r)
+    ops.copy(static_cast<char*>(raw()) + r * pitch, static_cast<const char*>(src.raw()) + r * pitch, width, kind);
+}
+
 void Tensor::zero_() {
   if (nbytes()) ops_for(device_).memset_zero(raw(), nbytes());
 }

@@ -87,6 +87,9 @@ class Tensor {
   Tensor to(Device device) const;
   Tensor clone() const { return to(device_); }
   void copy_from(const Tensor& src);  // same numel and dtype, any devices
+  // The first `cols` columns of every row of src into this tensor's: both 2-D, the same rows,
+  // columns and dtype, any devices (the other columns are left as they are).
+  void copy_columns_from(const Tensor& src, int64_t cols);
   void zero_();
 
   std::string describe() const;  // "f32[4, 8] on cpu"

@@ -220,6 +220,12 @@ void cuda_copy(void* dst, const void* src, size_t bytes, CopyKind kind) {
   CUDA_CHECK(cudaMemcpy(dst, src, bytes, memcpy_kind(kind)));
 }
 
+void cuda_copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows,
+                  CopyKind kind) {
+  if (width == 0 || rows == 0) return;
+  CUDA_CHECK(cudaMemcpy2D(dst, dst_pitch, src, src_pitch, width, rows, memcpy_kind(kind)));
+}
+
 void cuda_memset_zero(void* p, size_t bytes) {
   if (bytes == 0) return;
   CUDA_CHECK(cudaMemset(p, 0, bytes));
@@ -376,6 +382,7 @@ OpTable make_cuda_table() {
   t.host_alloc = cuda_host_alloc;
   t.host_free = cuda_host_free;
   t.copy = cuda_copy;
+  t.copy_2d = cuda_copy_2d;
   t.memset_zero = cuda_memset_zero;
   t.synchronize = cuda_synchronize;
   t.gemm = cuda_gemm;

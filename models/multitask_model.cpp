@@ -380,13 +380,20 @@ void MultiTaskModel::forward(const Block& batch, bool training) {
       else copy_dense<double>(g.host, dense_col_, batch.dense, B, schema_.dense_dim);
     }
     if (history_) history_->forward(g.host, history_col_, batch);
-    if (interaction_col_ >= 0)
-      pairwise_dot_forward(g.host, interaction_col_, g.host, 0, interaction_fields_, config_.embedding_dim);
     if (device_ == Device::CPU) {
+      if (interaction_col_ >= 0)
+        pairwise_dot_forward(g.host, interaction_col_, g.host, 0, interaction_fields_, config_.embedding_dim);
       g.x = g.host;
     } else {
+      // The dot products are made on the device from the embeddings gone up (the interaction's
+      // columns, last in the input and F² of them a row, never cross the bus).
       g.x = ensure_buffer(g.x_buf, B, input_dim_, dtype_, device_);
-      g.x.copy_from(g.host);
+      if (interaction_col_ >= 0) {
+        g.x.copy_columns_from(g.host, interaction_col_);
+        pairwise_dot_forward(g.x, interaction_col_, g.x, 0, interaction_fields_, config_.embedding_dim);
+      } else {
+        g.x.copy_from(g.host);
+      }
     }
   }
   if (condition_dim_ > 0) {
@@ -704,17 +711,20 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
   for (size_t g = 0; g < groups_.size(); ++g) {
     InputGroup& grp = groups_[g];
     if (!grp.dx.any) continue;
-    // The rest of the backward is the host's (the tables live there): a device model's input
-    // gradient comes down once.
+    // The embeddings (and interacting history features) also reach the loss through their dot
+    // products (disjoint columns of dx): on the device for a device model, before dx comes down.
     Tensor dx = grp.dx.sum;
+    if (interaction_col_ >= 0) {
+      const Tensor& x = device_ == Device::CPU ? grp.host : grp.x;
+      pairwise_dot_backward(dx, 0, dx, interaction_col_, x, interaction_fields_, config_.embedding_dim);
+    }
+    // The rest of the backward is the host's (the tables live there): a device model's input
+    // gradient comes down once, without the interaction's columns.
     if (device_ != Device::CPU) {
       dx = ensure_buffer(grp.dx_host_buf, B, input_dim_, dtype_, Device::CPU, device_);
-      dx.copy_from(grp.dx.sum);
+      if (interaction_col_ >= 0) dx.copy_columns_from(grp.dx.sum, interaction_col_);
+      else dx.copy_from(grp.dx.sum);
     }
-    // The embeddings (and interacting history features) also reach the loss through their dot
-    // products (disjoint columns of dx).
-    if (interaction_col_ >= 0)
-      pairwise_dot_backward(dx, 0, dx, interaction_col_, grp.host, interaction_fields_, config_.embedding_dim);
     if (history_) history_->backward(dx, history_col_, batch);  // attention's queries
     input_grads[g] = dx;
   }

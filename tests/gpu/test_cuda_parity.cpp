@@ -17,6 +17,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -79,6 +80,36 @@ TEST_F(CudaParity, PinnedHostBuffersAreRegisteredAndCopyBothWays) {
   on_device.copy_from(up);
   down.copy_from(on_device);
   EXPECT_EQ(std::memcmp(down.raw(), values.data(), down.nbytes()), 0);
+}
+
+// Leading columns of row-major arrays both ways (Tensor::copy_columns_from, the copy_2d entry):
+// a device model's input goes up, and its gradient comes down, without the interaction's
+// columns. The other columns keep their poison (device) or sentinel (host).
+TEST_F(CudaParity, LeadingColumnsCopyBothWaysAndLeaveTheRestAlone) {
+  for (const auto& [rows, cols, keep] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {7, 33, 5},
+                                         {4096, 720, 320}, {3, 10, 0}}) {
+    SCOPED_TRACE(std::to_string(rows) + " x " + std::to_string(cols) + ", " + std::to_string(keep) + " columns");
+    Tensor host = Tensor::empty({rows, cols}, DType::F32);
+    const auto values = random_values<float>(rows * cols, 11);
+    std::memcpy(host.raw(), values.data(), host.nbytes());
+    Tensor device = Tensor::empty({rows, cols}, DType::F32, Device::CUDA);
+    gpu().copy(device.raw(), std::vector<unsigned char>(device.nbytes(), 0xFF).data(), device.nbytes(),
+               CopyKind::HostToDevice);
+    device.copy_columns_from(host, keep);
+    const Tensor up = device.to(Device::CPU);
+    Tensor down = Tensor::empty({rows, cols}, DType::F32);
+    for (int64_t i = 0; i < rows * cols; ++i) down.data<float>()[i] = -7.0f;
+    down.copy_columns_from(device, keep);
+    int64_t wrong = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t i = r * cols + c;
+        const float v = values[static_cast<size_t>(i)];
+        if (c < keep) wrong += up.data<float>()[i] != v || down.data<float>()[i] != v;
+        else wrong += !is_poison(up.data<float>()[i]) || down.data<float>()[i] != -7.0f;
+      }
+    EXPECT_EQ(wrong, 0);
+  }
 }
 
 // ---- gemm -----------------------------------------------------------------------------------

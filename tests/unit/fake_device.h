@@ -18,6 +18,11 @@ class FakeDevice {
     if (device_available(Device::CUDA)) saved_ = ops_for(Device::CUDA);  // a real backend, put back after
     OpTable t = ops_for(Device::CPU);
     t.copy = [](void* dst, const void* src, size_t bytes, CopyKind) { std::memcpy(dst, src, bytes); };
+    t.copy_2d = [](void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows,
+                   CopyKind) {
+      for (size_t r = 0; r < rows; ++r)
+        std::memcpy(static_cast<char*>(dst) + r * dst_pitch, static_cast<const char*>(src) + r * src_pitch, width);
+    };
     register_ops(Device::CUDA, t);
   }
   ~FakeDevice() { register_ops(Device::CUDA, saved_); }

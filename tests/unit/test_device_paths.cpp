@@ -38,6 +38,33 @@ bool same_bits(const Tensor& a, const Tensor& b) {
          std::memcmp(ha.raw(), hb.raw(), static_cast<size_t>(ha.numel()) * dtype_size(ha.dtype())) == 0;
 }
 
+// copy_columns_from: the leading columns of every row, between any two devices (through the
+// backend's copy_2d, or row by row where it has none); the other columns stay as they were.
+TEST(DevicePaths, LeadingColumnsCopyBetweenDevicesAndLeaveTheRestAlone) {
+  FakeDevice device;
+  Tensor host = Tensor::empty({5, 7}, DType::F64);
+  for (int64_t i = 0; i < 35; ++i) host.data<double>()[i] = static_cast<double>(i) + 0.5;
+  for (const bool with_copy_2d : {true, false}) {
+    if (!with_copy_2d) {
+      OpTable t = ops_for(Device::CUDA);
+      t.copy_2d = nullptr;
+      register_ops(Device::CUDA, t);
+    }
+    Tensor on_device = Tensor::zeros({5, 7}, DType::F64, Device::CUDA);
+    on_device.copy_columns_from(host, 3);
+    Tensor back = Tensor::empty({5, 7}, DType::F64);
+    for (int64_t i = 0; i < 35; ++i) back.data<double>()[i] = -1;
+    back.copy_columns_from(on_device, 4);  // column 3 comes down as the device's zero
+    for (int64_t r = 0; r < 5; ++r)
+      for (int64_t c = 0; c < 7; ++c) {
+        const double want = c < 3 ? static_cast<double>(r * 7 + c) + 0.5 : c == 3 ? 0.0 : -1.0;
+        EXPECT_EQ(back.data<double>()[r * 7 + c], want) << "row " << r << " column " << c << ", copy_2d " << with_copy_2d;
+      }
+  }
+  Tensor wide = Tensor::empty({5, 8}, DType::F64);
+  EXPECT_THROW(wide.copy_columns_from(host, 3), InternalError);
+}
+
 TEST(DevicePaths, HostAccessToADeviceTensorIsRefusedWithTheCopyToMake) {
   FakeDevice device;
   Tensor t = Tensor::zeros({4}, DType::F32, Device::CUDA);

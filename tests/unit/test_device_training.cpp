@@ -206,6 +206,43 @@ TEST_P(DeviceModel, APlannedModelAllocatesNoDeviceMemoryInAnyStep) {
     EXPECT_TRUE(same_bits(cpu.tables()[t].shard().values(), gpu.tables()[t].shard().values())) << "table " << t;
 }
 
+// The DLRM interaction of a device model runs on the device: its F² columns a row never cross
+// the bus. Up goes the input without them and down comes its gradient without them, each one
+// copy of the input's leading columns; no whole-input copy happens either way.
+std::atomic<int64_t> g_copies_2d{0}, g_width_2d{0}, g_whole_input_copies{0};
+int64_t g_whole_input_bytes = 0;
+
+TEST(DeviceTraining, TheInteractionRunsOnTheDeviceAndItsColumnsNeverCrossTheBus) {
+  FakeDevice device;
+  OpTable t = ops_for(Device::CUDA);
+  t.copy = [](void* dst, const void* src, size_t bytes, CopyKind kind) {
+    const bool bus = kind == CopyKind::HostToDevice || kind == CopyKind::DeviceToHost;
+    if (bus && static_cast<int64_t>(bytes) >= g_whole_input_bytes) ++g_whole_input_copies;
+    std::memcpy(dst, src, bytes);
+  };
+  t.copy_2d = [](void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows, CopyKind) {
+    ++g_copies_2d;
+    g_width_2d = static_cast<int64_t>(width);
+    for (size_t r = 0; r < rows; ++r)
+      std::memcpy(static_cast<char*>(dst) + r * dst_pitch, static_cast<const char*>(src) + r * src_pitch, width);
+  };
+  register_ops(Device::CUDA, t);
+  const TrainConfig config = config_for("  type: esmm\n  tower: [8]\n  interaction: dot\n" + kTables);
+  const Block batch = random_block(32, 3);
+  MultiTaskModel gpu(config.model, batch.schema, DType::F32, 7, nullptr, Device::CUDA);
+  Optimizers o = make_optimizers(config, gpu);
+  auto comm = make_local_communicator();
+  const int64_t input_dim = gpu.input_dim();
+  g_whole_input_bytes = 32 * input_dim * 4;
+  plan_step_memory(gpu, 32);  // the masks and update masks go up here, not in the step
+  g_copies_2d = g_whole_input_copies = 0;
+  train_one_step(gpu, o, batch, -1, 1, true, *comm);
+  EXPECT_EQ(g_copies_2d, 2) << "the input up and its gradient down, each once";
+  EXPECT_GT(g_width_2d, 0);
+  EXPECT_LT(g_width_2d, input_dim * 4) << "the interaction's columns are not copied";
+  EXPECT_EQ(g_whole_input_copies, 0) << "a copy of the whole input crossed the bus";
+}
+
 // A communicator of two ranks whose other rank contributes zeros (a sum that leaves the buffers
 // as they are), in device memory (NCCL's part in train_one_step) or host memory (MPI's): records
 // the buffers it is asked to sum. With two ranks a buffer in the other kind of memory is staged
