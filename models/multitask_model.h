@@ -59,10 +59,11 @@ class MultiTaskModel {
   // `comm`: the ranks the embedding tables are placed over (model.tables.<t>.placement); null
   // for one process. The model keeps the pointer: forward and backward exchange embedding rows
   // through it, so every rank must run the same sequence of train_step/predict calls.
-  // `device`: where the dense part (shared block, towers, their parameters and gradients)
-  // runs. The embedding tables, the input's assembly (pooling, dense features, the dot-product
-  // interaction) and the losses stay on the host; the input goes up and its gradient comes back
-  // once per step (see docs/cuda.md). device_limits says which configs a device can train.
+  // `device`: where the dense part (shared block, towers, the dot-product interaction, their
+  // parameters and gradients) runs. The embedding tables, the rest of the input's assembly
+  // (pooling, dense features, history features) and the losses stay on the host; the input goes
+  // up and its gradient comes back once per step, both without the interaction's columns (see
+  // docs/cuda.md). device_limits says which configs a device can train.
   MultiTaskModel(const ModelConfig& config, const DataSchema& schema, DType dtype, uint64_t seed,
                  Communicator* comm = nullptr, Device device = Device::CPU);
   // Why `config` cannot train on a device yet ("" when it can): the layers and heads whose
@@ -188,10 +189,12 @@ class MultiTaskModel {
   };
   struct InputGroup {  // one set of embedding tables feeding the input vector
     std::vector<TableRef> tables;
-    Tensor host_buf, host;  // the input as assembled on the host
+    Tensor host_buf, host;  // the input as assembled on the host (a device model: its interaction
+                            // columns are never written there; they are made on the device)
     Tensor x_buf, x;        // the input where the dense part runs (host itself on the CPU)
     GradientSum dx;         // input gradient, summed over its consumers (on the model's device)
-    Tensor dx_host_buf;     // a device model: dx copied back for the interaction and the tables
+    Tensor dx_host_buf;     // a device model: dx copied back for the tables and history, without
+                            // the interaction's columns (never written)
   };
 
   // `training`: the tables count the batch's reads and hash tables insert its admitted ids.

@@ -80,6 +80,7 @@ class DenseGradientSum {
 }  // namespace
 
 void plan_step_memory(MultiTaskModel& model, int64_t rows) {
+  if (model.device() == Device::CPU) return;  // nothing on a device to plan
   model.plan_memory(rows);
   const uint8_t* all = model.params().trainable_mask_on_device();
   for (int task = -1; task < static_cast<int>(model.config().tasks.size()); ++task) model.update_mask_on_device(task);

@@ -68,7 +68,7 @@ constexpr int64_t kDenseBucketBytes = int64_t{25} << 20;
 // the model's buffers (MultiTaskModel::plan_memory), the update masks every schedule's steps
 // read on the device, and the gradient norm's reduction. After it a step allocates no device
 // memory (DeviceModel.APlannedModelAllocatesNoDeviceMemoryInAnyStep), and the steps compute
-// exactly what they would have without it. Collective like plan_memory.
+// exactly what they would have without it. Collective like plan_memory. Nothing for a CPU model.
 void plan_step_memory(MultiTaskModel& model, int64_t rows);
 StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Block& batch, int task, int64_t step,
                         bool exact_masks, Communicator& comm, StepStats* stats = nullptr,

@@ -31,8 +31,11 @@ struct RouteKey {
   DType dtype;
   int tasks;
   int64_t in, out;
+  bool relu;
+  int precision;  // run.matmul: the plain route's products
   bool operator<(const RouteKey& o) const {
-    return std::tie(device, dtype, tasks, in, out) < std::tie(o.device, o.dtype, o.tasks, o.in, o.out);
+    return std::tie(device, dtype, tasks, in, out, relu, precision) <
+           std::tie(o.device, o.dtype, o.tasks, o.in, o.out, o.relu, o.precision);
   }
 };
 std::mutex g_route_mutex;
@@ -158,7 +161,8 @@ bool MaskedLinear::fused_route(int tasks, int64_t rows) {
     case MaskedRoute::Fused: return true;
     case MaskedRoute::Auto: break;
   }
-  const RouteKey key{device, weight_->value.dtype(), tasks, in_, out_};
+  const RouteKey key{device, weight_->value.dtype(), tasks, in_, out_, act_ == Activation::ReLU,
+                     static_cast<int>(matmul_precision())};
   {
     std::lock_guard<std::mutex> lock(g_route_mutex);
     const auto it = g_route_cache.find(key);

@@ -37,12 +37,13 @@ namespace ncsrec {
 //          (cuBLASLt forward with its epilogue, at run.matmul's precision; cuBLAS backward);
 //   fused  one kernel per product serving every task of the call, the masks applied on the fly
 //          (FP32 or FP64 sums, no tensor cores);
-//   auto   for each layer shape (device, dtype, tasks, in, out), the route that a measurement at
-//          the shape's first use, at that batch's rows, finds faster (forward and backward);
-//          fused only when it is at least 5% faster. Training measures at its batch size when it
-//          plans the step's memory, and smaller batches take the same route. Close timings may
-//          choose differently from run to run, and the two routes round differently: set plain
-//          or fused for bit-reproducible device runs.
+//   auto   for each layer shape (device, dtype, tasks, in, out, activation, run.matmul), the
+//          route that a measurement at the shape's first use, at that batch's rows, finds faster
+//          (forward and backward); fused only when it is at least 5% faster. Training measures
+//          at its batch size when it plans the step's memory, and smaller batches take the same
+//          route. Each process measures anew (a --resume too), close timings may choose
+//          differently, and the two routes round differently: set plain or fused for
+//          bit-reproducible device runs and resumes.
 // The CPU always runs the plain route (its products are already as fast as it gets).
 enum class MaskedRoute : int { Auto = 0, Plain = 1, Fused = 2 };
 // "auto", "plain", "fused", in MaskedRoute order.
