@@ -1,7 +1,8 @@
-// A host emulation of the few CUDA features cuda/masked_linear.cu uses, for
-// scripts/emulate_masked_kernels.sh: blocks run one at a time, a block's threads as std::threads
-// meeting at a barrier for __syncthreads, and __shared__ arrays become statics (shared by the
-// block's threads; one block runs at once). Launches are rewritten to emu_launch by the script.
+// A host emulation of the few CUDA features cuda/masked_linear.cu uses, for the test
+// emu.masked_kernels (tests/CMakeLists.txt): blocks run one at a time, a block's threads as
+// std::threads meeting at a barrier for __syncthreads, and __shared__ arrays become statics
+// (shared by the block's threads; one block runs at once). tests/emu/emulate.py rewrites the
+// kernel file's launches into emu_launch calls.
 #pragma once
 #include <pthread.h>
 #include <cmath>
@@ -26,15 +27,25 @@ inline pthread_barrier_t g_bar;
 #define __shared__ static
 inline void __syncthreads() { pthread_barrier_wait(&g_bar); }
 using std::fma;
+// One std::thread per thread of a block, for the whole launch: each walks the blocks in the
+// same order and meets the others at a barrier after every block, so blocks still run one at a
+// time and their "shared" statics are never used by two blocks at once.
 inline void emu_launch(dim3 grid, int block, const std::function<void()>& body) {
-  gridDim = grid; blockDim = dim3(block);
+  gridDim = grid;
+  blockDim = dim3(block);
   pthread_barrier_init(&g_bar, nullptr, block);
-  for (unsigned by = 0; by < grid.y; ++by)
-    for (unsigned bx = 0; bx < grid.x; ++bx) {
-      std::vector<std::thread> th;
-      for (int t = 0; t < block; ++t) th.emplace_back([&, t] { threadIdx = dim3(t); blockIdx = dim3(bx, by); body(); });
-      for (auto& x : th) x.join();
-    }
+  std::vector<std::thread> threads;
+  for (int t = 0; t < block; ++t)
+    threads.emplace_back([&, t] {
+      threadIdx = dim3(t);
+      for (unsigned by = 0; by < grid.y; ++by)
+        for (unsigned bx = 0; bx < grid.x; ++bx) {
+          blockIdx = dim3(bx, by);
+          body();
+          pthread_barrier_wait(&g_bar);
+        }
+    });
+  for (auto& th : threads) th.join();
   pthread_barrier_destroy(&g_bar);
 }
 #define NCSREC_CUDA_FLOAT_DISPATCH NCSREC_FLOAT_DISPATCH

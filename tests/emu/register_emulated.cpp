@@ -1,4 +1,4 @@
-// For scripts/emulate_masked_kernels.sh: a cuda_register_if_available that puts the CPU's
+// For the test emu.masked_kernels: a cuda_register_if_available that puts the CPU's
 // kernels in the CUDA slot (copies are memcpy) with the emulated fused masked-layer kernels of
 // cuda/masked_linear.cu in place of the CPU's entries, so the GPU parity test compares them.
 #include <cstring>
