@@ -18,8 +18,9 @@
 // masked_linear_*). Either way the masks use a device copy of each task's bits there (learned
 // masks' score gradients stay CPU-only and always take the plain route).
 //
-// Not here: mask learning (IMP is prune_global_magnitude plus a trainer), a sparse kernel
-// (masks are ~20–70% dense, so the masked weight is materialised and one dense GEMM runs).
+// Not here: mask learning (IMP is prune_global_magnitude plus a trainer), a sparse kernel for
+// training (masks are ~20–70% dense: both routes run dense products; CSR is for inference,
+// core/sparse.h).
 #pragma once
 
 #include <string>
