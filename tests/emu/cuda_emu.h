@@ -1,5 +1,5 @@
-// A host emulation of the few CUDA features cuda/masked_linear.cu uses, for the test
-// emu.masked_kernels (tests/CMakeLists.txt): blocks run one at a time, a block's threads as
+// A host emulation of the few CUDA features cuda/train_ops.cu and cuda/masked_linear.cu use,
+// for ncsrec_emu_tests (ctest emu.kernels, tests/CMakeLists.txt): blocks run one at a time, a block's threads as
 // std::threads meeting at a barrier for __syncthreads, and __shared__ arrays become statics
 // (shared by the block's threads; one block runs at once). tests/emu/emulate.py rewrites the
 // kernel file's launches into emu_launch calls.
@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 #include <algorithm>
+#include <cstdlib>
 #include <climits>
 #include "core/dispatch.h"
 #include "core/error.h"
@@ -48,6 +49,14 @@ inline void emu_launch(dim3 grid, int block, const std::function<void()>& body) 
   for (auto& th : threads) th.join();
   pthread_barrier_destroy(&g_bar);
 }
-#define NCSREC_CUDA_FLOAT_DISPATCH NCSREC_FLOAT_DISPATCH
-#define NCSREC_CUDA_LAUNCH_CHECK() do {} while (0)
-namespace ncsrec::cuda_detail {}
+// What cuda/common.cuh needs from the CUDA runtime and cuda/check.h, on the host.
+using cudaError_t = int;
+constexpr cudaError_t cudaSuccess = 0;
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaMalloc(void** p, size_t bytes) { *p = std::malloc(bytes); return cudaSuccess; }
+template <class T>
+inline cudaError_t cudaMalloc(T** p, size_t bytes) { *p = static_cast<T*>(std::malloc(bytes)); return cudaSuccess; }
+inline cudaError_t cudaFree(void* p) { std::free(p); return cudaSuccess; }
+#define CUDA_CHECK(expr) (void)(expr)
+using std::max;
+using std::min;

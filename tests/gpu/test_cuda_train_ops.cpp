@@ -441,7 +441,7 @@ void check_auc(int64_t n, int levels, bool weighted, bool one_class, uint64_t se
   const double want = cpu().auc(scores.data(), labels.data(), weighted ? weights.data() : nullptr, n);
   DeviceBuffer<float> d_scores(scores), d_labels(labels), d_weights(weighted ? weights : std::vector<float>{0.0f});
   const double got = gpu().auc(d_scores.get(), d_labels.get(), weighted ? d_weights.get() : nullptr, n);
-  if (one_class) {
+  if (one_class || std::isnan(want)) {  // a class empty by design, or by chance in a tiny draw
     EXPECT_TRUE(std::isnan(got) && std::isnan(want)) << what << ": gpu " << got << " cpu " << want;
     return;
   }
