@@ -1,14 +1,13 @@
 // A host emulation of the few CUDA features cuda/train_ops.cu and cuda/masked_linear.cu use,
-// for ncsrec_emu_tests (ctest emu.kernels, tests/CMakeLists.txt): blocks run one at a time, a block's threads as
-// std::threads meeting at a barrier for __syncthreads, and __shared__ arrays become statics
+// for ncsrec_emu_tests (ctest emu.kernels, tests/CMakeLists.txt): blocks run one at a time, a
+// block's threads as fibers that meet at __syncthreads, and __shared__ arrays become statics
 // (shared by the block's threads; one block runs at once). tests/emu/emulate.py rewrites the
 // kernel file's launches into emu_launch calls.
 #pragma once
-#include <pthread.h>
+#include <ucontext.h>
 #include <cmath>
 #include <cstdint>
 #include <functional>
-#include <thread>
 #include <vector>
 #include <algorithm>
 #include <cstdlib>
@@ -17,38 +16,76 @@
 #include "core/error.h"
 #include "core/float_dispatch.h"
 struct dim3 { unsigned x, y, z; dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {} };
-inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 threadIdx, blockIdx;  // the running fiber's
 inline dim3 blockDim, gridDim;
-inline pthread_barrier_t g_bar;
 #define __global__
 #define __device__
 #define __forceinline__ inline
 #define __launch_bounds__(x)
 #define __restrict__
 #define __shared__ static
-inline void __syncthreads() { pthread_barrier_wait(&g_bar); }
 using std::fma;
-// One std::thread per thread of a block, for the whole launch: each walks the blocks in the
-// same order and meets the others at a barrier after every block, so blocks still run one at a
-// time and their "shared" statics are never used by two blocks at once.
+
+// A block's threads are fibers (ucontext) on the calling thread: a round resumes each fiber in
+// turn until it reaches __syncthreads (or its end), so when a round is over every thread of the
+// block has arrived, and the next round releases them. Blocks run one after the other, so their
+// "shared" statics are never used by two blocks at once.
+namespace emu {
+constexpr size_t kStackBytes = 128 * 1024;
+struct Fiber {
+  ucontext_t context;
+  std::vector<char> stack = std::vector<char>(kStackBytes);
+  bool done = false;
+};
+inline ucontext_t g_scheduler;
+inline std::vector<Fiber>* g_fibers = nullptr;
+inline int g_current = 0;
+inline const std::function<void()>* g_body = nullptr;
+
+inline void fiber_main(int t) {
+  (*g_body)();
+  (*g_fibers)[static_cast<size_t>(t)].done = true;
+  swapcontext(&(*g_fibers)[static_cast<size_t>(t)].context, &g_scheduler);  // never resumed
+}
+}  // namespace emu
+
+inline void __syncthreads() {
+  swapcontext(&(*emu::g_fibers)[static_cast<size_t>(emu::g_current)].context, &emu::g_scheduler);
+}
+
 inline void emu_launch(dim3 grid, int block, const std::function<void()>& body) {
   gridDim = grid;
   blockDim = dim3(block);
-  pthread_barrier_init(&g_bar, nullptr, block);
-  std::vector<std::thread> threads;
-  for (int t = 0; t < block; ++t)
-    threads.emplace_back([&, t] {
-      threadIdx = dim3(t);
-      for (unsigned by = 0; by < grid.y; ++by)
-        for (unsigned bx = 0; bx < grid.x; ++bx) {
-          blockIdx = dim3(bx, by);
-          body();
-          pthread_barrier_wait(&g_bar);
+  static std::vector<emu::Fiber> fibers;
+  if (fibers.size() < static_cast<size_t>(block)) fibers.resize(static_cast<size_t>(block));
+  emu::g_fibers = &fibers;
+  emu::g_body = &body;
+  for (unsigned by = 0; by < grid.y; ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      blockIdx = dim3(bx, by);
+      for (int t = 0; t < block; ++t) {
+        emu::Fiber& f = fibers[static_cast<size_t>(t)];
+        getcontext(&f.context);
+        f.context.uc_stack.ss_sp = f.stack.data();
+        f.context.uc_stack.ss_size = f.stack.size();
+        f.context.uc_link = nullptr;
+        makecontext(&f.context, reinterpret_cast<void (*)()>(&emu::fiber_main), 1, t);
+        f.done = false;
+      }
+      for (bool running = true; running;) {
+        running = false;
+        for (int t = 0; t < block; ++t) {
+          emu::Fiber& f = fibers[static_cast<size_t>(t)];
+          if (f.done) continue;
+          emu::g_current = t;
+          threadIdx = dim3(static_cast<unsigned>(t));
+          swapcontext(&emu::g_scheduler, &f.context);
+          running = running || !f.done;
         }
-    });
-  for (auto& th : threads) th.join();
-  pthread_barrier_destroy(&g_bar);
+      }
+    }
 }
+
 // What cuda/common.cuh needs from the CUDA runtime and cuda/check.h, on the host.
 using cudaError_t = int;
 constexpr cudaError_t cudaSuccess = 0;
