@@ -171,10 +171,20 @@ int64_t check_task_operands(const std::vector<TensorPtr>& list, size_t tasks, in
   return rows;
 }
 
-void check_masked_weight(const Tensor& W, const std::vector<const uint8_t*>& bits, size_t tasks, const char* op) {
+// Checks the weight W [in, out], one mask per task, and the two per-task operand lists of an
+// entry (`a` of width a_width, `b` of width b_width, the same rows); returns the rows.
+template <class A, class B>
+int64_t check_masked_operands(const Tensor& W, const std::vector<const uint8_t*>& bits, const std::vector<A>& a,
+                              int64_t a_width, const char* a_name, const std::vector<B>& b, int64_t b_width,
+                              const char* b_name, const char* op) {
   NCSREC_CHECK(W.ndim() == 2, op << ": weight " << W.describe() << " must be 2-D");
+  const size_t tasks = a.size();
   NCSREC_CHECK(tasks >= 1 && bits.size() == tasks, op << ": " << bits.size() << " masks for " << tasks << " tasks");
   for (size_t t = 0; t < tasks; ++t) NCSREC_CHECK(bits[t] != nullptr, op << ": task " << t << "'s mask bits are null");
+  const int64_t rows = check_task_operands(a, tasks, a_width, W, op, a_name);
+  NCSREC_CHECK(check_task_operands(b, tasks, b_width, W, op, b_name) == rows,
+               op << ": " << b_name << " and " << a_name << " differ in rows");
+  return rows;
 }
 
 template <class TensorPtr>
@@ -195,9 +205,7 @@ bool fused_masked_linear_available(Device device) {
 void masked_linear_forward(const std::vector<Tensor*>& y, const std::vector<const Tensor*>& x, const Tensor& W,
                            const std::vector<const uint8_t*>& bits, const Tensor* b, bool relu) {
   const char* op = "masked_linear_forward";
-  check_masked_weight(W, bits, x.size(), op);
-  const int64_t rows = check_task_operands(x, bits.size(), W.dim(0), W, op, "x");
-  NCSREC_CHECK(check_task_operands(y, bits.size(), W.dim(1), W, op, "y") == rows, op << ": y and x differ in rows");
+  const int64_t rows = check_masked_operands(W, bits, x, W.dim(0), "x", y, W.dim(1), "y", op);
   if (b) {
     same_place(*b, W, op);
     NCSREC_CHECK(b->numel() == W.dim(1), op << ": bias " << b->describe() << " for a weight " << W.describe());
@@ -211,9 +219,7 @@ void masked_linear_forward(const std::vector<Tensor*>& y, const std::vector<cons
 void masked_linear_input_grad(const std::vector<Tensor*>& dx, const std::vector<const Tensor*>& dy, const Tensor& W,
                               const std::vector<const uint8_t*>& bits) {
   const char* op = "masked_linear_input_grad";
-  check_masked_weight(W, bits, dy.size(), op);
-  const int64_t rows = check_task_operands(dy, bits.size(), W.dim(1), W, op, "dy");
-  NCSREC_CHECK(check_task_operands(dx, bits.size(), W.dim(0), W, op, "dx") == rows, op << ": dx and dy differ in rows");
+  const int64_t rows = check_masked_operands(W, bits, dy, W.dim(1), "dy", dx, W.dim(0), "dx", op);
   const auto dys = raw_pointers(dy), dxs = raw_pointers(dx);
   kernel_or_throw(ops_for(W.device()).masked_linear_input_grad, op, W.device())(
       W.dtype(), static_cast<int>(bits.size()), rows, W.dim(0), W.dim(1), dys.data(), W.raw(), bits.data(),
@@ -223,9 +229,7 @@ void masked_linear_input_grad(const std::vector<Tensor*>& dx, const std::vector<
 void masked_linear_weight_grad(Tensor& dW, const std::vector<const Tensor*>& x, const std::vector<const Tensor*>& dy,
                                const std::vector<const uint8_t*>& bits) {
   const char* op = "masked_linear_weight_grad";
-  check_masked_weight(dW, bits, x.size(), op);
-  const int64_t rows = check_task_operands(x, bits.size(), dW.dim(0), dW, op, "x");
-  NCSREC_CHECK(check_task_operands(dy, bits.size(), dW.dim(1), dW, op, "dy") == rows, op << ": dy and x differ in rows");
+  const int64_t rows = check_masked_operands(dW, bits, x, dW.dim(0), "x", dy, dW.dim(1), "dy", op);
   const auto xs = raw_pointers(x), dys = raw_pointers(dy);
   kernel_or_throw(ops_for(dW.device()).masked_linear_weight_grad, op, dW.device())(
       dW.dtype(), static_cast<int>(bits.size()), rows, dW.dim(0), dW.dim(1), xs.data(), dys.data(), bits.data(),

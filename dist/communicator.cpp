@@ -32,8 +32,7 @@ void check_reducible(DType dtype) {
 }  // namespace
 
 void Communicator::in_memory_taken(Tensor& buffer, const std::function<void(Tensor&)>& collective) {
-  const bool on_device = buffer.device() != Device::CPU;
-  if (world_size() == 1 || on_device == takes_device_memory()) {
+  if (world_size() == 1 || takes_in_place(buffer)) {
     collective(buffer);
     return;
   }

@@ -49,6 +49,9 @@ class Communicator {
   virtual const char* kind() const = 0;
   // Whether the collectives take device memory (NCCL) rather than host memory (MPI, local).
   virtual bool takes_device_memory() const { return false; }
+  // Whether `t` is in the kind of memory the collectives take (else all_reduce_sum(Tensor&)
+  // stages it through a copy).
+  bool takes_in_place(const Tensor& t) const { return (t.device() != Device::CPU) == takes_device_memory(); }
 
   // In-place sum across ranks (F32, F64 or I64). A tensor in the other kind of memory than the
   // communicator takes (a device tensor over MPI) is staged through a copy.

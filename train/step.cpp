@@ -44,7 +44,7 @@ class DenseGradientSum {
   DenseGradientSum(Communicator& comm, Tensor& grads, int64_t bucket_bytes)
       : comm_(comm), grads_(grads),
         bucket_(std::max<int64_t>(1, bucket_bytes / static_cast<int64_t>(dtype_size(grads.dtype())))),
-        overlapped_(comm.world_size() > 1 && (grads.device() != Device::CPU) == comm.takes_device_memory()) {}
+        overlapped_(comm.world_size() > 1 && comm.takes_in_place(grads)) {}
 
   void ready(int64_t begin, int64_t end) {
     if (!overlapped_) return;
@@ -59,9 +59,7 @@ class DenseGradientSum {
 
   // A step that throws between the first start and the finish gives its sums up: nobody may
   // wait for them, and the gradient buffer may be freed during the unwinding.
-  ~DenseGradientSum() {
-    if (comm_.all_reduces_in_flight() > 0) comm_.abandon_all_reduces();
-  }
+  ~DenseGradientSum() { comm_.abandon_all_reduces(); }  // nothing once finished
   DenseGradientSum(const DenseGradientSum&) = delete;
   DenseGradientSum& operator=(const DenseGradientSum&) = delete;
 

@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "core/ops.h"
+#include "core/random.h"
 
 namespace ncsrec {
 
@@ -176,22 +177,18 @@ bool MaskedLinear::fused_route(int tasks, int64_t rows) {
 
 bool MaskedLinear::measure_fused_faster(int tasks, int64_t rows) {
   // Operands of the shape, on the weight's device: random inputs and gradients, the layer's own
-  // weight and the first `tasks` masks; outputs and gradients go to scratch (the layer's state
-  // and its parameter gradients are not touched).
+  // weight and its first `tasks` masks (tasks <= num_tasks()); outputs and gradients go to
+  // scratch (the layer's state and its parameter gradients are not touched).
   const Tensor& W = weight_->value;
   const Device device = W.device();
   const DType dtype = W.dtype();
   auto random = [&](int64_t r, int64_t c, uint64_t seed) {
     Tensor host = Tensor::empty({r, c}, dtype);
-    uint64_t state = seed;
-    auto next = [&state] {
-      state = state * 6364136223846793005ULL + 1442695040888963407ULL;
-      return static_cast<double>(state >> 11) / 9007199254740992.0 * 2 - 1;
-    };
+    Rng rng(seed);
     if (dtype == DType::F32)
-      for (int64_t i = 0; i < r * c; ++i) host.data<float>()[i] = static_cast<float>(next());
+      for (int64_t i = 0; i < r * c; ++i) host.data<float>()[i] = static_cast<float>(rng.uniform(-1, 1));
     else
-      for (int64_t i = 0; i < r * c; ++i) host.data<double>()[i] = next();
+      for (int64_t i = 0; i < r * c; ++i) host.data<double>()[i] = rng.uniform(-1, 1);
     return host.to(device);
   };
   std::vector<Tensor> x, dy, y, dx;
@@ -201,14 +198,14 @@ bool MaskedLinear::measure_fused_faster(int tasks, int64_t rows) {
     dy.push_back(random(rows, out_, 2 * t + 2));
     y.push_back(Tensor::empty({rows, out_}, dtype, device));
     dx.push_back(Tensor::empty({rows, in_}, dtype, device));
-    bits.push_back(mask_bits_on_device(tasks_[static_cast<size_t>(t % num_tasks())]));
+    bits.push_back(mask_bits_on_device(tasks_[static_cast<size_t>(t)]));
   }
   Tensor w_masked = Tensor::empty({in_, out_}, dtype, device), dw = Tensor::zeros({in_, out_}, dtype, device),
          product = Tensor::empty({in_, out_}, dtype, device);
   const bool relu = act_ == Activation::ReLU;
   auto plain = [&] {
     for (int t = 0; t < tasks; ++t) {
-      const BitMask& mask = tasks_[static_cast<size_t>(t % num_tasks())].mask;
+      const BitMask& mask = tasks_[static_cast<size_t>(t)].mask;
       apply_mask(w_masked, W, mask, bits[static_cast<size_t>(t)]);
       ops::linear_forward(y[static_cast<size_t>(t)], x[static_cast<size_t>(t)], w_masked, &bias_->value, relu);
       ops::gemm(product, x[static_cast<size_t>(t)], true, dy[static_cast<size_t>(t)], false, 1.0, 0.0);
