@@ -114,6 +114,67 @@ double sum(const Tensor& x) { return ops_for(x.device()).sum(x.dtype(), x.raw(),
 
 double sum_squares(const Tensor& x) { return ops_for(x.device()).sum_squares(x.dtype(), x.raw(), x.numel()); }
 
+namespace {
+
+// The f32 labels or weights of a loss head: n elements on the logits' device.
+void check_loss_column(const Tensor& column, const Tensor& logits, const char* what, const char* op) {
+  NCSREC_CHECK(column.dtype() == DType::F32 && column.device() == logits.device() && column.numel() == logits.numel(),
+               op << ": " << what << " " << column.describe() << " for logits " << logits.describe()
+                  << " (f32, as many, on the same device)");
+}
+
+void check_loss(const Tensor& logits, const Tensor& labels, const Tensor* weights, const Tensor& prob,
+                const Tensor& grad, const char* op) {
+  same_size(prob, logits, op);
+  same_size(grad, logits, op);
+  check_loss_column(labels, logits, "labels", op);
+  if (weights) check_loss_column(*weights, logits, "weights", op);
+}
+
+const float* f32_or_null(const Tensor* t) { return t ? static_cast<const float*>(t->raw()) : nullptr; }
+
+}  // namespace
+
+double sigmoid_bce(const Tensor& logits, const Tensor& labels, const Tensor* weights, double normalizer, Tensor& prob,
+                   Tensor& grad) {
+  check_loss(logits, labels, weights, prob, grad, "sigmoid_bce");
+  auto k = kernel_or_throw(ops_for(logits.device()).sigmoid_bce, "sigmoid_bce", logits.device());
+  return k(logits.dtype(), logits.raw(), static_cast<const float*>(labels.raw()), f32_or_null(weights), logits.numel(),
+           normalizer, prob.raw(), grad.raw());
+}
+
+double focal_loss(const Tensor& logits, const Tensor& labels, const Tensor* weights, double alpha, double gamma,
+                  double normalizer, Tensor& prob, Tensor& grad) {
+  check_loss(logits, labels, weights, prob, grad, "focal_loss");
+  auto k = kernel_or_throw(ops_for(logits.device()).focal_loss, "focal_loss", logits.device());
+  return k(logits.dtype(), logits.raw(), static_cast<const float*>(labels.raw()), f32_or_null(weights), logits.numel(),
+           alpha, gamma, normalizer, prob.raw(), grad.raw());
+}
+
+double sigmoid_mse(const Tensor& logits, const Tensor& labels, const Tensor* weights, double normalizer, Tensor& prob,
+                   Tensor& grad) {
+  check_loss(logits, labels, weights, prob, grad, "sigmoid_mse");
+  auto k = kernel_or_throw(ops_for(logits.device()).sigmoid_mse, "sigmoid_mse", logits.device());
+  return k(logits.dtype(), logits.raw(), static_cast<const float*>(labels.raw()), f32_or_null(weights), logits.numel(),
+           normalizer, prob.raw(), grad.raw());
+}
+
+EsmmLosses esmm_loss(const Tensor& logit_ctr, const Tensor& logit_cvr, const Tensor& click, const Tensor& ctcvr,
+                     const Tensor* weights, double normalizer, double ctcvr_weight, Tensor& p_ctr, Tensor& p_cvr,
+                     Tensor& p_ctcvr, Tensor& grad_ctr, Tensor& grad_cvr) {
+  const char* op = "esmm_loss";
+  check_loss(logit_ctr, click, weights, p_ctr, grad_ctr, op);
+  check_loss(logit_cvr, ctcvr, weights, p_cvr, grad_cvr, op);
+  same_size(logit_cvr, logit_ctr, op);
+  same_size(p_ctcvr, logit_ctr, op);
+  auto k = kernel_or_throw(ops_for(logit_ctr.device()).esmm_loss, op, logit_ctr.device());
+  double losses[2] = {0, 0};
+  k(logit_ctr.dtype(), logit_ctr.raw(), logit_cvr.raw(), static_cast<const float*>(click.raw()),
+    static_cast<const float*>(ctcvr.raw()), f32_or_null(weights), logit_ctr.numel(), normalizer, ctcvr_weight,
+    p_ctr.raw(), p_cvr.raw(), p_ctcvr.raw(), grad_ctr.raw(), grad_cvr.raw(), losses);
+  return {losses[0], losses[1]};
+}
+
 void gate_mixture_forward(Tensor& out, Tensor& probs, const Tensor& logits,
                           const std::vector<const Tensor*>& experts) {
   same_shape(probs, logits, "gate_mixture_forward");

@@ -36,6 +36,24 @@ void gate_mixture_forward(Tensor& out, Tensor& probs, const Tensor& logits, cons
 void gate_mixture_backward(Tensor& dlogits, const std::vector<Tensor*>& dexperts, const Tensor& dout,
                            const Tensor& probs, const std::vector<const Tensor*>& experts);
 
+// Loss heads with their gradients fused (OpTable::sigmoid_bce …, on the logits' device):
+// logits, prob and grad hold n elements of one dtype; labels and weights are f32 tensors of n
+// elements on the same device (weights null: all 1). prob and grad are written; the return is
+// Σ w·l / normalizer (0 for a normalizer of 0).
+double sigmoid_bce(const Tensor& logits, const Tensor& labels, const Tensor* weights, double normalizer, Tensor& prob,
+                   Tensor& grad);
+double focal_loss(const Tensor& logits, const Tensor& labels, const Tensor* weights, double alpha, double gamma,
+                  double normalizer, Tensor& prob, Tensor& grad);
+double sigmoid_mse(const Tensor& logits, const Tensor& labels, const Tensor* weights, double normalizer, Tensor& prob,
+                   Tensor& grad);
+// The ESMM head (OpTable::esmm_loss): returns {CTR loss, CTCVR loss}.
+struct EsmmLosses {
+  double ctr = 0, ctcvr = 0;
+};
+EsmmLosses esmm_loss(const Tensor& logit_ctr, const Tensor& logit_cvr, const Tensor& click, const Tensor& ctcvr,
+                     const Tensor* weights, double normalizer, double ctcvr_weight, Tensor& p_ctr, Tensor& p_cvr,
+                     Tensor& p_ctcvr, Tensor& grad_ctr, Tensor& grad_cvr);
+
 // The masked multi-task linear layer's fused route (OpTable::masked_linear_*): one call serves
 // every task in the lists, task t through its mask's packed bits `bits[t]` (in W's memory: the
 // host bytes on the CPU, a device copy on a device). x_t, dx_t [B, in]; y_t, dy_t [B, out];

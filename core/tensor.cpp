@@ -179,12 +179,14 @@ void Tensor::copy_from(const Tensor& src) {
   }
 }
 
-void Tensor::copy_columns_from(const Tensor& src, int64_t cols) {
+void Tensor::copy_columns_from(const Tensor& src, int64_t cols) { copy_columns_from(src, 0, cols); }
+
+void Tensor::copy_columns_from(const Tensor& src, int64_t begin, int64_t end) {
   NCSREC_CHECK(ndim() == 2 && src.ndim() == 2 && src.dim(0) == dim(0) && src.dim(1) == dim(1) &&
-                   src.dtype() == dtype_ && cols >= 0 && cols <= dim(1),
-               "copy of " << cols << " columns from " << src.describe() << " into " << describe());
+                   src.dtype() == dtype_ && 0 <= begin && begin <= end && end <= dim(1),
+               "copy of columns [" << begin << ", " << end << ") from " << src.describe() << " into " << describe());
   const size_t elem = dtype_size(dtype_), pitch = static_cast<size_t>(dim(1)) * elem;
-  const size_t width = static_cast<size_t>(cols) * elem, rows = static_cast<size_t>(dim(0));
+  const size_t width = static_cast<size_t>(end - begin) * elem, rows = static_cast<size_t>(dim(0));
   if (width == 0 || rows == 0) return;
   CopyKind kind = CopyKind::HostToHost;
   Device backend = Device::CPU;
@@ -192,12 +194,14 @@ void Tensor::copy_columns_from(const Tensor& src, int64_t cols) {
   else if (device_ != Device::CPU) kind = CopyKind::HostToDevice, backend = device_;
   else if (src.device() != Device::CPU) kind = CopyKind::DeviceToHost, backend = src.device();
   const OpTable& ops = ops_for(backend);
+  const size_t skip = static_cast<size_t>(begin) * elem;
+  char* dst = static_cast<char*>(raw()) + skip;
+  const char* from = static_cast<const char*>(src.raw()) + skip;
   if (ops.copy_2d) {
-    ops.copy_2d(raw(), pitch, src.raw(), pitch, width, rows, kind);
+    ops.copy_2d(dst, pitch, from, pitch, width, rows, kind);
     return;
   }
-  for (size_t r = 0; r < rows; ++r)
-    ops.copy(static_cast<char*>(raw()) + r * pitch, static_cast<const char*>(src.raw()) + r * pitch, width, kind);
+  for (size_t r = 0; r < rows; ++r) ops.copy(dst + r * pitch, from + r * pitch, width, kind);
 }
 
 void Tensor::zero_() {

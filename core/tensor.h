@@ -90,6 +90,8 @@ class Tensor {
   // The first `cols` columns of every row of src into this tensor's: both 2-D, the same rows,
   // columns and dtype, any devices (the other columns are left as they are).
   void copy_columns_from(const Tensor& src, int64_t cols);
+  // Columns [begin, end) of every row, likewise.
+  void copy_columns_from(const Tensor& src, int64_t begin, int64_t end);
   void zero_();
 
   std::string describe() const;  // "f32[4, 8] on cpu"

@@ -16,6 +16,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "core/device_table.h"
 #include "core/random.h"
 #include "cuda/check.h"
 #include "cuda/common.cuh"
@@ -160,8 +161,8 @@ __device__ inline float pool_scale(bool mean, int64_t count) {
 // out[row, col(slot) + d] = pool over the bag's positions, in order, of values[row(k), d] (rows
 // -1 read zeros); one thread per (bag, d).
 __global__ void pooled_kernel(const int64_t* bag_start, const int64_t* bag_count, const int64_t* slot_cols,
-                              const int64_t* row_of_position, const float* values, int64_t bags, int64_t batch,
-                              int64_t dim, bool mean, float* out, int64_t out_cols) {
+                              const uint8_t* slot_mean, const int64_t* row_of_position, const float* values,
+                              int64_t bags, int64_t batch, int64_t dim, float* out, int64_t out_cols) {
   GRID_STRIDE(e, bags * dim) {
     const int64_t bag = e / dim, d = e % dim;
     float sum = 0.0f;
@@ -169,7 +170,7 @@ __global__ void pooled_kernel(const int64_t* bag_start, const int64_t* bag_count
       const int64_t row = row_of_position[k];
       if (row >= 0) sum = __fadd_rn(sum, values[row * dim + d]);
     }
-    const float s = pool_scale(mean, bag_count[bag]);
+    const float s = pool_scale(slot_mean[bag / batch] != 0, bag_count[bag]);
     out[(bag % batch) * out_cols + slot_cols[bag / batch] + d] = s != 1.0f ? __fmul_rn(sum, s) : sum;
   }
 }
@@ -183,18 +184,29 @@ struct GradientSource {
   const int64_t* bag_of_position;
   const int64_t* bag_count;
   const int64_t* slot_cols;
+  const uint8_t* slot_mean;
   const float* dout;
   int64_t dout_cols, batch, dim;
-  bool mean;
 };
 __device__ inline float segment_gradient(const GradientSource& src, int64_t u, int64_t d) {
   float g = 0.0f;
   for (int64_t i = src.run_begin[u]; i < src.run_begin[u + 1]; ++i) {
     const int64_t bag = src.bag_of_position[src.sorted_positions[i]];
     const float gi = src.dout[(bag % src.batch) * src.dout_cols + src.slot_cols[bag / src.batch] + d];
-    g = __fadd_rn(g, __fmul_rn(gi, pool_scale(src.mean, src.bag_count[bag])));
+    g = __fadd_rn(g, __fmul_rn(gi, pool_scale(src.slot_mean[bag / src.batch] != 0, src.bag_count[bag])));
   }
   return g;
+}
+
+// w -= lr · g
+__global__ void sgd_kernel(GradientSource src, const int64_t* unique_rows, int64_t U, float* values, float lr) {
+  const int64_t dim = src.dim;
+  GRID_STRIDE(e, U * dim) {
+    const int64_t u = e / dim, d = e % dim, row = unique_rows[u];
+    if (row < 0) continue;
+    const int64_t w = row * dim + d;
+    values[w] = __fsub_rn(values[w], __fmul_rn(lr, segment_gradient(src, u, d)));
+  }
 }
 
 // acc += g²; w -= lr · g / (sqrt(acc) + eps)
@@ -267,6 +279,7 @@ struct CudaEmbeddingTable::Buffers {
   bool trained_forward = false;
   DeviceVector<int64_t> all_ids, keys, positions, sorted_keys, sorted_positions, unique_keys, run_begin, unique_rows,
       row_of_position, bag_of_position, bag_start, bag_count, slot_cols;
+  DeviceVector<uint8_t> slot_mean;
   DeviceVector<int32_t> flags, run_id1;
   DeviceVector<uint8_t> is_new;
   DeviceVector<char> scratch;  // CUB temporary storage
@@ -277,12 +290,14 @@ CudaEmbeddingTable::CudaEmbeddingTable(const CudaEmbeddingOptions& options)
       buffers_(std::make_unique<Buffers>()) {
   NCSREC_CHECK(options_.rows > 0 && options_.dim > 0,
                "CudaEmbeddingTable " << options_.name << ": rows " << options_.rows << ", dim " << options_.dim);
-  NCSREC_CHECK(options_.optimizer == "adagrad" || options_.optimizer == "adam",
-               "CudaEmbeddingTable " << options_.name << ": optimizer " << options_.optimizer << " (adagrad or adam)");
+  NCSREC_CHECK(options_.optimizer == "sgd" || options_.optimizer == "adagrad" || options_.optimizer == "adam",
+               "CudaEmbeddingTable " << options_.name << ": optimizer " << options_.optimizer
+                                     << " (sgd, adagrad or adam)");
   Buffers& b = *buffers_;
   const int64_t n = options_.rows * options_.dim;
   b.values.reserve(n);
-  if (options_.optimizer == "adagrad") {
+  if (options_.optimizer == "sgd") {
+  } else if (options_.optimizer == "adagrad") {
     fill_f32_kernel<<<blocks_for(n), kThreads>>>(b.acc.reserve(n), n, static_cast<float>(options_.initial_accumulator));
     launch_check();
   } else {
@@ -334,12 +349,14 @@ void CudaEmbeddingTable::forward(const std::vector<Slot>& slots, int64_t batch, 
   NCSREC_CHECK(S >= 1 && batch >= 0, "CudaEmbeddingTable " << options_.name << ": " << S << " slots, batch " << batch);
   int64_t nnz = 0;
   std::vector<int64_t> cols;
+  std::vector<uint8_t> means;
   for (const Slot& slot : slots) {
     NCSREC_CHECK(slot.nnz >= 0 && slot.col >= 0 && slot.col + dim <= out_cols,
                  "CudaEmbeddingTable " << options_.name << ": a slot of " << slot.nnz << " ids at column " << slot.col
                                        << " of " << out_cols);
     nnz += slot.nnz;
     cols.push_back(slot.col);
+    means.push_back(slot.mean < 0 ? options_.mean_pooling : slot.mean != 0);
   }
   NCSREC_CHECK(nnz <= INT32_MAX, "CudaEmbeddingTable " << options_.name << ": " << nnz << " ids in one batch");
   b.batch = batch;
@@ -350,6 +367,7 @@ void CudaEmbeddingTable::forward(const std::vector<Slot>& slots, int64_t batch, 
   const int64_t bags = S * batch;
   CUDA_CHECK(cudaMemcpy(b.slot_cols.reserve(S), cols.data(), static_cast<size_t>(S) * sizeof(int64_t),
                         cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(b.slot_mean.reserve(S), means.data(), means.size(), cudaMemcpyHostToDevice));
   // Every slot's ids one after the other (position = slot base + k), and the bags.
   int64_t* all_ids = b.all_ids.reserve(nnz);
   int64_t base = 0;
@@ -423,8 +441,8 @@ void CudaEmbeddingTable::forward(const std::vector<Slot>& slots, int64_t batch, 
   }
   if (bags > 0) {
     pooled_kernel<<<blocks_for(bags * dim), kThreads>>>(b.bag_start.get(), b.bag_count.get(), b.slot_cols.get(),
-                                                        nnz > 0 ? b.row_of_position.get() : nullptr, b.values.get(),
-                                                        bags, batch, dim, options_.mean_pooling, out, out_cols);
+                                                        b.slot_mean.get(), nnz > 0 ? b.row_of_position.get() : nullptr,
+                                                        b.values.get(), bags, batch, dim, out, out_cols);
     launch_check();
   }
   CUDA_CHECK(cudaDeviceSynchronize());
@@ -440,9 +458,12 @@ void CudaEmbeddingTable::backward_update(const float* dout, int64_t dout_cols) {
   if (b.unique == 0) return;
   const int64_t dim = options_.dim;
   const GradientSource src{b.run_begin.get(), b.sorted_positions.get(), b.bag_of_position.get(), b.bag_count.get(),
-                           b.slot_cols.get(), dout, dout_cols, b.batch, dim, options_.mean_pooling};
+                           b.slot_cols.get(), b.slot_mean.get(), dout, dout_cols, b.batch, dim};
   const int g = blocks_for(b.unique * dim);
-  if (options_.optimizer == "adagrad") {
+  if (options_.optimizer == "sgd") {
+    sgd_kernel<<<g, kThreads>>>(src, b.unique_rows.get(), b.unique, b.values.get(), static_cast<float>(options_.lr));
+    launch_check();
+  } else if (options_.optimizer == "adagrad") {
     adagrad_kernel<<<g, kThreads>>>(src, b.unique_rows.get(), b.unique, b.values.get(), b.acc.get(),
                                     static_cast<float>(options_.lr), static_cast<float>(options_.eps));
     launch_check();
@@ -457,6 +478,105 @@ void CudaEmbeddingTable::backward_update(const float* dout, int64_t dout_cols) {
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 
+void CudaEmbeddingTable::set_lr(double lr) { options_.lr = lr; }
+
+namespace {
+
+// The state columns of an optimizer on the device, by their host names (embedding_table.cpp).
+struct DeviceColumn {
+  void* data;
+  size_t bytes;
+};
+
+}  // namespace
+
+void CudaEmbeddingTable::copy_rows(const std::vector<std::pair<std::string, void*>>& columns, bool to_device) const {
+  NCSREC_CHECK(!options_.hash, "CudaEmbeddingTable " << options_.name << ": rows are copied in and out of fixed tables only");
+  Buffers& b = *buffers_;
+  const size_t n = static_cast<size_t>(options_.rows * options_.dim), rows = static_cast<size_t>(options_.rows);
+  auto device_column = [&](const std::string& name) -> DeviceColumn {
+    if (name == "values") return {b.values.get(), n * sizeof(float)};
+    if (options_.optimizer == "adagrad" && name == "accumulator") return {b.acc.get(), n * sizeof(float)};
+    if (options_.optimizer == "adam" && name == "m") return {b.m.get(), n * sizeof(float)};
+    if (options_.optimizer == "adam" && name == "v") return {b.v.get(), n * sizeof(float)};
+    if (options_.optimizer == "adam" && name == "steps") return {b.steps.get(), rows * sizeof(int64_t)};
+    throw InternalError(NCSREC_STR_("CudaEmbeddingTable " << options_.name << ": no column " << name << " with optimizer "
+                                                          << options_.optimizer));
+  };
+  for (const auto& [name, host] : columns) {
+    const DeviceColumn d = device_column(name);
+    if (to_device) CUDA_CHECK(cudaMemcpy(d.data, host, d.bytes, cudaMemcpyHostToDevice));
+    else CUDA_CHECK(cudaMemcpy(host, d.data, d.bytes, cudaMemcpyDeviceToHost));
+  }
+}
+
+namespace {
+
+// The model's device table (core/device_table.h) on a CudaEmbeddingTable: the batch's host CSR
+// arrays go up into buffers kept from step to step (grown, never shrunk).
+class CudaDeviceTable final : public DeviceTable {
+ public:
+  explicit CudaDeviceTable(const DeviceTableSpec& spec) : table_(options_of(spec)) {}
+
+  void forward(const std::vector<Slot>& slots, int64_t batch, float* out, int64_t out_cols, bool training) override {
+    while (ids_.size() < slots.size()) {
+      ids_.push_back(std::make_unique<DeviceVector<int64_t>>());
+      offsets_.push_back(std::make_unique<DeviceVector<int64_t>>());
+    }
+    std::vector<CudaEmbeddingTable::Slot> device_slots;
+    for (size_t s = 0; s < slots.size(); ++s) {
+      const Slot& slot = slots[s];
+      int64_t* offsets = offsets_[s]->reserve(batch + 1);
+      int64_t* ids = ids_[s]->reserve(slot.nnz);
+      CUDA_CHECK(cudaMemcpy(offsets, slot.offsets, static_cast<size_t>(batch + 1) * sizeof(int64_t),
+                            cudaMemcpyHostToDevice));
+      if (slot.nnz > 0)
+        CUDA_CHECK(cudaMemcpy(ids, slot.ids, static_cast<size_t>(slot.nnz) * sizeof(int64_t), cudaMemcpyHostToDevice));
+      device_slots.push_back({offsets, ids, slot.nnz, slot.col, slot.mean ? 1 : 0});
+    }
+    table_.forward(device_slots, batch, out, out_cols, training);
+  }
+
+  void backward_update(const float* dout, int64_t dout_cols, double lr) override {
+    table_.set_lr(lr);
+    table_.backward_update(dout, dout_cols);
+  }
+
+  void load(const std::vector<Column>& columns) override { table_.copy_rows(pairs(columns), true); }
+  void store(const std::vector<Column>& columns) const override { table_.copy_rows(pairs(columns), false); }
+
+ private:
+  static CudaEmbeddingOptions options_of(const DeviceTableSpec& spec) {
+    CudaEmbeddingOptions o;
+    o.name = spec.name;
+    o.rows = spec.rows;
+    o.dim = spec.dim;
+    o.seed = spec.seed;
+    o.init_scale = spec.init_scale;
+    o.optimizer = spec.optimizer.type;
+    o.lr = spec.optimizer.lr;
+    o.eps = spec.optimizer.type == "adam" ? spec.optimizer.eps : spec.optimizer.adagrad_eps;
+    o.initial_accumulator = spec.optimizer.initial_accumulator;
+    o.beta1 = spec.optimizer.beta1;
+    o.beta2 = spec.optimizer.beta2;
+    return o;
+  }
+  static std::vector<std::pair<std::string, void*>> pairs(const std::vector<Column>& columns) {
+    std::vector<std::pair<std::string, void*>> out;
+    for (const Column& c : columns) out.emplace_back(c.name, c.data);
+    return out;
+  }
+
+  CudaEmbeddingTable table_;
+  std::vector<std::unique_ptr<DeviceVector<int64_t>>> ids_, offsets_;  // per slot
+};
+
+}  // namespace
+
+std::unique_ptr<DeviceTable> make_cuda_device_table(const DeviceTableSpec& spec) {
+  return std::make_unique<CudaDeviceTable>(spec);
+}
+
 CudaEmbeddingTable::Snapshot CudaEmbeddingTable::snapshot() const {
   const Buffers& b = *buffers_;
   const int64_t rows = this->rows(), dim = options_.dim;
@@ -467,7 +587,8 @@ CudaEmbeddingTable::Snapshot CudaEmbeddingTable::snapshot() const {
   std::vector<int64_t> widths;
   columns.emplace_back("values", to_host(b.values.get(), rows * dim));
   widths.push_back(dim);
-  if (options_.optimizer == "adagrad") {
+  if (options_.optimizer == "sgd") {
+  } else if (options_.optimizer == "adagrad") {
     columns.emplace_back("accumulator", to_host(b.acc.get(), rows * dim));
     widths.push_back(dim);
   } else {

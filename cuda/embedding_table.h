@@ -51,12 +51,15 @@ struct CudaEmbeddingOptions {
   bool mean_pooling = false; // false: sum
   uint64_t seed = 1;         // run.seed
   double init_scale = 0.01;  // rows start N(0, init_scale²)
-  std::string optimizer = "adagrad";  // adagrad | adam (lazy)
+  std::string optimizer = "adagrad";  // sgd | adagrad | adam (lazy)
   double lr = 0.05;
   double eps = 1e-10;
   double initial_accumulator = 0.0;  // adagrad
   double beta1 = 0.9, beta2 = 0.999;  // adam
 };
+
+struct DeviceTableSpec;
+class DeviceTable;
 
 class CudaEmbeddingTable {
  public:
@@ -84,6 +87,7 @@ class CudaEmbeddingTable {
     const int64_t* ids;      // device, [nnz]
     int64_t nnz;
     int64_t col;
+    int mean = -1;  // 1: mean pooling, 0: sum, -1: the table's mean_pooling
   };
   void forward(const std::vector<Slot>& slots, int64_t batch, float* out, int64_t out_cols, bool training);
   // dout [batch, dim] (device): the gradient of the last training forward's output. The
@@ -91,6 +95,13 @@ class CudaEmbeddingTable {
   void backward_update(const float* dout);
   // The same for a several-slot forward: dout [batch, dout_cols], each slot's gradient at its columns.
   void backward_update(const float* dout, int64_t dout_cols);
+
+  // The rate of the following backward_update calls.
+  void set_lr(double lr);
+  // A fixed table's rows in row order, to the device (to_device) or from it, by column: "values"
+  // f32 [rows, dim], and the optimizer's "accumulator" (adagrad), or "m", "v" f32 [rows, dim] and
+  // "steps" int64 [rows] (adam); HOST arrays. An unknown column or a hash table: InternalError.
+  void copy_rows(const std::vector<std::pair<std::string, void*>>& columns, bool to_device) const;
 
   // Host copies of every row holding a key, in increasing key order: keys (fixed: the rows),
   // values [rows, dim], and the optimizer state by name ("accumulator", or "m", "v" [rows, dim]
@@ -108,5 +119,9 @@ class CudaEmbeddingTable {
   uint64_t table_seed_ = 0;
   std::unique_ptr<Buffers> buffers_;
 };
+
+// The model's device table (core/device_table.h) on a CudaEmbeddingTable: the factory cuda/
+// registers for Device::CUDA.
+std::unique_ptr<DeviceTable> make_cuda_device_table(const DeviceTableSpec& spec);
 
 }  // namespace ncsrec

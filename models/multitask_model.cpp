@@ -282,7 +282,6 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
   dlogit_bufs_.resize(config_.tasks.size());
   prob_bufs_.resize(config_.tasks.size());
   logit_host_bufs_.resize(config_.tasks.size());
-  dlogit_device_bufs_.resize(config_.tasks.size());
   staged_logits_.resize(config_.tasks.size());
 }
 
@@ -338,6 +337,73 @@ void copy_dense(Tensor& x, int64_t col, const std::vector<float>& dense, int64_t
 
 }  // namespace
 
+std::vector<ShardedTable>& MultiTaskModel::tables() {
+  store_device_tables();
+  host_tables_newer_ = !device_tables_.empty();
+  return tables_;
+}
+
+const std::vector<ShardedTable>& MultiTaskModel::tables() const {
+  store_device_tables();
+  return tables_;
+}
+
+std::string MultiTaskModel::device_table_limits(const OptimizerConfig& sparse) const {
+  if (device_ == Device::CPU) return "a CPU model";
+  if (!device_table_factory(device_)) return "the " + std::string(device_name(device_)) + " backend trains no table";
+  if (comm_) return "several ranks (the tables are sharded over the hosts)";
+  if (dtype_ != DType::F32) return "an f64 model";
+  if (sparse.type != "sgd" && sparse.type != "adagrad" && sparse.type != "adam")
+    return "sparse optimizer " + sparse.type;
+  for (const auto& t : tables_)
+    if (t.hashed()) return "hash table " + t.name();
+  return "";
+}
+
+bool MultiTaskModel::place_tables_on_device(const OptimizerConfig& sparse,
+                                            const std::vector<std::vector<std::pair<std::string, Tensor*>>>& state) {
+  NCSREC_CHECK(state.size() == tables_.size(), state.size() << " optimizer states for " << tables_.size() << " tables");
+  device_tables_.clear();
+  if (!device_table_limits(sparse).empty()) return false;
+  const DeviceTableFactory make = device_table_factory(device_);
+  for (size_t t = 0; t < tables_.size(); ++t) {
+    const ShardedTable& table = tables_[t];
+    DeviceTableSpec spec;
+    spec.name = table.name();
+    spec.rows = table.rows();
+    spec.dim = table.dim();
+    spec.seed = seed_;
+    spec.init_scale = config_.embedding_init;
+    spec.optimizer = sparse;
+    device_tables_.push_back(make(spec));
+  }
+  device_table_state_ = state;
+  device_table_lr_ = sparse.lr;
+  host_tables_newer_ = true;  // the host's rows (initial or restored) go up before the first step
+  device_tables_newer_ = false;
+  return true;
+}
+
+std::vector<DeviceTable::Column> MultiTaskModel::device_table_columns(size_t t) const {
+  // The host copy is the device's mirror: storing into it does not change the model.
+  auto& table = const_cast<ShardedTable&>(tables_[t]);
+  std::vector<DeviceTable::Column> columns{{"values", table.shard().values().raw()}};
+  for (const auto& [name, tensor] : device_table_state_[t]) columns.push_back({name, tensor->raw()});
+  return columns;
+}
+
+void MultiTaskModel::store_device_tables() const {
+  if (!device_tables_newer_) return;
+  for (size_t t = 0; t < device_tables_.size(); ++t) device_tables_[t]->store(device_table_columns(t));
+  device_tables_newer_ = false;
+}
+
+void MultiTaskModel::load_device_tables() {
+  if (!host_tables_newer_) return;
+  for (size_t t = 0; t < device_tables_.size(); ++t) device_tables_[t]->load(device_table_columns(t));
+  host_tables_newer_ = false;
+}
+
 void MultiTaskModel::start_day(int64_t day) {
   for (auto& table : tables_) table.start_day(day);
 }
@@ -348,10 +414,20 @@ void MultiTaskModel::forward(const Block& batch, bool training) {
     check_compatible(batch.schema, "a batch");
   const int64_t B = batch.rows;
   lookups_.resize(tables_.size());
+  const bool tables_on_device = !device_tables_.empty();
+  if (tables_on_device) load_device_tables();
   for (auto& g : groups_) {
     g.host = ensure_buffer(g.host_buf, B, input_dim_, dtype_, Device::CPU, device_);  // goes up
     for (const auto& tr : g.tables) {
       ShardedTable& table = tables_[static_cast<size_t>(tr.table)];
+      if (tables_on_device) {  // pooled on the device below; the host keeps the counters
+        if (training)
+          for (const auto& s : tr.slots) {
+            const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
+            table.count_reads(c.ids.data(), static_cast<int64_t>(c.ids.size()));
+          }
+        continue;
+      }
       if (!comm_ && !table.hashed()) {  // one process, a fixed table: it is all here
         for (const auto& s : tr.slots) {
           const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
@@ -388,12 +464,26 @@ void MultiTaskModel::forward(const Block& batch, bool training) {
       // The dot products are made on the device from the embeddings gone up (the interaction's
       // columns, last in the input and F² of them a row, never cross the bus).
       g.x = ensure_buffer(g.x_buf, B, input_dim_, dtype_, device_);
-      if (interaction_col_ >= 0) {
-        g.x.copy_columns_from(g.host, interaction_col_);
-        pairwise_dot_forward(g.x, interaction_col_, g.x, 0, interaction_fields_, config_.embedding_dim);
+      const int64_t host_end = interaction_col_ >= 0 ? interaction_col_ : input_dim_;
+      if (tables_on_device) {
+        // Only the host's columns go up (dense features, history); the tables pool their slots
+        // into the rest on the device, from the batch's ids.
+        g.x.copy_columns_from(g.host, embedding_cols_, host_end);
+        for (const auto& tr : g.tables) {
+          std::vector<DeviceTable::Slot> slots;
+          for (const auto& s : tr.slots) {
+            const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
+            slots.push_back({c.offsets.data(), c.ids.data(), static_cast<int64_t>(c.ids.size()), s.col,
+                             s.pooling == Pooling::Mean});
+          }
+          device_tables_[static_cast<size_t>(tr.table)]->forward(slots, B, static_cast<float*>(g.x.raw()), input_dim_,
+                                                                  training);
+        }
       } else {
-        g.x.copy_from(g.host);
+        g.x.copy_columns_from(g.host, host_end);
       }
+      if (interaction_col_ >= 0)
+        pairwise_dot_forward(g.x, interaction_col_, g.x, 0, interaction_fields_, config_.embedding_dim);
     }
   }
   if (condition_dim_ > 0) {
@@ -424,41 +514,40 @@ Pass MultiTaskModel::pass(size_t group, bool training) const {
   return p;
 }
 
-namespace {
 
-template <class T>
-double task_loss(const TaskSpec& spec, const T* logits, const float* labels, const float* weights, int64_t n,
-                 double normalizer, T* prob, T* grad) {
-  if (spec.loss == "focal")
-    return focal_forward_backward<T>(logits, labels, weights, n, spec.focal_alpha, spec.focal_gamma, normalizer, prob,
-                                     grad);
-  if (spec.loss == "mse") return sigmoid_mse_forward_backward<T>(logits, labels, weights, n, normalizer, prob, grad);
-  return sigmoid_bce_forward_backward<T>(logits, labels, weights, n, normalizer, prob, grad);
+Tensor MultiTaskModel::stage_f32(StagedColumn& column, const float* values, int64_t n) {
+  Tensor host = ensure_buffer(column.host, n, 1, DType::F32, Device::CPU, device_);
+  if (n > 0) std::memcpy(host.raw(), values, static_cast<size_t>(n) * sizeof(float));
+  if (device_ == Device::CPU) return host;
+  Tensor up = ensure_buffer(column.device, n, 1, DType::F32, device_);
+  up.copy_from(host);
+  return up;
 }
 
-}  // namespace
-
-template <class T>
 StepLoss MultiTaskModel::compute_losses(const Block& batch, const std::vector<double>& normalizers,
                                         const std::vector<const Tensor*>& logits, std::vector<Tensor*>& dlogits,
-                                        std::vector<Tensor*>& probs, int only_task) const {
+                                        std::vector<Tensor*>& probs, int only_task) {
   const ModelConfig& cfg = config_;
   const int64_t B = batch.rows;
   const float* data_weight = batch.weight.empty() ? nullptr : batch.weight.data();
   StepLoss loss;
   const std::vector<double> weight = effective_loss_weights();
+  loss_columns_.resize(2 * cfg.tasks.size() + 1);
   if (cfg.esmm) {
     const auto& click = batch.labels[static_cast<size_t>(label_index_[0])];
     const auto& conv = batch.labels[static_cast<size_t>(label_index_[1])];
     std::vector<float> ctcvr(static_cast<size_t>(B));
     for (int64_t i = 0; i < B; ++i) ctcvr[static_cast<size_t>(i)] = click[static_cast<size_t>(i)] * conv[static_cast<size_t>(i)];
-    std::vector<T> p_ctcvr(static_cast<size_t>(B));
+    const Tensor click_t = stage_f32(loss_columns_[0], click.data(), B);
+    const Tensor ctcvr_t = stage_f32(loss_columns_[1], ctcvr.data(), B);
+    Tensor weight_t;
+    if (data_weight) weight_t = stage_f32(loss_columns_[2], data_weight, B);
+    Tensor p_ctcvr = ensure_buffer(p_ctcvr_buf_, B, 1, dtype_, device_);
     // Loss weights: the CTR loss carries the first task's weight, the CTCVR loss the second's.
-    const EsmmLoss l = esmm_forward_backward<T>(
-        logits[0]->data<T>(), logits[1]->data<T>(), click.data(), ctcvr.data(), data_weight, B, normalizers[0],
-        weight[1] / std::max(weight[0], 1e-12), probs[0]->data<T>(), probs[1]->data<T>(), p_ctcvr.data(),
-        dlogits[0]->data<T>(), dlogits[1]->data<T>());
-    // esmm_forward_backward's gradients are of ctr + w·ctcvr; scale by the CTR loss's weight.
+    const ops::EsmmLosses l =
+        ops::esmm_loss(*logits[0], *logits[1], click_t, ctcvr_t, data_weight ? &weight_t : nullptr, normalizers[0],
+                       weight[1] / std::max(weight[0], 1e-12), *probs[0], *probs[1], p_ctcvr, *dlogits[0], *dlogits[1]);
+    // esmm_loss's gradients are of ctr + w·ctcvr; scale by the CTR loss's weight.
     if (weight[0] != 1.0) {
       ops::scale(*dlogits[0], weight[0]);
       ops::scale(*dlogits[1], weight[0]);
@@ -473,9 +562,17 @@ StepLoss MultiTaskModel::compute_losses(const Block& batch, const std::vector<do
     if (only_task >= 0 && static_cast<int>(t) != only_task) continue;
     for (int64_t i = 0; i < B; ++i)
       w[static_cast<size_t>(i)] = row_in_loss(batch, t, i) ? (data_weight ? data_weight[i] : 1.0f) : 0.0f;
-    const double l = task_loss<T>(cfg.tasks[t], logits[t]->data<T>(),
-                                  batch.labels[static_cast<size_t>(label_index_[t])].data(), w.data(), B,
-                                  normalizers[t], probs[t]->data<T>(), dlogits[t]->data<T>());
+    const Tensor labels = stage_f32(loss_columns_[2 * t], batch.labels[static_cast<size_t>(label_index_[t])].data(), B);
+    const Tensor weights = stage_f32(loss_columns_[2 * t + 1], w.data(), B);
+    const TaskSpec& spec = cfg.tasks[t];
+    double l;
+    if (spec.loss == "focal")
+      l = ops::focal_loss(*logits[t], labels, &weights, spec.focal_alpha, spec.focal_gamma, normalizers[t], *probs[t],
+                          *dlogits[t]);
+    else if (spec.loss == "mse")
+      l = ops::sigmoid_mse(*logits[t], labels, &weights, normalizers[t], *probs[t], *dlogits[t]);
+    else
+      l = ops::sigmoid_bce(*logits[t], labels, &weights, normalizers[t], *probs[t], *dlogits[t]);
     if (weight[t] != 1.0) ops::scale(*dlogits[t], weight[t]);
     loss.per_task[t] = l;
     loss.total += weight[t] * l;
@@ -634,8 +731,8 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     if (!active(t)) continue;
     const size_t g = static_cast<size_t>(group_of_task_[t]);
     logits[t] = &towers_[t]->forward(shared_output(t), pass(g, true));
-    dlogit_views[t] = ensure_buffer(dlogit_bufs_[t], B, 1, dtype_, Device::CPU, device_);
-    prob_views[t] = ensure_buffer(prob_bufs_[t], B, 1, dtype_, Device::CPU);
+    dlogit_views[t] = ensure_buffer(dlogit_bufs_[t], B, 1, dtype_, device_);
+    prob_views[t] = ensure_buffer(prob_bufs_[t], B, 1, dtype_, device_);
     dlogits[t] = &dlogit_views[t];
     probs[t] = &prob_views[t];
   }
@@ -647,19 +744,8 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     loss = dtype_ == DType::F32 ? three_tower_losses<float>(batch, normalizers, dlogit_views, dmixed)
                                 : three_tower_losses<double>(batch, normalizers, dlogit_views, dmixed);
   } else {
-    // The losses run on the host: a device model's logits come down ([B, 1] per task).
-    std::vector<const Tensor*> host_logits(T, nullptr);
-    for (size_t t = 0; t < T; ++t)
-      if (logits[t]) host_logits[t] = &logits_on_host(t, *logits[t]);
-    loss = dtype_ == DType::F32 ? compute_losses<float>(batch, normalizers, host_logits, dlogits, probs, only_task)
-                                : compute_losses<double>(batch, normalizers, host_logits, dlogits, probs, only_task);
-    if (device_ != Device::CPU)
-      for (size_t t = 0; t < T; ++t) {
-        if (!dlogits[t]) continue;
-        Tensor up = ensure_buffer(dlogit_device_bufs_[t], B, 1, dtype_, device_);
-        up.copy_from(*dlogits[t]);
-        dlogit_views[t] = up;  // dlogits[t] points here: the towers' backward reads the device copy
-      }
+    // The losses run where the logits are: only the labels go up and the loss values come down.
+    loss = compute_losses(batch, normalizers, logits, dlogits, probs, only_task);
   }
   if (!log_sigma_.empty()) {
     // L = Σ_k w_k L_k / (2σ_k²) + log σ_k, s_k = log σ_k: dL/ds_k = −2·(w_k e^{−2s_k}/2)·L_k + 1.
@@ -718,8 +804,18 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
       const Tensor& x = device_ == Device::CPU ? grp.host : grp.x;
       pairwise_dot_backward(dx, 0, dx, interaction_col_, x, interaction_fields_, config_.embedding_dim);
     }
-    // The rest of the backward is the host's (the tables live there): a device model's input
-    // gradient comes down once, without the interaction's columns.
+    // The rest of the backward is the host's where the tables live there: a device model's input
+    // gradient comes down once, without the interaction's columns. Tables on the device read it
+    // where it is; it comes down only for the history features.
+    if (!device_tables_.empty()) {
+      if (history_) {
+        Tensor down = ensure_buffer(grp.dx_host_buf, B, input_dim_, dtype_, Device::CPU, device_);
+        down.copy_columns_from(grp.dx.sum, history_col_, history_col_ + history_->width());
+        history_->backward(down, history_col_, batch);
+      }
+      input_grads[g] = grp.dx.sum;
+      continue;
+    }
     if (device_ != Device::CPU) {
       dx = ensure_buffer(grp.dx_host_buf, B, input_dim_, dtype_, Device::CPU, device_);
       if (interaction_col_ >= 0) dx.copy_columns_from(grp.dx.sum, interaction_col_);
@@ -740,6 +836,20 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
       continue;
     }
     const Tensor& dx = input_grads[g];
+    if (!device_tables_.empty()) {
+      // Each table's segment sum and sparse update of the rows the batch read, on the device.
+      for (const auto& tr : grp.tables) {
+        const size_t t = static_cast<size_t>(tr.table);
+        device_tables_[t]->backward_update(static_cast<const float*>(dx.raw()), input_dim_, device_table_lr_);
+        RowColumn& updated = tables_[t].shard().updated_step();
+        for (const auto& s : tr.slots) {
+          const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
+          for (const int64_t id : c.ids) updated[static_cast<size_t>(embedding_row(id, tables_[t].rows()))] = step_;
+        }
+      }
+      device_tables_newer_ = true;
+      continue;
+    }
     for (const auto& tr : grp.tables) {
       const size_t t = static_cast<size_t>(tr.table);
       const ShardedTable& table = tables_[t];
@@ -1077,11 +1187,5 @@ template StepLoss MultiTaskModel::three_tower_losses<float>(const Block&, const 
                                                             std::vector<Tensor>&, Tensor&);
 template StepLoss MultiTaskModel::three_tower_losses<double>(const Block&, const std::vector<double>&,
                                                              std::vector<Tensor>&, Tensor&);
-template StepLoss MultiTaskModel::compute_losses<float>(const Block&, const std::vector<double>&,
-                                                        const std::vector<const Tensor*>&, std::vector<Tensor*>&,
-                                                        std::vector<Tensor*>&, int) const;
-template StepLoss MultiTaskModel::compute_losses<double>(const Block&, const std::vector<double>&,
-                                                         const std::vector<const Tensor*>&, std::vector<Tensor*>&,
-                                                         std::vector<Tensor*>&, int) const;
 
 }  // namespace ncsrec

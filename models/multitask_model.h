@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "core/data/block.h"
+#include "core/device_table.h"
 #include "core/layers/embedding_bag.h"
 #include "core/layers/linear.h"
 #include "core/params.h"
@@ -163,7 +164,25 @@ class MultiTaskModel {
   // its phases, train_one_step the rest.
   PhaseClock& phase_clock() { return phase_clock_; }
   // This rank's part of every table (all of it on one rank); sparse optimizers step shard().
-  std::vector<ShardedTable>& tables() { return tables_; }
+  // With the tables trained on the device, the host copy is brought up to date first; through
+  // the non-const overload it is then taken as changed, and goes back to the device before the
+  // next step (a whole-table copy each way: read through the const overload where nothing
+  // changes).
+  std::vector<ShardedTable>& tables();
+  const std::vector<ShardedTable>& tables() const;
+  // The embedding tables trained in the device's memory (core/device_table.h) instead of the
+  // host's: for a device model on one process whose tables are all fixed-size f32 ones, with a
+  // sparse optimizer the device has, where the device's backend trains tables. `state`: each
+  // table's sparse optimizer state (SparseOptimizer::state()), mirrored on the device. Returns
+  // whether they moved; where not, the tables stay on the host, pooled there and stepped by the
+  // host's sparse optimizers.
+  bool place_tables_on_device(const OptimizerConfig& sparse,
+                              const std::vector<std::vector<std::pair<std::string, Tensor*>>>& state);
+  bool tables_on_device() const { return !device_tables_.empty(); }
+  // Why place_tables_on_device keeps the tables on the host (empty: it moves them).
+  std::string device_table_limits(const OptimizerConfig& sparse) const;
+  // The sparse optimizers' rate for the device-side updates of the following training steps.
+  void set_device_table_lr(double lr) { device_table_lr_ = lr; }
   // Per table: the gradient of this rank's shard (rows = shard rows), already summed over ranks.
   const std::vector<SparseGrad>& sparse_grads() const { return sparse_grads_; }
   int64_t input_dim() const { return input_dim_; }
@@ -206,10 +225,18 @@ class MultiTaskModel {
   bool row_in_loss(const Block& batch, size_t task, int64_t row) const;
   void init_learned_masks(uint64_t seed);
   void refresh_learned_masks();  // masks = each layer's top-k scores, per task
-  template <class T>
+  // Every active task's loss head on the model's device: logits, dlogits and probs there.
   StepLoss compute_losses(const Block& batch, const std::vector<double>& normalizers,
                           const std::vector<const Tensor*>& logits, std::vector<Tensor*>& dlogits,
-                          std::vector<Tensor*>& probs, int only_task) const;
+                          std::vector<Tensor*>& probs, int only_task);
+  // A host column of n floats on the model's device, through a pinned staging buffer there
+  // (the staging buffer itself on the CPU).
+  struct StagedColumn {
+    Tensor host, device;
+  };
+  Tensor stage_f32(StagedColumn& column, const float* values, int64_t n);
+  std::vector<StagedColumn> loss_columns_;  // labels and loss weights of each task, going up
+  Tensor p_ctcvr_buf_;                      // esmm: pCTCVR of the step
 
   ModelConfig config_;
   DataSchema schema_;
@@ -224,6 +251,16 @@ class MultiTaskModel {
   std::vector<std::string> loss_names_;
   ParamStore params_;
   std::vector<ShardedTable> tables_;
+  // Tables trained on the device: one per table, their host columns (values, optimizer state),
+  // and which copy is newer (the device's after a step, the host's after a non-const tables()).
+  std::vector<std::unique_ptr<DeviceTable>> device_tables_;
+  std::vector<std::vector<std::pair<std::string, Tensor*>>> device_table_state_;
+  mutable bool device_tables_newer_ = false;
+  bool host_tables_newer_ = false;
+  double device_table_lr_ = 0.0;
+  void store_device_tables() const;  // the device's rows into the host tables, when newer
+  void load_device_tables();         // the host's rows onto the device, when newer
+  std::vector<DeviceTable::Column> device_table_columns(size_t table) const;
   Communicator* comm_ = nullptr;                   // null: one process
   std::vector<ShardedTable::Lookup> lookups_;      // per table (over several ranks): this batch's rows
   std::vector<InputGroup> groups_;
@@ -255,8 +292,8 @@ class MultiTaskModel {
   bool update_masks_stale_ = true;
   std::vector<Tensor> update_masks_device_;        // their device copies (a device model)
   bool update_masks_device_stale_ = true;
-  // A device model's per-task staging between the device and the host-side losses.
-  std::vector<Tensor> logit_host_bufs_, dlogit_device_bufs_, staged_logits_;  // staged: the current views
+  // A device model's per-task staging of logits for the host (predict).
+  std::vector<Tensor> logit_host_bufs_, staged_logits_;  // staged: the current views
   // The host copy of a task's logits [B, 1] (the tensor itself on the CPU).
   const Tensor& logits_on_host(size_t task, const Tensor& logits);
   std::vector<std::unique_ptr<FeedForward>> towers_;

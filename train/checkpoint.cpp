@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <utility>
 
 #include "core/crc32c.h"
 #include "core/error.h"
@@ -247,7 +248,7 @@ void save_checkpoint(const std::string& dir, const TrainingState& state, const C
     }
     if (model.num_masked_layers() > 0) write_masks(f, model);
     // Each rank writes the rows it holds, keyed by global row: any number of ranks can load them.
-    auto& tables = model.tables();
+    const auto& tables = std::as_const(model).tables();
     for (size_t i = 0; i < tables.size(); ++i) {
       // Rows in increasing key order (a hash table holds them in insertion order), so that a
       // checkpoint does not depend on the order ids arrived in, or on an earlier restore.

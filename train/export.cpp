@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <unordered_set>
+#include <utility>
 
 #include <yaml-cpp/yaml.h>
 
@@ -292,12 +293,12 @@ Since read_since(const std::string& since, const CheckpointMeta& now) {
 // keys evicted since (`evicted`).
 void write_tables(h5::File& f, MultiTaskModel& model, const Since* since, ExportSummary& summary) {
   const ModelConfig& c = model.config();
-  auto& tables = model.tables();
+  const auto& tables = std::as_const(model).tables();
   // Built as the model builds them: per input group (one per task in single_task), the
   // config's tables in order.
   NCSREC_CHECK(!c.tables.empty() && tables.size() % c.tables.size() == 0, "tables do not follow the config");
   for (size_t i = 0; i < tables.size(); ++i) {
-    ShardedTable& table = tables[i];
+    const ShardedTable& table = tables[i];
     const TableSpec& spec = c.tables[i % c.tables.size()];
     NCSREC_CHECK(table.hashed() || table.holds_all_rows(), "table " << table.name() << " is not whole in this process");
     const std::string g = "tables/" + table.name();

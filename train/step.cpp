@@ -22,6 +22,9 @@ Optimizers make_optimizers(const OptimizerConfig& dense, const OptimizerConfig& 
   o.dense = make_dense_optimizer(dense, model.params().numel(), model.dtype(), model.device());
   o.dense->set_decay_mask(model.params().decay_mask());
   for (auto& table : model.tables()) o.sparse.push_back(make_sparse_optimizer(sparse, table.shard()));
+  std::vector<std::vector<std::pair<std::string, Tensor*>>> state;
+  for (const auto& s : o.sparse) state.push_back(s->state());
+  model.place_tables_on_device(sparse, state);
   return o;
 }
 
@@ -101,6 +104,12 @@ StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Blo
     MultiTaskModel& model;
     ~Unhook() { model.set_gradient_ready(nullptr); }
   } unhook{model};
+  // The rates follow the step alone (every rank alike); the tables on a device take theirs
+  // during the backward, where their rows are updated.
+  const double factor = lr_factor(optimizers.lr_schedule, step);
+  optimizers.dense->set_lr(optimizers.dense->base_lr() * factor);
+  for (auto& s : optimizers.sparse) s->set_lr(s->base_lr() * factor);
+  if (!optimizers.sparse.empty()) model.set_device_table_lr(optimizers.sparse.front()->lr());
   StepLoss loss = model.train_step(batch, norms, task);
   // Each rank's loss is its share of the global mean: the sum over ranks is the loss. A task
   // not stepped reports NaN on every rank, and stays NaN.
@@ -109,10 +118,7 @@ StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Blo
   dense_sum.finish();
   clock.mark(StepPhase::AllReduce);
 
-  // Every rank holds the same reduced gradient and step, so every rank clips and schedules alike.
-  const double factor = lr_factor(optimizers.lr_schedule, step);
-  optimizers.dense->set_lr(optimizers.dense->base_lr() * factor);
-  for (auto& s : optimizers.sparse) s->set_lr(s->base_lr() * factor);
+  // Every rank holds the same reduced gradient and step, so every rank clips alike.
   // The update mask where the parameters are (the host's own on the CPU).
   const uint8_t* update = exact_masks ? model.update_mask_on_device(task) : model.params().trainable_mask_on_device();
   const double grad_norm = clip_grad_norm(model.params().grads(), optimizers.clip_grad_norm, update);
@@ -120,7 +126,7 @@ StepLoss train_one_step(MultiTaskModel& model, Optimizers& optimizers, const Blo
   optimizers.dense->step(model.params().values(), model.params().grads(), step, update);
   model.apply_mask_penalty(task, optimizers.dense->lr());  // learned masks, sparsity: penalty
   clock.mark(StepPhase::DenseOptimizer);
-  for (size_t t = 0; t < model.tables().size(); ++t) {
+  for (size_t t = 0; t < model.sparse_grads().size(); ++t) {  // empty for tables stepped on the device
     const SparseGrad& grad = model.sparse_grads()[t];
     if (grad.rows.empty()) continue;
     EmbeddingTable& shard = model.tables()[t].shard();

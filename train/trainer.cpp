@@ -10,6 +10,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <utility>
 
 #include "core/data/hdf5_shard.h"
 #include "core/data/reader.h"
@@ -53,7 +54,7 @@ int64_t days_since_epoch(const std::string& day) {
 // collective: every rank calls it). Empty when the model has no hash table.
 JsonObject hash_table_stats(MultiTaskModel& model, Communicator& comm) {
   JsonObject out;
-  for (const ShardedTable& t : model.tables()) {
+  for (const ShardedTable& t : std::as_const(model).tables()) {
     if (!t.hashed()) continue;
     const HashStats h = t.hash_stats();
     int64_t v[5] = {h.rows, h.pending, h.inserted, h.evicted_ttl, h.evicted_full};
@@ -368,13 +369,13 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   if (options.resume) open_run_files();
 
   bool has_hash_tables = false;
-  for (const auto& t : model.tables()) has_hash_tables = has_hash_tables || t.hashed();
+  for (const auto& t : std::as_const(model).tables()) has_hash_tables = has_hash_tables || t.hashed();
   // Today's reads are counted on today's day; hash tables drop the rows not seen for ttl_days.
   std::vector<HashStats> hash_before;
-  for (const auto& t : model.tables()) hash_before.push_back(t.hash_stats());
+  for (const auto& t : std::as_const(model).tables()) hash_before.push_back(t.hash_stats());
   model.start_day(day_number);
-  for (size_t i = 0; i < model.tables().size(); ++i) {
-    const ShardedTable& t = model.tables()[i];
+  for (size_t i = 0; i < std::as_const(model).tables().size(); ++i) {
+    const ShardedTable& t = std::as_const(model).tables()[i];
     if (!t.hashed()) continue;
     int64_t stats[2] = {t.hash_stats().evicted_ttl - hash_before[i].evicted_ttl, t.hash_stats().rows};
     comm.all_reduce_sum(stats, 2);
@@ -389,7 +390,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
 
   if (comm.rank() == 0)
     std::fprintf(stderr, "train: %s model, %lld dense parameters, %zu tables, %lld rows/epoch, %lld steps of %lld\n",
-                 config.model.type.c_str(), static_cast<long long>(model.params().numel()), model.tables().size(),
+                 config.model.type.c_str(), static_cast<long long>(model.params().numel()), std::as_const(model).tables().size(),
                  static_cast<long long>(reader->total_rows()), static_cast<long long>(total_steps),
                  static_cast<long long>(global_batch));
 

@@ -24,6 +24,7 @@
 
 #include <cuda_runtime.h>
 
+#include "core/device_table.h"
 #include "core/error.h"
 #include "core/layers/embedding_bag.h"
 #include "core/optim.h"
@@ -288,6 +289,95 @@ TEST_F(CudaEmbeddingParity, AFullTableIsAUserErrorNamingTheTable) {
     EXPECT_NE(std::string(e.what()).find("hash table items (GPU) is full"), std::string::npos) << e.what();
   }
   EXPECT_EQ(gpu.rows(), 4);
+}
+
+// The model's device table (core/device_table.h, registered by cuda/ with the backend): host
+// CSR arrays in, two slots of one table pooled differently (sum, mean), each optimizer, rows and
+// state loaded from the host first, a rate per step; against the host table and optimizer over
+// the same steps. Then store brings back exactly what the device holds.
+TEST_F(CudaEmbeddingParity, TheModelsDeviceTableTrainsAsTheHostTable) {
+  for (const std::string optimizer : {"sgd", "adagrad", "adam"}) {
+    SCOPED_TRACE(optimizer);
+    const DeviceTableFactory make = device_table_factory(Device::CUDA);
+    ASSERT_NE(make, nullptr) << "the backend registers its tables";
+    DeviceTableSpec spec;
+    spec.name = "items";
+    spec.rows = 300;
+    spec.dim = kDim;
+    spec.seed = kSeed;
+    spec.init_scale = kScale;
+    spec.optimizer.type = optimizer;
+    spec.optimizer.initial_accumulator = 0.1;
+    std::unique_ptr<DeviceTable> gpu = make(spec);
+    EmbeddingTable host("items", spec.rows, kDim, DType::F32, kSeed, kScale);
+    std::unique_ptr<SparseOptimizer> opt = make_sparse_optimizer(spec.optimizer, host);
+    // Random values and state on the host (not the initial ones), loaded onto the device.
+    Rng rng(77);
+    for (int64_t i = 0; i < host.values().numel(); ++i) host.values().data<float>()[i] = static_cast<float>(rng.normal());
+    for (auto& [name, t] : opt->state()) {
+      if (t->dtype() == DType::F32)
+        for (int64_t i = 0; i < t->numel(); ++i) t->data<float>()[i] = static_cast<float>(0.01 + rng.uniform());
+      else
+        for (int64_t i = 0; i < t->numel(); ++i) t->data<int64_t>()[i] = static_cast<int64_t>(rng.below(5));
+    }
+    auto columns_of = [&](EmbeddingTable& table, SparseOptimizer& o) {
+      std::vector<DeviceTable::Column> c{{"values", table.values().raw()}};
+      for (auto& [name, t] : o.state()) c.push_back({name, t->raw()});
+      return c;
+    };
+    gpu->load(columns_of(host, *opt));
+    const int64_t B = 64, cols = 3 * kDim;  // slot a at column 0, slot b at 2·dim; the middle untouched
+    for (int step = 0; step < 3; ++step) {
+      const Bags a = random_bags(B, 400, 10 + step), b = random_bags(B, 400, 20 + step);
+      const std::vector<DeviceTable::Slot> slots{{a.offsets.data(), a.ids.data(), static_cast<int64_t>(a.ids.size()), 0, false},
+                                                 {b.offsets.data(), b.ids.data(), static_cast<int64_t>(b.ids.size()), 2 * kDim, true}};
+      DeviceCopy<float> out(std::vector<float>(static_cast<size_t>(B * cols), std::numeric_limits<float>::quiet_NaN()));
+      gpu->forward(slots, B, out.ptr, cols, true);
+      const std::vector<float> got = out.to_host(static_cast<size_t>(B * cols));
+      Tensor want = Tensor::empty({B, cols}, DType::F32);
+      embedding_bag_forward(want, 0, host.values(), a.offsets.data(), a.ids.data(), B, Pooling::Sum);
+      embedding_bag_forward(want, 2 * kDim, host.values(), b.offsets.data(), b.ids.data(), B, Pooling::Mean);
+      for (int64_t r = 0; r < B; ++r)
+        for (int64_t c = 0; c < cols; ++c) {
+          const float g = got[static_cast<size_t>(r * cols + c)];
+          if (c >= kDim && c < 2 * kDim) {
+            EXPECT_TRUE(std::isnan(g)) << "column " << c << " belongs to no slot";
+            continue;
+          }
+          const float w = want.data<float>()[r * cols + c];
+          EXPECT_NEAR(g, w, 1e-5 * (1.0 + std::abs(w))) << "step " << step << " row " << r << " column " << c;
+        }
+      std::vector<float> dout(static_cast<size_t>(B * cols));
+      for (float& v : dout) v = static_cast<float>(rng.normal());
+      DeviceCopy<float> d_dout(dout);
+      const double lr = 0.05 / (step + 1);
+      gpu->backward_update(d_dout.ptr, cols, lr);
+      Tensor dx = Tensor::empty({B, cols}, DType::F32);
+      std::copy(dout.begin(), dout.end(), dx.data<float>());
+      const SparseGrad grad = embedding_bag_backward(
+          dx, {{a.offsets.data(), a.ids.data(), 0, Pooling::Sum}, {b.offsets.data(), b.ids.data(), 2 * kDim, Pooling::Mean}},
+          B, spec.rows, kDim);
+      opt->set_lr(lr);
+      opt->step(host, grad);
+    }
+    EmbeddingTable back("items", spec.rows, kDim, DType::F32, kSeed, kScale);
+    std::unique_ptr<SparseOptimizer> back_opt = make_sparse_optimizer(spec.optimizer, back);
+    gpu->store(columns_of(back, *back_opt));
+    auto close_all = [&](const Tensor& got, const Tensor& want, const std::string& name) {
+      ASSERT_EQ(got.numel(), want.numel()) << name;
+      for (int64_t i = 0; i < want.numel(); ++i) {
+        if (want.dtype() == DType::I64) {
+          ASSERT_EQ(got.data<int64_t>()[i], want.data<int64_t>()[i]) << name << " " << i;
+          continue;
+        }
+        const float w = want.data<float>()[i];
+        ASSERT_NEAR(got.data<float>()[i], w, 1e-5 * std::fabs(w) + 1e-7) << name << " " << i;
+      }
+    };
+    close_all(back.values(), host.values(), "values");
+    for (size_t i = 0; i < opt->state().size(); ++i)
+      close_all(*back_opt->state()[i].second, *opt->state()[i].second, opt->state()[i].first);
+  }
 }
 
 TEST(CudaEmbeddingTableNoGpu, BuildingOneWithoutAGpuThrowsInsteadOfCrashing) {

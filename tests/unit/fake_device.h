@@ -1,5 +1,6 @@
 // A stand-in GPU for tests of the device code paths on machines without one: the CPU kernels
-// registered in the CUDA slot of the dispatch table (copies of every kind become memcpy). Code
+// registered in the CUDA slot of the dispatch table (copies of every kind become memcpy), and
+// host tables as its device tables (HostTwinTable). Code
 // written for a device then runs on host memory, and its host access to device tensors is still
 // refused (Tensor::data checks the device), so a missing copy fails here as it would on a GPU.
 // The real kernels are checked against the CPU ones by tests/gpu/.
@@ -7,15 +8,89 @@
 
 #include <atomic>
 #include <cstring>
+#include <memory>
+#include <vector>
 
+#include "core/device_table.h"
 #include "core/dispatch.h"
+#include "core/layers/embedding_bag.h"
+#include "core/layers/linear.h"
+#include "embedding/embedding_table.h"
 
 namespace ncsrec::testing {
+
+// Calls of the stand-in device's tables.
+inline std::atomic<int> g_table_forwards{0}, g_table_updates{0};
+
+// The stand-in device's embedding table (core/device_table.h): the host's table and sparse
+// optimizer over "device" memory that is host memory, so a model training its tables on the
+// device gives the host tables' bits. The real one (cuda/embedding_table.h) is checked against
+// the host's by tests/gpu/.
+class HostTwinTable final : public DeviceTable {
+ public:
+  explicit HostTwinTable(const DeviceTableSpec& spec)
+      : table_(spec.name, spec.rows, spec.dim, DType::F32, spec.seed, spec.init_scale),
+        optimizer_(make_sparse_optimizer(spec.optimizer, table_)) {}
+
+  void forward(const std::vector<Slot>& slots, int64_t batch, float* out, int64_t out_cols, bool training) override {
+    ++g_table_forwards;
+    const int64_t dim = table_.dim();
+    Tensor pooled = ensure_buffer(pooled_, batch, dim, DType::F32, Device::CPU);
+    for (const Slot& s : slots) {
+      embedding_bag_forward(pooled, 0, table_.values(), s.offsets, s.ids, batch, s.mean ? Pooling::Mean : Pooling::Sum);
+      for (int64_t r = 0; r < batch; ++r)
+        std::memcpy(out + r * out_cols + s.col, pooled.data<float>() + r * dim, static_cast<size_t>(dim) * sizeof(float));
+    }
+    slots_ = training ? slots : std::vector<Slot>();
+    batch_ = batch;
+  }
+
+  void backward_update(const float* dout, int64_t dout_cols, double lr) override {
+    ++g_table_updates;
+    Tensor dx = ensure_buffer(dx_, batch_, dout_cols, DType::F32, Device::CPU);
+    std::memcpy(dx.raw(), dout, dx.nbytes());
+    std::vector<SlotInput> inputs;
+    for (const Slot& s : slots_) inputs.push_back({s.offsets, s.ids, s.col, s.mean ? Pooling::Mean : Pooling::Sum});
+    embedding_bag_backward(grad_, workspace_, dx, inputs, batch_, table_.rows(), table_.dim());
+    optimizer_->set_lr(lr);
+    if (!grad_.rows.empty()) optimizer_->step(table_, grad_);
+    slots_.clear();
+  }
+
+  void load(const std::vector<Column>& columns) override {
+    for (const Column& c : columns) std::memcpy(column(c.name)->raw(), c.data, column(c.name)->nbytes());
+  }
+  void store(const std::vector<Column>& columns) const override {
+    for (const Column& c : columns) std::memcpy(c.data, column(c.name)->raw(), column(c.name)->nbytes());
+  }
+
+ private:
+  Tensor* column(const std::string& name) const {
+    if (name == "values") return const_cast<Tensor*>(&table_.values());
+    for (const auto& [n, t] : optimizer_->state())
+      if (n == name) return t;
+    throw InternalError("HostTwinTable: no column " + name);
+  }
+
+  EmbeddingTable table_;
+  std::unique_ptr<SparseOptimizer> optimizer_;
+  std::vector<Slot> slots_;  // the last training forward's
+  int64_t batch_ = 0;
+  SparseGrad grad_;
+  EmbeddingBagWorkspace workspace_;
+  Tensor pooled_, dx_;  // reused from step to step
+};
+
+inline std::unique_ptr<DeviceTable> make_host_twin_table(const DeviceTableSpec& spec) {
+  return std::make_unique<HostTwinTable>(spec);
+}
 
 class FakeDevice {
  public:
   FakeDevice() {
     if (device_available(Device::CUDA)) saved_ = ops_for(Device::CUDA);  // a real backend, put back after
+    saved_tables_ = device_table_factory(Device::CUDA);
+    register_device_tables(Device::CUDA, make_host_twin_table);
     OpTable t = ops_for(Device::CPU);
     t.copy = [](void* dst, const void* src, size_t bytes, CopyKind) { std::memcpy(dst, src, bytes); };
     t.copy_2d = [](void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows,
@@ -25,12 +100,16 @@ class FakeDevice {
     };
     register_ops(Device::CUDA, t);
   }
-  ~FakeDevice() { register_ops(Device::CUDA, saved_); }
+  ~FakeDevice() {
+    register_ops(Device::CUDA, saved_);
+    register_device_tables(Device::CUDA, saved_tables_);
+  }
   FakeDevice(const FakeDevice&) = delete;
   FakeDevice& operator=(const FakeDevice&) = delete;
 
  private:
   OpTable saved_{};
+  DeviceTableFactory saved_tables_ = nullptr;
 };
 
 // Calls of the stand-in device's fused masked-layer entries (core/dispatch.h masked_linear_*),

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -39,10 +40,11 @@ Block random_block(int64_t rows, uint64_t seed) {
   return testing::random_block(rows, seed, {"user", "item", "ctx"}, 3, 40, 1);
 }
 
-TrainConfig config_for(const std::string& model_yaml, const std::string& optimizer = "adam") {
-  const std::string yaml = "data: {train: [\"unused\"]}\nmodel:\n  embedding_dim: 4\n"
-                           "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n" +
-                           model_yaml + "optimizer: {type: " + optimizer + ", lr: 0.01, weight_decay: 0.001}\n" +
+const std::string kTasks = "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n";
+
+TrainConfig config_for(const std::string& model_yaml, const std::string& optimizer = "adam",
+                       const std::string& tasks = kTasks) {
+  const std::string yaml = "data: {train: [\"unused\"]}\nmodel:\n  embedding_dim: 4\n" + tasks + model_yaml + "optimizer: {type: " + optimizer + ", lr: 0.01, weight_decay: 0.001}\n" +
                            "sparse_optimizer: {type: adagrad, lr: 0.05}\ntrain: {batch_size: 32, clip_grad_norm: 0.5}\n";
   return parse_train_config(yaml, "device.yaml");
 }
@@ -208,8 +210,8 @@ TEST_P(DeviceModel, APlannedModelAllocatesNoDeviceMemoryInAnyStep) {
 }
 
 // The DLRM interaction of a device model runs on the device: its F² columns a row never cross
-// the bus. Up goes the input without them and down comes its gradient without them, each one
-// copy of the input's leading columns; no whole-input copy happens either way.
+// the bus, and neither do the embeddings (pooled on the device from the batch's ids). Up go the
+// dense features, one copy of their columns; nothing of the input or its gradient comes down.
 std::atomic<int64_t> g_copies_2d{0}, g_width_2d{0}, g_whole_input_copies{0};
 int64_t g_whole_input_bytes = 0;
 
@@ -238,10 +240,126 @@ TEST(DeviceTraining, TheInteractionRunsOnTheDeviceAndItsColumnsNeverCrossTheBus)
   plan_step_memory(gpu, 32);  // the masks and update masks go up here, not in the step
   g_copies_2d = g_whole_input_copies = 0;
   train_one_step(gpu, o, batch, -1, 1, true, *comm);
-  EXPECT_EQ(g_copies_2d, 2) << "the input up and its gradient down, each once";
-  EXPECT_GT(g_width_2d, 0);
-  EXPECT_LT(g_width_2d, input_dim * 4) << "the interaction's columns are not copied";
+  ASSERT_TRUE(gpu.tables_on_device());
+  EXPECT_EQ(g_copies_2d, 1) << "the dense features up, once";
+  EXPECT_EQ(g_width_2d, batch.schema.dense_dim * 4) << "only the dense features' columns cross";
   EXPECT_EQ(g_whole_input_copies, 0) << "a copy of the whole input crossed the bus";
+}
+
+// The loss heads of a device model run on the device: each active task's head is one call of
+// the device's entry, and nothing comes down in a step (the tables are on the device too), so
+// no logit or dL/dlogit crosses the bus.
+std::atomic<int> g_bce_calls{0}, g_focal_calls{0}, g_esmm_calls{0}, g_copies_down{0};
+
+TEST(DeviceTraining, TheLossHeadsRunOnTheDeviceAndNoLogitComesDown) {
+  FakeDevice device;
+  OpTable t = ops_for(Device::CUDA);
+  t.copy = [](void* dst, const void* src, size_t bytes, CopyKind kind) {
+    if (kind == CopyKind::DeviceToHost) ++g_copies_down;
+    std::memcpy(dst, src, bytes);
+  };
+  t.sigmoid_bce = [](DType d, const void* x, const float* y, const float* w, int64_t n, double norm, void* p,
+                     void* g) {
+    ++g_bce_calls;
+    return ops_for(Device::CPU).sigmoid_bce(d, x, y, w, n, norm, p, g);
+  };
+  t.focal_loss = [](DType d, const void* x, const float* y, const float* w, int64_t n, double a, double gm, double norm,
+                    void* p, void* g) {
+    ++g_focal_calls;
+    return ops_for(Device::CPU).focal_loss(d, x, y, w, n, a, gm, norm, p, g);
+  };
+  t.esmm_loss = [](DType d, const void* a, const void* b, const float* c, const float* cc, const float* w, int64_t n,
+                   double norm, double cw, void* p1, void* p2, void* p3, void* g1, void* g2, double* l) {
+    ++g_esmm_calls;
+    ops_for(Device::CPU).esmm_loss(d, a, b, c, cc, w, n, norm, cw, p1, p2, p3, g1, g2, l);
+  };
+  register_ops(Device::CUDA, t);
+  struct Model {
+    std::string yaml;
+    int bce, focal, esmm;  // calls per joint step
+    std::string tasks = kTasks;
+  };
+  const std::string focal_tasks =
+      "  tasks: {ctr: {label: click, loss: focal}, cvr: {label: conversion, given: ctr}}\n";
+  for (const Model& m : {Model{"  type: ncs\n  shared: [16, 8]\n  tower: []\n" + kTables, 2, 0, 0},
+                         Model{"  type: ncs\n  shared: [16, 8]\n  tower: []\n" + kTables, 1, 1, 0, focal_tasks},
+                         Model{"  type: esmm\n  tower: [8]\n" + kTables, 0, 0, 1}}) {
+    SCOPED_TRACE(m.yaml);
+    const TrainConfig config = config_for(m.yaml, "adam", m.tasks);
+    const Block batch = random_block(32, 8);
+    MultiTaskModel cpu(config.model, batch.schema, DType::F32, 7, nullptr, Device::CPU);
+    MultiTaskModel gpu(config.model, batch.schema, DType::F32, 7, nullptr, Device::CUDA);
+    Optimizers o_cpu = make_optimizers(config, cpu), o_gpu = make_optimizers(config, gpu);
+    auto comm = make_local_communicator();
+    plan_step_memory(gpu, 32);
+    g_bce_calls = g_focal_calls = g_esmm_calls = g_copies_down = 0;
+    const StepLoss l_gpu = train_one_step(gpu, o_gpu, batch, -1, 1, true, *comm);
+    EXPECT_EQ(g_bce_calls, m.bce);
+    EXPECT_EQ(g_focal_calls, m.focal);
+    EXPECT_EQ(g_esmm_calls, m.esmm);
+    EXPECT_EQ(g_copies_down, 0) << "no logit, dL/dlogit or input gradient comes down";
+    const StepLoss l_cpu = train_one_step(cpu, o_cpu, batch, -1, 1, true, *comm);
+    EXPECT_EQ(l_cpu.total, l_gpu.total);
+    EXPECT_EQ(l_cpu.per_task, l_gpu.per_task);
+    EXPECT_GT(l_gpu.total, 0.0);
+  }
+}
+
+// The tables of a device model train on the device (fixed tables, one process): each step pools
+// and updates every table there, at the scheduled rate, and the host copy (what checkpoints and
+// export read) follows the device's rows, optimizer state and counters as the CPU model's. A
+// row changed on the host goes up before the next step. Hash tables keep them on the host.
+TEST(DeviceTraining, TablesTrainOnTheDeviceAndTheHostCopyFollowsThem) {
+  FakeDevice device;
+  const std::string yaml = "data: {train: [\"unused\"]}\nmodel:\n  embedding_dim: 4\n" + kTasks +
+                           "  type: ncs\n  shared: [16, 8]\n  tower: []\n" + kTables +
+                           "optimizer: {type: adam, lr: 0.01}\nsparse_optimizer: {type: adam, lr: 0.05}\n"
+                           "train: {batch_size: 32, lr_schedule: {warmup_steps: 3}}\n";
+  const TrainConfig config = parse_train_config(yaml, "tables.yaml");
+  const Block first = random_block(32, 1);
+  MultiTaskModel cpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
+  MultiTaskModel gpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
+  Optimizers o_cpu = make_optimizers(config, cpu), o_gpu = make_optimizers(config, gpu);
+  EXPECT_FALSE(cpu.tables_on_device());
+  ASSERT_TRUE(gpu.tables_on_device()) << gpu.device_table_limits(config.sparse_optimizer);
+  auto comm = make_local_communicator();
+  auto same_tables = [&](const char* when) {
+    const auto& a = std::as_const(cpu).tables();
+    const auto& b = std::as_const(gpu).tables();
+    for (size_t t = 0; t < a.size(); ++t) {
+      EXPECT_TRUE(same_bits(a[t].shard().values(), b[t].shard().values())) << when << ": table " << t;
+      for (const auto& [name, state] : o_cpu.sparse[t]->state())
+        for (const auto& [name2, state2] : o_gpu.sparse[t]->state())
+          if (name == name2) EXPECT_TRUE(same_bits(*state, *state2)) << when << ": table " << t << " " << name;
+      EXPECT_EQ(a[t].shard().count(), b[t].shard().count()) << when;
+      EXPECT_EQ(a[t].shard().updated_step(), b[t].shard().updated_step()) << when;
+    }
+  };
+  testing::g_table_forwards = 0;
+  testing::g_table_updates = 0;
+  for (int64_t step = 1; step <= 3; ++step) {
+    const Block batch = random_block(32, 20 + step);
+    train_one_step(cpu, o_cpu, batch, -1, step, true, *comm);
+    train_one_step(gpu, o_gpu, batch, -1, step, true, *comm);
+  }
+  EXPECT_EQ(testing::g_table_forwards, 3 * 3) << "three tables, three steps";
+  EXPECT_EQ(testing::g_table_updates, 3 * 3);
+  same_tables("after three steps");
+  MultiTaskModel fresh(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
+  EXPECT_FALSE(same_bits(fresh.tables()[0].shard().values(), std::as_const(gpu).tables()[0].shard().values()))
+      << "the steps moved the rows";
+  // A change made on the host (a restore, say) is what the next step starts from.
+  for (MultiTaskModel* m : {&cpu, &gpu}) m->tables()[1].shard().values().data<float>()[0] = 0.5f;
+  const Block batch = random_block(32, 30);
+  EXPECT_EQ(train_one_step(cpu, o_cpu, batch, -1, 4, true, *comm).total,
+            train_one_step(gpu, o_gpu, batch, -1, 4, true, *comm).total);
+  same_tables("after a change on the host");
+
+  const TrainConfig hashed = config_for("  type: esmm\n  tower: [8]\n  tables: {user: {capacity: 64}, item: {rows: 40}, ctx: {rows: 40}}\n");
+  MultiTaskModel h(hashed.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
+  Optimizers o_h = make_optimizers(hashed, h);
+  EXPECT_FALSE(h.tables_on_device());
+  EXPECT_NE(h.device_table_limits(hashed.sparse_optimizer).find("hash table user"), std::string::npos);
 }
 
 // A communicator of two ranks whose other rank contributes zeros (a sum that leaves the buffers
@@ -308,9 +426,10 @@ TEST(DeviceTraining, StagingBuffersArePageLockedWhereTheDeviceOffersIt) {
       auto comm = make_local_communicator();
       for (int64_t step = 1; step <= 3; ++step)
         losses.push_back(static_cast<float>(train_one_step(model, opt, batch, -1, step, true, *comm).total));
-      // One input group and two tasks: the input, its gradient, and per task logits and dL/dlogit.
-      EXPECT_EQ(g_pinned_calls, 2 + 2 * 2) << "every staging buffer asks for page-locked memory";
-      EXPECT_EQ(g_pinned_allocs, refuse ? 0 : 2 + 2 * 2);
+      // One input group and two tasks: the input's host columns, and per task its labels and
+      // loss weights (the tables on the device, the input gradient stays there).
+      EXPECT_EQ(g_pinned_calls, 1 + 2 * 2) << "every staging buffer asks for page-locked memory";
+      EXPECT_EQ(g_pinned_allocs, refuse ? 0 : 1 + 2 * 2);
     }
     EXPECT_EQ(g_pinned_frees, g_pinned_allocs) << "every page-locked buffer went back to its own allocator";
   }

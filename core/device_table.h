@@ -1,0 +1,77 @@
+// Embedding tables trained in a device's memory (the GPU twin of embedding/embedding_table.h's
+// step on one process): the pooled lookup of a batch's CSR bags straight into the device-side
+// input, and the backward as a segment sum over the batch's unique rows fused with the sparse
+// optimizer's update of those rows. The embeddings and their gradient never cross the bus; only
+// the batch's ids go up.
+//
+// A backend registers a factory for its device (cuda/ when a GPU is present); core never
+// includes a CUDA header. The model (models/multitask_model.h) keeps the host tables as the
+// copy that checkpoints, export and inspection read, and moves rows between the two with
+// load/store: the host's are loaded before the first step after any change on the host, and
+// stored back before the host's are read.
+//
+// Scope: fixed-size f32 tables on one process; optimizers sgd, adagrad, adam (lazy), with the
+// arithmetic of embedding_table.cpp. Hash tables and row sharding stay on the host.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/optim.h"
+#include "core/tensor.h"
+
+namespace ncsrec {
+
+struct DeviceTableSpec {
+  std::string name;  // the table's name: part of each row's initialisation key
+  int64_t rows = 0, dim = 0;
+  uint64_t seed = 1;
+  double init_scale = 0.01;
+  OptimizerConfig optimizer;  // type sgd | adagrad | adam; lr is given to each backward
+};
+
+class DeviceTable {
+ public:
+  virtual ~DeviceTable() = default;
+
+  // One slot of `batch` bags reading this table, as HOST arrays: offsets [batch + 1] (offsets[0]
+  // = 0) and ids [nnz], nnz = offsets[batch]; an id reads row id mod rows (the non-negative
+  // remainder). Pooled (sum, or mean when `mean`) into columns [col, col + dim) of the output.
+  struct Slot {
+    const int64_t* offsets;
+    const int64_t* ids;
+    int64_t nnz;
+    int64_t col;
+    bool mean;
+  };
+  // out: f32 [batch, out_cols] in the device's memory; only the slots' columns are written.
+  // `training`: the batch is kept for backward_update.
+  virtual void forward(const std::vector<Slot>& slots, int64_t batch, float* out, int64_t out_cols, bool training) = 0;
+  // dout: f32 [batch, dout_cols] in the device's memory, the gradient of the last training
+  // forward's output (each slot's at its columns). The optimizer's update, at rate lr, of the
+  // rows that batch read, each from the sum of its positions' gradients in (slot, row, id)
+  // order; no other row or state changes.
+  virtual void backward_update(const float* dout, int64_t dout_cols, double lr) = 0;
+
+  // Host columns of every row in row order: "values" [rows, dim] f32, then the optimizer's state
+  // by the names of embedding_table.cpp ("accumulator"; or "m", "v" f32 [rows, dim] and "steps"
+  // i64 [rows]). load copies them to the device, store from it.
+  struct Column {
+    std::string name;
+    void* data;
+  };
+  virtual void load(const std::vector<Column>& columns) = 0;
+  virtual void store(const std::vector<Column>& columns) const = 0;
+};
+
+using DeviceTableFactory = std::unique_ptr<DeviceTable> (*)(const DeviceTableSpec& spec);
+
+// Installs the factory of a device's tables (null: none); a backend calls it with its kernels.
+void register_device_tables(Device device, DeviceTableFactory factory);
+// The device's factory, or null when its backend trains no table.
+DeviceTableFactory device_table_factory(Device device);
+
+}  // namespace ncsrec
