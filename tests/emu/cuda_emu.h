@@ -1,4 +1,6 @@
-// A host emulation of the few CUDA features cuda/train_ops.cu and cuda/masked_linear.cu use,
+// A host emulation of the few CUDA features cuda/train_ops.cu, cuda/masked_linear.cu and
+// cuda/embedding_table.cu use (launches, shared memory, barriers, atomics, the _rn intrinsics,
+// the runtime's copies, CUB's radix sort and scan),
 // for ncsrec_emu_tests (ctest emu.kernels, tests/CMakeLists.txt): blocks run one at a time, a
 // block's threads as fibers that meet at __syncthreads, and __shared__ arrays become statics
 // (shared by the block's threads; one block runs at once). tests/emu/emulate.py rewrites the
@@ -12,6 +14,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <climits>
+#include <cstring>
+#include <numeric>
 #include "core/dispatch.h"
 #include "core/error.h"
 #include "core/float_dispatch.h"
@@ -94,6 +98,64 @@ inline cudaError_t cudaMalloc(void** p, size_t bytes) { *p = std::malloc(bytes);
 template <class T>
 inline cudaError_t cudaMalloc(T** p, size_t bytes) { *p = static_cast<T*>(std::malloc(bytes)); return cudaSuccess; }
 inline cudaError_t cudaFree(void* p) { std::free(p); return cudaSuccess; }
+enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
+inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { if (n) std::memmove(d, s, n); return cudaSuccess; }
+inline cudaError_t cudaMemset(void* d, int v, size_t n) { std::memset(d, v, n); return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 #define CUDA_CHECK(expr) (void)(expr)
 using std::max;
 using std::min;
+
+// Atomics: one fiber runs at a time, so a read-modify-write is atomic as it stands.
+inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long compare, unsigned long long value) {
+  const unsigned long long old = *p;
+  if (old == compare) *p = value;
+  return old;
+}
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { const auto old = *p; *p += v; return old; }
+inline int atomicExch(int* p, int v) { const int old = *p; *p = v; return old; }
+// Rounded to nearest, never contracted (the host build does not fuse multiply-adds either).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+
+// CUB's device-wide radix sort (stable, ascending signed keys) and inclusive scan. A first call
+// with no storage asks for its size, as CUB's does.
+namespace cub {
+struct DeviceRadixSort {
+  template <class K, class V>
+  static cudaError_t SortPairs(void* storage, size_t& bytes, const K* keys_in, K* keys_out, const V* values_in,
+                               V* values_out, int n) {
+    if (!storage) {
+      bytes = 1;
+      return cudaSuccess;
+    }
+    std::vector<int> order(static_cast<size_t>(n));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return keys_in[a] < keys_in[b]; });
+    std::vector<K> k(static_cast<size_t>(n));
+    std::vector<V> v(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      k[static_cast<size_t>(i)] = keys_in[order[static_cast<size_t>(i)]];
+      v[static_cast<size_t>(i)] = values_in[order[static_cast<size_t>(i)]];
+    }
+    std::copy(k.begin(), k.end(), keys_out);
+    std::copy(v.begin(), v.end(), values_out);
+    return cudaSuccess;
+  }
+};
+struct DeviceScan {
+  template <class In, class Out>
+  static cudaError_t InclusiveSum(void* storage, size_t& bytes, const In* in, Out* out, int n) {
+    if (!storage) {
+      bytes = 1;
+      return cudaSuccess;
+    }
+    Out sum = 0;
+    for (int i = 0; i < n; ++i) out[i] = sum = static_cast<Out>(sum + in[i]);
+    return cudaSuccess;
+  }
+};
+}  // namespace cub

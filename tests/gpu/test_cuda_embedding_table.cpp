@@ -22,9 +22,8 @@
 #include <string>
 #include <vector>
 
-#include <cuda_runtime.h>
-
 #include "core/device_table.h"
+#include "core/dispatch.h"
 #include "core/error.h"
 #include "core/layers/embedding_bag.h"
 #include "core/optim.h"
@@ -67,20 +66,21 @@ Bags random_bags(int64_t batch, int64_t vocabulary, uint64_t seed) {
   return b;
 }
 
-// Device copies of a host vector, freed on scope exit.
+// Device copies of a host vector, freed on scope exit (through the backend's dispatch table).
 template <class T>
 struct DeviceCopy {
   T* ptr = nullptr;
   explicit DeviceCopy(const std::vector<T>& host) {
-    if (cudaMalloc(&ptr, std::max<size_t>(1, host.size()) * sizeof(T)) != cudaSuccess) throw InternalError("cudaMalloc");
-    if (!host.empty() && cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice) != cudaSuccess)
-      throw InternalError("cudaMemcpy");
+    const OpTable& ops = ops_for(Device::CUDA);
+    ptr = static_cast<T*>(ops.alloc(std::max<size_t>(1, host.size()) * sizeof(T)));
+    if (!host.empty()) ops.copy(ptr, host.data(), host.size() * sizeof(T), CopyKind::HostToDevice);
   }
-  ~DeviceCopy() { (void)cudaFree(ptr); }
+  ~DeviceCopy() { ops_for(Device::CUDA).free(ptr); }
+  DeviceCopy(const DeviceCopy&) = delete;
+  DeviceCopy& operator=(const DeviceCopy&) = delete;
   std::vector<T> to_host(size_t n) const {
     std::vector<T> out(n);
-    if (n && cudaMemcpy(out.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost) != cudaSuccess)
-      throw InternalError("cudaMemcpy");
+    if (n) ops_for(Device::CUDA).copy(out.data(), ptr, n * sizeof(T), CopyKind::DeviceToHost);
     return out;
   }
 };

@@ -1,9 +1,10 @@
-// A whole model trained with its dense part on the GPU against the same model on the CPU, for
-// the NCS model and ESMM: after a few steps (NCS: joint and single-task, with masks; SGD, clipping)
-// the dense weights, the embedding
-// rows and the predictions agree to rounding (cuBLAS sums in another order than the CPU GEMM,
-// so bits differ; tests/unit/test_device_training.cpp checks the host-side code bit for bit on
-// a stand-in device). Skips without a GPU.
+// A whole model trained on the GPU (dense part, loss heads and embedding tables) against the
+// same model on the CPU, for the NCS model and ESMM: after a few steps (NCS: joint and
+// single-task, with masks; SGD, clipping) the dense weights, the embedding rows and the
+// predictions agree to rounding (cuBLAS sums in another order than the CPU GEMM, so bits
+// differ; tests/unit/test_device_training.cpp checks the host-side code bit for bit on a
+// stand-in device). Skips without a GPU; ctest emu.kernels runs it on the emulated kernels
+// (tests/emu/) with the CPU's GEMM.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -64,6 +65,7 @@ TEST_P(CudaModel, StepsOnTheGpuTrackTheCpuModel) {
       gpu.set_mask(t, l, m);
     }
   Optimizers o_cpu = make_optimizers(config, cpu), o_gpu = make_optimizers(config, gpu);
+  ASSERT_TRUE(gpu.tables_on_device()) << gpu.device_table_limits(config.sparse_optimizer);
   auto comm = make_local_communicator();
   const std::vector<int>& schedule = GetParam().schedule;
   for (size_t s = 0; s < schedule.size(); ++s) {
