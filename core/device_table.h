@@ -10,8 +10,9 @@
 // load/store: the host's are loaded before the first step after any change on the host, and
 // stored back before the host's are read.
 //
-// Scope: fixed-size f32 tables on one process; optimizers sgd, adagrad, adam (lazy), with the
-// arithmetic of embedding_table.cpp. Hash tables and row sharding stay on the host.
+// Scope: f32 tables on one process, fixed-size or hash tables that admit an id at its first read
+// and never evict; optimizers sgd, adagrad, adam (lazy), with the arithmetic of
+// embedding_table.cpp. Admission counts, TTL, eviction and row sharding stay on the host.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +28,7 @@ namespace ncsrec {
 
 struct DeviceTableSpec {
   std::string name;  // the table's name: part of each row's initialisation key
+  bool hash = false;  // a hash table (rows: its capacity): ids are keys, inserted at their first training read
   int64_t rows = 0, dim = 0;
   uint64_t seed = 1;
   double init_scale = 0.01;
@@ -39,7 +41,8 @@ class DeviceTable {
 
   // One slot of `batch` bags reading this table, as HOST arrays: offsets [batch + 1] (offsets[0]
   // = 0) and ids [nnz], nnz = offsets[batch]; an id reads row id mod rows (the non-negative
-  // remainder). Pooled (sum, or mean when `mean`) into columns [col, col + dim) of the output.
+  // remainder) of a fixed table, the id's row of a hash table (zeros where it has none). Pooled
+  // (sum, or mean when `mean`) into columns [col, col + dim) of the output.
   struct Slot {
     const int64_t* offsets;
     const int64_t* ids;
@@ -48,22 +51,30 @@ class DeviceTable {
     bool mean;
   };
   // out: f32 [batch, out_cols] in the device's memory; only the slots' columns are written.
-  // `training`: the batch is kept for backward_update.
-  virtual void forward(const std::vector<Slot>& slots, int64_t batch, float* out, int64_t out_cols, bool training) = 0;
+  // `training`: a hash table inserts the ids it has no row for (a UserError naming the table
+  // when full), every row read counts its reads and takes `day` as its last day seen, and the
+  // batch is kept for backward_update.
+  virtual void forward(const std::vector<Slot>& slots, int64_t batch, float* out, int64_t out_cols, bool training,
+                       int64_t day) = 0;
   // dout: f32 [batch, dout_cols] in the device's memory, the gradient of the last training
   // forward's output (each slot's at its columns). The optimizer's update, at rate lr, of the
   // rows that batch read, each from the sum of its positions' gradients in (slot, row, id)
-  // order; no other row or state changes.
-  virtual void backward_update(const float* dout, int64_t dout_cols, double lr) = 0;
+  // order, and takes `step` as its last updated step; no other row or state changes.
+  virtual void backward_update(const float* dout, int64_t dout_cols, double lr, int64_t step) = 0;
 
-  // Host columns of every row in row order: "values" [rows, dim] f32, then the optimizer's state
-  // by the names of embedding_table.cpp ("accumulator"; or "m", "v" f32 [rows, dim] and "steps"
-  // i64 [rows]). load copies them to the device, store from it.
+  // Rows in and out as HOST columns, rows in the order of their keys: "values" [rows, dim] f32;
+  // the optimizer's state by the names of embedding_table.cpp ("accumulator"; or "m", "v" f32
+  // [rows, dim] and "steps" i64 [rows]); the counters "count", "last_seen_day", "updated_step"
+  // i64 [rows].
   struct Column {
     std::string name;
     void* data;
   };
-  virtual void load(const std::vector<Column>& columns) = 0;
+  // The key of every row the table holds (a fixed table: 0..rows-1; a hash table: its ids).
+  virtual std::vector<int64_t> keys() const = 0;
+  // Replaces the rows with `keys` (a fixed table: all its rows, 0..rows-1) and the columns' values.
+  virtual void load(const std::vector<int64_t>& keys, const std::vector<Column>& columns) = 0;
+  // Every row, in keys() order.
   virtual void store(const std::vector<Column>& columns) const = 0;
 };
 

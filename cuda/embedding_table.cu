@@ -135,6 +135,69 @@ __global__ void init_rows_kernel(const int64_t* keys, const int64_t* rows, const
   }
 }
 
+// A new row's optimizer state and counters, as EmbeddingTable::append gives them: rows[u] when
+// is_new[u] (or every u when is_new is null).
+struct RowState {
+  float* acc;  // adagrad, else null
+  float* m;    // adam, else null
+  float* v;
+  int64_t* steps;
+  int64_t* count;
+  int64_t* last_seen;
+  int64_t* updated;
+  float initial_accumulator;
+};
+__global__ void reset_rows_kernel(const int64_t* rows, const uint8_t* is_new, int64_t U, int64_t dim, RowState st) {
+  GRID_STRIDE(u, U) {
+    if (is_new && !is_new[u]) continue;
+    const int64_t row = rows[u];
+    if (row < 0) continue;
+    for (int64_t d = 0; d < dim; ++d) {
+      if (st.acc) st.acc[row * dim + d] = st.initial_accumulator;
+      if (st.m) st.m[row * dim + d] = 0.0f;
+      if (st.v) st.v[row * dim + d] = 0.0f;
+    }
+    if (st.steps) st.steps[row] = 0;
+    st.count[row] = 0;
+    st.last_seen[row] = -1;
+    st.updated[row] = -1;
+  }
+}
+
+// A training batch's reads: each unique row's count grows by its occurrences, and it was seen
+// on `day` (ShardedTable::count_reads on the CPU).
+__global__ void count_reads_kernel(const int64_t* unique_rows, const int64_t* run_begin, int64_t U, int64_t* count,
+                                   int64_t* last_seen, int64_t day) {
+  GRID_STRIDE(u, U) {
+    const int64_t row = unique_rows[u];
+    if (row < 0) continue;
+    count[row] += run_begin[u + 1] - run_begin[u];
+    last_seen[row] = day;
+  }
+}
+
+__global__ void mark_updated_kernel(const int64_t* unique_rows, int64_t U, int64_t* updated, int64_t step) {
+  GRID_STRIDE(u, U) {
+    const int64_t row = unique_rows[u];
+    if (row >= 0) updated[row] = step;
+  }
+}
+
+// Loading a hash table: key u of `keys` (unique) gets row u.
+__global__ void insert_keys_kernel(const int64_t* keys, int64_t n, unsigned long long* slot_keys, int64_t* slot_rows,
+                                   uint64_t slot_mask, int64_t* row_keys) {
+  GRID_STRIDE(u, n) {
+    const int64_t id = keys[u];
+    uint64_t slot = mix64(static_cast<uint64_t>(id)) & slot_mask;
+    for (uint64_t probe = 0; probe <= slot_mask; ++probe, slot = (slot + 1) & slot_mask)
+      if (atomicCAS(&slot_keys[slot], kEmptySlot, static_cast<unsigned long long>(id)) == kEmptySlot) {
+        slot_rows[slot] = u;
+        row_keys[u] = id;
+        break;
+      }
+  }
+}
+
 // The row each position of the batch reads.
 __global__ void scatter_rows_kernel(const int64_t* sorted_positions, const int32_t* run_id1, const int64_t* unique_rows,
                                     int64_t n, int64_t* row_of_position) {
@@ -267,6 +330,7 @@ struct CudaEmbeddingTable::Buffers {
   // The table.
   DeviceVector<float> values, acc, m, v;  // [rows, dim]; acc (adagrad) or m, v (adam)
   DeviceVector<int64_t> steps;            // adam: [rows]
+  DeviceVector<int64_t> count, last_seen, updated;  // [rows]: reads, last day read, last step updated
   // Hash tables.
   uint64_t slot_mask = 0;
   DeviceVector<unsigned long long> slot_keys;  // [slots]: id or kEmptySlot
@@ -305,6 +369,12 @@ CudaEmbeddingTable::CudaEmbeddingTable(const CudaEmbeddingOptions& options)
     CUDA_CHECK(cudaMemset(b.v.reserve(n), 0, static_cast<size_t>(n) * sizeof(float)));
     CUDA_CHECK(cudaMemset(b.steps.reserve(options_.rows), 0, static_cast<size_t>(options_.rows) * sizeof(int64_t)));
   }
+  const int64_t R = options_.rows;
+  CUDA_CHECK(cudaMemset(b.count.reserve(R), 0, static_cast<size_t>(R) * sizeof(int64_t)));
+  fill_i64_kernel<<<blocks_for(R), kThreads>>>(b.last_seen.reserve(R), R, -1);
+  launch_check();
+  fill_i64_kernel<<<blocks_for(R), kThreads>>>(b.updated.reserve(R), R, -1);
+  launch_check();
   if (options_.hash) {
     uint64_t slots = 16;
     while (slots < 2 * static_cast<uint64_t>(options_.rows)) slots *= 2;
@@ -424,6 +494,12 @@ void CudaEmbeddingTable::forward(const std::vector<Slot>& slots, int64_t batch, 
                                                            b.unique, b.values.get(), dim, table_seed_,
                                                            options_.init_scale);
       launch_check();
+      const bool adagrad = options_.optimizer == "adagrad", adam = options_.optimizer == "adam";
+      const RowState fresh{adagrad ? b.acc.get() : nullptr, adam ? b.m.get() : nullptr, adam ? b.v.get() : nullptr,
+                           adam ? b.steps.get() : nullptr, b.count.get(), b.last_seen.get(), b.updated.get(),
+                           static_cast<float>(options_.initial_accumulator)};
+      reset_rows_kernel<<<blocks_for(b.unique), kThreads>>>(b.unique_rows.get(), b.is_new.get(), b.unique, dim, fresh);
+      launch_check();
     } else {
       copy_i64_kernel<<<blocks_for(b.unique), kThreads>>>(b.unique_keys.get(), b.unique, b.unique_rows.reserve(b.unique));
       launch_check();
@@ -431,6 +507,11 @@ void CudaEmbeddingTable::forward(const std::vector<Slot>& slots, int64_t batch, 
     scatter_rows_kernel<<<blocks_for(nnz), kThreads>>>(b.sorted_positions.get(), b.run_id1.get(), b.unique_rows.get(),
                                                        nnz, b.row_of_position.reserve(nnz));
     launch_check();
+    if (training) {
+      count_reads_kernel<<<blocks_for(b.unique), kThreads>>>(b.unique_rows.get(), b.run_begin.get(), b.unique,
+                                                             b.count.get(), b.last_seen.get(), day_);
+      launch_check();
+    }
     if (training && options_.hash) {
       int full = 0;
       CUDA_CHECK(cudaMemcpy(&full, b.full.get(), sizeof(full), cudaMemcpyDeviceToHost));
@@ -475,38 +556,81 @@ void CudaEmbeddingTable::backward_update(const float* dout, int64_t dout_cols) {
     steps_kernel<<<blocks_for(b.unique), kThreads>>>(b.unique_rows.get(), b.unique, b.steps.get());
     launch_check();
   }
+  mark_updated_kernel<<<blocks_for(b.unique), kThreads>>>(b.unique_rows.get(), b.unique, b.updated.get(), step_);
+  launch_check();
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 void CudaEmbeddingTable::set_lr(double lr) { options_.lr = lr; }
+void CudaEmbeddingTable::set_day(int64_t day) { day_ = day; }
+void CudaEmbeddingTable::set_step(int64_t step) { step_ = step; }
 
-namespace {
-
-// The state columns of an optimizer on the device, by their host names (embedding_table.cpp).
-struct DeviceColumn {
-  void* data;
-  size_t bytes;
-};
-
-}  // namespace
-
-void CudaEmbeddingTable::copy_rows(const std::vector<std::pair<std::string, void*>>& columns, bool to_device) const {
-  NCSREC_CHECK(!options_.hash, "CudaEmbeddingTable " << options_.name << ": rows are copied in and out of fixed tables only");
+DeviceColumnView CudaEmbeddingTable::device_column(const std::string& name, int64_t rows) const {
   Buffers& b = *buffers_;
-  const size_t n = static_cast<size_t>(options_.rows * options_.dim), rows = static_cast<size_t>(options_.rows);
-  auto device_column = [&](const std::string& name) -> DeviceColumn {
-    if (name == "values") return {b.values.get(), n * sizeof(float)};
-    if (options_.optimizer == "adagrad" && name == "accumulator") return {b.acc.get(), n * sizeof(float)};
-    if (options_.optimizer == "adam" && name == "m") return {b.m.get(), n * sizeof(float)};
-    if (options_.optimizer == "adam" && name == "v") return {b.v.get(), n * sizeof(float)};
-    if (options_.optimizer == "adam" && name == "steps") return {b.steps.get(), rows * sizeof(int64_t)};
-    throw InternalError(NCSREC_STR_("CudaEmbeddingTable " << options_.name << ": no column " << name << " with optimizer "
-                                                          << options_.optimizer));
-  };
+  const size_t n = static_cast<size_t>(rows * options_.dim), r = static_cast<size_t>(rows);
+  const std::string& opt = options_.optimizer;
+  if (name == "values") return {b.values.get(), n * sizeof(float)};
+  if (opt == "adagrad" && name == "accumulator") return {b.acc.get(), n * sizeof(float)};
+  if (opt == "adam" && name == "m") return {b.m.get(), n * sizeof(float)};
+  if (opt == "adam" && name == "v") return {b.v.get(), n * sizeof(float)};
+  if (opt == "adam" && name == "steps") return {b.steps.get(), r * sizeof(int64_t)};
+  if (name == "count") return {b.count.get(), r * sizeof(int64_t)};
+  if (name == "last_seen_day") return {b.last_seen.get(), r * sizeof(int64_t)};
+  if (name == "updated_step") return {b.updated.get(), r * sizeof(int64_t)};
+  throw InternalError(NCSREC_STR_("CudaEmbeddingTable " << options_.name << ": no column " << name
+                                                        << " with optimizer " << opt));
+}
+
+std::vector<int64_t> CudaEmbeddingTable::row_keys() const {
+  const int64_t rows = this->rows();
+  if (options_.hash) return to_host(buffers_->row_keys.get(), rows);
+  std::vector<int64_t> keys(static_cast<size_t>(rows));
+  std::iota(keys.begin(), keys.end(), int64_t{0});
+  return keys;
+}
+
+void CudaEmbeddingTable::load_rows(const std::vector<int64_t>& keys,
+                                   const std::vector<std::pair<std::string, void*>>& columns) {
+  Buffers& b = *buffers_;
+  const auto n = static_cast<int64_t>(keys.size());
+  if (!options_.hash) {
+    NCSREC_CHECK(n == options_.rows, "CudaEmbeddingTable " << options_.name << ": " << n << " rows loaded into a table of "
+                                                           << options_.rows);
+  } else {
+    NCSREC_CHECK(n <= options_.rows, "CudaEmbeddingTable " << options_.name << ": " << n << " rows loaded into a capacity of "
+                                                           << options_.rows);
+    // A fresh index holding `keys` as rows 0..n-1; every other row is free again, its state
+    // and counters reset when an id takes it.
+    const auto n_slots = static_cast<int64_t>(b.slot_mask + 1);
+    fill_i64_kernel<<<blocks_for(n_slots), kThreads>>>(reinterpret_cast<int64_t*>(b.slot_keys.get()), n_slots, INT64_MIN);
+    launch_check();
+    fill_i64_kernel<<<blocks_for(n_slots), kThreads>>>(b.slot_rows.get(), n_slots, -1);
+    launch_check();
+    if (n > 0) {
+      DeviceVector<int64_t> d_keys;
+      CUDA_CHECK(cudaMemcpy(d_keys.reserve(n), keys.data(), static_cast<size_t>(n) * sizeof(int64_t),
+                            cudaMemcpyHostToDevice));
+      insert_keys_kernel<<<blocks_for(n), kThreads>>>(d_keys.get(), n, b.slot_keys.get(), b.slot_rows.get(), b.slot_mask,
+                                                      b.row_keys.get());
+      launch_check();
+      CUDA_CHECK(cudaDeviceSynchronize());
+    }
+    const auto count = static_cast<unsigned long long>(n);
+    CUDA_CHECK(cudaMemcpy(b.row_count.get(), &count, sizeof(count), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemset(b.full.get(), 0, sizeof(int)));
+  }
   for (const auto& [name, host] : columns) {
-    const DeviceColumn d = device_column(name);
-    if (to_device) CUDA_CHECK(cudaMemcpy(d.data, host, d.bytes, cudaMemcpyHostToDevice));
-    else CUDA_CHECK(cudaMemcpy(host, d.data, d.bytes, cudaMemcpyDeviceToHost));
+    const DeviceColumnView d = device_column(name, n);
+    if (d.bytes) CUDA_CHECK(cudaMemcpy(d.data, host, d.bytes, cudaMemcpyHostToDevice));
+  }
+  b.trained_forward = false;
+}
+
+void CudaEmbeddingTable::store_rows(const std::vector<std::pair<std::string, void*>>& columns) const {
+  const int64_t n = rows();
+  for (const auto& [name, host] : columns) {
+    const DeviceColumnView d = device_column(name, n);
+    if (d.bytes) CUDA_CHECK(cudaMemcpy(host, d.data, d.bytes, cudaMemcpyDeviceToHost));
   }
 }
 
@@ -518,7 +642,8 @@ class CudaDeviceTable final : public DeviceTable {
  public:
   explicit CudaDeviceTable(const DeviceTableSpec& spec) : table_(options_of(spec)) {}
 
-  void forward(const std::vector<Slot>& slots, int64_t batch, float* out, int64_t out_cols, bool training) override {
+  void forward(const std::vector<Slot>& slots, int64_t batch, float* out, int64_t out_cols, bool training,
+               int64_t day) override {
     while (ids_.size() < slots.size()) {
       ids_.push_back(std::make_unique<DeviceVector<int64_t>>());
       offsets_.push_back(std::make_unique<DeviceVector<int64_t>>());
@@ -534,21 +659,27 @@ class CudaDeviceTable final : public DeviceTable {
         CUDA_CHECK(cudaMemcpy(ids, slot.ids, static_cast<size_t>(slot.nnz) * sizeof(int64_t), cudaMemcpyHostToDevice));
       device_slots.push_back({offsets, ids, slot.nnz, slot.col, slot.mean ? 1 : 0});
     }
+    table_.set_day(day);
     table_.forward(device_slots, batch, out, out_cols, training);
   }
 
-  void backward_update(const float* dout, int64_t dout_cols, double lr) override {
+  void backward_update(const float* dout, int64_t dout_cols, double lr, int64_t step) override {
     table_.set_lr(lr);
+    table_.set_step(step);
     table_.backward_update(dout, dout_cols);
   }
 
-  void load(const std::vector<Column>& columns) override { table_.copy_rows(pairs(columns), true); }
-  void store(const std::vector<Column>& columns) const override { table_.copy_rows(pairs(columns), false); }
+  std::vector<int64_t> keys() const override { return table_.row_keys(); }
+  void load(const std::vector<int64_t>& keys, const std::vector<Column>& columns) override {
+    table_.load_rows(keys, pairs(columns));
+  }
+  void store(const std::vector<Column>& columns) const override { table_.store_rows(pairs(columns)); }
 
  private:
   static CudaEmbeddingOptions options_of(const DeviceTableSpec& spec) {
     CudaEmbeddingOptions o;
     o.name = spec.name;
+    o.hash = spec.hash;
     o.rows = spec.rows;
     o.dim = spec.dim;
     o.seed = spec.seed;

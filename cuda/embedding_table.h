@@ -61,6 +61,11 @@ struct CudaEmbeddingOptions {
 struct DeviceTableSpec;
 class DeviceTable;
 
+struct DeviceColumnView {
+  void* data;
+  size_t bytes;
+};
+
 class CudaEmbeddingTable {
  public:
   // Needs a GPU (cuda_register_if_available); throws InternalError from a failing CUDA call.
@@ -98,10 +103,23 @@ class CudaEmbeddingTable {
 
   // The rate of the following backward_update calls.
   void set_lr(double lr);
-  // A fixed table's rows in row order, to the device (to_device) or from it, by column: "values"
-  // f32 [rows, dim], and the optimizer's "accumulator" (adagrad), or "m", "v" f32 [rows, dim] and
-  // "steps" int64 [rows] (adam); HOST arrays. An unknown column or a hash table: InternalError.
-  void copy_rows(const std::vector<std::pair<std::string, void*>>& columns, bool to_device) const;
+  // The day of the following training forwards (each row read gets it as its last day seen)
+  // and the step of the following backward_update calls (each row updated gets it).
+  void set_day(int64_t day);
+  void set_step(int64_t step);
+
+  // Rows in and out, by column, as HOST arrays of rows in key order: "values" f32 [rows, dim];
+  // the optimizer's "accumulator" (adagrad), or "m", "v" f32 [rows, dim] and "steps" int64
+  // [rows] (adam); the counters "count", "last_seen_day", "updated_step" int64 [rows] (reads in
+  // training, the day last read, the step last updated; 0, -1, -1 for a new row). An unknown
+  // column: InternalError.
+  // The key of each row, in row order (fixed: 0..rows-1; hash: the ids, as inserted).
+  std::vector<int64_t> row_keys() const;
+  // Replaces the rows: a fixed table takes all its rows (keys 0..rows-1); a hash table holds
+  // exactly `keys` afterwards (unique, at most its capacity), row i being keys[i].
+  void load_rows(const std::vector<int64_t>& keys, const std::vector<std::pair<std::string, void*>>& columns);
+  // rows() rows, in row_keys() order.
+  void store_rows(const std::vector<std::pair<std::string, void*>>& columns) const;
 
   // Host copies of every row holding a key, in increasing key order: keys (fixed: the rows),
   // values [rows, dim], and the optimizer state by name ("accumulator", or "m", "v" [rows, dim]
@@ -115,7 +133,10 @@ class CudaEmbeddingTable {
 
  private:
   struct Buffers;
+  // A column's device memory (load_rows, store_rows).
+  DeviceColumnView device_column(const std::string& name, int64_t rows) const;
   CudaEmbeddingOptions options_;
+  int64_t day_ = -1, step_ = -1;
   uint64_t table_seed_ = 0;
   std::unique_ptr<Buffers> buffers_;
 };

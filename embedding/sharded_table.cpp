@@ -390,6 +390,12 @@ void ShardedTable::insert_owned(const std::vector<int64_t>& ids) {
   rebuild_index();
 }
 
+void ShardedTable::insert_trained(const std::vector<int64_t>& ids) {
+  const int64_t before = shard_.rows();
+  insert_owned(ids);
+  stats_.inserted += shard_.rows() - before;
+}
+
 std::vector<std::pair<int64_t, ShardedTable::Pending>> ShardedTable::pending() const {
   std::vector<std::pair<int64_t, Pending>> out(pending_.begin(), pending_.end());
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });

@@ -125,6 +125,9 @@ class ShardedTable {
   // order given (a hash table: initialised as on insertion; a UserError when they exceed the
   // capacity). Does nothing for a fixed table.
   void insert_owned(const std::vector<int64_t>& ids);
+  // The same for ids a device-side copy of this table inserted in training (core/device_table.h):
+  // they count as insertions in hash_stats().
+  void insert_trained(const std::vector<int64_t>& ids);
   // Ids seen in training but not admitted yet (this rank's, sorted): id, occurrences, last day seen.
   struct Pending {
     int64_t count = 0, last_seen_day = -1;

@@ -355,8 +355,11 @@ std::string MultiTaskModel::device_table_limits(const OptimizerConfig& sparse) c
   if (dtype_ != DType::F32) return "an f64 model";
   if (sparse.type != "sgd" && sparse.type != "adagrad" && sparse.type != "adam")
     return "sparse optimizer " + sparse.type;
-  for (const auto& t : tables_)
-    if (t.hashed()) return "hash table " + t.name();
+  for (const auto& t : tables_) {
+    const HashOptions& h = t.hash_options();
+    if (t.hashed() && (h.admit_after != 1 || h.ttl_days != 0 || h.evict_when_full))
+      return "hash table " + t.name() + " with admit_after, ttl_days or evict_when_full (kept on the host)";
+  }
   return "";
 }
 
@@ -370,6 +373,7 @@ bool MultiTaskModel::place_tables_on_device(const OptimizerConfig& sparse,
     const ShardedTable& table = tables_[t];
     DeviceTableSpec spec;
     spec.name = table.name();
+    spec.hash = table.hashed();
     spec.rows = table.rows();
     spec.dim = table.dim();
     spec.seed = seed_;
@@ -386,21 +390,60 @@ bool MultiTaskModel::place_tables_on_device(const OptimizerConfig& sparse,
 
 std::vector<DeviceTable::Column> MultiTaskModel::device_table_columns(size_t t) const {
   // The host copy is the device's mirror: storing into it does not change the model.
-  auto& table = const_cast<ShardedTable&>(tables_[t]);
-  std::vector<DeviceTable::Column> columns{{"values", table.shard().values().raw()}};
+  EmbeddingTable& shard = const_cast<ShardedTable&>(tables_[t]).shard();
+  std::vector<DeviceTable::Column> columns{{"values", shard.values().raw()}};
   for (const auto& [name, tensor] : device_table_state_[t]) columns.push_back({name, tensor->raw()});
+  columns.push_back({"count", shard.count().data()});
+  columns.push_back({"last_seen_day", shard.last_seen_day().data()});
+  columns.push_back({"updated_step", shard.updated_step().data()});
   return columns;
 }
 
 void MultiTaskModel::store_device_tables() const {
   if (!device_tables_newer_) return;
-  for (size_t t = 0; t < device_tables_.size(); ++t) device_tables_[t]->store(device_table_columns(t));
+  for (size_t t = 0; t < device_tables_.size(); ++t) {
+    auto& table = const_cast<ShardedTable&>(tables_[t]);
+    if (!table.hashed()) {  // the same rows in the same order
+      device_tables_[t]->store(device_table_columns(t));
+      continue;
+    }
+    // A hash table: the ids the device inserted get host rows, then each column comes down in
+    // the device's row order and goes to the host's row of each id.
+    const std::vector<int64_t> keys = device_tables_[t]->keys();
+    table.insert_trained(keys);
+    const std::vector<DeviceTable::Column> host = device_table_columns(t);
+    const auto n = static_cast<int64_t>(keys.size());
+    const int64_t host_rows = table.shard().rows();
+    std::vector<std::vector<char>> staged(host.size());
+    std::vector<DeviceTable::Column> down;
+    std::vector<size_t> row_bytes;
+    for (size_t c = 0; c < host.size(); ++c) {
+      size_t bytes = sizeof(int64_t);  // the counters
+      if (c == 0) bytes = static_cast<size_t>(table.dim()) * sizeof(float);
+      else if (c <= device_table_state_[t].size())
+        bytes = device_table_state_[t][c - 1].second->nbytes() / static_cast<size_t>(std::max<int64_t>(host_rows, 1));
+      row_bytes.push_back(bytes);
+      staged[c].resize(bytes * static_cast<size_t>(n));
+      down.push_back({host[c].name, staged[c].data()});
+    }
+    device_tables_[t]->store(down);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t r = table.shard_index(keys[static_cast<size_t>(i)]);
+      NCSREC_CHECK(r >= 0, "table " << table.name() << ": id " << keys[static_cast<size_t>(i)] << " has no host row");
+      for (size_t c = 0; c < host.size(); ++c)
+        std::memcpy(static_cast<char*>(host[c].data) + static_cast<size_t>(r) * row_bytes[c],
+                    staged[c].data() + static_cast<size_t>(i) * row_bytes[c], row_bytes[c]);
+    }
+  }
   device_tables_newer_ = false;
 }
 
 void MultiTaskModel::load_device_tables() {
   if (!host_tables_newer_) return;
-  for (size_t t = 0; t < device_tables_.size(); ++t) device_tables_[t]->load(device_table_columns(t));
+  for (size_t t = 0; t < device_tables_.size(); ++t) {
+    const RowColumn& keys = tables_[t].shard_rows();
+    device_tables_[t]->load(std::vector<int64_t>(keys.begin(), keys.end()), device_table_columns(t));
+  }
   host_tables_newer_ = false;
 }
 
@@ -420,14 +463,7 @@ void MultiTaskModel::forward(const Block& batch, bool training) {
     g.host = ensure_buffer(g.host_buf, B, input_dim_, dtype_, Device::CPU, device_);  // goes up
     for (const auto& tr : g.tables) {
       ShardedTable& table = tables_[static_cast<size_t>(tr.table)];
-      if (tables_on_device) {  // pooled on the device below; the host keeps the counters
-        if (training)
-          for (const auto& s : tr.slots) {
-            const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
-            table.count_reads(c.ids.data(), static_cast<int64_t>(c.ids.size()));
-          }
-        continue;
-      }
+      if (tables_on_device) continue;  // pooled on the device below
       if (!comm_ && !table.hashed()) {  // one process, a fixed table: it is all here
         for (const auto& s : tr.slots) {
           const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
@@ -477,7 +513,7 @@ void MultiTaskModel::forward(const Block& batch, bool training) {
                              s.pooling == Pooling::Mean});
           }
           device_tables_[static_cast<size_t>(tr.table)]->forward(slots, B, static_cast<float*>(g.x.raw()), input_dim_,
-                                                                  training);
+                                                                  training, tables_[static_cast<size_t>(tr.table)].day());
         }
       } else {
         g.x.copy_columns_from(g.host, host_end);
@@ -838,15 +874,9 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     const Tensor& dx = input_grads[g];
     if (!device_tables_.empty()) {
       // Each table's segment sum and sparse update of the rows the batch read, on the device.
-      for (const auto& tr : grp.tables) {
-        const size_t t = static_cast<size_t>(tr.table);
-        device_tables_[t]->backward_update(static_cast<const float*>(dx.raw()), input_dim_, device_table_lr_);
-        RowColumn& updated = tables_[t].shard().updated_step();
-        for (const auto& s : tr.slots) {
-          const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
-          for (const int64_t id : c.ids) updated[static_cast<size_t>(embedding_row(id, tables_[t].rows()))] = step_;
-        }
-      }
+      for (const auto& tr : grp.tables)
+        device_tables_[static_cast<size_t>(tr.table)]->backward_update(static_cast<const float*>(dx.raw()), input_dim_,
+                                                                       device_table_lr_, step_);
       device_tables_newer_ = true;
       continue;
     }

@@ -19,6 +19,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,7 @@
 #include "embedding/sharded_table.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/random_inputs.h"
+#include "tests/unit/fake_device.h"
 
 namespace ncsrec {
 namespace {
@@ -291,93 +293,128 @@ TEST_F(CudaEmbeddingParity, AFullTableIsAUserErrorNamingTheTable) {
   EXPECT_EQ(gpu.rows(), 4);
 }
 
-// The model's device table (core/device_table.h, registered by cuda/ with the backend): host
-// CSR arrays in, two slots of one table pooled differently (sum, mean), each optimizer, rows and
-// state loaded from the host first, a rate per step; against the host table and optimizer over
-// the same steps. Then store brings back exactly what the device holds.
-TEST_F(CudaEmbeddingParity, TheModelsDeviceTableTrainsAsTheHostTable) {
-  for (const std::string optimizer : {"sgd", "adagrad", "adam"}) {
-    SCOPED_TRACE(optimizer);
-    const DeviceTableFactory make = device_table_factory(Device::CUDA);
-    ASSERT_NE(make, nullptr) << "the backend registers its tables";
-    DeviceTableSpec spec;
-    spec.name = "items";
-    spec.rows = 300;
-    spec.dim = kDim;
-    spec.seed = kSeed;
-    spec.init_scale = kScale;
-    spec.optimizer.type = optimizer;
-    spec.optimizer.initial_accumulator = 0.1;
-    std::unique_ptr<DeviceTable> gpu = make(spec);
-    EmbeddingTable host("items", spec.rows, kDim, DType::F32, kSeed, kScale);
-    std::unique_ptr<SparseOptimizer> opt = make_sparse_optimizer(spec.optimizer, host);
-    // Random values and state on the host (not the initial ones), loaded onto the device.
-    Rng rng(77);
-    for (int64_t i = 0; i < host.values().numel(); ++i) host.values().data<float>()[i] = static_cast<float>(rng.normal());
-    for (auto& [name, t] : opt->state()) {
-      if (t->dtype() == DType::F32)
-        for (int64_t i = 0; i < t->numel(); ++i) t->data<float>()[i] = static_cast<float>(0.01 + rng.uniform());
-      else
-        for (int64_t i = 0; i < t->numel(); ++i) t->data<int64_t>()[i] = static_cast<int64_t>(rng.below(5));
-    }
-    auto columns_of = [&](EmbeddingTable& table, SparseOptimizer& o) {
-      std::vector<DeviceTable::Column> c{{"values", table.values().raw()}};
-      for (auto& [name, t] : o.state()) c.push_back({name, t->raw()});
-      return c;
-    };
-    gpu->load(columns_of(host, *opt));
-    const int64_t B = 64, cols = 3 * kDim;  // slot a at column 0, slot b at 2·dim; the middle untouched
-    for (int step = 0; step < 3; ++step) {
-      const Bags a = random_bags(B, 400, 10 + step), b = random_bags(B, 400, 20 + step);
-      const std::vector<DeviceTable::Slot> slots{{a.offsets.data(), a.ids.data(), static_cast<int64_t>(a.ids.size()), 0, false},
-                                                 {b.offsets.data(), b.ids.data(), static_cast<int64_t>(b.ids.size()), 2 * kDim, true}};
-      DeviceCopy<float> out(std::vector<float>(static_cast<size_t>(B * cols), std::numeric_limits<float>::quiet_NaN()));
-      gpu->forward(slots, B, out.ptr, cols, true);
-      const std::vector<float> got = out.to_host(static_cast<size_t>(B * cols));
-      Tensor want = Tensor::empty({B, cols}, DType::F32);
-      embedding_bag_forward(want, 0, host.values(), a.offsets.data(), a.ids.data(), B, Pooling::Sum);
-      embedding_bag_forward(want, 2 * kDim, host.values(), b.offsets.data(), b.ids.data(), B, Pooling::Mean);
-      for (int64_t r = 0; r < B; ++r)
-        for (int64_t c = 0; c < cols; ++c) {
-          const float g = got[static_cast<size_t>(r * cols + c)];
-          if (c >= kDim && c < 2 * kDim) {
-            EXPECT_TRUE(std::isnan(g)) << "column " << c << " belongs to no slot";
-            continue;
-          }
-          const float w = want.data<float>()[r * cols + c];
-          EXPECT_NEAR(g, w, 1e-5 * (1.0 + std::abs(w))) << "step " << step << " row " << r << " column " << c;
-        }
-      std::vector<float> dout(static_cast<size_t>(B * cols));
-      for (float& v : dout) v = static_cast<float>(rng.normal());
-      DeviceCopy<float> d_dout(dout);
-      const double lr = 0.05 / (step + 1);
-      gpu->backward_update(d_dout.ptr, cols, lr);
-      Tensor dx = Tensor::empty({B, cols}, DType::F32);
-      std::copy(dout.begin(), dout.end(), dx.data<float>());
-      const SparseGrad grad = embedding_bag_backward(
-          dx, {{a.offsets.data(), a.ids.data(), 0, Pooling::Sum}, {b.offsets.data(), b.ids.data(), 2 * kDim, Pooling::Mean}},
-          B, spec.rows, kDim);
-      opt->set_lr(lr);
-      opt->step(host, grad);
-    }
-    EmbeddingTable back("items", spec.rows, kDim, DType::F32, kSeed, kScale);
-    std::unique_ptr<SparseOptimizer> back_opt = make_sparse_optimizer(spec.optimizer, back);
-    gpu->store(columns_of(back, *back_opt));
-    auto close_all = [&](const Tensor& got, const Tensor& want, const std::string& name) {
-      ASSERT_EQ(got.numel(), want.numel()) << name;
-      for (int64_t i = 0; i < want.numel(); ++i) {
-        if (want.dtype() == DType::I64) {
-          ASSERT_EQ(got.data<int64_t>()[i], want.data<int64_t>()[i]) << name << " " << i;
-          continue;
-        }
-        const float w = want.data<float>()[i];
-        ASSERT_NEAR(got.data<float>()[i], w, 1e-5 * std::fabs(w) + 1e-7) << name << " " << i;
-      }
-    };
-    close_all(back.values(), host.values(), "values");
-    for (size_t i = 0; i < opt->state().size(); ++i)
-      close_all(*back_opt->state()[i].second, *opt->state()[i].second, opt->state()[i].first);
+// The model's device table (core/device_table.h, registered by cuda/ with the backend) against
+// the host's path for the same table (tests/unit/fake_device.h's HostTwinTable: the model's own
+// lookup, embedding bag and sparse optimizer): fixed and hash tables, each optimizer, rows,
+// state and counters loaded from random host columns first (a hash table with some ids already
+// in it), then steps of two slots of one table pooled differently (sum, mean) with new ids, a
+// rate, a day and a step each. Outputs within 1e-5 (NaN-poisoned, a column between the slots
+// must stay poisoned); afterwards the same keys, and per key the same values and state (1e-5
+// relative) and counters (exactly).
+void check_device_table(bool hash, const std::string& optimizer) {
+  SCOPED_TRACE(std::string(hash ? "hash " : "fixed ") + optimizer);
+  const DeviceTableFactory make = device_table_factory(Device::CUDA);
+  ASSERT_NE(make, nullptr) << "the backend registers its tables";
+  DeviceTableSpec spec;
+  spec.name = "items";
+  spec.hash = hash;
+  spec.rows = hash ? 2000 : 300;
+  spec.dim = kDim;
+  spec.seed = kSeed;
+  spec.init_scale = kScale;
+  spec.optimizer.type = optimizer;
+  spec.optimizer.initial_accumulator = 0.1;
+  std::unique_ptr<DeviceTable> gpu = make(spec);
+  std::unique_ptr<DeviceTable> host = testing::make_host_twin_table(spec);
+  // The starting rows: every row of a fixed table, 60 ids of a hash table; random columns.
+  std::vector<int64_t> keys;
+  if (hash) {
+    const Bags first = random_bags(60, 400, 3);
+    std::vector<int64_t> ids = first.ids;
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    keys = ids;
+  } else {
+    for (int64_t r = 0; r < spec.rows; ++r) keys.push_back(r);
   }
+  const auto n = static_cast<size_t>(keys.size()), nd = n * static_cast<size_t>(kDim);
+  Rng rng(77);
+  std::vector<std::vector<float>> floats;
+  std::vector<std::vector<int64_t>> ints;
+  std::vector<DeviceTable::Column> columns;
+  auto float_column = [&](const char* name, size_t size, double lo) {
+    floats.emplace_back(size);
+    for (float& v : floats.back()) v = static_cast<float>(lo + rng.uniform());
+    columns.push_back({name, floats.back().data()});
+  };
+  auto int_column = [&](const char* name, int64_t lo) {
+    ints.emplace_back(n);
+    for (int64_t& v : ints.back()) v = lo + static_cast<int64_t>(rng.below(5));
+    columns.push_back({name, ints.back().data()});
+  };
+  floats.reserve(4);
+  ints.reserve(4);
+  float_column("values", nd, -0.5);
+  if (optimizer == "adagrad") float_column("accumulator", nd, 0.01);
+  if (optimizer == "adam") {
+    float_column("m", nd, -0.5);
+    float_column("v", nd, 0.01);
+    int_column("steps", 0);
+  }
+  int_column("count", 0);
+  int_column("last_seen_day", 19000);
+  int_column("updated_step", 0);
+  gpu->load(keys, columns);
+  host->load(keys, columns);
+  ASSERT_EQ(gpu->keys().size(), n);
+
+  const int64_t B = 64, cols = 3 * kDim;  // slot a at column 0, slot b at 2·dim; the middle untouched
+  for (int step = 1; step <= 3; ++step) {
+    const Bags a = random_bags(B, 400, 10 + step), b = random_bags(B, 400, 20 + step);
+    const std::vector<DeviceTable::Slot> slots{{a.offsets.data(), a.ids.data(), static_cast<int64_t>(a.ids.size()), 0, false},
+                                               {b.offsets.data(), b.ids.data(), static_cast<int64_t>(b.ids.size()), 2 * kDim, true}};
+    const int64_t day = 19010 + step;
+    DeviceCopy<float> out(std::vector<float>(static_cast<size_t>(B * cols), std::numeric_limits<float>::quiet_NaN()));
+    gpu->forward(slots, B, out.ptr, cols, true, day);
+    const std::vector<float> got = out.to_host(static_cast<size_t>(B * cols));
+    std::vector<float> want(static_cast<size_t>(B * cols), std::numeric_limits<float>::quiet_NaN());
+    host->forward(slots, B, want.data(), cols, true, day);
+    for (size_t i = 0; i < got.size(); ++i) {
+      if (std::isnan(want[i])) {
+        EXPECT_TRUE(std::isnan(got[i])) << "column " << i % cols << " belongs to no slot";
+        continue;
+      }
+      ASSERT_NEAR(got[i], want[i], 1e-5 * (1.0 + std::abs(want[i]))) << "step " << step << " element " << i;
+    }
+    std::vector<float> dout(static_cast<size_t>(B * cols));
+    for (float& v : dout) v = static_cast<float>(rng.normal());
+    DeviceCopy<float> d_dout(dout);
+    const double lr = 0.05 / step;
+    gpu->backward_update(d_dout.ptr, cols, lr, 100 + step);
+    host->backward_update(dout.data(), cols, lr, 100 + step);
+  }
+
+  // The same keys; per key the same columns.
+  const std::vector<int64_t> gk = gpu->keys(), hk = host->keys();
+  ASSERT_EQ(std::set<int64_t>(gk.begin(), gk.end()), std::set<int64_t>(hk.begin(), hk.end()));
+  if (hash) EXPECT_GT(gk.size(), n) << "the steps inserted new ids";
+  std::map<int64_t, size_t> host_row;
+  for (size_t i = 0; i < hk.size(); ++i) host_row[hk[i]] = i;
+  for (const DeviceTable::Column& c : columns) {
+    const bool is_int = c.name == "steps" || c.name == "count" || c.name == "last_seen_day" || c.name == "updated_step";
+    const size_t width = is_int ? 1 : static_cast<size_t>(kDim), rows = gk.size();
+    if (is_int) {
+      std::vector<int64_t> g(rows), h(rows);
+      gpu->store({{c.name, g.data()}});
+      host->store({{c.name, h.data()}});
+      for (size_t i = 0; i < rows; ++i)
+        ASSERT_EQ(g[i], h[host_row[gk[i]]]) << c.name << " of key " << gk[i];
+    } else {
+      std::vector<float> g(rows * width), h(rows * width);
+      gpu->store({{c.name, g.data()}});
+      host->store({{c.name, h.data()}});
+      for (size_t i = 0; i < rows; ++i)
+        for (size_t d = 0; d < width; ++d) {
+          const float w = h[host_row[gk[i]] * width + d];
+          ASSERT_NEAR(g[i * width + d], w, 1e-5 * std::fabs(w) + 1e-7) << c.name << " of key " << gk[i];
+        }
+    }
+  }
+}
+
+TEST_F(CudaEmbeddingParity, TheModelsDeviceTableTrainsAsTheHostsPath) {
+  for (const bool hash : {false, true})
+    for (const char* optimizer : {"sgd", "adagrad", "adam"}) check_device_table(hash, optimizer);
 }
 
 TEST(CudaEmbeddingTableNoGpu, BuildingOneWithoutAGpuThrowsInsteadOfCrashing) {

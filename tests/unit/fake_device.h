@@ -9,6 +9,8 @@
 #include <atomic>
 #include <cstring>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "core/device_table.h"
@@ -16,28 +18,41 @@
 #include "core/layers/embedding_bag.h"
 #include "core/layers/linear.h"
 #include "embedding/embedding_table.h"
+#include "embedding/sharded_table.h"
 
 namespace ncsrec::testing {
 
 // Calls of the stand-in device's tables.
 inline std::atomic<int> g_table_forwards{0}, g_table_updates{0};
 
-// The stand-in device's embedding table (core/device_table.h): the host's table and sparse
-// optimizer over "device" memory that is host memory, so a model training its tables on the
-// device gives the host tables' bits. The real one (cuda/embedding_table.h) is checked against
-// the host's by tests/gpu/.
+// The stand-in device's embedding table (core/device_table.h): the host's table, lookup and
+// sparse optimizer over "device" memory that is host memory (the model's own host path, step
+// for step), so a model training its tables on the device gives the host tables' bits. The real
+// one (cuda/embedding_table.h) is checked against the host's by tests/gpu/.
 class HostTwinTable final : public DeviceTable {
  public:
-  explicit HostTwinTable(const DeviceTableSpec& spec)
-      : table_(spec.name, spec.rows, spec.dim, DType::F32, spec.seed, spec.init_scale),
-        optimizer_(make_sparse_optimizer(spec.optimizer, table_)) {}
+  explicit HostTwinTable(const DeviceTableSpec& spec) : spec_(spec) { reset({}); }
 
-  void forward(const std::vector<Slot>& slots, int64_t batch, float* out, int64_t out_cols, bool training) override {
+  void forward(const std::vector<Slot>& slots, int64_t batch, float* out, int64_t out_cols, bool training,
+               int64_t day) override {
     ++g_table_forwards;
-    const int64_t dim = table_.dim();
+    if (day != table_->day()) table_->start_day(day);
+    const int64_t dim = spec_.dim;
     Tensor pooled = ensure_buffer(pooled_, batch, dim, DType::F32, Device::CPU);
-    for (const Slot& s : slots) {
-      embedding_bag_forward(pooled, 0, table_.values(), s.offsets, s.ids, batch, s.mean ? Pooling::Mean : Pooling::Sum);
+    if (spec_.hash) {
+      std::vector<ShardedTable::IdsView> ids;
+      for (const Slot& s : slots) ids.push_back({s.ids, s.nnz});
+      table_->lookup(ids, nullptr, &lookup_, training);
+    }
+    for (size_t i = 0; i < slots.size(); ++i) {
+      const Slot& s = slots[i];
+      const Pooling pooling = s.mean ? Pooling::Mean : Pooling::Sum;
+      if (spec_.hash) {
+        embedding_bag_forward(pooled, 0, lookup_.values, s.offsets, lookup_.ids[i].data(), batch, pooling);
+      } else {
+        embedding_bag_forward(pooled, 0, table_->shard().values(), s.offsets, s.ids, batch, pooling);
+        if (training) table_->count_reads(s.ids, s.nnz);
+      }
       for (int64_t r = 0; r < batch; ++r)
         std::memcpy(out + r * out_cols + s.col, pooled.data<float>() + r * dim, static_cast<size_t>(dim) * sizeof(float));
     }
@@ -45,38 +60,73 @@ class HostTwinTable final : public DeviceTable {
     batch_ = batch;
   }
 
-  void backward_update(const float* dout, int64_t dout_cols, double lr) override {
+  void backward_update(const float* dout, int64_t dout_cols, double lr, int64_t step) override {
     ++g_table_updates;
     Tensor dx = ensure_buffer(dx_, batch_, dout_cols, DType::F32, Device::CPU);
     std::memcpy(dx.raw(), dout, dx.nbytes());
     std::vector<SlotInput> inputs;
-    for (const Slot& s : slots_) inputs.push_back({s.offsets, s.ids, s.col, s.mean ? Pooling::Mean : Pooling::Sum});
-    embedding_bag_backward(grad_, workspace_, dx, inputs, batch_, table_.rows(), table_.dim());
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      const Slot& s = slots_[i];
+      inputs.push_back({s.offsets, spec_.hash ? lookup_.ids[i].data() : s.ids, s.col, s.mean ? Pooling::Mean : Pooling::Sum});
+    }
+    if (spec_.hash) {
+      embedding_bag_backward(local_, workspace_, dx, inputs, batch_, lookup_.values.dim(0), spec_.dim);
+      grad_ = table_->reduce_gradient(lookup_, local_, nullptr);
+    } else {
+      embedding_bag_backward(grad_, workspace_, dx, inputs, batch_, table_->shard().rows(), spec_.dim);
+    }
     optimizer_->set_lr(lr);
-    if (!grad_.rows.empty()) optimizer_->step(table_, grad_);
+    if (!grad_.rows.empty()) optimizer_->step(table_->shard(), grad_);
+    for (const int64_t row : grad_.rows) table_->shard().updated_step()[static_cast<size_t>(row)] = step;
     slots_.clear();
   }
 
-  void load(const std::vector<Column>& columns) override {
-    for (const Column& c : columns) std::memcpy(column(c.name)->raw(), c.data, column(c.name)->nbytes());
+  std::vector<int64_t> keys() const override {
+    return std::vector<int64_t>(table_->shard_rows().begin(), table_->shard_rows().end());
+  }
+  void load(const std::vector<int64_t>& keys, const std::vector<Column>& columns) override {
+    if (spec_.hash) reset(keys);
+    for (const Column& c : columns) {
+      const auto [data, bytes] = column(c.name);
+      std::memcpy(data, c.data, bytes);
+    }
   }
   void store(const std::vector<Column>& columns) const override {
-    for (const Column& c : columns) std::memcpy(c.data, column(c.name)->raw(), column(c.name)->nbytes());
+    for (const Column& c : columns) {
+      const auto [data, bytes] = column(c.name);
+      std::memcpy(c.data, data, bytes);
+    }
   }
 
  private:
-  Tensor* column(const std::string& name) const {
-    if (name == "values") return const_cast<Tensor*>(&table_.values());
+  // A fresh table (a hash table holding `keys`) and optimizer.
+  void reset(const std::vector<int64_t>& keys) {
+    HashOptions hash;
+    hash.capacity = spec_.rows;
+    table_ = std::make_unique<ShardedTable>(spec_.name, spec_.rows, spec_.dim, DType::F32, spec_.seed, spec_.init_scale,
+                                            Placement::RowWise, 0, 0, 1, spec_.hash ? &hash : nullptr);
+    table_->insert_owned(keys);
+    optimizer_ = make_sparse_optimizer(spec_.optimizer, table_->shard());
+  }
+  std::pair<void*, size_t> column(const std::string& name) const {
+    EmbeddingTable& shard = table_->shard();
+    const size_t rows = static_cast<size_t>(shard.rows());
+    if (name == "values") return {shard.values().raw(), shard.values().nbytes()};
+    if (name == "count") return {shard.count().data(), rows * sizeof(int64_t)};
+    if (name == "last_seen_day") return {shard.last_seen_day().data(), rows * sizeof(int64_t)};
+    if (name == "updated_step") return {shard.updated_step().data(), rows * sizeof(int64_t)};
     for (const auto& [n, t] : optimizer_->state())
-      if (n == name) return t;
+      if (n == name) return {t->raw(), t->nbytes()};
     throw InternalError("HostTwinTable: no column " + name);
   }
 
-  EmbeddingTable table_;
+  DeviceTableSpec spec_;
+  std::unique_ptr<ShardedTable> table_;
   std::unique_ptr<SparseOptimizer> optimizer_;
   std::vector<Slot> slots_;  // the last training forward's
   int64_t batch_ = 0;
-  SparseGrad grad_;
+  ShardedTable::Lookup lookup_;
+  SparseGrad grad_, local_;
   EmbeddingBagWorkspace workspace_;
   Tensor pooled_, dx_;  // reused from step to step
 };

@@ -305,61 +305,73 @@ TEST(DeviceTraining, TheLossHeadsRunOnTheDeviceAndNoLogitComesDown) {
   }
 }
 
-// The tables of a device model train on the device (fixed tables, one process): each step pools
-// and updates every table there, at the scheduled rate, and the host copy (what checkpoints and
-// export read) follows the device's rows, optimizer state and counters as the CPU model's. A
-// row changed on the host goes up before the next step. Hash tables keep them on the host.
+// The tables of a device model train on the device (one process; fixed tables, and hash tables
+// that admit at the first read and never evict): each step pools and updates every table there,
+// at the scheduled rate, and the host copy (what checkpoints and export read) follows the
+// device's rows, ids, optimizer state and counters as the CPU model's. A row changed on the host
+// goes up before the next step. Hash tables with a later admission keep them on the host.
 TEST(DeviceTraining, TablesTrainOnTheDeviceAndTheHostCopyFollowsThem) {
   FakeDevice device;
-  const std::string yaml = "data: {train: [\"unused\"]}\nmodel:\n  embedding_dim: 4\n" + kTasks +
-                           "  type: ncs\n  shared: [16, 8]\n  tower: []\n" + kTables +
-                           "optimizer: {type: adam, lr: 0.01}\nsparse_optimizer: {type: adam, lr: 0.05}\n"
-                           "train: {batch_size: 32, lr_schedule: {warmup_steps: 3}}\n";
-  const TrainConfig config = parse_train_config(yaml, "tables.yaml");
-  const Block first = random_block(32, 1);
-  MultiTaskModel cpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
-  MultiTaskModel gpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
-  Optimizers o_cpu = make_optimizers(config, cpu), o_gpu = make_optimizers(config, gpu);
-  EXPECT_FALSE(cpu.tables_on_device());
-  ASSERT_TRUE(gpu.tables_on_device()) << gpu.device_table_limits(config.sparse_optimizer);
-  auto comm = make_local_communicator();
-  auto same_tables = [&](const char* when) {
-    const auto& a = std::as_const(cpu).tables();
-    const auto& b = std::as_const(gpu).tables();
-    for (size_t t = 0; t < a.size(); ++t) {
-      EXPECT_TRUE(same_bits(a[t].shard().values(), b[t].shard().values())) << when << ": table " << t;
-      for (const auto& [name, state] : o_cpu.sparse[t]->state())
-        for (const auto& [name2, state2] : o_gpu.sparse[t]->state())
-          if (name == name2) EXPECT_TRUE(same_bits(*state, *state2)) << when << ": table " << t << " " << name;
-      EXPECT_EQ(a[t].shard().count(), b[t].shard().count()) << when;
-      EXPECT_EQ(a[t].shard().updated_step(), b[t].shard().updated_step()) << when;
+  const std::string hashed_tables = "  tables: {user: {capacity: 64}, item: {rows: 40, pooling: mean}, ctx: {capacity: 64}}\n";
+  for (const std::string& tables : {kTables, hashed_tables}) {
+    SCOPED_TRACE(tables);
+    const std::string yaml = "data: {train: [\"unused\"]}\nmodel:\n  embedding_dim: 4\n" + kTasks +
+                             "  type: ncs\n  shared: [16, 8]\n  tower: []\n" + tables +
+                             "optimizer: {type: adam, lr: 0.01}\nsparse_optimizer: {type: adam, lr: 0.05}\n"
+                             "train: {batch_size: 32, lr_schedule: {warmup_steps: 3}}\n";
+    const TrainConfig config = parse_train_config(yaml, "tables.yaml");
+    const Block first = random_block(32, 1);
+    MultiTaskModel cpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
+    MultiTaskModel gpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
+    Optimizers o_cpu = make_optimizers(config, cpu), o_gpu = make_optimizers(config, gpu);
+    EXPECT_FALSE(cpu.tables_on_device());
+    ASSERT_TRUE(gpu.tables_on_device()) << gpu.device_table_limits(config.sparse_optimizer);
+    auto comm = make_local_communicator();
+    auto same_tables = [&](const char* when) {
+      const auto& a = std::as_const(cpu).tables();
+      const auto& b = std::as_const(gpu).tables();
+      for (size_t t = 0; t < a.size(); ++t) {
+        SCOPED_TRACE(std::string(when) + ": table " + a[t].name());
+        ASSERT_EQ(a[t].shard_rows(), b[t].shard_rows()) << "the same ids, in the same order";
+        EXPECT_TRUE(same_bits(a[t].shard().values(), b[t].shard().values()));
+        for (const auto& [name, state] : o_cpu.sparse[t]->state())
+          for (const auto& [name2, state2] : o_gpu.sparse[t]->state())
+            if (name == name2) EXPECT_TRUE(same_bits(*state, *state2)) << name;
+        EXPECT_EQ(a[t].shard().count(), b[t].shard().count());
+        EXPECT_EQ(a[t].shard().last_seen_day(), b[t].shard().last_seen_day());
+        EXPECT_EQ(a[t].shard().updated_step(), b[t].shard().updated_step());
+        EXPECT_EQ(a[t].hash_stats().inserted, b[t].hash_stats().inserted);
+      }
+    };
+    testing::g_table_forwards = 0;
+    testing::g_table_updates = 0;
+    for (int64_t step = 1; step <= 3; ++step) {
+      const Block batch = random_block(32, 20 + step);
+      for (MultiTaskModel* m : {&cpu, &gpu}) m->start_day(20000 + step);
+      train_one_step(cpu, o_cpu, batch, -1, step, true, *comm);
+      train_one_step(gpu, o_gpu, batch, -1, step, true, *comm);
     }
-  };
-  testing::g_table_forwards = 0;
-  testing::g_table_updates = 0;
-  for (int64_t step = 1; step <= 3; ++step) {
-    const Block batch = random_block(32, 20 + step);
-    train_one_step(cpu, o_cpu, batch, -1, step, true, *comm);
-    train_one_step(gpu, o_gpu, batch, -1, step, true, *comm);
+    EXPECT_EQ(testing::g_table_forwards, 3 * 3) << "three tables, three steps";
+    EXPECT_EQ(testing::g_table_updates, 3 * 3);
+    same_tables("after three steps");
+    MultiTaskModel fresh(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
+    EXPECT_FALSE(same_bits(fresh.tables()[1].shard().values(), std::as_const(gpu).tables()[1].shard().values()))
+        << "the steps moved the rows";
+    // A change made on the host (a restore, say) is what the next step starts from.
+    for (MultiTaskModel* m : {&cpu, &gpu}) m->tables()[1].shard().values().data<float>()[0] = 0.5f;
+    const Block batch = random_block(32, 30);
+    EXPECT_EQ(train_one_step(cpu, o_cpu, batch, -1, 4, true, *comm).total,
+              train_one_step(gpu, o_gpu, batch, -1, 4, true, *comm).total);
+    same_tables("after a change on the host");
   }
-  EXPECT_EQ(testing::g_table_forwards, 3 * 3) << "three tables, three steps";
-  EXPECT_EQ(testing::g_table_updates, 3 * 3);
-  same_tables("after three steps");
-  MultiTaskModel fresh(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
-  EXPECT_FALSE(same_bits(fresh.tables()[0].shard().values(), std::as_const(gpu).tables()[0].shard().values()))
-      << "the steps moved the rows";
-  // A change made on the host (a restore, say) is what the next step starts from.
-  for (MultiTaskModel* m : {&cpu, &gpu}) m->tables()[1].shard().values().data<float>()[0] = 0.5f;
-  const Block batch = random_block(32, 30);
-  EXPECT_EQ(train_one_step(cpu, o_cpu, batch, -1, 4, true, *comm).total,
-            train_one_step(gpu, o_gpu, batch, -1, 4, true, *comm).total);
-  same_tables("after a change on the host");
 
-  const TrainConfig hashed = config_for("  type: esmm\n  tower: [8]\n  tables: {user: {capacity: 64}, item: {rows: 40}, ctx: {rows: 40}}\n");
-  MultiTaskModel h(hashed.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
-  Optimizers o_h = make_optimizers(hashed, h);
+  const TrainConfig later = config_for(
+      "  type: esmm\n  tower: [8]\n  tables: {user: {capacity: 64, admit_after: 2}, item: {rows: 40}, ctx: {rows: 40}}\n");
+  const Block first = random_block(32, 1);
+  MultiTaskModel h(later.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
+  Optimizers o_h = make_optimizers(later, h);
   EXPECT_FALSE(h.tables_on_device());
-  EXPECT_NE(h.device_table_limits(hashed.sparse_optimizer).find("hash table user"), std::string::npos);
+  EXPECT_NE(h.device_table_limits(later.sparse_optimizer).find("hash table user"), std::string::npos);
 }
 
 // A communicator of two ranks whose other rank contributes zeros (a sum that leaves the buffers
