@@ -70,7 +70,8 @@ class DeviceTable {
     std::string name;
     void* data;
   };
-  // The key of every row the table holds (a fixed table: 0..rows-1; a hash table: its ids).
+  // The rows the table holds, and the key of each (a fixed table: 0..rows-1; a hash table: its ids).
+  virtual int64_t rows() const = 0;
   virtual std::vector<int64_t> keys() const = 0;
   // Replaces the rows with `keys` (a fixed table: all its rows, 0..rows-1) and the columns' values.
   virtual void load(const std::vector<int64_t>& keys, const std::vector<Column>& columns) = 0;

@@ -669,6 +669,7 @@ class CudaDeviceTable final : public DeviceTable {
     table_.backward_update(dout, dout_cols);
   }
 
+  int64_t rows() const override { return table_.rows(); }
   std::vector<int64_t> keys() const override { return table_.row_keys(); }
   void load(const std::vector<int64_t>& keys, const std::vector<Column>& columns) override {
     table_.load_rows(keys, pairs(columns));

@@ -348,6 +348,18 @@ const std::vector<ShardedTable>& MultiTaskModel::tables() const {
   return tables_;
 }
 
+HashStats MultiTaskModel::table_hash_stats(size_t t) const {
+  HashStats h = tables_[t].hash_stats();
+  if (device_tables_newer_ && t < device_tables_.size() && tables_[t].hashed()) {
+    const int64_t more = device_tables_[t]->rows() - h.rows;  // a device table never evicts
+    if (more > 0) {
+      h.rows += more;
+      h.inserted += more;
+    }
+  }
+  return h;
+}
+
 std::string MultiTaskModel::device_table_limits(const OptimizerConfig& sparse) const {
   if (device_ == Device::CPU) return "a CPU model";
   if (!device_table_factory(device_)) return "the " + std::string(device_name(device_)) + " backend trains no table";

@@ -182,6 +182,12 @@ class MultiTaskModel {
   bool tables_on_device() const { return !device_tables_.empty(); }
   // Why place_tables_on_device keeps the tables on the host (empty: it moves them).
   std::string device_table_limits(const OptimizerConfig& sparse) const;
+  // The tables as built, for their names, shapes and options: while tables train on the device
+  // their rows here may be behind (tables() brings them up to date).
+  const std::vector<ShardedTable>& table_layout() const { return tables_; }
+  // Table t's hash_stats(), counting the rows a device-side copy has inserted since the host
+  // copy was last brought up to date (without copying rows off the device).
+  HashStats table_hash_stats(size_t t) const;
   // The sparse optimizers' rate for the device-side updates of the following training steps.
   void set_device_table_lr(double lr) { device_table_lr_ = lr; }
   // Per table: the gradient of this rank's shard (rows = shard rows), already summed over ranks.

@@ -54,9 +54,11 @@ int64_t days_since_epoch(const std::string& day) {
 // collective: every rank calls it). Empty when the model has no hash table.
 JsonObject hash_table_stats(MultiTaskModel& model, Communicator& comm) {
   JsonObject out;
-  for (const ShardedTable& t : std::as_const(model).tables()) {
+  const std::vector<ShardedTable>& tables = model.table_layout();  // no copy of rows off a device
+  for (size_t i = 0; i < tables.size(); ++i) {
+    const ShardedTable& t = tables[i];
     if (!t.hashed()) continue;
-    const HashStats h = t.hash_stats();
+    const HashStats h = model.table_hash_stats(i);
     int64_t v[5] = {h.rows, h.pending, h.inserted, h.evicted_ttl, h.evicted_full};
     comm.all_reduce_sum(v, 5);
     out.add(t.name(), JsonObject().add("rows", v[0]).add("pending", v[1]).add("inserted", v[2])

@@ -81,6 +81,7 @@ class HostTwinTable final : public DeviceTable {
     slots_.clear();
   }
 
+  int64_t rows() const override { return table_->shard().rows(); }
   std::vector<int64_t> keys() const override {
     return std::vector<int64_t>(table_->shard_rows().begin(), table_->shard_rows().end());
   }

@@ -353,6 +353,13 @@ TEST(DeviceTraining, TablesTrainOnTheDeviceAndTheHostCopyFollowsThem) {
     }
     EXPECT_EQ(testing::g_table_forwards, 3 * 3) << "three tables, three steps";
     EXPECT_EQ(testing::g_table_updates, 3 * 3);
+    // The log's hash-table figures come without copying the rows off the device.
+    for (size_t t = 0; t < cpu.table_layout().size(); ++t) {
+      EXPECT_EQ(gpu.table_hash_stats(t).rows, cpu.table_hash_stats(t).rows) << t;
+      EXPECT_EQ(gpu.table_hash_stats(t).inserted, cpu.table_hash_stats(t).inserted) << t;
+    }
+    if (gpu.table_layout()[0].hashed())
+      EXPECT_LT(gpu.table_layout()[0].shard().rows(), gpu.table_hash_stats(0).rows) << "the host copy was left behind";
     same_tables("after three steps");
     MultiTaskModel fresh(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
     EXPECT_FALSE(same_bits(fresh.tables()[1].shard().values(), std::as_const(gpu).tables()[1].shard().values()))
