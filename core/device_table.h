@@ -50,6 +50,9 @@ class DeviceTable {
     int64_t col;
     bool mean;
   };
+  // Sizes the per-batch buffers for `slots` slots of `batch` bags holding `ids` ids in all, so
+  // that such a batch allocates nothing (a larger one grows them).
+  virtual void reserve(int64_t slots, int64_t batch, int64_t ids) = 0;
   // out: f32 [batch, out_cols] in the device's memory; only the slots' columns are written.
   // `training`: a hash table inserts the ids it has no row for (a UserError naming the table
   // when full), every row read counts its reads and takes `day` as its last day seen, and the

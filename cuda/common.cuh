@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "core/error.h"
@@ -52,6 +53,9 @@ __device__ T block_max(T v, T* shared) {
   return r;
 }
 
+// Allocations made by DeviceVector, all types together (a test of a memory plan reads it).
+inline std::atomic<int64_t> g_device_vector_allocations{0};
+
 // A device buffer that grows (and only grows) to the largest size asked for: the scratch of
 // kernels whose sizes vary from call to call (a step's batch), allocated on the first large one.
 template <class T>
@@ -70,10 +74,12 @@ class DeviceVector {
       size_ = 0;
       CUDA_CHECK(cudaMalloc(&ptr_, static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T)));
       size_ = n;
+      ++g_device_vector_allocations;
     }
     return ptr_;
   }
   T* get() const { return ptr_; }
+  int64_t size() const { return size_; }
 
  private:
   T* ptr_ = nullptr;

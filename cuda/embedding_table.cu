@@ -347,6 +347,7 @@ struct CudaEmbeddingTable::Buffers {
   DeviceVector<int32_t> flags, run_id1;
   DeviceVector<uint8_t> is_new;
   DeviceVector<char> scratch;  // CUB temporary storage
+  int64_t reserved_slots = 0, reserved_bags = 0, reserved_ids = 0;  // what the per-batch buffers hold
 };
 
 CudaEmbeddingTable::CudaEmbeddingTable(const CudaEmbeddingOptions& options)
@@ -429,6 +430,10 @@ void CudaEmbeddingTable::forward(const std::vector<Slot>& slots, int64_t batch, 
     means.push_back(slot.mean < 0 ? options_.mean_pooling : slot.mean != 0);
   }
   NCSREC_CHECK(nnz <= INT32_MAX, "CudaEmbeddingTable " << options_.name << ": " << nnz << " ids in one batch");
+  // Past what the plan reserved: grow by half again at least, so that growing is rare.
+  if (S > b.reserved_slots || S * batch > b.reserved_bags || nnz > b.reserved_ids)
+    reserve_batch(std::max(S, b.reserved_slots), std::max(S * batch, b.reserved_bags),
+                  nnz > b.reserved_ids ? std::max(nnz, b.reserved_ids + b.reserved_ids / 2) : b.reserved_ids);
   b.batch = batch;
   b.nnz = nnz;
   b.slots = S;
@@ -561,6 +566,39 @@ void CudaEmbeddingTable::backward_update(const float* dout, int64_t dout_cols) {
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 
+void CudaEmbeddingTable::reserve(int64_t slots, int64_t batch, int64_t ids) {
+  NCSREC_CHECK(slots >= 1 && batch >= 0 && ids >= 0 && ids <= INT32_MAX,
+               "CudaEmbeddingTable " << options_.name << ": reserve for " << slots << " slots, batch " << batch
+                                     << ", " << ids << " ids");
+  Buffers& b = *buffers_;
+  reserve_batch(std::max(slots, b.reserved_slots), std::max(slots * batch, b.reserved_bags),
+                std::max(ids, b.reserved_ids));
+}
+
+void CudaEmbeddingTable::reserve_batch(int64_t slots, int64_t bags, int64_t ids) {
+  Buffers& b = *buffers_;
+  const int64_t n = std::max<int64_t>(ids, 1);
+  b.slot_cols.reserve(slots);
+  b.slot_mean.reserve(slots);
+  b.bag_start.reserve(bags);
+  b.bag_count.reserve(bags);
+  for (DeviceVector<int64_t>* v : {&b.all_ids, &b.keys, &b.positions, &b.sorted_keys, &b.sorted_positions,
+                                   &b.row_of_position, &b.bag_of_position, &b.unique_keys, &b.unique_rows})
+    v->reserve(n);
+  b.run_begin.reserve(n + 1);
+  b.flags.reserve(n);
+  b.run_id1.reserve(n);
+  b.is_new.reserve(n);
+  size_t sort_bytes = 0, scan_bytes = 0;
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, b.keys.get(), b.sorted_keys.get(), b.positions.get(),
+                                             b.sorted_positions.get(), static_cast<int>(n)));
+  CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, b.flags.get(), b.run_id1.get(), static_cast<int>(n)));
+  b.scratch.reserve(static_cast<int64_t>(std::max(sort_bytes, scan_bytes)));
+  b.reserved_slots = slots;
+  b.reserved_bags = bags;
+  b.reserved_ids = ids;
+}
+
 void CudaEmbeddingTable::set_lr(double lr) { options_.lr = lr; }
 void CudaEmbeddingTable::set_day(int64_t day) { day_ = day; }
 void CudaEmbeddingTable::set_step(int64_t step) { step_ = step; }
@@ -642,17 +680,26 @@ class CudaDeviceTable final : public DeviceTable {
  public:
   explicit CudaDeviceTable(const DeviceTableSpec& spec) : table_(options_of(spec)) {}
 
+  void reserve(int64_t slots, int64_t batch, int64_t ids) override {
+    grow(static_cast<size_t>(slots));
+    for (int64_t s = 0; s < slots; ++s) {
+      offsets_[static_cast<size_t>(s)]->reserve(batch + 1);
+      ids_[static_cast<size_t>(s)]->reserve(ids);
+    }
+    table_.reserve(slots, batch, ids);
+  }
+
   void forward(const std::vector<Slot>& slots, int64_t batch, float* out, int64_t out_cols, bool training,
                int64_t day) override {
-    while (ids_.size() < slots.size()) {
-      ids_.push_back(std::make_unique<DeviceVector<int64_t>>());
-      offsets_.push_back(std::make_unique<DeviceVector<int64_t>>());
-    }
+    grow(slots.size());
     std::vector<CudaEmbeddingTable::Slot> device_slots;
     for (size_t s = 0; s < slots.size(); ++s) {
       const Slot& slot = slots[s];
       int64_t* offsets = offsets_[s]->reserve(batch + 1);
-      int64_t* ids = ids_[s]->reserve(slot.nnz);
+      DeviceVector<int64_t>& id_buffer = *ids_[s];
+      // Past what the plan reserved: grow by half again at least, so that growing is rare.
+      if (slot.nnz > id_buffer.size()) id_buffer.reserve(std::max(slot.nnz, id_buffer.size() + id_buffer.size() / 2));
+      int64_t* ids = id_buffer.get();
       CUDA_CHECK(cudaMemcpy(offsets, slot.offsets, static_cast<size_t>(batch + 1) * sizeof(int64_t),
                             cudaMemcpyHostToDevice));
       if (slot.nnz > 0)
@@ -677,6 +724,13 @@ class CudaDeviceTable final : public DeviceTable {
   void store(const std::vector<Column>& columns) const override { table_.store_rows(pairs(columns)); }
 
  private:
+  void grow(size_t slots) {
+    while (ids_.size() < slots) {
+      ids_.push_back(std::make_unique<DeviceVector<int64_t>>());
+      offsets_.push_back(std::make_unique<DeviceVector<int64_t>>());
+    }
+  }
+
   static CudaEmbeddingOptions options_of(const DeviceTableSpec& spec) {
     CudaEmbeddingOptions o;
     o.name = spec.name;
@@ -704,6 +758,8 @@ class CudaDeviceTable final : public DeviceTable {
 };
 
 }  // namespace
+
+int64_t cuda_device_buffer_allocations() { return g_device_vector_allocations.load(); }
 
 std::unique_ptr<DeviceTable> make_cuda_device_table(const DeviceTableSpec& spec) {
   return std::make_unique<CudaDeviceTable>(spec);

@@ -101,6 +101,11 @@ class CudaEmbeddingTable {
   // The same for a several-slot forward: dout [batch, dout_cols], each slot's gradient at its columns.
   void backward_update(const float* dout, int64_t dout_cols);
 
+  // Sizes every buffer a forward and backward use for up to `slots` slots of `batch` bags and
+  // `ids` ids in all, so that such batches allocate nothing (a larger one grows them by half
+  // again at least).
+  void reserve(int64_t slots, int64_t batch, int64_t ids);
+
   // The rate of the following backward_update calls.
   void set_lr(double lr);
   // The day of the following training forwards (each row read gets it as its last day seen)
@@ -133,6 +138,7 @@ class CudaEmbeddingTable {
 
  private:
   struct Buffers;
+  void reserve_batch(int64_t slots, int64_t bags, int64_t ids);
   // A column's device memory (load_rows, store_rows).
   DeviceColumnView device_column(const std::string& name, int64_t rows) const;
   CudaEmbeddingOptions options_;
@@ -140,6 +146,10 @@ class CudaEmbeddingTable {
   uint64_t table_seed_ = 0;
   std::unique_ptr<Buffers> buffers_;
 };
+
+// Device buffers allocated by the CUDA backend's growable scratch so far (a test of a memory plan
+// reads it before and after some steps).
+int64_t cuda_device_buffer_allocations();
 
 // The model's device table (core/device_table.h) on a CudaEmbeddingTable: the factory cuda/
 // registers for Device::CUDA.

@@ -927,6 +927,7 @@ void MultiTaskModel::plan_memory(int64_t rows) {
   for (auto& m : dry.meta) m.assign(static_cast<size_t>(rows), 0);
   for (auto& t : dry.truth) t.assign(static_cast<size_t>(rows), 0.0f);
   const Tensor saved = params_.values().clone();  // a training forward moves BatchNorm's statistics
+  const bool tables_were_newer = device_tables_newer_;  // empty bags change no row
   const std::vector<double> normalizers = local_normalizers(dry);
   train_step(dry, normalizers, -1);
   if (!config_.esmm && !three_tower_)  // the alternating schedule's single-task steps
@@ -937,6 +938,15 @@ void MultiTaskModel::plan_memory(int64_t rows) {
     g.rows.clear();
     g.values = Tensor();
   }
+  device_tables_newer_ = tables_were_newer;
+  // Tables on the device: their per-batch buffers for one id per bag of every slot reading them
+  // (single-valued slots never need more; a multi-valued slot's larger batches grow them).
+  if (!device_tables_.empty())
+    for (const auto& g : groups_)
+      for (const auto& tr : g.tables) {
+        const auto slots = static_cast<int64_t>(tr.slots.size());
+        device_tables_[static_cast<size_t>(tr.table)]->reserve(slots, rows, rows * slots);
+      }
 }
 
 void MultiTaskModel::set_teacher(MultiTaskModel* teacher) {

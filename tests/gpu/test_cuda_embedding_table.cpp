@@ -417,6 +417,50 @@ TEST_F(CudaEmbeddingParity, TheModelsDeviceTableTrainsAsTheHostsPath) {
     for (const char* optimizer : {"sgd", "adagrad", "adam"}) check_device_table(hash, optimizer);
 }
 
+// The memory plan of a device table (MultiTaskModel::plan_memory reserves one id per bag of
+// each slot): batches within it allocate no device memory in forward or backward, the first
+// included; a batch past it grows the buffers once, and another of that size allocates nothing
+// more.
+TEST_F(CudaEmbeddingParity, AReservedTableAllocatesNothingForBatchesWithinItsPlan) {
+  for (const bool hash : {false, true}) {
+    SCOPED_TRACE(hash ? "hash" : "fixed");
+    DeviceTableSpec spec;
+    spec.name = "items";
+    spec.hash = hash;
+    spec.rows = 5000;
+    spec.dim = kDim;
+    spec.optimizer.type = "adam";
+    std::unique_ptr<DeviceTable> table = device_table_factory(Device::CUDA)(spec);
+    const int64_t B = 64, cols = 2 * kDim;
+    table->reserve(2, B, 2 * B);
+    DeviceCopy<float> out(std::vector<float>(static_cast<size_t>(4 * B * cols), 0.0f));
+    DeviceCopy<float> dout(std::vector<float>(static_cast<size_t>(4 * B * cols), 0.5f));
+    auto step = [&](int64_t ids_per_bag, uint64_t seed) {
+      Rng rng(seed);
+      std::vector<int64_t> offsets{0}, a, b;
+      for (int64_t r = 0; r < B; ++r) {
+        for (int64_t k = 0; k < ids_per_bag; ++k) {
+          a.push_back(static_cast<int64_t>(rng.below(3000)));
+          b.push_back(static_cast<int64_t>(rng.below(3000)));
+        }
+        offsets.push_back(static_cast<int64_t>(a.size()));
+      }
+      const auto nnz = static_cast<int64_t>(a.size());
+      table->forward({{offsets.data(), a.data(), nnz, 0, false}, {offsets.data(), b.data(), nnz, kDim, true}}, B, out.ptr,
+                     cols, true, 1);
+      table->backward_update(dout.ptr, cols, 0.01, 1);
+    };
+    const int64_t planned = cuda_device_buffer_allocations();
+    for (uint64_t s = 1; s < 6; ++s) step(1, s);
+    EXPECT_EQ(cuda_device_buffer_allocations(), planned) << "batches within the plan allocated";
+    step(3, 10);
+    const int64_t grown = cuda_device_buffer_allocations();
+    EXPECT_GT(grown, planned) << "three ids a bag exceed the plan";
+    step(3, 11);
+    EXPECT_EQ(cuda_device_buffer_allocations(), grown) << "the grown buffers hold another such batch";
+  }
+}
+
 TEST(CudaEmbeddingTableNoGpu, BuildingOneWithoutAGpuThrowsInsteadOfCrashing) {
   if (cuda_device_count() > 0) GTEST_SKIP() << "a GPU is present";
   EXPECT_THROW(CudaEmbeddingTable table(gpu_options(10)), InternalError);

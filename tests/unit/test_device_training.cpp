@@ -194,7 +194,10 @@ TEST_P(DeviceModel, APlannedModelAllocatesNoDeviceMemoryInAnyStep) {
   std::vector<Block> batches;
   for (size_t s = 0; s < c.tasks.size(); ++s) batches.push_back(random_block(s % 2 ? 32 : 24, 40 + s));
   const int64_t before_plan = storage_allocations(Device::CUDA);
+  testing::g_table_reserves = 0;
   plan_step_memory(gpu, 32);
+  if (gpu.tables_on_device())
+    EXPECT_EQ(testing::g_table_reserves, static_cast<int>(gpu.table_layout().size())) << "every device table planned";
   EXPECT_GT(storage_allocations(Device::CUDA), before_plan) << "the plan allocates the step's buffers";
   EXPECT_TRUE(same_bits(cpu.params().values(), gpu.params().values())) << "planning moved a parameter";
   const int64_t planned = storage_allocations(Device::CUDA);
