@@ -12,6 +12,7 @@
 #include "core/float_dispatch.h"
 #include "core/layers/losses.h"
 #include "core/metrics/metrics.h"
+#include "core/random.h"
 
 namespace ncsrec {
 namespace {
@@ -151,6 +152,22 @@ void cpu_apply_mask(DType d, void* out, const void* w, const uint8_t* bits, int6
 void cpu_add_masked(DType d, void* grad, const void* dw, const uint8_t* bits, int64_t n) {
   NCSREC_FLOAT_DISPATCH(d, (masked_kernel<float, true>(static_cast<float*>(grad), static_cast<const float*>(dw), bits, n)),
                         (masked_kernel<double, true>(static_cast<double*>(grad), static_cast<const double*>(dw), bits, n)));
+}
+
+// ---- dropout ----------------------------------------------------------------------------------
+
+template <class T>
+void dropout_t(T* out, const T* in, int64_t n, double rate, uint64_t key) {
+  const T scale = static_cast<T>(1.0 / (1.0 - rate));
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    const bool keep = to_unit(hash_combine(key, static_cast<uint64_t>(i))) >= rate;
+    out[i] = keep ? in[i] * scale : T(0);
+  }
+}
+void cpu_dropout(DType d, void* out, const void* in, int64_t n, double rate, uint64_t key) {
+  NCSREC_FLOAT_DISPATCH(d, dropout_t(static_cast<float*>(out), static_cast<const float*>(in), n, rate, key),
+                        dropout_t(static_cast<double*>(out), static_cast<const double*>(in), n, rate, key));
 }
 
 // ---- the masked multi-task linear layer, as the plain route computes it ---------------------
@@ -359,6 +376,7 @@ void add_cpu_training_ops(OpTable& t) {
   t.pairwise_dot_backward = cpu_pairwise_dot_backward;
   t.apply_mask = cpu_apply_mask;
   t.add_masked = cpu_add_masked;
+  t.dropout = cpu_dropout;
   t.masked_linear_forward = cpu_masked_linear_forward;
   t.masked_linear_input_grad = cpu_masked_linear_input_grad;
   t.masked_linear_weight_grad = cpu_masked_linear_weight_grad;

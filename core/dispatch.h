@@ -148,6 +148,11 @@ struct OpTable {
                                     const void* const* x, const void* const* dy, const uint8_t* const* bits,
                                     void* dw) = nullptr;
 
+  // Dropout (core/layers/dropout.h): out[i] = in[i]·(1 / (1 − rate)) where
+  // to_unit(hash_combine(key, i)) >= rate (core/random.h), else 0; a function of (key, i) alone,
+  // so every backend and thread count drops the same elements. May run in place.
+  void (*dropout)(DType dtype, void* out, const void* in, int64_t n, double rate, uint64_t key) = nullptr;
+
   // Dense optimizer steps over n contiguous elements (core/optim.h has the formulas). `update`
   // (one byte per element, 1 = step it) may be null: every element. With wd > 0 the elements
   // where `decay` is 1 (null: all) also decay: SGD and Adagrad as L2 in the gradient, Adam as

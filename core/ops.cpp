@@ -135,6 +135,13 @@ const float* f32_or_null(const Tensor* t) { return t ? static_cast<const float*>
 
 }  // namespace
 
+void dropout(Tensor& out, const Tensor& in, double rate, uint64_t key) {
+  same_size(out, in, "dropout");
+  NCSREC_CHECK(rate >= 0 && rate < 1, "dropout: rate " << rate);
+  auto k = kernel_or_throw(ops_for(in.device()).dropout, "dropout", in.device());
+  k(in.dtype(), out.raw(), in.raw(), in.numel(), rate, key);
+}
+
 double sigmoid_bce(const Tensor& logits, const Tensor& labels, const Tensor* weights, double normalizer, Tensor& prob,
                    Tensor& grad) {
   check_loss(logits, labels, weights, prob, grad, "sigmoid_bce");

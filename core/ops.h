@@ -36,6 +36,10 @@ void gate_mixture_forward(Tensor& out, Tensor& probs, const Tensor& logits, cons
 void gate_mixture_backward(Tensor& dlogits, const std::vector<Tensor*>& dexperts, const Tensor& dout,
                            const Tensor& probs, const std::vector<const Tensor*>& experts);
 
+// Dropout (OpTable::dropout): out = in with the elements (key, i) drops zeroed and the others
+// scaled by 1 / (1 − rate); the same shape, dtype and device (may be one tensor).
+void dropout(Tensor& out, const Tensor& in, double rate, uint64_t key);
+
 // Loss heads with their gradients fused (OpTable::sigmoid_bce …, on the logits' device):
 // logits, prob and grad hold n elements of one dtype; labels and weights are f32 tensors of n
 // elements on the same device (weights null: all 1). prob and grad are written; the return is

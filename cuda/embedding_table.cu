@@ -531,7 +531,9 @@ void CudaEmbeddingTable::forward(const std::vector<Slot>& slots, int64_t batch, 
                                                         b.values.get(), bags, batch, dim, out, out_cols);
     launch_check();
   }
-  CUDA_CHECK(cudaDeviceSynchronize());
+  // No device-wide synchronisation: the kernels run in order on the default stream, where the
+  // model's next kernels read `out`; a wait here would also wait for the dense gradient's sums
+  // in flight on the communicator's stream.
   b.trained_forward = training;
 }
 
@@ -562,8 +564,7 @@ void CudaEmbeddingTable::backward_update(const float* dout, int64_t dout_cols) {
     launch_check();
   }
   mark_updated_kernel<<<blocks_for(b.unique), kThreads>>>(b.unique_rows.get(), b.unique, b.updated.get(), step_);
-  launch_check();
-  CUDA_CHECK(cudaDeviceSynchronize());
+  launch_check();  // and no device-wide wait (see forward): the dense sums stay in flight
 }
 
 void CudaEmbeddingTable::reserve(int64_t slots, int64_t batch, int64_t ids) {

@@ -15,6 +15,7 @@
 
 #include "core/error.h"
 #include "core/layers/loss_math.h"
+#include "core/random.h"
 #include "cuda/check.h"
 #include "cuda/common.cuh"
 
@@ -332,6 +333,27 @@ void cuda_add_masked(DType d, void* grad, const void* dw, const uint8_t* bits, i
   NCSREC_CUDA_LAUNCH_CHECK();
 }
 
+// ---- dropout (the rule of core/cpu_training_ops.cpp: a function of (key, i) alone) ---------------
+
+template <class T>
+__global__ void dropout_kernel(T* out, const T* in, int64_t n, double rate, T scale, uint64_t key) {
+  GRID_STRIDE(i, n) {
+    const bool keep = to_unit(hash_combine(key, static_cast<uint64_t>(i))) >= rate;
+    out[i] = keep ? in[i] * scale : T(0);
+  }
+}
+void cuda_dropout(DType d, void* out, const void* in, int64_t n, double rate, uint64_t key) {
+  if (n == 0) return;
+  const double scale = 1.0 / (1.0 - rate);
+  NCSREC_CUDA_FLOAT_DISPATCH(d,
+                             (dropout_kernel<float><<<blocks_for(n), kThreads>>>(
+                                 static_cast<float*>(out), static_cast<const float*>(in), n, rate,
+                                 static_cast<float>(scale), key)),
+                             (dropout_kernel<double><<<blocks_for(n), kThreads>>>(
+                                 static_cast<double*>(out), static_cast<const double*>(in), n, rate, scale, key)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+
 // ---- dense optimizers (the formulas of core/cpu_training_ops.cpp) ---------------------------
 
 __device__ inline bool steps(const uint8_t* update, int64_t i) { return !update || update[i]; }
@@ -427,6 +449,7 @@ void add_cuda_training_ops(OpTable& t) {
   t.pairwise_dot_backward = cuda_pairwise_dot_backward;
   t.apply_mask = cuda_apply_mask;
   t.add_masked = cuda_add_masked;
+  t.dropout = cuda_dropout;
   t.sgd_step = cuda_sgd_step;
   t.adam_step = cuda_adam_step;
   t.adagrad_step = cuda_adagrad_step;

@@ -16,15 +16,40 @@ namespace ncsrec {
 
 namespace {
 std::string in_file(const ModelConfig& m) { return m.source.empty() ? std::string() : m.source + ": "; }
+
+// The first element of a tensor as a double, wherever the tensor is (a scalar parameter or its
+// gradient), without allocating.
+double read_scalar(const Tensor& t) {
+  double d = 0;
+  float f = 0;
+  const bool f32 = t.dtype() == DType::F32;
+  void* host = f32 ? static_cast<void*>(&f) : static_cast<void*>(&d);
+  const size_t bytes = f32 ? sizeof(float) : sizeof(double);
+  if (t.device() == Device::CPU) std::memcpy(host, t.raw(), bytes);
+  else ops_for(t.device()).copy(host, t.raw(), bytes, CopyKind::DeviceToHost);
+  return f32 ? static_cast<double>(f) : d;
+}
+
+// t[0] += v, in t's dtype (the float addition rounds as a host += would).
+void add_to_scalar(Tensor& t, double v) {
+  const bool f32 = t.dtype() == DType::F32;
+  float f = 0;
+  double d = 0;
+  if (f32) f = static_cast<float>(read_scalar(t)) + static_cast<float>(v);
+  else d = read_scalar(t) + v;
+  const void* host = f32 ? static_cast<const void*>(&f) : static_cast<const void*>(&d);
+  const size_t bytes = f32 ? sizeof(float) : sizeof(double);
+  if (t.device() == Device::CPU) std::memcpy(t.raw(), host, bytes);
+  else ops_for(t.device()).copy(t.raw(), host, bytes, CopyKind::HostToDevice);
+}
+
 }  // namespace
 
 std::string MultiTaskModel::device_limits(const ModelConfig& config) {
   std::vector<std::string> host_only;
   if (config.type == "three_tower") host_only.push_back("type three_tower");
   if (config.layers.norm != Norm::None) host_only.push_back("layers.norm");
-  if (config.layers.dropout > 0) host_only.push_back("layers.dropout");
   if (!config.apg.in.empty()) host_only.push_back("apg");
-  if (config.loss_weighting == "uncertainty") host_only.push_back("loss_weighting: uncertainty");
   if (config.masks.find == "learned") host_only.push_back("masks.find: learned");
   if (config.history.enabled() && config.history.aggregate == "attention")
     host_only.push_back("history.aggregate: attention");
@@ -803,10 +828,9 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     const double once = !comm_ || comm_->rank() == 0 ? 1.0 : 0.0;
     for (size_t k = 0; k < log_sigma_.size(); ++k) {
       if (std::isnan(loss.per_task[k])) continue;
-      const double s = dtype_ == DType::F32 ? log_sigma_[k]->value.data<float>()[0] : log_sigma_[k]->value.data<double>()[0];
+      const double s = read_scalar(log_sigma_[k]->value);
       const double g = -2.0 * weight[k] * loss.per_task[k] + once;
-      if (dtype_ == DType::F32) log_sigma_[k]->grad.data<float>()[0] += static_cast<float>(g);
-      else log_sigma_[k]->grad.data<double>()[0] += g;
+      add_to_scalar(log_sigma_[k]->grad, g);
       loss.total += once * s;
     }
   }
@@ -1113,15 +1137,12 @@ void MultiTaskModel::predict(const Block& batch, std::vector<std::vector<float>>
   }
 }
 
+
 std::vector<double> MultiTaskModel::effective_loss_weights() const {
   std::vector<double> w;
   for (size_t k = 0; k < loss_names_.size(); ++k) {
     double v = base_loss_weights_[k];  // ESMM: ctr ↔ task 0, ctcvr ↔ task 1
-    if (!log_sigma_.empty()) {
-      const Tensor& s = log_sigma_[k]->value;
-      const double sk = dtype_ == DType::F32 ? s.data<float>()[0] : s.data<double>()[0];
-      v *= std::exp(-2.0 * sk) / 2.0;
-    }
+    if (!log_sigma_.empty()) v *= std::exp(-2.0 * read_scalar(log_sigma_[k]->value)) / 2.0;
     w.push_back(v);
   }
   return w;

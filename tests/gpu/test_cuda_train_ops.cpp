@@ -296,6 +296,33 @@ TEST_F(CudaTrainOps, MasksAreExact) {
   }
 }
 
+// ---- dropout -------------------------------------------------------------------------------
+
+// The kept elements and their scaled values are the CPU's to the bit (a function of (key, i)
+// alone), out of place and in place; about `rate` of them are dropped.
+template <class T>
+void check_dropout(int64_t n, double rate, uint64_t key) {
+  const auto x = random_values<T>(n, key + 1);
+  std::vector<T> want(static_cast<size_t>(n));
+  cpu().dropout(dtype_for<T>(), want.data(), x.data(), n, rate, key);
+  DeviceBuffer<T> d_x(x), d_out(n);
+  gpu().dropout(dtype_for<T>(), d_out.get(), d_x.get(), n, rate, key);
+  EXPECT_EQ(d_out.download(), want) << "n " << n << " rate " << rate;
+  gpu().dropout(dtype_for<T>(), d_x.get(), d_x.get(), n, rate, key);
+  EXPECT_EQ(d_x.download(), want) << "in place, n " << n;
+  int64_t dropped = 0;
+  for (const T v : want) dropped += v == T(0) ? 1 : 0;
+  if (n >= 100000) EXPECT_NEAR(static_cast<double>(dropped) / static_cast<double>(n), rate, 0.01);
+}
+
+TEST_F(CudaTrainOps, DropoutDropsTheCpusElements) {
+  for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{100003}})
+    for (double rate : {0.1, 0.5}) {
+      check_dropout<float>(n, rate, 11);
+      check_dropout<double>(n, rate, 12);
+    }
+}
+
 // ---- optimizers -----------------------------------------------------------------------------
 
 template <class T>

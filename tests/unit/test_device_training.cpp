@@ -508,6 +508,11 @@ std::vector<Case> model_cases() {
              "  type: ncs\n  shared: [16, 8]\n  tower: []\n" + kTables, {0, 1, 0, 1, -1}},
         Case{"ncs_esmm_sgd", "  type: ncs\n  esmm: true\n  shared: [12]\n  tower: [4]\n" + kTables, {-1, -1}, "sgd"},
         Case{"mmoe", "  type: mmoe\n  experts: {count: 3, sizes: [8]}\n  tower: [4]\n" + kTables, {-1, -1, -1}},
+        Case{"ncs_uncertainty", "  type: ncs\n  shared: [12]\n  tower: [4]\n  loss_weighting: uncertainty\n" + kTables,
+             {-1, 0, 1, -1}},
+        Case{"mmoe_dropout",
+             "  type: mmoe\n  experts: {count: 2, sizes: [8]}\n  tower: [6]\n  layers: {dropout: 0.3}\n" + kTables,
+             {-1, -1, -1}},
         Case{"ple_masked_experts",
              "  type: ple\n  esmm: true\n  experts: {levels: 1, task_experts: 1, shared_experts: 1, sizes: [8], "
              "masked: true}\n  tower: [4]\n" + kTables,
@@ -539,20 +544,20 @@ INSTANTIATE_TEST_SUITE_P(Models, DeviceMaskedRoutes, ::testing::ValuesIn(masked_
 TEST(DeviceModel, ModelsWithHostOnlyLayersAreRefusedByName) {
   FakeDevice device;
   const Block first = random_block(8, 1);
-  const TrainConfig dropout = config_for("  type: esmm\n  tower: [8]\n  layers: {dropout: 0.1}\n" + kTables);
+  const TrainConfig norm = config_for("  type: esmm\n  tower: [8]\n  layers: {norm: layer}\n" + kTables);
   try {
-    MultiTaskModel m(dropout.model, first.schema, DType::F32, 1, nullptr, Device::CUDA);
-    FAIL() << "a model with dropout was built on the device";
+    MultiTaskModel m(norm.model, first.schema, DType::F32, 1, nullptr, Device::CUDA);
+    FAIL() << "a model with layer norm was built on the device";
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("layers.dropout"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("layers.norm"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("run.device: cpu"), std::string::npos) << e.what();
   }
   EXPECT_EQ(MultiTaskModel::device_limits(config_for("  type: mmoe\n  experts: {count: 2, sizes: [4]}\n" + kTables).model),
             "");
-  TrainConfig automatic = dropout;
+  TrainConfig automatic = norm;
   automatic.device = "auto";
   EXPECT_EQ(training_device(automatic), Device::CPU) << "auto falls back for a host-only model";
-  automatic.model.layers.dropout = 0;
+  automatic.model.layers.norm = Norm::None;
   EXPECT_EQ(training_device(automatic), Device::CUDA);
 }
 
