@@ -154,6 +154,173 @@ void cpu_add_masked(DType d, void* grad, const void* dw, const uint8_t* bits, in
                         (masked_kernel<double, true>(static_cast<double*>(grad), static_cast<const double*>(dw), bits, n)));
 }
 
+// ---- normalisation layers (the loops of core/layers/norm.h, moved here from the layer) ---------
+
+constexpr int64_t kColumnBlock = 32;
+
+// out[c] = Σ_r f(r, c), each column summed in row order. Threads split the columns, never the
+// rows, so the sums are the same bits for any thread count.
+template <class F>
+void column_sums(double* out, int64_t rows, int64_t cols, const F& f) {
+  const int64_t blocks = (cols + kColumnBlock - 1) / kColumnBlock;
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
+  for (int64_t block = 0; block < blocks; ++block) {
+    const int64_t c0 = block * kColumnBlock, c1 = std::min(cols, c0 + kColumnBlock);
+    for (int64_t c = c0; c < c1; ++c) out[c] = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = c0; c < c1; ++c) out[c] += f(r, c);
+  }
+}
+
+template <class T>
+void batch_norm_forward_t(const T* xv, int64_t B, int64_t C, const T* g, const T* b, T* rm, T* rv, double momentum,
+                          double eps, bool training, double* mean, double* inv_std, T* xh, T* y) {
+  if (training) {
+    column_sums(mean, B, C, [&](int64_t r, int64_t c) { return static_cast<double>(xv[r * C + c]); });
+    for (int64_t c = 0; c < C; ++c) mean[c] /= static_cast<double>(B);
+    // Two passes (mean, then squared deviations): no cancellation for large means.
+    double* var = inv_std;  // holds the sums of squares until it becomes 1/σ
+    column_sums(var, B, C, [&](int64_t r, int64_t c) {
+      const double d = xv[r * C + c] - mean[c];
+      return d * d;
+    });
+    const double bessel = static_cast<double>(B) / static_cast<double>(B - 1);
+    for (int64_t c = 0; c < C; ++c) {
+      const double biased = var[c] / static_cast<double>(B);
+      rm[c] = static_cast<T>(momentum * rm[c] + (1 - momentum) * mean[c]);
+      rv[c] = static_cast<T>(momentum * rv[c] + (1 - momentum) * biased * bessel);
+      inv_std[c] = 1.0 / std::sqrt(biased + eps);
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      mean[c] = rm[c];
+      inv_std[c] = 1.0 / std::sqrt(static_cast<double>(rv[c]) + eps);
+    }
+  }
+#pragma omp parallel for schedule(static) if (B * C >= kParallelMin)
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t c = 0; c < C; ++c) {
+      const double h = (xv[r * C + c] - mean[c]) * inv_std[c];
+      if (xh) xh[r * C + c] = static_cast<T>(h);
+      y[r * C + c] = static_cast<T>(g[c] * h + b[c]);
+    }
+}
+
+template <class T>
+void batch_norm_backward_t(const T* g, const T* xh, int64_t B, int64_t C, const T* gamma, const double* inv_std,
+                           double* sums, T* dgamma, T* dbeta, T* dx) {
+  double* sum_dy = sums;
+  double* sum_dy_xhat = sums + C;
+  column_sums(sum_dy, B, C, [&](int64_t r, int64_t c) { return static_cast<double>(g[r * C + c]); });
+  column_sums(sum_dy_xhat, B, C, [&](int64_t r, int64_t c) { return static_cast<double>(g[r * C + c]) * xh[r * C + c]; });
+  for (int64_t c = 0; c < C; ++c) {
+    dgamma[c] += static_cast<T>(sum_dy_xhat[c]);
+    dbeta[c] += static_cast<T>(sum_dy[c]);
+  }
+  const double n = static_cast<double>(B);
+#pragma omp parallel for schedule(static) if (B * C >= kParallelMin)
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = r * C + c;
+      dx[i] = static_cast<T>(gamma[c] * inv_std[c] / n * (n * g[i] - sum_dy[c] - xh[i] * sum_dy_xhat[c]));
+    }
+}
+
+template <class T>
+void layer_norm_forward_t(const T* xv, int64_t B, int64_t C, const T* g, const T* b, double eps, double* inv_std,
+                          T* xh, T* y) {
+#pragma omp parallel for schedule(static) if (B * C >= kParallelMin)
+  for (int64_t r = 0; r < B; ++r) {
+    const T* xr = xv + r * C;
+    double mean = 0, var = 0;
+    for (int64_t c = 0; c < C; ++c) mean += xr[c];
+    mean /= static_cast<double>(C);
+    for (int64_t c = 0; c < C; ++c) var += (xr[c] - mean) * (xr[c] - mean);
+    const double inv = 1.0 / std::sqrt(var / static_cast<double>(C) + eps);
+    inv_std[r] = inv;
+    for (int64_t c = 0; c < C; ++c) {
+      const double h = (xr[c] - mean) * inv;
+      xh[r * C + c] = static_cast<T>(h);
+      y[r * C + c] = static_cast<T>(g[c] * h + b[c]);
+    }
+  }
+}
+
+template <class T>
+void layer_norm_backward_t(const T* g, const T* xh, int64_t B, int64_t C, const T* gamma, const double* inv_std,
+                           double* sums, T* dgamma, T* dbeta, T* dx) {
+  double* sum_dy = sums;
+  double* sum_dy_xhat = sums + C;
+  column_sums(sum_dy, B, C, [&](int64_t r, int64_t c) { return static_cast<double>(g[r * C + c]); });
+  column_sums(sum_dy_xhat, B, C, [&](int64_t r, int64_t c) { return static_cast<double>(g[r * C + c]) * xh[r * C + c]; });
+  for (int64_t c = 0; c < C; ++c) {
+    dgamma[c] += static_cast<T>(sum_dy_xhat[c]);
+    dbeta[c] += static_cast<T>(sum_dy[c]);
+  }
+  const double n = static_cast<double>(C);
+#pragma omp parallel for schedule(static) if (B * C >= kParallelMin)
+  for (int64_t r = 0; r < B; ++r) {
+    const int64_t row = r * C;
+    double sum_g = 0, sum_g_xhat = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const double gh = static_cast<double>(gamma[c]) * g[row + c];
+      sum_g += gh;
+      sum_g_xhat += gh * xh[row + c];
+    }
+    const double scale = inv_std[r] / n;
+    for (int64_t c = 0; c < C; ++c) {
+      const double gh = static_cast<double>(gamma[c]) * g[row + c];
+      dx[row + c] = static_cast<T>(scale * (n * gh - sum_g - xh[row + c] * sum_g_xhat));
+    }
+  }
+}
+
+void cpu_batch_norm_forward(DType d, const void* x, int64_t rows, int64_t cols, const void* gamma, const void* beta,
+                            void* rm, void* rv, double momentum, double eps, bool training, double* mean,
+                            double* inv_std, void* xhat, void* y) {
+  NCSREC_FLOAT_DISPATCH(
+      d,
+      batch_norm_forward_t(static_cast<const float*>(x), rows, cols, static_cast<const float*>(gamma),
+                           static_cast<const float*>(beta), static_cast<float*>(rm), static_cast<float*>(rv), momentum,
+                           eps, training, mean, inv_std, static_cast<float*>(xhat), static_cast<float*>(y)),
+      batch_norm_forward_t(static_cast<const double*>(x), rows, cols, static_cast<const double*>(gamma),
+                           static_cast<const double*>(beta), static_cast<double*>(rm), static_cast<double*>(rv),
+                           momentum, eps, training, mean, inv_std, static_cast<double*>(xhat), static_cast<double*>(y)));
+}
+void cpu_batch_norm_backward(DType d, const void* dy, const void* xhat, int64_t rows, int64_t cols, const void* gamma,
+                             const double* inv_std, double* sums, void* dgamma, void* dbeta, void* dx) {
+  NCSREC_FLOAT_DISPATCH(
+      d,
+      batch_norm_backward_t(static_cast<const float*>(dy), static_cast<const float*>(xhat), rows, cols,
+                            static_cast<const float*>(gamma), inv_std, sums, static_cast<float*>(dgamma),
+                            static_cast<float*>(dbeta), static_cast<float*>(dx)),
+      batch_norm_backward_t(static_cast<const double*>(dy), static_cast<const double*>(xhat), rows, cols,
+                            static_cast<const double*>(gamma), inv_std, sums, static_cast<double*>(dgamma),
+                            static_cast<double*>(dbeta), static_cast<double*>(dx)));
+}
+void cpu_layer_norm_forward(DType d, const void* x, int64_t rows, int64_t cols, const void* gamma, const void* beta,
+                            double eps, double* inv_std, void* xhat, void* y) {
+  NCSREC_FLOAT_DISPATCH(
+      d,
+      layer_norm_forward_t(static_cast<const float*>(x), rows, cols, static_cast<const float*>(gamma),
+                           static_cast<const float*>(beta), eps, inv_std, static_cast<float*>(xhat),
+                           static_cast<float*>(y)),
+      layer_norm_forward_t(static_cast<const double*>(x), rows, cols, static_cast<const double*>(gamma),
+                           static_cast<const double*>(beta), eps, inv_std, static_cast<double*>(xhat),
+                           static_cast<double*>(y)));
+}
+void cpu_layer_norm_backward(DType d, const void* dy, const void* xhat, int64_t rows, int64_t cols, const void* gamma,
+                             const double* inv_std, double* sums, void* dgamma, void* dbeta, void* dx) {
+  NCSREC_FLOAT_DISPATCH(
+      d,
+      layer_norm_backward_t(static_cast<const float*>(dy), static_cast<const float*>(xhat), rows, cols,
+                            static_cast<const float*>(gamma), inv_std, sums, static_cast<float*>(dgamma),
+                            static_cast<float*>(dbeta), static_cast<float*>(dx)),
+      layer_norm_backward_t(static_cast<const double*>(dy), static_cast<const double*>(xhat), rows, cols,
+                            static_cast<const double*>(gamma), inv_std, sums, static_cast<double*>(dgamma),
+                            static_cast<double*>(dbeta), static_cast<double*>(dx)));
+}
+
 // ---- dropout ----------------------------------------------------------------------------------
 
 template <class T>
@@ -377,6 +544,10 @@ void add_cpu_training_ops(OpTable& t) {
   t.apply_mask = cpu_apply_mask;
   t.add_masked = cpu_add_masked;
   t.dropout = cpu_dropout;
+  t.batch_norm_forward = cpu_batch_norm_forward;
+  t.batch_norm_backward = cpu_batch_norm_backward;
+  t.layer_norm_forward = cpu_layer_norm_forward;
+  t.layer_norm_backward = cpu_layer_norm_backward;
   t.masked_linear_forward = cpu_masked_linear_forward;
   t.masked_linear_input_grad = cpu_masked_linear_input_grad;
   t.masked_linear_weight_grad = cpu_masked_linear_weight_grad;

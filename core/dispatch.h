@@ -148,6 +148,32 @@ struct OpTable {
                                     const void* const* x, const void* const* dy, const uint8_t* const* bits,
                                     void* dw) = nullptr;
 
+  // Normalisation layers (core/layers/norm.h) over x [rows, cols], statistics in double (the
+  // double arrays live where x does). Every sum runs in a fixed order (a column over its rows in
+  // row order, a row over its columns in column order), so results do not depend on threads.
+  // BatchNorm forward: training: mean[c] and inv_std[c] = 1/sqrt(biased var + eps) from the
+  // batch (rows >= 2), running_mean ← m·running_mean + (1 − m)·mean and running_var likewise
+  // with the unbiased variance; evaluation: from the running statistics. y = γ·x̂ + β (written),
+  // x̂ = (x − mean)·inv_std into xhat when it is non-null.
+  void (*batch_norm_forward)(DType dtype, const void* x, int64_t rows, int64_t cols, const void* gamma,
+                             const void* beta, void* running_mean, void* running_var, double momentum, double eps,
+                             bool training, double* mean, double* inv_std, void* xhat, void* y) = nullptr;
+  // BatchNorm backward after a training forward: with S = Σ_r dy, P = Σ_r dy·x̂ per column
+  // (`sums`: 2·cols doubles of scratch), dgamma += P, dbeta += S (accumulate), dx = γ·inv_std/rows
+  // ·(rows·dy − S − x̂·P) (written).
+  void (*batch_norm_backward)(DType dtype, const void* dy, const void* xhat, int64_t rows, int64_t cols,
+                              const void* gamma, const double* inv_std, double* sums, void* dgamma, void* dbeta,
+                              void* dx) = nullptr;
+  // LayerNorm forward: each row by its own mean and biased variance; inv_std[r] (double) and
+  // x̂ written, y = γ·x̂ + β.
+  void (*layer_norm_forward)(DType dtype, const void* x, int64_t rows, int64_t cols, const void* gamma,
+                             const void* beta, double eps, double* inv_std, void* xhat, void* y) = nullptr;
+  // LayerNorm backward: dgamma += Σ_r dy·x̂, dbeta += Σ_r dy (`sums`: 2·cols doubles of scratch);
+  // per row, with ĝ = γ·dy: dx = inv_std/cols·(cols·ĝ − Σ_c ĝ − x̂·Σ_c ĝ·x̂) (written).
+  void (*layer_norm_backward)(DType dtype, const void* dy, const void* xhat, int64_t rows, int64_t cols,
+                              const void* gamma, const double* inv_std, double* sums, void* dgamma, void* dbeta,
+                              void* dx) = nullptr;
+
   // Dropout (core/layers/dropout.h): out[i] = in[i]·(1 / (1 − rate)) where
   // to_unit(hash_combine(key, i)) >= rate (core/random.h), else 0; a function of (key, i) alone,
   // so every backend and thread count drops the same elements. May run in place.

@@ -135,6 +135,71 @@ const float* f32_or_null(const Tensor* t) { return t ? static_cast<const float*>
 
 }  // namespace
 
+namespace {
+
+// x [B, C]; the [C] parameters of x's dtype and the f64 statistics, all where x is.
+void check_norm(const char* op, const Tensor& x, const std::vector<const Tensor*>& per_column,
+                const std::vector<std::pair<const Tensor*, int64_t>>& stats) {
+  NCSREC_CHECK(x.ndim() == 2, op << ": x " << x.describe() << " is not 2-D");
+  for (const Tensor* t : per_column) {
+    same_place(*t, x, op);
+    NCSREC_CHECK(t->numel() == x.dim(1), op << ": " << t->describe() << " for " << x.dim(1) << " columns");
+  }
+  for (const auto& [t, n] : stats)
+    NCSREC_CHECK(t->dtype() == DType::F64 && t->device() == x.device() && t->numel() >= n,
+                 op << ": statistics " << t->describe() << " for " << n << " f64 values on " << device_name(x.device()));
+}
+
+const double* f64(const Tensor& t) { return static_cast<const double*>(t.raw()); }
+double* f64(Tensor& t) { return static_cast<double*>(t.raw()); }
+
+}  // namespace
+
+void batch_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean,
+                        Tensor& running_var, double momentum, double eps, bool training, Tensor& mean, Tensor& inv_std,
+                        Tensor* xhat, Tensor& y) {
+  const char* op = "batch_norm_forward";
+  check_norm(op, x, {&gamma, &beta, &running_mean, &running_var}, {{&mean, x.dim(1)}, {&inv_std, x.dim(1)}});
+  same_shape(y, x, op);
+  if (xhat) same_shape(*xhat, x, op);
+  NCSREC_CHECK(!training || x.dim(0) >= 2, op << ": training on " << x.dim(0) << " rows");
+  auto k = kernel_or_throw(ops_for(x.device()).batch_norm_forward, op, x.device());
+  k(x.dtype(), x.raw(), x.dim(0), x.dim(1), gamma.raw(), beta.raw(), running_mean.raw(), running_var.raw(), momentum,
+    eps, training, f64(mean), f64(inv_std), xhat ? xhat->raw() : nullptr, y.raw());
+}
+
+void batch_norm_backward(const Tensor& dy, const Tensor& xhat, const Tensor& gamma, const Tensor& inv_std, Tensor& sums,
+                         Tensor& dgamma, Tensor& dbeta, Tensor& dx) {
+  const char* op = "batch_norm_backward";
+  check_norm(op, dy, {&gamma, &dgamma, &dbeta}, {{&inv_std, dy.dim(1)}, {&sums, 2 * dy.dim(1)}});
+  same_shape(xhat, dy, op);
+  same_shape(dx, dy, op);
+  auto k = kernel_or_throw(ops_for(dy.device()).batch_norm_backward, op, dy.device());
+  k(dy.dtype(), dy.raw(), xhat.raw(), dy.dim(0), dy.dim(1), gamma.raw(), f64(inv_std), f64(sums), dgamma.raw(),
+    dbeta.raw(), dx.raw());
+}
+
+void layer_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps, Tensor& inv_std,
+                        Tensor& xhat, Tensor& y) {
+  const char* op = "layer_norm_forward";
+  check_norm(op, x, {&gamma, &beta}, {{&inv_std, x.dim(0)}});
+  same_shape(y, x, op);
+  same_shape(xhat, x, op);
+  auto k = kernel_or_throw(ops_for(x.device()).layer_norm_forward, op, x.device());
+  k(x.dtype(), x.raw(), x.dim(0), x.dim(1), gamma.raw(), beta.raw(), eps, f64(inv_std), xhat.raw(), y.raw());
+}
+
+void layer_norm_backward(const Tensor& dy, const Tensor& xhat, const Tensor& gamma, const Tensor& inv_std, Tensor& sums,
+                         Tensor& dgamma, Tensor& dbeta, Tensor& dx) {
+  const char* op = "layer_norm_backward";
+  check_norm(op, dy, {&gamma, &dgamma, &dbeta}, {{&inv_std, dy.dim(0)}, {&sums, 2 * dy.dim(1)}});
+  same_shape(xhat, dy, op);
+  same_shape(dx, dy, op);
+  auto k = kernel_or_throw(ops_for(dy.device()).layer_norm_backward, op, dy.device());
+  k(dy.dtype(), dy.raw(), xhat.raw(), dy.dim(0), dy.dim(1), gamma.raw(), f64(inv_std), f64(sums), dgamma.raw(),
+    dbeta.raw(), dx.raw());
+}
+
 void dropout(Tensor& out, const Tensor& in, double rate, uint64_t key) {
   same_size(out, in, "dropout");
   NCSREC_CHECK(rate >= 0 && rate < 1, "dropout: rate " << rate);

@@ -36,6 +36,20 @@ void gate_mixture_forward(Tensor& out, Tensor& probs, const Tensor& logits, cons
 void gate_mixture_backward(Tensor& dlogits, const std::vector<Tensor*>& dexperts, const Tensor& dout,
                            const Tensor& probs, const std::vector<const Tensor*>& experts);
 
+// Normalisation layers (OpTable::batch_norm_*, layer_norm_*) over x [B, C]: gamma, beta, the
+// running statistics, dgamma, dbeta [C] of x's dtype; mean, inv_std ([C] for BatchNorm, [B] for
+// LayerNorm) and sums [2C] f64; every tensor on x's device. xhat may be null for BatchNorm's
+// evaluation forward.
+void batch_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean,
+                        Tensor& running_var, double momentum, double eps, bool training, Tensor& mean, Tensor& inv_std,
+                        Tensor* xhat, Tensor& y);
+void batch_norm_backward(const Tensor& dy, const Tensor& xhat, const Tensor& gamma, const Tensor& inv_std, Tensor& sums,
+                         Tensor& dgamma, Tensor& dbeta, Tensor& dx);
+void layer_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps, Tensor& inv_std,
+                        Tensor& xhat, Tensor& y);
+void layer_norm_backward(const Tensor& dy, const Tensor& xhat, const Tensor& gamma, const Tensor& inv_std, Tensor& sums,
+                         Tensor& dgamma, Tensor& dbeta, Tensor& dx);
+
 // Dropout (OpTable::dropout): out = in with the elements (key, i) drops zeroed and the others
 // scaled by 1 / (1 − rate); the same shape, dtype and device (may be one tensor).
 void dropout(Tensor& out, const Tensor& in, double rate, uint64_t key);

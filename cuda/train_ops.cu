@@ -333,6 +333,190 @@ void cuda_add_masked(DType d, void* grad, const void* dw, const uint8_t* bits, i
   NCSREC_CUDA_LAUNCH_CHECK();
 }
 
+// ---- normalisation layers (the arithmetic of core/cpu_training_ops.cpp, in double) -----------
+// One thread per column for the column statistics (each summed over its rows in row order, as the
+// CPU), one per row for LayerNorm's row statistics; every double product and sum through the _rn
+// intrinsics (never contracted into a fused multiply-add), so the statistics round as the CPU's.
+
+template <class T>
+__global__ void bn_stats_kernel(const T* x, int64_t B, int64_t C, T* rm, T* rv, double momentum, double eps,
+                                bool training, double* mean, double* inv_std) {
+  GRID_STRIDE(c, C) {
+    if (!training) {
+      mean[c] = static_cast<double>(rm[c]);
+      inv_std[c] = 1.0 / sqrt(__dadd_rn(static_cast<double>(rv[c]), eps));
+      continue;
+    }
+    double s = 0;
+    for (int64_t r = 0; r < B; ++r) s = __dadd_rn(s, static_cast<double>(x[r * C + c]));
+    const double m = s / static_cast<double>(B);
+    double v = 0;
+    for (int64_t r = 0; r < B; ++r) {
+      const double d = __dsub_rn(static_cast<double>(x[r * C + c]), m);
+      v = __dadd_rn(v, __dmul_rn(d, d));
+    }
+    const double bessel = static_cast<double>(B) / static_cast<double>(B - 1);
+    const double biased = v / static_cast<double>(B);
+    rm[c] = static_cast<T>(__dadd_rn(__dmul_rn(momentum, static_cast<double>(rm[c])), __dmul_rn(1 - momentum, m)));
+    rv[c] = static_cast<T>(__dadd_rn(__dmul_rn(momentum, static_cast<double>(rv[c])),
+                                     __dmul_rn(__dmul_rn(1 - momentum, biased), bessel)));
+    mean[c] = m;
+    inv_std[c] = 1.0 / sqrt(__dadd_rn(biased, eps));
+  }
+}
+
+// BatchNorm's y = γ·x̂ + β with x̂ = (x − mean)·inv_std, the statistics per column.
+template <class T>
+__global__ void bn_apply_kernel(const T* x, int64_t B, int64_t C, const double* mean, const double* inv_std,
+                                const T* g, const T* b, T* xh, T* y) {
+  GRID_STRIDE(i, B * C) {
+    const int64_t c = i % C;
+    const double h = __dmul_rn(__dsub_rn(static_cast<double>(x[i]), mean[c]), inv_std[c]);
+    if (xh) xh[i] = static_cast<T>(h);
+    y[i] = static_cast<T>(__dadd_rn(__dmul_rn(static_cast<double>(g[c]), h), static_cast<double>(b[c])));
+  }
+}
+
+template <class T>
+__global__ void ln_forward_kernel(const T* x, int64_t B, int64_t C, const T* g, const T* b, double eps,
+                                  double* inv_std, T* xh, T* y) {
+  GRID_STRIDE(r, B) {
+    const T* xr = x + r * C;
+    double mean = 0, var = 0;
+    for (int64_t c = 0; c < C; ++c) mean = __dadd_rn(mean, static_cast<double>(xr[c]));
+    mean = mean / static_cast<double>(C);
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = __dsub_rn(static_cast<double>(xr[c]), mean);
+      var = __dadd_rn(var, __dmul_rn(d, d));
+    }
+    const double inv = 1.0 / sqrt(__dadd_rn(var / static_cast<double>(C), eps));
+    inv_std[r] = inv;
+    for (int64_t c = 0; c < C; ++c) {
+      const double h = __dmul_rn(__dsub_rn(static_cast<double>(xr[c]), mean), inv);
+      xh[r * C + c] = static_cast<T>(h);
+      y[r * C + c] = static_cast<T>(__dadd_rn(__dmul_rn(static_cast<double>(g[c]), h), static_cast<double>(b[c])));
+    }
+  }
+}
+
+// S = Σ_r dy, P = Σ_r dy·x̂ per column (row order) into sums[c], sums[C + c]; dgamma += P, dbeta += S.
+template <class T>
+__global__ void norm_column_sums_kernel(const T* dy, const T* xh, int64_t B, int64_t C, double* sums, T* dgamma,
+                                        T* dbeta) {
+  GRID_STRIDE(c, C) {
+    double s = 0, p = 0;
+    for (int64_t r = 0; r < B; ++r) {
+      const double g = static_cast<double>(dy[r * C + c]);
+      s = __dadd_rn(s, g);
+      p = __dadd_rn(p, __dmul_rn(g, static_cast<double>(xh[r * C + c])));
+    }
+    sums[c] = s;
+    sums[C + c] = p;
+    dgamma[c] = dgamma[c] + static_cast<T>(p);
+    dbeta[c] = dbeta[c] + static_cast<T>(s);
+  }
+}
+
+// BatchNorm: dx = γ·inv_std/B·(B·dy − S − x̂·P).
+template <class T>
+__global__ void bn_dx_kernel(const T* dy, const T* xh, int64_t B, int64_t C, const T* gamma, const double* inv_std,
+                             const double* sums, T* dx) {
+  const double n = static_cast<double>(B);
+  GRID_STRIDE(i, B * C) {
+    const int64_t c = i % C;
+    const double a = __dmul_rn(static_cast<double>(gamma[c]), inv_std[c]) / n;
+    const double t = __dsub_rn(__dsub_rn(__dmul_rn(n, static_cast<double>(dy[i])), sums[c]),
+                               __dmul_rn(static_cast<double>(xh[i]), sums[C + c]));
+    dx[i] = static_cast<T>(__dmul_rn(a, t));
+  }
+}
+
+// LayerNorm: per row, with ĝ = γ·dy: dx = inv_std/C·(C·ĝ − Σ ĝ − x̂·Σ ĝ·x̂).
+template <class T>
+__global__ void ln_dx_kernel(const T* dy, const T* xh, int64_t B, int64_t C, const T* gamma, const double* inv_std,
+                             T* dx) {
+  const double n = static_cast<double>(C);
+  GRID_STRIDE(r, B) {
+    const int64_t row = r * C;
+    double sum_g = 0, sum_g_xhat = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const double gh = __dmul_rn(static_cast<double>(gamma[c]), static_cast<double>(dy[row + c]));
+      sum_g = __dadd_rn(sum_g, gh);
+      sum_g_xhat = __dadd_rn(sum_g_xhat, __dmul_rn(gh, static_cast<double>(xh[row + c])));
+    }
+    const double scale = inv_std[r] / n;
+    for (int64_t c = 0; c < C; ++c) {
+      const double gh = __dmul_rn(static_cast<double>(gamma[c]), static_cast<double>(dy[row + c]));
+      const double t = __dsub_rn(__dsub_rn(__dmul_rn(n, gh), sum_g), __dmul_rn(static_cast<double>(xh[row + c]), sum_g_xhat));
+      dx[row + c] = static_cast<T>(__dmul_rn(scale, t));
+    }
+  }
+}
+
+template <class T>
+void batch_norm_forward_t(const void* x, int64_t B, int64_t C, const void* gamma, const void* beta, void* rm, void* rv,
+                          double momentum, double eps, bool training, double* mean, double* inv_std, void* xhat,
+                          void* y) {
+  bn_stats_kernel<T><<<blocks_for(C), kThreads>>>(static_cast<const T*>(x), B, C, static_cast<T*>(rm),
+                                                  static_cast<T*>(rv), momentum, eps, training, mean, inv_std);
+  NCSREC_CUDA_LAUNCH_CHECK();
+  if (B * C == 0) return;
+  bn_apply_kernel<T><<<blocks_for(B * C), kThreads>>>(static_cast<const T*>(x), B, C, mean, inv_std,
+                                                      static_cast<const T*>(gamma), static_cast<const T*>(beta),
+                                                      static_cast<T*>(xhat), static_cast<T*>(y));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+void cuda_batch_norm_forward(DType d, const void* x, int64_t rows, int64_t cols, const void* gamma, const void* beta,
+                             void* rm, void* rv, double momentum, double eps, bool training, double* mean,
+                             double* inv_std, void* xhat, void* y) {
+  if (cols == 0) return;
+  if (d == DType::F32)
+    batch_norm_forward_t<float>(x, rows, cols, gamma, beta, rm, rv, momentum, eps, training, mean, inv_std, xhat, y);
+  else
+    batch_norm_forward_t<double>(x, rows, cols, gamma, beta, rm, rv, momentum, eps, training, mean, inv_std, xhat, y);
+}
+
+template <class T>
+void norm_backward_t(bool layer, const void* dy, const void* xhat, int64_t B, int64_t C, const void* gamma,
+                     const double* inv_std, double* sums, void* dgamma, void* dbeta, void* dx) {
+  norm_column_sums_kernel<T><<<blocks_for(C), kThreads>>>(static_cast<const T*>(dy), static_cast<const T*>(xhat), B, C,
+                                                          sums, static_cast<T*>(dgamma), static_cast<T*>(dbeta));
+  NCSREC_CUDA_LAUNCH_CHECK();
+  if (B == 0) return;
+  if (layer)
+    ln_dx_kernel<T><<<blocks_for(B), kThreads>>>(static_cast<const T*>(dy), static_cast<const T*>(xhat), B, C,
+                                                 static_cast<const T*>(gamma), inv_std, static_cast<T*>(dx));
+  else
+    bn_dx_kernel<T><<<blocks_for(B * C), kThreads>>>(static_cast<const T*>(dy), static_cast<const T*>(xhat), B, C,
+                                                     static_cast<const T*>(gamma), inv_std, sums, static_cast<T*>(dx));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+void cuda_batch_norm_backward(DType d, const void* dy, const void* xhat, int64_t rows, int64_t cols, const void* gamma,
+                              const double* inv_std, double* sums, void* dgamma, void* dbeta, void* dx) {
+  if (cols == 0) return;
+  if (d == DType::F32) norm_backward_t<float>(false, dy, xhat, rows, cols, gamma, inv_std, sums, dgamma, dbeta, dx);
+  else norm_backward_t<double>(false, dy, xhat, rows, cols, gamma, inv_std, sums, dgamma, dbeta, dx);
+}
+void cuda_layer_norm_forward(DType d, const void* x, int64_t rows, int64_t cols, const void* gamma, const void* beta,
+                             double eps, double* inv_std, void* xhat, void* y) {
+  if (rows == 0 || cols == 0) return;
+  NCSREC_CUDA_FLOAT_DISPATCH(
+      d,
+      (ln_forward_kernel<float><<<blocks_for(rows), kThreads>>>(
+          static_cast<const float*>(x), rows, cols, static_cast<const float*>(gamma), static_cast<const float*>(beta),
+          eps, inv_std, static_cast<float*>(xhat), static_cast<float*>(y))),
+      (ln_forward_kernel<double><<<blocks_for(rows), kThreads>>>(
+          static_cast<const double*>(x), rows, cols, static_cast<const double*>(gamma),
+          static_cast<const double*>(beta), eps, inv_std, static_cast<double*>(xhat), static_cast<double*>(y))));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+void cuda_layer_norm_backward(DType d, const void* dy, const void* xhat, int64_t rows, int64_t cols, const void* gamma,
+                              const double* inv_std, double* sums, void* dgamma, void* dbeta, void* dx) {
+  if (cols == 0) return;
+  if (d == DType::F32) norm_backward_t<float>(true, dy, xhat, rows, cols, gamma, inv_std, sums, dgamma, dbeta, dx);
+  else norm_backward_t<double>(true, dy, xhat, rows, cols, gamma, inv_std, sums, dgamma, dbeta, dx);
+}
+
 // ---- dropout (the rule of core/cpu_training_ops.cpp: a function of (key, i) alone) ---------------
 
 template <class T>
@@ -450,6 +634,10 @@ void add_cuda_training_ops(OpTable& t) {
   t.apply_mask = cuda_apply_mask;
   t.add_masked = cuda_add_masked;
   t.dropout = cuda_dropout;
+  t.batch_norm_forward = cuda_batch_norm_forward;
+  t.batch_norm_backward = cuda_batch_norm_backward;
+  t.layer_norm_forward = cuda_layer_norm_forward;
+  t.layer_norm_backward = cuda_layer_norm_backward;
   t.sgd_step = cuda_sgd_step;
   t.adam_step = cuda_adam_step;
   t.adagrad_step = cuda_adagrad_step;

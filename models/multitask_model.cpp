@@ -48,7 +48,6 @@ void add_to_scalar(Tensor& t, double v) {
 std::string MultiTaskModel::device_limits(const ModelConfig& config) {
   std::vector<std::string> host_only;
   if (config.type == "three_tower") host_only.push_back("type three_tower");
-  if (config.layers.norm != Norm::None) host_only.push_back("layers.norm");
   if (!config.apg.in.empty()) host_only.push_back("apg");
   if (config.masks.find == "learned") host_only.push_back("masks.find: learned");
   if (config.history.enabled() && config.history.aggregate == "attention")

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/crc32c.h"
+#include "core/dispatch.h"
 #include "core/error.h"
 
 namespace ncsrec {
@@ -20,9 +21,15 @@ void average_state_over_ranks(MultiTaskModel& model, Communicator& comm) {
   if (state.empty()) return;
   const size_t es = dtype_size(model.dtype());
   std::vector<char> buffer(static_cast<size_t>(n) * es);
+  // The state is where the model is: copied through the host (a few values per layer).
+  const Device device = model.params().values().device();
+  auto copy = [&](void* dst, const void* src, size_t bytes, CopyKind kind) {
+    if (device == Device::CPU) std::memcpy(dst, src, bytes);
+    else ops_for(device).copy(dst, src, bytes, kind);
+  };
   size_t at = 0;
   for (Param* p : state) {
-    std::memcpy(buffer.data() + at, p->value.raw(), p->value.nbytes());
+    copy(buffer.data() + at, p->value.raw(), p->value.nbytes(), CopyKind::DeviceToHost);
     at += p->value.nbytes();
   }
   comm.all_reduce_sum(buffer.data(), n, model.dtype());
@@ -33,7 +40,7 @@ void average_state_over_ranks(MultiTaskModel& model, Communicator& comm) {
     for (int64_t i = 0; i < n; ++i) reinterpret_cast<double*>(buffer.data())[i] *= inv;
   at = 0;
   for (Param* p : state) {
-    std::memcpy(p->value.raw(), buffer.data() + at, p->value.nbytes());
+    copy(p->value.raw(), buffer.data() + at, p->value.nbytes(), CopyKind::HostToDevice);
     at += p->value.nbytes();
   }
 }

@@ -7,8 +7,9 @@
 // non-trainable state, so they are checkpointed with the weights but never optimised.
 // Gradient contract: dgamma and dbeta accumulate (+=); dx is written.
 //
-// CPU only, f32 and f64. Statistics are accumulated in double, column sums in row order, so the
-// result is the same bits for any thread count.
+// f32 and f64, on any device with the ops (core/ops.h batch_norm_*, layer_norm_*). Statistics
+// are accumulated in double, column sums in row order, so the result is the same bits for any
+// thread count.
 #pragma once
 
 #include <cstdint>
@@ -42,8 +43,6 @@ class BatchNorm {
   Param* running_var() const { return running_var_; }
 
  private:
-  template <class T> void forward_t(const Tensor& x, bool training);
-  template <class T> void backward_t(const Tensor& dy);
 
   std::string name_;
   int64_t features_;
@@ -52,9 +51,9 @@ class BatchNorm {
   Param* beta_ = nullptr;
   Param* running_mean_ = nullptr;
   Param* running_var_ = nullptr;
-  bool trained_ = false;                      // the last forward was a training forward
-  std::vector<double> mean_, inv_std_;        // [C], of the last forward
-  std::vector<double> sum_dy_, sum_dy_xhat_;  // [C], backward scratch
+  bool trained_ = false;  // the last forward was a training forward
+  // f64 where x is: mean and 1/σ [C] of the last forward, the backward's column sums [2C].
+  Tensor mean_buf_, mean_, inv_std_buf_, inv_std_, sums_buf_, sums_;
   Tensor xhat_buf_, xhat_, y_buf_, y_, dx_buf_, dx_;
 };
 
@@ -71,16 +70,14 @@ class LayerNorm {
   Param* beta() const { return beta_; }
 
  private:
-  template <class T> void forward_t(const Tensor& x);
-  template <class T> void backward_t(const Tensor& dy);
 
   std::string name_;
   int64_t features_;
   double eps_;
   Param* gamma_ = nullptr;
   Param* beta_ = nullptr;
-  std::vector<double> inv_std_;               // [B], of the last forward
-  std::vector<double> sum_dy_, sum_dy_xhat_;  // [C], backward scratch
+  // f64 where x is: 1/σ of each row [B] of the last forward, the backward's column sums [2C].
+  Tensor inv_std_buf_, inv_std_, sums_buf_, sums_;
   Tensor xhat_buf_, xhat_, y_buf_, y_, dx_buf_, dx_;
 };
 

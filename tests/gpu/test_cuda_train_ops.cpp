@@ -296,6 +296,86 @@ TEST_F(CudaTrainOps, MasksAreExact) {
   }
 }
 
+// ---- normalisation layers --------------------------------------------------------------------
+
+// BatchNorm (training with running statistics, evaluation) and LayerNorm, forward and backward,
+// against the CPU's entries on random inputs of mean 3 (the two-pass variance matters): outputs,
+// x̂, the statistics, the running statistics, dgamma/dbeta (accumulated onto random values) and
+// dx within rtol of the operands' magnitudes; outputs poisoned first (DeviceBuffer's guard).
+template <class T>
+void check_norms(int64_t B, int64_t C, uint64_t seed) {
+  SCOPED_TRACE(std::string(dtype_name(dtype_for<T>())) + " B " + std::to_string(B) + " C " + std::to_string(C));
+  auto x = random_values<T>(B * C, seed);
+  for (auto& v : x) v = static_cast<T>(v + 3);
+  const auto gamma = random_values<T>(C, seed + 1), beta = random_values<T>(C, seed + 2);
+  const auto dy = random_values<T>(B * C, seed + 3), dg0 = random_values<T>(C, seed + 4), db0 = random_values<T>(C, seed + 5);
+  auto rv0 = random_values<T>(C, seed + 6);
+  for (auto& v : rv0) v = static_cast<T>(v * v + 0.5);
+  const auto rm0 = random_values<T>(C, seed + 7);
+  const double tol = rtol<T>();
+  auto close = [&](const std::vector<T>& got, const std::vector<T>& want, const char* what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    for (size_t i = 0; i < want.size(); ++i)
+      ASSERT_NEAR(static_cast<double>(got[i]), static_cast<double>(want[i]), tol * (1 + std::abs(static_cast<double>(want[i]))))
+          << what << " " << i;
+  };
+  auto close_d = [&](const std::vector<double>& got, const std::vector<double>& want, const char* what) {
+    for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-12 * (1 + std::abs(want[i]))) << what << " " << i;
+  };
+  for (const int kind : {0, 1, 2}) {  // BatchNorm training, BatchNorm evaluation, LayerNorm
+    SCOPED_TRACE(kind == 0 ? "batch norm, training" : kind == 1 ? "batch norm, evaluation" : "layer norm");
+    const int64_t S = kind == 2 ? B : C;  // the statistics' length
+    std::vector<T> y_c(static_cast<size_t>(B * C)), xh_c(static_cast<size_t>(B * C)), rm_c = rm0, rv_c = rv0;
+    std::vector<double> mean_c(static_cast<size_t>(S)), inv_c(static_cast<size_t>(S));
+    DeviceBuffer<T> d_x(x), d_g(gamma), d_b(beta), d_y(B * C), d_xh(B * C), d_rm(rm0), d_rv(rv0);
+    DeviceBuffer<double> d_mean(S), d_inv(S);
+    if (kind == 2) {
+      cpu().layer_norm_forward(dtype_for<T>(), x.data(), B, C, gamma.data(), beta.data(), 1e-5, inv_c.data(), xh_c.data(),
+                               y_c.data());
+      gpu().layer_norm_forward(dtype_for<T>(), d_x.get(), B, C, d_g.get(), d_b.get(), 1e-5, d_inv.get(), d_xh.get(),
+                               d_y.get());
+    } else {
+      const bool training = kind == 0;
+      cpu().batch_norm_forward(dtype_for<T>(), x.data(), B, C, gamma.data(), beta.data(), rm_c.data(), rv_c.data(), 0.9,
+                               1e-5, training, mean_c.data(), inv_c.data(), xh_c.data(), y_c.data());
+      gpu().batch_norm_forward(dtype_for<T>(), d_x.get(), B, C, d_g.get(), d_b.get(), d_rm.get(), d_rv.get(), 0.9, 1e-5,
+                               training, d_mean.get(), d_inv.get(), d_xh.get(), d_y.get());
+      close(d_rm.download(), rm_c, "running mean");
+      close(d_rv.download(), rv_c, "running var");
+      close_d(d_mean.download(), mean_c, "mean");
+    }
+    close(d_y.download(), y_c, "y");
+    close(d_xh.download(), xh_c, "xhat");
+    close_d(d_inv.download(), inv_c, "inv_std");
+    if (kind == 1) continue;  // no backward after an evaluation forward
+    std::vector<T> dg_c = dg0, db_c = db0, dx_c(static_cast<size_t>(B * C));
+    std::vector<double> sums_c(static_cast<size_t>(2 * C));
+    DeviceBuffer<T> d_dy(dy), d_dg(dg0), d_db(db0), d_dx(B * C);
+    DeviceBuffer<double> d_sums(2 * C);
+    if (kind == 2) {
+      cpu().layer_norm_backward(dtype_for<T>(), dy.data(), xh_c.data(), B, C, gamma.data(), inv_c.data(), sums_c.data(),
+                                dg_c.data(), db_c.data(), dx_c.data());
+      gpu().layer_norm_backward(dtype_for<T>(), d_dy.get(), d_xh.get(), B, C, d_g.get(), d_inv.get(), d_sums.get(),
+                                d_dg.get(), d_db.get(), d_dx.get());
+    } else {
+      cpu().batch_norm_backward(dtype_for<T>(), dy.data(), xh_c.data(), B, C, gamma.data(), inv_c.data(), sums_c.data(),
+                                dg_c.data(), db_c.data(), dx_c.data());
+      gpu().batch_norm_backward(dtype_for<T>(), d_dy.get(), d_xh.get(), B, C, d_g.get(), d_inv.get(), d_sums.get(),
+                                d_dg.get(), d_db.get(), d_dx.get());
+    }
+    close(d_dg.download(), dg_c, "dgamma");
+    close(d_db.download(), db_c, "dbeta");
+    close(d_dx.download(), dx_c, "dx");
+  }
+}
+
+TEST_F(CudaTrainOps, BatchNormAndLayerNormForwardAndBackward) {
+  for (const auto& [B, C] : std::vector<std::pair<int64_t, int64_t>>{{2, 1}, {7, 33}, {300, 64}, {4096, 16}}) {
+    check_norms<float>(B, C, static_cast<uint64_t>(B * 100 + C));
+    check_norms<double>(B, C, static_cast<uint64_t>(B * 100 + C + 1));
+  }
+}
+
 // ---- dropout -------------------------------------------------------------------------------
 
 // The kept elements and their scaled values are the CPU's to the bit (a function of (key, i)

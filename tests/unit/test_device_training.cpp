@@ -510,6 +510,11 @@ std::vector<Case> model_cases() {
         Case{"mmoe", "  type: mmoe\n  experts: {count: 3, sizes: [8]}\n  tower: [4]\n" + kTables, {-1, -1, -1}},
         Case{"ncs_uncertainty", "  type: ncs\n  shared: [12]\n  tower: [4]\n  loss_weighting: uncertainty\n" + kTables,
              {-1, 0, 1, -1}},
+        Case{"shared_bottom_batchnorm", "  type: shared_bottom\n  bottom: [8]\n  tower: [6]\n  layers: {norm: batch}\n" + kTables,
+             {0, 1, -1}},
+        Case{"mmoe_layernorm",
+             "  type: mmoe\n  experts: {count: 2, sizes: [8]}\n  tower: [6]\n  layers: {norm: layer}\n" + kTables,
+             {-1, -1}},
         Case{"mmoe_dropout",
              "  type: mmoe\n  experts: {count: 2, sizes: [8]}\n  tower: [6]\n  layers: {dropout: 0.3}\n" + kTables,
              {-1, -1, -1}},
@@ -544,20 +549,20 @@ INSTANTIATE_TEST_SUITE_P(Models, DeviceMaskedRoutes, ::testing::ValuesIn(masked_
 TEST(DeviceModel, ModelsWithHostOnlyLayersAreRefusedByName) {
   FakeDevice device;
   const Block first = random_block(8, 1);
-  const TrainConfig norm = config_for("  type: esmm\n  tower: [8]\n  layers: {norm: layer}\n" + kTables);
+  const TrainConfig apg = config_for("  type: esmm\n  tower: [8]\n  apg: {in: [towers]}\n" + kTables);
   try {
-    MultiTaskModel m(norm.model, first.schema, DType::F32, 1, nullptr, Device::CUDA);
-    FAIL() << "a model with layer norm was built on the device";
+    MultiTaskModel m(apg.model, first.schema, DType::F32, 1, nullptr, Device::CUDA);
+    FAIL() << "a model with APG layers was built on the device";
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("layers.norm"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("apg"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("run.device: cpu"), std::string::npos) << e.what();
   }
   EXPECT_EQ(MultiTaskModel::device_limits(config_for("  type: mmoe\n  experts: {count: 2, sizes: [4]}\n" + kTables).model),
             "");
-  TrainConfig automatic = norm;
+  TrainConfig automatic = apg;
   automatic.device = "auto";
   EXPECT_EQ(training_device(automatic), Device::CPU) << "auto falls back for a host-only model";
-  automatic.model.layers.norm = Norm::None;
+  automatic.model.apg.in.clear();
   EXPECT_EQ(training_device(automatic), Device::CUDA);
 }
 
