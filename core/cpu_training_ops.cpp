@@ -321,6 +321,74 @@ void cpu_layer_norm_backward(DType d, const void* dy, const void* xhat, int64_t 
                             static_cast<double*>(dbeta), static_cast<double*>(dx)));
 }
 
+// ---- APG's per-row products and column blocks (the loops of core/layers/apg.cpp) -----------
+
+template <class T>
+void apg_rows_forward_t(T* g, const T* h, const T* s, int64_t B, int64_t K, int64_t s_cols) {
+#pragma omp parallel for schedule(static) if (B * K * K >= (1 << 15))
+  for (int64_t i = 0; i < B; ++i) {
+    const T* hi = h + i * K;
+    const T* S = s + i * s_cols;
+    T* gi = g + i * K;
+    for (int64_t c = 0; c < K; ++c) gi[c] = 0;
+    for (int64_t a = 0; a < K; ++a) {
+      const T ha = hi[a];
+      const T* Sa = S + a * K;
+      for (int64_t c = 0; c < K; ++c) gi[c] += ha * Sa[c];
+    }
+  }
+}
+
+template <class T>
+void apg_rows_backward_t(T* ds, T* dh, const T* h, const T* s, const T* dg, int64_t B, int64_t K, int64_t s_cols) {
+#pragma omp parallel for schedule(static) if (B * K * K >= (1 << 15))
+  for (int64_t i = 0; i < B; ++i) {
+    const T* hi = h + i * K;
+    const T* dgi = dg + i * K;
+    const T* S = s + i * s_cols;
+    T* dsi = ds + i * s_cols;
+    T* dhi = dh + i * K;
+    for (int64_t a = 0; a < K; ++a) {
+      const T* Sa = S + a * K;
+      T* dSa = dsi + a * K;
+      T acc = 0;
+      for (int64_t c = 0; c < K; ++c) {
+        dSa[c] = hi[a] * dgi[c];
+        acc += Sa[c] * dgi[c];
+      }
+      dhi[a] = acc;
+    }
+  }
+}
+
+template <class T>
+void add_columns_t(T* y, int64_t ys, int64_t yc, const T* x, int64_t xs, int64_t xc, int64_t rows, int64_t cols) {
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) y[r * ys + yc + j] += x[r * xs + xc + j];
+}
+
+void cpu_apg_rows_forward(DType d, void* g, const void* h, const void* s, int64_t B, int64_t K, int64_t s_cols) {
+  NCSREC_FLOAT_DISPATCH(
+      d, apg_rows_forward_t(static_cast<float*>(g), static_cast<const float*>(h), static_cast<const float*>(s), B, K, s_cols),
+      apg_rows_forward_t(static_cast<double*>(g), static_cast<const double*>(h), static_cast<const double*>(s), B, K,
+                         s_cols));
+}
+void cpu_apg_rows_backward(DType d, void* ds, void* dh, const void* h, const void* s, const void* dg, int64_t B,
+                           int64_t K, int64_t s_cols) {
+  NCSREC_FLOAT_DISPATCH(d,
+                        apg_rows_backward_t(static_cast<float*>(ds), static_cast<float*>(dh), static_cast<const float*>(h),
+                                            static_cast<const float*>(s), static_cast<const float*>(dg), B, K, s_cols),
+                        apg_rows_backward_t(static_cast<double*>(ds), static_cast<double*>(dh),
+                                            static_cast<const double*>(h), static_cast<const double*>(s),
+                                            static_cast<const double*>(dg), B, K, s_cols));
+}
+void cpu_add_columns(DType d, void* y, int64_t ys, int64_t yc, const void* x, int64_t xs, int64_t xc, int64_t rows,
+                     int64_t cols) {
+  NCSREC_FLOAT_DISPATCH(d, add_columns_t(static_cast<float*>(y), ys, yc, static_cast<const float*>(x), xs, xc, rows, cols),
+                        add_columns_t(static_cast<double*>(y), ys, yc, static_cast<const double*>(x), xs, xc, rows, cols));
+}
+
 // ---- dropout ----------------------------------------------------------------------------------
 
 template <class T>
@@ -544,6 +612,9 @@ void add_cpu_training_ops(OpTable& t) {
   t.apply_mask = cpu_apply_mask;
   t.add_masked = cpu_add_masked;
   t.dropout = cpu_dropout;
+  t.apg_rows_forward = cpu_apg_rows_forward;
+  t.apg_rows_backward = cpu_apg_rows_backward;
+  t.add_columns = cpu_add_columns;
   t.batch_norm_forward = cpu_batch_norm_forward;
   t.batch_norm_backward = cpu_batch_norm_backward;
   t.layer_norm_forward = cpu_layer_norm_forward;

@@ -174,6 +174,19 @@ struct OpTable {
                               const void* gamma, const double* inv_std, double* sums, void* dgamma, void* dbeta,
                               void* dx) = nullptr;
 
+  // APG (core/layers/apg.h), per row i of B: g_i = h_i·S_i with S_i = s[i, 0:K²] row-major
+  // (h, g [B, K]; s [B, s_cols]), each g_i[c] summed over a in order (written); backward
+  // ds[i, a·K + c] = h_i[a]·dg_i[c] (written, columns K²… of ds untouched) and dh_i[a] =
+  // Σ_c S_i[a, c]·dg_i[c] in c order (written).
+  void (*apg_rows_forward)(DType dtype, void* g, const void* h, const void* s, int64_t B, int64_t K,
+                           int64_t s_cols) = nullptr;
+  void (*apg_rows_backward)(DType dtype, void* ds, void* dh, const void* h, const void* s, const void* dg, int64_t B,
+                            int64_t K, int64_t s_cols) = nullptr;
+  // A block of columns added into another array's: y[r, y_col + j] += x[r, x_col + j] for r <
+  // rows, j < cols (row strides y_stride, x_stride; accumulates).
+  void (*add_columns)(DType dtype, void* y, int64_t y_stride, int64_t y_col, const void* x, int64_t x_stride,
+                      int64_t x_col, int64_t rows, int64_t cols) = nullptr;
+
   // Dropout (core/layers/dropout.h): out[i] = in[i]·(1 / (1 − rate)) where
   // to_unit(hash_combine(key, i)) >= rate (core/random.h), else 0; a function of (key, i) alone,
   // so every backend and thread count drops the same elements. May run in place.

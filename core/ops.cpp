@@ -200,6 +200,60 @@ void layer_norm_backward(const Tensor& dy, const Tensor& xhat, const Tensor& gam
     dbeta.raw(), dx.raw());
 }
 
+void apg_rows_forward(Tensor& g, const Tensor& h, const Tensor& s) {
+  const char* op = "apg_rows_forward";
+  same_shape(g, h, op);
+  same_place(s, h, op);
+  const int64_t B = h.dim(0), K = h.dim(1);
+  NCSREC_CHECK(h.ndim() == 2 && s.ndim() == 2 && s.dim(0) == B && s.dim(1) >= K * K,
+               op << ": h " << h.describe() << ", s " << s.describe());
+  auto k = kernel_or_throw(ops_for(h.device()).apg_rows_forward, op, h.device());
+  k(h.dtype(), g.raw(), h.raw(), s.raw(), B, K, s.dim(1));
+}
+
+void apg_rows_backward(Tensor& ds, Tensor& dh, const Tensor& h, const Tensor& s, const Tensor& dg) {
+  const char* op = "apg_rows_backward";
+  same_shape(dh, h, op);
+  same_shape(dg, h, op);
+  same_shape(ds, s, op);
+  const int64_t B = h.dim(0), K = h.dim(1);
+  NCSREC_CHECK(h.ndim() == 2 && s.ndim() == 2 && s.dim(0) == B && s.dim(1) >= K * K,
+               op << ": h " << h.describe() << ", s " << s.describe());
+  auto k = kernel_or_throw(ops_for(h.device()).apg_rows_backward, op, h.device());
+  k(h.dtype(), ds.raw(), dh.raw(), h.raw(), s.raw(), dg.raw(), B, K, s.dim(1));
+}
+
+namespace {
+void check_columns(const Tensor& y, int64_t y_col, const Tensor& x, int64_t x_col, int64_t cols, const char* op) {
+  same_place(y, x, op);
+  NCSREC_CHECK(y.ndim() == 2 && x.ndim() == 2 && y.dim(0) == x.dim(0) && cols >= 0 && y_col >= 0 && x_col >= 0 &&
+                   y_col + cols <= y.dim(1) && x_col + cols <= x.dim(1),
+               op << ": columns [" << x_col << ", " << x_col + cols << ") of " << x.describe() << " to [" << y_col
+                  << ", " << y_col + cols << ") of " << y.describe());
+}
+}  // namespace
+
+void add_columns(Tensor& y, int64_t y_col, const Tensor& x, int64_t x_col, int64_t cols) {
+  check_columns(y, y_col, x, x_col, cols, "add_columns");
+  auto k = kernel_or_throw(ops_for(y.device()).add_columns, "add_columns", y.device());
+  k(y.dtype(), y.raw(), y.dim(1), y_col, x.raw(), x.dim(1), x_col, y.dim(0), cols);
+}
+
+void copy_columns(Tensor& y, int64_t y_col, const Tensor& x, int64_t x_col, int64_t cols) {
+  check_columns(y, y_col, x, x_col, cols, "copy_columns");
+  const size_t es = dtype_size(y.dtype()), rows = static_cast<size_t>(y.dim(0));
+  if (cols == 0 || rows == 0) return;
+  char* dst = static_cast<char*>(y.raw()) + static_cast<size_t>(y_col) * es;
+  const char* src = static_cast<const char*>(x.raw()) + static_cast<size_t>(x_col) * es;
+  const size_t dp = static_cast<size_t>(y.dim(1)) * es, sp = static_cast<size_t>(x.dim(1)) * es,
+               width = static_cast<size_t>(cols) * es;
+  const CopyKind kind = y.device() == Device::CPU ? CopyKind::HostToHost : CopyKind::DeviceToDevice;
+  const OpTable& t = ops_for(y.device());
+  if (t.copy_2d) t.copy_2d(dst, dp, src, sp, width, rows, kind);
+  else
+    for (size_t r = 0; r < rows; ++r) t.copy(dst + r * dp, src + r * sp, width, kind);
+}
+
 void dropout(Tensor& out, const Tensor& in, double rate, uint64_t key) {
   same_size(out, in, "dropout");
   NCSREC_CHECK(rate >= 0 && rate < 1, "dropout: rate " << rate);

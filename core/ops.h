@@ -50,6 +50,15 @@ void layer_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta
 void layer_norm_backward(const Tensor& dy, const Tensor& xhat, const Tensor& gamma, const Tensor& inv_std, Tensor& sums,
                          Tensor& dgamma, Tensor& dbeta, Tensor& dx);
 
+// APG's per-row products (OpTable::apg_rows_*): h, g, dg, dh [B, K]; s, ds [B, s_cols] with
+// s_cols >= K²; all of one dtype and device.
+void apg_rows_forward(Tensor& g, const Tensor& h, const Tensor& s);
+void apg_rows_backward(Tensor& ds, Tensor& dh, const Tensor& h, const Tensor& s, const Tensor& dg);
+// Column blocks between 2-D tensors of the same rows, dtype and device:
+// y[:, y_col + j] += x[:, x_col + j] (add_columns) or = (copy_columns), j < cols.
+void add_columns(Tensor& y, int64_t y_col, const Tensor& x, int64_t x_col, int64_t cols);
+void copy_columns(Tensor& y, int64_t y_col, const Tensor& x, int64_t x_col, int64_t cols);
+
 // Dropout (OpTable::dropout): out = in with the elements (key, i) drops zeroed and the others
 // scaled by 1 / (1 − rate); the same shape, dtype and device (may be one tensor).
 void dropout(Tensor& out, const Tensor& in, double rate, uint64_t key);

@@ -517,6 +517,84 @@ void cuda_layer_norm_backward(DType d, const void* dy, const void* xhat, int64_t
   else norm_backward_t<double>(true, dy, xhat, rows, cols, gamma, inv_std, sums, dgamma, dbeta, dx);
 }
 
+// ---- APG's per-row products and column blocks (the arithmetic of core/cpu_training_ops.cpp) ---
+
+__device__ inline float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ inline double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ inline float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ inline double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
+// One thread per (row, c): g_i[c] = Σ_a h_i[a]·S_i[a, c] in a order.
+template <class T>
+__global__ void apg_rows_forward_kernel(T* g, const T* h, const T* s, int64_t B, int64_t K, int64_t s_cols) {
+  GRID_STRIDE(e, B * K) {
+    const int64_t i = e / K, c = e % K;
+    T acc = 0;
+    for (int64_t a = 0; a < K; ++a) acc = add_rn(acc, mul_rn(h[i * K + a], s[i * s_cols + a * K + c]));
+    g[e] = acc;
+  }
+}
+
+// One thread per (row, a): ds_i[a, c] = h_i[a]·dg_i[c]; dh_i[a] = Σ_c S_i[a, c]·dg_i[c] in c order.
+template <class T>
+__global__ void apg_rows_backward_kernel(T* ds, T* dh, const T* h, const T* s, const T* dg, int64_t B, int64_t K,
+                                         int64_t s_cols) {
+  GRID_STRIDE(e, B * K) {
+    const int64_t i = e / K, a = e % K;
+    const T ha = h[e];
+    T acc = 0;
+    for (int64_t c = 0; c < K; ++c) {
+      const T d = dg[i * K + c];
+      ds[i * s_cols + a * K + c] = mul_rn(ha, d);
+      acc = add_rn(acc, mul_rn(s[i * s_cols + a * K + c], d));
+    }
+    dh[e] = acc;
+  }
+}
+
+template <class T>
+__global__ void add_columns_kernel(T* y, int64_t ys, int64_t yc, const T* x, int64_t xs, int64_t xc, int64_t rows,
+                                   int64_t cols) {
+  GRID_STRIDE(e, rows * cols) {
+    const int64_t r = e / cols, j = e % cols;
+    y[r * ys + yc + j] = add_rn(y[r * ys + yc + j], x[r * xs + xc + j]);
+  }
+}
+
+void cuda_apg_rows_forward(DType d, void* g, const void* h, const void* s, int64_t B, int64_t K, int64_t s_cols) {
+  if (B * K == 0) return;
+  NCSREC_CUDA_FLOAT_DISPATCH(d,
+                             (apg_rows_forward_kernel<float><<<blocks_for(B * K), kThreads>>>(
+                                 static_cast<float*>(g), static_cast<const float*>(h), static_cast<const float*>(s), B,
+                                 K, s_cols)),
+                             (apg_rows_forward_kernel<double><<<blocks_for(B * K), kThreads>>>(
+                                 static_cast<double*>(g), static_cast<const double*>(h), static_cast<const double*>(s),
+                                 B, K, s_cols)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+void cuda_apg_rows_backward(DType d, void* ds, void* dh, const void* h, const void* s, const void* dg, int64_t B,
+                            int64_t K, int64_t s_cols) {
+  if (B * K == 0) return;
+  NCSREC_CUDA_FLOAT_DISPATCH(d,
+                             (apg_rows_backward_kernel<float><<<blocks_for(B * K), kThreads>>>(
+                                 static_cast<float*>(ds), static_cast<float*>(dh), static_cast<const float*>(h),
+                                 static_cast<const float*>(s), static_cast<const float*>(dg), B, K, s_cols)),
+                             (apg_rows_backward_kernel<double><<<blocks_for(B * K), kThreads>>>(
+                                 static_cast<double*>(ds), static_cast<double*>(dh), static_cast<const double*>(h),
+                                 static_cast<const double*>(s), static_cast<const double*>(dg), B, K, s_cols)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+void cuda_add_columns(DType d, void* y, int64_t ys, int64_t yc, const void* x, int64_t xs, int64_t xc, int64_t rows,
+                      int64_t cols) {
+  if (rows * cols == 0) return;
+  NCSREC_CUDA_FLOAT_DISPATCH(d,
+                             (add_columns_kernel<float><<<blocks_for(rows * cols), kThreads>>>(
+                                 static_cast<float*>(y), ys, yc, static_cast<const float*>(x), xs, xc, rows, cols)),
+                             (add_columns_kernel<double><<<blocks_for(rows * cols), kThreads>>>(
+                                 static_cast<double*>(y), ys, yc, static_cast<const double*>(x), xs, xc, rows, cols)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+
 // ---- dropout (the rule of core/cpu_training_ops.cpp: a function of (key, i) alone) ---------------
 
 template <class T>
@@ -634,6 +712,9 @@ void add_cuda_training_ops(OpTable& t) {
   t.apply_mask = cuda_apply_mask;
   t.add_masked = cuda_add_masked;
   t.dropout = cuda_dropout;
+  t.apg_rows_forward = cuda_apg_rows_forward;
+  t.apg_rows_backward = cuda_apg_rows_backward;
+  t.add_columns = cuda_add_columns;
   t.batch_norm_forward = cuda_batch_norm_forward;
   t.batch_norm_backward = cuda_batch_norm_backward;
   t.layer_norm_forward = cuda_layer_norm_forward;

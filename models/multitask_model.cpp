@@ -48,7 +48,6 @@ void add_to_scalar(Tensor& t, double v) {
 std::string MultiTaskModel::device_limits(const ModelConfig& config) {
   std::vector<std::string> host_only;
   if (config.type == "three_tower") host_only.push_back("type three_tower");
-  if (!config.apg.in.empty()) host_only.push_back("apg");
   if (config.masks.find == "learned") host_only.push_back("masks.find: learned");
   if (config.history.enabled() && config.history.aggregate == "attention")
     host_only.push_back("history.aggregate: attention");
@@ -561,18 +560,12 @@ void MultiTaskModel::forward(const Block& batch, bool training) {
   if (condition_dim_ > 0) {
     cond_bufs_.resize(groups_.size());
     conds_.resize(groups_.size());
-    for (size_t g = 0; g < groups_.size(); ++g) {
-      conds_[g] = ensure_buffer(cond_bufs_[g], B, condition_dim_, dtype_, Device::CPU);
-      const size_t es = dtype_size(dtype_);
-      const auto* x = static_cast<const char*>(groups_[g].host.raw());
-      auto* c = static_cast<char*>(conds_[g].raw());
-      for (int64_t r = 0; r < B; ++r) {
-        int64_t at = 0;
-        for (const auto& [begin, end] : condition_cols_) {
-          std::memcpy(c + static_cast<size_t>(r * condition_dim_ + at) * es,
-                      x + static_cast<size_t>(r * input_dim_ + begin) * es, static_cast<size_t>(end - begin) * es);
-          at += end - begin;
-        }
+    for (size_t g = 0; g < groups_.size(); ++g) {  // the chosen columns of the input, where it is
+      conds_[g] = ensure_buffer(cond_bufs_[g], B, condition_dim_, dtype_, device_);
+      int64_t at = 0;
+      for (const auto& [begin, end] : condition_cols_) {
+        ops::copy_columns(conds_[g], at, groups_[g].x, begin, end - begin);
+        at += end - begin;
       }
     }
   }
@@ -1094,16 +1087,11 @@ int64_t MultiTaskModel::retrieval_dim() const {
 }
 
 void MultiTaskModel::add_condition_gradient(Tensor& dx, const Tensor& dcond) const {
-  const int64_t B = dx.dim(0);
-  auto run = [&](auto* d, const auto* c) {
-    for (int64_t r = 0; r < B; ++r) {
-      int64_t at = 0;
-      for (const auto& [begin, end] : condition_cols_)
-        for (int64_t j = begin; j < end; ++j) d[r * input_dim_ + j] += c[r * condition_dim_ + at++];
-    }
-  };
-  if (dtype_ == DType::F32) run(dx.data<float>(), dcond.data<float>());
-  else run(dx.data<double>(), dcond.data<double>());
+  int64_t at = 0;
+  for (const auto& [begin, end] : condition_cols_) {
+    ops::add_columns(dx, begin, dcond, at, end - begin);
+    at += end - begin;
+  }
 }
 
 void MultiTaskModel::predict(const Block& batch, std::vector<std::vector<float>>& probabilities) {

@@ -1,9 +1,10 @@
 // ApgLinear (see apg.h): the big products (x·U, g·V and their backward, the factor products
 // of over-parameterisation) are ops::gemm calls; the per-row K×K product with the generated
-// S_i and its backward are plain loops, parallel over rows (each row is written by one
-// thread, so the result does not depend on the thread count).
+// S_i and its backward are ops::apg_rows_* (each row's sums in a fixed order, so the result
+// does not depend on the thread count), the generated bias's columns ops::add_columns and
+// ops::copy_columns. Every op runs on the parameters' device.
 //
-// Not here: the hypernetwork's own maths (it is an MLP of linear.h), a fused CUDA kernel.
+// Not here: the hypernetwork's own maths (it is an MLP of linear.h).
 #include "core/layers/apg.h"
 
 #include "core/error.h"
@@ -36,63 +37,6 @@ std::vector<int64_t> hyper_sizes(const ApgOptions& o, int64_t out) {
   std::vector<int64_t> sizes = o.hyper_hidden;
   sizes.push_back(o.rank * o.rank + (o.generate_bias ? out : 0));
   return sizes;
-}
-
-// g_i = h_i·S_i, S_i = s[i, 0:K²] row-major; with a generated bias, b_i = s[i, K²:K²+M] is
-// added to y (which already holds g·V).
-template <class T>
-void rowwise_forward(T* g, const T* h, const T* s, int64_t B, int64_t K, int64_t s_cols) {
-#pragma omp parallel for schedule(static) if (B * K * K >= (1 << 15))
-  for (int64_t i = 0; i < B; ++i) {
-    const T* hi = h + i * K;
-    const T* S = s + i * s_cols;
-    T* gi = g + i * K;
-    for (int64_t c = 0; c < K; ++c) gi[c] = 0;
-    for (int64_t a = 0; a < K; ++a) {
-      const T ha = hi[a];
-      const T* Sa = S + a * K;
-      for (int64_t c = 0; c < K; ++c) gi[c] += ha * Sa[c];
-    }
-  }
-}
-
-template <class T>
-void add_generated_bias(T* y, const T* s, int64_t B, int64_t M, int64_t s_cols, int64_t offset) {
-#pragma omp parallel for schedule(static) if (B * M >= (1 << 15))
-  for (int64_t i = 0; i < B; ++i)
-    for (int64_t m = 0; m < M; ++m) y[i * M + m] += s[i * s_cols + offset + m];
-}
-
-// Backward of g_i = h_i·S_i: dS_i[a, c] = h_i[a]·dg_i[c] (written into ds), dh_i = S_i·dg_i.
-// With a generated bias, ds[i, K²:] = dpre_i.
-template <class T>
-void rowwise_backward(T* ds, T* dh, const T* h, const T* s, const T* dg, const T* dpre, int64_t B, int64_t K,
-                      int64_t M, int64_t s_cols, bool generated_bias) {
-#pragma omp parallel for schedule(static) if (B * K * K >= (1 << 15))
-  for (int64_t i = 0; i < B; ++i) {
-    const T* hi = h + i * K;
-    const T* dgi = dg + i * K;
-    const T* S = s + i * s_cols;
-    T* dsi = ds + i * s_cols;
-    T* dhi = dh + i * K;
-    for (int64_t a = 0; a < K; ++a) {
-      const T* Sa = S + a * K;
-      T* dSa = dsi + a * K;
-      T acc = 0;
-      for (int64_t c = 0; c < K; ++c) {
-        dSa[c] = hi[a] * dgi[c];
-        acc += Sa[c] * dgi[c];
-      }
-      dhi[a] = acc;
-    }
-    if (generated_bias)
-      for (int64_t m = 0; m < M; ++m) dsi[K * K + m] = dpre[i * M + m];
-  }
-}
-
-void require_cpu(const Tensor& t, const char* what) {
-  NCSREC_CHECK(t.device() == Device::CPU, "APG " << what << " runs on CPU only (the per-row K×K product has no "
-                                                  "dispatch op yet), got " << t.describe());
 }
 
 }  // namespace
@@ -150,7 +94,6 @@ const Tensor& ApgLinear::forward(const Tensor& x, const Tensor& z) {  // x [B, i
   if (options_.self_condition)
     NCSREC_CHECK(z.raw() == x.raw() && z.shape() == x.shape(),
                  "a self-wise APG layer conditions on its own input: pass z = x (or call forward(x))");
-  require_cpu(x, "forward");
   const int64_t B = x.dim(0), K = rank_;
   const Device device = x.device();
 
@@ -164,14 +107,11 @@ const Tensor& ApgLinear::forward(const Tensor& x, const Tensor& z) {  // x [B, i
   ops::gemm(h_, x, false, u_matrix(), false, 1.0, 0.0);  // h = x·U
   s_ = hyper_.forward(z);                                // s = G(z) [B, K² (+ out)]
   g_ = ensure_buffer(g_buf_, B, K, dtype, device);
-  const int64_t s_cols = s_.dim(1);
-  if (dtype == DType::F32) rowwise_forward(g_.data<float>(), h_.data<float>(), s_.data<float>(), B, K, s_cols);
-  else rowwise_forward(g_.data<double>(), h_.data<double>(), s_.data<double>(), B, K, s_cols);
+  ops::apg_rows_forward(g_, h_, s_);  // g_i = h_i·S_i
   y_ = ensure_buffer(y_buf_, B, out_, dtype, device);
   ops::gemm(y_, g_, false, v_matrix(), false, 1.0, 0.0);  // y = g·V
   if (bias_) ops::bias_add(y_, bias_->value);
-  else if (dtype == DType::F32) add_generated_bias(y_.data<float>(), s_.data<float>(), B, out_, s_cols, K * K);
-  else add_generated_bias(y_.data<double>(), s_.data<double>(), B, out_, s_cols, K * K);
+  else ops::add_columns(y_, 0, s_, K * K, out_);  // b_i = s[i, K²:K²+out]
   if (act_ == Activation::ReLU) ops::relu_forward(y_, y_);
   x_ = x;  // both shared with the caller: unchanged until backward
   z_ = z;
@@ -214,13 +154,8 @@ const Tensor& ApgLinear::backward(const Tensor& dy, bool need_dx, bool need_dz) 
   const int64_t s_cols = s_.dim(1);
   ds_ = ensure_buffer(ds_buf_, B, s_cols, dtype, device);
   dh_ = ensure_buffer(dh_buf_, B, K, dtype, device);
-  const bool generated_bias = bias_ == nullptr;
-  if (dtype == DType::F32)
-    rowwise_backward(ds_.data<float>(), dh_.data<float>(), h_.data<float>(), s_.data<float>(), dg_.data<float>(),
-                     dpre->data<float>(), B, K, out_, s_cols, generated_bias);
-  else
-    rowwise_backward(ds_.data<double>(), dh_.data<double>(), h_.data<double>(), s_.data<double>(),
-                     dg_.data<double>(), dpre->data<double>(), B, K, out_, s_cols, generated_bias);
+  ops::apg_rows_backward(ds_, dh_, h_, s_, dg_);  // dS_i = h_iᵀ·dg_i, dh_i = S_i·dg_i
+  if (!bias_) ops::copy_columns(ds_, K * K, *dpre, 0, out_);  // the generated bias's gradient
 
   // U: dU = xᵀ·dh; with overparam, dU_l += dU·U_rᵀ and dU_r += U_lᵀ·dU.
   if (u_) {

@@ -376,6 +376,60 @@ TEST_F(CudaTrainOps, BatchNormAndLayerNormForwardAndBackward) {
   }
 }
 
+// ---- APG's per-row products and column blocks -----------------------------------------------
+
+// g_i = h_i·S_i and its backward, and a column block added into another array, against the CPU's
+// entries: within rtol of Σ|terms| (each a K-long sum); the columns of ds past K² keep their
+// poison, and add_columns leaves the other columns alone.
+template <class T>
+void check_apg(int64_t B, int64_t K, int64_t extra, uint64_t seed) {
+  SCOPED_TRACE(std::string(dtype_name(dtype_for<T>())) + " B " + std::to_string(B) + " K " + std::to_string(K));
+  const int64_t s_cols = K * K + extra;
+  const auto h = random_values<T>(B * K, seed), s = random_values<T>(B * s_cols, seed + 1);
+  const auto dg = random_values<T>(B * K, seed + 2);
+  std::vector<T> g_c(static_cast<size_t>(B * K)), dh_c(static_cast<size_t>(B * K));
+  std::vector<T> ds_c(static_cast<size_t>(B * s_cols), std::numeric_limits<T>::quiet_NaN());
+  cpu().apg_rows_forward(dtype_for<T>(), g_c.data(), h.data(), s.data(), B, K, s_cols);
+  cpu().apg_rows_backward(dtype_for<T>(), ds_c.data(), dh_c.data(), h.data(), s.data(), dg.data(), B, K, s_cols);
+  const std::vector<T> poison(static_cast<size_t>(B * s_cols), std::numeric_limits<T>::quiet_NaN());
+  DeviceBuffer<T> d_h(h), d_s(s), d_dg(dg), d_g(B * K), d_dh(B * K), d_ds(poison);
+  gpu().apg_rows_forward(dtype_for<T>(), d_g.get(), d_h.get(), d_s.get(), B, K, s_cols);
+  gpu().apg_rows_backward(dtype_for<T>(), d_ds.get(), d_dh.get(), d_h.get(), d_s.get(), d_dg.get(), B, K, s_cols);
+  const auto g_g = d_g.download(), dh_g = d_dh.download(), ds_g = d_ds.download();
+  for (int64_t i = 0; i < B; ++i)
+    for (int64_t c = 0; c < K; ++c) {
+      double mag = 0, mag_dh = 0;
+      for (int64_t a = 0; a < K; ++a) {
+        mag += std::abs(static_cast<double>(h[i * K + a]) * s[i * s_cols + a * K + c]);
+        mag_dh += std::abs(static_cast<double>(s[i * s_cols + c * K + a]) * dg[i * K + a]);
+      }
+      ASSERT_NEAR(g_g[i * K + c], g_c[i * K + c], rtol<T>() * mag + 1e-30) << "g " << i << " " << c;
+      ASSERT_NEAR(dh_g[i * K + c], dh_c[i * K + c], rtol<T>() * mag_dh + 1e-30) << "dh " << i << " " << c;
+    }
+  for (int64_t i = 0; i < B * s_cols; ++i) {
+    if (i % s_cols >= K * K) {
+      ASSERT_TRUE(std::isnan(static_cast<double>(ds_g[i]))) << "ds column " << i % s_cols << " was written";
+      continue;
+    }
+    ASSERT_EQ(ds_g[i], ds_c[i]) << "ds " << i;  // one product each: exact
+  }
+  // add_columns: columns [1, 1 + w) of y (width w + 3) += columns [2, 2 + w) of x (width w + 2).
+  const int64_t w = K, yw = w + 3, xw = w + 2;
+  const auto y0 = random_values<T>(B * yw, seed + 3), x = random_values<T>(B * xw, seed + 4);
+  std::vector<T> y_c = y0;
+  cpu().add_columns(dtype_for<T>(), y_c.data(), yw, 1, x.data(), xw, 2, B, w);
+  DeviceBuffer<T> d_y(y0), d_x(x);
+  gpu().add_columns(dtype_for<T>(), d_y.get(), yw, 1, d_x.get(), xw, 2, B, w);
+  EXPECT_EQ(d_y.download(), y_c) << "add_columns";
+}
+
+TEST_F(CudaTrainOps, ApgRowProductsAndColumnBlocks) {
+  for (const auto& [B, K] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {5, 3}, {1000, 8}, {4096, 16}}) {
+    check_apg<float>(B, K, 7, static_cast<uint64_t>(B + K));
+    check_apg<double>(B, K, 0, static_cast<uint64_t>(B + K + 1));
+  }
+}
+
 // ---- dropout -------------------------------------------------------------------------------
 
 // The kept elements and their scaled values are the CPU's to the bit (a function of (key, i)

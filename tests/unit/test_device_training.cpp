@@ -515,6 +515,13 @@ std::vector<Case> model_cases() {
         Case{"mmoe_layernorm",
              "  type: mmoe\n  experts: {count: 2, sizes: [8]}\n  tower: [6]\n  layers: {norm: layer}\n" + kTables,
              {-1, -1}},
+        Case{"esmm_apg_self", "  type: esmm\n  tower: [8, 4]\n  apg: {in: [towers], rank: 3, hyper_hidden: [6]}\n" + kTables,
+             {-1, -1}},
+        Case{"shared_bottom_apg_group_overparam",
+             "  type: shared_bottom\n  bottom: [8]\n  tower: [6]\n"
+             "  apg: {in: [towers], rank: 2, overparam: 4, hyper_hidden: [5], condition: [user, ctx], generate_bias: true}\n" +
+                 kTables,
+             {0, 1, -1}},
         Case{"mmoe_dropout",
              "  type: mmoe\n  experts: {count: 2, sizes: [8]}\n  tower: [6]\n  layers: {dropout: 0.3}\n" + kTables,
              {-1, -1, -1}},
@@ -549,20 +556,21 @@ INSTANTIATE_TEST_SUITE_P(Models, DeviceMaskedRoutes, ::testing::ValuesIn(masked_
 TEST(DeviceModel, ModelsWithHostOnlyLayersAreRefusedByName) {
   FakeDevice device;
   const Block first = random_block(8, 1);
-  const TrainConfig apg = config_for("  type: esmm\n  tower: [8]\n  apg: {in: [towers]}\n" + kTables);
+  const TrainConfig learned =
+      config_for("  type: ncs\n  shared: [8]\n  tower: [4]\n  masks: {find: learned, final_density: 0.5}\n" + kTables);
   try {
-    MultiTaskModel m(apg.model, first.schema, DType::F32, 1, nullptr, Device::CUDA);
-    FAIL() << "a model with APG layers was built on the device";
+    MultiTaskModel m(learned.model, first.schema, DType::F32, 1, nullptr, Device::CUDA);
+    FAIL() << "a model with learned masks was built on the device";
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("apg"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("masks.find: learned"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("run.device: cpu"), std::string::npos) << e.what();
   }
   EXPECT_EQ(MultiTaskModel::device_limits(config_for("  type: mmoe\n  experts: {count: 2, sizes: [4]}\n" + kTables).model),
             "");
-  TrainConfig automatic = apg;
+  TrainConfig automatic = learned;
   automatic.device = "auto";
   EXPECT_EQ(training_device(automatic), Device::CPU) << "auto falls back for a host-only model";
-  automatic.model.apg.in.clear();
+  automatic.model.masks.find = "imp";
   EXPECT_EQ(training_device(automatic), Device::CUDA);
 }
 
