@@ -389,6 +389,28 @@ void cpu_add_columns(DType d, void* y, int64_t ys, int64_t yc, const void* x, in
                         add_columns_t(static_cast<double*>(y), ys, yc, static_cast<const double*>(x), xs, xc, rows, cols));
 }
 
+// ---- elementwise, for learned masks ---------------------------------------------------------
+
+template <class T>
+void multiply_accumulate_t(T* y, const T* a, const T* b, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) y[i] += a[i] * b[i];
+}
+void cpu_multiply_accumulate(DType d, void* y, const void* a, const void* b, int64_t n) {
+  NCSREC_FLOAT_DISPATCH(
+      d, multiply_accumulate_t(static_cast<float*>(y), static_cast<const float*>(a), static_cast<const float*>(b), n),
+      multiply_accumulate_t(static_cast<double*>(y), static_cast<const double*>(a), static_cast<const double*>(b), n));
+}
+template <class T>
+void add_scalar_t(T* x, int64_t n, T a) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) x[i] += a;
+}
+void cpu_add_scalar(DType d, void* x, int64_t n, double a) {
+  NCSREC_FLOAT_DISPATCH(d, add_scalar_t(static_cast<float*>(x), n, static_cast<float>(a)),
+                        add_scalar_t(static_cast<double*>(x), n, a));
+}
+
 // ---- dropout ----------------------------------------------------------------------------------
 
 template <class T>
@@ -612,6 +634,8 @@ void add_cpu_training_ops(OpTable& t) {
   t.apply_mask = cpu_apply_mask;
   t.add_masked = cpu_add_masked;
   t.dropout = cpu_dropout;
+  t.multiply_accumulate = cpu_multiply_accumulate;
+  t.add_scalar = cpu_add_scalar;
   t.apg_rows_forward = cpu_apg_rows_forward;
   t.apg_rows_backward = cpu_apg_rows_backward;
   t.add_columns = cpu_add_columns;

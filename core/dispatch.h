@@ -187,6 +187,11 @@ struct OpTable {
   void (*add_columns)(DType dtype, void* y, int64_t y_stride, int64_t y_col, const void* x, int64_t x_stride,
                       int64_t x_col, int64_t rows, int64_t cols) = nullptr;
 
+  // Elementwise, for learned masks (core/layers/masked_linear.h): y[i] += a[i]·b[i] (the
+  // straight-through score gradient dS += dW ⊙ W) and x[i] += a (the sparsity penalty's shift).
+  void (*multiply_accumulate)(DType dtype, void* y, const void* a, const void* b, int64_t n) = nullptr;
+  void (*add_scalar)(DType dtype, void* x, int64_t n, double a) = nullptr;
+
   // Dropout (core/layers/dropout.h): out[i] = in[i]·(1 / (1 − rate)) where
   // to_unit(hash_combine(key, i)) >= rate (core/random.h), else 0; a function of (key, i) alone,
   // so every backend and thread count drops the same elements. May run in place.

@@ -254,6 +254,18 @@ void copy_columns(Tensor& y, int64_t y_col, const Tensor& x, int64_t x_col, int6
     for (size_t r = 0; r < rows; ++r) t.copy(dst + r * dp, src + r * sp, width, kind);
 }
 
+void multiply_accumulate(Tensor& y, const Tensor& a, const Tensor& b) {
+  same_size(y, a, "multiply_accumulate");
+  same_size(y, b, "multiply_accumulate");
+  auto k = kernel_or_throw(ops_for(y.device()).multiply_accumulate, "multiply_accumulate", y.device());
+  k(y.dtype(), y.raw(), a.raw(), b.raw(), y.numel());
+}
+
+void add_scalar(Tensor& x, double s) {
+  auto k = kernel_or_throw(ops_for(x.device()).add_scalar, "add_scalar", x.device());
+  k(x.dtype(), x.raw(), x.numel(), s);
+}
+
 void dropout(Tensor& out, const Tensor& in, double rate, uint64_t key) {
   same_size(out, in, "dropout");
   NCSREC_CHECK(rate >= 0 && rate < 1, "dropout: rate " << rate);

@@ -59,6 +59,11 @@ void apg_rows_backward(Tensor& ds, Tensor& dh, const Tensor& h, const Tensor& s,
 void add_columns(Tensor& y, int64_t y_col, const Tensor& x, int64_t x_col, int64_t cols);
 void copy_columns(Tensor& y, int64_t y_col, const Tensor& x, int64_t x_col, int64_t cols);
 
+// y += a ⊙ b (OpTable::multiply_accumulate) and x += s (OpTable::add_scalar), elementwise; one
+// dtype and device, a and b of y's size.
+void multiply_accumulate(Tensor& y, const Tensor& a, const Tensor& b);
+void add_scalar(Tensor& x, double s);
+
 // Dropout (OpTable::dropout): out = in with the elements (key, i) drops zeroed and the others
 // scaled by 1 / (1 − rate); the same shape, dtype and device (may be one tensor).
 void dropout(Tensor& out, const Tensor& in, double rate, uint64_t key);

@@ -157,6 +157,17 @@ Tensor Tensor::from_bytes(const std::vector<uint8_t>& bytes, Device device) {
   return t;
 }
 
+void Tensor::assign_bytes(const std::vector<uint8_t>& bytes, Device device) {
+  if (!(defined() && dtype_ == DType::U8 && device_ == device && ndim() == 1 &&
+        numel() == static_cast<int64_t>(bytes.size()))) {
+    *this = from_bytes(bytes, device);
+    return;
+  }
+  if (!bytes.empty())
+    ops_for(device).copy(raw(), bytes.data(), bytes.size(),
+                         device == Device::CPU ? CopyKind::HostToHost : CopyKind::HostToDevice);
+}
+
 Tensor Tensor::to(Device device) const {
   Tensor t = empty(shape_, dtype_, device);
   t.copy_from(*this);

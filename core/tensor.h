@@ -60,6 +60,9 @@ class Tensor {
   static Tensor empty_pinned(Shape shape, DType dtype, Device for_device);
   // A u8 tensor [bytes.size()] holding `bytes` on `device` (masks for the kernels).
   static Tensor from_bytes(const std::vector<uint8_t>& bytes, Device device);
+  // The same bytes into this tensor: into its own memory when it already is a u8 tensor of that
+  // size on `device` (no allocation), else a new one as from_bytes.
+  void assign_bytes(const std::vector<uint8_t>& bytes, Device device);
 
   bool defined() const { return storage_ != nullptr; }
   DType dtype() const { return dtype_; }

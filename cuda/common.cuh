@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <string>
 
 #include "core/error.h"
 #include "core/float_dispatch.h"
@@ -72,7 +73,20 @@ class DeviceVector {
       if (ptr_) CUDA_CHECK(cudaFree(ptr_));
       ptr_ = nullptr;
       size_ = 0;
-      CUDA_CHECK(cudaMalloc(&ptr_, static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T)));
+      const size_t bytes = static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T);
+      const cudaError_t err = cudaMalloc(&ptr_, bytes);
+      if (err == cudaErrorMemoryAllocation) {  // the user's sizes (a table, a batch): say so
+        (void)cudaGetLastError();
+        size_t free_b = 0, total_b = 0;
+        const bool info = cudaMemGetInfo(&free_b, &total_b) == cudaSuccess;
+        (void)cudaGetLastError();
+        ptr_ = nullptr;
+        throw UserError(NCSREC_STR_("out of GPU memory allocating " << bytes << " bytes"
+                                    << (info ? " (" + std::to_string(free_b) + " of " + std::to_string(total_b) +
+                                                   " bytes free)" : std::string())
+                                    << "; use a smaller batch or tables, or run.device: cpu"));
+      }
+      CUDA_CHECK(err);
       size_ = n;
       ++g_device_vector_allocations;
     }

@@ -679,13 +679,14 @@ namespace {
 // arrays go up into buffers kept from step to step (grown, never shrunk).
 class CudaDeviceTable final : public DeviceTable {
  public:
-  explicit CudaDeviceTable(const DeviceTableSpec& spec) : table_(options_of(spec)) {}
+  explicit CudaDeviceTable(const DeviceTableSpec& spec) : table_(options_of(spec)), hash_(spec.hash), name_(spec.name) {}
 
   void reserve(int64_t slots, int64_t batch, int64_t ids) override {
     grow(static_cast<size_t>(slots));
+    const int64_t per_slot = (ids + slots - 1) / std::max<int64_t>(slots, 1);  // the ids of one slot
     for (int64_t s = 0; s < slots; ++s) {
       offsets_[static_cast<size_t>(s)]->reserve(batch + 1);
-      ids_[static_cast<size_t>(s)]->reserve(ids);
+      ids_[static_cast<size_t>(s)]->reserve(per_slot);
     }
     table_.reserve(slots, batch, ids);
   }
@@ -696,6 +697,11 @@ class CudaDeviceTable final : public DeviceTable {
     std::vector<CudaEmbeddingTable::Slot> device_slots;
     for (size_t s = 0; s < slots.size(); ++s) {
       const Slot& slot = slots[s];
+      if (hash_)  // the index's empty-slot marker
+        for (int64_t k = 0; k < slot.nnz; ++k)
+          if (slot.ids[k] == INT64_MIN)
+            throw UserError("hash table " + name_ + " on the GPU: the id " + std::to_string(INT64_MIN) +
+                            " is reserved there; map it to another id, or keep the table on the CPU (run.device: cpu)");
       int64_t* offsets = offsets_[s]->reserve(batch + 1);
       DeviceVector<int64_t>& id_buffer = *ids_[s];
       // Past what the plan reserved: grow by half again at least, so that growing is rare.
@@ -755,6 +761,8 @@ class CudaDeviceTable final : public DeviceTable {
   }
 
   CudaEmbeddingTable table_;
+  bool hash_;
+  std::string name_;
   std::vector<std::unique_ptr<DeviceVector<int64_t>>> ids_, offsets_;  // per slot
 };
 

@@ -595,6 +595,34 @@ void cuda_add_columns(DType d, void* y, int64_t ys, int64_t yc, const void* x, i
   NCSREC_CUDA_LAUNCH_CHECK();
 }
 
+// ---- elementwise, for learned masks -----------------------------------------------------------
+
+template <class T>
+__global__ void multiply_accumulate_kernel(T* y, const T* a, const T* b, int64_t n) {
+  GRID_STRIDE(i, n) y[i] = add_rn(y[i], mul_rn(a[i], b[i]));
+}
+template <class T>
+__global__ void add_scalar_kernel(T* x, int64_t n, T a) {
+  GRID_STRIDE(i, n) x[i] = x[i] + a;
+}
+void cuda_multiply_accumulate(DType d, void* y, const void* a, const void* b, int64_t n) {
+  if (n == 0) return;
+  NCSREC_CUDA_FLOAT_DISPATCH(d,
+                             (multiply_accumulate_kernel<float><<<blocks_for(n), kThreads>>>(
+                                 static_cast<float*>(y), static_cast<const float*>(a), static_cast<const float*>(b), n)),
+                             (multiply_accumulate_kernel<double><<<blocks_for(n), kThreads>>>(
+                                 static_cast<double*>(y), static_cast<const double*>(a), static_cast<const double*>(b),
+                                 n)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+void cuda_add_scalar(DType d, void* x, int64_t n, double a) {
+  if (n == 0) return;
+  NCSREC_CUDA_FLOAT_DISPATCH(
+      d, (add_scalar_kernel<float><<<blocks_for(n), kThreads>>>(static_cast<float*>(x), n, static_cast<float>(a))),
+      (add_scalar_kernel<double><<<blocks_for(n), kThreads>>>(static_cast<double*>(x), n, a)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+
 // ---- dropout (the rule of core/cpu_training_ops.cpp: a function of (key, i) alone) ---------------
 
 template <class T>
@@ -712,6 +740,8 @@ void add_cuda_training_ops(OpTable& t) {
   t.apply_mask = cuda_apply_mask;
   t.add_masked = cuda_add_masked;
   t.dropout = cuda_dropout;
+  t.multiply_accumulate = cuda_multiply_accumulate;
+  t.add_scalar = cuda_add_scalar;
   t.apg_rows_forward = cuda_apg_rows_forward;
   t.apg_rows_backward = cuda_apg_rows_backward;
   t.add_columns = cuda_add_columns;

@@ -30,17 +30,20 @@ double read_scalar(const Tensor& t) {
   return f32 ? static_cast<double>(f) : d;
 }
 
-// t[0] += v, in t's dtype (the float addition rounds as a host += would).
-void add_to_scalar(Tensor& t, double v) {
+// t[0] = v rounded to t's dtype.
+void write_scalar(Tensor& t, double v) {
   const bool f32 = t.dtype() == DType::F32;
-  float f = 0;
-  double d = 0;
-  if (f32) f = static_cast<float>(read_scalar(t)) + static_cast<float>(v);
-  else d = read_scalar(t) + v;
-  const void* host = f32 ? static_cast<const void*>(&f) : static_cast<const void*>(&d);
+  const float f = static_cast<float>(v);
+  const void* host = f32 ? static_cast<const void*>(&f) : static_cast<const void*>(&v);
   const size_t bytes = f32 ? sizeof(float) : sizeof(double);
   if (t.device() == Device::CPU) std::memcpy(t.raw(), host, bytes);
   else ops_for(t.device()).copy(t.raw(), host, bytes, CopyKind::HostToDevice);
+}
+
+// t[0] += v in t's dtype (an f32 t adds float(v), as a host `+=` of a float would).
+void add_to_scalar(Tensor& t, double v) {
+  if (t.dtype() == DType::F32) write_scalar(t, static_cast<float>(read_scalar(t)) + static_cast<float>(v));
+  else write_scalar(t, read_scalar(t) + v);
 }
 
 }  // namespace
@@ -48,7 +51,6 @@ void add_to_scalar(Tensor& t, double v) {
 std::string MultiTaskModel::device_limits(const ModelConfig& config) {
   std::vector<std::string> host_only;
   if (config.type == "three_tower") host_only.push_back("type three_tower");
-  if (config.masks.find == "learned") host_only.push_back("masks.find: learned");
   if (config.history.enabled() && config.history.aggregate == "attention")
     host_only.push_back("history.aggregate: attention");
   std::string why;
@@ -304,6 +306,7 @@ MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& sche
   local_grads_.resize(tables_.size());
   dlogit_bufs_.resize(config_.tasks.size());
   prob_bufs_.resize(config_.tasks.size());
+  train_prob_bufs_.resize(config_.tasks.size());
   logit_host_bufs_.resize(config_.tasks.size());
   staged_logits_.resize(config_.tasks.size());
 }
@@ -494,6 +497,8 @@ void MultiTaskModel::forward(const Block& batch, bool training) {
   lookups_.resize(tables_.size());
   const bool tables_on_device = !device_tables_.empty();
   if (tables_on_device) load_device_tables();
+  // A training forward changes the device's tables too (counters, a hash table's new ids).
+  if (tables_on_device && training) device_tables_newer_ = true;
   for (auto& g : groups_) {
     g.host = ensure_buffer(g.host_buf, B, input_dim_, dtype_, Device::CPU, device_);  // goes up
     for (const auto& tr : g.tables) {
@@ -674,12 +679,15 @@ void MultiTaskModel::init_learned_masks(uint64_t seed) {
       MaskedLinear& layer = *masked_refs_[static_cast<size_t>(l)].layer;
       Rng rng(hash_combine(seed, hash_string(score->name)));
       const int64_t n = score->value.numel();
+      // Made on the host from a host copy of the weight, then put where the scores are.
+      const Tensor weight = layer.weight()->value.to(Device::CPU);
+      Tensor scores = Tensor::empty(score->value.shape(), dtype_);
       auto fill = [&](auto* s, const auto* w) {
         for (int64_t i = 0; i < n; ++i) s[i] = static_cast<std::remove_pointer_t<decltype(s)>>(
             std::abs(w[i]) + rng.uniform(-config_.masks.score_init, config_.masks.score_init));
       };
-      if (dtype_ == DType::F32) fill(score->value.data<float>(), layer.weight()->value.data<float>());
-      else fill(score->value.data<double>(), layer.weight()->value.data<double>());
+      if (dtype_ == DType::F32) fill(scores.data<float>(), weight.data<float>());
+      else fill(scores.data<double>(), weight.data<double>());
       if (penalty) {
         auto shift = [&](auto* s, const auto* w) {
           std::vector<double> mags(static_cast<size_t>(n));
@@ -691,9 +699,10 @@ void MultiTaskModel::init_learned_masks(uint64_t seed) {
           const double q = keep >= n ? -1.0 : *at;
           for (int64_t i = 0; i < n; ++i) s[i] = static_cast<std::remove_pointer_t<decltype(s)>>(s[i] - q);
         };
-        if (dtype_ == DType::F32) shift(score->value.data<float>(), layer.weight()->value.data<float>());
-        else shift(score->value.data<double>(), layer.weight()->value.data<double>());
+        if (dtype_ == DType::F32) shift(scores.data<float>(), weight.data<float>());
+        else shift(scores.data<double>(), weight.data<double>());
       }
+      score->value.copy_from(scores);
       layer.set_score_grad(static_cast<int>(t), score->grad);
     }
   refresh_learned_masks();
@@ -705,10 +714,18 @@ void MultiTaskModel::refresh_learned_masks() {
   // Penalty: the connections whose score is above 0.
   size_t k = 0;
   std::vector<int64_t> order;
+  score_host_bufs_.resize(score_params_.size());
   for (size_t t = 0; t < config_.tasks.size(); ++t)
     for (int l = 0; l < num_masked_layers(); ++l, ++k) {
-      const Param* score = score_params_[k];
-      const int64_t n = score->value.numel();
+      // The scores where the host can read them: a device model's come down (one copy a layer).
+      const Tensor& value = score_params_[k]->value;
+      Tensor host = value;
+      if (value.device() != Device::CPU) {
+        host = ensure_buffer(score_host_bufs_[k], value.dim(0), value.dim(1), dtype_, Device::CPU, value.device());
+        host.copy_from(value);
+      }
+      const Tensor* score = &host;
+      const int64_t n = score->numel();
       if (!penalty_params_.empty()) {
         const BitMask& current = mask(static_cast<int>(t), l);
         BitMask m = BitMask::zeros(current.rows, current.cols);
@@ -716,8 +733,8 @@ void MultiTaskModel::refresh_learned_masks() {
           for (int64_t i = 0; i < n; ++i)
             if (s[i] > 0) m.set(i, true);
         };
-        if (dtype_ == DType::F32) threshold(score->value.data<float>());
-        else threshold(score->value.data<double>());
+        if (dtype_ == DType::F32) threshold(score->data<float>());
+        else threshold(score->data<double>());
         if (m != current) set_mask(static_cast<int>(t), l, m);
         continue;
       }
@@ -729,8 +746,8 @@ void MultiTaskModel::refresh_learned_masks() {
           return s[a] > s[b] || (s[a] == s[b] && a < b);
         });
       };
-      if (dtype_ == DType::F32) select(score->value.data<float>());
-      else select(score->value.data<double>());
+      if (dtype_ == DType::F32) select(score->data<float>());
+      else select(score->data<double>());
       const BitMask& current = mask(static_cast<int>(t), l);
       BitMask m = BitMask::zeros(current.rows, current.cols);
       for (int64_t i = 0; i < keep; ++i) m.set(order[static_cast<size_t>(i)], true);
@@ -753,15 +770,11 @@ void MultiTaskModel::apply_mask_penalty(int task, double lr) {
       if (task >= 0 && static_cast<int>(t) != task) continue;
       Param* score = score_params_[k];
       const double e = (mask(static_cast<int>(t), l).density() - target) / target;
-      auto apply = [&](auto* s, auto* integral) {
-        using T = std::remove_pointer_t<decltype(s)>;
-        integral[0] = static_cast<T>(static_cast<double>(integral[0]) + gain / 20 * e);
-        const T shift = static_cast<T>(lr * (gain * e + static_cast<double>(integral[0])));
-        const int64_t n = score->value.numel();
-        for (int64_t i = 0; i < n; ++i) s[i] -= shift;
-      };
-      if (dtype_ == DType::F32) apply(score->value.data<float>(), penalty_params_[k]->value.data<float>());
-      else apply(score->value.data<double>(), penalty_params_[k]->value.data<double>());
+      Tensor& integral = penalty_params_[k]->value;  // one element, where the model is
+      write_scalar(integral, read_scalar(integral) + gain / 20 * e);
+      const double shift = lr * (gain * e + read_scalar(integral));
+      // s -= shift, the shift rounded to the scores' dtype first.
+      ops::add_scalar(score->value, dtype_ == DType::F32 ? -static_cast<double>(static_cast<float>(shift)) : -shift);
     }
 }
 
@@ -797,7 +810,7 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     const size_t g = static_cast<size_t>(group_of_task_[t]);
     logits[t] = &towers_[t]->forward(shared_output(t), pass(g, true));
     dlogit_views[t] = ensure_buffer(dlogit_bufs_[t], B, 1, dtype_, device_);
-    prob_views[t] = ensure_buffer(prob_bufs_[t], B, 1, dtype_, device_);
+    prob_views[t] = ensure_buffer(train_prob_bufs_[t], B, 1, dtype_, device_);
     dlogits[t] = &dlogit_views[t];
     probs[t] = &prob_views[t];
   }
@@ -1236,8 +1249,8 @@ const uint8_t* MultiTaskModel::update_mask_on_device(int task) {
   const uint8_t* host = update_mask(task);
   if (device_ == Device::CPU) return host;
   if (update_masks_device_stale_) {
-    update_masks_device_.clear();
-    for (const auto& m : update_masks_) update_masks_device_.push_back(Tensor::from_bytes(m, device_));
+    update_masks_device_.resize(update_masks_.size());  // changed masks reuse the memory
+    for (size_t i = 0; i < update_masks_.size(); ++i) update_masks_device_[i].assign_bytes(update_masks_[i], device_);
     update_masks_device_stale_ = false;
   }
   return static_cast<const uint8_t*>(update_masks_device_[static_cast<size_t>(task + 1)].raw());

@@ -286,6 +286,7 @@ class MultiTaskModel {
   MaskedMLP* masked_ = nullptr;                    // ncs: the block's masked MLP (sparse inference)
   std::vector<MaskedLayerRef> masked_refs_;        // every masked layer, in mask-file order
   std::vector<Param*> score_params_;               // learned masks: [task][masked layer]
+  std::vector<Tensor> score_host_bufs_;            // learned masks on a device: the scores' host copies
   std::vector<Param*> penalty_params_;             // learned masks, penalty: its integral term per [task][masked layer]
   std::vector<Param*> log_sigma_;                  // uncertainty weighting: one per loss
   std::vector<std::pair<int64_t, int64_t>> condition_cols_;  // apg group-wise: input columns [begin, end)
@@ -313,7 +314,8 @@ class MultiTaskModel {
   int64_t block_params_begin_ = 0, tower_params_begin_ = 0;
   std::vector<EmbeddingBagWorkspace> bag_workspaces_;  // per table: the backward's memory, reused
   std::vector<SparseGrad> local_grads_;                // per table: over the lookup's rows (sharded, hashed)
-  std::vector<Tensor> dlogit_bufs_, prob_bufs_;
+  std::vector<Tensor> dlogit_bufs_, prob_bufs_;  // prob_bufs_: predict's, on the host
+  std::vector<Tensor> train_prob_bufs_;           // a training step's probabilities, where the model is
   Tensor shifted_logit_buf_;  // predict: logit + TaskSpec::logit_offset
 };
 

@@ -112,7 +112,7 @@ const uint8_t* MaskedLinear::mask_bits_on_device(TaskState& t) {
   const Device device = weight_->value.device();
   if (device == Device::CPU) return nullptr;  // the kernels read t.mask.bits
   if (t.device_bits_stale || !t.device_bits.defined()) {
-    t.device_bits = Tensor::from_bytes(t.mask.bits, device);
+    t.device_bits.assign_bytes(t.mask.bits, device);  // a changed mask reuses the memory
     t.device_bits_stale = false;
   }
   return static_cast<const uint8_t*>(t.device_bits.raw());
@@ -327,17 +327,8 @@ void MaskedLinear::backward_plain(TaskState& t, const Tensor& dpre, bool need_dx
   Tensor dw = ensure_buffer(dw_scratch_, in_, out_, dpre.dtype(), dpre.device());
   ops::gemm(dw, t.x, true, dpre, false, 1.0, 0.0);
   add_masked(weight_->grad, dw, t.mask, mask_bits_on_device(t));
-  if (t.score_grad.defined()) {
-    NCSREC_CHECK(dw.device() == Device::CPU, "learned masks train on the CPU only");
-    // dS += dw ⊙ W (the straight-through estimator of the mask's gradient).
-    auto accumulate = [&](auto* g, const auto* d, const auto* w) {
-      const int64_t n = in_ * out_;
-#pragma omp parallel for schedule(static) if (n >= (1 << 16))
-      for (int64_t i = 0; i < n; ++i) g[i] += d[i] * w[i];
-    };
-    if (dw.dtype() == DType::F32) accumulate(t.score_grad.data<float>(), dw.data<float>(), weight_->value.data<float>());
-    else accumulate(t.score_grad.data<double>(), dw.data<double>(), weight_->value.data<double>());
-  }
+  if (t.score_grad.defined())
+    ops::multiply_accumulate(t.score_grad, dw, weight_->value);  // dS += dw ⊙ W (straight-through)
   ops::bias_grad(bias_->grad, dpre);  // db += colsum(dpre)
   if (!need_dx) {
     t.dx = Tensor();

@@ -461,6 +461,29 @@ TEST_F(CudaEmbeddingParity, AReservedTableAllocatesNothingForBatchesWithinItsPla
   }
 }
 
+// INT64_MIN marks an empty slot of the GPU's hash index: a batch holding it is refused by name
+// before anything changes, and the table goes on working.
+TEST_F(CudaEmbeddingParity, TheReservedIdIsRefusedByTheModelsHashTable) {
+  DeviceTableSpec spec;
+  spec.name = "items";
+  spec.hash = true;
+  spec.rows = 100;
+  spec.dim = kDim;
+  spec.optimizer.type = "adagrad";
+  std::unique_ptr<DeviceTable> table = device_table_factory(Device::CUDA)(spec);
+  const std::vector<int64_t> offsets{0, 2}, bad{5, INT64_MIN}, good{5, 6};
+  DeviceCopy<float> out(std::vector<float>(kDim, 0.0f));
+  try {
+    table->forward({{offsets.data(), bad.data(), 2, 0, false}}, 1, out.ptr, kDim, true, 1);
+    FAIL() << "expected a UserError";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("hash table items"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(table->rows(), 0) << "nothing was inserted";
+  table->forward({{offsets.data(), good.data(), 2, 0, false}}, 1, out.ptr, kDim, true, 1);
+  EXPECT_EQ(table->rows(), 2);
+}
+
 TEST(CudaEmbeddingTableNoGpu, BuildingOneWithoutAGpuThrowsInsteadOfCrashing) {
   if (cuda_device_count() > 0) GTEST_SKIP() << "a GPU is present";
   EXPECT_THROW(CudaEmbeddingTable table(gpu_options(10)), InternalError);
