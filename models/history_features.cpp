@@ -8,7 +8,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
+#include "core/dispatch.h"
 #include "core/error.h"
 #include "core/hdf5_util.h"
 #include "core/layers/embedding_bag.h"
@@ -130,6 +132,39 @@ void HistoryFeatures::attend(const Feature& f, int64_t p, const Q* q, double* ou
   }
 }
 
+namespace {
+
+// A small parameter's values as doubles on the host (a device model's come down: one vector).
+std::vector<double> values_on_host(const Tensor& v) {
+  const size_t n = static_cast<size_t>(v.numel()), bytes = v.nbytes();
+  std::vector<char> raw(bytes);
+  if (v.device() == Device::CPU) std::memcpy(raw.data(), v.raw(), bytes);
+  else ops_for(v.device()).copy(raw.data(), v.raw(), bytes, CopyKind::DeviceToHost);
+  std::vector<double> out(n);
+  for (size_t i = 0; i < n; ++i)
+    out[i] = v.dtype() == DType::F32 ? reinterpret_cast<const float*>(raw.data())[i]
+                                     : reinterpret_cast<const double*>(raw.data())[i];
+  return out;
+}
+
+// grad += d elementwise in grad's dtype (f32: each d rounded first, as a host `+=` of a float),
+// wherever grad is.
+void add_on_host(Tensor& grad, const std::vector<double>& d) {
+  const size_t n = static_cast<size_t>(grad.numel()), bytes = grad.nbytes();
+  const bool device = grad.device() != Device::CPU;
+  std::vector<char> raw(bytes);
+  if (device) ops_for(grad.device()).copy(raw.data(), grad.raw(), bytes, CopyKind::DeviceToHost);
+  else std::memcpy(raw.data(), grad.raw(), bytes);
+  for (size_t i = 0; i < n; ++i) {
+    if (grad.dtype() == DType::F32) reinterpret_cast<float*>(raw.data())[i] += static_cast<float>(d[i]);
+    else reinterpret_cast<double*>(raw.data())[i] += d[i];
+  }
+  if (device) ops_for(grad.device()).copy(grad.raw(), raw.data(), bytes, CopyKind::HostToDevice);
+  else std::memcpy(grad.raw(), raw.data(), bytes);
+}
+
+}  // namespace
+
 void HistoryFeatures::forward(Tensor& x, int64_t col, const Block& batch) const {
   const int64_t B = batch.rows, cols = x.dim(1);
   const bool f32 = x.dtype() == DType::F32;
@@ -140,14 +175,14 @@ void HistoryFeatures::forward(Tensor& x, int64_t col, const Block& batch) const 
     out.assign(static_cast<size_t>(f.dim), 0.0);
     std::vector<double> row(static_cast<size_t>(f.dim));
     alphas.resize(static_cast<size_t>(f.k));
+    const std::vector<double> query = f.query ? values_on_host(f.query->value) : std::vector<double>();
     for (int64_t r = 0; r < B; ++r) {
       std::fill(row.begin(), row.end(), 0.0);
       for (int64_t i = c.offsets[static_cast<size_t>(r)]; i < c.offsets[static_cast<size_t>(r) + 1]; ++i) {
         const int64_t p = position_of(f, c.ids[static_cast<size_t>(i)]);
         if (p < 0) continue;
         if (f.query) {
-          if (f32) attend(f, p, f.query->value.data<float>(), out.data(), alphas.data());
-          else attend(f, p, f.query->value.data<double>(), out.data(), alphas.data());
+          attend(f, p, query.data(), out.data(), alphas.data());
           for (int64_t j = 0; j < f.dim; ++j) row[static_cast<size_t>(j)] += out[static_cast<size_t>(j)];
         } else {
           const float* m = f.mean.data() + static_cast<size_t>(p * f.dim);
@@ -175,14 +210,14 @@ void HistoryFeatures::backward(const Tensor& dx, int64_t col, const Block& batch
     const SparseColumn& c = batch.sparse[static_cast<size_t>(f.slot_index)];
     const size_t K = static_cast<size_t>(f.k), D = static_cast<size_t>(f.dim);
     std::vector<double> out(D), alphas(K), a(K), dq(D, 0.0), g(D);
+    const std::vector<double> query = values_on_host(f.query->value);
     for (int64_t r = 0; r < B; ++r) {
       for (size_t j = 0; j < D; ++j)
         g[j] = f32 ? dx.data<float>()[r * cols + at + static_cast<int64_t>(j)] : dx.data<double>()[r * cols + at + static_cast<int64_t>(j)];
       for (int64_t i = c.offsets[static_cast<size_t>(r)]; i < c.offsets[static_cast<size_t>(r) + 1]; ++i) {
         const int64_t p = position_of(f, c.ids[static_cast<size_t>(i)]);
         if (p < 0) continue;
-        if (f32) attend(f, p, f.query->value.data<float>(), out.data(), alphas.data());
-        else attend(f, p, f.query->value.data<double>(), out.data(), alphas.data());
+        attend(f, p, query.data(), out.data(), alphas.data());
         const float* e = f.stacked.data() + static_cast<size_t>(p) * K * D;
         double mean_a = 0;
         for (size_t k = 0; k < K; ++k) {
@@ -198,10 +233,7 @@ void HistoryFeatures::backward(const Tensor& dx, int64_t col, const Block& batch
         }
       }
     }
-    for (size_t j = 0; j < D; ++j) {
-      if (f32) f.query->grad.data<float>()[j] += static_cast<float>(dq[j]);
-      else f.query->grad.data<double>()[j] += dq[j];
-    }
+    add_on_host(f.query->grad, dq);
     at += f.dim;
   }
 }

@@ -51,8 +51,6 @@ void add_to_scalar(Tensor& t, double v) {
 std::string MultiTaskModel::device_limits(const ModelConfig& config) {
   std::vector<std::string> host_only;
   if (config.type == "three_tower") host_only.push_back("type three_tower");
-  if (config.history.enabled() && config.history.aggregate == "attention")
-    host_only.push_back("history.aggregate: attention");
   std::string why;
   for (const auto& h : host_only) why += (why.empty() ? "" : ", ") + h;
   return why.empty() ? why : why + " (host-only so far)";

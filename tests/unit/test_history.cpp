@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -15,10 +16,12 @@
 #include "core/random.h"
 #include "models/history_features.h"
 #include "scratch_dir.h"
+#include "tests/unit/fake_device.h"
 #include "tests/unit/gradcheck.h"
 #include "tiny_data.h"
 #include "train/checkpoint.h"
 #include "train/history.h"
+#include "train/step.h"
 #include "train/trainer.h"
 
 namespace ncsrec {
@@ -245,6 +248,53 @@ TEST(HistoryTraining, TheCheckpointRecordsTheVersionAndALoadWithOtherFeaturesIsR
   next.init.from = (scratch.path / "run/checkpoints/final").string();
   run_training(next, "x: 1", (scratch.path / "run2").string(), *comm);
   EXPECT_EQ(read_checkpoint_meta((scratch.path / "run2/checkpoints/final").string()).history_version, "2026-01-02@20");
+}
+
+// History attention on a device model (the stand-in device): the query comes down for the
+// forward and its gradient goes up, and the steps give the CPU model's bits, with the tables on
+// the device (only the history columns of the input gradient come down) and interacting
+// history features.
+TEST(HistoryTraining, AttentionTrainsOnADeviceModelAsOnTheCpu) {
+  ScratchDir scratch("history_device");
+  write_snapshot(scratch.path / "s2", "2026-01-02", 20, {1, 2, 3, 4}, 0);
+  write_snapshot(scratch.path / "s1", "2026-01-01", 10, {1, 2, 3}, 1);
+  build_history_features({(scratch.path / "s2").string(), (scratch.path / "s1").string()}, {"user_id"},
+                         (scratch.path / "h").string());
+  const std::string file = (scratch.path / "h/features.h5").string();
+  for (const std::string extra : {std::string(), std::string("  interaction: dot\n")}) {
+    SCOPED_TRACE(extra.empty() ? "appended" : "interacting");
+    const std::string history = extra.empty() ? "  history: {file: \"" + file + "\", aggregate: attention, features: {user_id: user}}\n"
+                                              : "  history: {file: \"" + file + "\", aggregate: attention, interact: true, features: {user_id: user}}\n";
+    const TrainConfig config = parse_train_config(
+        "data: {train: [\"unused\"]}\nmodel:\n  type: esmm\n  embedding_dim: 3\n  tower: [6]\n" + extra +
+            "  tables: {user: {rows: 10}, item: {rows: 10}}\n" + history +
+            "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n"
+            "optimizer: {type: sgd, lr: 0.1}\ntrain: {batch_size: 16}\n",
+        "h.yaml");
+    testing::FakeDevice device;
+    const Block first = testing::random_block(16, 1, {"user", "item"}, 0, 6);
+    MultiTaskModel cpu(config.model, first.schema, DType::F32, 3, nullptr, Device::CPU);
+    MultiTaskModel gpu(config.model, first.schema, DType::F32, 3, nullptr, Device::CUDA);
+    Optimizers o_cpu = make_optimizers(config, cpu), o_gpu = make_optimizers(config, gpu);
+    EXPECT_TRUE(gpu.tables_on_device());
+    auto comm = make_local_communicator();
+    for (int64_t step = 1; step <= 3; ++step) {
+      const Block batch = testing::random_block(16, 10 + static_cast<uint64_t>(step), {"user", "item"}, 0, 6);
+      EXPECT_EQ(train_one_step(cpu, o_cpu, batch, -1, step, true, *comm).total,
+                train_one_step(gpu, o_gpu, batch, -1, step, true, *comm).total)
+          << "step " << step;
+    }
+    const Tensor a = cpu.params().values(), b = gpu.params().values().to(Device::CPU);
+    ASSERT_EQ(a.nbytes(), b.nbytes());
+    EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0) << "the same weights and queries";
+    MultiTaskModel fresh(config.model, first.schema, DType::F32, 3, nullptr, Device::CPU);
+    bool query_moved = false;
+    for (Param& p : cpu.params().params())
+      if (p.name.find("query") != std::string::npos)
+        for (Param& q : fresh.params().params())
+          if (q.name == p.name) query_moved = std::memcmp(p.value.raw(), q.value.raw(), p.value.nbytes()) != 0;
+    EXPECT_TRUE(query_moved) << "the attention's query trained";
+  }
 }
 
 }  // namespace
