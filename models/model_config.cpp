@@ -262,6 +262,7 @@ ModelConfig parse_model_config(ConfigNode node) {
     }
     spec.slots = t.get_string_list("slots", {name});
     spec.pooling = t.get_choice("pooling", {"sum", "mean"}, "sum") == "sum" ? Pooling::Sum : Pooling::Mean;
+    spec.max_ids_per_row = t.get_int("max_ids_per_row", 1, 1, 1 << 20);
     spec.placement = t.get_choice("placement", {"row_wise", "table_wise", "replicated"}, "row_wise");
     spec.table_rank = t.get_int("table_rank", 0, 0, 1 << 20);
     if (t.has("table_rank") && spec.placement != "table_wise")

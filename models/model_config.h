@@ -43,6 +43,9 @@ struct TableSpec {
   int64_t admit_after = 1;
   int64_t ttl_days = 0;
   bool evict_when_full = false;
+  // The most ids one row has in each of the table's slots, for the memory plan of a table on a
+  // device (its per-batch buffers hold batch_size × this per slot; a batch with more grows them).
+  int64_t max_ids_per_row = 1;
 };
 
 // Neuron-connection sharing (type ncs): which shared layers carry per-task masks, and where

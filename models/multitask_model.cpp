@@ -966,13 +966,14 @@ void MultiTaskModel::plan_memory(int64_t rows) {
     g.values = Tensor();
   }
   device_tables_newer_ = tables_were_newer;
-  // Tables on the device: their per-batch buffers for one id per bag of every slot reading them
-  // (single-valued slots never need more; a multi-valued slot's larger batches grow them).
+  // Tables on the device: their per-batch buffers for max_ids_per_row ids (the table's config,
+  // 1 by default) per bag of every slot reading them; a batch with more grows them.
   if (!device_tables_.empty())
     for (const auto& g : groups_)
       for (const auto& tr : g.tables) {
         const auto slots = static_cast<int64_t>(tr.slots.size());
-        device_tables_[static_cast<size_t>(tr.table)]->reserve(slots, rows, rows * slots);
+        const int64_t per_row = config_.tables[static_cast<size_t>(tr.table) % config_.tables.size()].max_ids_per_row;
+        device_tables_[static_cast<size_t>(tr.table)]->reserve(slots, rows, rows * per_row * slots);
       }
 }
 

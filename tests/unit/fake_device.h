@@ -24,6 +24,7 @@ namespace ncsrec::testing {
 
 // Calls of the stand-in device's tables.
 inline std::atomic<int> g_table_forwards{0}, g_table_updates{0}, g_table_reserves{0};
+inline std::atomic<int64_t> g_table_reserved_ids{0};  // the most ids one reserve asked for
 
 // The stand-in device's embedding table (core/device_table.h): the host's table, lookup and
 // sparse optimizer over "device" memory that is host memory (the model's own host path, step
@@ -33,7 +34,10 @@ class HostTwinTable final : public DeviceTable {
  public:
   explicit HostTwinTable(const DeviceTableSpec& spec) : spec_(spec) { reset({}); }
 
-  void reserve(int64_t, int64_t, int64_t) override { ++g_table_reserves; }  // host buffers: the host path grows them
+  void reserve(int64_t, int64_t, int64_t ids) override {  // host buffers: the host path grows them
+    ++g_table_reserves;
+    if (ids > g_table_reserved_ids) g_table_reserved_ids = ids;
+  }
 
   void forward(const std::vector<Slot>& slots, int64_t batch, float* out, int64_t out_cols, bool training,
                int64_t day) override {

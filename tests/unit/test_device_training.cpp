@@ -385,6 +385,27 @@ TEST(DeviceTraining, TablesTrainOnTheDeviceAndTheHostCopyFollowsThem) {
   EXPECT_NE(h.device_table_limits(later.sparse_optimizer).find("hash table user"), std::string::npos);
 }
 
+// model.tables.<t>.max_ids_per_row sizes a device table's plan: batch × that × its slots ids
+// (1 by default); it must be a positive count.
+TEST(DeviceTraining, TheTablesPlanHoldsMaxIdsPerRowForEachSlot) {
+  FakeDevice device;
+  for (const int64_t per_row : {int64_t{1}, int64_t{3}}) {
+    const std::string item = per_row == 1 ? "item: {rows: 40, pooling: mean}" : "item: {rows: 40, pooling: mean, max_ids_per_row: 3}";
+    const TrainConfig config =
+        config_for("  type: esmm\n  tower: [8]\n  tables: {user: {rows: 40}, " + item + ", ctx: {rows: 40}}\n");
+    const Block first = random_block(32, 1);
+    MultiTaskModel gpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
+    Optimizers o = make_optimizers(config, gpu);
+    testing::g_table_reserved_ids = 0;
+    plan_step_memory(gpu, 32);
+    EXPECT_EQ(testing::g_table_reserved_ids, 32 * per_row) << "the item table's one slot";
+  }
+  testing::expect_config_error_naming(
+      "data: {train: [\"x\"]}\nmodel:\n  type: esmm\n  tower: [8]\n  tables: {user: {rows: 40, max_ids_per_row: 0}}\n"
+      "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n",
+      "max_ids_per_row");
+}
+
 // A communicator of two ranks whose other rank contributes zeros (a sum that leaves the buffers
 // as they are), in device memory (NCCL's part in train_one_step) or host memory (MPI's): records
 // the buffers it is asked to sum. With two ranks a buffer in the other kind of memory is staged
