@@ -321,6 +321,75 @@ void cpu_layer_norm_backward(DType d, const void* dy, const void* xhat, int64_t 
                             static_cast<double*>(dbeta), static_cast<double*>(dx)));
 }
 
+// ---- the three-tower head (the loops of models/three_tower.cpp) ------------------------------
+
+template <class V>
+void three_tower_forward_t(const V* u, const void* const* vp, const void* const* bp, const V* w, int64_t B, int T,
+                           int64_t d, void* const* lp, V* s) {
+#pragma omp parallel for schedule(static) if (B * T * d >= kParallelMin)
+  for (int64_t r = 0; r < B; ++r) {
+    V mix = 0;
+    for (int t = 0; t < T; ++t) {
+      const V* v = static_cast<const V*>(vp[t]) + r * d;
+      V l = static_cast<const V*>(bp[t])[0];
+      for (int64_t j = 0; j < d; ++j) l += u[r * d + j] * v[j];
+      static_cast<V*>(lp[t])[r] = l;
+      mix += w[r * T + t] * l;
+    }
+    s[r] = mix;
+  }
+}
+
+template <class V>
+void three_tower_backward_t(const void* const* gp, const V* ds_p, const V* u, const void* const* vp,
+                            const void* const* lp, const V* w, int64_t B, int T, int64_t d, void* const* dlp, V* dg,
+                            V* du, void* const* dvp) {
+#pragma omp parallel for schedule(static) if (B * T * d >= kParallelMin)
+  for (int64_t r = 0; r < B; ++r) {
+    const V ds = ds_p ? ds_p[r] : V(0);
+    V dot = 0;  // Σ_u w_u·dS·l_u, for the softmax backward
+    for (int t = 0; t < T; ++t) {
+      const V wt = w[r * T + t];
+      static_cast<V*>(dlp[t])[r] = (gp[t] ? static_cast<const V*>(gp[t])[r] : V(0)) + ds * wt;
+      dot += wt * ds * static_cast<const V*>(lp[t])[r];
+    }
+    for (int t = 0; t < T; ++t) {
+      const V wt = w[r * T + t];
+      dg[r * T + t] = wt * (ds * static_cast<const V*>(lp[t])[r] - dot);
+    }
+    for (int64_t j = 0; j < d; ++j) du[r * d + j] = 0;
+    for (int t = 0; t < T; ++t) {
+      const V g = static_cast<const V*>(dlp[t])[r];
+      const V* v = static_cast<const V*>(vp[t]) + r * d;
+      V* dv = static_cast<V*>(dvp[t]) + r * d;
+      for (int64_t j = 0; j < d; ++j) {
+        dv[j] = g * u[r * d + j];
+        du[r * d + j] += g * v[j];
+      }
+    }
+  }
+}
+
+void cpu_three_tower_forward(DType dt, const void* u, const void* const* v, const void* const* bias, const void* w,
+                             int64_t B, int T, int64_t d, void* const* logits, void* mixed) {
+  NCSREC_FLOAT_DISPATCH(dt,
+                        three_tower_forward_t(static_cast<const float*>(u), v, bias, static_cast<const float*>(w), B, T,
+                                              d, logits, static_cast<float*>(mixed)),
+                        three_tower_forward_t(static_cast<const double*>(u), v, bias, static_cast<const double*>(w), B,
+                                              T, d, logits, static_cast<double*>(mixed)));
+}
+void cpu_three_tower_backward(DType dt, const void* const* dlogit, const void* dmixed, const void* u,
+                              const void* const* v, const void* const* logits, const void* w, int64_t B, int T,
+                              int64_t d, void* const* dl, void* dg, void* du, void* const* dv) {
+  NCSREC_FLOAT_DISPATCH(dt,
+                        three_tower_backward_t(dlogit, static_cast<const float*>(dmixed), static_cast<const float*>(u), v,
+                                               logits, static_cast<const float*>(w), B, T, d, dl,
+                                               static_cast<float*>(dg), static_cast<float*>(du), dv),
+                        three_tower_backward_t(dlogit, static_cast<const double*>(dmixed), static_cast<const double*>(u),
+                                               v, logits, static_cast<const double*>(w), B, T, d, dl,
+                                               static_cast<double*>(dg), static_cast<double*>(du), dv));
+}
+
 // ---- APG's per-row products and column blocks (the loops of core/layers/apg.cpp) -----------
 
 template <class T>
@@ -634,6 +703,8 @@ void add_cpu_training_ops(OpTable& t) {
   t.apply_mask = cpu_apply_mask;
   t.add_masked = cpu_add_masked;
   t.dropout = cpu_dropout;
+  t.three_tower_forward = cpu_three_tower_forward;
+  t.three_tower_backward = cpu_three_tower_backward;
   t.multiply_accumulate = cpu_multiply_accumulate;
   t.add_scalar = cpu_add_scalar;
   t.apg_rows_forward = cpu_apg_rows_forward;

@@ -182,6 +182,19 @@ struct OpTable {
                            int64_t s_cols) = nullptr;
   void (*apg_rows_backward)(DType dtype, void* ds, void* dh, const void* h, const void* s, const void* dg, int64_t B,
                             int64_t K, int64_t s_cols) = nullptr;
+  // The three-tower head (models/three_tower.h) over B rows of T tasks (HOST arrays of T
+  // pointers, T <= 64) and d-wide vectors u [B, d], v_t [B, d]; w [B, T]; the rest [B] each.
+  //   forward:  l_t[r] = b_t + Σ_j u[r, j]·v_t[r, j] (b_t one element; from b_t, j in order);
+  //             S[r] = Σ_t w[r, t]·l_t[r] (t in order). Written.
+  //   backward: with s = dS[r] (0 where dmixed is null) and g_t = dlogit_t[r] (0 where null):
+  //             dl_t[r] = g_t + s·w[r, t]; dg[r, t] = w[r, t]·(s·l_t[r] − Σ_u (w[r, u]·s)·l_u[r]);
+  //             dv_t[r, :] = dl_t[r]·u[r, :]; du[r, :] = Σ_t dl_t[r]·v_t[r, :] (t in order). Written.
+  void (*three_tower_forward)(DType dtype, const void* u, const void* const* v, const void* const* bias, const void* w,
+                              int64_t B, int T, int64_t d, void* const* logits, void* mixed) = nullptr;
+  void (*three_tower_backward)(DType dtype, const void* const* dlogit, const void* dmixed, const void* u,
+                               const void* const* v, const void* const* logits, const void* w, int64_t B, int T,
+                               int64_t d, void* const* dl, void* dg, void* du, void* const* dv) = nullptr;
+
   // A block of columns added into another array's: y[r, y_col + j] += x[r, x_col + j] for r <
   // rows, j < cols (row strides y_stride, x_stride; accumulates).
   void (*add_columns)(DType dtype, void* y, int64_t y_stride, int64_t y_col, const void* x, int64_t x_stride,

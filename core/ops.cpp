@@ -224,6 +224,77 @@ void apg_rows_backward(Tensor& ds, Tensor& dh, const Tensor& h, const Tensor& s,
 }
 
 namespace {
+
+// The three-tower head's operands: u [B, d], T of everything per task, w [B, T].
+void check_three_tower(const char* op, const Tensor& u, const std::vector<const Tensor*>& v, const Tensor& w,
+                       const std::vector<const Tensor*>& per_row, const std::vector<const Tensor*>& per_vector) {
+  const auto T = static_cast<int64_t>(v.size());
+  NCSREC_CHECK(u.ndim() == 2 && T >= 1 && w.ndim() == 2 && w.dim(0) == u.dim(0) && w.dim(1) == T,
+               op << ": u " << u.describe() << ", " << T << " item vectors, weights " << w.describe());
+  same_place(w, u, op);
+  for (const Tensor* t : v) same_shape(*t, u, op);
+  for (const Tensor* t : per_vector) same_shape(*t, u, op);
+  for (const Tensor* t : per_row)
+    if (t) {
+      same_place(*t, u, op);
+      NCSREC_CHECK(t->numel() == u.dim(0), op << ": " << t->describe() << " for " << u.dim(0) << " rows");
+    }
+}
+
+template <class P>
+std::vector<P> raws(const std::vector<const Tensor*>& ts) {
+  std::vector<P> out;
+  for (const Tensor* t : ts) out.push_back(t ? t->raw() : nullptr);
+  return out;
+}
+std::vector<void*> raws(const std::vector<Tensor*>& ts) {
+  std::vector<void*> out;
+  for (Tensor* t : ts) out.push_back(t->raw());
+  return out;
+}
+
+}  // namespace
+
+void three_tower_forward(const Tensor& u, const std::vector<const Tensor*>& v, const std::vector<const Tensor*>& bias,
+                         const Tensor& w, const std::vector<Tensor*>& logits, Tensor& mixed) {
+  const char* op = "three_tower_forward";
+  std::vector<const Tensor*> rows(logits.begin(), logits.end());
+  rows.push_back(&mixed);
+  check_three_tower(op, u, v, w, rows, {});
+  NCSREC_CHECK(bias.size() == v.size() && logits.size() == v.size(), op << ": one bias and one logit per task");
+  for (const Tensor* b : bias) {
+    same_place(*b, u, op);
+    NCSREC_CHECK(b->numel() == 1, op << ": bias " << b->describe());
+  }
+  auto k = kernel_or_throw(ops_for(u.device()).three_tower_forward, op, u.device());
+  const auto vp = raws<const void*>(v), bp = raws<const void*>(bias);
+  const auto lp = raws(logits);
+  k(u.dtype(), u.raw(), vp.data(), bp.data(), w.raw(), u.dim(0), static_cast<int>(v.size()), u.dim(1), lp.data(),
+    mixed.raw());
+}
+
+void three_tower_backward(const std::vector<const Tensor*>& dlogit, const Tensor* dmixed, const Tensor& u,
+                          const std::vector<const Tensor*>& v, const std::vector<const Tensor*>& logits, const Tensor& w,
+                          const std::vector<Tensor*>& dl, Tensor& dg, Tensor& du, const std::vector<Tensor*>& dv) {
+  const char* op = "three_tower_backward";
+  NCSREC_CHECK(dlogit.size() == v.size() && logits.size() == v.size() && dl.size() == v.size() && dv.size() == v.size(),
+               op << ": one of each per task");
+  std::vector<const Tensor*> rows(dlogit.begin(), dlogit.end());
+  rows.insert(rows.end(), logits.begin(), logits.end());
+  rows.insert(rows.end(), dl.begin(), dl.end());
+  rows.push_back(dmixed);
+  std::vector<const Tensor*> vectors(dv.begin(), dv.end());
+  vectors.push_back(&du);
+  check_three_tower(op, u, v, w, rows, vectors);
+  same_shape(dg, w, op);
+  auto k = kernel_or_throw(ops_for(u.device()).three_tower_backward, op, u.device());
+  const auto gp = raws<const void*>(dlogit), vp = raws<const void*>(v), lp = raws<const void*>(logits);
+  const auto dlp = raws(dl), dvp = raws(dv);
+  k(u.dtype(), gp.data(), dmixed ? dmixed->raw() : nullptr, u.raw(), vp.data(), lp.data(), w.raw(), u.dim(0),
+    static_cast<int>(v.size()), u.dim(1), dlp.data(), dg.raw(), du.raw(), dvp.data());
+}
+
+namespace {
 void check_columns(const Tensor& y, int64_t y_col, const Tensor& x, int64_t x_col, int64_t cols, const char* op) {
   same_place(y, x, op);
   NCSREC_CHECK(y.ndim() == 2 && x.ndim() == 2 && y.dim(0) == x.dim(0) && cols >= 0 && y_col >= 0 && x_col >= 0 &&

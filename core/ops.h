@@ -54,6 +54,15 @@ void layer_norm_backward(const Tensor& dy, const Tensor& xhat, const Tensor& gam
 // s_cols >= K²; all of one dtype and device.
 void apg_rows_forward(Tensor& g, const Tensor& h, const Tensor& s);
 void apg_rows_backward(Tensor& ds, Tensor& dh, const Tensor& h, const Tensor& s, const Tensor& dg);
+// The three-tower head (OpTable::three_tower_*): u, v_t, du, dv_t [B, d]; w, dg [B, T]; bias_t
+// one element; logits_t, mixed, dlogit_t, dmixed, dl_t B elements. dlogit_t and dmixed may be
+// null (no gradient from there).
+void three_tower_forward(const Tensor& u, const std::vector<const Tensor*>& v, const std::vector<const Tensor*>& bias,
+                         const Tensor& w, const std::vector<Tensor*>& logits, Tensor& mixed);
+void three_tower_backward(const std::vector<const Tensor*>& dlogit, const Tensor* dmixed, const Tensor& u,
+                          const std::vector<const Tensor*>& v, const std::vector<const Tensor*>& logits, const Tensor& w,
+                          const std::vector<Tensor*>& dl, Tensor& dg, Tensor& du, const std::vector<Tensor*>& dv);
+
 // Column blocks between 2-D tensors of the same rows, dtype and device:
 // y[:, y_col + j] += x[:, x_col + j] (add_columns) or = (copy_columns), j < cols.
 void add_columns(Tensor& y, int64_t y_col, const Tensor& x, int64_t x_col, int64_t cols);

@@ -595,6 +595,105 @@ void cuda_add_columns(DType d, void* y, int64_t ys, int64_t yc, const void* x, i
   NCSREC_CUDA_LAUNCH_CHECK();
 }
 
+// ---- the three-tower head (the arithmetic of core/cpu_training_ops.cpp, one thread a row) ------
+
+template <class T>
+__global__ void three_tower_forward_kernel(const T* u, ConstPointers v, ConstPointers bias, const T* w, int64_t B,
+                                           int nt, int64_t d, Pointers logits, T* s) {
+  GRID_STRIDE(r, B) {
+    T mix = 0;
+    for (int t = 0; t < nt; ++t) {
+      const T* vt = static_cast<const T*>(v.p[t]) + r * d;
+      T l = static_cast<const T*>(bias.p[t])[0];
+      for (int64_t j = 0; j < d; ++j) l = add_rn(l, mul_rn(u[r * d + j], vt[j]));
+      static_cast<T*>(logits.p[t])[r] = l;
+      mix = add_rn(mix, mul_rn(w[r * nt + t], l));
+    }
+    s[r] = mix;
+  }
+}
+
+template <class T>
+__global__ void three_tower_backward_kernel(ConstPointers dlogit, const T* dmixed, const T* u, ConstPointers v,
+                                            ConstPointers logits, const T* w, int64_t B, int nt, int64_t d,
+                                            Pointers dl, T* dg, T* du, Pointers dv) {
+  GRID_STRIDE(r, B) {
+    const T ds = dmixed ? dmixed[r] : T(0);
+    T dot = 0;
+    for (int t = 0; t < nt; ++t) {
+      const T wt = w[r * nt + t];
+      const T g = dlogit.p[t] ? static_cast<const T*>(dlogit.p[t])[r] : T(0);
+      static_cast<T*>(dl.p[t])[r] = add_rn(g, mul_rn(ds, wt));
+      dot = add_rn(dot, mul_rn(mul_rn(wt, ds), static_cast<const T*>(logits.p[t])[r]));
+    }
+    for (int t = 0; t < nt; ++t) {
+      const T wt = w[r * nt + t];
+      dg[r * nt + t] = mul_rn(wt, ds * static_cast<const T*>(logits.p[t])[r] - dot);
+    }
+    for (int64_t j = 0; j < d; ++j) du[r * d + j] = 0;
+    for (int t = 0; t < nt; ++t) {
+      const T g = static_cast<const T*>(dl.p[t])[r];
+      const T* vt = static_cast<const T*>(v.p[t]) + r * d;
+      T* dvt = static_cast<T*>(dv.p[t]) + r * d;
+      for (int64_t j = 0; j < d; ++j) {
+        dvt[j] = mul_rn(g, u[r * d + j]);
+        du[r * d + j] = add_rn(du[r * d + j], mul_rn(g, vt[j]));
+      }
+    }
+  }
+}
+
+void check_tasks(int nt) {
+  NCSREC_CHECK(nt >= 1 && nt <= kMaxExperts, "CUDA three-tower head: " << nt << " tasks; the kernel takes 1 to " << kMaxExperts);
+}
+
+void cuda_three_tower_forward(DType dt, const void* u, const void* const* v, const void* const* bias, const void* w,
+                              int64_t B, int nt, int64_t d, void* const* logits, void* mixed) {
+  check_tasks(nt);
+  if (B == 0) return;
+  ConstPointers vp{}, bp{};
+  Pointers lp{};
+  for (int t = 0; t < nt; ++t) {
+    vp.p[t] = v[t];
+    bp.p[t] = bias[t];
+    lp.p[t] = logits[t];
+  }
+  NCSREC_CUDA_FLOAT_DISPATCH(dt,
+                             (three_tower_forward_kernel<float><<<blocks_for(B), kThreads>>>(
+                                 static_cast<const float*>(u), vp, bp, static_cast<const float*>(w), B, nt, d, lp,
+                                 static_cast<float*>(mixed))),
+                             (three_tower_forward_kernel<double><<<blocks_for(B), kThreads>>>(
+                                 static_cast<const double*>(u), vp, bp, static_cast<const double*>(w), B, nt, d, lp,
+                                 static_cast<double*>(mixed))));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+
+void cuda_three_tower_backward(DType dt, const void* const* dlogit, const void* dmixed, const void* u,
+                               const void* const* v, const void* const* logits, const void* w, int64_t B, int nt,
+                               int64_t d, void* const* dl, void* dg, void* du, void* const* dv) {
+  check_tasks(nt);
+  if (B == 0) return;
+  ConstPointers gp{}, vp{}, lp{};
+  Pointers dlp{}, dvp{};
+  for (int t = 0; t < nt; ++t) {
+    gp.p[t] = dlogit[t];
+    vp.p[t] = v[t];
+    lp.p[t] = logits[t];
+    dlp.p[t] = dl[t];
+    dvp.p[t] = dv[t];
+  }
+  NCSREC_CUDA_FLOAT_DISPATCH(dt,
+                             (three_tower_backward_kernel<float><<<blocks_for(B), kThreads>>>(
+                                 gp, static_cast<const float*>(dmixed), static_cast<const float*>(u), vp, lp,
+                                 static_cast<const float*>(w), B, nt, d, dlp, static_cast<float*>(dg),
+                                 static_cast<float*>(du), dvp)),
+                             (three_tower_backward_kernel<double><<<blocks_for(B), kThreads>>>(
+                                 gp, static_cast<const double*>(dmixed), static_cast<const double*>(u), vp, lp,
+                                 static_cast<const double*>(w), B, nt, d, dlp, static_cast<double*>(dg),
+                                 static_cast<double*>(du), dvp)));
+  NCSREC_CUDA_LAUNCH_CHECK();
+}
+
 // ---- elementwise, for learned masks -----------------------------------------------------------
 
 template <class T>
@@ -740,6 +839,8 @@ void add_cuda_training_ops(OpTable& t) {
   t.apply_mask = cuda_apply_mask;
   t.add_masked = cuda_add_masked;
   t.dropout = cuda_dropout;
+  t.three_tower_forward = cuda_three_tower_forward;
+  t.three_tower_backward = cuda_three_tower_backward;
   t.multiply_accumulate = cuda_multiply_accumulate;
   t.add_scalar = cuda_add_scalar;
   t.apg_rows_forward = cuda_apg_rows_forward;

@@ -48,26 +48,12 @@ void add_to_scalar(Tensor& t, double v) {
 
 }  // namespace
 
-std::string MultiTaskModel::device_limits(const ModelConfig& config) {
-  std::vector<std::string> host_only;
-  if (config.type == "three_tower") host_only.push_back("type three_tower");
-  std::string why;
-  for (const auto& h : host_only) why += (why.empty() ? "" : ", ") + h;
-  return why.empty() ? why : why + " (host-only so far)";
-}
-
 MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& schema, DType dtype, uint64_t seed,
                                Communicator* comm, Device device)
     : config_(config), schema_(schema), dtype_(dtype), device_(device),
       comm_(comm && comm->world_size() > 1 ? comm : nullptr) {
   if (config_.type == "esmm") config_.esmm = true;  // configs built in code
-  if (device_ != Device::CPU) {
-    const std::string why = device_limits(config_);
-    if (!why.empty())
-      throw ConfigError(in_file(config_) + "run.device: " + device_name(device_) + " cannot train this model: " + why +
-                        "; use run.device: cpu (auto picks it for such models)");
-    (void)ops_for(device_);  // a clear error now if the device has no backend
-  }
+  if (device_ != Device::CPU) (void)ops_for(device_);  // a clear error now if the device has no backend
   // Tasks: labels must exist in the data.
   for (const auto& t : config_.tasks) {
     const int li = schema_.task_index(t.label);
@@ -817,8 +803,7 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
   Tensor dmixed;  // three_tower: dL/dS
   if (three_tower_) {
     three_tower_->forward(groups_[0].x, pass(0, true));
-    loss = dtype_ == DType::F32 ? three_tower_losses<float>(batch, normalizers, dlogit_views, dmixed)
-                                : three_tower_losses<double>(batch, normalizers, dlogit_views, dmixed);
+    loss = three_tower_losses(batch, normalizers, dlogit_views, dmixed);
   } else {
     // The losses run where the logits are: only the labels go up and the loss values come down.
     loss = compute_losses(batch, normalizers, logits, dlogits, probs, only_task);
@@ -1006,14 +991,12 @@ void MultiTaskModel::set_teacher(MultiTaskModel* teacher) {
   teacher_ = teacher;
 }
 
-template <class T>
 StepLoss MultiTaskModel::three_tower_losses(const Block& batch, const std::vector<double>& normalizers,
                                             std::vector<Tensor>& dlogits, Tensor& dmixed) {
   const ThreeTowerSpec& spec = config_.three_tower;
   const size_t n_tasks = config_.tasks.size();
   const int64_t B = batch.rows;
   const size_t rows = static_cast<size_t>(B);
-  const float* data_weight = batch.weight.empty() ? nullptr : batch.weight.data();
   const std::vector<double> weight = effective_loss_weights();
   // Impression-level hard labels: y_t, times y_given for a task given another.
   std::vector<std::vector<float>> hard(n_tasks, std::vector<float>(rows));
@@ -1036,23 +1019,29 @@ StepLoss MultiTaskModel::three_tower_losses(const Block& batch, const std::vecto
         soft[t][i] = p[static_cast<size_t>(tt)][i] * (tg < 0 ? 1.0f : p[static_cast<size_t>(tg)][i]);
     }
   }
+  // The targets go up (labels, the teacher's probabilities, the mixed score's target, the data
+  // weights); the heads run where the logits are, and only the loss values come down.
+  loss_columns_.resize(2 * n_tasks + 2);
+  Tensor data_weight;
+  if (!batch.weight.empty()) data_weight = stage_f32(loss_columns_[2 * n_tasks + 1], batch.weight.data(), B);
+  const Tensor* w = batch.weight.empty() ? nullptr : &data_weight;
+  train_prob_bufs_.resize(n_tasks);
+  Tensor prob = ensure_buffer(train_prob_bufs_[0], B, 1, dtype_, device_);
   StepLoss loss;
-  std::vector<T> prob(rows), grad(rows);
   size_t k = 0;  // the loss index, in loss_names_ order
   for (size_t t = 0; t < n_tasks; ++t, ++k) {
-    dlogits[t] = ensure_buffer(dlogit_bufs_[t], B, 1, dtype_, Device::CPU);
-    T* d = dlogits[t].template data<T>();
-    const double l = sigmoid_bce_forward_backward<T>(three_tower_->logit(t).template data<T>(), hard[t].data(),
-                                                     data_weight, B, normalizers[0], prob.data(), d);
-    for (size_t i = 0; i < rows; ++i) d[i] *= static_cast<T>(weight[k]);
+    dlogits[t] = ensure_buffer(dlogit_bufs_[t], B, 1, dtype_, device_);
+    const Tensor y = stage_f32(loss_columns_[t], hard[t].data(), B);
+    const double l = ops::sigmoid_bce(three_tower_->logit(t), y, w, normalizers[0], prob, dlogits[t]);
+    ops::scale(dlogits[t], weight[k]);
     loss.per_task.push_back(l);
     loss.total += weight[k] * l;
   }
   for (size_t t = 0; t < soft.size(); ++t, ++k) {
-    T* d = dlogits[t].template data<T>();
-    const double l = sigmoid_bce_forward_backward<T>(three_tower_->logit(t).template data<T>(), soft[t].data(),
-                                                     data_weight, B, normalizers[0], prob.data(), grad.data());
-    for (size_t i = 0; i < rows; ++i) d[i] += static_cast<T>(weight[k]) * grad[i];
+    Tensor grad = ensure_buffer(soft_grad_buf_, B, 1, dtype_, device_);
+    const Tensor y = stage_f32(loss_columns_[n_tasks + t], soft[t].data(), B);
+    const double l = ops::sigmoid_bce(three_tower_->logit(t), y, w, normalizers[0], prob, grad);
+    ops::axpy(dlogits[t], weight[k], grad);
     loss.per_task.push_back(l);
     loss.total += weight[k] * l;
   }
@@ -1061,11 +1050,10 @@ StepLoss MultiTaskModel::three_tower_losses(const Block& batch, const std::vecto
     std::vector<float> target(rows, 0.0f);
     for (size_t t = 0; t < n_tasks; ++t)
       for (size_t i = 0; i < rows; ++i) target[i] += static_cast<float>(spec.mix_targets[t]) * hard[t][i];
-    dmixed = ensure_buffer(dmixed_buf_, B, 1, dtype_, Device::CPU);
-    T* d = dmixed.template data<T>();
-    const double l = sigmoid_bce_forward_backward<T>(three_tower_->mixed().template data<T>(), target.data(), data_weight,
-                                                     B, normalizers[0], prob.data(), d);
-    for (size_t i = 0; i < rows; ++i) d[i] *= static_cast<T>(weight[k]);
+    dmixed = ensure_buffer(dmixed_buf_, B, 1, dtype_, device_);
+    const Tensor y = stage_f32(loss_columns_[2 * n_tasks], target.data(), B);
+    const double l = ops::sigmoid_bce(three_tower_->mixed(), y, w, normalizers[0], prob, dmixed);
+    ops::scale(dmixed, weight[k]);
     loss.per_task.push_back(l);
     loss.total += weight[k] * l;
     ++k;
@@ -1081,9 +1069,11 @@ void MultiTaskModel::retrieval_user(const Block& batch, Tensor& out, std::vector
   three_tower_->user_side(out);
   if (mixed) {
     mixed->resize(static_cast<size_t>(batch.rows));
+    const Tensor& m = three_tower_->mixed();
+    const Tensor host = m.device() == Device::CPU ? m : m.to(Device::CPU);
     for (int64_t i = 0; i < batch.rows; ++i)
-      (*mixed)[static_cast<size_t>(i)] = dtype_ == DType::F32 ? three_tower_->mixed().data<float>()[i]
-                                                               : static_cast<float>(three_tower_->mixed().data<double>()[i]);
+      (*mixed)[static_cast<size_t>(i)] = dtype_ == DType::F32 ? host.data<float>()[i]
+                                                               : static_cast<float>(host.data<double>()[i]);
   }
 }
 
@@ -1254,10 +1244,5 @@ const uint8_t* MultiTaskModel::update_mask_on_device(int task) {
   }
   return static_cast<const uint8_t*>(update_masks_device_[static_cast<size_t>(task + 1)].raw());
 }
-
-template StepLoss MultiTaskModel::three_tower_losses<float>(const Block&, const std::vector<double>&,
-                                                            std::vector<Tensor>&, Tensor&);
-template StepLoss MultiTaskModel::three_tower_losses<double>(const Block&, const std::vector<double>&,
-                                                             std::vector<Tensor>&, Tensor&);
 
 }  // namespace ncsrec

@@ -60,16 +60,12 @@ class MultiTaskModel {
   // `comm`: the ranks the embedding tables are placed over (model.tables.<t>.placement); null
   // for one process. The model keeps the pointer: forward and backward exchange embedding rows
   // through it, so every rank must run the same sequence of train_step/predict calls.
-  // `device`: where the dense part (shared block, towers, the dot-product interaction, their
-  // parameters and gradients) runs. The embedding tables, the rest of the input's assembly
-  // (pooling, dense features, history features) and the losses stay on the host; the input goes
-  // up and its gradient comes back once per step, both without the interaction's columns (see
-  // docs/cuda.md). device_limits says which configs a device can train.
+  // `device`: where the model runs: its layers, parameters, gradients and loss heads, and its
+  // embedding tables where place_tables_on_device moves them (else they stay on the host and
+  // the pooled input goes up, its gradient down). The dense and history features are assembled
+  // on the host and go up (see docs/cuda.md).
   MultiTaskModel(const ModelConfig& config, const DataSchema& schema, DType dtype, uint64_t seed,
                  Communicator* comm = nullptr, Device device = Device::CPU);
-  // Why `config` cannot train on a device yet ("" when it can): the layers and heads whose
-  // computations still run on the host only.
-  static std::string device_limits(const ModelConfig& config);
   Device device() const { return device_; }
 
   const ModelConfig& config() const { return config_; }
@@ -273,9 +269,9 @@ class MultiTaskModel {
   std::vector<InputGroup> groups_;
   std::vector<int> group_of_task_;
   // three_tower: every loss of the step; writes dL/dl_t into `dlogits` and dL/dS into `dmixed`.
-  template <class T>
   StepLoss three_tower_losses(const Block& batch, const std::vector<double>& normalizers,
                               std::vector<Tensor>& dlogits, Tensor& dmixed);
+  Tensor soft_grad_buf_;  // three_tower distillation: a soft loss's gradient
 
   std::unique_ptr<ThreeTower> three_tower_;       // three_tower
   MultiTaskModel* teacher_ = nullptr;              // three_tower distillation

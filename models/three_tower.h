@@ -16,6 +16,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/layers/linear.h"
@@ -60,6 +61,7 @@ class ThreeTower {
 
  private:
   std::vector<int64_t> user_cols_, item_cols_;
+  std::vector<std::pair<int64_t, int64_t>> user_runs_, item_runs_;  // the columns as (first, length) runs
   int64_t dim_ = 0;
   std::unique_ptr<FeedForward> user_, gate_;
   std::vector<std::unique_ptr<FeedForward>> item_;
@@ -72,7 +74,7 @@ class ThreeTower {
   std::vector<Tensor> logit_bufs_, logits_;
   Tensor mixed_buf_, mixed_, weights_buf_, weights_;
   Tensor du_buf_, dg_buf_, dx_buf_, dx_;
-  std::vector<Tensor> dv_bufs_;
+  std::vector<Tensor> dv_bufs_, dl_bufs_;
 };
 
 }  // namespace ncsrec

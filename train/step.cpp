@@ -14,7 +14,7 @@ Device training_device(const TrainConfig& config) {
     if (!backend) throw ConfigError("run.device is cuda but no GPU backend is available; set run.device: cpu or auto");
     return Device::CUDA;
   }
-  return backend && MultiTaskModel::device_limits(config.model).empty() ? Device::CUDA : Device::CPU;
+  return backend ? Device::CUDA : Device::CPU;
 }
 
 Optimizers make_optimizers(const OptimizerConfig& dense, const OptimizerConfig& sparse, MultiTaskModel& model) {

@@ -34,9 +34,8 @@ struct StepStats {
   double lr = 0, sparse_lr = 0;  // the rates the step used (sparse_lr: 0 without tables)
 };
 
-// Where `config` trains its dense part (run.device): cpu; cuda (its backend must be registered:
-// cuda_register_if_available); auto: cuda when a backend is registered and the model can train
-// there (MultiTaskModel::device_limits), else cpu.
+// Where `config` trains (run.device): cpu; cuda (its backend must be registered:
+// cuda_register_if_available); auto: cuda when a backend is registered, else cpu.
 Device training_device(const TrainConfig& config);
 
 // Optimizers with a constant rate and no clipping; weight decay (from `dense`) applies where

@@ -220,14 +220,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   // is checked now rather than after training.
   std::unique_ptr<Reader> reader = std::make_unique<Reader>(ro);
   const Device device = training_device(config);
-  if (comm.rank() == 0) {
-    if (device != Device::CPU)
-      std::fprintf(stderr, "device: %s (dense layers; embedding tables, input assembly and losses on the host)\n",
-                   device_name(device));
-    else if (config.device == "auto" && device_available(Device::CUDA))
-      std::fprintf(stderr, "device: cpu (a GPU is present, but %s)\n",
-                   MultiTaskModel::device_limits(config.model).c_str());
-  }
+  if (comm.rank() == 0 && device != Device::CPU) std::fprintf(stderr, "device: %s\n", device_name(device));
   MultiTaskModel model(config.model, reader->schema(), DType::F32, config.seed, &comm, device);
   if (!eval_files.empty()) {
     int64_t rows = 0;
@@ -245,6 +238,11 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
     model.set_teacher(teacher.get());
   }
   Optimizers optimizers = make_optimizers(config, model);
+  if (comm.rank() == 0 && device != Device::CPU)
+    std::fprintf(stderr, "embedding tables: %s\n",
+                 model.tables_on_device()
+                     ? "on the device"
+                     : ("on the host (" + model.device_table_limits(config.sparse_optimizer) + ")").c_str());
   TrainingState state{&model, optimizers.dense.get(), {}};
   for (auto& sp : optimizers.sparse) state.sparse_optimizers.push_back(sp.get());
 

@@ -430,6 +430,96 @@ TEST_F(CudaTrainOps, ApgRowProductsAndColumnBlocks) {
   }
 }
 
+// ---- the three-tower head ----------------------------------------------------------------------
+
+// Logits and the mixed score, and their backward (with and without a loss on each logit and on
+// the mixed score), against the CPU's entries: within rtol of Σ|terms| of the d-long dots;
+// outputs poisoned first.
+template <class T>
+void check_three_tower(int64_t B, int nt, int64_t d, bool with_mixed, uint64_t seed) {
+  SCOPED_TRACE(std::string(dtype_name(dtype_for<T>())) + " B " + std::to_string(B) + " T " + std::to_string(nt) + " d " +
+               std::to_string(d) + (with_mixed ? " mixed" : ""));
+  const auto u = random_values<T>(B * d, seed);
+  std::vector<std::vector<T>> v, bias, dlogit;
+  for (int t = 0; t < nt; ++t) {
+    v.push_back(random_values<T>(B * d, seed + 10 + static_cast<uint64_t>(t)));
+    bias.push_back(random_values<T>(1, seed + 20 + static_cast<uint64_t>(t)));
+    dlogit.push_back(random_values<T>(B, seed + 30 + static_cast<uint64_t>(t)));
+  }
+  auto w = random_values<T>(B * nt, seed + 1);
+  for (auto& x : w) x = std::abs(x);
+  const auto dmixed = random_values<T>(B, seed + 2);
+  // CPU.
+  std::vector<std::vector<T>> l_c(static_cast<size_t>(nt), std::vector<T>(static_cast<size_t>(B)));
+  std::vector<T> s_c(static_cast<size_t>(B));
+  std::vector<const void*> vp, bp, gp;
+  std::vector<void*> lp;
+  for (int t = 0; t < nt; ++t) {
+    vp.push_back(v[static_cast<size_t>(t)].data());
+    bp.push_back(bias[static_cast<size_t>(t)].data());
+    lp.push_back(l_c[static_cast<size_t>(t)].data());
+    gp.push_back(t == 0 ? nullptr : dlogit[static_cast<size_t>(t)].data());  // task 0: no loss of its own
+  }
+  cpu().three_tower_forward(dtype_for<T>(), u.data(), vp.data(), bp.data(), w.data(), B, nt, d, lp.data(), s_c.data());
+  std::vector<std::vector<T>> dl_c(static_cast<size_t>(nt), std::vector<T>(static_cast<size_t>(B))),
+      dv_c(static_cast<size_t>(nt), std::vector<T>(static_cast<size_t>(B * d)));
+  std::vector<T> dg_c(static_cast<size_t>(B * nt)), du_c(static_cast<size_t>(B * d));
+  std::vector<void*> dlp, dvp;
+  std::vector<const void*> lcp;
+  for (int t = 0; t < nt; ++t) {
+    dlp.push_back(dl_c[static_cast<size_t>(t)].data());
+    dvp.push_back(dv_c[static_cast<size_t>(t)].data());
+    lcp.push_back(l_c[static_cast<size_t>(t)].data());
+  }
+  cpu().three_tower_backward(dtype_for<T>(), gp.data(), with_mixed ? dmixed.data() : nullptr, u.data(), vp.data(),
+                             lcp.data(), w.data(), B, nt, d, dlp.data(), dg_c.data(), du_c.data(), dvp.data());
+  // GPU.
+  std::vector<std::unique_ptr<DeviceBuffer<T>>> d_v, d_b, d_g, d_l, d_dl, d_dv;
+  std::vector<const void*> gvp, gbp, ggp, glcp;
+  std::vector<void*> glp, gdlp, gdvp;
+  for (int t = 0; t < nt; ++t) {
+    d_v.push_back(std::make_unique<DeviceBuffer<T>>(v[static_cast<size_t>(t)]));
+    d_b.push_back(std::make_unique<DeviceBuffer<T>>(bias[static_cast<size_t>(t)]));
+    d_g.push_back(std::make_unique<DeviceBuffer<T>>(dlogit[static_cast<size_t>(t)]));
+    d_l.push_back(std::make_unique<DeviceBuffer<T>>(B));
+    d_dl.push_back(std::make_unique<DeviceBuffer<T>>(B));
+    d_dv.push_back(std::make_unique<DeviceBuffer<T>>(B * d));
+    gvp.push_back(d_v.back()->get());
+    gbp.push_back(d_b.back()->get());
+    ggp.push_back(t == 0 ? nullptr : d_g.back()->get());
+    glp.push_back(d_l.back()->get());
+    glcp.push_back(d_l.back()->get());
+    gdlp.push_back(d_dl.back()->get());
+    gdvp.push_back(d_dv.back()->get());
+  }
+  DeviceBuffer<T> d_u(u), d_w(w), d_s(B), d_dm(dmixed), d_dg(B * nt), d_du(B * d);
+  gpu().three_tower_forward(dtype_for<T>(), d_u.get(), gvp.data(), gbp.data(), d_w.get(), B, nt, d, glp.data(), d_s.get());
+  gpu().three_tower_backward(dtype_for<T>(), ggp.data(), with_mixed ? d_dm.get() : nullptr, d_u.get(), gvp.data(),
+                             glcp.data(), d_w.get(), B, nt, d, gdlp.data(), d_dg.get(), d_du.get(), gdvp.data());
+  auto close = [&](const std::vector<T>& got, const std::vector<T>& want, const char* what) {
+    for (size_t i = 0; i < want.size(); ++i)
+      ASSERT_NEAR(static_cast<double>(got[i]), static_cast<double>(want[i]),
+                  rtol<T>() * (static_cast<double>(d) + 1) * (1 + std::abs(static_cast<double>(want[i]))))
+          << what << " " << i;
+  };
+  for (int t = 0; t < nt; ++t) {
+    close(d_l[static_cast<size_t>(t)]->download(), l_c[static_cast<size_t>(t)], "logit");
+    close(d_dl[static_cast<size_t>(t)]->download(), dl_c[static_cast<size_t>(t)], "dl");
+    close(d_dv[static_cast<size_t>(t)]->download(), dv_c[static_cast<size_t>(t)], "dv");
+  }
+  close(d_s.download(), s_c, "mixed");
+  close(d_dg.download(), dg_c, "dgate");
+  close(d_du.download(), du_c, "du");
+}
+
+TEST_F(CudaTrainOps, ThreeTowerHeadForwardAndBackward) {
+  for (const bool mixed : {false, true}) {
+    check_three_tower<float>(1, 1, 1, mixed, 3);
+    check_three_tower<float>(700, 2, 16, mixed, 4);
+    check_three_tower<double>(300, 3, 8, mixed, 5);
+  }
+}
+
 // ---- dropout -------------------------------------------------------------------------------
 
 // The kept elements and their scaled values are the CPU's to the bit (a function of (key, i)

@@ -551,6 +551,14 @@ std::vector<Case> model_cases() {
              "  type: ncs\n  shared: [12]\n  tower: [4]\n  masks: {find: learned, final_density: 0.4, sparsity: penalty}\n" +
                  kTables,
              {-1, -1, -1}},
+        Case{"three_tower_gate_mix",
+             "  type: three_tower\n  towers: {user: {slots: [user], sizes: [8, 4]}, item: {slots: [item, ctx], sizes: [8, 4]}}\n"
+             "  gate: {enabled: true, sizes: [4]}\n  mix: {weight: 1.0, targets: [0.5, 0.5]}\n" + kTables,
+             {-1, -1, -1}},
+        Case{"three_tower_uniform",
+             "  type: three_tower\n  towers: {user: {slots: [user, ctx], sizes: [6]}, item: {slots: [item], sizes: [6]}}\n" +
+                 kTables,
+             {-1, -1}},
         Case{"mmoe_dropout",
              "  type: mmoe\n  experts: {count: 2, sizes: [8]}\n  tower: [6]\n  layers: {dropout: 0.3}\n" + kTables,
              {-1, -1, -1}},
@@ -582,25 +590,48 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) { return info.
 INSTANTIATE_TEST_SUITE_P(Models, DeviceModel, ::testing::ValuesIn(model_cases()), case_name);
 INSTANTIATE_TEST_SUITE_P(Models, DeviceMaskedRoutes, ::testing::ValuesIn(masked_model_cases()), case_name);
 
-TEST(DeviceModel, ModelsWithHostOnlyLayersAreRefusedByName) {
-  FakeDevice device;
-  const Block first = random_block(8, 1);
-  TrainConfig three = config_for("  type: esmm\n  tower: [8]\n" + kTables);
-  three.model.type = "three_tower";  // refused by name before anything else is checked
-  try {
-    MultiTaskModel m(three.model, first.schema, DType::F32, 1, nullptr, Device::CUDA);
-    FAIL() << "a three-tower model was built on the device";
-  } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("three_tower"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("run.device: cpu"), std::string::npos) << e.what();
-  }
-  EXPECT_EQ(MultiTaskModel::device_limits(config_for("  type: mmoe\n  experts: {count: 2, sizes: [4]}\n" + kTables).model),
-            "");
-  TrainConfig automatic = three;
+// run.device: auto trains on the device whenever its backend is registered: every model type
+// trains there.
+TEST(DeviceModel, AutoPicksTheDeviceWheneverItsBackendIsThere) {
+  TrainConfig automatic = config_for("  type: esmm\n  tower: [8]\n" + kTables);
   automatic.device = "auto";
-  EXPECT_EQ(training_device(automatic), Device::CPU) << "auto falls back for a host-only model";
-  automatic.model.type = "esmm";
-  EXPECT_EQ(training_device(automatic), Device::CUDA);
+  {
+    FakeDevice device;
+    EXPECT_EQ(training_device(automatic), Device::CUDA);
+  }
+  if (!device_available(Device::CUDA)) EXPECT_EQ(training_device(automatic), Device::CPU);
+}
+
+// A distilled three-tower student on the device: its teacher (a CPU model here) predicts on
+// the host and the soft targets go up; the steps give the CPU student's bits.
+TEST(DeviceTraining, ADistilledThreeTowerStudentTrainsAsOnTheCpu) {
+  FakeDevice device;
+  const TrainConfig teacher_config = config_for("  type: esmm\n  tower: [8]\n" + kTables);
+  const TrainConfig config = config_for(
+      "  type: three_tower\n  towers: {user: {slots: [user], sizes: [8, 4]}, item: {slots: [item, ctx], sizes: [8, 4]}}\n"
+      "  gate: {enabled: true, sizes: [4]}\n  mix: {weight: 0.5, targets: [0.5, 0.5]}\n"
+      "  distill: {teacher: \"unused\", weight: 0.7}\n" + kTables);
+  const Block first = random_block(32, 1);
+  MultiTaskModel teacher(teacher_config.model, first.schema, DType::F32, 5, nullptr, Device::CPU);
+  MultiTaskModel cpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
+  MultiTaskModel gpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
+  cpu.set_teacher(&teacher);
+  gpu.set_teacher(&teacher);
+  Optimizers o_cpu = make_optimizers(config, cpu), o_gpu = make_optimizers(config, gpu);
+  auto comm = make_local_communicator();
+  for (int64_t step = 1; step <= 3; ++step) {
+    const Block batch = random_block(32, 60 + static_cast<uint64_t>(step));
+    const StepLoss a = train_one_step(cpu, o_cpu, batch, -1, step, true, *comm);
+    const StepLoss b = train_one_step(gpu, o_gpu, batch, -1, step, true, *comm);
+    EXPECT_EQ(a.total, b.total) << "step " << step;
+    EXPECT_EQ(a.per_task, b.per_task) << "step " << step;
+  }
+  EXPECT_TRUE(same_bits(cpu.params().values(), gpu.params().values()));
+  const Block eval = random_block(20, 99);
+  std::vector<std::vector<float>> p_cpu, p_gpu;
+  cpu.predict(eval, p_cpu);
+  gpu.predict(eval, p_gpu);
+  EXPECT_EQ(p_cpu, p_gpu);
 }
 
 TEST(DeviceModel, CudaWithoutABackendIsAConfigError) {
