@@ -253,9 +253,9 @@ std::vector<HistoryFeatures::ServingTable> HistoryFeatures::serving_tables() con
     } else {
       t.values.resize(f.keys.size() * static_cast<size_t>(f.dim));
       std::vector<double> out(static_cast<size_t>(f.dim)), alphas(static_cast<size_t>(f.k));
+      const std::vector<double> query = values_on_host(f.query->value);
       for (size_t p = 0; p < f.keys.size(); ++p) {
-        if (f.query->value.dtype() == DType::F32) attend(f, static_cast<int64_t>(p), f.query->value.data<float>(), out.data(), alphas.data());
-        else attend(f, static_cast<int64_t>(p), f.query->value.data<double>(), out.data(), alphas.data());
+        attend(f, static_cast<int64_t>(p), query.data(), out.data(), alphas.data());
         for (int64_t j = 0; j < f.dim; ++j) t.values[p * static_cast<size_t>(f.dim) + static_cast<size_t>(j)] = static_cast<float>(out[static_cast<size_t>(j)]);
       }
     }
