@@ -671,7 +671,11 @@ TEST(DeviceTraining, ACheckpointLoadedOnTheDevicePredictsAsOnTheCpu) {
   EXPECT_EQ(p_cpu, p_device);
 }
 
-TEST(DeviceTraining, ARunResumedFromItsCheckpointOnTheDeviceMatchesTheCpuRun) {
+// Fixed tables and hash tables, both trained on the device (their host copy is what the
+// checkpoints hold and the resumed run loads back).
+class DeviceResume : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(DeviceResume, ARunResumedFromItsCheckpointOnTheDeviceMatchesTheCpuRun) {
   FakeDevice device;
   testing::ScratchDir scratch("device_training");
   testing::write_day(scratch.path / "train", 100, 1);
@@ -680,7 +684,7 @@ TEST(DeviceTraining, ARunResumedFromItsCheckpointOnTheDeviceMatchesTheCpuRun) {
     const std::string yaml = "run: {device: " + dev + "}\n" + "data: {train: [\"" + (scratch.path / "train").string() +
                              "\"], eval: [\"" + (scratch.path / "eval").string() + "\"]}\n" +
                              "model:\n  type: ncs\n  shared: [8]\n  tower: [4]\n  embedding_dim: 4\n"
-                             "  tables: {user: {rows: 50}, item: {rows: 50}}\n"
+                             "  tables: " + GetParam() + "\n"
                              "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n"
                              "train: {batch_size: 16, epochs: 2, schedule: alternating, checkpoint_every: 4"
                              ", max_steps: " + std::to_string(max_steps) + "}\n";
@@ -706,6 +710,14 @@ TEST(DeviceTraining, ARunResumedFromItsCheckpointOnTheDeviceMatchesTheCpuRun) {
   const std::string text((std::istreambuf_iterator<char>(summary)), std::istreambuf_iterator<char>());
   EXPECT_NE(text.find("\"device\": \"cuda\""), std::string::npos) << text;
 }
+
+INSTANTIATE_TEST_SUITE_P(Tables, DeviceResume,
+                         ::testing::Values("{user: {rows: 50}, item: {rows: 50}}",
+                                           "{user: {capacity: 80}, item: {rows: 50}}"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param.find("capacity") == std::string::npos ? std::string("fixed")
+                                                                                   : std::string("hash");
+                         });
 
 }  // namespace
 }  // namespace ncsrec
