@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
+#include <fstream>
 #include <string>
 
 #include "core/data/synthetic.h"
@@ -27,6 +29,7 @@
 #include "gradcheck.h"
 
 #include "tests/random_inputs.h"
+#include "tests/unit/fake_device.h"
 
 namespace ncsrec {
 namespace {
@@ -263,6 +266,47 @@ TEST(Ncs, ImpReachesTheFormulasDensitiesAndKeepsEveryRound) {
   for (int t = 0; t < 2; ++t)
     for (int l = 0; l < model.num_masked_layers(); ++l) EXPECT_TRUE(chosen.mask(t, l) == trained.mask(t, l));
   EXPECT_TRUE(fs::exists(dir.path / "run/masks/imp.json"));
+}
+
+// IMP on a device model (the stand-in device, its tables in device memory): every round's
+// training, pruning and rewinding of weights, tables and optimizer state go through the host
+// copy of the tables; the rounds' masks, the chosen masks and the final evaluation are the CPU
+// run's exactly.
+TEST(Ncs, ImpOnADeviceModelFindsTheCpusMasks) {
+  ScratchDir dir("ncs_imp_device");
+  GeneratorConfig g;
+  g.users = 300;
+  g.items = 100;
+  g.days = 4;
+  g.rows_per_day = 2000;
+  generate_dataset(g, (dir.path / "gen").string());
+  const std::string data = (dir.path / "gen/content").string();
+  auto comm = make_local_communicator();
+  std::vector<TrainSummary> runs;
+  for (const char* device : {"cpu", "cuda"}) {
+    testing::FakeDevice fake;
+    TrainConfig c = small_ncs(data, "  masks: {find: imp, final_density: 0.25, rounds: 2}\n", "");
+    c.device = device;
+    runs.push_back(run_training(c, "x: 1", (dir.path / device).string(), *comm));
+  }
+  ASSERT_GT(runs[1].steps, 0);
+  EXPECT_EQ(runs[0].steps, runs[1].steps);
+  std::ifstream summary(dir.path / "cuda/summary.json");
+  const std::string text((std::istreambuf_iterator<char>(summary)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("\"device\": \"cuda\""), std::string::npos) << "the second run trained on the device";
+  ASSERT_EQ(runs[0].eval.views.size(), runs[1].eval.views.size());
+  for (size_t v = 0; v < runs[0].eval.views.size(); ++v)
+    EXPECT_EQ(runs[0].eval.views[v].metrics.auc, runs[1].eval.views[v].metrics.auc) << runs[0].eval.views[v].name;
+  int64_t rows = 0;
+  const DataSchema schema = read_shard_schema(expand_data_paths({data + "/day=2026-01-01"}, "test").front(), &rows);
+  const TrainConfig c = small_ncs(data, "  masks: {find: imp, final_density: 0.25, rounds: 2}\n", "");
+  for (const std::string file : {"round-1.h5", "round-2.h5", "chosen.h5"}) {
+    MultiTaskModel a(c.model, schema, DType::F32, 1), b(c.model, schema, DType::F32, 1);
+    load_masks((dir.path / "cpu/masks" / file).string(), a);
+    load_masks((dir.path / "cuda/masks" / file).string(), b);
+    for (int t = 0; t < 2; ++t)
+      for (int l = 0; l < a.num_masked_layers(); ++l) EXPECT_TRUE(a.mask(t, l) == b.mask(t, l)) << file;
+  }
 }
 
 TEST(Ncs, BothSchedulesTrain) {
