@@ -11,8 +11,9 @@
 // stored back before the host's are read.
 //
 // Scope: f32 tables on one process, fixed-size or hash tables that admit an id at its first read
-// and never evict; optimizers sgd, adagrad, adam (lazy), with the arithmetic of
-// embedding_table.cpp. Admission counts, TTL, eviction and row sharding stay on the host.
+// and do not evict when full; optimizers sgd, adagrad, adam (lazy), with the arithmetic of
+// embedding_table.cpp. Admission counts, eviction when full and row sharding stay on the host;
+// a TTL drops rows on the host copy at the start of a day, and the device's table is rebuilt.
 #pragma once
 
 #include <cstdint>

@@ -361,7 +361,7 @@ const std::vector<ShardedTable>& MultiTaskModel::tables() const {
 HashStats MultiTaskModel::table_hash_stats(size_t t) const {
   HashStats h = tables_[t].hash_stats();
   if (device_tables_newer_ && t < device_tables_.size() && tables_[t].hashed()) {
-    const int64_t more = device_tables_[t]->rows() - h.rows;  // a device table never evicts
+    const int64_t more = device_tables_[t]->rows() - h.rows;  // a device table drops rows only at a day's start
     if (more > 0) {
       h.rows += more;
       h.inserted += more;
@@ -379,8 +379,8 @@ std::string MultiTaskModel::device_table_limits(const OptimizerConfig& sparse) c
     return "sparse optimizer " + sparse.type;
   for (const auto& t : tables_) {
     const HashOptions& h = t.hash_options();
-    if (t.hashed() && (h.admit_after != 1 || h.ttl_days != 0 || h.evict_when_full))
-      return "hash table " + t.name() + " with admit_after, ttl_days or evict_when_full (kept on the host)";
+    if (t.hashed() && (h.admit_after != 1 || h.evict_when_full))
+      return "hash table " + t.name() + " with admit_after or evict_when_full (kept on the host)";
   }
   return "";
 }
@@ -470,7 +470,9 @@ void MultiTaskModel::load_device_tables() {
 }
 
 void MultiTaskModel::start_day(int64_t day) {
-  for (auto& table : tables_) table.start_day(day);
+  // Tables on the device: the day's TTL drops rows on the host copy (brought up to date first),
+  // and the device's tables are rebuilt from it before the next step.
+  for (auto& table : tables()) table.start_day(day);
 }
 
 void MultiTaskModel::forward(const Block& batch, bool training) {

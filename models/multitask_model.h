@@ -168,7 +168,8 @@ class MultiTaskModel {
   const std::vector<ShardedTable>& tables() const;
   // The embedding tables trained in the device's memory (core/device_table.h) instead of the
   // host's: for a device model on one process whose tables are all f32 ones, fixed-size or hash
-  // tables that admit an id at its first read and never evict, with a sparse optimizer the
+  // tables that admit an id at its first read and do not evict when full (a TTL is applied at
+  // the start of a day, on the host copy), with a sparse optimizer the
   // device has, where the device's backend trains tables. `state`: each
   // table's sparse optimizer state (SparseOptimizer::state()), mirrored on the device. Returns
   // whether they moved; where not, the tables stay on the host, pooled there and stepped by the

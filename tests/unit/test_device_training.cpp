@@ -310,7 +310,7 @@ TEST(DeviceTraining, TheLossHeadsRunOnTheDeviceAndNoLogitComesDown) {
 }
 
 // The tables of a device model train on the device (one process; fixed tables, and hash tables
-// that admit at the first read and never evict): each step pools and updates every table there,
+// that admit at the first read and do not evict when full): each step pools and updates every table there,
 // at the scheduled rate, and the host copy (what checkpoints and export read) follows the
 // device's rows, ids, optimizer state and counters as the CPU model's. A row changed on the host
 // goes up before the next step. Hash tables with a later admission keep them on the host.
@@ -404,6 +404,48 @@ TEST(DeviceTraining, TheTablesPlanHoldsMaxIdsPerRowForEachSlot) {
       "data: {train: [\"x\"]}\nmodel:\n  type: esmm\n  tower: [8]\n  tables: {user: {rows: 40, max_ids_per_row: 0}}\n"
       "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n",
       "max_ids_per_row");
+}
+
+// A hash table with a TTL trains on the device: at the start of a day the rows not seen for
+// ttl_days go (on the host copy, brought up to date first; the device's table is rebuilt from
+// it), and the following steps match the CPU model's, rows and counters included.
+TEST(DeviceTraining, AHashTablesTtlDropsTheSameRowsOnTheDevice) {
+  FakeDevice device;
+  const TrainConfig config = config_for(
+      "  type: esmm\n  tower: [8]\n  tables: {user: {capacity: 64, ttl_days: 1}, item: {rows: 40}, ctx: {rows: 40}}\n");
+  const Block first = random_block(32, 1);
+  MultiTaskModel cpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
+  MultiTaskModel gpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
+  Optimizers o_cpu = make_optimizers(config, cpu), o_gpu = make_optimizers(config, gpu);
+  ASSERT_TRUE(gpu.tables_on_device()) << gpu.device_table_limits(config.sparse_optimizer);
+  auto comm = make_local_communicator();
+  int64_t step = 0;
+  auto train_day = [&](int64_t day, uint64_t seed) {
+    for (MultiTaskModel* m : {&cpu, &gpu}) m->start_day(day);
+    for (int s = 0; s < 2; ++s) {
+      // Day by day, other users: ids from a window that moves with the seed.
+      Block batch = random_block(32, seed + static_cast<uint64_t>(s));
+      for (auto& id : batch.sparse[0].ids) id += static_cast<int64_t>(seed % 7) * 5;
+      ++step;
+      EXPECT_EQ(train_one_step(cpu, o_cpu, batch, -1, step, true, *comm).total,
+                train_one_step(gpu, o_gpu, batch, -1, step, true, *comm).total);
+    }
+  };
+  train_day(20000, 1);
+  train_day(20001, 3);
+  const int64_t before = std::as_const(gpu).tables()[0].shard().rows();
+  train_day(20003, 5);  // ttl_days 1: the rows last read on day 20000 or 20001 go first
+  const auto& a = std::as_const(cpu).tables();
+  const auto& b = std::as_const(gpu).tables();
+  EXPECT_GT(a[0].hash_stats().evicted_ttl, 0) << "the TTL dropped rows";
+  EXPECT_EQ(a[0].hash_stats().evicted_ttl, b[0].hash_stats().evicted_ttl);
+  EXPECT_GT(before, 0);
+  ASSERT_EQ(a[0].shard().rows(), b[0].shard().rows());
+  std::vector<int64_t> ka(a[0].shard_rows().begin(), a[0].shard_rows().end()),
+      kb(b[0].shard_rows().begin(), b[0].shard_rows().end());
+  EXPECT_EQ(ka, kb);
+  EXPECT_TRUE(same_bits(a[0].shard().values(), b[0].shard().values()));
+  EXPECT_EQ(a[0].shard().last_seen_day(), b[0].shard().last_seen_day());
 }
 
 // A communicator of two ranks whose other rank contributes zeros (a sum that leaves the buffers
