@@ -369,6 +369,11 @@ int cmd_bench(int argc, char** argv) {
               config_path.c_str(), static_cast<long long>(batch), schedule.c_str(), exact ? "exact" : "paper_shared_adam",
               static_cast<long long>(threads), blas_core.c_str());
   std::printf("  device: %s%s\n", device_text.c_str(), device == Device::CPU ? "" : (", " + matmul + " products").c_str());
+  const std::string tables_where =
+      device == Device::CPU ? "host"
+      : model.tables_on_device() ? "device"
+                                 : "host (" + model.device_table_limits(config.sparse_optimizer) + ")";
+  if (device != Device::CPU) std::printf("  embedding tables: on the %s\n", tables_where.c_str());
   std::printf("  model: input %lld, shared", static_cast<long long>(model.input_dim()));
   for (auto s : mc.shared) std::printf(" %lld", static_cast<long long>(s));
   std::printf(", %d tasks; optimizers %s (dense) + sparse %s\n", n_tasks, config.dense_optimizer.type.c_str(),
@@ -425,6 +430,7 @@ int cmd_bench(int argc, char** argv) {
         .add("device", device_text)
         .add("matmul", device == Device::CPU ? std::string("fp32") : matmul)
         .add("masked_route", device == Device::CPU ? std::string("plain") : route)
+        .add("tables_on", tables_where)
         .add_raw("masked_route_measurements", masked_route_choices_json())
         .add("schedule", schedule)
         .add("mask_semantics", config.train.mask_semantics)
