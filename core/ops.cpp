@@ -310,21 +310,6 @@ void add_columns(Tensor& y, int64_t y_col, const Tensor& x, int64_t x_col, int64
   k(y.dtype(), y.raw(), y.dim(1), y_col, x.raw(), x.dim(1), x_col, y.dim(0), cols);
 }
 
-void copy_columns(Tensor& y, int64_t y_col, const Tensor& x, int64_t x_col, int64_t cols) {
-  check_columns(y, y_col, x, x_col, cols, "copy_columns");
-  const size_t es = dtype_size(y.dtype()), rows = static_cast<size_t>(y.dim(0));
-  if (cols == 0 || rows == 0) return;
-  char* dst = static_cast<char*>(y.raw()) + static_cast<size_t>(y_col) * es;
-  const char* src = static_cast<const char*>(x.raw()) + static_cast<size_t>(x_col) * es;
-  const size_t dp = static_cast<size_t>(y.dim(1)) * es, sp = static_cast<size_t>(x.dim(1)) * es,
-               width = static_cast<size_t>(cols) * es;
-  const CopyKind kind = y.device() == Device::CPU ? CopyKind::HostToHost : CopyKind::DeviceToDevice;
-  const OpTable& t = ops_for(y.device());
-  if (t.copy_2d) t.copy_2d(dst, dp, src, sp, width, rows, kind);
-  else
-    for (size_t r = 0; r < rows; ++r) t.copy(dst + r * dp, src + r * sp, width, kind);
-}
-
 void multiply_accumulate(Tensor& y, const Tensor& a, const Tensor& b) {
   same_size(y, a, "multiply_accumulate");
   same_size(y, b, "multiply_accumulate");

@@ -63,10 +63,9 @@ void three_tower_backward(const std::vector<const Tensor*>& dlogit, const Tensor
                           const std::vector<const Tensor*>& v, const std::vector<const Tensor*>& logits, const Tensor& w,
                           const std::vector<Tensor*>& dl, Tensor& dg, Tensor& du, const std::vector<Tensor*>& dv);
 
-// Column blocks between 2-D tensors of the same rows, dtype and device:
-// y[:, y_col + j] += x[:, x_col + j] (add_columns) or = (copy_columns), j < cols.
+// A column block added between 2-D tensors of the same rows, dtype and device:
+// y[:, y_col + j] += x[:, x_col + j], j < cols (a written copy is Tensor::copy_column_block).
 void add_columns(Tensor& y, int64_t y_col, const Tensor& x, int64_t x_col, int64_t cols);
-void copy_columns(Tensor& y, int64_t y_col, const Tensor& x, int64_t x_col, int64_t cols);
 
 // y += a ⊙ b (OpTable::multiply_accumulate) and x += s (OpTable::add_scalar), elementwise; one
 // dtype and device, a and b of y's size.

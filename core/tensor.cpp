@@ -174,45 +174,56 @@ Tensor Tensor::to(Device device) const {
   return t;
 }
 
+namespace {
+
+// How bytes go from memory on `src` to memory on `dst`, and whose table copies them.
+struct CopyRoute {
+  CopyKind kind;
+  Device backend;
+};
+CopyRoute copy_route(Device dst, Device src) {
+  if (dst != Device::CPU && src != Device::CPU) return {CopyKind::DeviceToDevice, dst};
+  if (dst != Device::CPU) return {CopyKind::HostToDevice, dst};
+  if (src != Device::CPU) return {CopyKind::DeviceToHost, src};
+  return {CopyKind::HostToHost, Device::CPU};
+}
+
+}  // namespace
+
 void Tensor::copy_from(const Tensor& src) {
   NCSREC_CHECK(src.numel() == numel() && src.dtype() == dtype_,
                "copy from " << src.describe() << " into " << describe());
   const size_t n = nbytes();
   if (n == 0) return;
-  if (device_ == Device::CPU && src.device() == Device::CPU) {
-    ops_for(Device::CPU).copy(raw(), src.raw(), n, CopyKind::HostToHost);
-  } else if (device_ == Device::CPU) {
-    ops_for(src.device()).copy(raw(), src.raw(), n, CopyKind::DeviceToHost);
-  } else if (src.device() == Device::CPU) {
-    ops_for(device_).copy(raw(), src.raw(), n, CopyKind::HostToDevice);
-  } else {
-    ops_for(device_).copy(raw(), src.raw(), n, CopyKind::DeviceToDevice);
-  }
+  const CopyRoute route = copy_route(device_, src.device());
+  ops_for(route.backend).copy(raw(), src.raw(), n, route.kind);
 }
 
 void Tensor::copy_columns_from(const Tensor& src, int64_t cols) { copy_columns_from(src, 0, cols); }
 
 void Tensor::copy_columns_from(const Tensor& src, int64_t begin, int64_t end) {
-  NCSREC_CHECK(ndim() == 2 && src.ndim() == 2 && src.dim(0) == dim(0) && src.dim(1) == dim(1) &&
-                   src.dtype() == dtype_ && 0 <= begin && begin <= end && end <= dim(1),
+  NCSREC_CHECK(ndim() == 2 && src.ndim() == 2 && src.dim(1) == dim(1) && begin <= end,
                "copy of columns [" << begin << ", " << end << ") from " << src.describe() << " into " << describe());
-  const size_t elem = dtype_size(dtype_), pitch = static_cast<size_t>(dim(1)) * elem;
-  const size_t width = static_cast<size_t>(end - begin) * elem, rows = static_cast<size_t>(dim(0));
+  copy_column_block(begin, src, begin, end - begin);
+}
+
+void Tensor::copy_column_block(int64_t col, const Tensor& src, int64_t src_col, int64_t cols) {
+  NCSREC_CHECK(ndim() == 2 && src.ndim() == 2 && src.dim(0) == dim(0) && src.dtype() == dtype_ && cols >= 0 &&
+                   col >= 0 && src_col >= 0 && col + cols <= dim(1) && src_col + cols <= src.dim(1),
+               "copy of columns [" << src_col << ", " << src_col + cols << ") of " << src.describe() << " to ["
+                                   << col << ", " << col + cols << ") of " << describe());
+  const size_t elem = dtype_size(dtype_), rows = static_cast<size_t>(dim(0)), width = static_cast<size_t>(cols) * elem;
   if (width == 0 || rows == 0) return;
-  CopyKind kind = CopyKind::HostToHost;
-  Device backend = Device::CPU;
-  if (device_ != Device::CPU && src.device() != Device::CPU) kind = CopyKind::DeviceToDevice, backend = device_;
-  else if (device_ != Device::CPU) kind = CopyKind::HostToDevice, backend = device_;
-  else if (src.device() != Device::CPU) kind = CopyKind::DeviceToHost, backend = src.device();
-  const OpTable& ops = ops_for(backend);
-  const size_t skip = static_cast<size_t>(begin) * elem;
-  char* dst = static_cast<char*>(raw()) + skip;
-  const char* from = static_cast<const char*>(src.raw()) + skip;
+  const size_t pitch = static_cast<size_t>(dim(1)) * elem, src_pitch = static_cast<size_t>(src.dim(1)) * elem;
+  char* dst = static_cast<char*>(raw()) + static_cast<size_t>(col) * elem;
+  const char* from = static_cast<const char*>(src.raw()) + static_cast<size_t>(src_col) * elem;
+  const CopyRoute route = copy_route(device_, src.device());
+  const OpTable& ops = ops_for(route.backend);
   if (ops.copy_2d) {
-    ops.copy_2d(dst, pitch, from, pitch, width, rows, kind);
+    ops.copy_2d(dst, pitch, from, src_pitch, width, rows, route.kind);
     return;
   }
-  for (size_t r = 0; r < rows; ++r) ops.copy(dst + r * pitch, from + r * pitch, width, kind);
+  for (size_t r = 0; r < rows; ++r) ops.copy(dst + r * pitch, from + r * src_pitch, width, route.kind);
 }
 
 void Tensor::zero_() {

@@ -95,6 +95,10 @@ class Tensor {
   void copy_columns_from(const Tensor& src, int64_t cols);
   // Columns [begin, end) of every row, likewise.
   void copy_columns_from(const Tensor& src, int64_t begin, int64_t end);
+  // Columns [src_col, src_col + cols) of src into columns [col, col + cols) of this tensor: both
+  // 2-D with the same rows and dtype, widths free, any devices (one strided copy where the
+  // backend has copy_2d).
+  void copy_column_block(int64_t col, const Tensor& src, int64_t src_col, int64_t cols);
   void zero_();
 
   std::string describe() const;  // "f32[4, 8] on cpu"

@@ -555,7 +555,7 @@ void MultiTaskModel::forward(const Block& batch, bool training) {
       conds_[g] = ensure_buffer(cond_bufs_[g], B, condition_dim_, dtype_, device_);
       int64_t at = 0;
       for (const auto& [begin, end] : condition_cols_) {
-        ops::copy_columns(conds_[g], at, groups_[g].x, begin, end - begin);
+        conds_[g].copy_column_block(at, groups_[g].x, begin, end - begin);
         at += end - begin;
       }
     }

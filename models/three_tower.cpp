@@ -23,7 +23,7 @@ std::vector<std::pair<int64_t, int64_t>> runs_of(const std::vector<int64_t>& col
 void gather_cols(Tensor& out, const Tensor& x, const std::vector<std::pair<int64_t, int64_t>>& runs) {
   int64_t at = 0;
   for (const auto& [begin, n] : runs) {
-    ops::copy_columns(out, at, x, begin, n);
+    out.copy_column_block(at, x, begin, n);
     at += n;
   }
 }

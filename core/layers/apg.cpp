@@ -2,7 +2,7 @@
 // of over-parameterisation) are ops::gemm calls; the per-row K×K product with the generated
 // S_i and its backward are ops::apg_rows_* (each row's sums in a fixed order, so the result
 // does not depend on the thread count), the generated bias's columns ops::add_columns and
-// ops::copy_columns. Every op runs on the parameters' device.
+// Tensor::copy_column_block. Every op runs on the parameters' device.
 //
 // Not here: the hypernetwork's own maths (it is an MLP of linear.h).
 #include "core/layers/apg.h"
@@ -155,7 +155,7 @@ const Tensor& ApgLinear::backward(const Tensor& dy, bool need_dx, bool need_dz) 
   ds_ = ensure_buffer(ds_buf_, B, s_cols, dtype, device);
   dh_ = ensure_buffer(dh_buf_, B, K, dtype, device);
   ops::apg_rows_backward(ds_, dh_, h_, s_, dg_);  // dS_i = h_iᵀ·dg_i, dh_i = S_i·dg_i
-  if (!bias_) ops::copy_columns(ds_, K * K, *dpre, 0, out_);  // the generated bias's gradient
+  if (!bias_) ds_.copy_column_block(K * K, *dpre, 0, out_);  // the generated bias's gradient
 
   // U: dU = xᵀ·dh; with overparam, dU_l += dU·U_rᵀ and dU_r += U_lᵀ·dU.
   if (u_) {

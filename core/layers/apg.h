@@ -37,9 +37,9 @@
 // Gradient contract (as Linear): every parameter gradient accumulates (+=); dx and dz are
 // written (=). x and z are cached by reference: the caller keeps them unchanged until backward.
 //
-// Runs on any device with the ops it uses (core/ops.h: gemm, apg_rows_*, add_columns,
-// copy_columns, the MLP's). Not here: mix-wise concatenation of several conditions (the caller
-// concatenates and passes one z), parameter sharing across layers.
+// Runs on any device with the ops it uses (core/ops.h: gemm, apg_rows_*, add_columns; and
+// Tensor::copy_column_block, the MLP's). Not here: mix-wise concatenation of several
+// conditions (the caller concatenates and passes one z), parameter sharing across layers.
 #pragma once
 
 #include <string>
