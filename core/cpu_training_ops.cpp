@@ -206,9 +206,10 @@ void batch_norm_forward_t(const T* xv, int64_t B, int64_t C, const T* g, const T
     }
 }
 
+// Both norms' parameter gradients: S = Σ_r dy, P = Σ_r dy·x̂ per column into sums[0, C) and
+// sums[C, 2C); dgamma += P, dbeta += S.
 template <class T>
-void batch_norm_backward_t(const T* g, const T* xh, int64_t B, int64_t C, const T* gamma, const double* inv_std,
-                           double* sums, T* dgamma, T* dbeta, T* dx) {
+void norm_param_grads(const T* g, const T* xh, int64_t B, int64_t C, double* sums, T* dgamma, T* dbeta) {
   double* sum_dy = sums;
   double* sum_dy_xhat = sums + C;
   column_sums(sum_dy, B, C, [&](int64_t r, int64_t c) { return static_cast<double>(g[r * C + c]); });
@@ -217,6 +218,14 @@ void batch_norm_backward_t(const T* g, const T* xh, int64_t B, int64_t C, const 
     dgamma[c] += static_cast<T>(sum_dy_xhat[c]);
     dbeta[c] += static_cast<T>(sum_dy[c]);
   }
+}
+
+template <class T>
+void batch_norm_backward_t(const T* g, const T* xh, int64_t B, int64_t C, const T* gamma, const double* inv_std,
+                           double* sums, T* dgamma, T* dbeta, T* dx) {
+  norm_param_grads(g, xh, B, C, sums, dgamma, dbeta);
+  const double* sum_dy = sums;
+  const double* sum_dy_xhat = sums + C;
   const double n = static_cast<double>(B);
 #pragma omp parallel for schedule(static) if (B * C >= kParallelMin)
   for (int64_t r = 0; r < B; ++r)
@@ -249,14 +258,7 @@ void layer_norm_forward_t(const T* xv, int64_t B, int64_t C, const T* g, const T
 template <class T>
 void layer_norm_backward_t(const T* g, const T* xh, int64_t B, int64_t C, const T* gamma, const double* inv_std,
                            double* sums, T* dgamma, T* dbeta, T* dx) {
-  double* sum_dy = sums;
-  double* sum_dy_xhat = sums + C;
-  column_sums(sum_dy, B, C, [&](int64_t r, int64_t c) { return static_cast<double>(g[r * C + c]); });
-  column_sums(sum_dy_xhat, B, C, [&](int64_t r, int64_t c) { return static_cast<double>(g[r * C + c]) * xh[r * C + c]; });
-  for (int64_t c = 0; c < C; ++c) {
-    dgamma[c] += static_cast<T>(sum_dy_xhat[c]);
-    dbeta[c] += static_cast<T>(sum_dy[c]);
-  }
+  norm_param_grads(g, xh, B, C, sums, dgamma, dbeta);
   const double n = static_cast<double>(C);
 #pragma omp parallel for schedule(static) if (B * C >= kParallelMin)
   for (int64_t r = 0; r < B; ++r) {

@@ -236,4 +236,38 @@ std::string Tensor::describe() const {
   return os.str();
 }
 
+std::vector<double> host_values(const Tensor& t) {
+  NCSREC_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64, "host_values of " << t.describe());
+  const size_t n = static_cast<size_t>(t.numel()), bytes = t.nbytes();
+  std::vector<char> raw(bytes);
+  if (bytes) ops_for(t.device()).copy(raw.data(), t.raw(), bytes, t.device() == Device::CPU ? CopyKind::HostToHost
+                                                                                             : CopyKind::DeviceToHost);
+  std::vector<double> out(n);
+  for (size_t i = 0; i < n; ++i)
+    out[i] = t.dtype() == DType::F32 ? reinterpret_cast<const float*>(raw.data())[i]
+                                     : reinterpret_cast<const double*>(raw.data())[i];
+  return out;
+}
+
+void set_host_values(Tensor& t, const std::vector<double>& values) {
+  NCSREC_CHECK((t.dtype() == DType::F32 || t.dtype() == DType::F64) && static_cast<int64_t>(values.size()) == t.numel(),
+               "set_host_values: " << values.size() << " values for " << t.describe());
+  std::vector<char> raw(t.nbytes());
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (t.dtype() == DType::F32) reinterpret_cast<float*>(raw.data())[i] = static_cast<float>(values[i]);
+    else reinterpret_cast<double*>(raw.data())[i] = values[i];
+  }
+  if (!raw.empty())
+    ops_for(t.device()).copy(t.raw(), raw.data(), raw.size(),
+                             t.device() == Device::CPU ? CopyKind::HostToHost : CopyKind::HostToDevice);
+}
+
+void add_host_values(Tensor& t, const std::vector<double>& d) {
+  std::vector<double> v = host_values(t);
+  NCSREC_CHECK(v.size() == d.size(), "add_host_values: " << d.size() << " values for " << t.describe());
+  for (size_t i = 0; i < v.size(); ++i)
+    v[i] = t.dtype() == DType::F32 ? static_cast<double>(static_cast<float>(v[i]) + static_cast<float>(d[i])) : v[i] + d[i];
+  set_host_values(t, v);
+}
+
 }  // namespace ncsrec

@@ -112,4 +112,12 @@ class Tensor {
   Device device_ = Device::CPU;
 };
 
+// A small tensor's values (a scalar parameter, a query vector) as doubles on the host, wherever
+// the tensor is: one copy down from a device, nothing allocated in device memory.
+std::vector<double> host_values(const Tensor& t);
+// t = values, each rounded to t's dtype (one copy up to a device); as many values as elements.
+void set_host_values(Tensor& t, const std::vector<double>& values);
+// t += d elementwise in t's dtype (an f32 t adds float(d[i]), as a host `+=` of a float would).
+void add_host_values(Tensor& t, const std::vector<double>& d);
+
 }  // namespace ncsrec

@@ -8,9 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
-#include "core/dispatch.h"
 #include "core/error.h"
 #include "core/hdf5_util.h"
 #include "core/layers/embedding_bag.h"
@@ -106,8 +104,7 @@ int64_t HistoryFeatures::position_of(const Feature& f, int64_t id) {
   return it == f.index.end() ? -1 : it->second;
 }
 
-template <class Q>
-void HistoryFeatures::attend(const Feature& f, int64_t p, const Q* q, double* out, double* alphas) {
+void HistoryFeatures::attend(const Feature& f, int64_t p, const double* q, double* out, double* alphas) {
   const size_t K = static_cast<size_t>(f.k), D = static_cast<size_t>(f.dim);
   const float* e = f.stacked.data() + static_cast<size_t>(p) * K * D;
   const uint8_t* present = f.present.data() + static_cast<size_t>(p) * K;
@@ -116,7 +113,7 @@ void HistoryFeatures::attend(const Feature& f, int64_t p, const Q* q, double* ou
     alphas[k] = 0;
     if (!present[k]) continue;
     double s = 0;
-    for (size_t j = 0; j < D; ++j) s += static_cast<double>(q[j]) * e[k * D + j];
+    for (size_t j = 0; j < D; ++j) s += q[j] * e[k * D + j];
     alphas[k] = s;
     top = std::max(top, s);
   }
@@ -132,39 +129,6 @@ void HistoryFeatures::attend(const Feature& f, int64_t p, const Q* q, double* ou
   }
 }
 
-namespace {
-
-// A small parameter's values as doubles on the host (a device model's come down: one vector).
-std::vector<double> values_on_host(const Tensor& v) {
-  const size_t n = static_cast<size_t>(v.numel()), bytes = v.nbytes();
-  std::vector<char> raw(bytes);
-  if (v.device() == Device::CPU) std::memcpy(raw.data(), v.raw(), bytes);
-  else ops_for(v.device()).copy(raw.data(), v.raw(), bytes, CopyKind::DeviceToHost);
-  std::vector<double> out(n);
-  for (size_t i = 0; i < n; ++i)
-    out[i] = v.dtype() == DType::F32 ? reinterpret_cast<const float*>(raw.data())[i]
-                                     : reinterpret_cast<const double*>(raw.data())[i];
-  return out;
-}
-
-// grad += d elementwise in grad's dtype (f32: each d rounded first, as a host `+=` of a float),
-// wherever grad is.
-void add_on_host(Tensor& grad, const std::vector<double>& d) {
-  const size_t n = static_cast<size_t>(grad.numel()), bytes = grad.nbytes();
-  const bool device = grad.device() != Device::CPU;
-  std::vector<char> raw(bytes);
-  if (device) ops_for(grad.device()).copy(raw.data(), grad.raw(), bytes, CopyKind::DeviceToHost);
-  else std::memcpy(raw.data(), grad.raw(), bytes);
-  for (size_t i = 0; i < n; ++i) {
-    if (grad.dtype() == DType::F32) reinterpret_cast<float*>(raw.data())[i] += static_cast<float>(d[i]);
-    else reinterpret_cast<double*>(raw.data())[i] += d[i];
-  }
-  if (device) ops_for(grad.device()).copy(grad.raw(), raw.data(), bytes, CopyKind::HostToDevice);
-  else std::memcpy(grad.raw(), raw.data(), bytes);
-}
-
-}  // namespace
-
 void HistoryFeatures::forward(Tensor& x, int64_t col, const Block& batch) const {
   const int64_t B = batch.rows, cols = x.dim(1);
   const bool f32 = x.dtype() == DType::F32;
@@ -175,7 +139,7 @@ void HistoryFeatures::forward(Tensor& x, int64_t col, const Block& batch) const 
     out.assign(static_cast<size_t>(f.dim), 0.0);
     std::vector<double> row(static_cast<size_t>(f.dim));
     alphas.resize(static_cast<size_t>(f.k));
-    const std::vector<double> query = f.query ? values_on_host(f.query->value) : std::vector<double>();
+    const std::vector<double> query = f.query ? host_values(f.query->value) : std::vector<double>();
     for (int64_t r = 0; r < B; ++r) {
       std::fill(row.begin(), row.end(), 0.0);
       for (int64_t i = c.offsets[static_cast<size_t>(r)]; i < c.offsets[static_cast<size_t>(r) + 1]; ++i) {
@@ -210,7 +174,7 @@ void HistoryFeatures::backward(const Tensor& dx, int64_t col, const Block& batch
     const SparseColumn& c = batch.sparse[static_cast<size_t>(f.slot_index)];
     const size_t K = static_cast<size_t>(f.k), D = static_cast<size_t>(f.dim);
     std::vector<double> out(D), alphas(K), a(K), dq(D, 0.0), g(D);
-    const std::vector<double> query = values_on_host(f.query->value);
+    const std::vector<double> query = host_values(f.query->value);
     for (int64_t r = 0; r < B; ++r) {
       for (size_t j = 0; j < D; ++j)
         g[j] = f32 ? dx.data<float>()[r * cols + at + static_cast<int64_t>(j)] : dx.data<double>()[r * cols + at + static_cast<int64_t>(j)];
@@ -233,7 +197,7 @@ void HistoryFeatures::backward(const Tensor& dx, int64_t col, const Block& batch
         }
       }
     }
-    add_on_host(f.query->grad, dq);
+    add_host_values(f.query->grad, dq);
     at += f.dim;
   }
 }
@@ -253,7 +217,7 @@ std::vector<HistoryFeatures::ServingTable> HistoryFeatures::serving_tables() con
     } else {
       t.values.resize(f.keys.size() * static_cast<size_t>(f.dim));
       std::vector<double> out(static_cast<size_t>(f.dim)), alphas(static_cast<size_t>(f.k));
-      const std::vector<double> query = values_on_host(f.query->value);
+      const std::vector<double> query = host_values(f.query->value);
       for (size_t p = 0; p < f.keys.size(); ++p) {
         attend(f, static_cast<int64_t>(p), query.data(), out.data(), alphas.data());
         for (int64_t j = 0; j < f.dim; ++j) t.values[p * static_cast<size_t>(f.dim) + static_cast<size_t>(j)] = static_cast<float>(out[static_cast<size_t>(j)]);

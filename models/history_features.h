@@ -85,8 +85,8 @@ class HistoryFeatures {
   // The position of `id`'s row in f.keys, -1 when it has none.
   static int64_t position_of(const Feature& f, int64_t id);
   // out[dim] = Σ α_k e_k of the id at position `p`; alphas[K] receives α (0 for absent k).
-  template <class Q>
-  static void attend(const Feature& f, int64_t p, const Q* q, double* out, double* alphas);
+  // q: the feature's query as doubles on the host (host_values).
+  static void attend(const Feature& f, int64_t p, const double* q, double* out, double* alphas);
 
   HistorySpec spec_;
   std::string version_;

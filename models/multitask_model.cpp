@@ -16,36 +16,6 @@ namespace ncsrec {
 
 namespace {
 std::string in_file(const ModelConfig& m) { return m.source.empty() ? std::string() : m.source + ": "; }
-
-// The first element of a tensor as a double, wherever the tensor is (a scalar parameter or its
-// gradient), without allocating.
-double read_scalar(const Tensor& t) {
-  double d = 0;
-  float f = 0;
-  const bool f32 = t.dtype() == DType::F32;
-  void* host = f32 ? static_cast<void*>(&f) : static_cast<void*>(&d);
-  const size_t bytes = f32 ? sizeof(float) : sizeof(double);
-  if (t.device() == Device::CPU) std::memcpy(host, t.raw(), bytes);
-  else ops_for(t.device()).copy(host, t.raw(), bytes, CopyKind::DeviceToHost);
-  return f32 ? static_cast<double>(f) : d;
-}
-
-// t[0] = v rounded to t's dtype.
-void write_scalar(Tensor& t, double v) {
-  const bool f32 = t.dtype() == DType::F32;
-  const float f = static_cast<float>(v);
-  const void* host = f32 ? static_cast<const void*>(&f) : static_cast<const void*>(&v);
-  const size_t bytes = f32 ? sizeof(float) : sizeof(double);
-  if (t.device() == Device::CPU) std::memcpy(t.raw(), host, bytes);
-  else ops_for(t.device()).copy(t.raw(), host, bytes, CopyKind::HostToDevice);
-}
-
-// t[0] += v in t's dtype (an f32 t adds float(v), as a host `+=` of a float would).
-void add_to_scalar(Tensor& t, double v) {
-  if (t.dtype() == DType::F32) write_scalar(t, static_cast<float>(read_scalar(t)) + static_cast<float>(v));
-  else write_scalar(t, read_scalar(t) + v);
-}
-
 }  // namespace
 
 MultiTaskModel::MultiTaskModel(const ModelConfig& config, const DataSchema& schema, DType dtype, uint64_t seed,
@@ -757,8 +727,8 @@ void MultiTaskModel::apply_mask_penalty(int task, double lr) {
       Param* score = score_params_[k];
       const double e = (mask(static_cast<int>(t), l).density() - target) / target;
       Tensor& integral = penalty_params_[k]->value;  // one element, where the model is
-      write_scalar(integral, read_scalar(integral) + gain / 20 * e);
-      const double shift = lr * (gain * e + read_scalar(integral));
+      set_host_values(integral, {host_values(integral)[0] + gain / 20 * e});
+      const double shift = lr * (gain * e + host_values(integral)[0]);
       // s -= shift, the shift rounded to the scores' dtype first.
       ops::add_scalar(score->value, dtype_ == DType::F32 ? -static_cast<double>(static_cast<float>(shift)) : -shift);
     }
@@ -818,9 +788,9 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     const double once = !comm_ || comm_->rank() == 0 ? 1.0 : 0.0;
     for (size_t k = 0; k < log_sigma_.size(); ++k) {
       if (std::isnan(loss.per_task[k])) continue;
-      const double s = read_scalar(log_sigma_[k]->value);
+      const double s = host_values(log_sigma_[k]->value)[0];
       const double g = -2.0 * weight[k] * loss.per_task[k] + once;
-      add_to_scalar(log_sigma_[k]->grad, g);
+      add_host_values(log_sigma_[k]->grad, {g});
       loss.total += once * s;
     }
   }
@@ -1133,7 +1103,7 @@ std::vector<double> MultiTaskModel::effective_loss_weights() const {
   std::vector<double> w;
   for (size_t k = 0; k < loss_names_.size(); ++k) {
     double v = base_loss_weights_[k];  // ESMM: ctr ↔ task 0, ctcvr ↔ task 1
-    if (!log_sigma_.empty()) v *= std::exp(-2.0 * read_scalar(log_sigma_[k]->value)) / 2.0;
+    if (!log_sigma_.empty()) v *= std::exp(-2.0 * host_values(log_sigma_[k]->value)[0]) / 2.0;
     w.push_back(v);
   }
   return w;
