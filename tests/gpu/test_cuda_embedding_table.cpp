@@ -103,6 +103,21 @@ CudaEmbeddingOptions gpu_options(int64_t rows, bool hash = true, bool mean = fal
   return o;
 }
 
+// The model's device table of the same table (core/device_table.h): `rows` rows (a hash table:
+// its capacity), the test's dim, seed and scale.
+DeviceTableSpec device_spec(int64_t rows, bool hash, const std::string& optimizer) {
+  DeviceTableSpec spec;
+  spec.name = "items";
+  spec.hash = hash;
+  spec.rows = rows;
+  spec.dim = kDim;
+  spec.seed = kSeed;
+  spec.init_scale = kScale;
+  spec.optimizer.type = optimizer;
+  spec.optimizer.initial_accumulator = 0.1;
+  return spec;
+}
+
 // The CPU table and sparse optimizer matching GPU options `o` (a hash table of capacity o.rows).
 struct CpuTwin {
   HashOptions hash;
@@ -305,15 +320,7 @@ void check_device_table(bool hash, const std::string& optimizer) {
   SCOPED_TRACE(std::string(hash ? "hash " : "fixed ") + optimizer);
   const DeviceTableFactory make = device_table_factory(Device::CUDA);
   ASSERT_NE(make, nullptr) << "the backend registers its tables";
-  DeviceTableSpec spec;
-  spec.name = "items";
-  spec.hash = hash;
-  spec.rows = hash ? 2000 : 300;
-  spec.dim = kDim;
-  spec.seed = kSeed;
-  spec.init_scale = kScale;
-  spec.optimizer.type = optimizer;
-  spec.optimizer.initial_accumulator = 0.1;
+  const DeviceTableSpec spec = device_spec(hash ? 2000 : 300, hash, optimizer);
   std::unique_ptr<DeviceTable> gpu = make(spec);
   std::unique_ptr<DeviceTable> host = testing::make_host_twin_table(spec);
   // The starting rows: every row of a fixed table, 60 ids of a hash table; random columns.
@@ -424,13 +431,7 @@ TEST_F(CudaEmbeddingParity, TheModelsDeviceTableTrainsAsTheHostsPath) {
 TEST_F(CudaEmbeddingParity, AReservedTableAllocatesNothingForBatchesWithinItsPlan) {
   for (const bool hash : {false, true}) {
     SCOPED_TRACE(hash ? "hash" : "fixed");
-    DeviceTableSpec spec;
-    spec.name = "items";
-    spec.hash = hash;
-    spec.rows = 5000;
-    spec.dim = kDim;
-    spec.optimizer.type = "adam";
-    std::unique_ptr<DeviceTable> table = device_table_factory(Device::CUDA)(spec);
+    std::unique_ptr<DeviceTable> table = device_table_factory(Device::CUDA)(device_spec(5000, hash, "adam"));
     const int64_t B = 64, cols = 2 * kDim;
     table->reserve(2, B, 2 * B);
     DeviceCopy<float> out(std::vector<float>(static_cast<size_t>(4 * B * cols), 0.0f));
@@ -464,13 +465,7 @@ TEST_F(CudaEmbeddingParity, AReservedTableAllocatesNothingForBatchesWithinItsPla
 // INT64_MIN marks an empty slot of the GPU's hash index: a batch holding it is refused by name
 // before anything changes, and the table goes on working.
 TEST_F(CudaEmbeddingParity, TheReservedIdIsRefusedByTheModelsHashTable) {
-  DeviceTableSpec spec;
-  spec.name = "items";
-  spec.hash = true;
-  spec.rows = 100;
-  spec.dim = kDim;
-  spec.optimizer.type = "adagrad";
-  std::unique_ptr<DeviceTable> table = device_table_factory(Device::CUDA)(spec);
+  std::unique_ptr<DeviceTable> table = device_table_factory(Device::CUDA)(device_spec(100, true, "adagrad"));
   const std::vector<int64_t> offsets{0, 2}, bad{5, INT64_MIN}, good{5, 6};
   DeviceCopy<float> out(std::vector<float>(kDim, 0.0f));
   try {

@@ -213,12 +213,12 @@ TEST(Ncs, RewindingRestoresEveryParameterAndEmbeddingExactly) {
 }
 
 // A small generated data set: days 1-2 train, 3 valid, 4 eval.
-std::string small_data(const ScratchDir& dir) {
+std::string small_data(const ScratchDir& dir, int64_t users = 2000, int64_t items = 500, int64_t rows_per_day = 20000) {
   GeneratorConfig g;
-  g.users = 2000;
-  g.items = 500;
+  g.users = users;
+  g.items = items;
   g.days = 4;
-  g.rows_per_day = 20000;
+  g.rows_per_day = rows_per_day;
   generate_dataset(g, (dir.path / "gen").string());
   return (dir.path / "gen/content").string();
 }
@@ -274,13 +274,7 @@ TEST(Ncs, ImpReachesTheFormulasDensitiesAndKeepsEveryRound) {
 // run's exactly.
 TEST(Ncs, ImpOnADeviceModelFindsTheCpusMasks) {
   ScratchDir dir("ncs_imp_device");
-  GeneratorConfig g;
-  g.users = 300;
-  g.items = 100;
-  g.days = 4;
-  g.rows_per_day = 2000;
-  generate_dataset(g, (dir.path / "gen").string());
-  const std::string data = (dir.path / "gen/content").string();
+  const std::string data = small_data(dir, 300, 100, 2000);
   auto comm = make_local_communicator();
   std::vector<TrainSummary> runs;
   for (const char* device : {"cpu", "cuda"}) {
