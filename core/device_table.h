@@ -10,10 +10,11 @@
 // load/store: the host's are loaded before the first step after any change on the host, and
 // stored back before the host's are read.
 //
-// Scope: f32 tables on one process, fixed-size or hash tables that admit an id at its first read
-// and do not evict when full; optimizers sgd, adagrad, adam (lazy), with the arithmetic of
-// embedding_table.cpp. Admission counts, eviction when full and row sharding stay on the host;
-// a TTL drops rows on the host copy at the start of a day, and the device's table is rebuilt.
+// Scope: f32 tables on one process, fixed-size or hash tables (admission after admit_after
+// reads, and eviction of the least recently seen rows when full, as embedding/sharded_table.h);
+// optimizers sgd, adagrad, adam (lazy), with the arithmetic of embedding_table.cpp. Row sharding
+// stays on the host; a TTL drops rows and pending ids on the host copy at the start of a day, and
+// the device's table is rebuilt from it.
 #pragma once
 
 #include <cstdint>
@@ -34,6 +35,23 @@ struct DeviceTableSpec {
   uint64_t seed = 1;
   double init_scale = 0.01;
   OptimizerConfig optimizer;  // type sgd | adagrad | adam; lr is given to each backward
+  // Hash tables (HashOptions of embedding/sharded_table.h): reads in training before an id gets
+  // a row, and when full, evict the least recently seen rows (by last_seen_day, updated_step, id)
+  // not read by the batch, a tenth of the capacity more than needed (else a UserError).
+  int64_t admit_after = 1;
+  bool evict_when_full = false;
+};
+
+// An id a hash table's training read but has not admitted yet: its reads so far and the day of
+// the last (ShardedTable::Pending).
+struct PendingId {
+  int64_t id = 0, count = 0, last_seen_day = -1;
+};
+
+// What a hash table did since it was built (for the progress log and ShardedTable::hash_stats):
+// rows inserted, rows evicted to make room, and the ids pending now.
+struct DeviceHashCounts {
+  int64_t inserted = 0, evicted_full = 0, pending = 0;
 };
 
 class DeviceTable {
@@ -55,9 +73,10 @@ class DeviceTable {
   // that such a batch allocates nothing (a larger one grows them).
   virtual void reserve(int64_t slots, int64_t batch, int64_t ids) = 0;
   // out: f32 [batch, out_cols] in the device's memory; only the slots' columns are written.
-  // `training`: a hash table inserts the ids it has no row for (a UserError naming the table
-  // when full), every row read counts its reads and takes `day` as its last day seen, and the
-  // batch is kept for backward_update.
+  // `training`: a hash table counts the reads of the ids it has no row for and inserts those read
+  // admit_after times in all (making room as the spec says when full, else a UserError naming the
+  // table), every row read counts its reads and takes `day` as its last day seen, and the batch
+  // is kept for backward_update.
   virtual void forward(const std::vector<Slot>& slots, int64_t batch, float* out, int64_t out_cols, bool training,
                        int64_t day) = 0;
   // dout: f32 [batch, dout_cols] in the device's memory, the gradient of the last training
@@ -77,11 +96,23 @@ class DeviceTable {
   // The rows the table holds, and the key of each (a fixed table: 0..rows-1; a hash table: its ids).
   virtual int64_t rows() const = 0;
   virtual std::vector<int64_t> keys() const = 0;
-  // Replaces the rows with `keys` (a fixed table: all its rows, 0..rows-1) and the columns' values.
-  virtual void load(const std::vector<int64_t>& keys, const std::vector<Column>& columns) = 0;
+  // Replaces the rows with `keys` (a fixed table: all its rows, 0..rows-1) and the columns' values,
+  // and a hash table's pending ids with `pending`.
+  virtual void load(const std::vector<int64_t>& keys, const std::vector<Column>& columns,
+                    const std::vector<PendingId>& pending) = 0;
   // Every row, in keys() order.
   virtual void store(const std::vector<Column>& columns) const = 0;
+  // A hash table's pending ids, in increasing id order (a fixed table: none).
+  virtual std::vector<PendingId> pending() const = 0;
+  virtual DeviceHashCounts hash_counts() const = 0;
 };
+
+// Eviction's choice when a hash table is full (ShardedTable::make_room, and a device's table):
+// of `rows` rows with these keys and counters, the `n` least recently seen (by last_seen_day,
+// then updated_step, then key) whose keys are not in `kept` (sorted), as row indices; fewer when
+// fewer rows are not kept.
+std::vector<int64_t> least_recently_seen(const int64_t* keys, const int64_t* last_seen_day, const int64_t* updated_step,
+                                         int64_t rows, const std::vector<int64_t>& kept, int64_t n);
 
 using DeviceTableFactory = std::unique_ptr<DeviceTable> (*)(const DeviceTableSpec& spec);
 

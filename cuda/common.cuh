@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "core/error.h"
 #include "core/float_dispatch.h"
@@ -94,6 +95,10 @@ class DeviceVector {
   }
   T* get() const { return ptr_; }
   int64_t size() const { return size_; }
+  void swap(DeviceVector& other) noexcept {
+    std::swap(ptr_, other.ptr_);
+    std::swap(size_, other.size_);
+  }
 
  private:
   T* ptr_ = nullptr;

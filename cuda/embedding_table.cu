@@ -75,13 +75,15 @@ __global__ void copy_i64_kernel(const int64_t* src, int64_t n, int64_t* dst) {
 }
 
 // Hash tables: one thread per unique id of the batch (so no two threads ever look for the same
-// id): the row of the id, claiming a slot and a row for a new id when `insert`. row -1: no row
-// (absent and not inserted, or the table is full: then *full is set).
+// id): the row of the id, claiming a slot and a row for a new id when `insert` (and, when
+// `admit` is not null, admit[u] > 0). row -1: no row (absent and not inserted, or the table is
+// full: then *full is set).
 __global__ void find_or_insert_kernel(const int64_t* unique_ids, int64_t U, unsigned long long* slot_keys,
                                       int64_t* slot_rows, uint64_t slot_mask, unsigned long long* row_count,
                                       int64_t capacity, int64_t* row_keys, int64_t* unique_rows, uint8_t* is_new,
-                                      int* full, bool insert) {
+                                      int* full, bool may_insert, const int64_t* admit) {
   GRID_STRIDE(u, U) {
+    const bool insert = may_insert && (admit == nullptr || admit[u] > 0);
     const int64_t id = unique_ids[u];
     const auto want = static_cast<unsigned long long>(id);
     uint64_t slot = mix64(static_cast<uint64_t>(id)) & slot_mask;
@@ -195,6 +197,94 @@ __global__ void insert_keys_kernel(const int64_t* keys, int64_t n, unsigned long
         row_keys[u] = id;
         break;
       }
+  }
+}
+
+// Admission: one thread per unique id of the batch. An id without a row adds its reads to its
+// pending count; when they reach admit_after it leaves the pending ids and admit_reads[u] is
+// its reads in all (else 0). With admit_after > 1 a new pending id claims a slot of the pending
+// index (which the host keeps at most half full); with admit_after 1 the index (when there is
+// one: pending ids loaded from a checkpoint) is only read. tally: [0] ids admitted, [1] slots
+// holding an id, [2] ids pending. A slot whose count is 0 holds no pending id (admitted).
+__global__ void pending_reads_kernel(const int64_t* unique_ids, const int64_t* unique_rows, const int64_t* run_begin,
+                                     int64_t U, unsigned long long* pend_keys, int64_t* pend_count, int64_t* pend_seen,
+                                     uint64_t pend_mask, bool use_index, int64_t admit_after, int64_t day,
+                                     int64_t* admit_reads, unsigned long long* tally) {
+  GRID_STRIDE(u, U) {
+    admit_reads[u] = 0;
+    if (unique_rows[u] >= 0) continue;
+    const auto id = static_cast<unsigned long long>(unique_ids[u]);
+    const bool claim = admit_after > 1;
+    int64_t slot = -1, prior = 0;
+    if (use_index) {
+      for (uint64_t i = mix64(id) & pend_mask;; i = (i + 1) & pend_mask) {
+        const unsigned long long key =
+            claim ? atomicCAS(&pend_keys[i], kEmptySlot, id) : reinterpret_cast<volatile unsigned long long*>(pend_keys)[i];
+        if (key == kEmptySlot) {
+          if (claim) {
+            atomicAdd(&tally[1], 1ULL);
+            slot = static_cast<int64_t>(i);
+          }
+          break;
+        }
+        if (key == id) {
+          slot = static_cast<int64_t>(i);
+          break;
+        }
+      }
+      if (slot >= 0) prior = pend_count[slot];
+    }
+    const int64_t reads = prior + (run_begin[u + 1] - run_begin[u]);
+    if (reads >= admit_after) {
+      admit_reads[u] = reads;
+      if (prior > 0) {
+        pend_count[slot] = 0;
+        atomicAdd(&tally[2], ~0ULL);  // one pending id fewer
+      }
+      atomicAdd(&tally[0], 1ULL);
+    } else {  // admit_after > 1: the id has its slot
+      pend_count[slot] = reads;
+      pend_seen[slot] = day;
+      if (prior == 0) atomicAdd(&tally[2], 1ULL);
+    }
+  }
+}
+
+// The pending ids (count > 0) of `n` slots, put into a fresh pending index (empty slots, counts 0).
+__global__ void rehash_pending_kernel(const unsigned long long* from_keys, const int64_t* from_count,
+                                      const int64_t* from_seen, int64_t n, unsigned long long* keys, int64_t* count,
+                                      int64_t* seen, uint64_t mask) {
+  GRID_STRIDE(i, n) {
+    const unsigned long long id = from_keys[i];
+    if (id == kEmptySlot || from_count[i] <= 0) continue;
+    uint64_t slot = mix64(id) & mask;
+    while (atomicCAS(&keys[slot], kEmptySlot, id) != kEmptySlot) slot = (slot + 1) & mask;
+    count[slot] = from_count[i];
+    seen[slot] = from_seen[i];
+  }
+}
+
+// An admitted id's row counts every read of the id, those before its admission included.
+__global__ void admitted_counts_kernel(const int64_t* unique_rows, const uint8_t* is_new, const int64_t* admit_reads,
+                                       int64_t U, int64_t* count) {
+  GRID_STRIDE(u, U) {
+    if (is_new[u] && unique_rows[u] >= 0) count[unique_rows[u]] = admit_reads[u];
+  }
+}
+
+// Eviction: row from[i] moves into row to[i], in every column (a null column is skipped).
+struct RowColumns {
+  float* wide[4];       // [rows, dim]: values, accumulator, m, v
+  int64_t* narrow[5];   // [rows]: steps, count, last_seen, updated, row_keys
+};
+__global__ void move_rows_kernel(const int64_t* from, const int64_t* to, int64_t n, int64_t dim, RowColumns c) {
+  GRID_STRIDE(i, n) {
+    const int64_t f = from[i], t = to[i];
+    for (float* w : c.wide)
+      if (w)
+        for (int64_t d = 0; d < dim; ++d) w[t * dim + d] = w[f * dim + d];
+    for (int64_t* x : c.narrow)
+      if (x) x[t] = x[f];
   }
 }
 
@@ -338,11 +428,20 @@ struct CudaEmbeddingTable::Buffers {
   DeviceVector<int64_t> row_keys;              // [rows]: id of each row
   DeviceVector<unsigned long long> row_count;  // [1]
   DeviceVector<int> full;                      // [1]
+  // Admission and eviction (admission()): the pending ids' index, its slots holding an id and
+  // its ids pending (the host's mirror of tally [1], [2]); rows inserted up to counted_rows
+  // rows, and rows evicted.
+  uint64_t pend_mask = 0;
+  DeviceVector<unsigned long long> pend_keys;  // [slots]: id or kEmptySlot
+  DeviceVector<int64_t> pend_count, pend_seen; // [slots]: reads so far (0: none pending), last day read
+  int64_t pend_used = 0, pend_live = 0;
+  DeviceVector<unsigned long long> tally;      // [3], pending_reads_kernel's
+  int64_t inserted = 0, counted_rows = 0, evicted_full = 0;
   // The last forward's batch (backward reads it).
   int64_t batch = 0, nnz = 0, unique = 0, slots = 0;
   bool trained_forward = false;
   DeviceVector<int64_t> all_ids, keys, positions, sorted_keys, sorted_positions, unique_keys, run_begin, unique_rows,
-      row_of_position, bag_of_position, bag_start, bag_count, slot_cols;
+      row_of_position, bag_of_position, bag_start, bag_count, slot_cols, admit_reads;
   DeviceVector<uint8_t> slot_mean;
   DeviceVector<int32_t> flags, run_id1;
   DeviceVector<uint8_t> is_new;
@@ -390,6 +489,10 @@ CudaEmbeddingTable::CudaEmbeddingTable(const CudaEmbeddingOptions& options)
     b.row_keys.reserve(options_.rows);
     CUDA_CHECK(cudaMemset(b.row_count.reserve(1), 0, sizeof(unsigned long long)));
     CUDA_CHECK(cudaMemset(b.full.reserve(1), 0, sizeof(int)));
+    NCSREC_CHECK(options_.admit_after >= 1, "CudaEmbeddingTable " << options_.name << ": admit_after "
+                                                                  << options_.admit_after);
+    b.tally.reserve(3);
+    ensure_pending_room(0);  // with admit_after > 1
   } else {
     // Every row of a fixed table now, keyed by its index.
     init_rows_kernel<<<blocks_for(options_.rows), kThreads>>>(nullptr, nullptr, nullptr, options_.rows, b.values.get(),
@@ -489,11 +592,13 @@ void CudaEmbeddingTable::forward(const std::vector<Slot>& slots, int64_t batch, 
     compact_runs_kernel<<<blocks_for(nnz), kThreads>>>(b.sorted_keys.get(), b.run_id1.get(), nnz,
                                                        b.unique_keys.reserve(b.unique), b.run_begin.reserve(b.unique + 1));
     launch_check();
+    const bool admitting = training && admission();
     if (options_.hash) {
+      if (admitting) count_pending_reads();
       find_or_insert_kernel<<<blocks_for(b.unique), kThreads>>>(
           b.unique_keys.get(), b.unique, b.slot_keys.get(), b.slot_rows.get(), b.slot_mask, b.row_count.get(),
           options_.rows, b.row_keys.get(), b.unique_rows.reserve(b.unique), b.is_new.reserve(b.unique), b.full.get(),
-          training);
+          training, admitting ? b.admit_reads.get() : nullptr);
       launch_check();
       init_rows_kernel<<<blocks_for(b.unique), kThreads>>>(b.unique_keys.get(), b.unique_rows.get(), b.is_new.get(),
                                                            b.unique, b.values.get(), dim, table_seed_,
@@ -515,6 +620,11 @@ void CudaEmbeddingTable::forward(const std::vector<Slot>& slots, int64_t batch, 
     if (training) {
       count_reads_kernel<<<blocks_for(b.unique), kThreads>>>(b.unique_rows.get(), b.run_begin.get(), b.unique,
                                                              b.count.get(), b.last_seen.get(), day_);
+      launch_check();
+    }
+    if (admitting) {
+      admitted_counts_kernel<<<blocks_for(b.unique), kThreads>>>(b.unique_rows.get(), b.is_new.get(),
+                                                                 b.admit_reads.get(), b.unique, b.count.get());
       launch_check();
     }
     if (training && options_.hash) {
@@ -584,7 +694,8 @@ void CudaEmbeddingTable::reserve_batch(int64_t slots, int64_t bags, int64_t ids)
   b.bag_start.reserve(bags);
   b.bag_count.reserve(bags);
   for (DeviceVector<int64_t>* v : {&b.all_ids, &b.keys, &b.positions, &b.sorted_keys, &b.sorted_positions,
-                                   &b.row_of_position, &b.bag_of_position, &b.unique_keys, &b.unique_rows})
+                                   &b.row_of_position, &b.bag_of_position, &b.unique_keys, &b.unique_rows,
+                                   &b.admit_reads})
     v->reserve(n);
   b.run_begin.reserve(n + 1);
   b.flags.reserve(n);
@@ -598,6 +709,180 @@ void CudaEmbeddingTable::reserve_batch(int64_t slots, int64_t bags, int64_t ids)
   b.reserved_slots = slots;
   b.reserved_bags = bags;
   b.reserved_ids = ids;
+}
+
+void CudaEmbeddingTable::count_pending_reads() {
+  Buffers& b = *buffers_;
+  const int64_t U = b.unique;
+  // The rows of the batch's ids as they stand.
+  find_or_insert_kernel<<<blocks_for(U), kThreads>>>(b.unique_keys.get(), U, b.slot_keys.get(), b.slot_rows.get(),
+                                                     b.slot_mask, b.row_count.get(), options_.rows, b.row_keys.get(),
+                                                     b.unique_rows.get(), b.is_new.get(), b.full.get(), false, nullptr);
+  launch_check();
+  ensure_pending_room(U);
+  const unsigned long long start[3] = {0, static_cast<unsigned long long>(b.pend_used),
+                                       static_cast<unsigned long long>(b.pend_live)};
+  CUDA_CHECK(cudaMemcpy(b.tally.get(), start, sizeof(start), cudaMemcpyHostToDevice));
+  pending_reads_kernel<<<blocks_for(U), kThreads>>>(b.unique_keys.get(), b.unique_rows.get(), b.run_begin.get(), U,
+                                                    b.pend_keys.get(), b.pend_count.get(), b.pend_seen.get(),
+                                                    b.pend_mask, b.pend_keys.size() > 0, options_.admit_after, day_,
+                                                    b.admit_reads.get(), b.tally.get());
+  launch_check();
+  unsigned long long tally[3] = {0, 0, 0};
+  CUDA_CHECK(cudaMemcpy(tally, b.tally.get(), sizeof(tally), cudaMemcpyDeviceToHost));
+  b.pend_used = static_cast<int64_t>(tally[1]);
+  b.pend_live = static_cast<int64_t>(tally[2]);
+  make_room(static_cast<int64_t>(tally[0]));
+}
+
+// Keeps the pending index at most half full after `more` new ids (admit_after > 1): else
+// rebuilds it without the slots of admitted ids.
+void CudaEmbeddingTable::ensure_pending_room(int64_t more) {
+  Buffers& b = *buffers_;
+  if (options_.admit_after <= 1) return;
+  const auto slots = static_cast<int64_t>(b.pend_keys.size() > 0 ? b.pend_mask + 1 : 0);
+  if (slots > 0 && 2 * (b.pend_used + more) <= slots) return;
+  rebuild_pending(b.pend_keys.get(), b.pend_count.get(), b.pend_seen.get(), slots, b.pend_live, more);
+}
+
+// A fresh pending index of four times the pending ids and `more`, 1024 slots at least, holding
+// the pending ids (count > 0) of the n slots `keys`, `count`, `seen` (device memory).
+void CudaEmbeddingTable::rebuild_pending(const unsigned long long* keys, const int64_t* count, const int64_t* seen,
+                                         int64_t n, int64_t live, int64_t more) {
+  Buffers& b = *buffers_;
+  int64_t want = 1024;
+  while (want < 4 * (live + more)) want *= 2;
+  DeviceVector<unsigned long long> new_keys;
+  DeviceVector<int64_t> new_count, new_seen;
+  fill_i64_kernel<<<blocks_for(want), kThreads>>>(reinterpret_cast<int64_t*>(new_keys.reserve(want)), want, INT64_MIN);
+  launch_check();
+  CUDA_CHECK(cudaMemset(new_count.reserve(want), 0, static_cast<size_t>(want) * sizeof(int64_t)));
+  new_seen.reserve(want);
+  if (n > 0) {
+    rehash_pending_kernel<<<blocks_for(n), kThreads>>>(keys, count, seen, n, new_keys.get(), new_count.get(),
+                                                       new_seen.get(), static_cast<uint64_t>(want - 1));
+    launch_check();
+    CUDA_CHECK(cudaDeviceSynchronize());  // before the old index is freed
+  }
+  b.pend_keys.swap(new_keys);
+  b.pend_count.swap(new_count);
+  b.pend_seen.swap(new_seen);
+  b.pend_mask = static_cast<uint64_t>(want - 1);
+  b.pend_used = b.pend_live = live;
+}
+
+// The pending ids of a load: an index holding them (none, without them and with admit_after 1).
+void CudaEmbeddingTable::load_pending(const std::vector<PendingId>& pending) {
+  Buffers& b = *buffers_;
+  const auto n = static_cast<int64_t>(pending.size());
+  if (n == 0 && options_.admit_after <= 1) {
+    DeviceVector<unsigned long long>().swap(b.pend_keys);
+    b.pend_used = b.pend_live = 0;
+    return;
+  }
+  std::vector<unsigned long long> keys;
+  std::vector<int64_t> count, seen;
+  for (const PendingId& p : pending) {
+    NCSREC_CHECK(p.count > 0 && p.id != INT64_MIN,
+                 "CudaEmbeddingTable " << options_.name << ": pending id " << p.id << " with " << p.count << " reads");
+    keys.push_back(static_cast<unsigned long long>(p.id));
+    count.push_back(p.count);
+    seen.push_back(p.last_seen_day);
+  }
+  DeviceVector<unsigned long long> d_keys;
+  DeviceVector<int64_t> d_count, d_seen;
+  if (n > 0) {
+    CUDA_CHECK(cudaMemcpy(d_keys.reserve(n), keys.data(), keys.size() * sizeof(keys[0]), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_count.reserve(n), count.data(), count.size() * sizeof(int64_t), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_seen.reserve(n), seen.data(), seen.size() * sizeof(int64_t), cudaMemcpyHostToDevice));
+  }
+  rebuild_pending(d_keys.get(), d_count.get(), d_seen.get(), n, n, 0);
+}
+
+bool CudaEmbeddingTable::admission() const {
+  return options_.hash && (options_.admit_after > 1 || options_.evict_when_full || buffers_->pend_live > 0);
+}
+
+// Room for `wanted` new rows: nothing when they fit; else the CPU's ShardedTable::make_room (the
+// same rows, picked on the host from their counters), then the last rows fill the evicted rows'
+// places and the index is rebuilt.
+void CudaEmbeddingTable::make_room(int64_t wanted) {
+  Buffers& b = *buffers_;
+  const int64_t cap = options_.rows, rows = this->rows();
+  if (rows + wanted <= cap) return;
+  const std::string advice = "; raise model.tables." + options_.name + ".capacity";
+  if (!options_.evict_when_full || wanted > cap)
+    throw UserError("hash table " + options_.name + " (GPU) is full: it holds " + std::to_string(rows) + " of its " +
+                    std::to_string(cap) + " rows and this batch brings " + std::to_string(wanted) + " new ids" +
+                    advice + ", or set evict_when_full: true or ttl_days");
+  const int64_t evict = std::min(rows, rows + wanted - cap + cap / 10);
+  const std::vector<int64_t> keys = to_host(b.row_keys.get(), rows), seen = to_host(b.last_seen.get(), rows),
+                             updated = to_host(b.updated.get(), rows);
+  std::vector<int64_t> batch_ids = to_host(b.unique_keys.get(), b.unique);
+  std::sort(batch_ids.begin(), batch_ids.end());
+  const std::vector<int64_t> victims =
+      least_recently_seen(keys.data(), seen.data(), updated.data(), rows, batch_ids, evict);
+  const auto n = static_cast<int64_t>(victims.size());
+  if (rows - n + wanted > cap)
+    throw UserError("hash table " + options_.name + " (GPU) is full: it cannot evict enough rows for this batch "
+                    "(every row is read by it)" + advice);
+  std::vector<uint8_t> drop(static_cast<size_t>(rows), 0);
+  for (const int64_t r : victims) drop[static_cast<size_t>(r)] = 1;
+  // The kept rows past the new end move into the evicted rows' places before it.
+  const int64_t left = rows - n;
+  std::vector<int64_t> from, to;
+  for (int64_t r = 0; r < left; ++r)
+    if (drop[static_cast<size_t>(r)]) to.push_back(r);
+  for (int64_t r = left; r < rows; ++r)
+    if (!drop[static_cast<size_t>(r)]) from.push_back(r);
+  NCSREC_CHECK(from.size() == to.size(), "CudaEmbeddingTable " << options_.name << ": " << from.size()
+                                                               << " rows to move into " << to.size() << " places");
+  if (!from.empty()) {
+    const auto m = static_cast<int64_t>(from.size());
+    DeviceVector<int64_t> d_from, d_to;
+    CUDA_CHECK(cudaMemcpy(d_from.reserve(m), from.data(), from.size() * sizeof(int64_t), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_to.reserve(m), to.data(), to.size() * sizeof(int64_t), cudaMemcpyHostToDevice));
+    const RowColumns columns{{b.values.get(), b.acc.get(), b.m.get(), b.v.get()},
+                             {b.steps.get(), b.count.get(), b.last_seen.get(), b.updated.get(), b.row_keys.get()}};
+    move_rows_kernel<<<blocks_for(m), kThreads>>>(d_from.get(), d_to.get(), m, options_.dim, columns);
+    launch_check();
+    CUDA_CHECK(cudaDeviceSynchronize());  // before d_from and d_to are freed
+  }
+  // The index again, of the rows that are left (row_keys[r] is row r's id).
+  const auto n_slots = static_cast<int64_t>(b.slot_mask + 1);
+  fill_i64_kernel<<<blocks_for(n_slots), kThreads>>>(reinterpret_cast<int64_t*>(b.slot_keys.get()), n_slots, INT64_MIN);
+  launch_check();
+  fill_i64_kernel<<<blocks_for(n_slots), kThreads>>>(b.slot_rows.get(), n_slots, -1);
+  launch_check();
+  if (left > 0) {
+    insert_keys_kernel<<<blocks_for(left), kThreads>>>(b.row_keys.get(), left, b.slot_keys.get(), b.slot_rows.get(),
+                                                       b.slot_mask, b.row_keys.get());
+    launch_check();
+  }
+  const auto count = static_cast<unsigned long long>(left);
+  CUDA_CHECK(cudaMemcpy(b.row_count.get(), &count, sizeof(count), cudaMemcpyHostToDevice));
+  b.inserted += rows - b.counted_rows;
+  b.counted_rows = left;
+  b.evicted_full += n;
+}
+
+std::vector<PendingId> CudaEmbeddingTable::pending() const {
+  const Buffers& b = *buffers_;
+  std::vector<PendingId> out;
+  if (!options_.hash || b.pend_keys.size() == 0) return out;
+  const auto slots = static_cast<int64_t>(b.pend_mask + 1);
+  const std::vector<unsigned long long> keys = to_host(b.pend_keys.get(), slots);
+  const std::vector<int64_t> count = to_host(b.pend_count.get(), slots), seen = to_host(b.pend_seen.get(), slots);
+  for (size_t i = 0; i < keys.size(); ++i)
+    if (keys[i] != kEmptySlot && count[i] > 0) out.push_back({static_cast<int64_t>(keys[i]), count[i], seen[i]});
+  std::sort(out.begin(), out.end(), [](const PendingId& x, const PendingId& y) { return x.id < y.id; });
+  return out;
+}
+
+DeviceHashCounts CudaEmbeddingTable::hash_counts() const {
+  const Buffers& b = *buffers_;
+  if (!options_.hash) return {};
+  return {b.inserted + rows() - b.counted_rows, b.evicted_full, b.pend_live};
 }
 
 void CudaEmbeddingTable::set_lr(double lr) { options_.lr = lr; }
@@ -629,9 +914,14 @@ std::vector<int64_t> CudaEmbeddingTable::row_keys() const {
 }
 
 void CudaEmbeddingTable::load_rows(const std::vector<int64_t>& keys,
-                                   const std::vector<std::pair<std::string, void*>>& columns) {
+                                   const std::vector<std::pair<std::string, void*>>& columns,
+                                   const std::vector<PendingId>& pending) {
   Buffers& b = *buffers_;
   const auto n = static_cast<int64_t>(keys.size());
+  if (options_.hash) {  // the rows inserted so far stay counted
+    b.inserted += rows() - b.counted_rows;
+    b.counted_rows = n;
+  }
   if (!options_.hash) {
     NCSREC_CHECK(n == options_.rows, "CudaEmbeddingTable " << options_.name << ": " << n << " rows loaded into a table of "
                                                            << options_.rows);
@@ -657,6 +947,7 @@ void CudaEmbeddingTable::load_rows(const std::vector<int64_t>& keys,
     const auto count = static_cast<unsigned long long>(n);
     CUDA_CHECK(cudaMemcpy(b.row_count.get(), &count, sizeof(count), cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemset(b.full.get(), 0, sizeof(int)));
+    load_pending(pending);
   }
   for (const auto& [name, host] : columns) {
     const DeviceColumnView d = device_column(name, n);
@@ -725,10 +1016,13 @@ class CudaDeviceTable final : public DeviceTable {
 
   int64_t rows() const override { return table_.rows(); }
   std::vector<int64_t> keys() const override { return table_.row_keys(); }
-  void load(const std::vector<int64_t>& keys, const std::vector<Column>& columns) override {
-    table_.load_rows(keys, pairs(columns));
+  void load(const std::vector<int64_t>& keys, const std::vector<Column>& columns,
+            const std::vector<PendingId>& pending) override {
+    table_.load_rows(keys, pairs(columns), pending);
   }
   void store(const std::vector<Column>& columns) const override { table_.store_rows(pairs(columns)); }
+  std::vector<PendingId> pending() const override { return table_.pending(); }
+  DeviceHashCounts hash_counts() const override { return table_.hash_counts(); }
 
  private:
   void grow(size_t slots) {
@@ -752,6 +1046,8 @@ class CudaDeviceTable final : public DeviceTable {
     o.initial_accumulator = spec.optimizer.initial_accumulator;
     o.beta1 = spec.optimizer.beta1;
     o.beta2 = spec.optimizer.beta2;
+    o.admit_after = spec.admit_after;
+    o.evict_when_full = spec.evict_when_full;
     return o;
   }
   static std::vector<std::pair<std::string, void*>> pairs(const std::vector<Column>& columns) {

@@ -29,17 +29,28 @@
 // the rounding of the device's math functions. The float arithmetic of sums and updates uses
 // the _rn intrinsics, which are never fused into multiply-adds, so it rounds as the CPU's.
 //
-// Scope: f32, one device. Hash tables admit an id at its first read (the
-// CPU's admit_after 1) and have no TTL or eviction: a full table is a UserError and stays usable
-// for reads. The CPU table has the rest; the id INT64_MIN is reserved as the empty-slot marker.
-// Buffers are allocated when the table is built and grown only when a batch is larger than any
-// before it.
+// Admission and eviction (hash tables, as embedding/sharded_table.h on one rank): with
+// admit_after > 1 an id without a row counts its training reads in a second index on the device
+// (pending ids: id, reads, last day read) and gets a row once they reach admit_after, its count
+// then being every read so far. A batch whose admitted ids do not fit is a UserError, or with
+// evict_when_full the least recently seen rows (by last_seen_day, updated_step, id) the batch does
+// not read make room, a tenth of the capacity more than needed: the host picks them from the
+// rows' counters (rare: once per a tenth of the capacity of new rows), the last rows move into
+// their places and the index is rebuilt. Without either, a full table is a UserError and stays
+// usable for reads. TTL is the host's (the model applies it to its host copy at a day's start
+// and loads the table again).
+//
+// Scope: f32, one device. The id INT64_MIN is reserved as the empty-slot marker. Buffers are
+// allocated when the table is built and grown only when a batch is larger than any before it;
+// the pending ids' index grows (by rebuilding it) when a batch could fill it past half.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "core/device_table.h"
 
 namespace ncsrec {
 
@@ -56,10 +67,9 @@ struct CudaEmbeddingOptions {
   double eps = 1e-10;
   double initial_accumulator = 0.0;  // adagrad
   double beta1 = 0.9, beta2 = 0.999;  // adam
+  int64_t admit_after = 1;      // hash: training reads before an id gets a row
+  bool evict_when_full = false; // hash: full: evict the least recently seen rows (else a UserError)
 };
-
-struct DeviceTableSpec;
-class DeviceTable;
 
 struct DeviceColumnView {
   void* data;
@@ -121,10 +131,16 @@ class CudaEmbeddingTable {
   // The key of each row, in row order (fixed: 0..rows-1; hash: the ids, as inserted).
   std::vector<int64_t> row_keys() const;
   // Replaces the rows: a fixed table takes all its rows (keys 0..rows-1); a hash table holds
-  // exactly `keys` afterwards (unique, at most its capacity), row i being keys[i].
-  void load_rows(const std::vector<int64_t>& keys, const std::vector<std::pair<std::string, void*>>& columns);
+  // exactly `keys` afterwards (unique, at most its capacity), row i being keys[i], and exactly
+  // the pending ids `pending` (unique, none of them among `keys`).
+  void load_rows(const std::vector<int64_t>& keys, const std::vector<std::pair<std::string, void*>>& columns,
+                 const std::vector<PendingId>& pending = {});
   // rows() rows, in row_keys() order.
   void store_rows(const std::vector<std::pair<std::string, void*>>& columns) const;
+  // A hash table's pending ids, in increasing id order.
+  std::vector<PendingId> pending() const;
+  // Rows inserted and evicted to make room since the table was built, and the ids pending now.
+  DeviceHashCounts hash_counts() const;
 
   // Host copies of every row holding a key, in increasing key order: keys (fixed: the rows),
   // values [rows, dim], and the optimizer state by name ("accumulator", or "m", "v" [rows, dim]
@@ -139,6 +155,17 @@ class CudaEmbeddingTable {
  private:
   struct Buffers;
   void reserve_batch(int64_t slots, int64_t bags, int64_t ids);
+  // Admission (training forward of a hash table with admit_after > 1 or evict_when_full): counts
+  // the reads of the batch's ids without a row, marks those to admit (admit_reads) and makes room
+  // for them.
+  void count_pending_reads();
+  void ensure_pending_room(int64_t more);
+  void rebuild_pending(const unsigned long long* keys, const int64_t* count, const int64_t* seen, int64_t n,
+                       int64_t live, int64_t more);
+  void load_pending(const std::vector<PendingId>& pending);
+  void make_room(int64_t wanted);
+  // The forward's admission path: admit_after > 1, evict_when_full, or pending ids loaded.
+  bool admission() const;
   // A column's device memory (load_rows, store_rows).
   DeviceColumnView device_column(const std::string& name, int64_t rows) const;
   CudaEmbeddingOptions options_;

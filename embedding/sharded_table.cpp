@@ -16,6 +16,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "core/device_table.h"
 #include "core/error.h"
 #include "core/huge_pages.h"
 #include "core/random.h"
@@ -250,23 +251,14 @@ void ShardedTable::make_room(int64_t wanted, const std::vector<int64_t>& protect
                     std::to_string(wanted) + " new ids; raise model.tables." + name() +
                     ".capacity, or set evict_when_full: true or ttl_days");
   const int64_t evict = std::min(rows, rows + wanted - cap + cap / 10);
-  const RowColumn& keys = shard_.keys();
-  const RowColumn& seen = shard_.last_seen_day();
-  const RowColumn& updated = shard_.updated_step();
-  std::vector<int64_t> candidates;
-  for (int64_t r = 0; r < rows; ++r)
-    if (!std::binary_search(protected_keys.begin(), protected_keys.end(), keys[static_cast<size_t>(r)])) candidates.push_back(r);
-  auto older = [&](int64_t a, int64_t b) {
-    const size_t i = static_cast<size_t>(a), j = static_cast<size_t>(b);
-    return std::tie(seen[i], updated[i], keys[i]) < std::tie(seen[j], updated[j], keys[j]);
-  };
-  const int64_t n = std::min<int64_t>(evict, static_cast<int64_t>(candidates.size()));
+  const std::vector<int64_t> victims = least_recently_seen(shard_.keys().data(), shard_.last_seen_day().data(),
+                                                           shard_.updated_step().data(), rows, protected_keys, evict);
+  const auto n = static_cast<int64_t>(victims.size());
   if (rows - n + wanted > cap)
     throw UserError("hash table " + name() + " is full: rank " + std::to_string(rank_) + " cannot evict enough rows "
                     "for this batch (every row is read by it); raise model.tables." + name() + ".capacity");
-  std::nth_element(candidates.begin(), candidates.begin() + n, candidates.end(), older);
   std::vector<uint8_t> drop(static_cast<size_t>(rows), 0);
-  for (int64_t i = 0; i < n; ++i) drop[static_cast<size_t>(candidates[static_cast<size_t>(i)])] = 1;
+  for (const int64_t r : victims) drop[static_cast<size_t>(r)] = 1;
   drop_rows(drop);
   stats_.evicted_full += n;
 }
@@ -390,10 +382,25 @@ void ShardedTable::insert_owned(const std::vector<int64_t>& ids) {
   rebuild_index();
 }
 
-void ShardedTable::insert_trained(const std::vector<int64_t>& ids) {
-  const int64_t before = shard_.rows();
+void ShardedTable::adopt_trained(const std::vector<int64_t>& ids,
+                                 const std::vector<std::pair<int64_t, Pending>>& pending, int64_t inserted,
+                                 int64_t evicted_full) {
+  if (!hashed_) return;
+  const std::unordered_set<int64_t> kept(ids.begin(), ids.end());
+  const RowColumn& keys = shard_.keys();
+  std::vector<uint8_t> drop(keys.size(), 0);
+  bool any = false;
+  for (size_t r = 0; r < keys.size(); ++r)
+    if (!kept.count(keys[r])) {
+      drop[r] = 1;
+      any = true;
+    }
+  if (any) drop_rows(drop);
   insert_owned(ids);
-  stats_.inserted += shard_.rows() - before;
+  pending_.clear();
+  for (const auto& [id, p] : pending) set_pending(id, p);
+  stats_.inserted += inserted;
+  stats_.evicted_full += evicted_full;
 }
 
 std::vector<std::pair<int64_t, ShardedTable::Pending>> ShardedTable::pending() const {

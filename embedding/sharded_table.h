@@ -125,13 +125,20 @@ class ShardedTable {
   // order given (a hash table: initialised as on insertion; a UserError when they exceed the
   // capacity). Does nothing for a fixed table.
   void insert_owned(const std::vector<int64_t>& ids);
-  // The same for ids a device-side copy of this table inserted in training (core/device_table.h):
-  // they count as insertions in hash_stats().
-  void insert_trained(const std::vector<int64_t>& ids);
   // Ids seen in training but not admitted yet (this rank's, sorted): id, occurrences, last day seen.
   struct Pending {
     int64_t count = 0, last_seen_day = -1;
+    friend bool operator==(const Pending& a, const Pending& b) {
+      return a.count == b.count && a.last_seen_day == b.last_seen_day;
+    }
   };
+  // After a device-side copy of this (hash) table trained (core/device_table.h): this rank holds
+  // the rows of exactly `ids` (those it lacks get rows as on insertion, those not among them were
+  // evicted there and are dropped; their values come from the device after this) and exactly the
+  // pending ids `pending`; `inserted` and `evicted_full` rows, what the device did since the last
+  // call, count in hash_stats(). Does nothing for a fixed table.
+  void adopt_trained(const std::vector<int64_t>& ids, const std::vector<std::pair<int64_t, Pending>>& pending,
+                     int64_t inserted, int64_t evicted_full);
   std::vector<std::pair<int64_t, Pending>> pending() const;
   void set_pending(int64_t id, Pending p);  // ignored unless this rank owns `id`
   HashStats hash_stats() const;

@@ -331,11 +331,11 @@ const std::vector<ShardedTable>& MultiTaskModel::tables() const {
 HashStats MultiTaskModel::table_hash_stats(size_t t) const {
   HashStats h = tables_[t].hash_stats();
   if (device_tables_newer_ && t < device_tables_.size() && tables_[t].hashed()) {
-    const int64_t more = device_tables_[t]->rows() - h.rows;  // a device table drops rows only at a day's start
-    if (more > 0) {
-      h.rows += more;
-      h.inserted += more;
-    }
+    const DeviceHashCounts now = device_tables_[t]->hash_counts(), folded = device_counts_folded_[t];
+    h.rows = device_tables_[t]->rows();
+    h.pending = now.pending;
+    h.inserted += now.inserted - folded.inserted;
+    h.evicted_full += now.evicted_full - folded.evicted_full;
   }
   return h;
 }
@@ -347,11 +347,6 @@ std::string MultiTaskModel::device_table_limits(const OptimizerConfig& sparse) c
   if (dtype_ != DType::F32) return "an f64 model";
   if (sparse.type != "sgd" && sparse.type != "adagrad" && sparse.type != "adam")
     return "sparse optimizer " + sparse.type;
-  for (const auto& t : tables_) {
-    const HashOptions& h = t.hash_options();
-    if (t.hashed() && (h.admit_after != 1 || h.evict_when_full))
-      return "hash table " + t.name() + " with admit_after or evict_when_full (kept on the host)";
-  }
   return "";
 }
 
@@ -371,8 +366,13 @@ bool MultiTaskModel::place_tables_on_device(const OptimizerConfig& sparse,
     spec.seed = seed_;
     spec.init_scale = config_.embedding_init;
     spec.optimizer = sparse;
+    if (table.hashed()) {
+      spec.admit_after = table.hash_options().admit_after;
+      spec.evict_when_full = table.hash_options().evict_when_full;
+    }
     device_tables_.push_back(make(spec));
   }
+  device_counts_folded_.assign(tables_.size(), DeviceHashCounts{});
   device_table_state_ = state;
   device_table_lr_ = sparse.lr;
   host_tables_newer_ = true;  // the host's rows (initial or restored) go up before the first step
@@ -399,10 +399,16 @@ void MultiTaskModel::store_device_tables() const {
       device_tables_[t]->store(device_table_columns(t));
       continue;
     }
-    // A hash table: the ids the device inserted get host rows, then each column comes down in
-    // the device's row order and goes to the host's row of each id.
+    // A hash table: the host holds the device's ids (new ones get rows, evicted ones lose
+    // theirs) and pending ids, then each column comes down in the device's row order and goes
+    // to the host's row of each id.
     const std::vector<int64_t> keys = device_tables_[t]->keys();
-    table.insert_trained(keys);
+    std::vector<std::pair<int64_t, ShardedTable::Pending>> pending;
+    for (const PendingId& p : device_tables_[t]->pending()) pending.push_back({p.id, {p.count, p.last_seen_day}});
+    const DeviceHashCounts now = device_tables_[t]->hash_counts();
+    DeviceHashCounts& folded = device_counts_folded_[t];
+    table.adopt_trained(keys, pending, now.inserted - folded.inserted, now.evicted_full - folded.evicted_full);
+    folded = now;
     const std::vector<DeviceTable::Column> host = device_table_columns(t);
     const auto n = static_cast<int64_t>(keys.size());
     const int64_t host_rows = table.shard().rows();
@@ -434,7 +440,9 @@ void MultiTaskModel::load_device_tables() {
   if (!host_tables_newer_) return;
   for (size_t t = 0; t < device_tables_.size(); ++t) {
     const RowColumn& keys = tables_[t].shard_rows();
-    device_tables_[t]->load(std::vector<int64_t>(keys.begin(), keys.end()), device_table_columns(t));
+    std::vector<PendingId> pending;
+    for (const auto& [id, p] : tables_[t].pending()) pending.push_back({id, p.count, p.last_seen_day});
+    device_tables_[t]->load(std::vector<int64_t>(keys.begin(), keys.end()), device_table_columns(t), pending);
   }
   host_tables_newer_ = false;
 }

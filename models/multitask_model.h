@@ -262,6 +262,8 @@ class MultiTaskModel {
   mutable bool device_tables_newer_ = false;
   bool host_tables_newer_ = false;
   double device_table_lr_ = 0.0;
+  // Per device table, its hash_counts() already counted in the host table's hash_stats().
+  mutable std::vector<DeviceHashCounts> device_counts_folded_;
   void store_device_tables() const;  // the device's rows into the host tables, when newer
   void load_device_tables();         // the host's rows onto the device, when newer
   std::vector<DeviceTable::Column> device_table_columns(size_t table) const;

@@ -316,14 +316,17 @@ TEST_F(CudaEmbeddingParity, AFullTableIsAUserErrorNamingTheTable) {
 // rate, a day and a step each. Outputs within 1e-5 (NaN-poisoned, a column between the slots
 // must stay poisoned); afterwards the same keys, and per key the same values and state (1e-5
 // relative) and counters (exactly).
-void check_device_table(bool hash, const std::string& optimizer) {
-  SCOPED_TRACE(std::string(hash ? "hash " : "fixed ") + optimizer);
+// With admission (admit_after > 1, evict_when_full; `capacity` rows): ids pending are loaded too,
+// more steps run, and the pending ids (id, reads, last day) and the counts of insertions,
+// evictions and pending ids are the host's as well.
+void check_device_table(bool hash, const std::string& optimizer, int64_t admit_after = 1, bool evict = false,
+                        int64_t room = 2000) {
+  SCOPED_TRACE(std::string(hash ? "hash " : "fixed ") + optimizer + ", admit_after " + std::to_string(admit_after) +
+               (evict ? ", evict_when_full" : ""));
   const DeviceTableFactory make = device_table_factory(Device::CUDA);
   ASSERT_NE(make, nullptr) << "the backend registers its tables";
-  const DeviceTableSpec spec = device_spec(hash ? 2000 : 300, hash, optimizer);
-  std::unique_ptr<DeviceTable> gpu = make(spec);
-  std::unique_ptr<DeviceTable> host = testing::make_host_twin_table(spec);
-  // The starting rows: every row of a fixed table, 60 ids of a hash table; random columns.
+  // The starting rows: every row of a fixed table, the ids of 60 bags of a hash table, whose
+  // capacity holds `room` more.
   std::vector<int64_t> keys;
   if (hash) {
     const Bags first = random_bags(60, 400, 3);
@@ -332,8 +335,13 @@ void check_device_table(bool hash, const std::string& optimizer) {
     ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
     keys = ids;
   } else {
-    for (int64_t r = 0; r < spec.rows; ++r) keys.push_back(r);
+    for (int64_t r = 0; r < 300; ++r) keys.push_back(r);
   }
+  DeviceTableSpec spec = device_spec(hash ? static_cast<int64_t>(keys.size()) + room : 300, hash, optimizer);
+  spec.admit_after = admit_after;
+  spec.evict_when_full = evict;
+  std::unique_ptr<DeviceTable> gpu = make(spec);
+  std::unique_ptr<DeviceTable> host = testing::make_host_twin_table(spec);
   const auto n = static_cast<size_t>(keys.size()), nd = n * static_cast<size_t>(kDim);
   Rng rng(77);
   std::vector<std::vector<float>> floats;
@@ -359,14 +367,29 @@ void check_device_table(bool hash, const std::string& optimizer) {
     int_column("steps", 0);
   }
   int_column("count", 0);
-  int_column("last_seen_day", 19000);
+  // Days after the steps' and steps before theirs: eviction's order (by day, then step) is
+  // not the steps' order.
+  int_column("last_seen_day", 19100);
   int_column("updated_step", 0);
-  gpu->load(keys, columns);
-  host->load(keys, columns);
+  // Ids read before but not admitted yet: some of the next bags' ids outside the table.
+  std::vector<PendingId> pending;
+  if (admit_after > 1) {
+    const Bags next = random_bags(200, 400, 11);
+    std::set<int64_t> ids(next.ids.begin(), next.ids.end());
+    for (const int64_t id : ids)
+      if (!std::binary_search(keys.begin(), keys.end(), id) && rng.below(2) == 0)
+        pending.push_back({id, 1 + static_cast<int64_t>(rng.below(static_cast<uint64_t>(admit_after - 1))),
+                           19100 + static_cast<int64_t>(rng.below(5))});
+    ASSERT_GT(pending.size(), 10u);
+  }
+  gpu->load(keys, columns, pending);
+  host->load(keys, columns, pending);
   ASSERT_EQ(gpu->keys().size(), n);
+  EXPECT_EQ(gpu->hash_counts().pending, static_cast<int64_t>(pending.size()));
 
   const int64_t B = 64, cols = 3 * kDim;  // slot a at column 0, slot b at 2·dim; the middle untouched
-  for (int step = 1; step <= 3; ++step) {
+  const int steps = admit_after > 1 || evict ? 8 : 3;
+  for (int step = 1; step <= steps; ++step) {
     const Bags a = random_bags(B, 400, 10 + step), b = random_bags(B, 400, 20 + step);
     const std::vector<DeviceTable::Slot> slots{{a.offsets.data(), a.ids.data(), static_cast<int64_t>(a.ids.size()), 0, false},
                                                {b.offsets.data(), b.ids.data(), static_cast<int64_t>(b.ids.size()), 2 * kDim, true}};
@@ -391,10 +414,23 @@ void check_device_table(bool hash, const std::string& optimizer) {
     host->backward_update(dout.data(), cols, lr, 100 + step);
   }
 
-  // The same keys; per key the same columns.
+  // The same keys, pending ids and counts; per key the same columns.
   const std::vector<int64_t> gk = gpu->keys(), hk = host->keys();
   ASSERT_EQ(std::set<int64_t>(gk.begin(), gk.end()), std::set<int64_t>(hk.begin(), hk.end()));
-  if (hash) EXPECT_GT(gk.size(), n) << "the steps inserted new ids";
+  if (hash && !evict) EXPECT_GT(gk.size(), n) << "the steps inserted new ids";
+  const std::vector<PendingId> gp = gpu->pending(), hp = host->pending();
+  ASSERT_EQ(gp.size(), hp.size());
+  for (size_t i = 0; i < gp.size(); ++i) {
+    EXPECT_EQ(gp[i].id, hp[i].id) << i;
+    EXPECT_EQ(gp[i].count, hp[i].count) << gp[i].id;
+    EXPECT_EQ(gp[i].last_seen_day, hp[i].last_seen_day) << gp[i].id;
+  }
+  const DeviceHashCounts gc = gpu->hash_counts(), hc = host->hash_counts();
+  EXPECT_EQ(gc.inserted, hc.inserted);
+  EXPECT_EQ(gc.evicted_full, hc.evicted_full);
+  EXPECT_EQ(gc.pending, hc.pending);
+  if (admit_after > 1) EXPECT_GT(hc.pending, 0) << "some ids wait for admission";
+  if (evict) EXPECT_GT(hc.evicted_full, 0) << "the table filled up and evicted";
   std::map<int64_t, size_t> host_row;
   for (size_t i = 0; i < hk.size(); ++i) host_row[hk[i]] = i;
   for (const DeviceTable::Column& c : columns) {
@@ -422,6 +458,39 @@ void check_device_table(bool hash, const std::string& optimizer) {
 TEST_F(CudaEmbeddingParity, TheModelsDeviceTableTrainsAsTheHostsPath) {
   for (const bool hash : {false, true})
     for (const char* optimizer : {"sgd", "adagrad", "adam"}) check_device_table(hash, optimizer);
+}
+
+// Hash tables that admit an id at its third read, or evict the least recently seen rows when
+// full (at the first read, and at the second), against the host's path.
+TEST_F(CudaEmbeddingParity, AdmissionAndEvictionWhenFullFollowTheHostsPath) {
+  check_device_table(true, "adagrad", 3, false);
+  check_device_table(true, "adam", 1, true, 120);
+  check_device_table(true, "sgd", 2, true, 120);
+}
+
+// Without evict_when_full, a batch whose admitted ids do not fit is a UserError naming the table,
+// before any row changes; with it, a batch that brings more new ids than the capacity is one too.
+TEST_F(CudaEmbeddingParity, AFullTableThatMayNotEvictIsAUserErrorWithAdmission) {
+  for (const bool evict : {false, true}) {
+    DeviceTableSpec spec = device_spec(4, true, "adagrad");
+    spec.admit_after = 2;
+    spec.evict_when_full = evict;
+    std::unique_ptr<DeviceTable> table = device_table_factory(Device::CUDA)(spec);
+    std::vector<int64_t> offsets{0}, ids;
+    for (int64_t i = 0; i < 6; ++i) {
+      ids.insert(ids.end(), {100 + i, 100 + i});  // read twice: admitted by this batch
+      offsets.push_back(static_cast<int64_t>(ids.size()));
+    }
+    DeviceCopy<float> out(std::vector<float>(6 * kDim, 0.0f));
+    try {
+      table->forward({{offsets.data(), ids.data(), static_cast<int64_t>(ids.size()), 0, false}}, 6, out.ptr, kDim, true, 1);
+      FAIL() << "expected a UserError";
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find("hash table items (GPU) is full"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("6 new ids"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(table->rows(), 0) << "nothing was inserted";
+  }
 }
 
 // The memory plan of a device table (MultiTaskModel::plan_memory reserves one id per bag of

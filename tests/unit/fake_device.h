@@ -91,8 +91,12 @@ class HostTwinTable final : public DeviceTable {
   std::vector<int64_t> keys() const override {
     return std::vector<int64_t>(table_->shard_rows().begin(), table_->shard_rows().end());
   }
-  void load(const std::vector<int64_t>& keys, const std::vector<Column>& columns) override {
-    if (spec_.hash) reset(keys);
+  void load(const std::vector<int64_t>& keys, const std::vector<Column>& columns,
+            const std::vector<PendingId>& pending) override {
+    if (spec_.hash) {
+      reset(keys);
+      for (const PendingId& p : pending) table_->set_pending(p.id, {p.count, p.last_seen_day});
+    }
     for (const Column& c : columns) {
       const auto [data, bytes] = column(c.name);
       std::memcpy(data, c.data, bytes);
@@ -104,12 +108,28 @@ class HostTwinTable final : public DeviceTable {
       std::memcpy(c.data, data, bytes);
     }
   }
+  std::vector<PendingId> pending() const override {
+    std::vector<PendingId> out;
+    for (const auto& [id, p] : table_->pending()) out.push_back({id, p.count, p.last_seen_day});
+    return out;
+  }
+  DeviceHashCounts hash_counts() const override {
+    const HashStats h = table_->hash_stats();
+    return {before_.inserted + h.inserted, before_.evicted_full + h.evicted_full, h.pending};
+  }
 
  private:
   // A fresh table (a hash table holding `keys`) and optimizer.
   void reset(const std::vector<int64_t>& keys) {
+    if (table_) {  // what the table it replaces did still counts
+      const HashStats h = table_->hash_stats();
+      before_.inserted += h.inserted;
+      before_.evicted_full += h.evicted_full;
+    }
     HashOptions hash;
     hash.capacity = spec_.rows;
+    hash.admit_after = spec_.admit_after;
+    hash.evict_when_full = spec_.evict_when_full;
     table_ = std::make_unique<ShardedTable>(spec_.name, spec_.rows, spec_.dim, DType::F32, spec_.seed, spec_.init_scale,
                                             Placement::RowWise, 0, 0, 1, spec_.hash ? &hash : nullptr);
     table_->insert_owned(keys);
@@ -129,6 +149,7 @@ class HostTwinTable final : public DeviceTable {
 
   DeviceTableSpec spec_;
   std::unique_ptr<ShardedTable> table_;
+  DeviceHashCounts before_;  // the counts of the tables load() replaced
   std::unique_ptr<SparseOptimizer> optimizer_;
   std::vector<Slot> slots_;  // the last training forward's
   int64_t batch_ = 0;

@@ -309,22 +309,28 @@ TEST(DeviceTraining, TheLossHeadsRunOnTheDeviceAndNoLogitComesDown) {
   }
 }
 
-// The tables of a device model train on the device (one process; fixed tables, and hash tables
-// that admit at the first read and do not evict when full): each step pools and updates every table there,
-// at the scheduled rate, and the host copy (what checkpoints and export read) follows the
-// device's rows, ids, optimizer state and counters as the CPU model's. A row changed on the host
-// goes up before the next step. Hash tables with a later admission keep them on the host.
+// The tables of a device model train on the device (one process; fixed tables, hash tables, and
+// hash tables that admit an id at its second or third read or evict when full): each step pools
+// and updates every table there, at the scheduled rate, and the host copy (what checkpoints and
+// export read) follows the device's rows, ids, pending ids, optimizer state and counters as the
+// CPU model's. A row changed on the host goes up before the next step.
 TEST(DeviceTraining, TablesTrainOnTheDeviceAndTheHostCopyFollowsThem) {
   FakeDevice device;
   const std::string hashed_tables = "  tables: {user: {capacity: 64}, item: {rows: 40, pooling: mean}, ctx: {capacity: 64}}\n";
-  for (const std::string& tables : {kTables, hashed_tables}) {
+  const std::string admitted_tables =
+      "  tables: {user: {capacity: 20, admit_after: 2, evict_when_full: true}, item: {rows: 40, pooling: mean},"
+      " ctx: {capacity: 64, admit_after: 3}}\n";
+  for (const std::string& tables : {kTables, hashed_tables, admitted_tables}) {
     SCOPED_TRACE(tables);
     const std::string yaml = "data: {train: [\"unused\"]}\nmodel:\n  embedding_dim: 4\n" + kTasks +
                              "  type: ncs\n  shared: [16, 8]\n  tower: []\n" + tables +
                              "optimizer: {type: adam, lr: 0.01}\nsparse_optimizer: {type: adam, lr: 0.05}\n"
                              "train: {batch_size: 32, lr_schedule: {warmup_steps: 3}}\n";
     const TrainConfig config = parse_train_config(yaml, "tables.yaml");
-    const Block first = random_block(32, 1);
+    // Ids over a wider range where tables admit later: more of them wait, and rows age out.
+    const int64_t ids = tables == admitted_tables ? 100 : 40;
+    auto block = [&](uint64_t seed) { return testing::random_block(32, seed, {"user", "item", "ctx"}, 3, ids, 1); };
+    const Block first = block(1);
     MultiTaskModel cpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
     MultiTaskModel gpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
     Optimizers o_cpu = make_optimizers(config, cpu), o_gpu = make_optimizers(config, gpu);
@@ -344,13 +350,15 @@ TEST(DeviceTraining, TablesTrainOnTheDeviceAndTheHostCopyFollowsThem) {
         EXPECT_EQ(a[t].shard().count(), b[t].shard().count());
         EXPECT_EQ(a[t].shard().last_seen_day(), b[t].shard().last_seen_day());
         EXPECT_EQ(a[t].shard().updated_step(), b[t].shard().updated_step());
+        EXPECT_EQ(a[t].pending(), b[t].pending());
         EXPECT_EQ(a[t].hash_stats().inserted, b[t].hash_stats().inserted);
+        EXPECT_EQ(a[t].hash_stats().evicted_full, b[t].hash_stats().evicted_full);
       }
     };
     testing::g_table_forwards = 0;
     testing::g_table_updates = 0;
     for (int64_t step = 1; step <= 3; ++step) {
-      const Block batch = random_block(32, 20 + step);
+      const Block batch = block(20 + step);
       for (MultiTaskModel* m : {&cpu, &gpu}) m->start_day(20000 + step);
       train_one_step(cpu, o_cpu, batch, -1, step, true, *comm);
       train_one_step(gpu, o_gpu, batch, -1, step, true, *comm);
@@ -361,6 +369,12 @@ TEST(DeviceTraining, TablesTrainOnTheDeviceAndTheHostCopyFollowsThem) {
     for (size_t t = 0; t < cpu.table_layout().size(); ++t) {
       EXPECT_EQ(gpu.table_hash_stats(t).rows, cpu.table_hash_stats(t).rows) << t;
       EXPECT_EQ(gpu.table_hash_stats(t).inserted, cpu.table_hash_stats(t).inserted) << t;
+      EXPECT_EQ(gpu.table_hash_stats(t).pending, cpu.table_hash_stats(t).pending) << t;
+      EXPECT_EQ(gpu.table_hash_stats(t).evicted_full, cpu.table_hash_stats(t).evicted_full) << t;
+    }
+    if (tables == admitted_tables) {
+      EXPECT_GT(cpu.table_hash_stats(0).evicted_full, 0) << "the user table filled up and evicted";
+      EXPECT_GT(cpu.table_hash_stats(2).pending, 0) << "the ctx table holds ids not admitted yet";
     }
     if (gpu.table_layout()[0].hashed())
       EXPECT_LT(gpu.table_layout()[0].shard().rows(), gpu.table_hash_stats(0).rows) << "the host copy was left behind";
@@ -370,19 +384,12 @@ TEST(DeviceTraining, TablesTrainOnTheDeviceAndTheHostCopyFollowsThem) {
         << "the steps moved the rows";
     // A change made on the host (a restore, say) is what the next step starts from.
     for (MultiTaskModel* m : {&cpu, &gpu}) m->tables()[1].shard().values().data<float>()[0] = 0.5f;
-    const Block batch = random_block(32, 30);
+    const Block batch = block(30);
     EXPECT_EQ(train_one_step(cpu, o_cpu, batch, -1, 4, true, *comm).total,
               train_one_step(gpu, o_gpu, batch, -1, 4, true, *comm).total);
     same_tables("after a change on the host");
   }
 
-  const TrainConfig later = config_for(
-      "  type: esmm\n  tower: [8]\n  tables: {user: {capacity: 64, admit_after: 2}, item: {rows: 40}, ctx: {rows: 40}}\n");
-  const Block first = random_block(32, 1);
-  MultiTaskModel h(later.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
-  Optimizers o_h = make_optimizers(later, h);
-  EXPECT_FALSE(h.tables_on_device());
-  EXPECT_NE(h.device_table_limits(later.sparse_optimizer).find("hash table user"), std::string::npos);
 }
 
 // model.tables.<t>.max_ids_per_row sizes a device table's plan: batch × that × its slots ids
@@ -412,7 +419,8 @@ TEST(DeviceTraining, TheTablesPlanHoldsMaxIdsPerRowForEachSlot) {
 TEST(DeviceTraining, AHashTablesTtlDropsTheSameRowsOnTheDevice) {
   FakeDevice device;
   const TrainConfig config = config_for(
-      "  type: esmm\n  tower: [8]\n  tables: {user: {capacity: 64, ttl_days: 1}, item: {rows: 40}, ctx: {rows: 40}}\n");
+      "  type: esmm\n  tower: [8]\n  tables: {user: {capacity: 64, ttl_days: 1}, item: {rows: 40}, "
+      "ctx: {capacity: 64, admit_after: 3, ttl_days: 1}}\n");
   const Block first = random_block(32, 1);
   MultiTaskModel cpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
   MultiTaskModel gpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CUDA);
@@ -446,6 +454,10 @@ TEST(DeviceTraining, AHashTablesTtlDropsTheSameRowsOnTheDevice) {
   EXPECT_EQ(ka, kb);
   EXPECT_TRUE(same_bits(a[0].shard().values(), b[0].shard().values()));
   EXPECT_EQ(a[0].shard().last_seen_day(), b[0].shard().last_seen_day());
+  // The pending ids of a table that admits later age out as well.
+  EXPECT_GT(a[2].hash_stats().pending, 0);
+  EXPECT_EQ(a[2].pending(), b[2].pending());
+  EXPECT_EQ(a[2].hash_stats().evicted_ttl, b[2].hash_stats().evicted_ttl);
 }
 
 // A communicator of two ranks whose other rank contributes zeros (a sum that leaves the buffers
@@ -613,6 +625,10 @@ std::vector<Case> model_cases() {
         Case{"single_task", "  type: single_task\n  tower: [8]\n" + kTables, {0, 1, -1}},
         Case{"hash_tables",
              "  type: esmm\n  tower: [8]\n  tables: {user: {capacity: 64}, item: {rows: 40}, ctx: {capacity: 64}}\n",
+             {-1, -1, -1}},
+        Case{"hash_tables_admitted",
+             "  type: esmm\n  tower: [8]\n  tables: {user: {capacity: 64, admit_after: 2}, item: {rows: 40}, "
+             "ctx: {capacity: 24, admit_after: 1, evict_when_full: true}}\n",
              {-1, -1, -1}}};
 }
 
@@ -755,8 +771,11 @@ TEST_P(DeviceResume, ARunResumedFromItsCheckpointOnTheDeviceMatchesTheCpuRun) {
 
 INSTANTIATE_TEST_SUITE_P(Tables, DeviceResume,
                          ::testing::Values("{user: {rows: 50}, item: {rows: 50}}",
-                                           "{user: {capacity: 80}, item: {rows: 50}}"),
+                                           "{user: {capacity: 80}, item: {rows: 50}}",
+                                           "{user: {capacity: 40, admit_after: 2, evict_when_full: true}, "
+                                           "item: {capacity: 80, admit_after: 3}}"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
+                           if (info.param.find("admit_after") != std::string::npos) return std::string("hash_admitted");
                            return info.param.find("capacity") == std::string::npos ? std::string("fixed")
                                                                                    : std::string("hash");
                          });
