@@ -2,7 +2,7 @@
 # The daily retraining cycle over a range of days (docs/daily.md).
 #
 #   scripts/daily.sh --config FILE --first YYYY-MM-DD --last YYYY-MM-DD --out DIR
-#                    [--mode incremental|scratch|frozen] [-- extra `ncsrec train` arguments]
+#                    [--mode incremental|scratch|frozen] [--export] [-- extra `ncsrec train` arguments]
 #
 # The config's data paths use {day} (and {next_day} for the next-day evaluation), e.g.
 #   data: {train: ["data/gen/content/day={day}"], eval: ["data/gen/content/day={next_day}"]}
@@ -17,18 +17,23 @@
 # copied), or whose training fails, stops the run with a non-zero status; the previous days and
 # their checkpoints are left as they were. Preempted training (exit 75) stops it too: rerun.
 # The next-day evaluation is skipped (and said) when day D+1 is not ready.
+# --export: each day that trains also writes its serving exports (docs/export.md) before it is
+# marked done: DIR/D/export/full.h5, and in incremental mode from the second day on
+# DIR/D/export/delta.h5, the embedding rows changed since day D-1's checkpoint (day D-1's full
+# export plus it is day D's). A failed export fails the day like a failed training.
 #
 # Environment:
 #   NCSREC          the binary (default build/bin/ncsrec)
 #   NCSREC_LAUNCH   a launcher prefix for training, e.g. "mpirun -np 4" or "srun --mpi=pmix"
 #                   (cluster/daily.sbatch sets it)
 # Writes DIR/daily.jsonl: one line per day with the day, mode, next-day eval metrics, the
-# progressive metrics, wall and training seconds, and checkpoint bytes.
+# progressive metrics, wall and training seconds, checkpoint bytes, and with --export the
+# exports' bytes and seconds.
 set -euo pipefail
 
 die() { echo "daily.sh: $*" >&2; exit 2; }
 
-config= first= last= out= mode=incremental
+config= first= last= out= mode=incremental export=0
 extra=()
 while (($#)); do
   case "$1" in
@@ -37,8 +42,9 @@ while (($#)); do
     --last) last=${2:?}; shift 2 ;;
     --out) out=${2:?}; shift 2 ;;
     --mode) mode=${2:?}; shift 2 ;;
+    --export) export=1; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -80,6 +86,13 @@ if os.path.exists(summary):
                 trained_rows=(s.get("negative_sampling") or {}).get("trained_rows", s.get("samples")))
     ckpt = os.path.join(run, "checkpoints", "final")
     line["checkpoint_bytes"] = sum(os.path.getsize(os.path.join(ckpt, f)) for f in os.listdir(ckpt))
+for kind in ("full", "delta"):
+    path = os.path.join(run, "export", kind + ".h5")
+    if os.path.exists(path):
+        line[kind + "_export_bytes"] = os.path.getsize(path)
+seconds = os.path.join(run, "export", "seconds")
+if os.path.exists(seconds):
+    line["export_seconds"] = float(open(seconds).read())
 evaljson = os.path.join(run, "eval.json")
 if os.path.exists(evaljson):
     line["next_day"] = json.load(open(evaljson)).get("eval")
@@ -116,10 +129,25 @@ while :; do
         "${extra[@]}"
       rc=$?
       set -e
+      what=training
+      if ((rc == 0 && export)); then
+        what=exporting
+        since=()
+        [[ $mode == incremental && -n $prev ]] && since=(--since "$out/$prev/checkpoints/final")
+        mkdir -p "$run/export"
+        export_start=$(date +%s%N)
+        set +e
+        "$ncsrec" export --run-dir "$run" --out "$run/export/full.h5" >"$run/export/full.txt" &&
+          { ((${#since[@]} == 0)) ||
+            "$ncsrec" export --run-dir "$run" "${since[@]}" --out "$run/export/delta.h5" >"$run/export/delta.txt"; }
+        rc=$?
+        set -e
+        echo "$(( ($(date +%s%N) - export_start) / 1000000 ))e-3" >"$run/export/seconds"
+      fi
       if ((rc != 0)); then
         last_good=none
         [[ -n $prev ]] && last_good="$out/$prev/checkpoints/final"
-        echo "daily.sh: training day $day failed (exit $rc); the last good checkpoint is $last_good;" \
+        echo "daily.sh: $what day $day failed (exit $rc); the last good checkpoint is $last_good;" \
           "rerun to retry from $day" >&2
         exit "$rc"
       fi

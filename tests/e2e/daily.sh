@@ -3,7 +3,9 @@
 # checkpoints (each day's init_from is the previous day's final checkpoint, steps continue,
 # progressive validation recorded); a rerun skips the days done; a day whose data has no _DONE
 # marker stops the run with the earlier days intact, and once it is ready the rerun finishes;
-# the scratch and frozen modes run; bad arguments exit 2.
+# the scratch and frozen modes run; bad arguments exit 2. With --export every incremental day
+# writes its full export and, from the second day on, its delta, and day D-1's full export plus
+# day D's delta is day D's full export.
 set -euo pipefail
 ncsrec="$1"
 root="$2"
@@ -33,7 +35,7 @@ daily="$root/scripts/daily.sh"
 # Day 3's data is "still being copied": the run stops there, days 1-2 done.
 mv "$work/gen/content/day=2026-01-03/_DONE" "$work/held"
 set +e
-"$daily" --config "$work/daily.yaml" --first 2026-01-01 --last 2026-01-04 --out "$work/inc" >"$work/out1" 2>&1
+"$daily" --export --config "$work/daily.yaml" --first 2026-01-01 --last 2026-01-04 --out "$work/inc" >"$work/out1" 2>&1
 rc=$?
 set -e
 cat "$work/out1"
@@ -43,7 +45,7 @@ grep -q "day 2026-01-03 is not ready" "$work/out1" || fail "the stop does not na
 [[ ! -e $work/inc/2026-01-03 ]] || fail "day 3 started without its data"
 
 mv "$work/held" "$work/gen/content/day=2026-01-03/_DONE"
-"$daily" --config "$work/daily.yaml" --first 2026-01-01 --last 2026-01-04 --out "$work/inc" >"$work/out2" 2>&1 ||
+"$daily" --export --config "$work/daily.yaml" --first 2026-01-01 --last 2026-01-04 --out "$work/inc" >"$work/out2" 2>&1 ||
   { cat "$work/out2"; fail "the rerun failed"; }
 cat "$work/out2"
 grep -q "2026-01-01 already done" "$work/out2" || fail "the rerun retrained day 1"
@@ -70,6 +72,8 @@ for i, l in enumerate(lines):
     assert day == l["day"], (day, l["day"])
     want = "" if i == 0 else f"{work}/inc/{days[i - 1]}/checkpoints/final"
     assert frm == want, (frm, want)
+    assert l["full_export_bytes"] > 0 and l["export_seconds"] >= 0, l
+    assert ("delta_export_bytes" in l) == (i > 0), ("a delta from the second day on", l)
 # Progressive validation of day D is day D-1's model on day D: the same as D-1's next-day eval.
 for prev, cur in zip(lines, lines[1:]):
     if prev["next_day"] is None:
@@ -78,6 +82,42 @@ for prev, cur in zip(lines, lines[1:]):
     assert abs(a - b) < 1e-9, ("yesterday's next-day AUC equals today's progressive AUC", a, b)
 print("incremental: ok")
 PY
+for pair in "01 02" "02 03" "03 04"; do
+  read -r a b <<<"$pair"
+  "$py" "$root/tests/e2e/export_numpy.py" apply-delta "$work/inc/2026-01-$a/export/full.h5" \
+    "$work/inc/2026-01-$b/export/delta.h5" "$work/inc/2026-01-$b/export/full.h5" ||
+    fail "day $a's full export + day $b's delta != day $b's full export"
+done
+
+# A day whose training or export fails stops the run with that status, naming the last good
+# checkpoint; the days before stay done, the failed day is not marked done, and the rerun
+# retrains it. The failures come from a wrapper around the binary.
+cat >"$work/failing" <<SH
+#!/usr/bin/env bash
+if [[ " \$* " == *" train "*"--day 2026-01-02 "* && -e "$work/fail_train" ]]; then echo "injected" >&2; exit 3; fi
+if [[ \$1 == export && " \$* " == *"/2026-01-02 "* && -e "$work/fail_export" ]]; then echo "injected" >&2; exit 4; fi
+exec "$ncsrec" "\$@"
+SH
+chmod +x "$work/failing"
+for what in train export; do
+  touch "$work/fail_$what"
+  set +e
+  NCSREC="$work/failing" "$daily" --export --config "$work/daily.yaml" --first 2026-01-01 --last 2026-01-02 \
+    --out "$work/fail" >"$work/out_fail_$what" 2>&1
+  rc=$?
+  set -e
+  rm "$work/fail_$what"
+  want=3 verb=training
+  [[ $what == export ]] && want=4 verb=exporting
+  ((rc == want)) || { cat "$work/out_fail_$what"; fail "a failed $what should stop the run with its status $want, got $rc"; }
+  grep -q "$verb day 2026-01-02 failed (exit $want); the last good checkpoint is $work/fail/2026-01-01/checkpoints/final" \
+    "$work/out_fail_$what" || { cat "$work/out_fail_$what"; fail "the $what failure does not name the last good checkpoint"; }
+  [[ -f $work/fail/2026-01-01/_DONE && ! -e $work/fail/2026-01-02/_DONE ]] || fail "after a failed $what: day 1 done, day 2 not"
+done
+"$daily" --export --config "$work/daily.yaml" --first 2026-01-01 --last 2026-01-02 --out "$work/fail" >"$work/out_fail_rerun" 2>&1 ||
+  { cat "$work/out_fail_rerun"; fail "the rerun after the failures failed"; }
+grep -q "2026-01-01 already done" "$work/out_fail_rerun" || fail "the rerun retrained day 1"
+[[ -f $work/fail/2026-01-02/_DONE && -f $work/fail/2026-01-02/export/delta.h5 ]] || fail "the rerun did not finish day 2"
 
 for mode in scratch frozen; do
   "$daily" --mode "$mode" --config "$work/daily.yaml" --first 2026-01-01 --last 2026-01-03 --out "$work/$mode" \
