@@ -2,11 +2,13 @@
 // grow with the table's size.
 //
 //   ncsrec_bench_hash [--rows 1000000,30000000] [--dim 16] [--batch 4096] [--steps 100]
-//                     [--new 0.05] [--threads 2]
+//                     [--new 0.05] [--threads 2] [--ids spread|same]
 //
 // For each size N: a hash table prefilled with N ids (and, beside it, a fixed table of N rows),
 // then --steps timed steps of what `ncsrec train` does to a table: a training lookup of --batch
-// ids (uniform over the N ids, a fraction --new of them ids never seen, which are inserted),
+// ids (uniform over the N ids with --ids spread, the default; with --ids same, uniform over the
+// smallest size's ids, so every table gets the same batches and only its size differs; a
+// fraction --new of them ids never seen, which are inserted),
 // sum pooling, the backward segment sum, the gradient reduced to the table's rows, a sparse
 // Adagrad update and updated_step. Reported: the median ms/step per size and table kind, and
 // the ratio of the largest size to the smallest (1.0 = no growth). Memory: about
@@ -36,6 +38,7 @@ struct Options {
   int64_t dim = 16, batch = 4096, steps = 100;
   double fresh = 0.05;
   int threads = 2;
+  bool same_ids = false;  // --ids same: batches drawn from the smallest size's ids for every size
 };
 
 std::vector<int64_t> parse_list(const char* s) {
@@ -49,8 +52,8 @@ std::vector<int64_t> parse_list(const char* s) {
   return out;
 }
 
-// Median ms of `steps` steps on `table` (after 10 untimed ones).
-double time_steps(ShardedTable& table, const Options& o, int64_t n, uint64_t seed) {
+// Median ms of `steps` steps on `table` of n ids (after 10 untimed ones), reading ids below `draw`.
+double time_steps(ShardedTable& table, const Options& o, int64_t n, int64_t draw, uint64_t seed) {
   OptimizerConfig c;
   c.type = "adagrad";
   c.lr = 0.05;
@@ -63,7 +66,8 @@ double time_steps(ShardedTable& table, const Options& o, int64_t n, uint64_t see
   std::vector<double> ms;
   int64_t next_new = n + 1;
   for (int64_t s = 0; s < o.steps + 10; ++s) {
-    for (auto& id : ids) id = rng.uniform(0, 1) < o.fresh && table.hashed() ? next_new++ : static_cast<int64_t>(rng.below(static_cast<uint64_t>(n)));
+    for (auto& id : ids)
+      id = rng.uniform(0, 1) < o.fresh && table.hashed() ? next_new++ : static_cast<int64_t>(rng.below(static_cast<uint64_t>(draw)));
     const auto t0 = Clock::now();
     ShardedTable::Lookup lookup;
     table.lookup({{ids.data(), o.batch}}, nullptr, &lookup, true);
@@ -82,8 +86,11 @@ double time_steps(ShardedTable& table, const Options& o, int64_t n, uint64_t see
 
 int run(const Options& o) {
   omp_set_num_threads(o.threads);
-  std::printf("sparse step of one table: batch %lld, dim %lld, f32, Adagrad, %.0f%% new ids (hash), %d thread(s)\n",
-              static_cast<long long>(o.batch), static_cast<long long>(o.dim), 100 * o.fresh, o.threads);
+  const int64_t smallest = *std::min_element(o.rows.begin(), o.rows.end());
+  std::printf("sparse step of one table: batch %lld, dim %lld, f32, Adagrad, %.0f%% new ids (hash), %d thread(s), "
+              "ids uniform over %s\n",
+              static_cast<long long>(o.batch), static_cast<long long>(o.dim), 100 * o.fresh, o.threads,
+              o.same_ids ? ("the first " + std::to_string(smallest) + " of every table").c_str() : "each table's rows");
   std::printf("%12s  %14s  %14s\n", "rows", "hash ms/step", "fixed ms/step");
   std::vector<double> hash_ms, fixed_ms;
   for (int64_t n : o.rows) {
@@ -100,19 +107,22 @@ int run(const Options& o) {
           chunk.clear();
         }
       }
-      h = time_steps(table, o, n, 7);
+      h = time_steps(table, o, n, o.same_ids ? smallest : n, 7);
     }
     {
       ShardedTable table("bench", n, o.dim, DType::F32, 1, 0.01, Placement::RowWise, 0, 0, 1);
-      f = time_steps(table, o, n, 7);
+      f = time_steps(table, o, n, o.same_ids ? smallest : n, 7);
     }
     hash_ms.push_back(h);
     fixed_ms.push_back(f);
     std::printf("%12lld  %14.3f  %14.3f\n", static_cast<long long>(n), h, f);
     std::fflush(stdout);
   }
-  std::printf("largest / smallest: hash %.2f, fixed %.2f\n", hash_ms.back() / hash_ms.front(),
-              fixed_ms.back() / fixed_ms.front());
+  // In the order the sizes were given, which may be either.
+  const auto largest = static_cast<size_t>(std::max_element(o.rows.begin(), o.rows.end()) - o.rows.begin());
+  const auto smallest_at = static_cast<size_t>(std::min_element(o.rows.begin(), o.rows.end()) - o.rows.begin());
+  std::printf("largest / smallest: hash %.2f, fixed %.2f\n", hash_ms[largest] / hash_ms[smallest_at],
+              fixed_ms[largest] / fixed_ms[smallest_at]);
   return 0;
 }
 
@@ -135,6 +145,7 @@ int main(int argc, char** argv) {
     else if (a == "--steps") o.steps = std::atoll(v);
     else if (a == "--new") o.fresh = std::atof(v);
     else if (a == "--threads") o.threads = std::atoi(v);
+    else if (a == "--ids" && (std::string(v) == "spread" || std::string(v) == "same")) o.same_ids = std::string(v) == "same";
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;
