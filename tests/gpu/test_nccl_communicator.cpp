@@ -197,6 +197,18 @@ TEST_F(Nccl, AllToAllVInPlaceAndAllZeroCounts) {
   expect_sum_is_the_input<float>(3, 46);  // still usable
 }
 
+// The documented way to learn recv_counts (communicator.h): an all_to_all of one I64 per rank,
+// here on device buffers. (all_gather_v, the host-vector helper built on it, has no NCCL
+// counterpart: NCCL refuses host buffers, HostBuffersAreRejectedAndTheCommunicatorStaysUsable.)
+TEST_F(Nccl, CountsExchangedWithOneI64PerRank) {
+  DeviceBuffer<int64_t> send(std::vector<int64_t>{4242}), recv(1);
+  recv.poison();
+  const int64_t ones[1] = {1};
+  comm().all_to_all_v(send.get(), ones, recv.get(), ones, DType::I64);
+  EXPECT_EQ(recv.download(), std::vector<int64_t>{4242});
+  EXPECT_TRUE(recv.guard_intact());
+}
+
 TEST_F(Nccl, AllGatherCopiesTheOnlyBlock) {
   const std::vector<double> input = values<double>(51, 37);
   DeviceBuffer<double> send(input), recv(37);

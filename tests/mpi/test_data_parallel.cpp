@@ -31,6 +31,7 @@
 #include "tests/random_inputs.h"
 #include "tests/unit/fake_device.h"
 #include "train/checkpoint.h"
+#include "train/replicas.h"
 #include "train/evaluate.h"
 #include "train/step.h"
 #include "train/trainer.h"
@@ -241,6 +242,34 @@ TEST(DataParallel, RowShardedTablesSpreadTheRowsAndNoRankHoldsAWholeTable) {
   g_comm->all_reduce_sum(&rows, 1);
   EXPECT_EQ(rows, 4000);
   EXPECT_LT(model.tables()[0].shard().rows(), 4000 * 3 / (2 * g_comm->world_size()) + 1);
+}
+
+// The replica check (run every step in debug builds and at every log line): equal replicas
+// pass; one rank's dense weight or one mask bit changed fails it on every rank, naming the step.
+TEST(DataParallel, TheReplicaCheckFiresOnEveryRankWhenOneRankDiverges) {
+  const DataSchema schema = testing::test_schema();
+  MultiTaskModel model(testing::model_config("ncs"), schema, DType::F32, 5, g_comm);
+  ASSERT_GT(model.num_masked_layers(), 0);
+  EXPECT_NO_THROW(check_replicas_agree(model, *g_comm, 1));
+  auto expect_fires = [&](const char* what) {
+    try {
+      check_replicas_agree(model, *g_comm, 7);
+      ADD_FAILURE() << what << " on rank 1 went unnoticed on rank " << g_comm->rank();
+    } catch (const InternalError& e) {
+      EXPECT_NE(std::string(e.what()).find("after step 7"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("the replicas diverged"), std::string::npos) << e.what();
+    }
+  };
+  float& w = model.params().values().data<float>()[0];
+  const float saved = w;
+  if (g_comm->rank() == 1) w = std::nextafter(w, 1.0f);  // one ulp
+  expect_fires("a dense weight one ulp off");
+  w = saved;
+  EXPECT_NO_THROW(check_replicas_agree(model, *g_comm, 8));
+  BitMask m = model.mask(0, 0);
+  if (g_comm->rank() == 1) m.bits[0] ^= 1;
+  model.set_mask(0, 0, m);
+  expect_fires("a mask bit flipped");
 }
 
 // A day folder of random impressions: two slots, a user id for GAUC.
