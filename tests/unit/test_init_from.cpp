@@ -11,13 +11,18 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/data/hdf5_shard.h"
 #include "core/hdf5_util.h"
+#include "core/masks.h"
 #include "dist/communicator.h"
+#include "models/multitask_model.h"
 #include "run_command.h"
+#include "tests/random_inputs.h"
 #include "scratch_dir.h"
 #include "tiny_data.h"
 #include "train/checkpoint.h"
 #include "train/init_from.h"
+#include "train/mask_io.h"
 #include "train/trainer.h"
 
 namespace ncsrec {
@@ -153,6 +158,59 @@ TEST(InitFrom, TransferByNameMapsRenamedParametersAndLeavesReinitFresh) {
   unmapped.init.strict = false;
   const InitReport loose = init_from_checkpoint(unmapped.init, TrainingState{&other, nullptr, {}});
   EXPECT_EQ(loose.missing.size(), 8u);  // two towers of two layers, weight and bias
+}
+
+// The daily cycle keeps an NCS model's masks fixed: day B started from day A's checkpoint
+// trains with A's masks, whatever masks the config names (no mask search runs), and its
+// checkpoint holds them unchanged; only init.masks: false applies the config's masks instead.
+TEST(InitFrom, NcsMasksStayFixedAcrossDaysUnlessInitMasksIsFalse) {
+  ScratchDir scratch("init_masks");
+  write_day(scratch.path / "day=2026-01-01", 64, 1);
+  write_day(scratch.path / "day=2026-01-02", 64, 2);
+  auto ncs = [](const std::string& masks) {
+    return "model:\n  type: ncs\n  embedding_dim: 4\n  shared: [12, 6]\n  tower: []\n"
+           "  tables: {user: {rows: 50}, item: {rows: 50}}\n"
+           "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n" + masks +
+           "optimizer: {type: adam, lr: 0.01}\nsparse_optimizer: {type: adagrad, lr: 0.05}\n"
+           "train: {batch_size: 16}\n";
+  };
+  // Two mask files of different random masks for the model's shared layers.
+  int64_t rows = 0;
+  const DataSchema schema = read_shard_schema((scratch.path / "day=2026-01-01/part-0000.h5").string(), &rows);
+  auto mask_file = [&](const std::string& name, uint64_t seed) {
+    const TrainConfig c = parse_train_config(data_yaml({scratch.path / "day=2026-01-01"}) + ncs(""), "m.yaml");
+    MultiTaskModel m(c.model, schema, DType::F32, 1);
+    for (int t = 0; t < 2; ++t)
+      for (int l = 0; l < m.num_masked_layers(); ++l) {
+        const BitMask& shape = m.mask(t, l);
+        m.set_mask(t, l, testing::random_mask(shape.rows, shape.cols, 0.5, seed + static_cast<uint64_t>(10 * t + l)));
+      }
+    const fs::path path = scratch.path / name;
+    write_mask_file(path.string(), m);
+    return path;
+  };
+  const fs::path first = mask_file("first.h5", 100), second = mask_file("second.h5", 200);
+  auto comm = make_local_communicator();
+  auto run = [&](const std::string& day, const std::string& masks, const std::string& init, const std::string& dir) {
+    const std::string yaml = data_yaml({scratch.path / ("day=" + day)}) + ncs(masks) + init;
+    run_training(parse_train_config(yaml, dir + ".yaml"), yaml, (scratch.path / dir).string(), *comm);
+    return h5::File::open_read((scratch.path / dir / "checkpoints/final/rank-0.h5").string());
+  };
+  auto masks_of = [&](const h5::File& f) {
+    std::vector<std::vector<uint8_t>> out;
+    for (const char* task : {"ctr", "cvr"})
+      for (int l = 0; l < 2; ++l) out.push_back(f.read_u8(std::string("mask/") + task + "/shared." + std::to_string(l)));
+    return out;
+  };
+  const auto a = masks_of(run("2026-01-01", "  masks: {file: \"" + first.string() + "\"}\n", "", "a"));
+  const auto in_second = masks_of(h5::File::open_read(second.string()));
+  ASSERT_NE(a, in_second) << "the two files hold different masks";
+  const std::string from = "init: {from: \"" + (scratch.path / "a/checkpoints/final").string() + "\"";
+  // The config of day B names the second file; A's masks stay.
+  const std::string b_model = "  masks: {file: \"" + second.string() + "\"}\n";
+  EXPECT_EQ(masks_of(run("2026-01-02", b_model, from + "}\n", "b")), a) << "day B kept day A's masks";
+  EXPECT_EQ(masks_of(run("2026-01-02", b_model, from + ", masks: false}\n", "b_new")), in_second)
+      << "init.masks: false applies the config's masks";
 }
 
 TEST(InitFrom, DayFillsTheDataPathsAndBadDaysAreRefused) {
