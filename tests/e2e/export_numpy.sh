@@ -261,11 +261,27 @@ if day_run 1 && day_run 2 --init-from hash1/checkpoints/final && day_run 3 --ini
   else
     fail "hash3: delta export: $out"
   fi
-  # Several checkpoints a day work alike: a delta between two checkpoints of a chain.
+  # A chain of days: day 1's full export + day 2's delta = day 2's full export.
   "$ncsrec" export --checkpoint hash1/checkpoints/final --out hash1_full.h5 >/dev/null 2>&1 || fail "hash1: full export"
   "$ncsrec" export --run-dir hash2 --since hash1/checkpoints/final --out hash2_delta.h5 >/dev/null 2>&1 ||
     fail "hash2: delta export"
   "$py" "$scorer" apply-delta hash1_full.h5 hash2_delta.h5 hash2_full.h5 || fail "hash: day 1 + delta != day 2"
+  # Several checkpoints a day: day 4 (day 3's data again) saves a step checkpoint every 2 steps;
+  # the delta from one of them to the day's final checkpoint (the rows updated after that step)
+  # applies to the step checkpoint's full export.
+  if out="$("$ncsrec" train --config hash.yaml --run-dir hash4 --day 2026-01-04 --init-from hash3/checkpoints/final \
+    --set 'data.train=["gen/content/day=2026-01-03"]' --set train.checkpoint_every=2 --set train.keep_checkpoints=100 2>&1)"
+  then
+    mid="$(ls -d hash4/checkpoints/step-* | sort -t- -k2 -n | head -1)"
+    [[ -d "$mid" ]] || fail "hash4: no step checkpoint"
+    "$ncsrec" export --checkpoint "$mid" --out hash4_mid_full.h5 >/dev/null 2>&1 || fail "hash4: mid-day full export"
+    "$ncsrec" export --run-dir hash4 --out hash4_full.h5 >/dev/null 2>&1 || fail "hash4: full export"
+    "$ncsrec" export --run-dir hash4 --since "$mid" --out hash4_delta.h5 >/dev/null 2>&1 || fail "hash4: mid-day delta"
+    "$py" "$scorer" apply-delta hash4_mid_full.h5 hash4_delta.h5 hash4_full.h5 ||
+      fail "hash: $mid's full export + delta != day 4's final"
+  else
+    fail "hash4: train: $out"
+  fi
 fi
 
 # refused ARGS...: the export must exit non-zero with a one-line message naming what is wrong
