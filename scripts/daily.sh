@@ -15,7 +15,10 @@
 # The run is idempotent: a day with _DONE is skipped, so rerunning after a failure goes on from
 # the first day not done. A day whose data folder has no _DONE marker yet (still being
 # copied), or whose training fails, stops the run with a non-zero status; the previous days and
-# their checkpoints are left as they were. Preempted training (exit 75) stops it too: rerun.
+# their checkpoints are left as they were. Preempted training (SIGUSR1 or SIGTERM to this
+# script, passed on to training as SIGUSR1: it saves a step checkpoint and exits 75) stops the
+# run with status 75 and marks the day DIR/D/_PREEMPTED; the rerun resumes that day from its
+# checkpoint (`ncsrec train --resume`) instead of starting it again.
 # The next-day evaluation is skipped (and said) when day D+1 is not ready.
 # --export: each day that trains also writes its serving exports (docs/export.md) before it is
 # marked done: DIR/D/export/full.h5, and in incremental mode from the second day on
@@ -44,7 +47,7 @@ while (($#)); do
     --mode) mode=${2:?}; shift 2 ;;
     --export) export=1; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,35p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -71,6 +74,29 @@ print(c["data"]["train"][0])' "$config")
 [[ $train_pattern == *"{day}"* ]] || die "$config: data.train[0] ($train_pattern) has no {day}: the daily cycle needs day-partitioned paths"
 day_folder() { echo "${train_pattern//\{day\}/$1}"; }
 ready() { [[ -f "$(day_folder "$1")/_DONE" ]]; }
+
+# run_training COMMAND...: runs it in the background, so that a SIGUSR1 or SIGTERM to this
+# script reaches it at once (bash runs a trap only after a foreground child ends) as SIGUSR1:
+# ncsrec (and mpirun or srun, which pass it to every rank) checkpoints and exits 75. Returns
+# its exit status.
+run_training() {
+  "$@" &
+  local child=$! rc=0
+  # shellcheck disable=SC2064  # the child's pid, now
+  trap "echo 'daily.sh: stop requested: asking training to checkpoint and stop'; kill -USR1 $child 2>/dev/null || true" USR1 TERM
+  # `wait` returns early (> 128) when a trap ran: wait until the child has ended, then once
+  # more for its exit status (bash keeps it).
+  while :; do
+    wait "$child" || true
+    kill -0 "$child" 2>/dev/null || break
+  done
+  wait "$child" || rc=$?
+  trap 'stop_requested=1' USR1 TERM
+  return "$rc"
+}
+# Outside training a stop request is remembered: the run stops (75) before the next day starts.
+stop_requested=0
+trap 'stop_requested=1' USR1 TERM
 
 # One line of daily.jsonl for `day` from its run folder (or eval output for frozen days).
 record() {
@@ -110,7 +136,16 @@ while :; do
     echo "daily.sh: $day already done ($run)"
   else
     ready "$day" || { echo "daily.sh: day $day is not ready ($(day_folder "$day")/_DONE missing): stopping" >&2; exit 1; }
-    rm -rf "$run"  # what a failed attempt left
+    if ((stop_requested)); then
+      echo "daily.sh: stop requested: stopping before day $day; rerun to go on" >&2
+      exit 75
+    fi
+    resume=0
+    if [[ -f $run/_PREEMPTED && -f $run/config.yaml ]] && compgen -G "$run/checkpoints/step-*" >/dev/null; then
+      resume=1  # a preempted day goes on from its checkpoint
+    else
+      rm -rf "$run"  # what a failed attempt left
+    fi
     eval_args=()
     ready "$next" || { echo "daily.sh: $next not ready: no next-day evaluation for $day"; eval_args=(--set "data.eval=[]"); }
     start=$(date +%s%N)
@@ -123,12 +158,25 @@ while :; do
     else
       init=()
       [[ $mode == incremental && -n $prev ]] && init=(--init-from "$out/$prev/checkpoints/final")
-      echo "daily.sh: $day ($mode${init:+, from $prev})"
       set +e
-      "${launch[@]}" "$ncsrec" train --config "$config" --day "$day" --run-dir "$run" "${init[@]}" "${eval_args[@]}" \
-        "${extra[@]}"
+      if ((resume)); then
+        # The run's own config.yaml holds what the first attempt was given (day, init, --set).
+        echo "daily.sh: $day ($mode): resuming the preempted run $run"
+        run_training "${launch[@]}" "$ncsrec" train --resume --run-dir "$run"
+      else
+        echo "daily.sh: $day ($mode${init:+, from $prev})"
+        run_training "${launch[@]}" "$ncsrec" train --config "$config" --day "$day" --run-dir "$run" "${init[@]}" \
+          "${eval_args[@]}" "${extra[@]}"
+      fi
       rc=$?
       set -e
+      if ((rc == 75)); then
+        touch "$run/_PREEMPTED"
+        echo "daily.sh: day $day was preempted (exit 75) and saved a checkpoint in $run;" \
+          "rerun to resume it" >&2
+        exit 75
+      fi
+      rm -f "$run/_PREEMPTED"
       what=training
       if ((rc == 0 && export)); then
         what=exporting

@@ -5,7 +5,8 @@
 # marker stops the run with the earlier days intact, and once it is ready the rerun finishes;
 # the scratch and frozen modes run; bad arguments exit 2. With --export every incremental day
 # writes its full export and, from the second day on, its delta, and day D-1's full export plus
-# day D's delta is day D's full export.
+# day D's delta is day D's full export. A preempted day stops the run with 75 and the rerun
+# resumes it from its checkpoint.
 set -euo pipefail
 ncsrec="$1"
 root="$2"
@@ -118,6 +119,40 @@ done
   { cat "$work/out_fail_rerun"; fail "the rerun after the failures failed"; }
 grep -q "2026-01-01 already done" "$work/out_fail_rerun" || fail "the rerun retrained day 1"
 [[ -f $work/fail/2026-01-02/_DONE && -f $work/fail/2026-01-02/export/delta.h5 ]] || fail "the rerun did not finish day 2"
+
+# Preemption: SIGUSR1 to daily.sh while day 1 trains reaches training, which saves a step
+# checkpoint and exits 75; daily.sh stops with 75 and marks the day _PREEMPTED; the rerun
+# resumes day 1 from that checkpoint (the same steps in all) and goes on to day 2.
+long=(-- --set train.epochs=1000 --set train.max_steps=4000 --set train.checkpoint_every=100 --set train.batch_size=32)
+"$daily" --config "$work/daily.yaml" --first 2026-01-01 --last 2026-01-02 --out "$work/pre" "${long[@]}" \
+  >"$work/out_pre1" 2>&1 &
+pid=$!
+for _ in $(seq 600); do
+  compgen -G "$work/pre/2026-01-01/checkpoints/step-*" >/dev/null && break
+  sleep 0.05
+done
+compgen -G "$work/pre/2026-01-01/checkpoints/step-*" >/dev/null || { kill "$pid"; fail "day 1 wrote no step checkpoint within 30 s"; }
+kill -USR1 "$pid"
+rc=0
+wait "$pid" || rc=$?
+((rc == 75)) || { cat "$work/out_pre1"; fail "a preempted day should stop daily.sh with 75, got $rc"; }
+[[ -f $work/pre/2026-01-01/_PREEMPTED && ! -e $work/pre/2026-01-01/_DONE ]] || fail "the preempted day is not marked so"
+grep -q "rerun to resume it" "$work/out_pre1" || { cat "$work/out_pre1"; fail "the stop does not say how to go on"; }
+"$daily" --config "$work/daily.yaml" --first 2026-01-01 --last 2026-01-02 --out "$work/pre" "${long[@]}" \
+  >"$work/out_pre2" 2>&1 || { cat "$work/out_pre2"; fail "the rerun after the preemption failed"; }
+grep -q "resuming the preempted run" "$work/out_pre2" || { cat "$work/out_pre2"; fail "the rerun did not resume day 1"; }
+[[ -f $work/pre/2026-01-01/_DONE && ! -e $work/pre/2026-01-01/_PREEMPTED && -f $work/pre/2026-01-02/_DONE ]] ||
+  fail "after the rerun both days are done"
+"$py" - "$work/pre" <<'PY'
+import json, sys
+d = sys.argv[1]
+s1 = json.load(open(f"{d}/2026-01-01/summary.json"))
+assert s1["resumed_from_step"] > 0, ("day 1 resumed from its step checkpoint", s1["resumed_from_step"])
+assert s1["steps"] == 4000, ("the resumed day ran all its steps", s1["steps"])
+s2 = json.load(open(f"{d}/2026-01-02/summary.json"))
+assert s2["first_step"] == 4000, ("day 2 started from day 1's final checkpoint", s2["first_step"])
+print("preemption: ok, day 1 resumed from step", s1["resumed_from_step"])
+PY
 
 for mode in scratch frozen; do
   "$daily" --mode "$mode" --config "$work/daily.yaml" --first 2026-01-01 --last 2026-01-03 --out "$work/$mode" \
