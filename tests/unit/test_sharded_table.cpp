@@ -310,6 +310,14 @@ TEST(ShardedTable, ReducedGradientEqualsTheSingleProcessGradient) {
             continue;
           }
           EXPECT_TRUE(std::is_sorted(run.grad.rows.begin(), run.grad.rows.end()));
+          // Compact: one row of values per row the batch touched on this owner, never a dense
+          // gradient of the shard (let alone of the table).
+          const auto touched = static_cast<int64_t>(run.grad.rows.size());
+          EXPECT_GE(run.grad.values.dim(0), touched);
+          EXPECT_LE(run.grad.values.dim(0), std::max<int64_t>(touched, 1));
+          EXPECT_EQ(run.grad.values.dim(1), kDim);
+          if (world > 1 && p == Placement::RowWise)
+            EXPECT_LT(touched, o.rows) << "rank " << r << " reduced every row";
           for (size_t i = 0; i < run.grad.rows.size(); ++i) {
             const int64_t global = run.shard_rows[static_cast<size_t>(run.grad.rows[i])];
             EXPECT_TRUE(got.emplace(global, std::make_pair(r, static_cast<int64_t>(i))).second)
