@@ -40,6 +40,22 @@ struct CommStats {
   int64_t total_bytes() const { return all_reduce_bytes + all_to_all_bytes + all_gather_bytes + broadcast_bytes; }
 };
 
+// Who is alive, asked apart from the collectives: the MPI communicator's liveness pings (see
+// mpi_communicator.cpp), lent to a communicator layered over its ranks (NCCL) so that its
+// watchdog, too, names the rank it waits on. Collective numbers are the layered
+// communicator's own; `op` is a collective's kind where the caller has one, else -1.
+class PeerProbe {
+ public:
+  virtual ~PeerProbe() = default;
+  // While waiting in collective #seq: answers the ranks that timed out and ask who is alive.
+  virtual void answer(int64_t seq, int64_t op) = 0;
+  // After a timeout in collective #seq: asks every other rank, listens for at most
+  // `listen_seconds` (answering the others meanwhile), and says what it heard, as text to append
+  // to the timeout's message: "; no answer from rank 1 (stopped, hung or dead?)", or that every
+  // rank answered, and which ranks answered from another collective.
+  virtual std::string diagnose(int64_t seq, int64_t op, double listen_seconds) = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -49,6 +65,9 @@ class Communicator {
   virtual const char* kind() const = 0;
   // Whether the collectives take device memory (NCCL) rather than host memory (MPI, local).
   virtual bool takes_device_memory() const { return false; }
+  // A liveness probe over this communicator's ranks for a communicator layered over it (null
+  // where there is none: the local communicator). Collective: every rank calls it.
+  virtual std::unique_ptr<PeerProbe> make_peer_probe() { return nullptr; }
   // Whether `t` is in the kind of memory the collectives take (else all_reduce_sum(Tensor&)
   // stages it through a copy).
   bool takes_in_place(const Tensor& t) const { return (t.device() != Device::CPU) == takes_device_memory(); }

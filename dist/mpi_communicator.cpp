@@ -34,6 +34,7 @@
 #include <deque>
 #include <exception>
 #include <iomanip>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -126,7 +127,8 @@ enum class Op : int64_t { kSetup, kAllReduceSum, kAllReduceMax, kAllToAllV, kAll
 const char* op_name(int64_t op) {
   static const char* const names[] = {"communicator setup", "all_reduce_sum", "all_reduce_max", "all_to_all_v",
                                       "all_gather",         "broadcast",      "barrier"};
-  return op >= 0 && op < static_cast<int64_t>(std::size(names)) ? names[op] : "an unknown collective";
+  if (op < 0) return "a collective";  // a layered communicator's (PeerProbe)
+  return op < static_cast<int64_t>(std::size(names)) ? names[op] : "an unknown collective";
 }
 
 // One collective call as the watchdog reports it.
@@ -158,6 +160,118 @@ std::string rank_list(const std::vector<int>& ranks) {
   return os.str();
 }
 
+// The liveness pings (the watchdog above) on a communicator of their own, `diag`: answered by
+// every rank that waits in a collective, sent by a rank that timed out. Used by the MPI
+// communicator itself and lent to a communicator layered over its ranks (make_peer_probe).
+class MpiPeerProbe final : public PeerProbe {
+ public:
+  // `owned`: the probe frees `diag` when it is destroyed.
+  MpiPeerProbe(MPI_Comm diag, bool owned) : diag_(diag), owned_(owned) {
+    mpi_check(MPI_Comm_rank(diag_, &rank_), "MPI_Comm_rank");
+    mpi_check(MPI_Comm_size(diag_, &size_), "MPI_Comm_size");
+  }
+  ~MpiPeerProbe() override {
+    int finalised = 0;
+    MPI_Finalized(&finalised);
+    // Answers may still be in flight only when a peer timed out and the job is ending.
+    if (!finalised && owned_ && outgoing_.empty() && diag_ != MPI_COMM_NULL) MPI_Comm_free(&diag_);
+  }
+  MpiPeerProbe(const MpiPeerProbe&) = delete;
+  MpiPeerProbe& operator=(const MpiPeerProbe&) = delete;
+
+  bool sends_in_flight() const { return !outgoing_.empty(); }
+
+  void answer(int64_t seq, int64_t op) override {
+    Message ping;
+    int tag = 0;
+    for (int from; (from = receive(kPingTag, &ping, &tag)) >= 0;) send(from, kPongTag, Message{seq, op});
+    while (!outgoing_.empty()) {  // drop finished sends
+      int done = 0;
+      if (outgoing_.front().request != MPI_REQUEST_NULL &&
+          (MPI_Test(&outgoing_.front().request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS || !done))
+        break;
+      outgoing_.pop_front();
+    }
+  }
+
+  std::string diagnose(int64_t seq, int64_t op, double listen_seconds) override {
+    // Ask every other rank whether it is alive, and listen for pings and answers alike.
+    std::vector<char> heard(static_cast<size_t>(size_), 0);
+    std::vector<Message> where(static_cast<size_t>(size_), Message{0, 0});
+    heard[static_cast<size_t>(rank_)] = 1;
+    for (int r = 0; r < size_; ++r)
+      if (r != rank_) send(r, kPingTag, Message{seq, op});
+    const Clock::time_point start = Clock::now();
+    int missing = size_ - 1;
+    while (missing > 0 && std::chrono::duration<double>(Clock::now() - start).count() < listen_seconds) {
+      Message message;
+      int tag = 0;
+      const int from = receive(MPI_ANY_TAG, &message, &tag);
+      if (from < 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        continue;
+      }
+      if (tag == kPingTag) send(from, kPongTag, Message{seq, op});
+      if (!heard[static_cast<size_t>(from)]) --missing;
+      heard[static_cast<size_t>(from)] = 1;
+      where[static_cast<size_t>(from)] = message;
+    }
+    std::vector<int> silent, elsewhere;
+    for (int r = 0; r < size_; ++r) {
+      if (!heard[static_cast<size_t>(r)]) silent.push_back(r);
+      else if (r != rank_ && where[static_cast<size_t>(r)][0] != seq) elsewhere.push_back(r);
+    }
+    std::ostringstream os;
+    if (!silent.empty()) {
+      os << "; no answer from " << rank_list(silent) << " (stopped, hung or dead?)";
+    } else {
+      os << "; every rank answered, so none is stuck outside MPI (a transport problem, or a timeout too short?)";
+    }
+    // A broadcast root may legitimately be a collective ahead; with no silent rank, ranks in
+    // different collectives are the likely cause of the hang.
+    for (size_t i = 0; i < elsewhere.size() && i < 4; ++i) {
+      const Message& m = where[static_cast<size_t>(elsewhere[i])];
+      os << "; rank " << elsewhere[i] << " answered from " << op_name(m[1]) << " (collective #" << m[0] << ")";
+    }
+    if (!elsewhere.empty() && silent.empty()) os << " (ranks calling collectives in different orders?)";
+    return os.str();
+  }
+
+ private:
+  // A ping or its answer: {collective #, Op} of the sender.
+  using Message = std::array<int64_t, 2>;
+  struct Outgoing {
+    Message message;
+    MPI_Request request;
+  };
+
+  void send(int to, int tag, const Message& message) {
+    outgoing_.push_back(Outgoing{message, MPI_REQUEST_NULL});
+    Outgoing& out = outgoing_.back();
+    // Never waited for: a stopped peer never receives it. A failure (a dead peer) only means
+    // that peer will not answer.
+    if (MPI_Isend(out.message.data(), 2, MPI_INT64_T, to, tag, diag_, &out.request) != MPI_SUCCESS)
+      out.request = MPI_REQUEST_NULL;
+  }
+
+  // Receives one message if one has arrived; returns its source or -1.
+  int receive(int tag, Message* message, int* received_tag) {
+    int arrived = 0;
+    MPI_Status status;
+    if (MPI_Iprobe(MPI_ANY_SOURCE, tag, diag_, &arrived, &status) != MPI_SUCCESS || !arrived) return -1;
+    if (MPI_Recv(message->data(), 2, MPI_INT64_T, status.MPI_SOURCE, status.MPI_TAG, diag_, MPI_STATUS_IGNORE) !=
+        MPI_SUCCESS)
+      return -1;
+    *received_tag = status.MPI_TAG;
+    return status.MPI_SOURCE;
+  }
+
+  MPI_Comm diag_;
+  bool owned_;
+  int rank_ = 0, size_ = 1;
+  std::deque<Outgoing> outgoing_;  // a deque: buffers of sends in flight must not move
+};
+
 class MpiCommunicator final : public Communicator {
  public:
   explicit MpiCommunicator(double timeout_seconds) : timeout_(timeout_seconds) {
@@ -171,7 +285,7 @@ class MpiCommunicator final : public Communicator {
     for (MPI_Request& request : requests) wait(request, setup, "MPI_Comm_idup");
     mpi_check(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
     mpi_check(MPI_Comm_set_errhandler(diag_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
-    diag_ready_ = true;
+    probe_ = std::make_unique<MpiPeerProbe>(diag_, /*owned=*/false);
   }
 
   ~MpiCommunicator() override {
@@ -193,7 +307,8 @@ class MpiCommunicator final : public Communicator {
       return;
     }
     // Answers to pings may still be in flight only when a peer timed out and the job is ending.
-    if (!outgoing_.empty()) return;
+    if (probe_ && probe_->sends_in_flight()) return;
+    probe_.reset();
     if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
     if (diag_ != MPI_COMM_NULL) MPI_Comm_free(&diag_);
   }
@@ -201,6 +316,18 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int world_size() const override { return size_; }
   const char* kind() const override { return "mpi"; }
+
+  std::unique_ptr<PeerProbe> make_peer_probe() override {
+    if (timed_out_) throw CommTimeout(timeout_message_ + " (the communicator is unusable after a timeout)");
+    // Collective, so non-blocking and watched like the constructor's duplicates.
+    MPI_Comm diag = MPI_COMM_NULL;
+    MPI_Request request;
+    const Collective setup{Op::kSetup, 0, 0};
+    check(MPI_Comm_idup(MPI_COMM_WORLD, &diag, &request), "MPI_Comm_idup", setup);
+    wait(request, setup, "MPI_Comm_idup");
+    check(MPI_Comm_set_errhandler(diag, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler", setup);
+    return std::make_unique<MpiPeerProbe>(diag, /*owned=*/true);
+  }
 
  protected:
   void do_all_reduce(void* data, int64_t n, DType dtype, bool max) override {
@@ -307,13 +434,6 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
-  // A ping or its answer: {collective #, Op} of the sender.
-  using Message = std::array<int64_t, 2>;
-  struct Outgoing {
-    Message message;
-    MPI_Request request;
-  };
-
   Collective begin(Op op, int64_t bytes) {
     if (timed_out_) throw CommTimeout(timeout_message_ + " (the communicator is unusable after a timeout)");
     return Collective{op, ++seq_, bytes};
@@ -357,41 +477,9 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
-  void send_diag(int to, int tag, const Collective& what) {
-    outgoing_.push_back(Outgoing{Message{what.seq, static_cast<int64_t>(what.op)}, MPI_REQUEST_NULL});
-    Outgoing& out = outgoing_.back();
-    // Never waited for: a stopped peer never receives it. A failure (a dead peer) only means
-    // that peer will not answer.
-    if (MPI_Isend(out.message.data(), 2, MPI_INT64_T, to, tag, diag_, &out.request) != MPI_SUCCESS)
-      out.request = MPI_REQUEST_NULL;
-  }
-
-  // Receives one diagnostic message if one has arrived; returns its source or -1.
-  int receive_diag(int tag, Message* message, int* received_tag) {
-    int arrived = 0;
-    MPI_Status status;
-    if (MPI_Iprobe(MPI_ANY_SOURCE, tag, diag_, &arrived, &status) != MPI_SUCCESS || !arrived) return -1;
-    if (MPI_Recv(message->data(), 2, MPI_INT64_T, status.MPI_SOURCE, status.MPI_TAG, diag_, MPI_STATUS_IGNORE) !=
-        MPI_SUCCESS)
-      return -1;
-    *received_tag = status.MPI_TAG;
-    return status.MPI_SOURCE;
-  }
-
   // While waiting in any collective: tell a timed-out peer that this rank is alive and where.
   void answer_pings() {
-    if (!diag_ready_) return;
-    Message ping;
-    int tag = 0;
-    for (int from; (from = receive_diag(kPingTag, &ping, &tag)) >= 0;)
-      send_diag(from, kPongTag, current_);
-    while (!outgoing_.empty()) {  // drop finished sends
-      int done = 0;
-      if (outgoing_.front().request != MPI_REQUEST_NULL &&
-          (MPI_Test(&outgoing_.front().request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS || !done))
-        break;
-      outgoing_.pop_front();
-    }
+    if (probe_) probe_->answer(current_.seq, static_cast<int64_t>(current_.op));
   }
 
   [[noreturn]] void report_timeout(const Collective& what, double waited) {
@@ -399,49 +487,11 @@ class MpiCommunicator final : public Communicator {
     g_error_seen = true;
     std::ostringstream os;
     os << "ncsrec: rank " << rank_ << ": " << describe(what) << " waited " << std::setprecision(3) << waited << " s";
-    if (!diag_ready_) {
+    if (!probe_) {
       os << "; a rank never created its communicator (crashed or stuck before it?): ending the job";
     } else {
-      // Ask every other rank whether it is alive, and listen for pings and answers alike.
-      std::vector<char> heard(static_cast<size_t>(size_), 0);
-      std::vector<Message> where(static_cast<size_t>(size_), Message{0, 0});
-      heard[rank_] = 1;
-      for (int r = 0; r < size_; ++r)
-        if (r != rank_) send_diag(r, kPingTag, what);
-      const double listen = std::min(kMaxListenSeconds, timeout_ / 2);
-      const Clock::time_point start = Clock::now();
-      int missing = size_ - 1;
-      while (missing > 0 && std::chrono::duration<double>(Clock::now() - start).count() < listen) {
-        Message message;
-        int tag = 0;
-        const int from = receive_diag(MPI_ANY_TAG, &message, &tag);
-        if (from < 0) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(1));
-          continue;
-        }
-        if (tag == kPingTag) send_diag(from, kPongTag, what);
-        if (!heard[from]) --missing;
-        heard[from] = 1;
-        where[from] = message;
-      }
-      std::vector<int> silent, elsewhere;
-      for (int r = 0; r < size_; ++r) {
-        if (!heard[r]) silent.push_back(r);
-        else if (r != rank_ && where[r][0] != what.seq) elsewhere.push_back(r);
-      }
-      if (!silent.empty()) {
-        os << "; no answer from " << rank_list(silent) << " (stopped, hung or dead?)";
-      } else {
-        os << "; every rank answered, so none is stuck outside MPI (a transport problem, or a timeout too short?)";
-      }
-      // A broadcast root may legitimately be a collective ahead; with no silent rank, ranks in
-      // different collectives are the likely cause of the hang.
-      for (size_t i = 0; i < elsewhere.size() && i < 4; ++i) {
-        const Message& m = where[elsewhere[i]];
-        os << "; rank " << elsewhere[i] << " answered from " << op_name(m[1]) << " (collective #" << m[0] << ")";
-      }
-      if (!elsewhere.empty() && silent.empty()) os << " (ranks calling collectives in different orders?)";
-      os << ": ending the job";
+      os << probe_->diagnose(what.seq, static_cast<int64_t>(what.op), std::min(kMaxListenSeconds, timeout_ / 2))
+         << ": ending the job";
     }
     timeout_message_ = os.str();
     std::fprintf(stderr, "%s\n", timeout_message_.c_str());
@@ -453,7 +503,7 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1;
   MPI_Comm comm_ = MPI_COMM_NULL;  // the collectives
   MPI_Comm diag_ = MPI_COMM_NULL;  // liveness pings after a timeout, apart from the collectives
-  bool diag_ready_ = false;        // set up (MPI_Comm_idup completes later than it returns)
+  std::unique_ptr<MpiPeerProbe> probe_;  // on diag_, once set up (MPI_Comm_idup completes later than it returns)
   Collective current_{Op::kSetup, 0, 0};  // the collective being waited for, for answers to pings
   int64_t seq_ = 0;
   struct Started {
@@ -462,7 +512,6 @@ class MpiCommunicator final : public Communicator {
   };
   std::vector<Started> started_;  // all-reduces started and not yet waited for
   bool abandoned_ = false;        // some were given up (abandon_all_reduces): still active
-  std::deque<Outgoing> outgoing_;  // a deque: buffers of sends in flight must not move
   bool timed_out_ = false;
   std::string timeout_message_;
 };

@@ -10,8 +10,14 @@
 // the stream under the watchdog. One stream for every collective keeps them in one order on
 // every rank (NCCL does not promise that two of its kernels progress concurrently).
 //
-// Not here: liveness pings naming the missing rank (the MPI communicator's diagnosis; NCCL has
-// no side channel for it), several GPUs per process.
+// Naming the missing rank: NCCL has no side channel for it, so the communicator borrows one
+// from the bootstrap communicator (Communicator::make_peer_probe: MPI's liveness pings on a
+// communicator of their own). While waiting, a rank answers the pings of ranks that timed out;
+// a rank that times out pings every other rank and names those that do not answer (a rank
+// stopped, busy outside the communicator, or dead), as the MPI communicator does. Over the local
+// communicator (one process) there is no probe and nothing to name.
+//
+// Not here: several GPUs per process.
 //
 // Watchdog. The NCCL communicator is non-blocking (ncclConfig_t::blocking = 0): no NCCL call
 // blocks the host, and initialisation, enqueueing and the collective itself are all waited for
@@ -41,6 +47,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "core/error.h"
 #include "core/launcher.h"
@@ -118,8 +125,9 @@ struct Collective {
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(int rank, int size, int device, double timeout_seconds, const ncclUniqueId& id)
-      : rank_(rank), size_(size), device_(device), timeout_(timeout_seconds) {
+  NcclCommunicator(int rank, int size, int device, double timeout_seconds, const ncclUniqueId& id,
+                   std::unique_ptr<PeerProbe> probe)
+      : rank_(rank), size_(size), device_(device), timeout_(timeout_seconds), probe_(std::move(probe)) {
     try {
       CUDA_CHECK(cudaSetDevice(device_));
       // A non-blocking stream, so that an all-reduce started during the backward does not hold
@@ -375,6 +383,7 @@ class NcclCommunicator final : public Communicator {
       const double waited = std::chrono::duration<double>(Clock::now() - start).count();
       if (timeout_ > 0 && waited > timeout_) fail_timeout(what, waited);
       if (polls < 200) continue;
+      if (probe_) probe_->answer(what.seq, -1);  // a timed-out peer asks who is alive
       if (polls < 2000) {
         std::this_thread::yield();
       } else {
@@ -402,6 +411,8 @@ class NcclCommunicator final : public Communicator {
     std::ostringstream os;
     os << describe(what) << " waited " << std::setprecision(3) << waited << " s";
     if (what.seq == 0) os << " (a rank that never started NCCL, or ranks that cannot connect?)";
+    // Which rank it waits on, asked over the bootstrap's ranks (at most 10 s, or half the bound).
+    if (probe_) os << probe_->diagnose(what.seq, -1, std::min(10.0, timeout_ / 2));
     os << ": ending the job (ncclCommAbort)";
     die(os.str(), /*timed_out=*/true);
     throw CommTimeout(failure_message_);
@@ -482,6 +493,7 @@ class NcclCommunicator final : public Communicator {
 
   int rank_, size_, device_;
   double timeout_;
+  std::unique_ptr<PeerProbe> probe_;  // liveness pings over the bootstrap's ranks, or null
   cudaStream_t stream_ = nullptr;
   cudaEvent_t compute_done_ = nullptr;  // recorded on the legacy default stream before each collective
   std::vector<Collective> started_;     // all-reduces started and not yet finished
@@ -511,7 +523,8 @@ std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, co
   NCSREC_USER_CHECK(created == ncclSuccess,
                     "NCCL communicator: rank 0 could not create the NCCL unique id: " << nccl_error(created));
   std::memcpy(&id, message + 1, sizeof id);
-  return std::make_unique<NcclCommunicator>(rank, size, device, timeout, id);
+  std::unique_ptr<PeerProbe> probe = size > 1 ? bootstrap.make_peer_probe() : nullptr;
+  return std::make_unique<NcclCommunicator>(rank, size, device, timeout, id, std::move(probe));
 }
 
 }  // namespace ncsrec

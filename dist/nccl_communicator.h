@@ -28,12 +28,15 @@ namespace ncsrec {
 // initialises NCCL, waiting at most options.timeout_seconds (env NCSREC_COMM_TIMEOUT overrides;
 // 0 waits forever). The GPU is the node-local rank (the first of OMPI_COMM_WORLD_LOCAL_RANK,
 // SLURM_LOCALID, MPI_LOCALRANKID, LOCAL_RANK that is set, else 0) modulo the number of visible
-// GPUs; it becomes this thread's current device. `bootstrap` is only used here.
+// GPUs; it becomes this thread's current device. `bootstrap` is only used here (its liveness
+// probe, a communicator of its own, lives on in the NCCL communicator).
 //
 // Throws UserError when there is no GPU or NCCL fails to initialise, and CommTimeout when the
 // initialisation does not finish in time. A collective that times out or fails asynchronously
-// aborts the NCCL communicator (ncclCommAbort), prints one line to stderr naming the call, and
-// throws CommTimeout (UserError for an NCCL error); every later call then throws too.
+// aborts the NCCL communicator (ncclCommAbort), prints one line to stderr naming the call (and,
+// for a timeout over several ranks, the ranks that did not answer `bootstrap`'s liveness
+// pings: make_peer_probe), and throws CommTimeout (UserError for an NCCL error); every later
+// call then throws too.
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, const CommOptions& options = {});
 
 // The GPU make_nccl_communicator gives this rank (node-local rank modulo the visible GPUs);

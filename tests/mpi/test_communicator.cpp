@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdint>
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/error.h"
@@ -333,6 +335,48 @@ TEST(Stats, CountThePayloadSentToOtherRanks) {
   EXPECT_EQ(comm().stats().broadcast_bytes, rank() == 0 ? 50 * (n - 1) : 0);
   EXPECT_EQ(comm().stats().total_bytes(),
             comm().stats().all_reduce_bytes + sent_elsewhere * 8 + 3 * 8 * (n - 1) + (rank() == 0 ? 50 * (n - 1) : 0));
+}
+
+// The liveness probe a communicator lends to one layered over its ranks (NCCL's watchdog):
+// none for the local communicator; over MPI, ranks that time out together hear each other, a
+// rank that waits (answer) is heard with the collective it waits in, and a rank that does
+// neither is named.
+TEST(PeerProbe, RanksThatAnswerAreHeardAndASilentRankIsNamed) {
+  std::unique_ptr<PeerProbe> probe = comm().make_peer_probe();
+  if (std::string(comm().kind()) == "local") {
+    EXPECT_EQ(probe, nullptr);
+    return;
+  }
+  ASSERT_NE(probe, nullptr);
+  // Each part on a probe of its own, so that no message left from one part reaches the next.
+  // Every rank times out in collective #5 at once: each hears all the others.
+  const std::string together = probe->diagnose(5, -1, 5.0);
+  EXPECT_NE(together.find("every rank answered"), std::string::npos) << together;
+  EXPECT_EQ(together.find("answered from"), std::string::npos) << together;
+  comm().barrier();
+  if (world() == 1) return;
+  // Rank 0 times out in collective #7; the others wait in #8 and answer (for 1.5 s).
+  probe = comm().make_peer_probe();
+  if (rank() == 0) {
+    const std::string heard = probe->diagnose(7, -1, 5.0);
+    EXPECT_NE(heard.find("every rank answered"), std::string::npos) << heard;
+    EXPECT_NE(heard.find("rank 1 answered from a collective (collective #8)"), std::string::npos) << heard;
+  } else {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+    while (std::chrono::steady_clock::now() < until) {
+      probe->answer(8, -1);
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  comm().barrier();
+  // The last rank neither answers nor asks: the others name it after listening for 1 s.
+  probe = comm().make_peer_probe();
+  const int silent = world() - 1;
+  if (rank() != silent) {
+    const std::string named = probe->diagnose(9, -1, 1.0);
+    EXPECT_NE(named.find("no answer from rank " + std::to_string(silent) + " "), std::string::npos) << named;
+  }
+  comm().barrier();
 }
 
 TEST(Errors, AllReduceOfBytesIsRejectedAndTheCommunicatorStaysUsable) {
