@@ -91,15 +91,8 @@ done
 echo "sbatch_daily: day 1 $first after $((SECONDS - t0)) s: scancel --batch --signal=USR1 $job_id"
 timeout 10 scancel --batch --signal=USR1 "$job_id" || fail "scancel --batch --signal=USR1 failed"
 
-info="" state=""
-for _ in $(seq 600); do
-  info="$(timeout 10 scontrol show job "$job_id" 2>&1)"
-  state="$(grep -Eo 'JobState=[A-Z_]+' <<<"$info" | cut -d= -f2)"
-  case "$state" in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE) break ;; esac
-  sleep 0.2
-done
-restarts="$(grep -Eo 'Restarts=[0-9]+' <<<"$info" | cut -d= -f2)"
-exit_code="$(grep -Eo ' ExitCode=[0-9]+:[0-9]+' <<<"$info" | cut -d= -f2)"
+wait_for_job_end "$job_id" 120
+state=$job_state restarts=$job_restarts exit_code=$job_exit_code
 echo "sbatch_daily: job $job_id ended after $((SECONDS - t0)) s"
 
 [[ "$state" == COMPLETED && "$exit_code" == 0:0 ]]

@@ -114,14 +114,8 @@ preempt_and_resume() {
   timeout 10 scancel --batch --signal=USR1 "$job_id" || fail "[$launcher] scancel --batch --signal=USR1 failed"
 
   # Requeued (Restarts=1), then to the end: at most 60 s.
-  for _ in $(seq 300); do
-    info="$(timeout 10 scontrol show job "$job_id" 2>&1)"
-    state="$(grep -Eo 'JobState=[A-Z_]+' <<<"$info" | cut -d= -f2)"
-    case "$state" in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE) break ;; esac
-    sleep 0.2
-  done
-  restarts="$(grep -Eo 'Restarts=[0-9]+' <<<"$info" | cut -d= -f2)"
-  exit_code="$(grep -Eo ' ExitCode=[0-9]+:[0-9]+' <<<"$info" | cut -d= -f2)"
+  wait_for_job_end "$job_id" 60
+  state=$job_state restarts=$job_restarts exit_code=$job_exit_code
   echo "sbatch_preempt: [$launcher] job $job_id ended after $((SECONDS - t0)) s"
 
   [[ "$state" == COMPLETED && "$exit_code" == 0:0 ]]

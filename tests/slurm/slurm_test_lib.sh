@@ -40,3 +40,20 @@ slurm_scratch() {
   # shellcheck disable=SC2034  # used by the sourcing test
   cluster="$work/cluster"
 }
+
+# wait_for_job_end JOB_ID SECONDS: polls `scontrol show job` until the job has ended (or the
+# time is up), then sets job_state, job_restarts and job_exit_code (e.g. COMPLETED, 1, 0:0).
+wait_for_job_end() {
+  local id="$1" polls=$(($2 * 5)) info="" i
+  job_state=""
+  for ((i = 0; i < polls; ++i)); do
+    info="$(timeout 10 scontrol show job "$id" 2>&1)"
+    job_state="$(grep -Eo 'JobState=[A-Z_]+' <<<"$info" | cut -d= -f2)"
+    case "$job_state" in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE) break ;; esac
+    sleep 0.2
+  done
+  # shellcheck disable=SC2034  # read by the sourcing test
+  job_restarts="$(grep -Eo 'Restarts=[0-9]+' <<<"$info" | cut -d= -f2)"
+  # shellcheck disable=SC2034
+  job_exit_code="$(grep -Eo ' ExitCode=[0-9]+:[0-9]+' <<<"$info" | cut -d= -f2)"
+}
