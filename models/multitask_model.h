@@ -117,9 +117,9 @@ class MultiTaskModel {
   const BitMask& mask(int task, int i) const;
   void set_mask(int task, int i, const BitMask& mask);
   std::vector<const Tensor*> masked_weights() const;
-  // Learned masks: sets every mask to what predict() uses, the top-k of the current scores (a
-  // checkpoint's saved masks are those chosen before its last step moved the scores). Masks
-  // from a file or IMP are fixed: nothing to do.
+  // Learned masks: sets every mask to what predict() uses, the top-k of the current scores
+  // (the masks a training step chose lag its update of the scores by one step; the trainer
+  // calls this before every checkpoint). Masks from a file or IMP are fixed: nothing to do.
   void refresh_masks() {
     if (!score_params_.empty()) refresh_learned_masks();
   }

@@ -432,6 +432,10 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
     meta.epoch = epoch;
     meta.data_position = position;
     fs::create_directories(checkpoints_dir, ec);
+    // Learned masks: the checkpoint holds the masks of the scores it holds (what predict and
+    // export use), not those chosen before the last step moved the scores. The next step
+    // chooses them from the same scores again, so training is not changed.
+    model.refresh_masks();
     save_checkpoint(checkpoints_dir + "/" + name, state, meta, comm);
   };
   double checkpoint_seconds = 0;  // periodic saves inside the loop, taken out of its time
@@ -554,6 +558,12 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
   // Final checkpoint, then evaluation (so a failure in evaluation loses no training).
   summary.checkpoint = checkpoints_dir + "/final";
   save("final");
+  // Learned masks in a mask file too, as IMP leaves masks/chosen.h5: for `masks.file` of a
+  // later run, `ncsrec inspect` and tools that read masks without a checkpoint.
+  if (config.model.masks.find == "learned" && comm.rank() == 0) {
+    fs::create_directories(run_dir + "/masks", ec);
+    write_mask_file(run_dir + "/masks/learned.h5", model);
+  }
 
   if (!eval_files.empty()) {
     summary.eval = evaluate(model, eval_files, config, comm);

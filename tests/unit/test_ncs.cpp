@@ -367,6 +367,39 @@ TEST(Ncs, LearnedMasksKeepTheTargetDensityAndTrain) {
   EXPECT_TRUE(moved) << "training should move the learned masks away from their initial top-k";
 }
 
+// A learned run's masks are kept as IMP's are: the final checkpoint holds the masks of its
+// final scores (what predict uses), masks/learned.h5 holds the same, and a later run given that
+// file (masks.file) trains with exactly those masks, fixed.
+TEST(Ncs, ALearnedRunsMasksAreInItsCheckpointAndMaskFileAndLoadIntoALaterRun) {
+  ScratchDir dir("ncs_learned_file");
+  const std::string data = small_data(dir);
+  const TrainConfig c = small_ncs(data, "  masks: {find: learned, final_density: 0.3}\n", "");
+  auto comm = make_local_communicator();
+  run_training(c, "x: 1", (dir.path / "run").string(), *comm);
+  int64_t rows = 0;
+  const DataSchema schema = read_shard_schema(expand_data_paths({data + "/day=2026-01-01"}, "test").front(), &rows);
+  MultiTaskModel saved(c.model, schema, DType::F32, 1), scored(c.model, schema, DType::F32, 1),
+      in_file(c.model, schema, DType::F32, 1);
+  load_checkpoint((dir.path / "run/checkpoints/final").string(), TrainingState{&saved, nullptr, {}});
+  load_checkpoint((dir.path / "run/checkpoints/final").string(), TrainingState{&scored, nullptr, {}});
+  scored.refresh_masks();  // the top-k of the checkpoint's scores
+  const fs::path file = dir.path / "run/masks/learned.h5";
+  ASSERT_TRUE(fs::exists(file));
+  load_masks(file.string(), in_file);
+  for (int t = 0; t < 2; ++t)
+    for (int l = 0; l < saved.num_masked_layers(); ++l) {
+      EXPECT_TRUE(saved.mask(t, l) == scored.mask(t, l)) << "the checkpoint's masks are its scores' (task " << t << ")";
+      EXPECT_TRUE(in_file.mask(t, l) == saved.mask(t, l)) << "masks/learned.h5 holds them (task " << t << ")";
+    }
+  const TrainConfig later = small_ncs(data, "  masks: {file: \"" + file.string() + "\"}\n", "");
+  run_training(later, "x: 1", (dir.path / "later").string(), *comm);
+  MultiTaskModel after(later.model, schema, DType::F32, 1);
+  load_checkpoint((dir.path / "later/checkpoints/final").string(), TrainingState{&after, nullptr, {}});
+  for (int t = 0; t < 2; ++t)
+    for (int l = 0; l < after.num_masked_layers(); ++l)
+      EXPECT_TRUE(after.mask(t, l) == saved.mask(t, l)) << "the later run kept the file's masks (task " << t << ")";
+}
+
 // Penalty sparsity (ours): the mask is score > 0 and a controller scales a penalty on the
 // scores; the density is not exact at every step, but ends within 1% (absolute) of the target,
 // and moves the masks away from their initial ones, and the model trains.
