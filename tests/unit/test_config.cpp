@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/config.h"
+#include "core/data/block.h"
 #include "core/error.h"
 #include "core/random.h"
 #include "models/multitask_model.h"
@@ -121,6 +122,31 @@ TEST(TrainConfig, EveryShippedTrainingConfigParses) {
       ++checked;
     }
   EXPECT_GE(checked, 10);
+}
+
+// configs/ncs_paper.yaml is the paper's base network: 20 fields of dim 16, the full F×F dot
+// products with the flat embeddings (320 + 400 = 720 inputs), masked shared layers 512-256-128,
+// a linear head per task, CTR focal, CVR MSE on positives weighted 1.5. Built with its tables
+// cut to 100 rows (the real ones are 25M rows: the bench's business, not a unit test's).
+TEST(TrainConfig, ThePapersConfigBuildsThePapersNetwork) {
+  TrainConfig c = load_train_config(std::string(NCSREC_SOURCE_DIR) + "/configs/ncs_paper.yaml", {});
+  for (auto& t : c.model.tables) t.rows = 100;
+  DataSchema schema;
+  schema.tasks = {"click", "conversion"};
+  for (int f = 0; f < 20; ++f) schema.slots.push_back((f < 10 ? "f0" : "f") + std::to_string(f));
+  MultiTaskModel model(c.model, schema, DType::F32, 1);
+  EXPECT_EQ(model.input_dim(), 720);
+  ASSERT_EQ(model.num_masked_layers(), 3);
+  const std::vector<std::vector<int64_t>> shapes = {{720, 512}, {512, 256}, {256, 128}};
+  for (int l = 0; l < 3; ++l) {
+    EXPECT_EQ(model.mask(0, l).rows * model.mask(0, l).cols, shapes[static_cast<size_t>(l)][0] * shapes[static_cast<size_t>(l)][1])
+        << model.masked_layer_name(l);
+  }
+  ASSERT_EQ(c.model.tasks.size(), 2u);
+  EXPECT_EQ(c.model.tasks[0].loss, "focal");
+  EXPECT_EQ(c.model.tasks[1].loss, "mse");
+  EXPECT_EQ(c.model.tasks[1].loss_weight, 1.5);
+  EXPECT_EQ(c.model.embedding_dim, 16);
 }
 
 struct BadConfigCase {

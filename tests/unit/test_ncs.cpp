@@ -90,14 +90,16 @@ std::vector<uint8_t> bytes_of(const Tensor& t) {
 }
 
 // Whether element e of the dense buffer may move in a step of `task` under the exact semantics.
+// Whether a step of `task` (-1: a joint step of both) may change dense element e: not another
+// task's tower, and of a masked weight only what the task's mask holds (joint: either mask).
 bool reachable(MultiTaskModel& model, int task, int64_t e) {
   for (const Param& p : model.params().params()) {
     if (e < p.offset || e >= p.offset + shape_numel(p.shape)) continue;
     const int64_t i = e - p.offset;
-    const std::string other = task == 0 ? "tower.cvr." : "tower.ctr.";
-    if (p.name.rfind(other, 0) == 0) return false;
+    if (task >= 0 && p.name.rfind(task == 0 ? "tower.cvr." : "tower.ctr.", 0) == 0) return false;
     for (int l = 0; l < model.num_masked_layers(); ++l)
-      if (p.name == model.masked_layer_name(l) + ".weight") return model.mask(task, l).get(i);
+      if (p.name == model.masked_layer_name(l) + ".weight")
+        return task >= 0 ? model.mask(task, l).get(i) : model.mask(0, l).get(i) || model.mask(1, l).get(i);
     return true;
   }
   return true;
@@ -106,25 +108,30 @@ bool reachable(MultiTaskModel& model, int task, int64_t e) {
 TEST(Ncs, AStepOfOneTaskMovesNothingOutsideItsMaskAndTowerForEveryOptimizer) {
   for (const std::string type : {"sgd", "adam", "adagrad"}) {
     MultiTaskModel model(ncs_config(), schema2(), DType::F32, 3);
-    randomize_masks(model, 100);
     OptimizerConfig oc;
     oc.type = type;
     oc.lr = 0.05;
-    Optimizers opt = make_optimizers(oc, oc, model);
+    OptimizerConfig sparse = oc;
+    oc.weight_decay = 0.01;  // moves any weight a step may touch, gradient or not
+    Optimizers opt = make_optimizers(oc, sparse, model);
     auto comm = make_local_communicator();
-    // Joint steps first, so that every optimizer state is non-zero.
+    // Joint steps with every connection first, so that every optimizer state is non-zero; then
+    // random masks.
     for (int64_t s = 1; s <= 3; ++s) train_one_step(model, opt, random_batch(schema2(), 32, s), -1, s, true, *comm);
-    for (int task = 0; task < 2; ++task) {
+    randomize_masks(model, 100);
+    // Each task's step, then a joint step: a weight in neither task's mask (dead) stays put too.
+    for (int task : {0, 1, -1}) {
       const std::vector<uint8_t> before = bytes_of(model.params().values());
       std::vector<std::vector<uint8_t>> state_before;
       for (auto& [slot, t] : opt.dense->state()) state_before.push_back(bytes_of(*t));
-      train_one_step(model, opt, random_batch(schema2(), 32, 50 + task), task, 4 + task, true, *comm);
+      train_one_step(model, opt, random_batch(schema2(), 32, 50 + task), task, 5 + task, true, *comm);
       const std::vector<uint8_t> after = bytes_of(model.params().values());
       const int64_t n = model.params().numel();
-      int64_t moved_inside = 0;
+      int64_t moved_inside = 0, unreachable = 0;
       for (int64_t e = 0; e < n; ++e) {
         const bool same = std::memcmp(&before[static_cast<size_t>(e) * 4], &after[static_cast<size_t>(e) * 4], 4) == 0;
         if (!reachable(model, task, e)) {
+          ++unreachable;
           ASSERT_TRUE(same) << type << ": task " << task << " moved unreachable element " << e;
           size_t k = 0;
           for (auto& [slot, t] : opt.dense->state()) {
@@ -140,6 +147,7 @@ TEST(Ncs, AStepOfOneTaskMovesNothingOutsideItsMaskAndTowerForEveryOptimizer) {
       }
       // (reachable weights with a zero gradient, e.g. behind an inactive ReLU, need not move)
       EXPECT_GT(moved_inside, 10) << type << ": the step should move reachable weights";
+      EXPECT_GT(unreachable, 10) << type << ": task " << task << " has weights it may not move";
     }
   }
 }
@@ -265,7 +273,26 @@ TEST(Ncs, ImpReachesTheFormulasDensitiesAndKeepsEveryRound) {
   load_masks((dir.path / "run/checkpoints/final").string(), trained);
   for (int t = 0; t < 2; ++t)
     for (int l = 0; l < model.num_masked_layers(); ++l) EXPECT_TRUE(chosen.mask(t, l) == trained.mask(t, l));
-  EXPECT_TRUE(fs::exists(dir.path / "run/masks/imp.json"));
+  // Each task's chosen round is the one with the best validation AUC (imp.json), and chosen.h5
+  // holds that round's mask for the task.
+  std::ifstream json_file(dir.path / "run/masks/imp.json");
+  const std::string json((std::istreambuf_iterator<char>(json_file)), std::istreambuf_iterator<char>());
+  for (int t = 0; t < 2; ++t) {
+    const std::string task = t == 0 ? "\"ctr\"" : "\"cvr\"";
+    const size_t at = json.find(task + ": {\"chosen_round\": ");
+    ASSERT_NE(at, std::string::npos) << json;
+    const std::string entry = json.substr(at, json.find(']', at) - at);
+    const int chosen_round = std::stoi(entry.substr(entry.find(": ", task.size() + 3) + 2));
+    std::vector<double> aucs;
+    for (size_t k = entry.find("\"valid_auc\": "); k != std::string::npos; k = entry.find("\"valid_auc\": ", k + 1))
+      aucs.push_back(std::stod(entry.substr(k + 13)));
+    ASSERT_EQ(aucs.size(), 3u) << entry;
+    EXPECT_EQ(chosen_round, std::max_element(aucs.begin(), aucs.end()) - aucs.begin()) << entry;
+    MultiTaskModel round_masks(c.model, schema, DType::F32, 1);
+    load_masks((dir.path / "run/masks" / ("round-" + std::to_string(chosen_round) + ".h5")).string(), round_masks);
+    for (int l = 0; l < model.num_masked_layers(); ++l)
+      EXPECT_TRUE(chosen.mask(t, l) == round_masks.mask(t, l)) << "task " << t << " layer " << l;
+  }
 }
 
 // IMP on a device model (the stand-in device, its tables in device memory): every round's
@@ -402,7 +429,9 @@ TEST(Ncs, ALearnedRunsMasksAreInItsCheckpointAndMaskFileAndLoadIntoALaterRun) {
 
 // Penalty sparsity (ours): the mask is score > 0 and a controller scales a penalty on the
 // scores; the density is not exact at every step, but ends within 1% (absolute) of the target,
-// and moves the masks away from their initial ones, and the model trains.
+// and moves the masks away from their initial ones, and the model trains. (Absolute: this small
+// model's layers hold 72 to 128 weights, so one connection is 0.8-1.4% of the target; the
+// paper-sized layers stayed within 0.75% relative of 0.2, docs/ncs.md.)
 TEST(Ncs, PenaltyMasksEndWithinOnePercentOfTheTargetDensity) {
   ScratchDir dir("ncs_penalty");
   const std::string data = small_data(dir);
