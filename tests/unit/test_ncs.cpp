@@ -295,6 +295,32 @@ TEST(Ncs, ImpReachesTheFormulasDensitiesAndKeepsEveryRound) {
   }
 }
 
+// Every IMP round starts from θ₀ with fresh optimizer state and a restarted schedule: with
+// nothing to prune (final density 1), the rounds train the same model on the same data from
+// the same start, so their validation AUCs are the same to the last bit; a round that kept the
+// weights, the moments or the step of the one before would differ.
+TEST(Ncs, ImpRoundsRewindWeightsOptimizerStateAndSchedule) {
+  ScratchDir dir("ncs_imp_rewind");
+  const std::string data = small_data(dir, 300, 100, 2000);
+  const TrainConfig c = small_ncs(data, "  masks: {find: imp, final_density: 1.0, rounds: 2}\n",
+                                  ", lr_schedule: {warmup_steps: 3}");
+  auto comm = make_local_communicator();
+  run_training(c, "x: 1", (dir.path / "run").string(), *comm);
+  std::ifstream json_file(dir.path / "run/masks/imp.json");
+  const std::string json((std::istreambuf_iterator<char>(json_file)), std::istreambuf_iterator<char>());
+  for (const std::string task : {"\"ctr\"", "\"cvr\""}) {
+    const size_t at = json.find(task + ": {");
+    ASSERT_NE(at, std::string::npos) << json;
+    std::vector<std::string> aucs;  // as written, every digit
+    const size_t end = json.find(']', at);
+    for (size_t k = json.find("\"valid_auc\": ", at); k < end; k = json.find("\"valid_auc\": ", k + 1))
+      aucs.push_back(json.substr(k + 13, json.find_first_of(",}", k + 13) - (k + 13)));
+    ASSERT_EQ(aucs.size(), 3u) << json;
+    EXPECT_EQ(aucs[1], aucs[0]) << task << ": round 1 did not start where round 0 did";
+    EXPECT_EQ(aucs[2], aucs[0]) << task << ": round 2 did not start where round 0 did";
+  }
+}
+
 // IMP on a device model (the stand-in device, its tables in device memory): every round's
 // training, pruning and rewinding of weights, tables and optimizer state go through the host
 // copy of the tables; the rounds' masks, the chosen masks and the final evaluation are the CPU
