@@ -339,10 +339,10 @@ LoadedRun load_run(const Args& args, const std::vector<std::string>& data_files)
   // The run evaluates where it trained when this machine can: with run.device cuda or auto, on
   // a GPU if one is here and the model runs there, else on the CPU (a checkpoint is the same on
   // every device, so a GPU-trained one evaluates on a machine without a GPU). --sparse (CSR
-  // layers) runs on the CPU.
+  // layers) runs where the model does: on a GPU through cuSPARSE (cuda/sparse.h).
   TrainConfig saved = parse_train_config(read_checkpoint_meta(checkpoint).config_yaml, checkpoint + " (saved config)");
   Device device = Device::CPU;
-  if (saved.device != "cpu" && !args.has("sparse")) {
+  if (saved.device != "cpu") {
     const std::string trained_on = saved.device;
     saved.device = "auto";
     select_device(saved.device, saved.matmul, saved.masked_route, "", "");

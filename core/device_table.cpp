@@ -1,29 +1,20 @@
 #include "core/device_table.h"
 
 #include <algorithm>
-#include <array>
-#include <mutex>
 #include <tuple>
+
+#include "core/per_device.h"
 
 namespace ncsrec {
 namespace {
 
-std::mutex g_mutex;
-std::array<DeviceTableFactory, 2> g_factories{};  // by Device
-
-size_t slot_of(Device device) { return device == Device::CPU ? 0 : 1; }
+PerDevice<DeviceTableFactory> g_factories;
 
 }  // namespace
 
-void register_device_tables(Device device, DeviceTableFactory factory) {
-  std::lock_guard<std::mutex> lock(g_mutex);
-  g_factories[slot_of(device)] = factory;
-}
+void register_device_tables(Device device, DeviceTableFactory factory) { g_factories.set(device, factory); }
 
-DeviceTableFactory device_table_factory(Device device) {
-  std::lock_guard<std::mutex> lock(g_mutex);
-  return g_factories[slot_of(device)];
-}
+DeviceTableFactory device_table_factory(Device device) { return g_factories.get(device); }
 
 std::vector<int64_t> least_recently_seen(const int64_t* keys, const int64_t* last_seen_day, const int64_t* updated_step,
                                          int64_t rows, const std::vector<int64_t>& kept, int64_t n) {

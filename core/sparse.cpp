@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "core/per_device.h"
 
 namespace ncsrec {
 
@@ -124,5 +125,15 @@ void csr_linear_forward(Tensor& y, const Tensor& x, const CsrMatrix& w, const Te
   }
   csr_linear_forward(y.data<float>(), x.data<float>(), x.dim(0), w, b, relu);
 }
+
+namespace {
+
+PerDevice<DeviceCsrFactory> g_csr_factories;
+
+}  // namespace
+
+void register_device_csr(Device device, DeviceCsrFactory factory) { g_csr_factories.set(device, factory); }
+
+DeviceCsrFactory device_csr_factory(Device device) { return g_csr_factories.get(device); }
 
 }  // namespace ncsrec

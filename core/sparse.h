@@ -28,11 +28,16 @@
 // FMA contraction, so the result does not depend on the thread count, the tile or the CPU's
 // vector width, and is bit-identical run to run. It differs from a BLAS GEMM by rounding only.
 //
+// On a device the CSR layer is a backend's (cuda/sparse.h: cuSPARSE SpMM), registered as a
+// factory (register_device_csr) so that core never includes a CUDA header; the model's sparse
+// inference on a device model goes through it.
+//
 // Not here: training through CSR (masks are fixed, but W moves every step, so the dense masked
-// GEMM of core/layers/masked_linear.h stays the training path), f64, and CUDA (cuda/sparse.h).
+// GEMM of core/layers/masked_linear.h stays the training path), f64.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/masks.h"
@@ -69,5 +74,19 @@ void csr_linear_forward(Tensor& y, const Tensor& x, const CsrMatrix& w, const Te
 
 // The same on raw row-major arrays (what the tensor version calls, and what the benchmark times).
 void csr_linear_forward(float* y, const float* x, int64_t batch, const CsrMatrix& w, const float* bias, bool relu);
+
+// One task's masked layer as CSR in a device's memory: forward(y, x) is csr_linear_forward on
+// f32 tensors x [B, in] and y [B, out] in that device's memory.
+class DeviceCsrLinear {
+ public:
+  virtual ~DeviceCsrLinear() = default;
+  virtual void forward(Tensor& y, const Tensor& x) = 0;
+};
+// Uploads w (= masked_to_csr(W, M)) and the bias (host f32 [out], or null) to the device.
+using DeviceCsrFactory = std::unique_ptr<DeviceCsrLinear> (*)(const CsrMatrix& w, const float* bias, bool relu);
+// Installs a device's factory (null: none); a backend calls it with its kernels.
+void register_device_csr(Device device, DeviceCsrFactory factory);
+// The device's factory, or null when its backend has no CSR layer.
+DeviceCsrFactory device_csr_factory(Device device);
 
 }  // namespace ncsrec

@@ -18,12 +18,14 @@
 #include <sstream>
 
 #include "core/device_table.h"
+#include "core/sparse.h"
 #include "core/dispatch.h"
 #include "core/error.h"
 #include "core/launcher.h"
 #include "cuda/check.h"
 #include "cuda/common.cuh"
 #include "cuda/embedding_table.h"
+#include "cuda/sparse.h"
 #include "cuda/train_ops.h"
 
 namespace ncsrec {
@@ -468,6 +470,7 @@ bool cuda_register_if_available(std::string* why_not) {
   if (!g_reduce_scratch) CUDA_CHECK(cudaMalloc(&g_reduce_scratch, (kReduceBlocks + 1) * sizeof(double)));
   register_ops(Device::CUDA, make_cuda_table());
   register_device_tables(Device::CUDA, make_cuda_device_table);
+  register_device_csr(Device::CUDA, make_cuda_device_csr);
   g_registered = true;
   return true;
 }

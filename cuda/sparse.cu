@@ -180,4 +180,8 @@ void CudaCsrLinear::forward(Tensor& y, const Tensor& x) {
   forward(static_cast<float*>(y.raw()), static_cast<const float*>(x.raw()), x.dim(0));
 }
 
+std::unique_ptr<DeviceCsrLinear> make_cuda_device_csr(const CsrMatrix& w, const float* bias, bool relu) {
+  return std::make_unique<CudaCsrLinear>(w, bias, relu);
+}
+
 }  // namespace ncsrec

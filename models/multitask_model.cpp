@@ -620,8 +620,11 @@ const Tensor& MultiTaskModel::shared_output(size_t task) {
     const int64_t B = h->dim(0);
     for (size_t l = 0; l < masked_->depth(); ++l) {
       const MaskedLinear& layer = masked_->layer(l);
-      csr_outs_[l] = ensure_buffer(csr_out_bufs_[l], B, layer.out(), dtype_, Device::CPU);
-      csr_linear_forward(csr_outs_[l], *h, csr_[task][l], &layer.bias()->value, layer.activation() == Activation::ReLU);
+      csr_outs_[l] = ensure_buffer(csr_out_bufs_[l], B, layer.out(), dtype_, device_);
+      if (device_ == Device::CPU)
+        csr_linear_forward(csr_outs_[l], *h, csr_[task][l], &layer.bias()->value, layer.activation() == Activation::ReLU);
+      else
+        csr_device_[task][l]->forward(csr_outs_[l], *h);
       h = &csr_outs_[l];
     }
     return *h;
@@ -750,7 +753,7 @@ std::vector<std::vector<double>> MultiTaskModel::mask_densities() const {
 }
 
 StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double>& normalizers, int only_task) {
-  csr_.clear();  // the weights are about to move: sparse inference must be enabled again after training
+  drop_sparse_inference();  // the weights are about to move: sparse inference must be enabled again after training
   if (!score_params_.empty()) refresh_learned_masks();
   NCSREC_CHECK(normalizers.size() == config_.tasks.size(), "one normaliser per task expected");
   const size_t T = config_.tasks.size();
@@ -1143,19 +1146,32 @@ void MultiTaskModel::set_mask(int task, int i, const BitMask& mask) {
   NCSREC_CHECK(!masked_refs_.empty(), "the model has no masked layers");
   masked_refs_.at(static_cast<size_t>(i)).layer->set_mask(task, mask);
   update_masks_stale_ = true;
-  csr_.clear();  // built from the old masks
+  drop_sparse_inference();  // built from the old masks
 }
 
 void MultiTaskModel::enable_sparse_inference() {
   if (!masked_) throw ConfigError(in_file(config_) + "model.type: sparse inference needs the masked layers of type ncs");
   if (dtype_ != DType::F32) throw UserError("sparse inference runs in f32");
-  if (device_ != Device::CPU) throw UserError("sparse inference runs on the CPU: load the model with device cpu");
+  const DeviceCsrFactory make = device_ == Device::CPU ? nullptr : device_csr_factory(device_);
+  if (device_ != Device::CPU && !make)
+    throw UserError(std::string("sparse inference: the ") + device_name(device_) +
+                    " backend has no CSR layer; load the model with device cpu");
   if (!score_params_.empty()) refresh_learned_masks();
+  drop_sparse_inference();
   csr_.assign(config_.tasks.size(), {});
+  if (make) csr_device_.resize(config_.tasks.size());
   for (size_t t = 0; t < config_.tasks.size(); ++t)
     for (size_t l = 0; l < masked_->depth(); ++l) {
       const MaskedLinear& layer = masked_->layer(l);
-      csr_[t].push_back(masked_to_csr(layer.weight()->value, layer.mask(static_cast<int>(t))));
+      // The CSR is built on the host from the weights there (a device model's come down once).
+      const Tensor& weight = layer.weight()->value;
+      const Tensor host_weight = weight.device() == Device::CPU ? weight : weight.to(Device::CPU);
+      csr_[t].push_back(masked_to_csr(host_weight, layer.mask(static_cast<int>(t))));
+      if (make) {
+        const std::vector<double> bias = host_values(layer.bias()->value);
+        const std::vector<float> bias_f32(bias.begin(), bias.end());
+        csr_device_[t].push_back(make(csr_[t].back(), bias_f32.data(), layer.activation() == Activation::ReLU));
+      }
     }
   csr_out_bufs_.assign(masked_->depth(), Tensor());
   csr_outs_.assign(masked_->depth(), Tensor());

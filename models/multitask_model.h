@@ -130,9 +130,10 @@ class MultiTaskModel {
   // The densities of the learned masks, [task][masked layer] (for logs).
   std::vector<std::vector<double>> mask_densities() const;
   // Inference through CSR (ncs, f32): predict() then runs every task's masked layers as sparse
-  // products of W ⊙ M_t (core/sparse.h), built now from the current weights and masks. Same
-  // results as the dense path up to rounding; faster where the masks are sparse enough
-  // (docs/results/sparse.md). Training steps do not use it.
+  // products of W ⊙ M_t (core/sparse.h; on a device model the backend's CSR layer, cuSPARSE on
+  // a GPU), built now from the current weights and masks. Same results as the dense path up to
+  // rounding; faster where the masks are sparse enough (docs/results/sparse.md). Training
+  // steps and a changed mask drop it.
   void enable_sparse_inference();
   // Probabilities [task][row] (ESMM: pCTR, pCVR; three_tower: each task over impressions).
   void predict(const Block& batch, std::vector<std::vector<float>>& probabilities);
@@ -294,6 +295,12 @@ class MultiTaskModel {
   uint64_t seed_ = 0;
   int64_t step_ = 0;                               // the dropout counter (set_step)
   std::vector<std::vector<CsrMatrix>> csr_;        // sparse inference: [task][shared layer]
+  // On a device model, the same layers in the device's memory (the backend's DeviceCsrLinear).
+  std::vector<std::vector<std::unique_ptr<DeviceCsrLinear>>> csr_device_;
+  void drop_sparse_inference() {
+    csr_.clear();
+    csr_device_.clear();
+  }
   std::vector<Tensor> csr_out_bufs_, csr_outs_;    // sparse inference: per shared layer
   std::vector<std::vector<uint8_t>> update_masks_;  // [task + 1], 0 = joint; built lazily
   bool update_masks_stale_ = true;

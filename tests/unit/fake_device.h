@@ -17,6 +17,7 @@
 #include "core/dispatch.h"
 #include "core/layers/embedding_bag.h"
 #include "core/layers/linear.h"
+#include "core/sparse.h"
 #include "embedding/embedding_table.h"
 #include "embedding/sharded_table.h"
 
@@ -163,12 +164,37 @@ inline std::unique_ptr<DeviceTable> make_host_twin_table(const DeviceTableSpec& 
   return std::make_unique<HostTwinTable>(spec);
 }
 
+// The stand-in device's CSR layer (core/sparse.h DeviceCsrLinear): the CPU's csr_linear_forward
+// on the "device" tensors' memory, which is host memory. Forwards are counted.
+inline std::atomic<int> g_csr_forwards{0};
+class HostTwinCsr final : public DeviceCsrLinear {
+ public:
+  HostTwinCsr(const CsrMatrix& w, const float* bias, bool relu)
+      : w_(w), bias_(bias ? std::vector<float>(bias, bias + w.rows) : std::vector<float>()), relu_(relu) {}
+  void forward(Tensor& y, const Tensor& x) override {
+    ++g_csr_forwards;
+    csr_linear_forward(static_cast<float*>(y.raw()), static_cast<const float*>(x.raw()), x.dim(0), w_,
+                       bias_.empty() ? nullptr : bias_.data(), relu_);
+  }
+
+ private:
+  CsrMatrix w_;
+  std::vector<float> bias_;
+  bool relu_;
+};
+
+inline std::unique_ptr<DeviceCsrLinear> make_host_twin_csr(const CsrMatrix& w, const float* bias, bool relu) {
+  return std::make_unique<HostTwinCsr>(w, bias, relu);
+}
+
 class FakeDevice {
  public:
   FakeDevice() {
     if (device_available(Device::CUDA)) saved_ = ops_for(Device::CUDA);  // a real backend, put back after
     saved_tables_ = device_table_factory(Device::CUDA);
     register_device_tables(Device::CUDA, make_host_twin_table);
+    saved_csr_ = device_csr_factory(Device::CUDA);
+    register_device_csr(Device::CUDA, make_host_twin_csr);
     OpTable t = ops_for(Device::CPU);
     t.copy = [](void* dst, const void* src, size_t bytes, CopyKind) { std::memcpy(dst, src, bytes); };
     t.copy_2d = [](void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows,
@@ -181,6 +207,7 @@ class FakeDevice {
   ~FakeDevice() {
     register_ops(Device::CUDA, saved_);
     register_device_tables(Device::CUDA, saved_tables_);
+    register_device_csr(Device::CUDA, saved_csr_);
   }
   FakeDevice(const FakeDevice&) = delete;
   FakeDevice& operator=(const FakeDevice&) = delete;
@@ -188,6 +215,7 @@ class FakeDevice {
  private:
   OpTable saved_{};
   DeviceTableFactory saved_tables_ = nullptr;
+  DeviceCsrFactory saved_csr_ = nullptr;
 };
 
 // Calls of the stand-in device's fused masked-layer entries (core/dispatch.h masked_linear_*),

@@ -505,6 +505,38 @@ TEST(Ncs, SparseInferenceGivesTheDensePredictions) {
   EXPECT_TRUE(changed);
 }
 
+// Sparse inference on a device model goes through the backend's CSR layer (cuda/: cuSPARSE;
+// here the stand-in device's, the CPU kernel on the device tensors' memory): one layer call
+// per task and masked layer, the CPU model's sparse predictions bit for bit, and the layer
+// inputs and outputs stay in the device's memory.
+TEST(Ncs, SparseInferenceOnADeviceModelRunsTheDevicesCsrLayers) {
+  testing::FakeDevice device;
+  ModelConfig c = ncs_config();
+  c.shared = {40, 24};
+  MultiTaskModel cpu(c, schema2(), DType::F32, 3), gpu(c, schema2(), DType::F32, 3, nullptr, Device::CUDA);
+  for (int t = 0; t < 2; ++t)
+    for (int l = 0; l < cpu.num_masked_layers(); ++l) {
+      const BitMask& cur = cpu.mask(t, l);
+      const BitMask m = random_mask(cur.rows, cur.cols, 0.2, 40 + static_cast<uint64_t>(10 * t + l));
+      cpu.set_mask(t, l, m);
+      gpu.set_mask(t, l, m);
+    }
+  cpu.enable_sparse_inference();
+  gpu.enable_sparse_inference();
+  const Block batch = random_batch(schema2(), 70, 21);
+  std::vector<std::vector<float>> want, got;
+  cpu.predict(batch, want);
+  testing::g_csr_forwards = 0;
+  gpu.predict(batch, got);
+  EXPECT_EQ(testing::g_csr_forwards, 2 * gpu.num_masked_layers()) << "one device CSR layer per task and layer";
+  EXPECT_EQ(got, want);
+  // A mask changed on the device model drops its CSR layers: the dense path again.
+  gpu.set_mask(0, 0, BitMask::ones(gpu.mask(0, 0).rows, gpu.mask(0, 0).cols));
+  testing::g_csr_forwards = 0;
+  gpu.predict(batch, got);
+  EXPECT_EQ(testing::g_csr_forwards, 0);
+}
+
 TEST(Ncs, ImpWithoutAValidationSplitIsAConfigError) {
   const std::string yaml =
       "data: {train: [x], eval: [y]}\n"
