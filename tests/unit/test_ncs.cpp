@@ -321,6 +321,31 @@ TEST(Ncs, ImpRoundsRewindWeightsOptimizerStateAndSchedule) {
   }
 }
 
+// masks.shared_init: false gives each task's IMP its own θ₀ (the paper's code drew one per
+// task): every task's rounds then differ from the shared-θ₀ run's, and a rerun repeats them.
+TEST(Ncs, ImpWithOneInitialisationPerTaskStartsEachTaskElsewhere) {
+  ScratchDir dir("ncs_imp_init");
+  const std::string data = small_data(dir, 300, 100, 2000);
+  auto comm = make_local_communicator();
+  auto aucs = [&](const std::string& init, const std::string& name) {
+    const TrainConfig c =
+        small_ncs(data, "  masks: {find: imp, final_density: 0.5, rounds: 1, shared_init: " + init + "}\n", "");
+    run_training(c, "x: 1", (dir.path / name).string(), *comm);
+    std::ifstream json_file(dir.path / name / "masks/imp.json");
+    const std::string json((std::istreambuf_iterator<char>(json_file)), std::istreambuf_iterator<char>());
+    std::vector<std::string> out;  // every round of every task, as written
+    for (size_t k = json.find("\"valid_auc\": "); k != std::string::npos; k = json.find("\"valid_auc\": ", k + 1))
+      out.push_back(json.substr(k + 13, json.find_first_of(",}", k + 13) - (k + 13)));
+    return out;
+  };
+  const std::vector<std::string> shared = aucs("true", "shared"), own = aucs("false", "own"), again = aucs("false", "again");
+  ASSERT_EQ(shared.size(), 4u);
+  ASSERT_EQ(own.size(), 4u);
+  EXPECT_EQ(own, again) << "one θ₀ per task is a function of the seed";
+  EXPECT_NE(own[0], shared[0]) << "ctr's round 0 started from the shared θ₀";
+  EXPECT_NE(own[2], shared[2]) << "cvr's round 0 started from the shared θ₀";
+}
+
 // IMP on a device model (the stand-in device, its tables in device memory): every round's
 // training, pruning and rewinding of weights, tables and optimizer state go through the host
 // copy of the tables; the rounds' masks, the chosen masks and the final evaluation are the CPU
