@@ -6,7 +6,9 @@ first: `build/bin/ncsrec gen --out data/gen`), with the Bayes-optimal AUC of the
 Other comparisons name their configs, e.g. Census-Income (docs/results/census.md):
   scripts/compare_models.py --config single-task=configs/census/single_task.yaml \\
       --config shared-bottom=configs/census/shared_bottom.yaml ...
-Each run is `ncsrec train --config PATH --set run.seed=S [--set ...]`. Standard library only.
+Each run is `ncsrec train --config PATH --set run.seed=S [--set ...]`. For runs whose masks
+IMP found, the round each task chose (best validation AUC) is listed after the table.
+Standard library only.
 """
 import argparse
 import json
@@ -28,7 +30,7 @@ def main():
     ap.add_argument("--ncsrec", default="build/bin/ncsrec")
     args = ap.parse_args()
     configs = [c.split("=", 1) for c in (args.config or DEFAULT)]
-    results = {}
+    results, chosen = {}, {}
     with tempfile.TemporaryDirectory() as work:
         for name, path in configs:
             for seed in range(1, args.seeds + 1):
@@ -39,6 +41,13 @@ def main():
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
                 s = json.load(open(os.path.join(run, "summary.json")))
                 results.setdefault(name, []).append(s)
+                imp = os.path.join(run, "masks", "imp.json")
+                if os.path.exists(imp):  # IMP's choice per task: the round with the best validation AUC
+                    for task, t in json.load(open(imp))["tasks"].items():
+                        r = t["rounds"][t["chosen_round"]]
+                        chosen.setdefault(name, []).append(
+                            f"seed {seed} {task}: round {r['round']} (density {100 * r['density']:.2f}%, "
+                            f"valid AUC {r['valid_auc']:.4f})")
                 print(f"{name} seed {seed}: " + ", ".join(f"{v} {m['auc']:.4f}" for v, m in s["eval"].items()),
                       file=sys.stderr)
 
@@ -57,6 +66,10 @@ def main():
     first = next(iter(results.values()))[0]["eval"]
     if all(first[v].get("bayes_auc") is not None for v in views):
         print("| Bayes-optimal | " + " | ".join(f"{first[v]['bayes_auc']:.4f}" for v in views) + " | | | |")
+    for name, lines in chosen.items():
+        print(f"\nIMP's chosen masks, {name}:")
+        for line in lines:
+            print(f"- {line}")
 
 
 if __name__ == "__main__":
