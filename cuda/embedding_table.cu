@@ -824,8 +824,9 @@ void CudaEmbeddingTable::make_room(int64_t wanted) {
       least_recently_seen(keys.data(), seen.data(), updated.data(), rows, batch_ids, evict);
   const auto n = static_cast<int64_t>(victims.size());
   if (rows - n + wanted > cap)
-    throw UserError("hash table " + options_.name + " (GPU) is full: it cannot evict enough rows for this batch "
-                    "(every row is read by it)" + advice);
+    throw UserError("hash table " + options_.name + " (GPU) is full: it cannot evict enough rows for this batch: it "
+                    "brings " + std::to_string(wanted) + " new ids, and only " + std::to_string(n) + " of its " +
+                    std::to_string(rows) + " rows are not read by it" + advice);
   std::vector<uint8_t> drop(static_cast<size_t>(rows), 0);
   for (const int64_t r : victims) drop[static_cast<size_t>(r)] = 1;
   // The kept rows past the new end move into the evicted rows' places before it.

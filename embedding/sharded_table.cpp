@@ -256,7 +256,9 @@ void ShardedTable::make_room(int64_t wanted, const std::vector<int64_t>& protect
   const auto n = static_cast<int64_t>(victims.size());
   if (rows - n + wanted > cap)
     throw UserError("hash table " + name() + " is full: rank " + std::to_string(rank_) + " cannot evict enough rows "
-                    "for this batch (every row is read by it); raise model.tables." + name() + ".capacity");
+                    "for this batch: it brings " + std::to_string(wanted) + " new ids, and only " + std::to_string(n) +
+                    " of the rank's " + std::to_string(rows) + " rows are not read by it; raise model.tables." +
+                    name() + ".capacity");
   std::vector<uint8_t> drop(static_cast<size_t>(rows), 0);
   for (const int64_t r : victims) drop[static_cast<size_t>(r)] = 1;
   drop_rows(drop);

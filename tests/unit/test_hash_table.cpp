@@ -219,6 +219,23 @@ TEST(HashTable, AFullTableWithEvictionDropsTheLeastRecentlySeenRowsNotInTheBatch
   EXPECT_EQ(t.hash_stats().evicted_full, 2);
 }
 
+// Eviction cannot help a batch that reads most of a full table: a UserError that says how many
+// new ids the batch brings and how few rows it leaves unread.
+TEST(HashTable, EvictionThatCannotMakeRoomSaysWhy) {
+  ShardedTable t = make(hash(4, 1, 0, true));
+  t.start_day(1);
+  read(t, {0, 1, 2, 3});
+  try {
+    read(t, {0, 1, 2, 3, 4, 5});
+    ADD_FAILURE() << "a batch reading every row of a full table, with new ids, was accepted";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot evict enough rows for this batch: it brings 2 new ids, and only 0 "
+                                         "of the rank's 4 rows are not read by it"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(HashTable, ReplicatedHashTablesAreRefused) {
   const HashOptions h = hash(10);
   EXPECT_THROW(ShardedTable("t", 0, kDim, DType::F64, kSeed, kScale, Placement::Replicated, 0, 0, 2, &h), InternalError);
