@@ -1,6 +1,11 @@
 // Communicator conformance: one suite that every implementation must pass, run once per
-// implementation and world size (ctest: comm.local, comm.mpi.np1/np2/np4). The communicator
-// is chosen by env NCSREC_TEST_COMM=local|mpi (unset: the default for how we were launched).
+// implementation and world size (ctest: comm.local, comm.mpi.np1/np2/np4, and where CUDA and
+// NCCL are built nccl.conformance). The communicator is chosen by env
+// NCSREC_TEST_COMM=local|mpi|nccl (unset: the default for how we were launched). NCCL takes
+// device buffers: its build of this file (NCSREC_TEST_NCCL) runs every test through DeviceStaged,
+// which copies each collective's host buffers to device memory and back, so the NCCL
+// collectives meet exactly the tests the host communicators meet; without a GPU it exits 77
+// (ctest: skipped).
 //
 // Every rank runs every test and so calls every collective in the same order; each rank
 // computes the expected result from every rank's (seeded) inputs and checks its own output
@@ -19,12 +24,18 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
 #include "core/random.h"
 #include "core/tensor.h"
 #include "dist/communicator.h"
+#ifdef NCSREC_TEST_NCCL
+#include "core/dispatch.h"
+#include "cuda/device.h"
+#include "dist/nccl_communicator.h"
+#endif
 
 namespace ncsrec {
 namespace {
@@ -343,7 +354,7 @@ TEST(Stats, CountThePayloadSentToOtherRanks) {
 // neither is named.
 TEST(PeerProbe, RanksThatAnswerAreHeardAndASilentRankIsNamed) {
   std::unique_ptr<PeerProbe> probe = comm().make_peer_probe();
-  if (std::string(comm().kind()) == "local") {
+  if (std::string(comm().kind()) != "mpi") {  // local has none; NCCL borrows one, it lends none
     EXPECT_EQ(probe, nullptr);
     return;
   }
@@ -417,12 +428,125 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
   std::string test_name_;
 };
 
+#ifdef NCSREC_TEST_NCCL
+// The NCCL communicator behind host buffers: each collective's buffers go to device memory, the
+// NCCL collective runs there, and what it wrote comes back. The base class counts the calls and
+// bytes as for any communicator, so the suite's statistics tests hold unchanged.
+class DeviceStaged final : public Communicator {
+ public:
+  DeviceStaged(std::unique_ptr<Communicator> bootstrap, std::unique_ptr<Communicator> nccl)
+      : bootstrap_(std::move(bootstrap)), nccl_(std::move(nccl)) {}
+  ~DeviceStaged() override {
+    for (Staged& s : started_) ops().free(s.device);
+  }
+  int rank() const override { return nccl_->rank(); }
+  int world_size() const override { return nccl_->world_size(); }
+  const char* kind() const override { return nccl_->kind(); }
+
+ protected:
+  void do_all_reduce(void* data, int64_t n, DType dtype, bool max) override {
+    DeviceCopy bytes(data, bytes_of(n, dtype));
+    if (max) nccl_->all_reduce_max(static_cast<double*>(bytes.device), n);
+    else nccl_->all_reduce_sum(bytes.device, n, dtype);
+    bytes.back(data);
+  }
+  void do_start_all_reduce(void* data, int64_t n, DType dtype) override {
+    const size_t size = bytes_of(n, dtype);
+    void* device = ops().alloc(size);
+    ops().copy(device, data, size, CopyKind::HostToDevice);
+    started_.push_back({data, device, size});
+    nccl_->start_all_reduce_sum(device, n, dtype);
+  }
+  void do_finish_all_reduces() override {
+    nccl_->finish_all_reduces();
+    for (Staged& s : started_) {
+      ops().copy(s.host, s.device, s.bytes, CopyKind::DeviceToHost);
+      ops().free(s.device);
+    }
+    started_.clear();
+  }
+  void do_abandon_all_reduces() override {
+    nccl_->abandon_all_reduces();
+    for (Staged& s : started_) ops().free(s.device);
+    started_.clear();
+  }
+  void do_all_to_all_v(const void* send, const int64_t* send_counts, void* recv, const int64_t* recv_counts,
+                       DType dtype) override {
+    int64_t sent = 0, received = 0;
+    for (int r = 0; r < world_size(); ++r) {
+      sent += send_counts[r];
+      received += recv_counts[r];
+    }
+    DeviceCopy in(send, bytes_of(sent, dtype)), out(recv, bytes_of(received, dtype));
+    nccl_->all_to_all_v(in.device, send_counts, out.device, recv_counts, dtype);
+    out.back(recv);
+  }
+  void do_all_gather(const void* send, int64_t count, void* recv, DType dtype) override {
+    // In place (send inside recv) stays in place on the device.
+    const size_t total = bytes_of(count * world_size(), dtype);
+    DeviceCopy out(recv, total);
+    const auto* s = static_cast<const char*>(send);
+    const auto* r = static_cast<const char*>(recv);
+    if (s >= r && s < r + total) {
+      nccl_->all_gather(static_cast<char*>(out.device) + (s - r), count, out.device, dtype);
+    } else {
+      DeviceCopy in(send, bytes_of(count, dtype));
+      nccl_->all_gather(in.device, count, out.device, dtype);
+    }
+    out.back(recv);
+  }
+  void do_broadcast(void* data, int64_t n, DType dtype, int root) override {
+    DeviceCopy bytes(data, bytes_of(n, dtype));
+    nccl_->broadcast(bytes.device, n, dtype, root);
+    bytes.back(data);
+  }
+  void do_barrier() override { nccl_->barrier(); }
+
+ private:
+  static const OpTable& ops() { return ops_for(Device::CUDA); }
+  static size_t bytes_of(int64_t n, DType dtype) { return static_cast<size_t>(n) * dtype_size(dtype); }
+  // A host buffer's device copy for the length of a call (nothing for 0 bytes).
+  struct DeviceCopy {
+    void* device = nullptr;
+    size_t bytes;
+    DeviceCopy(const void* host, size_t size) : bytes(size) {
+      if (bytes == 0) return;
+      device = ops().alloc(bytes);
+      ops().copy(device, host, bytes, CopyKind::HostToDevice);
+    }
+    ~DeviceCopy() {
+      if (device) ops().free(device);
+    }
+    DeviceCopy(const DeviceCopy&) = delete;
+    DeviceCopy& operator=(const DeviceCopy&) = delete;
+    void back(void* host) const {
+      if (bytes) ops().copy(host, device, bytes, CopyKind::DeviceToHost);
+    }
+  };
+  struct Staged {
+    void* host;
+    void* device;
+    size_t bytes;
+  };
+  std::unique_ptr<Communicator> bootstrap_;  // kept: the NCCL communicator's liveness probe is MPI's
+  std::unique_ptr<Communicator> nccl_;
+  std::vector<Staged> started_;
+};
+#endif
+
 std::unique_ptr<Communicator> make_test_communicator() {
   const char* want = std::getenv("NCSREC_TEST_COMM");
   const std::string kind = want ? want : "";
   if (kind == "local") return make_local_communicator();
   if (kind == "mpi") return make_mpi_communicator();
-  NCSREC_USER_CHECK(kind.empty(), "NCSREC_TEST_COMM='" << kind << "': expected local or mpi");
+#ifdef NCSREC_TEST_NCCL
+  if (kind == "nccl") {
+    std::unique_ptr<Communicator> bootstrap = make_default_communicator();
+    std::unique_ptr<Communicator> nccl = make_nccl_communicator(*bootstrap);
+    return std::make_unique<DeviceStaged>(std::move(bootstrap), std::move(nccl));
+  }
+#endif
+  NCSREC_USER_CHECK(kind.empty(), "NCSREC_TEST_COMM='" << kind << "': expected local, mpi or nccl (nccl: the NCCL build)");
   return make_default_communicator();
 }
 
@@ -431,6 +555,12 @@ std::unique_ptr<Communicator> make_test_communicator() {
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
+#ifdef NCSREC_TEST_NCCL
+  if (std::string why; !ncsrec::cuda_register_if_available(&why)) {
+    std::printf("SKIP: the NCCL conformance suite needs a GPU: %s\n", why.c_str());
+    return 77;
+  }
+#endif
   std::unique_ptr<ncsrec::Communicator> comm;
   try {
     comm = ncsrec::make_test_communicator();
