@@ -782,9 +782,7 @@ void CudaEmbeddingTable::load_pending(const std::vector<PendingId>& pending) {
   }
   std::vector<unsigned long long> keys;
   std::vector<int64_t> count, seen;
-  for (const PendingId& p : pending) {
-    NCSREC_CHECK(p.count > 0 && p.id != INT64_MIN,
-                 "CudaEmbeddingTable " << options_.name << ": pending id " << p.id << " with " << p.count << " reads");
+  for (const PendingId& p : pending) {  // checked by load_rows
     keys.push_back(static_cast<unsigned long long>(p.id));
     count.push_back(p.count);
     seen.push_back(p.last_seen_day);
@@ -919,16 +917,26 @@ void CudaEmbeddingTable::load_rows(const std::vector<int64_t>& keys,
                                    const std::vector<PendingId>& pending) {
   Buffers& b = *buffers_;
   const auto n = static_cast<int64_t>(keys.size());
-  if (options_.hash) {  // the rows inserted so far stay counted
-    b.inserted += rows() - b.counted_rows;
-    b.counted_rows = n;
-  }
+  // Everything is checked before anything changes: a refused load leaves the table as it was.
   if (!options_.hash) {
     NCSREC_CHECK(n == options_.rows, "CudaEmbeddingTable " << options_.name << ": " << n << " rows loaded into a table of "
                                                            << options_.rows);
   } else {
     NCSREC_CHECK(n <= options_.rows, "CudaEmbeddingTable " << options_.name << ": " << n << " rows loaded into a capacity of "
                                                            << options_.rows);
+    std::vector<int64_t> ids = keys;
+    for (const PendingId& p : pending) {
+      NCSREC_CHECK(p.count > 0, "CudaEmbeddingTable " << options_.name << ": pending id " << p.id << " with "
+                                                      << p.count << " reads");
+      ids.push_back(p.id);
+    }
+    std::sort(ids.begin(), ids.end());
+    NCSREC_CHECK(std::adjacent_find(ids.begin(), ids.end()) == ids.end() &&
+                     !std::binary_search(ids.begin(), ids.end(), INT64_MIN),
+                 "CudaEmbeddingTable " << options_.name << ": the keys and pending ids loaded must be distinct ids, "
+                                       << "none of them " << INT64_MIN);
+    b.inserted += rows() - b.counted_rows;  // the rows inserted so far stay counted
+    b.counted_rows = n;
     // A fresh index holding `keys` as rows 0..n-1; every other row is free again, its state
     // and counters reset when an id takes it.
     const auto n_slots = static_cast<int64_t>(b.slot_mask + 1);

@@ -468,6 +468,25 @@ TEST_F(CudaEmbeddingParity, AdmissionAndEvictionWhenFullFollowTheHostsPath) {
   check_device_table(true, "sgd", 2, true, 120);
 }
 
+// A load whose pending ids repeat an id, or one of its keys, is refused before anything
+// changes: the table keeps its rows, pending ids and counts.
+TEST_F(CudaEmbeddingParity, ARefusedLoadLeavesTheTableAsItWas) {
+  DeviceTableSpec spec = device_spec(16, true, "sgd");
+  spec.admit_after = 3;
+  std::unique_ptr<DeviceTable> table = device_table_factory(Device::CUDA)(spec);
+  std::vector<float> values(2 * kDim, 0.25f);
+  table->load({7, 9}, {{"values", values.data()}}, {{11, 2, 5}});
+  for (const std::vector<PendingId>& bad : {std::vector<PendingId>{{12, 1, 5}, {12, 2, 5}},
+                                            std::vector<PendingId>{{2, 1, 5}}, std::vector<PendingId>{{13, 0, 5}}}) {
+    std::vector<float> other(3 * kDim, 0.5f);
+    EXPECT_THROW(table->load({1, 2, 3}, {{"values", other.data()}}, bad), InternalError);
+    EXPECT_EQ(table->keys(), (std::vector<int64_t>{7, 9}));
+    ASSERT_EQ(table->pending().size(), 1u);
+    EXPECT_EQ(table->pending()[0].id, 11);
+    EXPECT_EQ(table->hash_counts().pending, 1);
+  }
+}
+
 // Without evict_when_full, a batch whose admitted ids do not fit is a UserError naming the table,
 // before any row changes; with it, a batch that brings more new ids than the capacity is one too.
 TEST_F(CudaEmbeddingParity, AFullTableThatMayNotEvictIsAUserErrorWithAdmission) {
