@@ -71,6 +71,8 @@ MaskSpec parse_masks(ConfigNode node, int64_t shared_layers) {
   m.rounds = static_cast<int>(node.get_int("rounds", 4, 1, 100));
   m.epochs_per_round = node.get_int("epochs_per_round", 1, 1, 1000);
   m.shared_init = node.get_bool("shared_init", true);
+  m.keep = node.get_choice("keep", {"best_valid", "last"}, "best_valid");
+  if (m.find != "imp" && node.has("keep")) node.fail("keep", "only IMP (find: imp) keeps one of its rounds");
   m.score_init = node.get_double("score_init", 0.01, 0.0, 10.0);
   m.sparsity = node.get_choice("sparsity", {"topk", "penalty"}, "topk");
   m.penalty_gain = node.get_double("penalty_gain", 1.0, 1e-6, 1e3);

@@ -58,6 +58,9 @@ struct MaskSpec {
   int rounds = 4;               // imp: pruning rounds n (p = 1 - final_density^(1/n) per round)
   int64_t epochs_per_round = 1; // imp: single-task training before each prune
   bool shared_init = true;      // imp: one θ₀ for all tasks (false: one per task, as the paper)
+  // imp: which round's mask each task keeps: best_valid (the best validation AUC, round 0 the
+  // unpruned block included) or last (the final_density masks, as the paper's fixed sparsity)
+  std::string keep = "best_valid";
   double score_init = 0.01;     // learned: scores start U(-score_init, score_init) plus |W₀| (see ncs.md)
   // learned: how the density is held to final_density. topk: each layer keeps exactly its k
   // highest scores; penalty: the mask is score > 0, and an L1 penalty on the scores whose

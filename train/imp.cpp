@@ -112,6 +112,7 @@ ImpResult find_masks_imp(const TrainConfig& config, const DataSchema& schema, co
     int best = 0;
     for (const auto& r : result.rounds[t])
       if (r.valid_auc > result.rounds[t][static_cast<size_t>(best)].valid_auc) best = r.round;
+    if (spec.keep == "last") best = spec.rounds;  // the final_density masks, whatever their AUC
     result.chosen.push_back(best);
     result.masks.push_back(all_masks[t][static_cast<size_t>(best)]);
   }
@@ -144,6 +145,7 @@ ImpResult find_masks_imp(const TrainConfig& config, const DataSchema& schema, co
                                                       .add("final_density", spec.final_density)
                                                       .add("rounds", spec.rounds)
                                                       .add("prune_fraction", p)
+                                                      .add("keep", spec.keep)
                                                       .add("tasks", tasks)
                                                       .str()
                                                << "\n";

@@ -295,6 +295,33 @@ TEST(Ncs, ImpReachesTheFormulasDensitiesAndKeepsEveryRound) {
   }
 }
 
+// masks.keep: last keeps every task's last round (final_density exactly, as the paper's fixed
+// sparsity) whatever the validation says; keep is refused outside IMP.
+TEST(Ncs, ImpCanKeepTheLastRoundsMasks) {
+  ScratchDir dir("ncs_imp_last");
+  const std::string data = small_data(dir, 300, 100, 2000);
+  const TrainConfig c = small_ncs(data, "  masks: {find: imp, final_density: 0.25, rounds: 2, keep: last}\n", "");
+  auto comm = make_local_communicator();
+  run_training(c, "x: 1", (dir.path / "run").string(), *comm);
+  std::ifstream json_file(dir.path / "run/masks/imp.json");
+  const std::string json((std::istreambuf_iterator<char>(json_file)), std::istreambuf_iterator<char>());
+  EXPECT_NE(json.find("\"ctr\": {\"chosen_round\": 2,"), std::string::npos) << json;
+  EXPECT_NE(json.find("\"cvr\": {\"chosen_round\": 2,"), std::string::npos) << json;
+  int64_t rows = 0;
+  const DataSchema schema = read_shard_schema(expand_data_paths({data + "/day=2026-01-01"}, "test").front(), &rows);
+  MultiTaskModel chosen(c.model, schema, DType::F32, 1), last(c.model, schema, DType::F32, 1);
+  load_masks((dir.path / "run/masks/chosen.h5").string(), chosen);
+  load_masks((dir.path / "run/masks/round-2.h5").string(), last);
+  for (int t = 0; t < 2; ++t)
+    for (int l = 0; l < chosen.num_masked_layers(); ++l) EXPECT_TRUE(chosen.mask(t, l) == last.mask(t, l));
+  try {
+    small_ncs(data, "  masks: {find: learned, keep: last}\n", "");
+    ADD_FAILURE() << "keep outside IMP was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("masks.keep"), std::string::npos) << e.what();
+  }
+}
+
 // Every IMP round starts from θ₀ with fresh optimizer state and a restarted schedule: with
 // nothing to prune (final density 1), the rounds train the same model on the same data from
 // the same start, so their validation AUCs are the same to the last bit; a round that kept the
