@@ -55,6 +55,19 @@ first_step_checkpoint() {
   done
 }
 
+# wait_for_step_checkpoint RUN SECONDS [PID]: polls every 0.05 s until RUN has a complete
+# checkpoints/step-<N> (or SECONDS pass, or process PID ends); prints its name (none: empty).
+wait_for_step_checkpoint() {
+  local run="$1" polls=$(($2 * 20)) pid="${3:-}" first="" i
+  for ((i = 0; i < polls; ++i)); do
+    first="$(first_step_checkpoint "$run")"
+    [[ -n "$first" ]] && break
+    [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null && break
+    sleep 0.05
+  done
+  echo "$first"
+}
+
 run_status() {  # run_status OUTPUT_FILE COMMAND...: runs it, prints its exit status
   local out="$1" rc=0
   shift

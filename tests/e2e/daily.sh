@@ -127,11 +127,10 @@ long=(-- --set train.epochs=1000 --set train.max_steps=4000 --set train.checkpoi
 "$daily" --config "$work/daily.yaml" --first 2026-01-01 --last 2026-01-02 --out "$work/pre" "${long[@]}" \
   >"$work/out_pre1" 2>&1 &
 pid=$!
-for _ in $(seq 600); do
-  compgen -G "$work/pre/2026-01-01/checkpoints/step-*" >/dev/null && break
-  sleep 0.05
-done
-compgen -G "$work/pre/2026-01-01/checkpoints/step-*" >/dev/null || { kill "$pid"; fail "day 1 wrote no step checkpoint within 30 s"; }
+# shellcheck source=tests/preempt_lib.sh
+source "$root/tests/preempt_lib.sh"
+[[ -n "$(wait_for_step_checkpoint "$work/pre/2026-01-01" 30 "$pid")" ]] ||
+  { kill "$pid"; fail "day 1 wrote no step checkpoint within 30 s"; }
 kill -USR1 "$pid"
 rc=0
 wait "$pid" || rc=$?

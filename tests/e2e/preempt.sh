@@ -35,13 +35,7 @@ echo "reference run: $((SECONDS - t0)) s"
 # ---- preempted by SIGTERM once the first periodic checkpoint exists ------------------------
 "$ncsrec" train --config tiny.yaml --run-dir run >stop.txt 2>&1 &
 train_pid=$!
-first=""
-for _ in $(seq 600); do
-  first="$(first_step_checkpoint run)"
-  [[ -n "$first" ]] && break
-  kill -0 "$train_pid" 2>/dev/null || break
-  sleep 0.05
-done
+first="$(wait_for_step_checkpoint run 30 "$train_pid")"
 [[ -n "$first" ]] || { cat stop.txt; echo "FAIL no checkpoints/step-<N> appeared within 30 s"; exit 1; }
 kill -TERM "$train_pid"
 rc=0

@@ -77,13 +77,7 @@ echo "reference 2-rank run: $((SECONDS - t0)) s"
 # ---- 2. SIGUSR1 to mpirun ----------------------------------------------------------------------
 "${mpi[@]}" "$ncsrec" train --config tiny.yaml --run-dir run >stop.txt 2>&1 &
 mpirun_pid=$!
-first=""
-for _ in $(seq 600); do
-  first="$(first_step_checkpoint run)"
-  [[ -n "$first" ]] && break
-  kill -0 "$mpirun_pid" 2>/dev/null || break
-  sleep 0.05
-done
+first="$(wait_for_step_checkpoint run 30 "$mpirun_pid")"
 [[ -n "$first" ]] || { cat stop.txt; echo "FAIL no checkpoints/step-<N> appeared within 30 s"; exit 1; }
 kill -USR1 "$mpirun_pid"
 rc=0

@@ -39,11 +39,7 @@ export NCSREC_COMM_TIMEOUT=3
 "$mpiexec" -np 2 --oversubscribe -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x NCSREC_COMM_TIMEOUT \
   "$ncsrec" train --config "$work/tiny.yaml" --run-dir "$work/run" >"$work/out" 2>&1 &
 mpirun_pid=$!
-for _ in $(seq 600); do
-  [[ -n "$(first_step_checkpoint "$work/run")" ]] && break
-  sleep 0.05
-done
-[[ -n "$(first_step_checkpoint "$work/run")" ]] || { cat "$work/out"; echo "FAIL: no step checkpoint within 30 s"; exit 1; }
+[[ -n "$(wait_for_step_checkpoint "$work/run" 30 "$mpirun_pid")" ]] || { cat "$work/out"; echo "FAIL: no step checkpoint within 30 s"; exit 1; }
 victim=
 for pid in $(pgrep -f -- "--run-dir $work/run"); do
   [[ $(readlink -f "/proc/$pid/exe" 2>/dev/null) == "$(readlink -f "$ncsrec")" ]] || continue

@@ -81,12 +81,7 @@ job_id="$(cd "$root" && NCSREC="$ncsrec" timeout 30 sbatch "${sbatch_args[@]}" c
 [[ "$job_id" =~ ^[0-9]+$ ]] || { cat "$work/sbatch.err"; fail "sbatch did not submit the job"; }
 echo "sbatch_daily: job $job_id submitted (2 days, $ranks CPU ranks, $steps steps a day)"
 
-first=""
-for _ in $(seq 900); do
-  first="$(first_step_checkpoint "$out/2026-01-01")"
-  [[ -n "$first" ]] && break
-  sleep 0.05
-done
+first="$(wait_for_step_checkpoint "$out/2026-01-01" 45)"
 [[ -n "$first" ]] || fail "day 1 wrote no checkpoints/step-<N> within 45 s"
 echo "sbatch_daily: day 1 $first after $((SECONDS - t0)) s: scancel --batch --signal=USR1 $job_id"
 timeout 10 scancel --batch --signal=USR1 "$job_id" || fail "scancel --batch --signal=USR1 failed"

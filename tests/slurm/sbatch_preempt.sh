@@ -103,12 +103,8 @@ preempt_and_resume() {
   [[ "$job_id" =~ ^[0-9]+$ ]] || { cat "$work/sbatch.err"; fail "[$launcher] sbatch did not submit the job"; }
 
   # The first periodic checkpoint: training runs, the ranks' signal handlers are in place.
-  local first=""
-  for _ in $(seq 600); do
-    first="$(first_step_checkpoint "$run")"
-    [[ -n "$first" ]] && break
-    sleep 0.05
-  done
+  local first
+  first="$(wait_for_step_checkpoint "$run" 30)"
   [[ -n "$first" ]] || fail "[$launcher] no checkpoints/step-<N> within 30 s"
   echo "sbatch_preempt: [$launcher] $first after $((SECONDS - t0)) s: scancel --batch --signal=USR1 $job_id"
   timeout 10 scancel --batch --signal=USR1 "$job_id" || fail "[$launcher] scancel --batch --signal=USR1 failed"
