@@ -480,14 +480,11 @@ CudaEmbeddingTable::CudaEmbeddingTable(const CudaEmbeddingOptions& options)
     while (slots < 2 * static_cast<uint64_t>(options_.rows)) slots *= 2;
     b.slot_mask = slots - 1;
     const auto n_slots = static_cast<int64_t>(slots);
-    // INT64_MIN is 0x8000...0: not a byte pattern cudaMemset can write, so fill by kernel.
-    fill_i64_kernel<<<blocks_for(n_slots), kThreads>>>(reinterpret_cast<int64_t*>(b.slot_keys.reserve(n_slots)),
-                                                       n_slots, INT64_MIN);
-    launch_check();
-    fill_i64_kernel<<<blocks_for(n_slots), kThreads>>>(b.slot_rows.reserve(n_slots), n_slots, -1);
-    launch_check();
+    b.slot_keys.reserve(n_slots);
+    b.slot_rows.reserve(n_slots);
     b.row_keys.reserve(options_.rows);
-    CUDA_CHECK(cudaMemset(b.row_count.reserve(1), 0, sizeof(unsigned long long)));
+    b.row_count.reserve(1);
+    index_rows(nullptr, 0);  // empty
     CUDA_CHECK(cudaMemset(b.full.reserve(1), 0, sizeof(int)));
     NCSREC_CHECK(options_.admit_after >= 1, "CudaEmbeddingTable " << options_.name << ": admit_after "
                                                                   << options_.admit_after);
@@ -801,6 +798,25 @@ bool CudaEmbeddingTable::admission() const {
   return options_.hash && (options_.admit_after > 1 || options_.evict_when_full || buffers_->pend_live > 0);
 }
 
+// A fresh hash index holding rows 0..n-1 under their ids keys[0..n) (device memory; may be
+// row_keys itself), and row_count n.
+void CudaEmbeddingTable::index_rows(const int64_t* keys, int64_t n) {
+  Buffers& b = *buffers_;
+  const auto n_slots = static_cast<int64_t>(b.slot_mask + 1);
+  // INT64_MIN is 0x8000...0: not a byte pattern cudaMemset can write, so fill by kernel.
+  fill_i64_kernel<<<blocks_for(n_slots), kThreads>>>(reinterpret_cast<int64_t*>(b.slot_keys.get()), n_slots, INT64_MIN);
+  launch_check();
+  fill_i64_kernel<<<blocks_for(n_slots), kThreads>>>(b.slot_rows.get(), n_slots, -1);
+  launch_check();
+  if (n > 0) {
+    insert_keys_kernel<<<blocks_for(n), kThreads>>>(keys, n, b.slot_keys.get(), b.slot_rows.get(), b.slot_mask,
+                                                    b.row_keys.get());
+    launch_check();
+  }
+  const auto count = static_cast<unsigned long long>(n);
+  CUDA_CHECK(cudaMemcpy(b.row_count.get(), &count, sizeof(count), cudaMemcpyHostToDevice));
+}
+
 // Room for `wanted` new rows: nothing when they fit; else the CPU's ShardedTable::make_room (the
 // same rows, picked on the host from their counters), then the last rows fill the evicted rows'
 // places and the index is rebuilt.
@@ -847,19 +863,7 @@ void CudaEmbeddingTable::make_room(int64_t wanted) {
     launch_check();
     CUDA_CHECK(cudaDeviceSynchronize());  // before d_from and d_to are freed
   }
-  // The index again, of the rows that are left (row_keys[r] is row r's id).
-  const auto n_slots = static_cast<int64_t>(b.slot_mask + 1);
-  fill_i64_kernel<<<blocks_for(n_slots), kThreads>>>(reinterpret_cast<int64_t*>(b.slot_keys.get()), n_slots, INT64_MIN);
-  launch_check();
-  fill_i64_kernel<<<blocks_for(n_slots), kThreads>>>(b.slot_rows.get(), n_slots, -1);
-  launch_check();
-  if (left > 0) {
-    insert_keys_kernel<<<blocks_for(left), kThreads>>>(b.row_keys.get(), left, b.slot_keys.get(), b.slot_rows.get(),
-                                                       b.slot_mask, b.row_keys.get());
-    launch_check();
-  }
-  const auto count = static_cast<unsigned long long>(left);
-  CUDA_CHECK(cudaMemcpy(b.row_count.get(), &count, sizeof(count), cudaMemcpyHostToDevice));
+  index_rows(b.row_keys.get(), left);  // the rows that are left: row_keys[r] is row r's id
   b.inserted += rows - b.counted_rows;
   b.counted_rows = left;
   b.evicted_full += n;
@@ -939,22 +943,12 @@ void CudaEmbeddingTable::load_rows(const std::vector<int64_t>& keys,
     b.counted_rows = n;
     // A fresh index holding `keys` as rows 0..n-1; every other row is free again, its state
     // and counters reset when an id takes it.
-    const auto n_slots = static_cast<int64_t>(b.slot_mask + 1);
-    fill_i64_kernel<<<blocks_for(n_slots), kThreads>>>(reinterpret_cast<int64_t*>(b.slot_keys.get()), n_slots, INT64_MIN);
-    launch_check();
-    fill_i64_kernel<<<blocks_for(n_slots), kThreads>>>(b.slot_rows.get(), n_slots, -1);
-    launch_check();
-    if (n > 0) {
-      DeviceVector<int64_t> d_keys;
+    DeviceVector<int64_t> d_keys;
+    if (n > 0)
       CUDA_CHECK(cudaMemcpy(d_keys.reserve(n), keys.data(), static_cast<size_t>(n) * sizeof(int64_t),
                             cudaMemcpyHostToDevice));
-      insert_keys_kernel<<<blocks_for(n), kThreads>>>(d_keys.get(), n, b.slot_keys.get(), b.slot_rows.get(), b.slot_mask,
-                                                      b.row_keys.get());
-      launch_check();
-      CUDA_CHECK(cudaDeviceSynchronize());
-    }
-    const auto count = static_cast<unsigned long long>(n);
-    CUDA_CHECK(cudaMemcpy(b.row_count.get(), &count, sizeof(count), cudaMemcpyHostToDevice));
+    index_rows(d_keys.get(), n);
+    if (n > 0) CUDA_CHECK(cudaDeviceSynchronize());  // before d_keys is freed
     CUDA_CHECK(cudaMemset(b.full.get(), 0, sizeof(int)));
     load_pending(pending);
   }

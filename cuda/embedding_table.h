@@ -164,6 +164,7 @@ class CudaEmbeddingTable {
                        int64_t live, int64_t more);
   void load_pending(const std::vector<PendingId>& pending);
   void make_room(int64_t wanted);
+  void index_rows(const int64_t* keys, int64_t n);
   // The forward's admission path: admit_after > 1, evict_when_full, or pending ids loaded.
   bool admission() const;
   // A column's device memory (load_rows, store_rows).
