@@ -86,7 +86,10 @@ double time_steps(ShardedTable& table, const Options& o, int64_t n, int64_t draw
 
 int run(const Options& o) {
   omp_set_num_threads(o.threads);
-  const int64_t smallest = *std::min_element(o.rows.begin(), o.rows.end());
+  // In the order the sizes were given, which may be either.
+  const auto smallest_at = static_cast<size_t>(std::min_element(o.rows.begin(), o.rows.end()) - o.rows.begin());
+  const auto largest_at = static_cast<size_t>(std::max_element(o.rows.begin(), o.rows.end()) - o.rows.begin());
+  const int64_t smallest = o.rows[smallest_at];
   std::printf("sparse step of one table: batch %lld, dim %lld, f32, Adagrad, %.0f%% new ids (hash), %d thread(s), "
               "ids uniform over %s\n",
               static_cast<long long>(o.batch), static_cast<long long>(o.dim), 100 * o.fresh, o.threads,
@@ -118,11 +121,8 @@ int run(const Options& o) {
     std::printf("%12lld  %14.3f  %14.3f\n", static_cast<long long>(n), h, f);
     std::fflush(stdout);
   }
-  // In the order the sizes were given, which may be either.
-  const auto largest = static_cast<size_t>(std::max_element(o.rows.begin(), o.rows.end()) - o.rows.begin());
-  const auto smallest_at = static_cast<size_t>(std::min_element(o.rows.begin(), o.rows.end()) - o.rows.begin());
-  std::printf("largest / smallest: hash %.2f, fixed %.2f\n", hash_ms[largest] / hash_ms[smallest_at],
-              fixed_ms[largest] / fixed_ms[smallest_at]);
+  std::printf("largest / smallest: hash %.2f, fixed %.2f\n", hash_ms[largest_at] / hash_ms[smallest_at],
+              fixed_ms[largest_at] / fixed_ms[smallest_at]);
   return 0;
 }
 
