@@ -75,10 +75,12 @@ Multi-valued slots carry 1 to 5 ids per row, the others exactly one.
                        tables, input assembly and losses stay on the host, as in training);
                        each timed step ends with a device synchronisation
   --matmul P           the device's matrix products: fp32 (default), tf32 or bf16
-  --masked-route R     how the device runs the masked layers (run.masked_route): auto
-                       (default: per shape, the faster of the two, measured at first use and
-                       printed), plain (W ⊙ M_t written out, one GEMM per task) or fused (one
-                       kernel for every task, the masks applied on the fly)
+  --masked-route R     how the masked layers run (run.masked_route): plain (W ⊙ M_t written
+                       out, one GEMM per task), fused (on a device one kernel for every task, the
+                       masks applied on the fly; on the CPU products over the masks' connections
+                       only, AVX-512F) or auto (default: on a device per shape the faster of the
+                       two, measured at first use and printed; on the CPU fused when every mask
+                       keeps at most 40% and the batch has 256 rows or more)
   --json FILE          also write the results as JSON
 )";
 
@@ -413,6 +415,10 @@ int cmd_bench(int argc, char** argv) {
       for (std::string line; std::getline(lines, line);) std::printf("    %s\n", line.c_str());
     }
   }
+  const std::string cpu_routes = cpu_masked_routes_taken();
+  if (device == Device::CPU)
+    std::printf("  masked layers' route (run.masked_route: %s): %s%s\n", route.c_str(), cpu_routes.c_str(),
+                cpu_routes == "fused" ? " (products over the masks' connections only)" : "");
   std::printf("  peak memory (VmHWM): %.2f GiB\n", static_cast<double>(peak) / (1024.0 * 1024 * 1024));
   std::printf("samples/s: %.0f\n", samples_per_s);
 
@@ -429,7 +435,7 @@ int cmd_bench(int argc, char** argv) {
         .add("openblas_core", blas_core)
         .add("device", device_text)
         .add("matmul", device == Device::CPU ? std::string("fp32") : matmul)
-        .add("masked_route", device == Device::CPU ? std::string("plain") : route)
+        .add("masked_route", device == Device::CPU ? cpu_routes : route)
         .add("tables_on", tables_where)
         .add_raw("masked_route_measurements", masked_route_choices_json())
         .add("schedule", schedule)

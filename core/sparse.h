@@ -32,8 +32,8 @@
 // factory (register_device_csr) so that core never includes a CUDA header; the model's sparse
 // inference on a device model goes through it.
 //
-// Not here: training through CSR (masks are fixed, but W moves every step, so the dense masked
-// GEMM of core/layers/masked_linear.h stays the training path), f64.
+// Not here: training over the mask's connections (core/sparse_train.h, the masked layer's fused
+// route on the CPU: its values are read from W at every call, as W moves every step), f64.
 #pragma once
 
 #include <cstdint>

@@ -591,7 +591,7 @@ TrainSummary run_training(const TrainConfig& config, const std::string& resolved
         .add("fraction_of_train_time", summary.train_seconds > 0 ? summary.comm.seconds / summary.train_seconds : 0.0);
     s.add("model", config.model.type).add("device", device_name(model.device()))
         .add("matmul", model.device() == Device::CPU ? std::string("fp32") : config.matmul)
-        .add("masked_route", model.device() == Device::CPU ? std::string("plain") : config.masked_route)
+        .add("masked_route", model.device() == Device::CPU ? cpu_masked_routes_taken() : config.masked_route)
         .add_raw("masked_route_measurements", masked_route_choices_json()).add("world_size", comm.world_size())
         .add("global_batch", config.train.batch_size * comm.world_size()).add("communication", comm_json)
         .add("dense_parameters", dense_parameters)

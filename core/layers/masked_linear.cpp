@@ -43,6 +43,8 @@ std::mutex g_route_mutex;
 std::map<RouteKey, bool> g_route_cache;        // guarded by g_route_mutex
 std::vector<MaskedRouteChoice> g_route_log;    // guarded by g_route_mutex
 
+std::atomic<bool> g_cpu_fused_taken{false}, g_cpu_plain_taken{false};
+
 constexpr double kFusedMargin = 0.95;  // fused must take at most 95% of the plain route's time
 
 }  // namespace
@@ -80,6 +82,11 @@ std::string describe_masked_route_choices() {
   return text;
 }
 
+std::string cpu_masked_routes_taken() {
+  const bool fused = g_cpu_fused_taken.load(), plain = g_cpu_plain_taken.load();
+  return fused && plain ? "fused and plain" : fused ? "fused" : plain ? "plain" : "none";
+}
+
 MaskedLinear::MaskedLinear(ParamStore& store, const std::string& name, int64_t in, int64_t out, int num_tasks,
                            Activation act)
     : in_(in), out_(out), act_(act) {
@@ -106,6 +113,7 @@ void MaskedLinear::set_mask(int task, const BitMask& mask) {
                "mask [" << mask.rows << ", " << mask.cols << "] holds " << mask.bits.size() << " bytes");
   t.mask = mask;
   t.device_bits_stale = true;
+  t.sparse.reset();
 }
 
 const uint8_t* MaskedLinear::mask_bits_on_device(TaskState& t) {
@@ -126,6 +134,7 @@ const BitMask& MaskedLinear::mask(int task) const {
 BitMask& MaskedLinear::mutable_mask(int task) {
   TaskState& t = task_state(task, "mutable_mask");
   t.device_bits_stale = true;  // the caller may change it
+  t.sparse.reset();
   return t.mask;
 }
 
@@ -152,11 +161,31 @@ void MaskedLinear::forward_plain(TaskState& t, const Tensor& x) {
   t.fused = false;
 }
 
-bool MaskedLinear::fused_route(int tasks, int64_t rows) {
+const MaskedSparsePlan& MaskedLinear::sparse_plan(TaskState& t) {
+  if (!t.sparse) t.sparse = std::make_shared<const MaskedSparsePlan>(plan_masked_sparse(t.mask));
+  return *t.sparse;
+}
+
+bool MaskedLinear::cpu_sparse_pays(const std::vector<int>& tasks, int64_t rows) const {
+  if (rows < kCpuSparseRows) return false;
+  for (int task : tasks)
+    if (tasks_[static_cast<size_t>(task)].mask.density() > kCpuSparseDensity) return false;
+  return true;
+}
+
+bool MaskedLinear::fused_route(const std::vector<int>& task_ids, int64_t rows) {
   const Device device = weight_->value.device();
-  if (device == Device::CPU || !ops::fused_masked_linear_available(device)) return false;
   for (const TaskState& t : tasks_)
     if (t.score_grad.defined()) return false;  // learned masks: the plain route's score gradient
+  if (device == Device::CPU) {
+    const bool fused = weight_->value.dtype() == DType::F32 && masked_sparse_available() &&
+                       (masked_route() == MaskedRoute::Fused ||
+                        (masked_route() == MaskedRoute::Auto && cpu_sparse_pays(task_ids, rows)));
+    (fused ? g_cpu_fused_taken : g_cpu_plain_taken).store(true);
+    return fused;
+  }
+  if (!ops::fused_masked_linear_available(device)) return false;
+  const int tasks = static_cast<int>(task_ids.size());
   switch (masked_route()) {
     case MaskedRoute::Plain: return false;
     case MaskedRoute::Fused: return true;
@@ -273,12 +302,23 @@ void MaskedLinear::forward_tasks(const std::vector<int>& tasks, const std::vecto
     seen[static_cast<size_t>(tasks[i])] = true;
     same_rows = same_rows && xs[i]->dim(0) == xs[0]->dim(0);
   }
-  if (!same_rows || !fused_route(static_cast<int>(tasks.size()), xs[0]->dim(0))) {
+  if (!same_rows || !fused_route(tasks, xs[0]->dim(0))) {
     for (size_t i = 0; i < tasks.size(); ++i) forward_plain(tasks_[static_cast<size_t>(tasks[i])], *xs[i]);
     return;
   }
   const Tensor& W = weight_->value;
   const int64_t B = xs[0]->dim(0);
+  if (W.device() == Device::CPU) {  // the mask's connections only (core/sparse_train.h)
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      TaskState& t = tasks_[static_cast<size_t>(tasks[i])];
+      t.y = ensure_buffer(t.y_buf, B, out_, W.dtype(), W.device());
+      masked_sparse_forward(sparse_plan(t), B, xs[i]->data<float>(), W.data<float>(), bias_->value.data<float>(),
+                            act_ == Activation::ReLU, t.y.data<float>());
+      t.x = *xs[i];
+      t.fused = true;
+    }
+    return;
+  }
   std::vector<Tensor*> ys;
   std::vector<const uint8_t*> bits;
   for (size_t i = 0; i < tasks.size(); ++i) {
@@ -365,6 +405,26 @@ void MaskedLinear::backward_tasks(const std::vector<int>& tasks, const std::vect
         continue;
       }
       backward_plain(t, *dpres[i], need_dx);
+    }
+    return;
+  }
+  if (weight_->value.device() == Device::CPU) {  // the mask's connections only (core/sparse_train.h)
+    const int64_t B = xs[0]->dim(0);
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      TaskState& t = tasks_[static_cast<size_t>(tasks[i])];
+      masked_sparse_weight_grad(sparse_plan(t), B, t.x.data<float>(), dpres[i]->data<float>(),
+                                weight_->grad.data<float>());
+      ops::bias_grad(bias_->grad, *dpres[i]);
+    }
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      TaskState& t = tasks_[static_cast<size_t>(tasks[i])];
+      if (!need_dx) {
+        t.dx = Tensor();
+        continue;
+      }
+      t.dx = ensure_buffer(t.dx_buf, B, in_, t.x.dtype(), t.x.device());
+      masked_sparse_input_grad(sparse_plan(t), B, dpres[i]->data<float>(), weight_->value.data<float>(),
+                               t.dx.data<float>());
     }
     return;
   }

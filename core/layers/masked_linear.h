@@ -12,41 +12,50 @@
 // Gradient contract (as Linear): dW and db accumulate (+=); dx is written (=).
 //
 // Two routes run the products (MaskedRoute). The plain route materialises W ⊙ M_t
-// (apply_mask) and runs one dense product per task; the CPU always takes it. On a device the
-// fused route may run instead: forward_tasks / backward_tasks hand every task of a call to one
-// kernel that reads W once and applies each task's mask on the fly (dispatch.h
-// masked_linear_*). Either way the masks use a device copy of each task's bits there (learned
-// masks' score gradients stay CPU-only and always take the plain route).
+// (apply_mask) and runs one dense product per task. The fused route skips that: on a device,
+// forward_tasks / backward_tasks hand every task of a call to one kernel that reads W once and
+// applies each task's mask on the fly (dispatch.h masked_linear_*; the masks use a device copy
+// of each task's bits); on the CPU, each task's products run over its mask's connections only
+// (core/sparse_train.h, planned once per mask). Learned masks' score gradients always take the
+// plain route.
 //
-// Not here: mask learning (IMP is prune_global_magnitude plus a trainer), a sparse kernel for
-// training (masks are ~20–70% dense: both routes run dense products; CSR is for inference,
-// core/sparse.h).
+// Not here: mask learning (IMP is prune_global_magnitude plus a trainer); CSR inference and
+// export (core/sparse.h).
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/layers/linear.h"
 #include "core/masks.h"
 #include "core/params.h"
+#include "core/sparse_train.h"
 #include "core/tensor.h"
 
 namespace ncsrec {
 
-// How a masked layer on a device runs its products (run.masked_route):
-//   plain  W ⊙ M_t written by apply_mask, then one product per task through the device's GEMM
-//          (cuBLASLt forward with its epilogue, at run.matmul's precision; cuBLAS backward);
-//   fused  one kernel per product serving every task of the call, the masks applied on the fly
-//          (FP32 or FP64 sums, no tensor cores);
-//   auto   for each layer shape (device, dtype, tasks, in, out, activation, run.matmul), the
-//          route that a measurement at the shape's first use, at that batch's rows, finds faster
-//          (forward and backward); fused only when it is at least 5% faster. Training measures
-//          at its batch size when it plans the step's memory, and smaller batches take the same
-//          route. Each process measures anew (a --resume too), close timings may choose
-//          differently, and the two routes round differently: set plain or fused for
-//          bit-reproducible device runs and resumes.
-// The CPU always runs the plain route (its products are already as fast as it gets).
+// How a masked layer runs its products (run.masked_route):
+//   plain  W ⊙ M_t written by apply_mask, then one dense product per task (on a device through
+//          cuBLASLt forward with its epilogue, at run.matmul's precision; cuBLAS backward);
+//   fused  on a device: one kernel per product serving every task of the call, the masks
+//          applied on the fly (FP32 or FP64 sums, no tensor cores); on the CPU: the products
+//          over each task's mask connections only (core/sparse_train.h; f32 with AVX-512F,
+//          the plain route otherwise);
+//   auto   on a device, for each layer shape (device, dtype, tasks, in, out, activation,
+//          run.matmul), the route that a measurement at the shape's first use, at that batch's
+//          rows, finds faster (forward and backward); fused only when it is at least 5% faster.
+//          Training measures at its batch size when it plans the step's memory, and smaller
+//          batches take the same route. Each process measures anew (a --resume too), close
+//          timings may choose differently, and the two routes round differently: set plain or
+//          fused for bit-reproducible device runs and resumes.
+//          On the CPU, a rule instead of a measurement, so that runs and resumes repeat bit for
+//          bit: fused when every task of the call keeps at most kCpuSparseDensity of the weights
+//          and the batch has at least kCpuSparseRows rows (the break-even measured in
+//          docs/results/bench.md).
 enum class MaskedRoute : int { Auto = 0, Plain = 1, Fused = 2 };
+constexpr double kCpuSparseDensity = 0.4;
+constexpr int64_t kCpuSparseRows = 256;
 // "auto", "plain", "fused", in MaskedRoute order.
 const std::vector<std::string>& masked_route_names();
 // A name to its route; ConfigError for anything else.
@@ -68,6 +77,9 @@ struct MaskedRouteChoice {
 std::vector<MaskedRouteChoice> masked_route_choices();
 // One line per measurement: "720→512, 2 tasks, 4096 rows (cuda f32): plain 0.31 ms, fused 0.45 ms: plain".
 std::string describe_masked_route_choices();
+// The routes CPU masked layers have taken in this process: "fused", "plain", "fused and plain",
+// or "none" (no masked layer ran on the CPU).
+std::string cpu_masked_routes_taken();
 
 class MaskedLinear {
  public:
@@ -123,7 +135,11 @@ class MaskedLinear {
     Tensor device_bits;       // the mask's bytes in the weight's device memory (a device layer)
     bool device_bits_stale = true;
     bool fused = false;       // the last forward took the fused route (its backward must too)
+    std::shared_ptr<const MaskedSparsePlan> sparse;  // the CPU's fused route: the mask's connections
   };
+  // The CPU's fused route: the task's mask in the sparse kernels' orientations (planned again
+  // after the mask changed).
+  const MaskedSparsePlan& sparse_plan(TaskState& t);
   // The task's mask bits in the weight's device memory (copied up when the mask changed);
   // null for a CPU layer, whose kernels read the mask itself.
   const uint8_t* mask_bits_on_device(TaskState& t);
@@ -135,7 +151,9 @@ class MaskedLinear {
   // dy ⊙ act'(y_t) for the task's last forward (dy itself without an activation).
   const Tensor& pre_activation_grad(int task, TaskState& t, const Tensor& dy);
   // Whether `tasks` tasks at `rows` rows run fused here (route, device, backend, measurement).
-  bool fused_route(int tasks, int64_t rows);
+  bool fused_route(const std::vector<int>& tasks, int64_t rows);
+  // The CPU's rule for auto: every task's mask sparse enough and the batch large enough.
+  bool cpu_sparse_pays(const std::vector<int>& tasks, int64_t rows) const;
   // auto's measurement for this layer's shape: true when the fused route is faster.
   bool measure_fused_faster(int tasks, int64_t rows);
 

@@ -82,7 +82,16 @@ class DeviceModel : public ::testing::TestWithParam<Case> {};
 
 // Trains case `c` on the CPU and on the stand-in device (which the caller has registered) and
 // expects the same bits everywhere.
+// The CPU model runs under the plain route (the stand-in device's fused entries compute the
+// plain route's bits; the CPU's own fused route is its sparse kernels), the device model under
+// the route set when this is called.
 void expect_device_steps_match_cpu(const Case& c) {
+  const MaskedRoute device_route = masked_route();
+  auto on_cpu = [&](auto&& run) {
+    set_masked_route(MaskedRoute::Plain);
+    run();
+    set_masked_route(device_route);
+  };
   const TrainConfig config = config_for(c.model, c.optimizer);
   const Block first = random_block(32, 1);
   MultiTaskModel cpu(config.model, first.schema, DType::F32, 7, nullptr, Device::CPU);
@@ -95,7 +104,8 @@ void expect_device_steps_match_cpu(const Case& c) {
   for (size_t s = 0; s < c.tasks.size(); ++s) {
     const Block batch = random_block(s % 2 ? 32 : 24, 10 + s);  // two batch sizes: the buffers' views
     StepStats st_cpu, st_gpu;
-    const StepLoss l_cpu = train_one_step(cpu, o_cpu, batch, c.tasks[s], static_cast<int64_t>(s + 1), true, *comm, &st_cpu);
+    StepLoss l_cpu;
+    on_cpu([&] { l_cpu = train_one_step(cpu, o_cpu, batch, c.tasks[s], static_cast<int64_t>(s + 1), true, *comm, &st_cpu); });
     const StepLoss l_gpu = train_one_step(gpu, o_gpu, batch, c.tasks[s], static_cast<int64_t>(s + 1), true, *comm, &st_gpu);
     EXPECT_EQ(l_cpu.total, l_gpu.total) << "step " << s + 1;
     EXPECT_EQ(st_cpu.grad_norm, st_gpu.grad_norm) << "step " << s + 1;
@@ -114,7 +124,7 @@ void expect_device_steps_match_cpu(const Case& c) {
     EXPECT_TRUE(same_bits(cpu.tables()[t].shard().values(), gpu.tables()[t].shard().values())) << "table " << t;
   const Block eval = random_block(20, 99);
   std::vector<std::vector<float>> p_cpu, p_gpu;
-  cpu.predict(eval, p_cpu);
+  on_cpu([&] { cpu.predict(eval, p_cpu); });
   gpu.predict(eval, p_gpu);
   EXPECT_EQ(p_cpu, p_gpu);
   // The steps moved the model: a test of bits that nothing changes could not fail.

@@ -1,0 +1,298 @@
+// The masked layer's products over the mask's connections only (see sparse_train.h).
+//
+// The kernels carry target("avx512f") themselves (the rest of the library is built for plain
+// x86-64), and run only after masked_sparse_available() said yes. The OpenMP drivers have no
+// target attribute: each parallel loop calls an attributed function per tile.
+#include "core/sparse_train.h"
+
+// GCC 12's avx512fintrin.h initialises its "undefined" vectors from themselves, which
+// -Wmaybe-uninitialized reports at every masked load and reduction that uses one.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "core/error.h"
+
+namespace ncsrec {
+
+namespace {
+
+constexpr int64_t kTile = 64;          // batch rows per forward / input-gradient tile (4 vectors)
+constexpr int kTileVectors = 4;
+constexpr int64_t kProductBlock = 256; // inputs per block: the transposed block is 256·64·4 = 64 KiB
+constexpr int64_t kGradTile = 256;     // batch rows per weight-gradient tile (16 vectors)
+constexpr int kGradVectors = 16;
+constexpr int64_t kGradBlock = 32;     // inputs per weight-gradient block: 32·256·4 = 32 KiB
+
+int64_t round_up16(int64_t n) { return (n + 15) / 16 * 16; }
+
+MaskOrientation orient(const BitMask& mask, bool by_output, int64_t block) {
+  const int64_t in = mask.rows, out = mask.cols;
+  MaskOrientation o;
+  o.rows = by_output ? out : in;
+  o.cols = by_output ? in : out;
+  o.block = block;
+  const int64_t blocks = o.blocks();
+  o.ptr.assign(static_cast<size_t>(blocks * (o.rows + 1)), 0);
+  const int64_t nnz = mask.count();
+  NCSREC_CHECK(nnz < (int64_t{1} << 31) && in * out < (int64_t{1} << 31),
+               "a masked layer of " << in << " x " << out << " weights is too large for the sparse route");
+  o.local.reserve(static_cast<size_t>(nnz));
+  o.pos.reserve(static_cast<size_t>(nnz));
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t c0 = b * block, c1 = std::min(o.cols, c0 + block);
+    int32_t* p = &o.ptr[static_cast<size_t>(b * (o.rows + 1))];
+    p[0] = static_cast<int32_t>(o.pos.size());
+    for (int64_t r = 0; r < o.rows; ++r) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t k = by_output ? c : r, j = by_output ? r : c;
+        if (!mask.get(k * out + j)) continue;
+        o.local.push_back(static_cast<int32_t>(c - c0));
+        o.pos.push_back(static_cast<int32_t>(k * out + j));
+      }
+      p[r + 1] = static_cast<int32_t>(o.pos.size());
+    }
+  }
+  return o;
+}
+
+// ---- AVX-512 pieces --------------------------------------------------------------------------
+
+// r[0..15] as the rows of a 16×16 block -> its transpose, in place.
+__attribute__((target("avx512f"))) inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512 a = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x44), b = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xEE);
+    const __m512 c = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x44), d = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xEE);
+    t[m] = _mm512_shuffle_f32x4(a, c, 0x88);
+    t[m + 4] = _mm512_shuffle_f32x4(a, c, 0xDD);
+    t[m + 8] = _mm512_shuffle_f32x4(b, d, 0x88);
+    t[m + 12] = _mm512_shuffle_f32x4(b, d, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+__mmask16 lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u); }
+
+// Rows [b0, b0 + 16·vectors) of a [rows, cols] (rows past the end read as zeros), columns
+// [c0, c0 + nc), into at[c − c0][16·v + i] for a tile `width` floats wide.
+__attribute__((target("avx512f"))) void pack_tile(const float* a, int64_t rows, int64_t cols, int64_t b0, int vectors,
+                                                  int64_t c0, int64_t nc, float* at, int64_t width) {
+  for (int v = 0; v < vectors; ++v) {
+    for (int64_t cc = 0; cc < nc; cc += 16) {
+      const __mmask16 m = lanes(nc - cc);
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) {
+        const int64_t row = b0 + 16 * v + i;
+        r[i] = row < rows ? _mm512_maskz_loadu_ps(m, a + row * cols + c0 + cc) : _mm512_setzero_ps();
+      }
+      transpose16(r);
+      const int64_t n = std::min<int64_t>(16, nc - cc);
+      for (int64_t q = 0; q < n; ++q) _mm512_storeu_ps(at + (cc + q) * width + 16 * v, r[q]);
+    }
+  }
+}
+
+// One tile of the forward / input-gradient product: c[b0 .. b0+64) = a-tile · (the
+// orientation's connections, values val) (+ bias, ReLU). xt holds kProductBlock·kTile floats,
+// yt round_up16(o.rows)·kTile (rows past o.rows zero).
+__attribute__((target("avx512f"))) void product_tile(const MaskOrientation& o, const float* val, int64_t B,
+                                                     const float* a, float* c, const float* bias, bool relu,
+                                                     int64_t b0, float* xt, float* yt) {
+  const int64_t R = o.rows, C = o.cols;
+  const char* xb = reinterpret_cast<const char*>(xt);
+  constexpr int64_t kStride = kTile * static_cast<int64_t>(sizeof(float));  // bytes per packed input
+  for (int64_t blk = 0; blk < o.blocks(); ++blk) {
+    const int64_t c0 = blk * o.block, nc = std::min(o.block, C - c0);
+    pack_tile(a, B, C, b0, kTileVectors, c0, nc, xt, kTile);
+    const int32_t* p = &o.ptr[static_cast<size_t>(blk * (R + 1))];
+    for (int64_t r = 0; r < R; ++r) {
+      int32_t q = p[r];
+      const int32_t e = p[r + 1];
+      if (q == e && blk > 0) continue;
+      __m512 s0[kTileVectors], s1[kTileVectors];
+      for (int v = 0; v < kTileVectors; ++v) s0[v] = s1[v] = _mm512_setzero_ps();
+      for (; q + 2 <= e; q += 2) {  // two connections at a time: two independent sums per vector
+        const __m512 w0 = _mm512_set1_ps(val[q]), w1 = _mm512_set1_ps(val[q + 1]);
+        const float* x0 = reinterpret_cast<const float*>(xb + o.local[static_cast<size_t>(q)] * kStride);
+        const float* x1 = reinterpret_cast<const float*>(xb + o.local[static_cast<size_t>(q) + 1] * kStride);
+        for (int v = 0; v < kTileVectors; ++v) s0[v] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x0 + 16 * v), s0[v]);
+        for (int v = 0; v < kTileVectors; ++v) s1[v] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x1 + 16 * v), s1[v]);
+      }
+      if (q < e) {
+        const __m512 w0 = _mm512_set1_ps(val[q]);
+        const float* x0 = reinterpret_cast<const float*>(xb + o.local[static_cast<size_t>(q)] * kStride);
+        for (int v = 0; v < kTileVectors; ++v) s0[v] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x0 + 16 * v), s0[v]);
+      }
+      float* out = yt + r * kTile;
+      for (int v = 0; v < kTileVectors; ++v) {
+        __m512 s = _mm512_add_ps(s0[v], s1[v]);
+        if (blk > 0) s = _mm512_add_ps(_mm512_loadu_ps(out + 16 * v), s);
+        _mm512_storeu_ps(out + 16 * v, s);
+      }
+    }
+  }
+  // yt [R, 64] back to c[b, R], 16×16 blocks, with the bias and ReLU.
+  const __m512 zero = _mm512_setzero_ps();
+  for (int v = 0; v < kTileVectors && b0 + 16 * v < B; ++v) {
+    for (int64_t j0 = 0; j0 < R; j0 += 16) {
+      const __mmask16 m = lanes(R - j0);
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(yt + (j0 + i) * kTile + 16 * v);
+      transpose16(r);
+      const __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + j0) : zero;
+      for (int i = 0; i < 16; ++i) {
+        const int64_t row = b0 + 16 * v + i;
+        if (row >= B) break;
+        __m512 y = bias ? _mm512_add_ps(r[i], b) : r[i];
+        if (relu) y = _mm512_max_ps(y, zero);
+        _mm512_mask_storeu_ps(c + row * R + j0, m, y);
+      }
+    }
+  }
+}
+
+// The weight gradient's connections of outputs [j0, j1) for one tile: acc[q] += the tile's
+// dot product of x column k and dy column j (xt [in, 256], dt [out, 256] transposed tiles).
+__attribute__((target("avx512f"))) void grad_tile(const MaskOrientation& o, int64_t j0, int64_t j1, const float* xt,
+                                                  const float* dt, float* acc) {
+  const int64_t R = o.rows;
+  for (int64_t blk = 0; blk < o.blocks(); ++blk) {
+    const int32_t* p = &o.ptr[static_cast<size_t>(blk * (R + 1))];
+    const float* xblock = xt + blk * o.block * kGradTile;
+    for (int64_t j = j0; j < j1; ++j) {
+      int32_t q = p[j];
+      const int32_t e = p[j + 1];
+      if (q == e) continue;
+      __m512 d[kGradVectors];
+      for (int v = 0; v < kGradVectors; ++v) d[v] = _mm512_loadu_ps(dt + j * kGradTile + 16 * v);
+      for (; q < e; ++q) {
+        const float* xr = xblock + o.local[static_cast<size_t>(q)] * kGradTile;
+        __m512 s0 = _mm512_mul_ps(d[0], _mm512_loadu_ps(xr)), s1 = _mm512_mul_ps(d[1], _mm512_loadu_ps(xr + 16));
+        __m512 s2 = _mm512_mul_ps(d[2], _mm512_loadu_ps(xr + 32)), s3 = _mm512_mul_ps(d[3], _mm512_loadu_ps(xr + 48));
+        for (int v = 4; v < kGradVectors; v += 4) {
+          s0 = _mm512_fmadd_ps(d[v], _mm512_loadu_ps(xr + 16 * v), s0);
+          s1 = _mm512_fmadd_ps(d[v + 1], _mm512_loadu_ps(xr + 16 * v + 16), s1);
+          s2 = _mm512_fmadd_ps(d[v + 2], _mm512_loadu_ps(xr + 16 * v + 32), s2);
+          s3 = _mm512_fmadd_ps(d[v + 3], _mm512_loadu_ps(xr + 16 * v + 48), s3);
+        }
+        acc[q] += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+      }
+    }
+  }
+}
+
+// n floats of `buffer` starting at a 64-byte boundary: a vector load of a transposed tile row
+// must not straddle two cache lines (that halves the kernels' speed). New elements are zeros.
+float* aligned64(std::vector<float>& buffer, size_t n) {
+  if (buffer.size() < n + 16) buffer.assign(n + 16, 0.0f);
+  const uintptr_t address = reinterpret_cast<uintptr_t>(buffer.data());
+  return buffer.data() + ((64 - address % 64) % 64) / sizeof(float);
+}
+
+// A thread's scratch, kept across calls (OpenMP's threads persist), 64-byte aligned.
+float* scratch(int which, size_t n) {
+  thread_local std::vector<float> buffers[2];
+  return aligned64(buffers[which], n);
+}
+
+void gather_values(const MaskOrientation& o, const float* w, std::vector<float>& val) {
+  val.resize(static_cast<size_t>(o.nnz()));
+  const int64_t n = o.nnz();
+  for (int64_t q = 0; q < n; ++q) val[static_cast<size_t>(q)] = w[o.pos[static_cast<size_t>(q)]];
+}
+
+void product(const MaskOrientation& o, int64_t B, const float* a, const float* w, const float* bias, bool relu,
+             float* c) {
+  NCSREC_CHECK(masked_sparse_available(), "the sparse route needs AVX-512F");
+  thread_local std::vector<float> values;
+  gather_values(o, w, values);
+  const float* val = values.data();  // the calling thread's: the loop's threads see this pointer
+  const int64_t tiles = (B + kTile - 1) / kTile;
+  const size_t yt_size = static_cast<size_t>(round_up16(o.rows) * kTile);
+#pragma omp parallel for schedule(static) if (tiles > 1)
+  for (int64_t t = 0; t < tiles; ++t) {
+    float* xt = scratch(0, static_cast<size_t>(kProductBlock * kTile));
+    float* yt = scratch(1, yt_size);
+    product_tile(o, val, B, a, c, bias, relu, t * kTile, xt, yt);
+  }
+}
+
+}  // namespace
+
+MaskedSparsePlan plan_masked_sparse(const BitMask& mask) {
+  MaskedSparsePlan plan;
+  plan.in = mask.rows;
+  plan.out = mask.cols;
+  plan.by_output = orient(mask, true, kProductBlock);
+  plan.by_input = orient(mask, false, kProductBlock);
+  plan.for_grad = orient(mask, true, kGradBlock);
+  return plan;
+}
+
+bool masked_sparse_available() {
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+}
+
+void masked_sparse_forward(const MaskedSparsePlan& plan, int64_t rows, const float* x, const float* w,
+                           const float* bias, bool relu, float* y) {
+  product(plan.by_output, rows, x, w, bias, relu, y);
+}
+
+void masked_sparse_input_grad(const MaskedSparsePlan& plan, int64_t rows, const float* dy, const float* w, float* dx) {
+  product(plan.by_input, rows, dy, w, nullptr, false, dx);
+}
+
+void masked_sparse_weight_grad(const MaskedSparsePlan& plan, int64_t rows, const float* x, const float* dy,
+                               float* dw) {
+  NCSREC_CHECK(masked_sparse_available(), "the sparse route needs AVX-512F");
+  const MaskOrientation& o = plan.for_grad;
+  const int64_t in = plan.in, out = plan.out, nnz = o.nnz();
+  // The calling thread's scratch; the parallel loops use the pointers below, never the names
+  // (another thread's thread_local would be another array).
+  thread_local std::vector<float> acc, xt, dt;
+  acc.assign(static_cast<size_t>(nnz), 0.0f);
+  float* xtp = aligned64(xt, static_cast<size_t>(round_up16(in) * kGradTile));
+  float* dtp = aligned64(dt, static_cast<size_t>(round_up16(out) * kGradTile));
+  float* accp = acc.data();
+  const int64_t x_groups = (in + 15) / 16, dy_groups = (out + 15) / 16;
+#pragma omp parallel if (rows * nnz >= (int64_t{1} << 20))
+  for (int64_t b0 = 0; b0 < rows; b0 += kGradTile) {
+    // Transpose the tile's x and dy columns (16 at a time), then the connections, outputs split
+    // over the threads: each acc[q] is summed tile after tile by whichever thread owns it.
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < x_groups + dy_groups; ++g) {
+      if (g < x_groups)
+        pack_tile(x, rows, in, b0, kGradVectors, 16 * g, std::min<int64_t>(16, in - 16 * g), xtp + 16 * g * kGradTile,
+                  kGradTile);
+      else
+        pack_tile(dy, rows, out, b0, kGradVectors, 16 * (g - x_groups), std::min<int64_t>(16, out - 16 * (g - x_groups)),
+                  dtp + 16 * (g - x_groups) * kGradTile, kGradTile);
+    }
+    {  // one contiguous range of outputs per thread, all blocks: a block of xt is read once
+      const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
+      grad_tile(o, out * me / threads, out * (me + 1) / threads, xtp, dtp, accp);
+    }
+#pragma omp barrier
+  }
+#pragma omp parallel for schedule(static) if (nnz >= (int64_t{1} << 16))
+  for (int64_t q = 0; q < nnz; ++q) dw[o.pos[static_cast<size_t>(q)]] += accp[q];
+}
+
+}  // namespace ncsrec

@@ -1,0 +1,228 @@
+// The CPU's sparse route of the masked layer (core/sparse_train.h): each product against a
+// double-precision reference over the mask, on random inputs of shapes that are not multiples
+// of the kernels' tiles, outputs poisoned with NaN before the call; nothing outside the mask
+// touched; results independent of the thread count; and the layer's route choice.
+// Skipped where the CPU lacks AVX-512F (the route is then never taken).
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/layers/masked_linear.h"
+#include "core/params.h"
+#include "core/sparse_train.h"
+#include "tests/random_inputs.h"
+
+namespace ncsrec {
+namespace {
+
+using testing::random_f32;
+using testing::random_mask;
+
+#define SKIP_WITHOUT_AVX512()                                                              \
+  if (!masked_sparse_available()) GTEST_SKIP() << "this CPU has no AVX-512F: the sparse route is never taken"
+
+struct Case {
+  int64_t rows, in, out;
+  double density;
+};
+
+std::string name(const Case& c) {
+  return std::to_string(c.rows) + " rows, " + std::to_string(c.in) + "→" + std::to_string(c.out) + ", density " +
+         std::to_string(c.density);
+}
+
+// |got − Σ a·b| ≤ 1e-5 · Σ|a·b| (+ a floor for sums of nothing), as the GEMM parity tests bound f32.
+void expect_close(double got, double sum, double abs_sum, const std::string& what) {
+  ASSERT_FALSE(std::isnan(got)) << what << ": not written";
+  EXPECT_LE(std::fabs(got - sum), 1e-5 * abs_sum + 1e-30) << what << ": " << got << " against " << sum;
+}
+
+const Case kCases[] = {{300, 37, 21, 0.2}, {4096, 720, 512, 0.2}, {130, 256, 128, 0.05},
+                       {65, 40, 48, 1.0},  {64, 33, 17, 0.0},     {1, 20, 16, 0.3}};
+
+TEST(SparseTrain, TheForwardIsTheMaskedProductPlusBiasThroughReLU) {
+  SKIP_WITHOUT_AVX512();
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(name(c));
+    const Tensor x = random_f32({c.rows, c.in}, 1), w = random_f32({c.in, c.out}, 2), b = random_f32({c.out}, 3);
+    const BitMask m = random_mask(c.in, c.out, c.density, 4);
+    const MaskedSparsePlan plan = plan_masked_sparse(m);
+    EXPECT_EQ(plan.nnz(), m.count());
+    for (const bool relu : {false, true}) {
+      std::vector<float> y(static_cast<size_t>(c.rows * c.out), std::numeric_limits<float>::quiet_NaN());
+      masked_sparse_forward(plan, c.rows, x.data<float>(), w.data<float>(), b.data<float>(), relu, y.data());
+      for (int64_t r = 0; r < c.rows; r += (c.rows > 500 ? 37 : 1))
+        for (int64_t j = 0; j < c.out; ++j) {
+          double sum = b.data<float>()[j], abs_sum = std::fabs(sum);
+          for (int64_t k = 0; k < c.in; ++k) {
+            if (!m.get(k * c.out + j)) continue;
+            const double p = double(x.data<float>()[r * c.in + k]) * w.data<float>()[k * c.out + j];
+            sum += p;
+            abs_sum += std::fabs(p);
+          }
+          if (relu) sum = std::max(sum, 0.0);
+          expect_close(y[static_cast<size_t>(r * c.out + j)], sum, abs_sum,
+                       "y[" + std::to_string(r) + ", " + std::to_string(j) + "]");
+        }
+    }
+  }
+}
+
+TEST(SparseTrain, TheInputGradientIsTheProductWithTheMaskedWeightTransposed) {
+  SKIP_WITHOUT_AVX512();
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(name(c));
+    const Tensor dy = random_f32({c.rows, c.out}, 5), w = random_f32({c.in, c.out}, 6);
+    const BitMask m = random_mask(c.in, c.out, c.density, 7);
+    std::vector<float> dx(static_cast<size_t>(c.rows * c.in), std::numeric_limits<float>::quiet_NaN());
+    masked_sparse_input_grad(plan_masked_sparse(m), c.rows, dy.data<float>(), w.data<float>(), dx.data());
+    for (int64_t r = 0; r < c.rows; r += (c.rows > 500 ? 37 : 1))
+      for (int64_t k = 0; k < c.in; ++k) {
+        double sum = 0, abs_sum = 0;
+        for (int64_t j = 0; j < c.out; ++j) {
+          if (!m.get(k * c.out + j)) continue;
+          const double p = double(dy.data<float>()[r * c.out + j]) * w.data<float>()[k * c.out + j];
+          sum += p;
+          abs_sum += std::fabs(p);
+        }
+        expect_close(dx[static_cast<size_t>(r * c.in + k)], sum, abs_sum,
+                     "dx[" + std::to_string(r) + ", " + std::to_string(k) + "]");
+      }
+  }
+}
+
+// dW accumulates onto what was there, inside the mask only: an element outside it keeps its bits.
+TEST(SparseTrain, TheWeightGradientAddsInsideTheMaskAndTouchesNothingOutside) {
+  SKIP_WITHOUT_AVX512();
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(name(c));
+    const Tensor x = random_f32({c.rows, c.in}, 8), dy = random_f32({c.rows, c.out}, 9);
+    const Tensor before = random_f32({c.in, c.out}, 10);
+    const BitMask m = random_mask(c.in, c.out, c.density, 11);
+    std::vector<float> dw(before.data<float>(), before.data<float>() + c.in * c.out);
+    masked_sparse_weight_grad(plan_masked_sparse(m), c.rows, x.data<float>(), dy.data<float>(), dw.data());
+    int64_t outside = 0;
+    for (int64_t k = 0; k < c.in; ++k)
+      for (int64_t j = 0; j < c.out; ++j) {
+        const int64_t i = k * c.out + j;
+        const float got = dw[static_cast<size_t>(i)], was = before.data<float>()[i];
+        if (!m.get(i)) {
+          ++outside;
+          ASSERT_EQ(std::memcmp(&got, &was, sizeof got), 0) << "dW[" << k << ", " << j << "] is outside the mask";
+          continue;
+        }
+        if (c.rows > 500 && (k * 7 + j) % 13) continue;  // a sample of the large case's sums
+        double sum = was, abs_sum = std::fabs(was);
+        for (int64_t r = 0; r < c.rows; ++r) {
+          const double p = double(x.data<float>()[r * c.in + k]) * dy.data<float>()[r * c.out + j];
+          sum += p;
+          abs_sum += std::fabs(p);
+        }
+        expect_close(got, sum, abs_sum, "dW[" + std::to_string(k) + ", " + std::to_string(j) + "]");
+      }
+    EXPECT_EQ(outside, c.in * c.out - m.count());
+  }
+}
+
+// The same bits on one thread as on two (each sum has one order whatever the threads).
+TEST(SparseTrain, ResultsAreBitIdenticalOnOneAndTwoThreads) {
+  SKIP_WITHOUT_AVX512();
+  const int64_t rows = 1000, in = 200, out = 150;
+  const Tensor x = random_f32({rows, in}, 12), dy = random_f32({rows, out}, 13), w = random_f32({in, out}, 14);
+  const MaskedSparsePlan plan = plan_masked_sparse(random_mask(in, out, 0.2, 15));
+  auto run = [&](int threads) {
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    std::vector<float> y(static_cast<size_t>(rows * out)), dx(static_cast<size_t>(rows * in)),
+        dw(static_cast<size_t>(in * out), 0.5f);
+    masked_sparse_forward(plan, rows, x.data<float>(), w.data<float>(), nullptr, true, y.data());
+    masked_sparse_input_grad(plan, rows, dy.data<float>(), w.data<float>(), dx.data());
+    masked_sparse_weight_grad(plan, rows, x.data<float>(), dy.data<float>(), dw.data());
+    omp_set_num_threads(saved);
+    std::vector<float> all = y;
+    all.insert(all.end(), dx.begin(), dx.end());
+    all.insert(all.end(), dw.begin(), dw.end());
+    return all;
+  };
+  const std::vector<float> one = run(1), two = run(2);
+  ASSERT_EQ(one.size(), two.size());
+  EXPECT_EQ(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)), 0);
+}
+
+struct RouteScope {
+  explicit RouteScope(MaskedRoute r) { set_masked_route(r); }
+  ~RouteScope() { set_masked_route(MaskedRoute::Auto); }
+};
+
+// One forward and backward of a two-task masked layer on the CPU, f32, under `route`: outputs,
+// input gradients and the parameter gradients, in one vector.
+std::vector<float> layer_step(MaskedRoute route, double density, int64_t rows) {
+  RouteScope scope(route);
+  ParamStore store;
+  MaskedLinear layer(store, "l", 96, 80, 2, Activation::ReLU);
+  store.finalize(DType::F32, Device::CPU, 21);
+  layer.set_mask(0, random_mask(96, 80, density, 22));
+  layer.set_mask(1, random_mask(96, 80, density, 23));
+  const Tensor x = random_f32({rows, 96}, 24), dy0 = random_f32({rows, 80}, 25), dy1 = random_f32({rows, 80}, 26);
+  layer.forward_tasks({0, 1}, {&x, &x});
+  layer.backward_tasks({0, 1}, {&dy0, &dy1}, true);
+  std::vector<float> all;
+  for (int t = 0; t < 2; ++t) {
+    const Tensor& y = layer.output(t);
+    const Tensor& dx = layer.input_grad(t);
+    all.insert(all.end(), y.data<float>(), y.data<float>() + y.numel());
+    all.insert(all.end(), dx.data<float>(), dx.data<float>() + dx.numel());
+  }
+  const Tensor& g = store.grads();
+  all.insert(all.end(), g.data<float>(), g.data<float>() + g.numel());
+  return all;
+}
+
+bool same(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// The layer's fused route on the CPU is the sparse kernels: close to the plain route, not its
+// bits; auto takes it exactly when every mask keeps at most 40% and the batch has 256 rows.
+TEST(SparseTrain, TheCpuLayersFusedRouteIsTheSparseKernelsAndAutoTakesItForSparseMasksAndLargeBatches) {
+  SKIP_WITHOUT_AVX512();
+  const std::vector<float> plain = layer_step(MaskedRoute::Plain, 0.2, 300),
+                           fused = layer_step(MaskedRoute::Fused, 0.2, 300);
+  ASSERT_EQ(plain.size(), fused.size());
+  EXPECT_FALSE(same(plain, fused)) << "the two routes should round differently";
+  for (size_t i = 0; i < plain.size(); ++i)
+    ASSERT_NEAR(fused[i], plain[i], 1e-4 * (1 + std::fabs(plain[i]))) << "element " << i;
+  EXPECT_TRUE(same(layer_step(MaskedRoute::Auto, 0.2, 300), fused)) << "sparse masks, 300 rows: fused";
+  EXPECT_TRUE(same(layer_step(MaskedRoute::Auto, 0.2, 255), layer_step(MaskedRoute::Plain, 0.2, 255)))
+      << "255 rows: plain";
+  EXPECT_TRUE(same(layer_step(MaskedRoute::Auto, 0.5, 300), layer_step(MaskedRoute::Plain, 0.5, 300)))
+      << "masks at 50%: plain";
+}
+
+// A changed mask is planned again: the second forward uses the new mask, not the old plan.
+TEST(SparseTrain, ALayersChangedMaskIsPlannedAgain) {
+  SKIP_WITHOUT_AVX512();
+  RouteScope scope(MaskedRoute::Fused);
+  ParamStore store;
+  MaskedLinear layer(store, "l", 40, 30, 1, Activation::None);
+  store.finalize(DType::F32, Device::CPU, 31);
+  const Tensor x = random_f32({70, 40}, 32);
+  layer.set_mask(0, random_mask(40, 30, 0.2, 33));
+  layer.forward(0, x);
+  layer.mutable_mask(0) = BitMask::zeros(40, 30);  // pruned to nothing
+  const Tensor& y = layer.forward(0, x);
+  for (int64_t i = 0; i < y.numel(); ++i) ASSERT_EQ(y.data<float>()[i], 0.0f) << "element " << i << " (bias 0)";
+  layer.set_mask(0, BitMask::ones(40, 30));
+  const Tensor& y1 = layer.forward(0, x);
+  double s = 0;
+  for (int64_t i = 0; i < y1.numel(); ++i) s += std::fabs(y1.data<float>()[i]);
+  EXPECT_GT(s, 0);
+}
+
+}  // namespace
+}  // namespace ncsrec
