@@ -108,15 +108,21 @@ __attribute__((target("avx512f"))) void pack_tile(const float* a, int64_t rows, 
   }
 }
 
+// A connection as the product kernel reads it: its input's byte offset in the transposed block
+// and its weight, side by side (one stream of 8-byte records per output).
+struct Connection {
+  int32_t offset;
+  float value;
+};
+
 // One tile of the forward / input-gradient product: c[b0 .. b0+64) = a-tile · (the
-// orientation's connections, values val) (+ bias, ReLU). xt holds kProductBlock·kTile floats,
+// orientation's connections, conn) (+ bias, ReLU). xt holds kProductBlock·kTile floats,
 // yt round_up16(o.rows)·kTile (rows past o.rows zero).
-__attribute__((target("avx512f"))) void product_tile(const MaskOrientation& o, const float* val, int64_t B,
+__attribute__((target("avx512f"))) void product_tile(const MaskOrientation& o, const Connection* conn, int64_t B,
                                                      const float* a, float* c, const float* bias, bool relu,
                                                      int64_t b0, float* xt, float* yt) {
   const int64_t R = o.rows, C = o.cols;
   const char* xb = reinterpret_cast<const char*>(xt);
-  constexpr int64_t kStride = kTile * static_cast<int64_t>(sizeof(float));  // bytes per packed input
   for (int64_t blk = 0; blk < o.blocks(); ++blk) {
     const int64_t c0 = blk * o.block, nc = std::min(o.block, C - c0);
     pack_tile(a, B, C, b0, kTileVectors, c0, nc, xt, kTile);
@@ -128,22 +134,22 @@ __attribute__((target("avx512f"))) void product_tile(const MaskOrientation& o, c
       __m512 s0[kTileVectors], s1[kTileVectors];
       for (int v = 0; v < kTileVectors; ++v) s0[v] = s1[v] = _mm512_setzero_ps();
       for (; q + 2 <= e; q += 2) {  // two connections at a time: two independent sums per vector
-        const __m512 w0 = _mm512_set1_ps(val[q]), w1 = _mm512_set1_ps(val[q + 1]);
-        const float* x0 = reinterpret_cast<const float*>(xb + o.local[static_cast<size_t>(q)] * kStride);
-        const float* x1 = reinterpret_cast<const float*>(xb + o.local[static_cast<size_t>(q) + 1] * kStride);
-        for (int v = 0; v < kTileVectors; ++v) s0[v] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x0 + 16 * v), s0[v]);
-        for (int v = 0; v < kTileVectors; ++v) s1[v] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x1 + 16 * v), s1[v]);
+        const __m512 w0 = _mm512_set1_ps(conn[q].value), w1 = _mm512_set1_ps(conn[q + 1].value);
+        const float* x0 = reinterpret_cast<const float*>(xb + conn[q].offset);
+        const float* x1 = reinterpret_cast<const float*>(xb + conn[q + 1].offset);
+        for (int v = 0; v < kTileVectors; ++v) s0[v] = _mm512_fmadd_ps(w0, _mm512_load_ps(x0 + 16 * v), s0[v]);
+        for (int v = 0; v < kTileVectors; ++v) s1[v] = _mm512_fmadd_ps(w1, _mm512_load_ps(x1 + 16 * v), s1[v]);
       }
       if (q < e) {
-        const __m512 w0 = _mm512_set1_ps(val[q]);
-        const float* x0 = reinterpret_cast<const float*>(xb + o.local[static_cast<size_t>(q)] * kStride);
-        for (int v = 0; v < kTileVectors; ++v) s0[v] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x0 + 16 * v), s0[v]);
+        const __m512 w0 = _mm512_set1_ps(conn[q].value);
+        const float* x0 = reinterpret_cast<const float*>(xb + conn[q].offset);
+        for (int v = 0; v < kTileVectors; ++v) s0[v] = _mm512_fmadd_ps(w0, _mm512_load_ps(x0 + 16 * v), s0[v]);
       }
       float* out = yt + r * kTile;
       for (int v = 0; v < kTileVectors; ++v) {
         __m512 s = _mm512_add_ps(s0[v], s1[v]);
-        if (blk > 0) s = _mm512_add_ps(_mm512_loadu_ps(out + 16 * v), s);
-        _mm512_storeu_ps(out + 16 * v, s);
+        if (blk > 0) s = _mm512_add_ps(_mm512_load_ps(out + 16 * v), s);
+        _mm512_store_ps(out + 16 * v, s);
       }
     }
   }
@@ -211,25 +217,24 @@ float* scratch(int which, size_t n) {
   return aligned64(buffers[which], n);
 }
 
-void gather_values(const MaskOrientation& o, const float* w, std::vector<float>& val) {
-  val.resize(static_cast<size_t>(o.nnz()));
-  const int64_t n = o.nnz();
-  for (int64_t q = 0; q < n; ++q) val[static_cast<size_t>(q)] = w[o.pos[static_cast<size_t>(q)]];
-}
-
 void product(const MaskOrientation& o, int64_t B, const float* a, const float* w, const float* bias, bool relu,
              float* c) {
   NCSREC_CHECK(masked_sparse_available(), "the sparse route needs AVX-512F");
-  thread_local std::vector<float> values;
-  gather_values(o, w, values);
-  const float* val = values.data();  // the calling thread's: the loop's threads see this pointer
+  // The connections with W's current values (W moves every step; the plan holds positions).
+  thread_local std::vector<Connection> connections;
+  const int64_t nnz = o.nnz();
+  connections.resize(static_cast<size_t>(nnz));
+  Connection* conn = connections.data();  // the calling thread's: the loop's threads see this pointer
+  constexpr int32_t kStride = static_cast<int32_t>(kTile * sizeof(float));  // bytes per transposed input
+  for (int64_t q = 0; q < nnz; ++q)
+    conn[q] = {o.local[static_cast<size_t>(q)] * kStride, w[o.pos[static_cast<size_t>(q)]]};
   const int64_t tiles = (B + kTile - 1) / kTile;
   const size_t yt_size = static_cast<size_t>(round_up16(o.rows) * kTile);
 #pragma omp parallel for schedule(static) if (tiles > 1)
   for (int64_t t = 0; t < tiles; ++t) {
     float* xt = scratch(0, static_cast<size_t>(kProductBlock * kTile));
     float* yt = scratch(1, yt_size);
-    product_tile(o, val, B, a, c, bias, relu, t * kTile, xt, yt);
+    product_tile(o, conn, B, a, c, bias, relu, t * kTile, xt, yt);
   }
 }
 
