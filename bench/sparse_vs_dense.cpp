@@ -8,6 +8,12 @@
 //                                    and the crossover density below which CSR is faster.
 //   ncsrec_bench_sparse --variants   the kernel variants behind core/sparse.cpp's choice (they live
 //                                    here, not in the product; STYLE.md), timed on one layer.
+//   ncsrec_bench_sparse --training   the masked layer's training products (core/sparse_train.h, the
+//                                    CPU's fused route) against the plain route's dense products
+//                                    (ops::gemm on W ⊙ M, threaded as in training), for each
+//                                    paper layer at batch 4096, 1 and 2 threads, densities 10–50 %:
+//                                    forward, input gradient and weight gradient, measured
+//                                    alternately, median and best.
 //   --reps N                         repetitions per measurement (default 9; the median is reported)
 //
 // Masks are uniformly random at the exact density (a random permutation's first nnz entries), the
@@ -27,9 +33,14 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
+#include "core/blas_core.h"
 #include "core/masks.h"
+#include "core/ops.h"
 #include "core/random.h"
 #include "core/sparse.h"
+#include "core/sparse_train.h"
 #include "core/tensor.h"
 
 namespace ncsrec {
@@ -345,22 +356,96 @@ void run_table() {
   }
 }
 
+// ---- training products (core/sparse_train.h) -------------------------------------------------
+
+Tensor tensor_of(const std::vector<float>& v, Shape shape) {
+  Tensor t = Tensor::empty(std::move(shape), DType::F32);
+  std::memcpy(t.raw(), v.data(), v.size() * sizeof(float));
+  return t;
+}
+
+void run_training() {
+  if (!masked_sparse_available()) {
+    std::printf("this CPU has no AVX-512F: the sparse training route is never taken\n");
+    return;
+  }
+  constexpr int64_t B = 4096;
+  std::printf("training products, batch %ld, median (best) of %d, ms; ratio = dense / sparse medians\n",
+              static_cast<long>(B), g_reps);
+  std::printf("%-9s %3s %5s | %-26s | %-26s | %-26s\n", "layer", "thr", "dens", "forward dense/sparse",
+              "input grad dense/sparse", "weight grad dense/sparse");
+  for (const Layer& l : kLayers) {
+    const Tensor x = tensor_of(random_values(B * l.in, 1), {B, l.in});
+    const Tensor dy = tensor_of(random_values(B * l.out, 2), {B, l.out});
+    const Tensor w = tensor_of(random_values(l.in * l.out, 3), {l.in, l.out});
+    Tensor y = Tensor::empty({B, l.out}, DType::F32), dx = Tensor::empty({B, l.in}, DType::F32);
+    Tensor wm = Tensor::empty({l.in, l.out}, DType::F32), product = Tensor::empty({l.in, l.out}, DType::F32);
+    Tensor dw = Tensor::zeros({l.in, l.out}, DType::F32);
+    for (const int threads : {1, 2}) {
+      omp_set_num_threads(threads);
+      for (const double density : {0.10, 0.20, 0.30, 0.40, 0.50}) {
+        const BitMask mask = random_mask(l.in, l.out, density, 4);
+        const MaskedSparsePlan plan = plan_masked_sparse(mask);
+        apply_mask(wm, w, mask);
+        const PairTiming f = pair_ms([&] { ops::gemm(y, x, false, wm, false); },
+                                     [&] { masked_sparse_forward(plan, B, x.data<float>(), w.data<float>(), nullptr,
+                                                                 false, y.data<float>()); },
+                                     g_reps);
+        const PairTiming d = pair_ms([&] { ops::gemm(dx, dy, false, wm, true); },
+                                     [&] { masked_sparse_input_grad(plan, B, dy.data<float>(), w.data<float>(),
+                                                                    dx.data<float>()); },
+                                     g_reps);
+        const PairTiming g = pair_ms([&] {
+                                       ops::gemm(product, x, true, dy, false);
+                                       add_masked(dw, product, mask);
+                                     },
+                                     [&] { masked_sparse_weight_grad(plan, B, x.data<float>(), dy.data<float>(),
+                                                                     dw.data<float>()); },
+                                     g_reps);
+        auto cell = [](const PairTiming& t) {
+          char text[64];
+          std::snprintf(text, sizeof text, "%5.2f (%5.2f) / %5.2f  %4.2fx", t.a_median, t.a_min, t.b_median,
+                        t.a_median / t.b_median);
+          return std::string(text);
+        };
+        std::printf("%4ldx%-4ld %3d %4.0f%% | %-26s | %-26s | %-26s\n", static_cast<long>(l.in), static_cast<long>(l.out),
+                    threads, density * 100, cell(f).c_str(), cell(d).c_str(), cell(g).c_str());
+        std::fflush(stdout);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace ncsrec
 
 int main(int argc, char** argv) {
-  bool variants = false;
+  // The kernels `ncsrec` would run (core/blas_core.h; it sets OPENBLAS_CORETYPE the same way), so
+  // that the dense side is the product training really gets.
+  if (!std::getenv("OPENBLAS_CORETYPE")) {
+    const std::string core = ncsrec::openblas_core_for_this_cpu();
+    if (!core.empty()) {
+      ::setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
+      ::execv("/proc/self/exe", argv);  // returns only on failure: carry on with OpenBLAS's choice
+    }
+  }
+  std::printf("OpenBLAS kernels: %s\n", ncsrec::openblas_core_in_use().c_str());
+  bool variants = false, training = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--variants") == 0) {
       variants = true;
+    } else if (std::strcmp(argv[i], "--training") == 0) {
+      training = true;
     } else if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
       ncsrec::g_reps = std::max(1, std::atoi(argv[++i]));
     } else {
-      std::fprintf(stderr, "usage: %s [--variants] [--reps N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--variants | --training] [--reps N]\n", argv[0]);
       return 2;
     }
   }
-  if (variants)
+  if (training)
+    ncsrec::run_training();
+  else if (variants)
     ncsrec::run_variants();
   else
     ncsrec::run_table();

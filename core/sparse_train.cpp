@@ -26,6 +26,7 @@ constexpr int64_t kProductBlock = 256; // inputs per block: the transposed block
 constexpr int64_t kGradTile = 256;     // batch rows per weight-gradient tile (16 vectors)
 constexpr int kGradVectors = 16;
 constexpr int64_t kGradBlock = 32;     // inputs per weight-gradient block: 32·256·4 = 32 KiB
+constexpr int64_t kGradGroups = 8;     // weight gradient: partial sums over at most 8 groups of tiles
 
 int64_t round_up16(int64_t n) { return (n + 15) / 16 * 16; }
 
@@ -269,35 +270,31 @@ void masked_sparse_weight_grad(const MaskedSparsePlan& plan, int64_t rows, const
   NCSREC_CHECK(masked_sparse_available(), "the sparse route needs AVX-512F");
   const MaskOrientation& o = plan.for_grad;
   const int64_t in = plan.in, out = plan.out, nnz = o.nnz();
-  // The calling thread's scratch; the parallel loops use the pointers below, never the names
-  // (another thread's thread_local would be another array).
-  thread_local std::vector<float> acc, xt, dt;
-  acc.assign(static_cast<size_t>(nnz), 0.0f);
-  float* xtp = aligned64(xt, static_cast<size_t>(round_up16(in) * kGradTile));
-  float* dtp = aligned64(dt, static_cast<size_t>(round_up16(out) * kGradTile));
-  float* accp = acc.data();
-  const int64_t x_groups = (in + 15) / 16, dy_groups = (out + 15) / 16;
-#pragma omp parallel if (rows * nnz >= (int64_t{1} << 20))
-  for (int64_t b0 = 0; b0 < rows; b0 += kGradTile) {
-    // Transpose the tile's x and dy columns (16 at a time), then the connections, outputs split
-    // over the threads: each acc[q] is summed tile after tile by whichever thread owns it.
-#pragma omp for schedule(static)
-    for (int64_t g = 0; g < x_groups + dy_groups; ++g) {
-      if (g < x_groups)
-        pack_tile(x, rows, in, b0, kGradVectors, 16 * g, std::min<int64_t>(16, in - 16 * g), xtp + 16 * g * kGradTile,
-                  kGradTile);
-      else
-        pack_tile(dy, rows, out, b0, kGradVectors, 16 * (g - x_groups), std::min<int64_t>(16, out - 16 * (g - x_groups)),
-                  dtp + 16 * (g - x_groups) * kGradTile, kGradTile);
+  // The batch's tiles in a fixed number of consecutive groups (by the rows alone, never the
+  // threads), each summed into its own partial array by one thread with no barrier; the
+  // partials are then added in group order. The sums are the same on any thread count.
+  const int64_t tiles = (rows + kGradTile - 1) / kGradTile, groups = std::min(kGradGroups, tiles);
+  thread_local std::vector<float> partials;  // the calling thread's: the loops use the pointer
+  partials.assign(static_cast<size_t>(groups * nnz), 0.0f);
+  float* acc = partials.data();
+  const size_t xt_size = static_cast<size_t>(round_up16(in) * kGradTile),
+               dt_size = static_cast<size_t>(round_up16(out) * kGradTile);
+#pragma omp parallel for schedule(static) if (groups > 1 && rows * nnz >= (int64_t{1} << 20))
+  for (int64_t g = 0; g < groups; ++g) {
+    float* xt = scratch(0, xt_size);
+    float* dt = scratch(1, dt_size);
+    for (int64_t t = tiles * g / groups; t < tiles * (g + 1) / groups; ++t) {
+      pack_tile(x, rows, in, t * kGradTile, kGradVectors, 0, in, xt, kGradTile);
+      pack_tile(dy, rows, out, t * kGradTile, kGradVectors, 0, out, dt, kGradTile);
+      grad_tile(o, 0, out, xt, dt, acc + g * nnz);
     }
-    {  // one contiguous range of outputs per thread, all blocks: a block of xt is read once
-      const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
-      grad_tile(o, out * me / threads, out * (me + 1) / threads, xtp, dtp, accp);
-    }
-#pragma omp barrier
   }
 #pragma omp parallel for schedule(static) if (nnz >= (int64_t{1} << 16))
-  for (int64_t q = 0; q < nnz; ++q) dw[o.pos[static_cast<size_t>(q)]] += accp[q];
+  for (int64_t q = 0; q < nnz; ++q) {
+    float sum = acc[q];
+    for (int64_t g = 1; g < groups; ++g) sum += acc[g * nnz + q];
+    dw[o.pos[static_cast<size_t>(q)]] += sum;
+  }
 }
 
 }  // namespace ncsrec

@@ -14,15 +14,19 @@
 // per multiply-add. The forward and the input gradient are the same kernel over two
 // orientations of the mask (by output for the forward, by input for the input gradient); the
 // weight gradient is a 256-row dot product per connection and tile (a sampled dense-dense
-// product). Connections are grouped by blocks of the reduced dimension, so that the block of the
-// transposed tile they read stays in L1. Measured on the 2-core AVX-512 machine, 720→512,
-// batch 4096, 20% random mask, one thread, against cblas_sgemm (SkylakeX kernels) on W ⊙ M in
-// the same process: forward 2.1–2.4×, weight gradient 2.0–2.5× (docs/results/bench.md).
+// product), the batch's tiles split into at most 8 fixed groups that threads sum without
+// waiting for each other. Connections are grouped by blocks of the reduced dimension, so that
+// the block of the transposed tile they read stays in cache. Measured on the 2-core AVX-512
+// machine at batch 4096 and 20% random masks, against the plain route's dense products (SkylakeX
+// kernels) alternately in one process (`ncsrec_bench_sparse --training`): 1.6–2.4× per product
+// on the paper's three layers, on 1 or 2 threads; 1.1–1.3× at 40%; about even at 50%
+// (docs/results/bench.md).
 //
 // Numerics: f32, FMA. Every output element is summed in one fixed order (connections in the
-// order of the plan, partial sums in a fixed tree; the weight gradient tile by tile in row
-// order), whatever the thread count: results are bit-identical run to run and across thread
-// counts, and differ from the dense product by rounding only.
+// order of the plan, partial sums in a fixed tree; the weight gradient's groups of tiles fixed
+// by the batch's rows and added in group order), whatever the thread count: results are
+// bit-identical run to run and across thread counts, and differ from the dense product by
+// rounding only.
 //
 // Needs AVX-512F at run time (masked_sparse_available); the route falls back to the plain one
 // elsewhere and for f64.
