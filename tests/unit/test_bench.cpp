@@ -9,6 +9,7 @@
 #include <sstream>
 #include <string>
 
+#include "core/sparse_train.h"
 #include "run_command.h"
 #include "scratch_dir.h"
 
@@ -43,13 +44,21 @@ TEST(Bench, TinyRunPrintsSamplesPerSecond) {
   for (const char* phase : {"dense forward", "dense backward", "sparse optimizer (embedding rows)", "sum"})
     EXPECT_NE(r.output.find(std::string("    ") + phase), std::string::npos) << phase << "\n" << r.output;
   EXPECT_NE(s.str().find("\"phases_ms_per_step\": {\"input (lookups"), std::string::npos) << s.str();
+  // 64 rows: auto keeps the masked layers on the dense products, and says so.
+  EXPECT_NE(r.output.find("masked layers' route (run.masked_route: auto): plain\n"), std::string::npos) << r.output;
+  EXPECT_NE(s.str().find("\"masked_route\": \"plain\""), std::string::npos) << s.str();
 
   const Result alt = run(std::string("bench --config '") + NCSREC_SOURCE_DIR +
                          "/configs/ncs_bench_tiny.yaml' --steps 2 --warmup 0 --batch 32 --schedule alternating "
-                         "--phase-steps 0");
+                         "--phase-steps 0 --masked-route fused");
   EXPECT_EQ(alt.exit_code, 0) << alt.output;
   EXPECT_NE(alt.output.find("alternating schedule"), std::string::npos) << alt.output;
   EXPECT_EQ(alt.output.find("by phase"), std::string::npos) << "--phase-steps 0 prints no split\n" << alt.output;
+  // Forced fused: the products over the masks' connections, where the CPU has AVX-512F.
+  const std::string taken = ncsrec::masked_sparse_available() ? "fused (products over the masks' connections only)"
+                                                              : "plain";
+  EXPECT_NE(alt.output.find("masked layers' route (run.masked_route: fused): " + taken), std::string::npos)
+      << alt.output;
 }
 
 TEST(Bench, BadDensityIsAUsageError) {
