@@ -12,6 +12,7 @@
 #include <mutex>
 #include <tuple>
 
+#include "core/crc32c.h"
 #include "core/error.h"
 #include "core/ops.h"
 #include "core/random.h"
@@ -162,7 +163,11 @@ void MaskedLinear::forward_plain(TaskState& t, const Tensor& x) {
 }
 
 const MaskedSparsePlan& MaskedLinear::sparse_plan(TaskState& t) {
-  if (!t.sparse) t.sparse = std::make_shared<const MaskedSparsePlan>(plan_masked_sparse(t.mask));
+  const uint32_t crc = crc32c(t.mask.bits.data(), t.mask.bits.size());
+  if (!t.sparse || crc != t.sparse_crc) {
+    t.sparse = std::make_shared<const MaskedSparsePlan>(plan_masked_sparse(t.mask));
+    t.sparse_crc = crc;
+  }
   return *t.sparse;
 }
 

@@ -136,9 +136,11 @@ class MaskedLinear {
     bool device_bits_stale = true;
     bool fused = false;       // the last forward took the fused route (its backward must too)
     std::shared_ptr<const MaskedSparsePlan> sparse;  // the CPU's fused route: the mask's connections
+    uint32_t sparse_crc = 0;  // CRC-32C of the mask's bytes the plan was made from
   };
-  // The CPU's fused route: the task's mask in the sparse kernels' orientations (planned again
-  // after the mask changed).
+  // The CPU's fused route: the task's mask in the sparse kernels' orientations, planned again
+  // when the mask's bytes changed (checked by CRC at every call, so that a mask edited through a
+  // reference held from mutable_mask cannot leave a stale plan).
   const MaskedSparsePlan& sparse_plan(TaskState& t);
   // The task's mask bits in the weight's device memory (copied up when the mask changed);
   // null for a CPU layer, whose kernels read the mask itself.

@@ -222,6 +222,12 @@ TEST(SparseTrain, ALayersChangedMaskIsPlannedAgain) {
   double s = 0;
   for (int64_t i = 0; i < y1.numel(); ++i) s += std::fabs(y1.data<float>()[i]);
   EXPECT_GT(s, 0);
+  // Edited through a reference taken before the last forward: still seen.
+  BitMask& held = layer.mutable_mask(0);
+  layer.forward(0, x);
+  held = BitMask::zeros(40, 30);
+  const Tensor& y2 = layer.forward(0, x);
+  for (int64_t i = 0; i < y2.numel(); ++i) ASSERT_EQ(y2.data<float>()[i], 0.0f) << "element " << i;
 }
 
 }  // namespace
