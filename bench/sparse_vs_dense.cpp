@@ -392,15 +392,15 @@ void run_training() {
                                                                  false, y.data<float>()); },
                                      g_reps);
         const PairTiming d = pair_ms([&] { ops::gemm(dx, dy, false, wm, true); },
-                                     [&] { masked_sparse_input_grad(plan, B, dy.data<float>(), w.data<float>(),
-                                                                    dx.data<float>()); },
+                                     [&] { masked_sparse_input_grad(plan, B, dy.data<float>(), nullptr,
+                                                                    w.data<float>(), dx.data<float>()); },
                                      g_reps);
         const PairTiming g = pair_ms([&] {
                                        ops::gemm(product, x, true, dy, false);
                                        add_masked(dw, product, mask);
                                      },
                                      [&] { masked_sparse_weight_grad(plan, B, x.data<float>(), dy.data<float>(),
-                                                                     dw.data<float>()); },
+                                                                     nullptr, dw.data<float>(), nullptr); },
                                      g_reps);
         auto cell = [](const PairTiming& t) {
           char text[64];

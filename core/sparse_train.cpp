@@ -91,16 +91,27 @@ __attribute__((target("avx512f"))) inline void transpose16(__m512 r[16]) {
 __mmask16 lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u); }
 
 // Rows [b0, b0 + 16·vectors) of a [rows, cols] (rows past the end read as zeros), columns
-// [c0, c0 + nc), into at[c − c0][16·v + i] for a tile `width` floats wide.
-__attribute__((target("avx512f"))) void pack_tile(const float* a, int64_t rows, int64_t cols, int64_t b0, int vectors,
-                                                  int64_t c0, int64_t nc, float* at, int64_t width) {
+// [c0, c0 + nc), into at[c − c0][16·v + i] for a tile `width` floats wide. With `gate` (an
+// array like a: the layer's ReLU output), an element whose gate is not > 0 reads as 0: the
+// pre-activation gradient dy ⊙ (y > 0), made on the way.
+__attribute__((target("avx512f"))) void pack_tile(const float* a, const float* gate, int64_t rows, int64_t cols,
+                                                  int64_t b0, int vectors, int64_t c0, int64_t nc, float* at,
+                                                  int64_t width) {
+  const __m512 zero = _mm512_setzero_ps();
   for (int v = 0; v < vectors; ++v) {
     for (int64_t cc = 0; cc < nc; cc += 16) {
       const __mmask16 m = lanes(nc - cc);
       __m512 r[16];
       for (int i = 0; i < 16; ++i) {
         const int64_t row = b0 + 16 * v + i;
-        r[i] = row < rows ? _mm512_maskz_loadu_ps(m, a + row * cols + c0 + cc) : _mm512_setzero_ps();
+        if (row >= rows) {
+          r[i] = zero;
+          continue;
+        }
+        const int64_t at_element = row * cols + c0 + cc;
+        const __mmask16 live =
+            gate ? _mm512_mask_cmp_ps_mask(m, _mm512_maskz_loadu_ps(m, gate + at_element), zero, _CMP_GT_OQ) : m;
+        r[i] = _mm512_maskz_loadu_ps(live, a + at_element);
       }
       transpose16(r);
       const int64_t n = std::min<int64_t>(16, nc - cc);
@@ -120,13 +131,13 @@ struct Connection {
 // orientation's connections, conn) (+ bias, ReLU). xt holds kProductBlock·kTile floats,
 // yt round_up16(o.rows)·kTile (rows past o.rows zero).
 __attribute__((target("avx512f"))) void product_tile(const MaskOrientation& o, const Connection* conn, int64_t B,
-                                                     const float* a, float* c, const float* bias, bool relu,
-                                                     int64_t b0, float* xt, float* yt) {
+                                                     const float* a, const float* gate, float* c, const float* bias,
+                                                     bool relu, int64_t b0, float* xt, float* yt) {
   const int64_t R = o.rows, C = o.cols;
   const char* xb = reinterpret_cast<const char*>(xt);
   for (int64_t blk = 0; blk < o.blocks(); ++blk) {
     const int64_t c0 = blk * o.block, nc = std::min(o.block, C - c0);
-    pack_tile(a, B, C, b0, kTileVectors, c0, nc, xt, kTile);
+    pack_tile(a, gate, B, C, b0, kTileVectors, c0, nc, xt, kTile);
     const int32_t* p = &o.ptr[static_cast<size_t>(blk * (R + 1))];
     for (int64_t r = 0; r < R; ++r) {
       int32_t q = p[r];
@@ -212,14 +223,27 @@ float* aligned64(std::vector<float>& buffer, size_t n) {
   return buffer.data() + ((64 - address % 64) % 64) / sizeof(float);
 }
 
+// sums[j] += Σ of row j of a transposed gradient tile dt [out, 256] (the bias gradient).
+__attribute__((target("avx512f"))) void row_sums(const float* dt, int64_t out, float* sums) {
+  for (int64_t j = 0; j < out; ++j) {
+    const float* row = dt + j * kGradTile;
+    __m512 s0 = _mm512_loadu_ps(row), s1 = _mm512_loadu_ps(row + 16);
+    for (int v = 2; v < kGradVectors; v += 2) {
+      s0 = _mm512_add_ps(s0, _mm512_loadu_ps(row + 16 * v));
+      s1 = _mm512_add_ps(s1, _mm512_loadu_ps(row + 16 * v + 16));
+    }
+    sums[j] += _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+  }
+}
+
 // A thread's scratch, kept across calls (OpenMP's threads persist), 64-byte aligned.
 float* scratch(int which, size_t n) {
   thread_local std::vector<float> buffers[2];
   return aligned64(buffers[which], n);
 }
 
-void product(const MaskOrientation& o, int64_t B, const float* a, const float* w, const float* bias, bool relu,
-             float* c) {
+void product(const MaskOrientation& o, int64_t B, const float* a, const float* gate, const float* w, const float* bias,
+             bool relu, float* c) {
   NCSREC_CHECK(masked_sparse_available(), "the sparse route needs AVX-512F");
   // The connections with W's current values (W moves every step; the plan holds positions).
   thread_local std::vector<Connection> connections;
@@ -235,7 +259,7 @@ void product(const MaskOrientation& o, int64_t B, const float* a, const float* w
   for (int64_t t = 0; t < tiles; ++t) {
     float* xt = scratch(0, static_cast<size_t>(kProductBlock * kTile));
     float* yt = scratch(1, yt_size);
-    product_tile(o, conn, B, a, c, bias, relu, t * kTile, xt, yt);
+    product_tile(o, conn, B, a, gate, c, bias, relu, t * kTile, xt, yt);
   }
 }
 
@@ -258,24 +282,26 @@ bool masked_sparse_available() {
 
 void masked_sparse_forward(const MaskedSparsePlan& plan, int64_t rows, const float* x, const float* w,
                            const float* bias, bool relu, float* y) {
-  product(plan.by_output, rows, x, w, bias, relu, y);
+  product(plan.by_output, rows, x, nullptr, w, bias, relu, y);
 }
 
-void masked_sparse_input_grad(const MaskedSparsePlan& plan, int64_t rows, const float* dy, const float* w, float* dx) {
-  product(plan.by_input, rows, dy, w, nullptr, false, dx);
+void masked_sparse_input_grad(const MaskedSparsePlan& plan, int64_t rows, const float* dy, const float* relu_y,
+                              const float* w, float* dx) {
+  product(plan.by_input, rows, dy, relu_y, w, nullptr, false, dx);
 }
 
 void masked_sparse_weight_grad(const MaskedSparsePlan& plan, int64_t rows, const float* x, const float* dy,
-                               float* dw) {
+                               const float* relu_y, float* dw, float* db) {
   NCSREC_CHECK(masked_sparse_available(), "the sparse route needs AVX-512F");
   const MaskOrientation& o = plan.for_grad;
   const int64_t in = plan.in, out = plan.out, nnz = o.nnz();
   // The batch's tiles in a fixed number of consecutive groups (by the rows alone, never the
-  // threads), each summed into its own partial array by one thread with no barrier; the
+  // threads), each summed into its own partial arrays by one thread with no barrier; the
   // partials are then added in group order. The sums are the same on any thread count.
   const int64_t tiles = (rows + kGradTile - 1) / kGradTile, groups = std::min(kGradGroups, tiles);
+  const int64_t width = nnz + (db ? out : 0);  // a group's partials: the connections, then the bias
   thread_local std::vector<float> partials;  // the calling thread's: the loops use the pointer
-  partials.assign(static_cast<size_t>(groups * nnz), 0.0f);
+  partials.assign(static_cast<size_t>(groups * width), 0.0f);
   float* acc = partials.data();
   const size_t xt_size = static_cast<size_t>(round_up16(in) * kGradTile),
                dt_size = static_cast<size_t>(round_up16(out) * kGradTile);
@@ -284,17 +310,24 @@ void masked_sparse_weight_grad(const MaskedSparsePlan& plan, int64_t rows, const
     float* xt = scratch(0, xt_size);
     float* dt = scratch(1, dt_size);
     for (int64_t t = tiles * g / groups; t < tiles * (g + 1) / groups; ++t) {
-      pack_tile(x, rows, in, t * kGradTile, kGradVectors, 0, in, xt, kGradTile);
-      pack_tile(dy, rows, out, t * kGradTile, kGradVectors, 0, out, dt, kGradTile);
-      grad_tile(o, 0, out, xt, dt, acc + g * nnz);
+      pack_tile(x, nullptr, rows, in, t * kGradTile, kGradVectors, 0, in, xt, kGradTile);
+      pack_tile(dy, relu_y, rows, out, t * kGradTile, kGradVectors, 0, out, dt, kGradTile);
+      grad_tile(o, 0, out, xt, dt, acc + g * width);
+      if (db) row_sums(dt, out, acc + g * width + nnz);
     }
   }
 #pragma omp parallel for schedule(static) if (nnz >= (int64_t{1} << 16))
   for (int64_t q = 0; q < nnz; ++q) {
     float sum = acc[q];
-    for (int64_t g = 1; g < groups; ++g) sum += acc[g * nnz + q];
+    for (int64_t g = 1; g < groups; ++g) sum += acc[g * width + q];
     dw[o.pos[static_cast<size_t>(q)]] += sum;
   }
+  if (db)
+    for (int64_t j = 0; j < out; ++j) {
+      float sum = acc[nnz + j];
+      for (int64_t g = 1; g < groups; ++g) sum += acc[g * width + nnz + j];
+      db[j] += sum;
+    }
 }
 
 }  // namespace ncsrec

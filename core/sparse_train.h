@@ -69,7 +69,13 @@ bool masked_sparse_available();
 // The products (see the top of the file); every array is row-major and dense. `bias` may be null.
 void masked_sparse_forward(const MaskedSparsePlan& plan, int64_t rows, const float* x, const float* w,
                            const float* bias, bool relu, float* y);
-void masked_sparse_input_grad(const MaskedSparsePlan& plan, int64_t rows, const float* dy, const float* w, float* dx);
-void masked_sparse_weight_grad(const MaskedSparsePlan& plan, int64_t rows, const float* x, const float* dy, float* dw);
+// The gradients take dy, the gradient of the layer's output, and with `relu_y` (the layer's ReLU
+// output, or null for no activation) use dy ⊙ (relu_y > 0) in its place, made as the tiles are
+// transposed. The weight gradient also adds the bias gradient, colsum of that, to `db` when
+// db is not null.
+void masked_sparse_input_grad(const MaskedSparsePlan& plan, int64_t rows, const float* dy, const float* relu_y,
+                              const float* w, float* dx);
+void masked_sparse_weight_grad(const MaskedSparsePlan& plan, int64_t rows, const float* x, const float* dy,
+                               const float* relu_y, float* dw, float* db);
 
 }  // namespace ncsrec

@@ -354,11 +354,18 @@ void MaskedLinear::set_score_grad(int task, const Tensor& grad) {
   t.score_grad = grad;
 }
 
-const Tensor& MaskedLinear::pre_activation_grad(int task, TaskState& t, const Tensor& dy) {
+void MaskedLinear::check_output_grad(int task, const TaskState& t, const Tensor& dy) const {
   NCSREC_CHECK(t.x.defined(), "masked linear backward for task " << task << " before its forward");
   const int64_t B = t.x.dim(0);
   NCSREC_CHECK(dy.ndim() == 2 && dy.dim(0) == B && dy.dim(1) == out_,
                "masked linear backward expects dy [" << B << ", " << out_ << "], got " << dy.describe());
+  NCSREC_CHECK(dy.dtype() == t.x.dtype() && dy.device() == t.x.device(),
+               "masked linear backward: dy " << dy.describe() << " does not match the input " << t.x.describe());
+}
+
+const Tensor& MaskedLinear::pre_activation_grad(int task, TaskState& t, const Tensor& dy) {
+  check_output_grad(task, t, dy);
+  const int64_t B = t.x.dim(0);
   if (act_ != Activation::ReLU) return dy;
   // dpre = dy * (y > 0): y > 0 exactly where the pre-activation was > 0.
   t.dpre = ensure_buffer(t.dpre_buf, B, out_, dy.dtype(), dy.device());
@@ -398,28 +405,20 @@ void MaskedLinear::backward_tasks(const std::vector<int>& tasks, const std::vect
   for (size_t i = 0; i < tasks.size(); ++i) {
     NCSREC_CHECK(dys[i] != nullptr, "masked linear backward_tasks: gradient " << i << " is null");
     TaskState& t = task_state(tasks[i], "backward");
-    dpres.push_back(&pre_activation_grad(tasks[i], t, *dys[i]));
+    check_output_grad(tasks[i], t, *dys[i]);
     xs.push_back(&t.x);
     fused = fused && t.fused && t.x.dim(0) == xs[0]->dim(0);
   }
-  if (!fused) {  // the plain route, one task after the other
-    for (size_t i = 0; i < tasks.size(); ++i) {
-      TaskState& t = tasks_[static_cast<size_t>(tasks[i])];
-      if (t.fused) {  // its forward was fused with other rows: run this task's product fused alone
-        backward_tasks({tasks[i]}, {dys[i]}, need_dx);
-        continue;
-      }
-      backward_plain(t, *dpres[i], need_dx);
-    }
-    return;
-  }
-  if (weight_->value.device() == Device::CPU) {  // the mask's connections only (core/sparse_train.h)
+  if (fused && weight_->value.device() == Device::CPU) {
+    // The mask's connections only (core/sparse_train.h); the kernels apply the ReLU's gate to
+    // dy as they read it and add the bias gradient, so dy ⊙ act'(y) is never written out.
     const int64_t B = xs[0]->dim(0);
+    const bool relu = act_ == Activation::ReLU;
     for (size_t i = 0; i < tasks.size(); ++i) {
       TaskState& t = tasks_[static_cast<size_t>(tasks[i])];
-      masked_sparse_weight_grad(sparse_plan(t), B, t.x.data<float>(), dpres[i]->data<float>(),
-                                weight_->grad.data<float>());
-      ops::bias_grad(bias_->grad, *dpres[i]);
+      masked_sparse_weight_grad(sparse_plan(t), B, t.x.data<float>(), dys[i]->data<float>(),
+                                relu ? t.y.data<float>() : nullptr, weight_->grad.data<float>(),
+                                bias_->grad.data<float>());
     }
     for (size_t i = 0; i < tasks.size(); ++i) {
       TaskState& t = tasks_[static_cast<size_t>(tasks[i])];
@@ -428,8 +427,21 @@ void MaskedLinear::backward_tasks(const std::vector<int>& tasks, const std::vect
         continue;
       }
       t.dx = ensure_buffer(t.dx_buf, B, in_, t.x.dtype(), t.x.device());
-      masked_sparse_input_grad(sparse_plan(t), B, dpres[i]->data<float>(), weight_->value.data<float>(),
-                               t.dx.data<float>());
+      masked_sparse_input_grad(sparse_plan(t), B, dys[i]->data<float>(), relu ? t.y.data<float>() : nullptr,
+                               weight_->value.data<float>(), t.dx.data<float>());
+    }
+    return;
+  }
+  for (size_t i = 0; i < tasks.size(); ++i)
+    dpres.push_back(&pre_activation_grad(tasks[i], tasks_[static_cast<size_t>(tasks[i])], *dys[i]));
+  if (!fused) {  // the plain route, one task after the other
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      TaskState& t = tasks_[static_cast<size_t>(tasks[i])];
+      if (t.fused) {  // its forward was fused with other rows: run this task's product fused alone
+        backward_tasks({tasks[i]}, {dys[i]}, need_dx);
+        continue;
+      }
+      backward_plain(t, *dpres[i], need_dx);
     }
     return;
   }

@@ -150,6 +150,8 @@ class MaskedLinear {
   TaskState& check_input(int task, const Tensor& x);
   void forward_plain(TaskState& t, const Tensor& x);
   void backward_plain(TaskState& t, const Tensor& dpre, bool need_dx);
+  // dy [B, out] for the task's last forward (of B rows), of the input's dtype and device.
+  void check_output_grad(int task, const TaskState& t, const Tensor& dy) const;
   // dy ⊙ act'(y_t) for the task's last forward (dy itself without an activation).
   const Tensor& pre_activation_grad(int task, TaskState& t, const Tensor& dy);
   // Whether `tasks` tasks at `rows` rows run fused here (route, device, backend, measurement).

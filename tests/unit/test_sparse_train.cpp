@@ -73,59 +73,81 @@ TEST(SparseTrain, TheForwardIsTheMaskedProductPlusBiasThroughReLU) {
   }
 }
 
+// With the layer's ReLU output given, dy counts only where it is > 0 (random_f32 has both signs).
 TEST(SparseTrain, TheInputGradientIsTheProductWithTheMaskedWeightTransposed) {
   SKIP_WITHOUT_AVX512();
   for (const Case& c : kCases) {
     SCOPED_TRACE(name(c));
-    const Tensor dy = random_f32({c.rows, c.out}, 5), w = random_f32({c.in, c.out}, 6);
+    const Tensor dy = random_f32({c.rows, c.out}, 5), w = random_f32({c.in, c.out}, 6), y = random_f32({c.rows, c.out}, 16);
     const BitMask m = random_mask(c.in, c.out, c.density, 7);
-    std::vector<float> dx(static_cast<size_t>(c.rows * c.in), std::numeric_limits<float>::quiet_NaN());
-    masked_sparse_input_grad(plan_masked_sparse(m), c.rows, dy.data<float>(), w.data<float>(), dx.data());
-    for (int64_t r = 0; r < c.rows; r += (c.rows > 500 ? 37 : 1))
-      for (int64_t k = 0; k < c.in; ++k) {
-        double sum = 0, abs_sum = 0;
-        for (int64_t j = 0; j < c.out; ++j) {
-          if (!m.get(k * c.out + j)) continue;
-          const double p = double(dy.data<float>()[r * c.out + j]) * w.data<float>()[k * c.out + j];
-          sum += p;
-          abs_sum += std::fabs(p);
+    for (const bool gated : {false, true}) {
+      SCOPED_TRACE(gated ? "dy gated by y > 0" : "dy");
+      std::vector<float> dx(static_cast<size_t>(c.rows * c.in), std::numeric_limits<float>::quiet_NaN());
+      masked_sparse_input_grad(plan_masked_sparse(m), c.rows, dy.data<float>(), gated ? y.data<float>() : nullptr,
+                               w.data<float>(), dx.data());
+      for (int64_t r = 0; r < c.rows; r += (c.rows > 500 ? 37 : 1))
+        for (int64_t k = 0; k < c.in; ++k) {
+          double sum = 0, abs_sum = 0;
+          for (int64_t j = 0; j < c.out; ++j) {
+            if (!m.get(k * c.out + j) || (gated && !(y.data<float>()[r * c.out + j] > 0))) continue;
+            const double p = double(dy.data<float>()[r * c.out + j]) * w.data<float>()[k * c.out + j];
+            sum += p;
+            abs_sum += std::fabs(p);
+          }
+          expect_close(dx[static_cast<size_t>(r * c.in + k)], sum, abs_sum,
+                       "dx[" + std::to_string(r) + ", " + std::to_string(k) + "]");
         }
-        expect_close(dx[static_cast<size_t>(r * c.in + k)], sum, abs_sum,
-                     "dx[" + std::to_string(r) + ", " + std::to_string(k) + "]");
-      }
+    }
   }
 }
 
 // dW accumulates onto what was there, inside the mask only: an element outside it keeps its bits.
+// The bias gradient accumulates colsum(dy ⊙ (y > 0)) onto db.
 TEST(SparseTrain, TheWeightGradientAddsInsideTheMaskAndTouchesNothingOutside) {
   SKIP_WITHOUT_AVX512();
   for (const Case& c : kCases) {
     SCOPED_TRACE(name(c));
-    const Tensor x = random_f32({c.rows, c.in}, 8), dy = random_f32({c.rows, c.out}, 9);
-    const Tensor before = random_f32({c.in, c.out}, 10);
+    const Tensor x = random_f32({c.rows, c.in}, 8), dy = random_f32({c.rows, c.out}, 9), y = random_f32({c.rows, c.out}, 17);
+    const Tensor before = random_f32({c.in, c.out}, 10), db_before = random_f32({c.out}, 18);
     const BitMask m = random_mask(c.in, c.out, c.density, 11);
-    std::vector<float> dw(before.data<float>(), before.data<float>() + c.in * c.out);
-    masked_sparse_weight_grad(plan_masked_sparse(m), c.rows, x.data<float>(), dy.data<float>(), dw.data());
-    int64_t outside = 0;
-    for (int64_t k = 0; k < c.in; ++k)
+    for (const bool gated : {false, true}) {
+      SCOPED_TRACE(gated ? "dy gated by y > 0" : "dy");
+      auto g = [&](int64_t r, int64_t j) {
+        return gated && !(y.data<float>()[r * c.out + j] > 0) ? 0.0 : double(dy.data<float>()[r * c.out + j]);
+      };
+      std::vector<float> dw(before.data<float>(), before.data<float>() + c.in * c.out);
+      std::vector<float> db(db_before.data<float>(), db_before.data<float>() + c.out);
+      masked_sparse_weight_grad(plan_masked_sparse(m), c.rows, x.data<float>(), dy.data<float>(),
+                                gated ? y.data<float>() : nullptr, dw.data(), db.data());
+      int64_t outside = 0;
+      for (int64_t k = 0; k < c.in; ++k)
+        for (int64_t j = 0; j < c.out; ++j) {
+          const int64_t i = k * c.out + j;
+          const float got = dw[static_cast<size_t>(i)], was = before.data<float>()[i];
+          if (!m.get(i)) {
+            ++outside;
+            ASSERT_EQ(std::memcmp(&got, &was, sizeof got), 0) << "dW[" << k << ", " << j << "] is outside the mask";
+            continue;
+          }
+          if (c.rows > 500 && (k * 7 + j) % 13) continue;  // a sample of the large case's sums
+          double sum = was, abs_sum = std::fabs(was);
+          for (int64_t r = 0; r < c.rows; ++r) {
+            const double p = double(x.data<float>()[r * c.in + k]) * g(r, j);
+            sum += p;
+            abs_sum += std::fabs(p);
+          }
+          expect_close(got, sum, abs_sum, "dW[" + std::to_string(k) + ", " + std::to_string(j) + "]");
+        }
+      EXPECT_EQ(outside, c.in * c.out - m.count());
       for (int64_t j = 0; j < c.out; ++j) {
-        const int64_t i = k * c.out + j;
-        const float got = dw[static_cast<size_t>(i)], was = before.data<float>()[i];
-        if (!m.get(i)) {
-          ++outside;
-          ASSERT_EQ(std::memcmp(&got, &was, sizeof got), 0) << "dW[" << k << ", " << j << "] is outside the mask";
-          continue;
-        }
-        if (c.rows > 500 && (k * 7 + j) % 13) continue;  // a sample of the large case's sums
-        double sum = was, abs_sum = std::fabs(was);
+        double sum = db_before.data<float>()[j], abs_sum = std::fabs(sum);
         for (int64_t r = 0; r < c.rows; ++r) {
-          const double p = double(x.data<float>()[r * c.in + k]) * dy.data<float>()[r * c.out + j];
-          sum += p;
-          abs_sum += std::fabs(p);
+          sum += g(r, j);
+          abs_sum += std::fabs(g(r, j));
         }
-        expect_close(got, sum, abs_sum, "dW[" + std::to_string(k) + ", " + std::to_string(j) + "]");
+        expect_close(db[static_cast<size_t>(j)], sum, abs_sum, "db[" + std::to_string(j) + "]");
       }
-    EXPECT_EQ(outside, c.in * c.out - m.count());
+    }
   }
 }
 
@@ -133,20 +155,22 @@ TEST(SparseTrain, TheWeightGradientAddsInsideTheMaskAndTouchesNothingOutside) {
 TEST(SparseTrain, ResultsAreBitIdenticalOnOneAndTwoThreads) {
   SKIP_WITHOUT_AVX512();
   const int64_t rows = 1000, in = 200, out = 150;
-  const Tensor x = random_f32({rows, in}, 12), dy = random_f32({rows, out}, 13), w = random_f32({in, out}, 14);
+  const Tensor x = random_f32({rows, in}, 12), dy = random_f32({rows, out}, 13), w = random_f32({in, out}, 14),
+               gate = random_f32({rows, out}, 19);
   const MaskedSparsePlan plan = plan_masked_sparse(random_mask(in, out, 0.2, 15));
   auto run = [&](int threads) {
     const int saved = omp_get_max_threads();
     omp_set_num_threads(threads);
     std::vector<float> y(static_cast<size_t>(rows * out)), dx(static_cast<size_t>(rows * in)),
-        dw(static_cast<size_t>(in * out), 0.5f);
+        dw(static_cast<size_t>(in * out), 0.5f), db(static_cast<size_t>(out), 0.25f);
     masked_sparse_forward(plan, rows, x.data<float>(), w.data<float>(), nullptr, true, y.data());
-    masked_sparse_input_grad(plan, rows, dy.data<float>(), w.data<float>(), dx.data());
-    masked_sparse_weight_grad(plan, rows, x.data<float>(), dy.data<float>(), dw.data());
+    masked_sparse_input_grad(plan, rows, dy.data<float>(), gate.data<float>(), w.data<float>(), dx.data());
+    masked_sparse_weight_grad(plan, rows, x.data<float>(), dy.data<float>(), gate.data<float>(), dw.data(), db.data());
     omp_set_num_threads(saved);
     std::vector<float> all = y;
     all.insert(all.end(), dx.begin(), dx.end());
     all.insert(all.end(), dw.begin(), dw.end());
+    all.insert(all.end(), db.begin(), db.end());
     return all;
   };
   const std::vector<float> one = run(1), two = run(2);
