@@ -53,6 +53,28 @@ TEST(PairwiseDot, GradientMatchesFiniteDifferencesAndAccumulates) {
   EXPECT_TRUE(check_gradient("x", loss, x, grad));
 }
 
+// f32 with 16-dimensional embeddings takes its own kernels on AVX-512 CPUs: the forward against
+// a double reference, every output written.
+TEST(PairwiseDot, TheF32ForwardOfDimension16MatchesADoubleReference) {
+  const int64_t B = 130, F = 20, d = 16, emb_col = 3, x_cols = emb_col + F * d + 5;
+  const Tensor x = testing::random_f32({B, x_cols}, 34);
+  Tensor out = Tensor::empty({B, 1 + F * F}, DType::F32);
+  for (int64_t i = 0; i < out.numel(); ++i) out.data<float>()[i] = std::nanf("");
+  pairwise_dot_forward(out, 1, x, emb_col, F, d);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < F; ++i)
+      for (int64_t j = 0; j < F; ++j) {
+        double s = 0, abs_sum = 0;
+        for (int64_t k = 0; k < d; ++k) {
+          const double p = double(x.data<float>()[b * x_cols + emb_col + i * d + k]) * x.data<float>()[b * x_cols + emb_col + j * d + k];
+          s += p;
+          abs_sum += std::fabs(p);
+        }
+        ASSERT_NEAR(out.data<float>()[b * out.dim(1) + 1 + i * F + j], s, 1e-6 * abs_sum) << b << ", " << i << ", " << j;
+      }
+  for (int64_t b = 0; b < B; ++b) ASSERT_TRUE(std::isnan(out.data<float>()[b * out.dim(1)])) << "column 0 is not the output";
+}
+
 // f32 with 16-dimensional embeddings takes its own kernel on AVX-512 CPUs (one vector per
 // embedding): against a double reference, accumulating, the other columns untouched.
 TEST(PairwiseDot, TheF32BackwardOfDimension16MatchesADoubleReference) {
