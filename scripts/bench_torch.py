@@ -31,7 +31,10 @@ same rank-to-row scatter, multi-valued slots 1-5 ids, click ~4%, conversion ~10%
     /usr/bin/python3 scripts/bench_torch.py --device cpu --ncsrec build/bin/ncsrec
 
 runs `ncsrec bench` first (same config, batch, density, threads, Zipf exponent), then the
-PyTorch model, and prints both samples/s and the ratio ncsrec / PyTorch. With --device cuda
+PyTorch model, and prints both samples/s and the ratio ncsrec / PyTorch. On a shared machine
+either side's time moves between runs by more than the ratio's margin: --rounds N repeats the
+pair N times in turn (ncsrec, then PyTorch eager and compiled; the PyTorch model is built once)
+and prints every round's ratio and their median. With --device cuda
 both run on the GPU: PyTorch eager with the model, masks and batch pool in GPU memory (each
 step ends with the loss read back, a synchronisation); ncsrec with its dense layers on the GPU
 and its tables and batches on the host (docs/cuda.md).
@@ -70,6 +73,8 @@ def parse_args():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--ncsrec", help="path of the ncsrec binary: run `ncsrec bench` too and print the ratio")
     p.add_argument("--json", help="write both sides' results here")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with --ncsrec: time both sides this many times in turn and report the median ratio")
     return p.parse_args()
 
 
@@ -366,27 +371,45 @@ def main():
               f"(median {med:.1f}, min {min(t) * 1000:.1f}, max {max(t) * 1000:.1f})", flush=True)
         return {"samples_per_s": a.batch * len(t) / total, "ms_per_step": 1000 * total / len(t), "median_ms": med}
 
-    net.variant = chosen
-    runs = {"eager": timed_run(f"eager, {chosen}")}
-    runs["eager"]["variant"] = chosen
     want_compile = a.compile == "yes" or (a.compile == "auto" and hasattr(torch, "compile"))
-    if want_compile:
-        if not hasattr(torch, "compile"):
-            sys.exit(f"--compile yes: torch {torch.__version__} has no torch.compile")
-        net.variant = "dense"
-        batch_loss[0] = compiled_loss(net, loss_fn)
-        t0 = time.time()
-        try:
-            timed(3)  # compiles (forward and backward graphs), then runs with them
-        except Exception as e:  # no compiler, no triton: say so; eager stands (--compile yes: fail)
-            if a.compile == "yes":
-                raise
-            print(f"  torch.compile failed, timed eager only: {type(e).__name__}: {str(e).splitlines()[0]}",
-                  flush=True)
-        else:
-            print(f"  torch.compile: compiled and warmed up in {time.time() - t0:.1f} s", flush=True)
+    if want_compile and not hasattr(torch, "compile"):
+        sys.exit(f"--compile yes: torch {torch.__version__} has no torch.compile")
+    compiled = [None]  # the compiled loss once it has compiled and warmed up; False: it failed
+
+    def one_round():
+        net.variant = chosen
+        batch_loss[0] = eager_loss
+        runs = {"eager": timed_run(f"eager, {chosen}")}
+        runs["eager"]["variant"] = chosen
+        if want_compile and compiled[0] is not False:
+            net.variant = "dense"
+            if compiled[0] is None:
+                batch_loss[0] = compiled_loss(net, loss_fn)
+                t0 = time.time()
+                try:
+                    timed(3)  # compiles (forward and backward graphs), then runs with them
+                except Exception as e:  # no compiler, no triton: say so; eager stands (--compile yes: fail)
+                    if a.compile == "yes":
+                        raise
+                    print(f"  torch.compile failed, timed eager only: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0]}", flush=True)
+                    compiled[0] = False
+                    return runs
+                print(f"  torch.compile: compiled and warmed up in {time.time() - t0:.1f} s", flush=True)
+                compiled[0] = batch_loss[0]
+            batch_loss[0] = compiled[0]
             runs["compile"] = timed_run("torch.compile, dense")
             runs["compile"]["variant"] = "dense"
+        return runs
+
+    rounds = [one_round()]
+    ncsrec_runs = [ncsrec] if ncsrec else []
+    for r in range(1, a.rounds if ncsrec else 1):
+        print(f"\nround {r + 1} of {a.rounds}", flush=True)
+        ncsrec_runs.append(run_ncsrec(a))
+        print(f"ncsrec samples/s: {ncsrec_runs[-1]['samples_per_s']:.0f}", flush=True)
+        rounds.append(one_round())
+    runs = rounds[0]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024  # KiB -> GiB
     print(f"  peak memory (ru_maxrss): {peak:.2f} GiB")
     for mode, r in runs.items():
@@ -394,18 +417,27 @@ def main():
     sps = runs["eager"]["samples_per_s"]
     result = {"pytorch": {"version": torch.__version__, "samples_per_s": sps, "variant": chosen,
                           "trials": trials, "ms_per_step": runs["eager"]["ms_per_step"],
-                          "median_ms": runs["eager"]["median_ms"], "runs": runs,
+                          "median_ms": runs["eager"]["median_ms"], "runs": runs, "rounds": rounds,
                           "peak_rss_gib": peak, "steps": a.steps, "batch": a.batch, "threads": a.threads,
                           "device": a.device}}
     if ncsrec:
         result["ncsrec"] = ncsrec
-        result["ratio"] = ncsrec["samples_per_s"] / sps
+        result["ncsrec_rounds"] = ncsrec_runs
         print()
-        for mode, r in runs.items():
-            ratio = ncsrec["samples_per_s"] / r["samples_per_s"]
-            result[f"ratio_{mode}"] = ratio
-            print(f"ncsrec {ncsrec['samples_per_s']:.0f} samples/s, pytorch {mode} {r['samples_per_s']:.0f} "
-                  f"samples/s: ratio ncsrec/pytorch {mode} = {ratio:.2f}")
+        for mode in runs:
+            ratios = [n["samples_per_s"] / rr[mode]["samples_per_s"]
+                      for n, rr in zip(ncsrec_runs, rounds) if mode in rr]
+            median = sorted(ratios)[len(ratios) // 2] if len(ratios) % 2 else \
+                (sorted(ratios)[len(ratios) // 2 - 1] + sorted(ratios)[len(ratios) // 2]) / 2
+            result[f"ratio_{mode}"] = median
+            result[f"ratios_{mode}"] = ratios
+            if len(ratios) == 1:
+                print(f"ncsrec {ncsrec['samples_per_s']:.0f} samples/s, pytorch {mode} "
+                      f"{runs[mode]['samples_per_s']:.0f} samples/s: ratio ncsrec/pytorch {mode} = {median:.2f}")
+            else:
+                print(f"ratio ncsrec/pytorch {mode}, {len(ratios)} rounds: "
+                      + ", ".join(f"{x:.2f}" for x in ratios) + f"; median {median:.2f}")
+        result["ratio"] = result["ratio_eager"]
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)
