@@ -630,13 +630,7 @@ int main(int argc, char** argv) {
     ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
     reexec = true;
   }
-  if (!std::getenv("OPENBLAS_CORETYPE")) {
-    const std::string core = ncsrec::openblas_core_for_this_cpu();
-    if (!core.empty()) {
-      ::setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
-      reexec = true;
-    }
-  }
+  if (ncsrec::set_openblas_coretype_for_this_cpu()) reexec = true;
   if (reexec) ::execv("/proc/self/exe", argv);  // returns only on failure: carry on with the defaults
   // Under an MPI launcher an error on one rank ends the whole job (no rank waits for it); a
   // config error, which every rank meets alike, is reported by rank 0 alone.

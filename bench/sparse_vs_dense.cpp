@@ -422,13 +422,8 @@ void run_training() {
 int main(int argc, char** argv) {
   // The kernels `ncsrec` would run (core/blas_core.h; it sets OPENBLAS_CORETYPE the same way), so
   // that the dense side is the product training really gets.
-  if (!std::getenv("OPENBLAS_CORETYPE")) {
-    const std::string core = ncsrec::openblas_core_for_this_cpu();
-    if (!core.empty()) {
-      ::setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
-      ::execv("/proc/self/exe", argv);  // returns only on failure: carry on with OpenBLAS's choice
-    }
-  }
+  if (ncsrec::set_openblas_coretype_for_this_cpu())
+    ::execv("/proc/self/exe", argv);  // returns only on failure: carry on with OpenBLAS's choice
   std::printf("OpenBLAS kernels: %s\n", ncsrec::openblas_core_in_use().c_str());
   bool variants = false, training = false;
   for (int i = 1; i < argc; ++i) {

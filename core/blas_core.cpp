@@ -2,6 +2,8 @@
 
 #include <cblas.h>
 
+#include <cstdlib>
+
 namespace ncsrec {
 
 std::string openblas_core_for_this_cpu() {
@@ -12,6 +14,19 @@ std::string openblas_core_for_this_cpu() {
     return "SkylakeX";
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
   return "";
+}
+
+bool set_openblas_coretype_for_this_cpu() {
+  if (std::getenv("OPENBLAS_CORETYPE")) return false;
+  const std::string core = openblas_core_for_this_cpu();
+  if (core.empty()) return false;
+  ::setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
+  return true;
+}
+
+bool cpu_has_avx512f() {
+  static const bool yes = (__builtin_cpu_init(), __builtin_cpu_supports("avx512f"));
+  return yes;
 }
 
 std::string openblas_core_in_use() {

@@ -15,6 +15,16 @@ namespace ncsrec {
 // "SkylakeX" (AVX-512 F/BW/DQ/VL), "Haswell" (AVX2 and FMA), or "" (let OpenBLAS decide).
 std::string openblas_core_for_this_cpu();
 
+// Sets OPENBLAS_CORETYPE to openblas_core_for_this_cpu() unless the environment has it already
+// (or there is nothing to choose); true when it set it. OpenBLAS reads it when it loads, so a
+// caller that gets true re-executes itself for the value to take effect.
+bool set_openblas_coretype_for_this_cpu();
+
+// Whether this CPU and its OS run AVX-512F code: the run-time check before the hand-written
+// AVX-512 kernels (core/sparse_train.h, the CPU interaction's), which the library's plain
+// x86-64 build compiles with target attributes.
+bool cpu_has_avx512f();
+
 // The kernels OpenBLAS runs with in this process ("" when it does not say).
 std::string openblas_core_in_use();
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/blas_core.h"
 #include "core/dispatch.h"
 #include "core/error.h"
 #include "core/float_dispatch.h"
@@ -131,17 +132,23 @@ __attribute__((target("avx512f"))) void dot_forward_f32_d16(float* out, int64_t 
 
 #pragma GCC diagnostic pop
 
-bool cpu_has_avx512f();
+// fn(b0, b1) over the rows [0, B) in chunks of 64, in parallel when the work is large enough
+// (each row is computed whole by one call, so the result does not depend on the threads).
+template <class Fn>
+void over_row_chunks(int64_t B, int64_t work, Fn fn) {
+  constexpr int64_t kRows = 64;
+  const int64_t chunks = (B + kRows - 1) / kRows;
+#pragma omp parallel for schedule(static) if (work >= (1 << 16))
+  for (int64_t c = 0; c < chunks; ++c) fn(c * kRows, std::min(B, (c + 1) * kRows));
+}
 
 void cpu_pairwise_dot_forward(DType dt, void* out, int64_t out_stride, int64_t out_col, const void* x, int64_t x_stride,
                               int64_t emb_col, int64_t B, int64_t F, int64_t d) {
   if (dt == DType::F32 && d == 16 && cpu_has_avx512f()) {
-    constexpr int64_t kRows = 64;
-    const int64_t chunks = (B + kRows - 1) / kRows;
-#pragma omp parallel for schedule(static) if (B * F * F * d >= (1 << 16))
-    for (int64_t c = 0; c < chunks; ++c)
+    over_row_chunks(B, B * F * F * d, [&](int64_t b0, int64_t b1) {
       dot_forward_f32_d16(static_cast<float*>(out), out_stride, out_col, static_cast<const float*>(x), x_stride, emb_col,
-                          c * kRows, std::min(B, (c + 1) * kRows), F);
+                          b0, b1, F);
+    });
     return;
   }
   NCSREC_FLOAT_DISPATCH(dt,
@@ -170,21 +177,14 @@ __attribute__((target("avx512f"))) void dot_backward_f32_d16(float* dx, int64_t 
   }
 }
 
-bool cpu_has_avx512f() {
-  static const bool yes = __builtin_cpu_supports("avx512f");
-  return yes;
-}
-
 void cpu_pairwise_dot_backward(DType dt, void* dx, int64_t dx_stride, int64_t emb_col, const void* dout,
                                int64_t dout_stride, int64_t out_col, const void* x, int64_t x_stride, int64_t B,
                                int64_t F, int64_t d) {
   if (dt == DType::F32 && d == 16 && cpu_has_avx512f()) {
-    constexpr int64_t kRows = 64;
-    const int64_t chunks = (B + kRows - 1) / kRows;
-#pragma omp parallel for schedule(static) if (B * F * F * d >= (1 << 16))
-    for (int64_t c = 0; c < chunks; ++c)
+    over_row_chunks(B, B * F * F * d, [&](int64_t b0, int64_t b1) {
       dot_backward_f32_d16(static_cast<float*>(dx), dx_stride, emb_col, static_cast<const float*>(dout), dout_stride,
-                           out_col, static_cast<const float*>(x), x_stride, c * kRows, std::min(B, (c + 1) * kRows), F);
+                           out_col, static_cast<const float*>(x), x_stride, b0, b1, F);
+    });
     return;
   }
   NCSREC_FLOAT_DISPATCH(dt,

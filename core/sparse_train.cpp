@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "core/blas_core.h"
 #include "core/error.h"
 
 namespace ncsrec {
@@ -185,15 +186,15 @@ __attribute__((target("avx512f"))) void product_tile(const MaskOrientation& o, c
   }
 }
 
-// The weight gradient's connections of outputs [j0, j1) for one tile: acc[q] += the tile's
-// dot product of x column k and dy column j (xt [in, 256], dt [out, 256] transposed tiles).
-__attribute__((target("avx512f"))) void grad_tile(const MaskOrientation& o, int64_t j0, int64_t j1, const float* xt,
-                                                  const float* dt, float* acc) {
+// The weight gradient's connections for one tile: acc[q] += the tile's dot product of x column
+// k and dy column j (xt [in, 256], dt [out, 256] transposed tiles).
+__attribute__((target("avx512f"))) void grad_tile(const MaskOrientation& o, const float* xt, const float* dt,
+                                                  float* acc) {
   const int64_t R = o.rows;
   for (int64_t blk = 0; blk < o.blocks(); ++blk) {
     const int32_t* p = &o.ptr[static_cast<size_t>(blk * (R + 1))];
     const float* xblock = xt + blk * o.block * kGradTile;
-    for (int64_t j = j0; j < j1; ++j) {
+    for (int64_t j = 0; j < R; ++j) {
       int32_t q = p[j];
       const int32_t e = p[j + 1];
       if (q == e) continue;
@@ -275,10 +276,7 @@ MaskedSparsePlan plan_masked_sparse(const BitMask& mask) {
   return plan;
 }
 
-bool masked_sparse_available() {
-  static const bool yes = __builtin_cpu_supports("avx512f");
-  return yes;
-}
+bool masked_sparse_available() { return cpu_has_avx512f(); }
 
 void masked_sparse_forward(const MaskedSparsePlan& plan, int64_t rows, const float* x, const float* w,
                            const float* bias, bool relu, float* y) {
@@ -312,22 +310,19 @@ void masked_sparse_weight_grad(const MaskedSparsePlan& plan, int64_t rows, const
     for (int64_t t = tiles * g / groups; t < tiles * (g + 1) / groups; ++t) {
       pack_tile(x, nullptr, rows, in, t * kGradTile, kGradVectors, 0, in, xt, kGradTile);
       pack_tile(dy, relu_y, rows, out, t * kGradTile, kGradVectors, 0, out, dt, kGradTile);
-      grad_tile(o, 0, out, xt, dt, acc + g * width);
+      grad_tile(o, xt, dt, acc + g * width);
       if (db) row_sums(dt, out, acc + g * width + nnz);
     }
   }
 #pragma omp parallel for schedule(static) if (nnz >= (int64_t{1} << 16))
-  for (int64_t q = 0; q < nnz; ++q) {
+  for (int64_t q = 0; q < width; ++q) {
     float sum = acc[q];
     for (int64_t g = 1; g < groups; ++g) sum += acc[g * width + q];
-    dw[o.pos[static_cast<size_t>(q)]] += sum;
+    if (q < nnz)
+      dw[o.pos[static_cast<size_t>(q)]] += sum;
+    else
+      db[q - nnz] += sum;
   }
-  if (db)
-    for (int64_t j = 0; j < out; ++j) {
-      float sum = acc[nnz + j];
-      for (int64_t g = 1; g < groups; ++g) sum += acc[g * width + nnz + j];
-      db[j] += sum;
-    }
 }
 
 }  // namespace ncsrec
