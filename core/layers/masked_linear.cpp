@@ -114,7 +114,6 @@ void MaskedLinear::set_mask(int task, const BitMask& mask) {
                "mask [" << mask.rows << ", " << mask.cols << "] holds " << mask.bits.size() << " bytes");
   t.mask = mask;
   t.device_bits_stale = true;
-  t.sparse.reset();
 }
 
 const uint8_t* MaskedLinear::mask_bits_on_device(TaskState& t) {
@@ -135,7 +134,6 @@ const BitMask& MaskedLinear::mask(int task) const {
 BitMask& MaskedLinear::mutable_mask(int task) {
   TaskState& t = task_state(task, "mutable_mask");
   t.device_bits_stale = true;  // the caller may change it
-  t.sparse.reset();
   return t.mask;
 }
 
@@ -165,7 +163,7 @@ void MaskedLinear::forward_plain(TaskState& t, const Tensor& x) {
 const MaskedSparsePlan& MaskedLinear::sparse_plan(TaskState& t) {
   const uint32_t crc = crc32c(t.mask.bits.data(), t.mask.bits.size());
   if (!t.sparse || crc != t.sparse_crc) {
-    t.sparse = std::make_shared<const MaskedSparsePlan>(plan_masked_sparse(t.mask));
+    t.sparse = std::make_unique<const MaskedSparsePlan>(plan_masked_sparse(t.mask));
     t.sparse_crc = crc;
   }
   return *t.sparse;
@@ -410,13 +408,15 @@ void MaskedLinear::backward_tasks(const std::vector<int>& tasks, const std::vect
     fused = fused && t.fused && t.x.dim(0) == xs[0]->dim(0);
   }
   if (fused && weight_->value.device() == Device::CPU) {
-    // The mask's connections only (core/sparse_train.h); the kernels apply the ReLU's gate to
-    // dy as they read it and add the bias gradient, so dy ⊙ act'(y) is never written out.
+    // The mask's connections only (core/sparse_train.h), through the plan the forward ran with
+    // (as the plain route's input gradient uses the forward's W ⊙ M_t); the kernels apply the
+    // ReLU's gate to dy as they read it and add the bias gradient, so dy ⊙ act'(y) is never
+    // written out.
     const int64_t B = xs[0]->dim(0);
     const bool relu = act_ == Activation::ReLU;
     for (size_t i = 0; i < tasks.size(); ++i) {
       TaskState& t = tasks_[static_cast<size_t>(tasks[i])];
-      masked_sparse_weight_grad(sparse_plan(t), B, t.x.data<float>(), dys[i]->data<float>(),
+      masked_sparse_weight_grad(*t.sparse, B, t.x.data<float>(), dys[i]->data<float>(),
                                 relu ? t.y.data<float>() : nullptr, weight_->grad.data<float>(),
                                 bias_->grad.data<float>());
     }
@@ -427,7 +427,7 @@ void MaskedLinear::backward_tasks(const std::vector<int>& tasks, const std::vect
         continue;
       }
       t.dx = ensure_buffer(t.dx_buf, B, in_, t.x.dtype(), t.x.device());
-      masked_sparse_input_grad(sparse_plan(t), B, dys[i]->data<float>(), relu ? t.y.data<float>() : nullptr,
+      masked_sparse_input_grad(*t.sparse, B, dys[i]->data<float>(), relu ? t.y.data<float>() : nullptr,
                                weight_->value.data<float>(), t.dx.data<float>());
     }
     return;

@@ -135,7 +135,8 @@ class MaskedLinear {
     Tensor device_bits;       // the mask's bytes in the weight's device memory (a device layer)
     bool device_bits_stale = true;
     bool fused = false;       // the last forward took the fused route (its backward must too)
-    std::shared_ptr<const MaskedSparsePlan> sparse;  // the CPU's fused route: the mask's connections
+    // The CPU's fused route: the plan of the last forward (its backward runs the same one).
+    std::unique_ptr<const MaskedSparsePlan> sparse;
     uint32_t sparse_crc = 0;  // CRC-32C of the mask's bytes the plan was made from
   };
   // The CPU's fused route: the task's mask in the sparse kernels' orientations, planned again
