@@ -23,6 +23,7 @@
 #include "scratch_dir.h"
 #include "tests/unit/config_checks.h"
 #include "tests/unit/fake_device.h"
+#include "tests/unit/route_scope.h"
 #include "tiny_data.h"
 #include "core/data/hdf5_shard.h"
 #include "train/checkpoint.h"
@@ -86,11 +87,9 @@ class DeviceModel : public ::testing::TestWithParam<Case> {};
 // plain route's bits; the CPU's own fused route is its sparse kernels), the device model under
 // the route set when this is called.
 void expect_device_steps_match_cpu(const Case& c) {
-  const MaskedRoute device_route = masked_route();
-  auto on_cpu = [&](auto&& run) {
-    set_masked_route(MaskedRoute::Plain);
+  auto on_cpu = [](auto&& run) {
+    testing::RouteScope plain(MaskedRoute::Plain);
     run();
-    set_masked_route(device_route);
   };
   const TrainConfig config = config_for(c.model, c.optimizer);
   const Block first = random_block(32, 1);
@@ -147,9 +146,10 @@ TEST_P(DeviceMaskedRoutes, BothRoutesGiveTheCpuModelsBits) {
   for (const MaskedRoute route : {MaskedRoute::Fused, MaskedRoute::Plain}) {
     SCOPED_TRACE(masked_route_names()[static_cast<size_t>(route)]);
     testing::CountingDevice device;
-    set_masked_route(route);
-    expect_device_steps_match_cpu(c);
-    set_masked_route(MaskedRoute::Auto);
+    {
+      testing::RouteScope scope(route);
+      expect_device_steps_match_cpu(c);
+    }
     const bool learned = c.model.find("find: learned") != std::string::npos;  // the plain route's score gradient
     if (route == MaskedRoute::Fused && !learned) {
       EXPECT_GT(testing::g_forward_calls, 0);

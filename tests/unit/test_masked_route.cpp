@@ -20,6 +20,7 @@
 #include "tests/random_inputs.h"
 #include "tests/unit/config_checks.h"
 #include "tests/unit/fake_device.h"
+#include "tests/unit/route_scope.h"
 #include "gradcheck.h"
 #include "train/train_config.h"
 
@@ -41,11 +42,7 @@ Tensor nan_tensor(Shape shape) {
   return t;
 }
 
-// Sets the process's route for the scope of a test, then puts back auto.
-struct RouteScope {
-  explicit RouteScope(MaskedRoute r) { set_masked_route(r); }
-  ~RouteScope() { set_masked_route(MaskedRoute::Auto); }
-};
+using testing::RouteScope;
 
 using testing::CountingDevice;
 using testing::g_forward_calls;

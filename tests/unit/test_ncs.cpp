@@ -30,12 +30,27 @@
 
 #include "tests/random_inputs.h"
 #include "tests/unit/fake_device.h"
+#include "tests/unit/route_scope.h"
 
 namespace ncsrec {
 namespace {
 
 namespace fs = std::filesystem;
 using testing::ScratchDir;
+
+// A run's file (imp.json, summary.json) as one string.
+std::string read_text(const fs::path& path) {
+  std::ifstream f(path);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+// The "valid_auc" values of an imp.json between offsets from and to, as written (every digit).
+std::vector<std::string> valid_aucs(const std::string& json, size_t from = 0, size_t to = std::string::npos) {
+  std::vector<std::string> out;
+  for (size_t k = json.find("\"valid_auc\": ", from); k < to; k = json.find("\"valid_auc\": ", k + 1))
+    out.push_back(json.substr(k + 13, json.find_first_of(",}", k + 13) - (k + 13)));
+  return out;
+}
 
 DataSchema schema2() {
   DataSchema s;
@@ -89,7 +104,6 @@ std::vector<uint8_t> bytes_of(const Tensor& t) {
   return std::vector<uint8_t>(p, p + t.nbytes());
 }
 
-// Whether element e of the dense buffer may move in a step of `task` under the exact semantics.
 // Whether a step of `task` (-1: a joint step of both) may change dense element e: not another
 // task's tower, and of a masked weight only what the task's mask holds (joint: either mask).
 bool reachable(MultiTaskModel& model, int task, int64_t e) {
@@ -275,8 +289,7 @@ TEST(Ncs, ImpReachesTheFormulasDensitiesAndKeepsEveryRound) {
     for (int l = 0; l < model.num_masked_layers(); ++l) EXPECT_TRUE(chosen.mask(t, l) == trained.mask(t, l));
   // Each task's chosen round is the one with the best validation AUC (imp.json), and chosen.h5
   // holds that round's mask for the task.
-  std::ifstream json_file(dir.path / "run/masks/imp.json");
-  const std::string json((std::istreambuf_iterator<char>(json_file)), std::istreambuf_iterator<char>());
+  const std::string json = read_text(dir.path / "run/masks/imp.json");
   for (int t = 0; t < 2; ++t) {
     const std::string task = t == 0 ? "\"ctr\"" : "\"cvr\"";
     const size_t at = json.find(task + ": {\"chosen_round\": ");
@@ -284,8 +297,7 @@ TEST(Ncs, ImpReachesTheFormulasDensitiesAndKeepsEveryRound) {
     const std::string entry = json.substr(at, json.find(']', at) - at);
     const int chosen_round = std::stoi(entry.substr(entry.find(": ", task.size() + 3) + 2));
     std::vector<double> aucs;
-    for (size_t k = entry.find("\"valid_auc\": "); k != std::string::npos; k = entry.find("\"valid_auc\": ", k + 1))
-      aucs.push_back(std::stod(entry.substr(k + 13)));
+    for (const std::string& auc : valid_aucs(entry)) aucs.push_back(std::stod(auc));
     ASSERT_EQ(aucs.size(), 3u) << entry;
     EXPECT_EQ(chosen_round, std::max_element(aucs.begin(), aucs.end()) - aucs.begin()) << entry;
     MultiTaskModel round_masks(c.model, schema, DType::F32, 1);
@@ -303,8 +315,7 @@ TEST(Ncs, ImpCanKeepTheLastRoundsMasks) {
   const TrainConfig c = small_ncs(data, "  masks: {find: imp, final_density: 0.25, rounds: 2, keep: last}\n", "");
   auto comm = make_local_communicator();
   run_training(c, "x: 1", (dir.path / "run").string(), *comm);
-  std::ifstream json_file(dir.path / "run/masks/imp.json");
-  const std::string json((std::istreambuf_iterator<char>(json_file)), std::istreambuf_iterator<char>());
+  const std::string json = read_text(dir.path / "run/masks/imp.json");
   EXPECT_NE(json.find("\"ctr\": {\"chosen_round\": 2,"), std::string::npos) << json;
   EXPECT_NE(json.find("\"cvr\": {\"chosen_round\": 2,"), std::string::npos) << json;
   int64_t rows = 0;
@@ -333,15 +344,11 @@ TEST(Ncs, ImpRoundsRewindWeightsOptimizerStateAndSchedule) {
                                   ", lr_schedule: {warmup_steps: 3}");
   auto comm = make_local_communicator();
   run_training(c, "x: 1", (dir.path / "run").string(), *comm);
-  std::ifstream json_file(dir.path / "run/masks/imp.json");
-  const std::string json((std::istreambuf_iterator<char>(json_file)), std::istreambuf_iterator<char>());
+  const std::string json = read_text(dir.path / "run/masks/imp.json");
   for (const std::string task : {"\"ctr\"", "\"cvr\""}) {
     const size_t at = json.find(task + ": {");
     ASSERT_NE(at, std::string::npos) << json;
-    std::vector<std::string> aucs;  // as written, every digit
-    const size_t end = json.find(']', at);
-    for (size_t k = json.find("\"valid_auc\": ", at); k < end; k = json.find("\"valid_auc\": ", k + 1))
-      aucs.push_back(json.substr(k + 13, json.find_first_of(",}", k + 13) - (k + 13)));
+    const std::vector<std::string> aucs = valid_aucs(json, at, json.find(']', at));  // every digit
     ASSERT_EQ(aucs.size(), 3u) << json;
     EXPECT_EQ(aucs[1], aucs[0]) << task << ": round 1 did not start where round 0 did";
     EXPECT_EQ(aucs[2], aucs[0]) << task << ": round 2 did not start where round 0 did";
@@ -358,12 +365,7 @@ TEST(Ncs, ImpWithOneInitialisationPerTaskStartsEachTaskElsewhere) {
     const TrainConfig c =
         small_ncs(data, "  masks: {find: imp, final_density: 0.5, rounds: 1, shared_init: " + init + "}\n", "");
     run_training(c, "x: 1", (dir.path / name).string(), *comm);
-    std::ifstream json_file(dir.path / name / "masks/imp.json");
-    const std::string json((std::istreambuf_iterator<char>(json_file)), std::istreambuf_iterator<char>());
-    std::vector<std::string> out;  // every round of every task, as written
-    for (size_t k = json.find("\"valid_auc\": "); k != std::string::npos; k = json.find("\"valid_auc\": ", k + 1))
-      out.push_back(json.substr(k + 13, json.find_first_of(",}", k + 13) - (k + 13)));
-    return out;
+    return valid_aucs(read_text(dir.path / name / "masks/imp.json"));  // every round of every task
   };
   const std::vector<std::string> shared = aucs("true", "shared"), own = aucs("false", "own"), again = aucs("false", "again");
   ASSERT_EQ(shared.size(), 4u);
@@ -380,10 +382,7 @@ TEST(Ncs, ImpWithOneInitialisationPerTaskStartsEachTaskElsewhere) {
 TEST(Ncs, ImpOnADeviceModelFindsTheCpusMasks) {
   // Both on the plain route: the stand-in device's products are the CPU's dense ones, while the
   // CPU's own fused route (its sparse kernels, taken by auto at 25% and 256 rows) rounds otherwise.
-  set_masked_route(MaskedRoute::Plain);
-  struct Restore {
-    ~Restore() { set_masked_route(MaskedRoute::Auto); }
-  } restore;
+  testing::RouteScope plain(MaskedRoute::Plain);
   ScratchDir dir("ncs_imp_device");
   const std::string data = small_data(dir, 300, 100, 2000);
   auto comm = make_local_communicator();
@@ -396,8 +395,7 @@ TEST(Ncs, ImpOnADeviceModelFindsTheCpusMasks) {
   }
   ASSERT_GT(runs[1].steps, 0);
   EXPECT_EQ(runs[0].steps, runs[1].steps);
-  std::ifstream summary(dir.path / "cuda/summary.json");
-  const std::string text((std::istreambuf_iterator<char>(summary)), std::istreambuf_iterator<char>());
+  const std::string text = read_text(dir.path / "cuda/summary.json");
   EXPECT_NE(text.find("\"device\": \"cuda\""), std::string::npos) << "the second run trained on the device";
   ASSERT_EQ(runs[0].eval.views.size(), runs[1].eval.views.size());
   for (size_t v = 0; v < runs[0].eval.views.size(); ++v)

@@ -16,6 +16,7 @@
 #include "core/params.h"
 #include "core/sparse_train.h"
 #include "tests/random_inputs.h"
+#include "tests/unit/route_scope.h"
 
 namespace ncsrec {
 namespace {
@@ -178,10 +179,7 @@ TEST(SparseTrain, ResultsAreBitIdenticalOnOneAndTwoThreads) {
   EXPECT_EQ(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)), 0);
 }
 
-struct RouteScope {
-  explicit RouteScope(MaskedRoute r) { set_masked_route(r); }
-  ~RouteScope() { set_masked_route(MaskedRoute::Auto); }
-};
+using testing::RouteScope;
 
 // One forward and backward of a two-task masked layer on the CPU, f32, under `route`: outputs,
 // input gradients and the parameter gradients, in one vector.
