@@ -15,6 +15,7 @@
 //                                    forward, input gradient and weight gradient, measured
 //                                    alternately, median and best.
 //   --reps N                         repetitions per measurement (default 9; the median is reported)
+//   --density D, --threads T         --training only: just this density (a fraction) / thread count
 //
 // Masks are uniformly random at the exact density (a random permutation's first nnz entries), the
 // pattern IMP's magnitude pruning gives to weights without structure. Timing is std::chrono
@@ -364,7 +365,7 @@ Tensor tensor_of(const std::vector<float>& v, Shape shape) {
   return t;
 }
 
-void run_training() {
+void run_training(double only_density, int only_threads) {
   if (!masked_sparse_available()) {
     std::printf("this CPU has no AVX-512F: the sparse training route is never taken\n");
     return;
@@ -382,8 +383,10 @@ void run_training() {
     Tensor wm = Tensor::empty({l.in, l.out}, DType::F32), product = Tensor::empty({l.in, l.out}, DType::F32);
     Tensor dw = Tensor::zeros({l.in, l.out}, DType::F32);
     for (const int threads : {1, 2}) {
+      if (only_threads > 0 && threads != only_threads) continue;
       omp_set_num_threads(threads);
       for (const double density : {0.10, 0.20, 0.30, 0.40, 0.50}) {
+        if (only_density > 0 && std::abs(density - only_density) > 1e-9) continue;
         const BitMask mask = random_mask(l.in, l.out, density, 4);
         const MaskedSparsePlan plan = plan_masked_sparse(mask);
         apply_mask(wm, w, mask);
@@ -426,6 +429,8 @@ int main(int argc, char** argv) {
     ::execv("/proc/self/exe", argv);  // returns only on failure: carry on with OpenBLAS's choice
   std::printf("OpenBLAS kernels: %s\n", ncsrec::openblas_core_in_use().c_str());
   bool variants = false, training = false;
+  double only_density = 0;
+  int only_threads = 0;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--variants") == 0) {
       variants = true;
@@ -433,13 +438,17 @@ int main(int argc, char** argv) {
       training = true;
     } else if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
       ncsrec::g_reps = std::max(1, std::atoi(argv[++i]));
+    } else if (std::strcmp(argv[i], "--density") == 0 && i + 1 < argc) {
+      only_density = std::atof(argv[++i]);
+    } else if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+      only_threads = std::atoi(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: %s [--variants | --training] [--reps N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--variants | --training [--density D] [--threads T]] [--reps N]\n", argv[0]);
       return 2;
     }
   }
   if (training)
-    ncsrec::run_training();
+    ncsrec::run_training(only_density, only_threads);
   else if (variants)
     ncsrec::run_variants();
   else
