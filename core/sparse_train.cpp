@@ -128,51 +128,62 @@ struct Connection {
   float value;
 };
 
-// One tile of the forward / input-gradient product: c[b0 .. b0+64) = a-tile · (the
-// orientation's connections, conn) (+ bias, ReLU). xt holds kProductBlock·kTile floats,
-// yt round_up16(o.rows)·kTile (rows past o.rows zero).
-__attribute__((target("avx512f"))) void product_tile(const MaskOrientation& o, const Connection* conn, int64_t B,
-                                                     const float* a, const float* gate, float* c, const float* bias,
-                                                     bool relu, int64_t b0, float* xt, float* yt) {
-  const int64_t R = o.rows, C = o.cols;
+// One task's part of a forward / input-gradient product: its orientation, its connections
+// (with W's values), its operand a (gated by `gate` when not null) and its output c.
+struct ProductPart {
+  const MaskOrientation* o;
+  const Connection* conn;
+  const float* a;
+  const float* gate;
+  float* c;
+};
+
+// The connections of one block of one part over the transposed block xt: yt[r] (+)= Σ w·xt.
+__attribute__((target("avx512f"))) void block_connections(const MaskOrientation& o, const Connection* conn,
+                                                          int64_t blk, const float* xt, float* yt) {
+  const int64_t R = o.rows;
   const char* xb = reinterpret_cast<const char*>(xt);
-  for (int64_t blk = 0; blk < o.blocks(); ++blk) {
-    const int64_t c0 = blk * o.block, nc = std::min(o.block, C - c0);
-    pack_tile(a, gate, B, C, b0, kTileVectors, c0, nc, xt, kTile);
-    const int32_t* p = &o.ptr[static_cast<size_t>(blk * (R + 1))];
-    for (int64_t r = 0; r < R; ++r) {
-      int32_t q = p[r];
-      const int32_t e = p[r + 1];
-      if (q == e && blk > 0) continue;
-      __m512 s0[kTileVectors], s1[kTileVectors];
-      for (int v = 0; v < kTileVectors; ++v) s0[v] = s1[v] = _mm512_setzero_ps();
-      for (; q + 2 <= e; q += 2) {  // two connections at a time: two independent sums per vector
-        const __m512 w0 = _mm512_set1_ps(conn[q].value), w1 = _mm512_set1_ps(conn[q + 1].value);
-        const float* x0 = reinterpret_cast<const float*>(xb + conn[q].offset);
-        const float* x1 = reinterpret_cast<const float*>(xb + conn[q + 1].offset);
-        for (int v = 0; v < kTileVectors; ++v) s0[v] = _mm512_fmadd_ps(w0, _mm512_load_ps(x0 + 16 * v), s0[v]);
-        for (int v = 0; v < kTileVectors; ++v) s1[v] = _mm512_fmadd_ps(w1, _mm512_load_ps(x1 + 16 * v), s1[v]);
-      }
-      if (q < e) {
-        const __m512 w0 = _mm512_set1_ps(conn[q].value);
-        const float* x0 = reinterpret_cast<const float*>(xb + conn[q].offset);
-        for (int v = 0; v < kTileVectors; ++v) s0[v] = _mm512_fmadd_ps(w0, _mm512_load_ps(x0 + 16 * v), s0[v]);
-      }
-      float* out = yt + r * kTile;
-      for (int v = 0; v < kTileVectors; ++v) {
-        __m512 s = _mm512_add_ps(s0[v], s1[v]);
-        if (blk > 0) s = _mm512_add_ps(_mm512_load_ps(out + 16 * v), s);
-        _mm512_store_ps(out + 16 * v, s);
-      }
+  const int32_t* p = &o.ptr[static_cast<size_t>(blk * (R + 1))];
+  for (int64_t r = 0; r < R; ++r) {
+    int32_t q = p[r];
+    const int32_t e = p[r + 1];
+    if (q == e && blk > 0) continue;
+    __m512 s0[kTileVectors], s1[kTileVectors];
+    for (int v = 0; v < kTileVectors; ++v) s0[v] = s1[v] = _mm512_setzero_ps();
+    for (; q + 2 <= e; q += 2) {  // two connections at a time: two independent sums per vector
+      const __m512 w0 = _mm512_set1_ps(conn[q].value), w1 = _mm512_set1_ps(conn[q + 1].value);
+      const float* x0 = reinterpret_cast<const float*>(xb + conn[q].offset);
+      const float* x1 = reinterpret_cast<const float*>(xb + conn[q + 1].offset);
+      for (int v = 0; v < kTileVectors; ++v) s0[v] = _mm512_fmadd_ps(w0, _mm512_load_ps(x0 + 16 * v), s0[v]);
+      for (int v = 0; v < kTileVectors; ++v) s1[v] = _mm512_fmadd_ps(w1, _mm512_load_ps(x1 + 16 * v), s1[v]);
+    }
+    if (q < e) {
+      const __m512 w0 = _mm512_set1_ps(conn[q].value);
+      const float* x0 = reinterpret_cast<const float*>(xb + conn[q].offset);
+      for (int v = 0; v < kTileVectors; ++v) s0[v] = _mm512_fmadd_ps(w0, _mm512_load_ps(x0 + 16 * v), s0[v]);
+    }
+    float* out = yt + r * kTile;
+    for (int v = 0; v < kTileVectors; ++v) {
+      __m512 s = _mm512_add_ps(s0[v], s1[v]);
+      if (blk > 0) s = _mm512_add_ps(_mm512_load_ps(out + 16 * v), s);
+      _mm512_store_ps(out + 16 * v, s);
     }
   }
-  // yt [R, 64] back to c[b, R], 16×16 blocks, with the bias and ReLU.
+}
+
+// yt [R, 64] of `count` parts (yt_stride floats apart), summed in part order, back to c[b, R]
+// in 16×16 blocks, with the bias and ReLU.
+__attribute__((target("avx512f"))) void store_tile(const float* yt, int64_t yt_stride, int count, int64_t R,
+                                                   int64_t B, int64_t b0, const float* bias, bool relu, float* c) {
   const __m512 zero = _mm512_setzero_ps();
   for (int v = 0; v < kTileVectors && b0 + 16 * v < B; ++v) {
     for (int64_t j0 = 0; j0 < R; j0 += 16) {
       const __mmask16 m = lanes(R - j0);
       __m512 r[16];
-      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(yt + (j0 + i) * kTile + 16 * v);
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(yt + (j0 + i) * kTile + 16 * v);
+      for (int part = 1; part < count; ++part)
+        for (int i = 0; i < 16; ++i)
+          r[i] = _mm512_add_ps(r[i], _mm512_load_ps(yt + part * yt_stride + (j0 + i) * kTile + 16 * v));
       transpose16(r);
       const __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + j0) : zero;
       for (int i = 0; i < 16; ++i) {
@@ -184,6 +195,32 @@ __attribute__((target("avx512f"))) void product_tile(const MaskOrientation& o, c
       }
     }
   }
+}
+
+// One tile of rows [b0, b0 + 64) of every part: each part's connections over its operand's
+// transposed blocks (a block transposed once for consecutive parts with the same operand) into
+// its own yt; then each part's yt to its c, or with `sum`, the parts' yt added in order to the
+// first part's c. xt holds kProductBlock·kTile floats; yt `parts` arrays of yt_stride floats.
+__attribute__((target("avx512f"))) void product_tile(const std::vector<ProductPart>& parts, bool sum, int64_t B,
+                                                     const float* bias, bool relu, int64_t b0, float* xt, float* yt,
+                                                     int64_t yt_stride) {
+  const MaskOrientation& o = *parts[0].o;
+  const int count = static_cast<int>(parts.size());
+  for (int64_t blk = 0; blk < o.blocks(); ++blk) {
+    const int64_t c0 = blk * o.block, nc = std::min(o.block, o.cols - c0);
+    for (int i = 0; i < count; ++i) {
+      const ProductPart& part = parts[static_cast<size_t>(i)];
+      if (i == 0 || part.a != parts[static_cast<size_t>(i - 1)].a || part.gate != parts[static_cast<size_t>(i - 1)].gate)
+        pack_tile(part.a, part.gate, B, o.cols, b0, kTileVectors, c0, nc, xt, kTile);
+      block_connections(*part.o, part.conn, blk, xt, yt + i * yt_stride);
+    }
+  }
+  if (sum) {
+    store_tile(yt, yt_stride, count, o.rows, B, b0, bias, relu, parts[0].c);
+    return;
+  }
+  for (int i = 0; i < count; ++i)
+    store_tile(yt + i * yt_stride, yt_stride, 1, o.rows, B, b0, bias, relu, parts[static_cast<size_t>(i)].c);
 }
 
 // The weight gradient's connections for one tile: acc[q] += the tile's dot product of x column
@@ -243,24 +280,39 @@ float* scratch(int which, size_t n) {
   return aligned64(buffers[which], n);
 }
 
-void product(const MaskOrientation& o, int64_t B, const float* a, const float* gate, const float* w, const float* bias,
-             bool relu, float* c) {
+// The forward / input-gradient product of several tasks of one layer (`orient` picks the
+// orientation of each task's plan). With `sum`, the parts' products are added, in part order,
+// into the first part's c.
+template <class Orient>
+void product(std::vector<ProductPart> parts, Orient orient, const std::vector<MaskedSparseTask>& tasks, int64_t B,
+             const float* w, const float* bias, bool relu, bool sum) {
   NCSREC_CHECK(masked_sparse_available(), "the sparse route needs AVX-512F");
+  NCSREC_CHECK(!parts.empty(), "a sparse product of no tasks");
   // The connections with W's current values (W moves every step; the plan holds positions).
   thread_local std::vector<Connection> connections;
-  const int64_t nnz = o.nnz();
-  connections.resize(static_cast<size_t>(nnz));
+  int64_t total = 0;
+  for (const MaskedSparseTask& t : tasks) total += orient(*t.plan).nnz();
+  connections.resize(static_cast<size_t>(total));
   Connection* conn = connections.data();  // the calling thread's: the loop's threads see this pointer
   constexpr int32_t kStride = static_cast<int32_t>(kTile * sizeof(float));  // bytes per transposed input
-  for (int64_t q = 0; q < nnz; ++q)
-    conn[q] = {o.local[static_cast<size_t>(q)] * kStride, w[o.pos[static_cast<size_t>(q)]]};
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const MaskOrientation& o = orient(*tasks[i].plan);
+    parts[i].o = &o;
+    NCSREC_CHECK(o.rows == parts[0].o->rows && o.cols == parts[0].o->cols && o.block == parts[0].o->block,
+                 "a sparse product of tasks with different shapes");
+    parts[i].conn = conn;
+    for (int64_t q = 0; q < o.nnz(); ++q)
+      conn[q] = {o.local[static_cast<size_t>(q)] * kStride, w[o.pos[static_cast<size_t>(q)]]};
+    conn += o.nnz();
+  }
   const int64_t tiles = (B + kTile - 1) / kTile;
-  const size_t yt_size = static_cast<size_t>(round_up16(o.rows) * kTile);
+  const int64_t yt_stride = round_up16(parts[0].o->rows) * kTile;
+  const size_t yt_size = static_cast<size_t>(yt_stride) * parts.size();
 #pragma omp parallel for schedule(static) if (tiles > 1)
   for (int64_t t = 0; t < tiles; ++t) {
     float* xt = scratch(0, static_cast<size_t>(kProductBlock * kTile));
     float* yt = scratch(1, yt_size);
-    product_tile(o, conn, B, a, gate, c, bias, relu, t * kTile, xt, yt);
+    product_tile(parts, sum, B, bias, relu, t * kTile, xt, yt, yt_stride);
   }
 }
 
@@ -278,51 +330,107 @@ MaskedSparsePlan plan_masked_sparse(const BitMask& mask) {
 
 bool masked_sparse_available() { return cpu_has_avx512f(); }
 
-void masked_sparse_forward(const MaskedSparsePlan& plan, int64_t rows, const float* x, const float* w,
-                           const float* bias, bool relu, float* y) {
-  product(plan.by_output, rows, x, nullptr, w, bias, relu, y);
+void masked_sparse_forward(const std::vector<MaskedSparseTask>& tasks, int64_t rows, const float* w,
+                           const float* bias, bool relu) {
+  std::vector<ProductPart> parts;
+  for (const MaskedSparseTask& t : tasks) parts.push_back({nullptr, nullptr, t.x, nullptr, t.y});
+  product(parts, [](const MaskedSparsePlan& p) -> const MaskOrientation& { return p.by_output; }, tasks, rows, w,
+          bias, relu, false);
 }
 
-void masked_sparse_input_grad(const MaskedSparsePlan& plan, int64_t rows, const float* dy, const float* relu_y,
-                              const float* w, float* dx) {
-  product(plan.by_input, rows, dy, relu_y, w, nullptr, false, dx);
+void masked_sparse_input_grad(const std::vector<MaskedSparseTask>& tasks, int64_t rows, const float* w,
+                              float* dx_sum) {
+  std::vector<ProductPart> parts;
+  for (const MaskedSparseTask& t : tasks) parts.push_back({nullptr, nullptr, t.dy, t.relu_y, dx_sum ? dx_sum : t.dx});
+  product(parts, [](const MaskedSparsePlan& p) -> const MaskOrientation& { return p.by_input; }, tasks, rows, w,
+          nullptr, false, dx_sum != nullptr);
 }
 
-void masked_sparse_weight_grad(const MaskedSparsePlan& plan, int64_t rows, const float* x, const float* dy,
-                               const float* relu_y, float* dw, float* db) {
+void masked_sparse_weight_grad(const std::vector<MaskedSparseTask>& tasks, int64_t rows, float* dw, float* db) {
   NCSREC_CHECK(masked_sparse_available(), "the sparse route needs AVX-512F");
-  const MaskOrientation& o = plan.for_grad;
-  const int64_t in = plan.in, out = plan.out, nnz = o.nnz();
+  NCSREC_CHECK(!tasks.empty(), "a sparse weight gradient of no tasks");
+  const int64_t in = tasks[0].plan->in, out = tasks[0].plan->out;
+  // Each task's partial sums: its connections, then the bias (widths[i] floats at offsets[i]).
+  std::vector<int64_t> offsets, widths;
+  int64_t total = 0;
+  for (const MaskedSparseTask& t : tasks) {
+    NCSREC_CHECK(t.plan->in == in && t.plan->out == out, "a sparse weight gradient of tasks with different shapes");
+    offsets.push_back(total);
+    widths.push_back(t.plan->for_grad.nnz() + (db ? out : 0));
+    total += widths.back();
+  }
   // The batch's tiles in a fixed number of consecutive groups (by the rows alone, never the
   // threads), each summed into its own partial arrays by one thread with no barrier; the
-  // partials are then added in group order. The sums are the same on any thread count.
+  // partials are then added in group order, task by task. The sums are the same on any thread
+  // count, and the same as one call per task.
   const int64_t tiles = (rows + kGradTile - 1) / kGradTile, groups = std::min(kGradGroups, tiles);
-  const int64_t width = nnz + (db ? out : 0);  // a group's partials: the connections, then the bias
   thread_local std::vector<float> partials;  // the calling thread's: the loops use the pointer
-  partials.assign(static_cast<size_t>(groups * width), 0.0f);
+  partials.assign(static_cast<size_t>(groups * total), 0.0f);
   float* acc = partials.data();
+  int64_t work = 0;
+  for (const MaskedSparseTask& t : tasks) work += rows * t.plan->nnz();
   const size_t xt_size = static_cast<size_t>(round_up16(in) * kGradTile),
                dt_size = static_cast<size_t>(round_up16(out) * kGradTile);
-#pragma omp parallel for schedule(static) if (groups > 1 && rows * nnz >= (int64_t{1} << 20))
+  const int count = static_cast<int>(tasks.size());
+#pragma omp parallel for schedule(static) if (groups > 1 && work >= (int64_t{1} << 20))
   for (int64_t g = 0; g < groups; ++g) {
     float* xt = scratch(0, xt_size);
     float* dt = scratch(1, dt_size);
     for (int64_t t = tiles * g / groups; t < tiles * (g + 1) / groups; ++t) {
-      pack_tile(x, nullptr, rows, in, t * kGradTile, kGradVectors, 0, in, xt, kGradTile);
-      pack_tile(dy, relu_y, rows, out, t * kGradTile, kGradVectors, 0, out, dt, kGradTile);
-      grad_tile(o, xt, dt, acc + g * width);
-      if (db) row_sums(dt, out, acc + g * width + nnz);
+      for (int i = 0; i < count; ++i) {
+        const MaskedSparseTask& task = tasks[static_cast<size_t>(i)];
+        if (i == 0 || task.x != tasks[static_cast<size_t>(i - 1)].x)  // one transposition of a shared input
+          pack_tile(task.x, nullptr, rows, in, t * kGradTile, kGradVectors, 0, in, xt, kGradTile);
+        pack_tile(task.dy, task.relu_y, rows, out, t * kGradTile, kGradVectors, 0, out, dt, kGradTile);
+        float* a = acc + g * total + offsets[static_cast<size_t>(i)];
+        grad_tile(task.plan->for_grad, xt, dt, a);
+        if (db) row_sums(dt, out, a + task.plan->for_grad.nnz());
+      }
     }
   }
+  for (int i = 0; i < count; ++i) {
+    const MaskOrientation& o = tasks[static_cast<size_t>(i)].plan->for_grad;
+    const int64_t nnz = o.nnz(), width = widths[static_cast<size_t>(i)];
+    const float* a = acc + offsets[static_cast<size_t>(i)];
 #pragma omp parallel for schedule(static) if (nnz >= (int64_t{1} << 16))
-  for (int64_t q = 0; q < width; ++q) {
-    float sum = acc[q];
-    for (int64_t g = 1; g < groups; ++g) sum += acc[g * width + q];
-    if (q < nnz)
-      dw[o.pos[static_cast<size_t>(q)]] += sum;
-    else
-      db[q - nnz] += sum;
+    for (int64_t q = 0; q < width; ++q) {
+      float sum = a[q];
+      for (int64_t g = 1; g < groups; ++g) sum += a[g * total + q];
+      if (q < nnz)
+        dw[o.pos[static_cast<size_t>(q)]] += sum;
+      else
+        db[q - nnz] += sum;
+    }
   }
+}
+
+void masked_sparse_forward(const MaskedSparsePlan& plan, int64_t rows, const float* x, const float* w,
+                           const float* bias, bool relu, float* y) {
+  MaskedSparseTask t;
+  t.plan = &plan;
+  t.x = x;
+  t.y = y;
+  masked_sparse_forward({t}, rows, w, bias, relu);
+}
+
+void masked_sparse_input_grad(const MaskedSparsePlan& plan, int64_t rows, const float* dy, const float* relu_y,
+                              const float* w, float* dx) {
+  MaskedSparseTask t;
+  t.plan = &plan;
+  t.dy = dy;
+  t.relu_y = relu_y;
+  t.dx = dx;
+  masked_sparse_input_grad({t}, rows, w, nullptr);
+}
+
+void masked_sparse_weight_grad(const MaskedSparsePlan& plan, int64_t rows, const float* x, const float* dy,
+                               const float* relu_y, float* dw, float* db) {
+  MaskedSparseTask t;
+  t.plan = &plan;
+  t.x = x;
+  t.dy = dy;
+  t.relu_y = relu_y;
+  masked_sparse_weight_grad({t}, rows, dw, db);
 }
 
 }  // namespace ncsrec

@@ -66,7 +66,30 @@ MaskedSparsePlan plan_masked_sparse(const BitMask& mask);
 // Whether this CPU runs the kernels (AVX-512F).
 bool masked_sparse_available();
 
-// The products (see the top of the file); every array is row-major and dense. `bias` may be null.
+// One task's operands in a call for several tasks of one layer. Tasks whose input (x, or dy
+// with its gate) is the same array as the previous task's share the transposition of each of
+// its tiles: the first layer of a shared block reads one x for every task.
+struct MaskedSparseTask {
+  const MaskedSparsePlan* plan = nullptr;
+  const float* x = nullptr;       // the layer's input [rows, in] (forward, weight gradient)
+  const float* dy = nullptr;      // the gradient of its output [rows, out] (the gradients)
+  const float* relu_y = nullptr;  // the layer's ReLU output, the gate of dy; null: no activation
+  float* y = nullptr;             // forward: the task's output [rows, out]
+  float* dx = nullptr;            // input gradient: the task's own [rows, in] (when not summed)
+};
+
+// The products of several tasks of one layer (same in and out). The results are bit-identical
+// to one call per task, in task order: the forward writes each task's y; the weight gradient
+// adds each task's dW and db, task after task; the input gradient writes each task's dx, or
+// with dx_sum, Σ_t dx_t added in task order (as summing the tasks' dx would) without writing
+// any task's own.
+void masked_sparse_forward(const std::vector<MaskedSparseTask>& tasks, int64_t rows, const float* w,
+                           const float* bias, bool relu);
+void masked_sparse_input_grad(const std::vector<MaskedSparseTask>& tasks, int64_t rows, const float* w,
+                              float* dx_sum);
+void masked_sparse_weight_grad(const std::vector<MaskedSparseTask>& tasks, int64_t rows, float* dw, float* db);
+
+// One task (see the top of the file); every array is row-major and dense. `bias` may be null.
 void masked_sparse_forward(const MaskedSparsePlan& plan, int64_t rows, const float* x, const float* w,
                            const float* bias, bool relu, float* y);
 // The gradients take dy, the gradient of the layer's output, and with `relu_y` (the layer's ReLU

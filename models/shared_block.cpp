@@ -68,10 +68,7 @@ class MaskedBlock final : public SharedBlock {
         grads.push_back(dy[t]);
       }
     NCSREC_CHECK(!tasks.empty(), "masked block backward without a task gradient");
-    mlp_.backward_tasks(tasks, grads, true);
-    dx_.reset();
-    for (int t : tasks) dx_.add(mlp_.input_grad(t));
-    return dx_.sum;
+    return mlp_.backward_tasks_sum(tasks, grads);
   }
   std::vector<MaskedLayerRef> masked_layers() override {
     std::vector<MaskedLayerRef> refs;
@@ -88,7 +85,6 @@ class MaskedBlock final : public SharedBlock {
   MaskedMLP mlp_;
   std::vector<int64_t> masked_;
   std::vector<const Tensor*> out_;
-  GradientSum dx_;
 };
 
 // ---------------------------------------------------------------------------------------------

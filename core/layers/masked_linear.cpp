@@ -312,14 +312,17 @@ void MaskedLinear::forward_tasks(const std::vector<int>& tasks, const std::vecto
   const Tensor& W = weight_->value;
   const int64_t B = xs[0]->dim(0);
   if (W.device() == Device::CPU) {  // the mask's connections only (core/sparse_train.h)
+    std::vector<MaskedSparseTask> parts(tasks.size());  // tasks on one x share its transposition
     for (size_t i = 0; i < tasks.size(); ++i) {
       TaskState& t = tasks_[static_cast<size_t>(tasks[i])];
       t.y = ensure_buffer(t.y_buf, B, out_, W.dtype(), W.device());
-      masked_sparse_forward(sparse_plan(t), B, xs[i]->data<float>(), W.data<float>(), bias_->value.data<float>(),
-                            act_ == Activation::ReLU, t.y.data<float>());
       t.x = *xs[i];
       t.fused = true;
+      parts[i].plan = &sparse_plan(t);
+      parts[i].x = xs[i]->data<float>();
+      parts[i].y = t.y.data<float>();
     }
+    masked_sparse_forward(parts, B, W.data<float>(), bias_->value.data<float>(), act_ == Activation::ReLU);
     return;
   }
   std::vector<Tensor*> ys;
@@ -395,6 +398,21 @@ const Tensor& MaskedLinear::backward(int task, const Tensor& dy, bool need_dx) {
 }
 
 void MaskedLinear::backward_tasks(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys, bool need_dx) {
+  backward_tasks(tasks, dys, need_dx, nullptr);
+}
+
+const Tensor& MaskedLinear::backward_tasks_sum(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys) {
+  dx_sum_.reset();
+  backward_tasks(tasks, dys, true, &dx_sum_);
+  if (!dx_sum_.any) {  // each task's dx was made: their sum, in task order
+    for (int task : tasks) dx_sum_.add(tasks_[static_cast<size_t>(task)].dx);
+    for (int task : tasks) tasks_[static_cast<size_t>(task)].dx = Tensor();
+  }
+  return dx_sum_.sum;
+}
+
+void MaskedLinear::backward_tasks(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys, bool need_dx,
+                                  GradientSum* dx_sum) {
   NCSREC_CHECK(!tasks.empty() && tasks.size() == dys.size(),
                "masked linear backward_tasks: " << tasks.size() << " tasks, " << dys.size() << " gradients");
   std::vector<const Tensor*> xs, dpres;
@@ -411,24 +429,27 @@ void MaskedLinear::backward_tasks(const std::vector<int>& tasks, const std::vect
     // The mask's connections only (core/sparse_train.h), through the plan the forward ran with
     // (as the plain route's input gradient uses the forward's W ⊙ M_t); the kernels apply the
     // ReLU's gate to dy as they read it and add the bias gradient, so dy ⊙ act'(y) is never
-    // written out.
+    // written out. All tasks in one call: tasks on one x share its transposition, and with
+    // dx_sum the tasks' input gradients are summed as they are made.
     const int64_t B = xs[0]->dim(0);
     const bool relu = act_ == Activation::ReLU;
+    std::vector<MaskedSparseTask> parts(tasks.size());
     for (size_t i = 0; i < tasks.size(); ++i) {
       TaskState& t = tasks_[static_cast<size_t>(tasks[i])];
-      masked_sparse_weight_grad(*t.sparse, B, t.x.data<float>(), dys[i]->data<float>(),
-                                relu ? t.y.data<float>() : nullptr, weight_->grad.data<float>(),
-                                bias_->grad.data<float>());
+      parts[i].plan = t.sparse.get();
+      parts[i].x = t.x.data<float>();
+      parts[i].dy = dys[i]->data<float>();
+      parts[i].relu_y = relu ? t.y.data<float>() : nullptr;
+      t.dx = need_dx && !dx_sum ? ensure_buffer(t.dx_buf, B, in_, t.x.dtype(), t.x.device()) : Tensor();
+      if (t.dx.defined()) parts[i].dx = t.dx.data<float>();
     }
-    for (size_t i = 0; i < tasks.size(); ++i) {
-      TaskState& t = tasks_[static_cast<size_t>(tasks[i])];
-      if (!need_dx) {
-        t.dx = Tensor();
-        continue;
-      }
-      t.dx = ensure_buffer(t.dx_buf, B, in_, t.x.dtype(), t.x.device());
-      masked_sparse_input_grad(*t.sparse, B, dys[i]->data<float>(), relu ? t.y.data<float>() : nullptr,
-                               weight_->value.data<float>(), t.dx.data<float>());
+    masked_sparse_weight_grad(parts, B, weight_->grad.data<float>(), bias_->grad.data<float>());
+    if (dx_sum) {
+      dx_sum->sum = ensure_buffer(dx_sum->buffer, B, in_, xs[0]->dtype(), xs[0]->device());
+      dx_sum->any = true;
+      masked_sparse_input_grad(parts, B, weight_->value.data<float>(), dx_sum->sum.data<float>());
+    } else if (need_dx) {
+      masked_sparse_input_grad(parts, B, weight_->value.data<float>(), nullptr);
     }
     return;
   }
@@ -500,12 +521,23 @@ void MaskedMLP::forward_tasks(const std::vector<int>& tasks, const Tensor& x) {
 }
 
 void MaskedMLP::backward_tasks(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys, bool need_dx) {
+  const std::vector<const Tensor*> grads = backward_above_first(tasks, dys);
+  layers_.front().backward_tasks(tasks, grads, need_dx);
+}
+
+const Tensor& MaskedMLP::backward_tasks_sum(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys) {
+  const std::vector<const Tensor*> grads = backward_above_first(tasks, dys);
+  return layers_.front().backward_tasks_sum(tasks, grads);
+}
+
+std::vector<const Tensor*> MaskedMLP::backward_above_first(const std::vector<int>& tasks,
+                                                          const std::vector<const Tensor*>& dys) {
   std::vector<const Tensor*> grads = dys;
-  for (size_t l = layers_.size(); l-- > 0;) {
-    layers_[l].backward_tasks(tasks, grads, l > 0 || need_dx);
-    if (l > 0)
-      for (size_t i = 0; i < tasks.size(); ++i) grads[i] = &layers_[l].input_grad(tasks[i]);
+  for (size_t l = layers_.size(); l-- > 1;) {
+    layers_[l].backward_tasks(tasks, grads, true);
+    for (size_t i = 0; i < tasks.size(); ++i) grads[i] = &layers_[l].input_grad(tasks[i]);
   }
+  return grads;
 }
 
 std::vector<const Tensor*> MaskedMLP::masked_weights() const {

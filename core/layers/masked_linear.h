@@ -109,6 +109,11 @@ class MaskedLinear {
   // backward(t, dy_t, need_dx) for every task in `tasks`; input_grad(t) is then dx_t. The weight
   // and bias gradients accumulate in task order, as the calls one by one would.
   void backward_tasks(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys, bool need_dx = true);
+  // backward_tasks for tasks that all read one input, returning Σ_t dx_t (this layer's buffer),
+  // the gradient of that input; input_grad(t) is then undefined. Bit-identical to summing the
+  // tasks' dx in task order; the CPU's fused route sums them as it makes them, writing no
+  // task's own.
+  const Tensor& backward_tasks_sum(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys);
   const Tensor& output(int task) const;
   const Tensor& input_grad(int task) const;
 
@@ -151,6 +156,10 @@ class MaskedLinear {
   TaskState& check_input(int task, const Tensor& x);
   void forward_plain(TaskState& t, const Tensor& x);
   void backward_plain(TaskState& t, const Tensor& dpre, bool need_dx);
+  // backward_tasks; with dx_sum, the CPU's fused route writes Σ_t dx_t there (and sets it to a
+  // view of its buffer) instead of each task's dx; the other routes ignore it.
+  void backward_tasks(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys, bool need_dx,
+                      GradientSum* dx_sum);
   // dy [B, out] for the task's last forward (of B rows), of the input's dtype and device.
   void check_output_grad(int task, const TaskState& t, const Tensor& dy) const;
   // dy ⊙ act'(y_t) for the task's last forward (dy itself without an activation).
@@ -169,6 +178,7 @@ class MaskedLinear {
   std::vector<TaskState> tasks_;
   Tensor dw_scratch_;  // [in, out]: xᵀ·dpre before masking; shared, used only inside backward
   Tensor none_;
+  GradientSum dx_sum_;  // backward_tasks_sum's result
 };
 
 // A stack of MaskedLinear layers, ReLU between them; `<prefix>.<i>.weight` / `.bias`.
@@ -186,6 +196,9 @@ class MaskedMLP {
   // backward(t, dys[i], need_dx) for tasks[i], layer by layer; input_grad(t) is then task t's
   // dx (when need_dx). Gradients accumulate in the order of the calls one task at a time.
   void backward_tasks(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys, bool need_dx = true);
+  // backward_tasks after forward_tasks, returning Σ_t dx_t, the gradient of the tasks' one input
+  // (MaskedLinear::backward_tasks_sum); input_grad(t) is then undefined.
+  const Tensor& backward_tasks_sum(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys);
   const Tensor& output(int task) const { return layers_.back().output(task); }
   const Tensor& input_grad(int task) const { return layers_.front().input_grad(task); }
   // Learned masks (ours, PAPERS.md §8): when set, task `task`'s backward also accumulates the
@@ -214,6 +227,9 @@ class MaskedMLP {
   MaskSplit split() const;
 
  private:
+  // The backward of every layer but the first, last to second; returns the first layer's dy.
+  std::vector<const Tensor*> backward_above_first(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys);
+
   int64_t in_;
   std::vector<MaskedLinear> layers_;
 };

@@ -179,7 +179,111 @@ TEST(SparseTrain, ResultsAreBitIdenticalOnOneAndTwoThreads) {
   EXPECT_EQ(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)), 0);
 }
 
+std::vector<float> poisoned(int64_t n) {
+  return std::vector<float>(static_cast<size_t>(n), std::numeric_limits<float>::quiet_NaN());
+}
+
+bool same(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// Three tasks of one layer in one call, tasks 0 and 1 on one x (its tiles transposed once for
+// both), task 2 on its own: the bits of one call per task, in task order; the summed input
+// gradient is ((dx0 + dx1) + dx2), as adding the tasks' dx would give.
+TEST(SparseTrain, SeveralTasksInOneCallGiveTheBitsOfOneCallPerTask) {
+  SKIP_WITHOUT_AVX512();
+  const int64_t rows = 300, in = 96, out = 80;
+  const Tensor x01 = random_f32({rows, in}, 41), x2 = random_f32({rows, in}, 42), w = random_f32({in, out}, 43),
+               b = random_f32({out}, 44);
+  std::vector<MaskedSparsePlan> plans;
+  std::vector<Tensor> dys, gates;
+  for (int t = 0; t < 3; ++t) {
+    plans.push_back(plan_masked_sparse(random_mask(in, out, 0.2 + 0.1 * t, 45 + t)));
+    dys.push_back(random_f32({rows, out}, 50 + t));
+    gates.push_back(random_f32({rows, out}, 60 + t));
+  }
+  const float* xs[3] = {x01.data<float>(), x01.data<float>(), x2.data<float>()};
+
+  std::vector<MaskedSparseTask> tasks(3);
+  std::vector<std::vector<float>> y(3), dx(3), y_one(3), dx_one(3);
+  for (size_t t = 0; t < 3; ++t) {
+    y[t] = poisoned(rows * out);
+    dx[t] = poisoned(rows * in);
+    y_one[t] = poisoned(rows * out);
+    dx_one[t] = poisoned(rows * in);
+    tasks[t].plan = &plans[t];
+    tasks[t].x = xs[t];
+    tasks[t].dy = dys[t].data<float>();
+    tasks[t].relu_y = gates[t].data<float>();
+    tasks[t].y = y[t].data();
+    tasks[t].dx = dx[t].data();
+  }
+  masked_sparse_forward(tasks, rows, w.data<float>(), b.data<float>(), true);
+  masked_sparse_input_grad(tasks, rows, w.data<float>(), nullptr);
+  std::vector<float> dw(static_cast<size_t>(in * out), 0.5f), db(static_cast<size_t>(out), 0.25f);
+  std::vector<float> dw_one = dw, db_one = db;
+  masked_sparse_weight_grad(tasks, rows, dw.data(), db.data());
+  for (size_t t = 0; t < 3; ++t) {
+    SCOPED_TRACE("task " + std::to_string(t));
+    masked_sparse_forward(plans[t], rows, xs[t], w.data<float>(), b.data<float>(), true, y_one[t].data());
+    masked_sparse_input_grad(plans[t], rows, dys[t].data<float>(), gates[t].data<float>(), w.data<float>(),
+                             dx_one[t].data());
+    masked_sparse_weight_grad(plans[t], rows, xs[t], dys[t].data<float>(), gates[t].data<float>(), dw_one.data(),
+                              db_one.data());
+    EXPECT_TRUE(same(y[t], y_one[t])) << "forward";
+    EXPECT_TRUE(same(dx[t], dx_one[t])) << "input gradient";
+  }
+  EXPECT_TRUE(same(dw, dw_one)) << "weight gradient";
+  EXPECT_TRUE(same(db, db_one)) << "bias gradient";
+
+  std::vector<float> dx_sum = poisoned(rows * in), expected(static_cast<size_t>(rows * in));
+  for (size_t i = 0; i < expected.size(); ++i) expected[i] = (dx_one[0][i] + dx_one[1][i]) + dx_one[2][i];
+  for (auto& t : tasks) t.dx = nullptr;  // summed: no task's own dx is written
+  masked_sparse_input_grad(tasks, rows, w.data<float>(), dx_sum.data());
+  EXPECT_TRUE(same(dx_sum, expected)) << "summed input gradient";
+}
+
 using testing::RouteScope;
+
+// backward_tasks_sum of three tasks on one x returns the bits of their input gradients added
+// in task order, with the parameter gradients of backward_tasks, on the plain and fused routes;
+// the tasks' own input gradients are then undefined.
+TEST(SparseTrain, ALayersSummedInputGradientIsTheTasksInputGradientsAddedInOrder) {
+  SKIP_WITHOUT_AVX512();
+  for (const MaskedRoute route : {MaskedRoute::Plain, MaskedRoute::Fused}) {
+    SCOPED_TRACE(route == MaskedRoute::Plain ? "plain" : "fused");
+    RouteScope scope(route);
+    const int64_t rows = 300, in = 96, out = 80;
+    const Tensor x = random_f32({rows, in}, 71);
+    std::vector<Tensor> dy;
+    for (int t = 0; t < 3; ++t) dy.push_back(random_f32({rows, out}, 72 + t));
+    auto run = [&](bool summed, std::vector<float>* sum, std::vector<float>* grads) {
+      ParamStore store;
+      MaskedLinear layer(store, "l", in, out, 3, Activation::ReLU);
+      store.finalize(DType::F32, Device::CPU, 81);
+      for (int t = 0; t < 3; ++t) layer.set_mask(t, random_mask(in, out, 0.2, 82 + t));
+      layer.forward_tasks({0, 1, 2}, {&x, &x, &x});
+      if (summed) {
+        const Tensor& s = layer.backward_tasks_sum({0, 1, 2}, {&dy[0], &dy[1], &dy[2]});
+        sum->assign(s.data<float>(), s.data<float>() + s.numel());
+        for (int t = 0; t < 3; ++t) EXPECT_FALSE(layer.input_grad(t).defined()) << "task " << t;
+      } else {
+        layer.backward_tasks({0, 1, 2}, {&dy[0], &dy[1], &dy[2]}, true);
+        sum->assign(static_cast<size_t>(rows * in), 0.0f);
+        for (size_t i = 0; i < sum->size(); ++i)
+          (*sum)[i] = (layer.input_grad(0).data<float>()[i] + layer.input_grad(1).data<float>()[i]) +
+                      layer.input_grad(2).data<float>()[i];
+      }
+      const Tensor& g = store.grads();
+      grads->assign(g.data<float>(), g.data<float>() + g.numel());
+    };
+    std::vector<float> sum, grads, expected, expected_grads;
+    run(true, &sum, &grads);
+    run(false, &expected, &expected_grads);
+    EXPECT_TRUE(same(sum, expected)) << "the summed input gradient";
+    EXPECT_TRUE(same(grads, expected_grads)) << "the parameter gradients";
+  }
+}
 
 // One forward and backward of a two-task masked layer on the CPU, f32, under `route`: outputs,
 // input gradients and the parameter gradients, in one vector.
@@ -203,10 +307,6 @@ std::vector<float> layer_step(MaskedRoute route, double density, int64_t rows) {
   const Tensor& g = store.grads();
   all.insert(all.end(), g.data<float>(), g.data<float>() + g.numel());
   return all;
-}
-
-bool same(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 // The layer's fused route on the CPU is the sparse kernels: close to the plain route, not its
