@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <vector>
@@ -79,6 +80,52 @@ TEST(DenseOptimizer, AdamMatchesTwoHandComputedStepsWithBiasCorrection) {
   ASSERT_EQ(opt->state().size(), 2u);
   EXPECT_EQ(opt->state()[0].first, "m");
   EXPECT_EQ(opt->state()[1].first, "v");
+}
+
+// F32 Adam over a thousand elements, with an update mask and NaN gradients outside it: inside,
+// each element's bits are the scalar formula's in f32; outside, weights and moments keep their
+// bits (the gradient there is never read into them).
+TEST(DenseOptimizer, MaskedF32AdamIsTheScalarFormulaInsideAndTouchesNothingOutside) {
+  OptimizerConfig c;
+  c.type = "adam";
+  c.lr = 0.01;
+  c.beta1 = 0.9;
+  c.beta2 = 0.99;
+  c.eps = 1e-8;
+  constexpr int64_t n = 1003;
+  auto opt = make_dense_optimizer(c, n, DType::F32, Device::CPU);
+  Tensor w = Tensor::empty({n}, DType::F32), g = Tensor::empty({n}, DType::F32);
+  std::vector<uint8_t> mask(static_cast<size_t>(n));
+  std::vector<float> w_ref(static_cast<size_t>(n)), m_ref(static_cast<size_t>(n), 0.0f),
+      v_ref(static_cast<size_t>(n), 0.0f);
+  Rng rng(17);
+  for (int64_t i = 0; i < n; ++i) {
+    w.data<float>()[i] = w_ref[static_cast<size_t>(i)] = static_cast<float>(rng.uniform(-1, 1));
+    mask[static_cast<size_t>(i)] = rng.bernoulli(0.4) ? 1 : 0;
+  }
+  for (int64_t step = 1; step <= 2; ++step) {
+    const float c1 = static_cast<float>(1 - std::pow(0.9, static_cast<double>(step))),
+                c2 = static_cast<float>(1 - std::pow(0.99, static_cast<double>(step)));
+    const float lr = 0.01f, b1 = 0.9f, b2 = 0.99f, eps = 1e-8f;
+    for (int64_t i = 0; i < n; ++i) {
+      const size_t k = static_cast<size_t>(i);
+      const float gi = mask[k] ? static_cast<float>(rng.uniform(-2, 2)) : std::numeric_limits<float>::quiet_NaN();
+      g.data<float>()[i] = gi;
+      if (!mask[k]) continue;
+      m_ref[k] = b1 * m_ref[k] + (1.0f - b1) * gi;
+      v_ref[k] = b2 * v_ref[k] + (1.0f - b2) * gi * gi;
+      w_ref[k] -= lr * (m_ref[k] / c1) / (std::sqrt(v_ref[k] / c2) + eps);
+    }
+    opt->step(w, g, step, mask.data());
+  }
+  const Tensor& m = *opt->state()[0].second;
+  const Tensor& v = *opt->state()[1].second;
+  for (int64_t i = 0; i < n; ++i) {
+    const size_t k = static_cast<size_t>(i);
+    ASSERT_EQ(w.data<float>()[i], w_ref[k]) << "w element " << i << (mask[k] ? " (in the mask)" : " (outside)");
+    ASSERT_EQ(m.data<float>()[i], m_ref[k]) << "m element " << i;
+    ASSERT_EQ(v.data<float>()[i], v_ref[k]) << "v element " << i;
+  }
 }
 
 TEST(DenseOptimizer, AdagradMatchesTwoHandComputedSteps) {
@@ -290,6 +337,25 @@ TEST(ClipGradNorm, ANormAtOrBelowTheMaxLeavesTheGradientBitIdentical) {
   EXPECT_EQ(g.data<double>()[0], 3.0);
   EXPECT_EQ(g.data<double>()[1], 4.0);
   EXPECT_EQ(g.data<double>()[2], 12.0);
+}
+
+// Over a random mask of a buffer not a multiple of the kernel's eight running sums: the masked
+// sum of squares, whatever lies outside the mask (an infinity or a NaN there changes nothing).
+TEST(ClipGradNorm, AMaskedNormReadsNothingOutsideTheMask) {
+  constexpr int64_t n = 100003;
+  Tensor g = Tensor::empty({n}, DType::F32);
+  std::vector<uint8_t> mask(static_cast<size_t>(n));
+  Rng rng(13);
+  double ref = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    mask[static_cast<size_t>(i)] = rng.bernoulli(0.3) ? 1 : 0;
+    const float x = static_cast<float>(rng.uniform(-1, 1));
+    g.data<float>()[i] = mask[static_cast<size_t>(i)] ? x : (i % 2 ? std::numeric_limits<float>::infinity()
+                                                                   : std::numeric_limits<float>::quiet_NaN());
+    if (mask[static_cast<size_t>(i)]) ref += static_cast<double>(x) * x;
+  }
+  ref = std::sqrt(ref);
+  EXPECT_NEAR(clip_grad_norm(g, 0.0, mask.data()), ref, 1e-12 * ref);
 }
 
 TEST(ClipGradNorm, TheResultDoesNotDependOnTheThreadCount) {
