@@ -23,7 +23,7 @@ namespace {
 
 constexpr int64_t kTile = 64;          // batch rows per forward / input-gradient tile (4 vectors)
 constexpr int kTileVectors = 4;
-constexpr int64_t kProductBlock = 256; // inputs per block: the transposed block is 256·64·4 = 64 KiB
+constexpr int64_t kProductBlock = 128; // inputs per block: the transposed block is 128·64·4 = 32 KiB, in L1
 constexpr int64_t kGradTile = 256;     // batch rows per weight-gradient tile (16 vectors)
 constexpr int kGradVectors = 16;
 constexpr int64_t kGradBlock = 32;     // inputs per weight-gradient block: 32·256·4 = 32 KiB
