@@ -365,7 +365,7 @@ void masked_sparse_weight_grad(const std::vector<MaskedSparseTask>& tasks, int64
   // count, and the same as one call per task.
   const int64_t tiles = (rows + kGradTile - 1) / kGradTile, groups = std::min(kGradGroups, tiles);
   thread_local std::vector<float> partials;  // the calling thread's: the loops use the pointer
-  partials.assign(static_cast<size_t>(groups * total), 0.0f);
+  if (partials.size() < static_cast<size_t>(groups * total)) partials.resize(static_cast<size_t>(groups * total));
   float* acc = partials.data();
   int64_t work = 0;
   for (const MaskedSparseTask& t : tasks) work += rows * t.plan->nnz();
@@ -376,6 +376,7 @@ void masked_sparse_weight_grad(const std::vector<MaskedSparseTask>& tasks, int64
   for (int64_t g = 0; g < groups; ++g) {
     float* xt = scratch(0, xt_size);
     float* dt = scratch(1, dt_size);
+    std::fill_n(acc + g * total, total, 0.0f);  // zeroed by the thread that sums into it
     for (int64_t t = tiles * g / groups; t < tiles * (g + 1) / groups; ++t) {
       for (int i = 0; i < count; ++i) {
         const MaskedSparseTask& task = tasks[static_cast<size_t>(i)];
