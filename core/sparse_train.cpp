@@ -407,31 +407,17 @@ void masked_sparse_weight_grad(const std::vector<MaskedSparseTask>& tasks, int64
 
 void masked_sparse_forward(const MaskedSparsePlan& plan, int64_t rows, const float* x, const float* w,
                            const float* bias, bool relu, float* y) {
-  MaskedSparseTask t;
-  t.plan = &plan;
-  t.x = x;
-  t.y = y;
-  masked_sparse_forward({t}, rows, w, bias, relu);
+  masked_sparse_forward({{&plan, x, nullptr, nullptr, y}}, rows, w, bias, relu);
 }
 
 void masked_sparse_input_grad(const MaskedSparsePlan& plan, int64_t rows, const float* dy, const float* relu_y,
                               const float* w, float* dx) {
-  MaskedSparseTask t;
-  t.plan = &plan;
-  t.dy = dy;
-  t.relu_y = relu_y;
-  t.dx = dx;
-  masked_sparse_input_grad({t}, rows, w, nullptr);
+  masked_sparse_input_grad({{&plan, nullptr, dy, relu_y, nullptr, dx}}, rows, w, nullptr);
 }
 
 void masked_sparse_weight_grad(const MaskedSparsePlan& plan, int64_t rows, const float* x, const float* dy,
                                const float* relu_y, float* dw, float* db) {
-  MaskedSparseTask t;
-  t.plan = &plan;
-  t.x = x;
-  t.dy = dy;
-  t.relu_y = relu_y;
-  masked_sparse_weight_grad({t}, rows, dw, db);
+  masked_sparse_weight_grad({{&plan, x, dy, relu_y}}, rows, dw, db);
 }
 
 }  // namespace ncsrec

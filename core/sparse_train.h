@@ -16,11 +16,17 @@
 // weight gradient is a 256-row dot product per connection and tile (a sampled dense-dense
 // product), the batch's tiles split into at most 8 fixed groups that threads sum without
 // waiting for each other. Connections are grouped by blocks of the reduced dimension, so that
-// the block of the transposed tile they read stays in cache. Measured on the 2-core AVX-512
-// machine at batch 4096 and 20% random masks, against the plain route's dense products (SkylakeX
-// kernels) alternately in one process (`ncsrec_bench_sparse --training`): 1.6–2.4× per product
-// on the paper's three layers, on 1 or 2 threads; 1.1–1.3× at 40%; about even at 50%
-// (docs/results/bench.md).
+// the block of the transposed tile they read stays in L1 (128 inputs × 64 rows, 32 KiB).
+// Several tasks of one layer go in one call: a shared block's first layer reads one x for every
+// task, transposed once per tile for all of them, and its input gradient, the sum of the tasks',
+// is summed as it is made. Measured on the 2-core AVX-512 machine at batch 4096 and random masks,
+// against the plain route's dense products (SkylakeX kernels) alternately in one process
+// (`ncsrec_bench_sparse --training`, 2 threads): 1.9–2.6× per product on the paper's three
+// layers at 20%, 1.2–1.4× at 40%, 1.0–1.2× at 50% (docs/results/bench.md). Every multiply-add
+// of a connection loads its operand (nothing to reuse from registers, unlike a dense GEMM): the
+// connection loop alone runs about 3.5 G 16-wide multiply-adds per second per core there,
+// against 4.0–4.4 G for multiply-adds that each load one operand from L1 and 5.4 G from
+// registers only.
 //
 // Numerics: f32, FMA. Every output element is summed in one fixed order (connections in the
 // order of the plan, partial sums in a fixed tree; the weight gradient's groups of tiles fixed

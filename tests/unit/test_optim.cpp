@@ -51,13 +51,19 @@ TEST(DenseOptimizer, SgdMatchesTwoHandComputedSteps) {
   EXPECT_DOUBLE_EQ(w[2], 0.25 - 0.1 * 3.0);              // -0.05
 }
 
-TEST(DenseOptimizer, AdamMatchesTwoHandComputedStepsWithBiasCorrection) {
+// Adam with lr 0.01, β1 0.9, β2 0.99, ε 1e-8.
+OptimizerConfig adam_config() {
   OptimizerConfig c;
   c.type = "adam";
   c.lr = 0.01;
   c.beta1 = 0.9;
   c.beta2 = 0.99;
   c.eps = 1e-8;
+  return c;
+}
+
+TEST(DenseOptimizer, AdamMatchesTwoHandComputedStepsWithBiasCorrection) {
+  const OptimizerConfig c = adam_config();
   const std::vector<double> w = two_steps(c);
   for (int i = 0; i < 3; ++i) {
     double p = kW0[i], m = 0, v = 0;
@@ -86,14 +92,8 @@ TEST(DenseOptimizer, AdamMatchesTwoHandComputedStepsWithBiasCorrection) {
 // each element's bits are the scalar formula's in f32; outside, weights and moments keep their
 // bits (the gradient there is never read into them).
 TEST(DenseOptimizer, MaskedF32AdamIsTheScalarFormulaInsideAndTouchesNothingOutside) {
-  OptimizerConfig c;
-  c.type = "adam";
-  c.lr = 0.01;
-  c.beta1 = 0.9;
-  c.beta2 = 0.99;
-  c.eps = 1e-8;
   constexpr int64_t n = 1003;
-  auto opt = make_dense_optimizer(c, n, DType::F32, Device::CPU);
+  auto opt = make_dense_optimizer(adam_config(), n, DType::F32, Device::CPU);
   Tensor w = Tensor::empty({n}, DType::F32), g = Tensor::empty({n}, DType::F32);
   std::vector<uint8_t> mask(static_cast<size_t>(n));
   std::vector<float> w_ref(static_cast<size_t>(n)), m_ref(static_cast<size_t>(n), 0.0f),
