@@ -223,11 +223,33 @@ __attribute__((target("avx512f"))) void product_tile(const std::vector<ProductPa
     store_tile(yt + i * yt_stride, yt_stride, 1, o.rows, B, b0, bias, relu, parts[static_cast<size_t>(i)].c);
 }
 
+// The sums of 16 vectors' lanes: lane i of the result is the sum of v[i]'s 16 lanes (a tree of
+// unpacks, shuffles and adds: about three instructions per vector, where a reduction of each
+// vector alone takes eight).
+__attribute__((target("avx512f"))) inline __m512 lane_sums16(const __m512 v[16]) {
+  __m512 a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [v2i, v2i+1, v2i, v2i+1] partial sums
+    a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: [v4i .. v4i+3] partial sums
+    const __m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
+    b[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  for (int i = 0; i < 2; ++i)  // 128-bit lanes: [b2i.L0+L1, b2i.L2+L3, b2i+1.L0+L1, b2i+1.L2+L3]
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+}
+
 // The weight gradient's connections for one tile: acc[q] += the tile's dot product of x column
-// k and dy column j (xt [in, 256], dt [out, 256] transposed tiles).
+// k and dy column j (xt [in, 256], dt [out, 256] transposed tiles). Each connection's 16 partial
+// sums wait in `pending` until 16 consecutive connections have theirs, which are then reduced
+// together and added to acc[q0 .. q0+16) in one vector.
 __attribute__((target("avx512f"))) void grad_tile(const MaskOrientation& o, const float* xt, const float* dt,
                                                   float* acc) {
   const int64_t R = o.rows;
+  __m512 pending[16];
+  int waiting = 0;
+  int64_t q0 = 0;  // the first pending connection
   for (int64_t blk = 0; blk < o.blocks(); ++blk) {
     const int32_t* p = &o.ptr[static_cast<size_t>(blk * (R + 1))];
     const float* xblock = xt + blk * o.block * kGradTile;
@@ -236,21 +258,30 @@ __attribute__((target("avx512f"))) void grad_tile(const MaskOrientation& o, cons
       const int32_t e = p[j + 1];
       if (q == e) continue;
       __m512 d[kGradVectors];
-      for (int v = 0; v < kGradVectors; ++v) d[v] = _mm512_loadu_ps(dt + j * kGradTile + 16 * v);
+      for (int v = 0; v < kGradVectors; ++v) d[v] = _mm512_load_ps(dt + j * kGradTile + 16 * v);
       for (; q < e; ++q) {
         const float* xr = xblock + o.local[static_cast<size_t>(q)] * kGradTile;
-        __m512 s0 = _mm512_mul_ps(d[0], _mm512_loadu_ps(xr)), s1 = _mm512_mul_ps(d[1], _mm512_loadu_ps(xr + 16));
-        __m512 s2 = _mm512_mul_ps(d[2], _mm512_loadu_ps(xr + 32)), s3 = _mm512_mul_ps(d[3], _mm512_loadu_ps(xr + 48));
+        __m512 s0 = _mm512_mul_ps(d[0], _mm512_load_ps(xr)), s1 = _mm512_mul_ps(d[1], _mm512_load_ps(xr + 16));
+        __m512 s2 = _mm512_mul_ps(d[2], _mm512_load_ps(xr + 32)), s3 = _mm512_mul_ps(d[3], _mm512_load_ps(xr + 48));
         for (int v = 4; v < kGradVectors; v += 4) {
-          s0 = _mm512_fmadd_ps(d[v], _mm512_loadu_ps(xr + 16 * v), s0);
-          s1 = _mm512_fmadd_ps(d[v + 1], _mm512_loadu_ps(xr + 16 * v + 16), s1);
-          s2 = _mm512_fmadd_ps(d[v + 2], _mm512_loadu_ps(xr + 16 * v + 32), s2);
-          s3 = _mm512_fmadd_ps(d[v + 3], _mm512_loadu_ps(xr + 16 * v + 48), s3);
+          s0 = _mm512_fmadd_ps(d[v], _mm512_load_ps(xr + 16 * v), s0);
+          s1 = _mm512_fmadd_ps(d[v + 1], _mm512_load_ps(xr + 16 * v + 16), s1);
+          s2 = _mm512_fmadd_ps(d[v + 2], _mm512_load_ps(xr + 16 * v + 32), s2);
+          s3 = _mm512_fmadd_ps(d[v + 3], _mm512_load_ps(xr + 16 * v + 48), s3);
         }
-        acc[q] += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+        pending[waiting++] = _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3));
+        if (waiting == 16) {
+          _mm512_storeu_ps(acc + q0, _mm512_add_ps(_mm512_loadu_ps(acc + q0), lane_sums16(pending)));
+          q0 += 16;
+          waiting = 0;
+        }
       }
     }
   }
+  if (waiting == 0) return;
+  for (int i = waiting; i < 16; ++i) pending[i] = _mm512_setzero_ps();
+  const __mmask16 m = lanes(waiting);
+  _mm512_mask_storeu_ps(acc + q0, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, acc + q0), lane_sums16(pending)));
 }
 
 // n floats of `buffer` starting at a 64-byte boundary: a vector load of a transposed tile row
