@@ -1,8 +1,9 @@
 #include "models/multitask_model.h"
 
 #include <algorithm>
-#include <cstring>
 #include <cmath>
+#include <cstring>
+#include <exception>
 #include <limits>
 #include <set>
 #include <type_traits>
@@ -887,24 +888,44 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
       device_tables_newer_ = true;
       continue;
     }
-    for (const auto& tr : grp.tables) {
+    // Each table's gradient is its own (its rows, its workspace), so the tables that the forward
+    // read directly run in parallel, each as the serial loop would compute it; a table's own
+    // sort and segment sum then run on one thread. An error is rethrown after the loop, the
+    // first in table order.
+    const size_t n = grp.tables.size();
+    std::vector<std::vector<SlotInput>> inputs(n);
+    std::vector<char> direct(n);
+    for (size_t k = 0; k < n; ++k) {
+      const auto& tr = grp.tables[k];
       const size_t t = static_cast<size_t>(tr.table);
-      const ShardedTable& table = tables_[t];
-      const bool direct = !comm_ && !table.hashed();  // forward read the table itself
-      std::vector<SlotInput> inputs;
+      direct[k] = !comm_ && !tables_[t].hashed();  // forward read the table itself
       for (size_t i = 0; i < tr.slots.size(); ++i) {
         const SlotRef& s = tr.slots[i];
         const SparseColumn& c = batch.sparse[static_cast<size_t>(s.slot)];
-        inputs.push_back({c.offsets.data(), direct ? c.ids.data() : lookups_[t].ids[i].data(), s.col, s.pooling});
+        inputs[k].push_back({c.offsets.data(), direct[k] ? c.ids.data() : lookups_[t].ids[i].data(), s.col, s.pooling});
       }
-      if (direct) {
-        embedding_bag_backward(sparse_grads_[t], bag_workspaces_[t], dx, inputs, B, table.shard().rows(), table.dim());
-        continue;
+    }
+    std::vector<std::exception_ptr> errors(n);
+#pragma omp parallel for schedule(dynamic) if (n > 1 && B >= 256)
+    for (size_t k = 0; k < n; ++k) {
+      if (!direct[k]) continue;
+      const size_t t = static_cast<size_t>(grp.tables[k].table);
+      try {
+        embedding_bag_backward(sparse_grads_[t], bag_workspaces_[t], dx, inputs[k], B, tables_[t].shard().rows(),
+                               tables_[t].dim());
+      } catch (...) {
+        errors[k] = std::current_exception();
       }
+    }
+    for (const std::exception_ptr& e : errors)
+      if (e) std::rethrow_exception(e);
+    for (size_t k = 0; k < n; ++k) {
+      if (direct[k]) continue;
       // The gradient over the batch's rows goes back to their owners, summed over ranks there.
+      const size_t t = static_cast<size_t>(grp.tables[k].table);
       SparseGrad& local = local_grads_[t];
-      embedding_bag_backward(local, bag_workspaces_[t], dx, inputs, B, lookups_[t].values.dim(0), table.dim());
-      sparse_grads_[t] = table.reduce_gradient(lookups_[t], local, comm_);
+      embedding_bag_backward(local, bag_workspaces_[t], dx, inputs[k], B, lookups_[t].values.dim(0), tables_[t].dim());
+      sparse_grads_[t] = tables_[t].reduce_gradient(lookups_[t], local, comm_);
     }
   }
   phase_clock_.mark(StepPhase::EmbeddingBackward);
