@@ -44,6 +44,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -425,17 +426,13 @@ def main():
         result["ncsrec"] = ncsrec
         result["ncsrec_rounds"] = ncsrec_runs
         print()
-        def median_of(xs):
-            xs = sorted(xs)
-            return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
-
         for mode in runs:
             pairs = [(n, rr[mode]) for n, rr in zip(ncsrec_runs, rounds) if mode in rr]
             # By throughput over all timed steps (the mean step), and by the median step, which a
             # few slow steps on a shared machine do not move.
             ratios = [n["samples_per_s"] / r["samples_per_s"] for n, r in pairs]
             by_median = [r["median_ms"] / n["median_ms"] for n, r in pairs]
-            median, median_by_median = median_of(ratios), median_of(by_median)
+            median, median_by_median = statistics.median(ratios), statistics.median(by_median)
             result[f"ratio_{mode}"] = median
             result[f"ratios_{mode}"] = ratios
             result[f"ratio_{mode}_median_steps"] = median_by_median

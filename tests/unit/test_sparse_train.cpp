@@ -43,6 +43,11 @@ void expect_close(double got, double sum, double abs_sum, const std::string& wha
   EXPECT_LE(std::fabs(got - sum), 1e-5 * abs_sum + 1e-30) << what << ": " << got << " against " << sum;
 }
 
+// An output buffer of n floats, every one NaN until the kernel writes it.
+std::vector<float> poisoned(int64_t n) {
+  return std::vector<float>(static_cast<size_t>(n), std::numeric_limits<float>::quiet_NaN());
+}
+
 const Case kCases[] = {{300, 37, 21, 0.2}, {4096, 720, 512, 0.2}, {130, 256, 128, 0.05},
                        {65, 40, 48, 1.0},  {64, 33, 17, 0.0},     {1, 20, 16, 0.3}};
 
@@ -55,7 +60,7 @@ TEST(SparseTrain, TheForwardIsTheMaskedProductPlusBiasThroughReLU) {
     const MaskedSparsePlan plan = plan_masked_sparse(m);
     EXPECT_EQ(plan.nnz(), m.count());
     for (const bool relu : {false, true}) {
-      std::vector<float> y(static_cast<size_t>(c.rows * c.out), std::numeric_limits<float>::quiet_NaN());
+      std::vector<float> y = poisoned(c.rows * c.out);
       masked_sparse_forward(plan, c.rows, x.data<float>(), w.data<float>(), b.data<float>(), relu, y.data());
       for (int64_t r = 0; r < c.rows; r += (c.rows > 500 ? 37 : 1))
         for (int64_t j = 0; j < c.out; ++j) {
@@ -83,7 +88,7 @@ TEST(SparseTrain, TheInputGradientIsTheProductWithTheMaskedWeightTransposed) {
     const BitMask m = random_mask(c.in, c.out, c.density, 7);
     for (const bool gated : {false, true}) {
       SCOPED_TRACE(gated ? "dy gated by y > 0" : "dy");
-      std::vector<float> dx(static_cast<size_t>(c.rows * c.in), std::numeric_limits<float>::quiet_NaN());
+      std::vector<float> dx = poisoned(c.rows * c.in);
       masked_sparse_input_grad(plan_masked_sparse(m), c.rows, dy.data<float>(), gated ? y.data<float>() : nullptr,
                                w.data<float>(), dx.data());
       for (int64_t r = 0; r < c.rows; r += (c.rows > 500 ? 37 : 1))
@@ -177,10 +182,6 @@ TEST(SparseTrain, ResultsAreBitIdenticalOnOneAndTwoThreads) {
   const std::vector<float> one = run(1), two = run(2);
   ASSERT_EQ(one.size(), two.size());
   EXPECT_EQ(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)), 0);
-}
-
-std::vector<float> poisoned(int64_t n) {
-  return std::vector<float>(static_cast<size_t>(n), std::numeric_limits<float>::quiet_NaN());
 }
 
 bool same(const std::vector<float>& a, const std::vector<float>& b) {
