@@ -14,8 +14,14 @@
 //                                    paper layer at batch 4096, 1 and 2 threads, densities 10–50 %:
 //                                    forward, input gradient and weight gradient, measured
 //                                    alternately, median and best.
+//   ncsrec_bench_sparse --chain      the paper's masked MLP (720→512→256→128, two tasks on one
+//                                    input, batch 4096) on the CPU's fused route, one forward and
+//                                    backward (summed input gradient) as MaskedMLP chains it
+//                                    (tiled activations between the layers) against its layers one
+//                                    by one (row-major activations), alternately, median and best.
 //   --reps N                         repetitions per measurement (default 9; the median is reported)
-//   --density D, --threads T         --training only: just this density (a fraction) / thread count
+//   --density D, --threads T         --training and --chain: just this density (a fraction) /
+//                                    thread count
 //
 // Masks are uniformly random at the exact density (a random permutation's first nnz entries), the
 // pattern IMP's magnitude pruning gives to weights without structure. Timing is std::chrono
@@ -37,8 +43,10 @@
 #include <unistd.h>
 
 #include "core/blas_core.h"
+#include "core/layers/masked_linear.h"
 #include "core/masks.h"
 #include "core/ops.h"
+#include "core/params.h"
 #include "core/random.h"
 #include "core/sparse.h"
 #include "core/sparse_train.h"
@@ -419,6 +427,56 @@ void run_training(double only_density, int only_threads) {
   }
 }
 
+void run_chain(double only_density, int only_threads) {
+  if (!masked_sparse_available()) {
+    std::printf("this CPU has no AVX-512F: the sparse training route is never taken\n");
+    return;
+  }
+  constexpr int64_t B = 4096;
+  set_masked_route(MaskedRoute::Fused);
+  std::printf("masked MLP 720-512-256-128, 2 tasks, batch %ld, forward + backward, median (best) of %d, ms\n",
+              static_cast<long>(B), g_reps);
+  std::printf("%3s %5s | %-16s | %-16s | %s\n", "thr", "dens", "layer by layer", "chained", "ratio");
+  for (const int threads : {1, 2}) {
+    if (only_threads > 0 && threads != only_threads) continue;
+    set_threads(threads);
+    for (const double density : {0.10, 0.20, 0.30, 0.40}) {
+      if (only_density > 0 && std::abs(density - only_density) > 1e-9) continue;
+      ParamStore store;
+      MaskedMLP mlp(store, "shared", 720, {512, 256, 128}, 2, /*final_activation=*/true);
+      store.finalize(DType::F32, Device::CPU, 5);
+      for (int t = 0; t < 2; ++t)
+        for (size_t l = 0; l < mlp.depth(); ++l)
+          mlp.layer(l).set_mask(t, random_mask(mlp.layer(l).in(), mlp.layer(l).out(), density, 6 + 3 * l + t));
+      const Tensor x = tensor_of(random_values(B * 720, 1), {B, 720});
+      const Tensor dy0 = tensor_of(random_values(B * 128, 2), {B, 128}), dy1 = tensor_of(random_values(B * 128, 3), {B, 128});
+      const std::vector<int> tasks = {0, 1};
+      const PairTiming p = pair_ms(
+          [&] {
+            std::vector<const Tensor*> in = {&x, &x};
+            for (size_t l = 0; l < mlp.depth(); ++l) {
+              mlp.layer(l).forward_tasks(tasks, in);
+              in = {&mlp.layer(l).output(0), &mlp.layer(l).output(1)};
+            }
+            std::vector<const Tensor*> g = {&dy0, &dy1};
+            for (size_t l = mlp.depth(); l-- > 1;) {
+              mlp.layer(l).backward_tasks(tasks, g, true);
+              g = {&mlp.layer(l).input_grad(0), &mlp.layer(l).input_grad(1)};
+            }
+            mlp.layer(0).backward_tasks_sum(tasks, g);
+          },
+          [&] {
+            mlp.forward_tasks(tasks, x);
+            mlp.backward_tasks_sum(tasks, {&dy0, &dy1});
+          },
+          g_reps);
+      std::printf("%3d %4.0f%% | %6.2f (%6.2f) | %6.2f (%6.2f) | %4.2fx\n", threads, density * 100, p.a_median, p.a_min,
+                  p.b_median, p.b_min, p.a_median / p.b_median);
+      std::fflush(stdout);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace ncsrec
 
@@ -428,7 +486,7 @@ int main(int argc, char** argv) {
   if (ncsrec::set_openblas_coretype_for_this_cpu())
     ::execv("/proc/self/exe", argv);  // returns only on failure: carry on with OpenBLAS's choice
   std::printf("OpenBLAS kernels: %s\n", ncsrec::openblas_core_in_use().c_str());
-  bool variants = false, training = false;
+  bool variants = false, training = false, chain = false;
   double only_density = 0;
   int only_threads = 0;
   for (int i = 1; i < argc; ++i) {
@@ -436,6 +494,8 @@ int main(int argc, char** argv) {
       variants = true;
     } else if (std::strcmp(argv[i], "--training") == 0) {
       training = true;
+    } else if (std::strcmp(argv[i], "--chain") == 0) {
+      chain = true;
     } else if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
       ncsrec::g_reps = std::max(1, std::atoi(argv[++i]));
     } else if (std::strcmp(argv[i], "--density") == 0 && i + 1 < argc) {
@@ -443,11 +503,14 @@ int main(int argc, char** argv) {
     } else if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
       only_threads = std::atoi(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: %s [--variants | --training [--density D] [--threads T]] [--reps N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--variants | --training | --chain [--density D] [--threads T]] [--reps N]\n",
+                   argv[0]);
       return 2;
     }
   }
-  if (training)
+  if (chain)
+    ncsrec::run_chain(only_density, only_threads);
+  else if (training)
     ncsrec::run_training(only_density, only_threads);
   else if (variants)
     ncsrec::run_variants();

@@ -129,13 +129,16 @@ struct Connection {
 };
 
 // One task's part of a forward / input-gradient product: its orientation, its connections
-// (with W's values), its operand a (gated by `gate` when not null) and its output c.
+// (with W's values), its operand a (gated by `gate` when not null; or tiled, already gated) and
+// its output c (row-major, or tiled and then gated by c_gate when not null).
 struct ProductPart {
-  const MaskOrientation* o;
-  const Connection* conn;
-  const float* a;
-  const float* gate;
-  float* c;
+  const MaskOrientation* o = nullptr;
+  const Connection* conn = nullptr;
+  const float* a = nullptr;
+  const float* gate = nullptr;
+  float* c = nullptr;
+  bool a_tiled = false, c_tiled = false;
+  const float* c_gate = nullptr;
 };
 
 // The connections of one block of one part over the transposed block xt: yt[r] (+)= Σ w·xt.
@@ -197,10 +200,35 @@ __attribute__((target("avx512f"))) void store_tile(const float* yt, int64_t yt_s
   }
 }
 
+// The same for a tiled c: yt [R, 64] of `count` parts summed in part order, with the bias and
+// ReLU, then ⊙ (gate > 0) when `gate` (tiled like c) is not null, to c's tile at row b0 as it
+// is (no transposition); rows past B are written as zeros.
+__attribute__((target("avx512f"))) void store_tiled(const float* yt, int64_t yt_stride, int count, int64_t R,
+                                                    int64_t B, int64_t b0, const float* bias, bool relu,
+                                                    const float* gate, float* c) {
+  const __m512 zero = _mm512_setzero_ps();
+  const int64_t offset = b0 / kTile * R * kTile;
+  __mmask16 live[kTileVectors];
+  for (int v = 0; v < kTileVectors; ++v) live[v] = lanes(std::max<int64_t>(0, B - b0 - 16 * v));
+  for (int64_t r = 0; r < R; ++r) {
+    const __m512 b = bias ? _mm512_set1_ps(bias[r]) : zero;
+    for (int v = 0; v < kTileVectors; ++v) {
+      __m512 y = _mm512_load_ps(yt + r * kTile + 16 * v);
+      for (int part = 1; part < count; ++part) y = _mm512_add_ps(y, _mm512_load_ps(yt + part * yt_stride + r * kTile + 16 * v));
+      if (bias) y = _mm512_add_ps(y, b);
+      if (relu) y = _mm512_max_ps(y, zero);
+      __mmask16 keep = live[v];
+      if (gate) keep = _mm512_mask_cmp_ps_mask(keep, _mm512_load_ps(gate + offset + r * kTile + 16 * v), zero, _CMP_GT_OQ);
+      _mm512_store_ps(c + offset + r * kTile + 16 * v, _mm512_maskz_mov_ps(keep, y));
+    }
+  }
+}
+
 // One tile of rows [b0, b0 + 64) of every part: each part's connections over its operand's
-// transposed blocks (a block transposed once for consecutive parts with the same operand) into
-// its own yt; then each part's yt to its c, or with `sum`, the parts' yt added in order to the
-// first part's c. xt holds kProductBlock·kTile floats; yt `parts` arrays of yt_stride floats.
+// transposed blocks into its own yt (a row-major operand's block transposed once for
+// consecutive parts with the same operand; a tiled operand's block read where it is); then each
+// part's yt to its c, or with `sum`, the parts' yt added in order to the first part's c.
+// xt holds kProductBlock·kTile floats; yt `parts` arrays of yt_stride floats.
 __attribute__((target("avx512f"))) void product_tile(const std::vector<ProductPart>& parts, bool sum, int64_t B,
                                                      const float* bias, bool relu, int64_t b0, float* xt, float* yt,
                                                      int64_t yt_stride) {
@@ -208,19 +236,30 @@ __attribute__((target("avx512f"))) void product_tile(const std::vector<ProductPa
   const int count = static_cast<int>(parts.size());
   for (int64_t blk = 0; blk < o.blocks(); ++blk) {
     const int64_t c0 = blk * o.block, nc = std::min(o.block, o.cols - c0);
+    const ProductPart* packed = nullptr;  // the part whose operand xt holds for this block
     for (int i = 0; i < count; ++i) {
       const ProductPart& part = parts[static_cast<size_t>(i)];
-      if (i == 0 || part.a != parts[static_cast<size_t>(i - 1)].a || part.gate != parts[static_cast<size_t>(i - 1)].gate)
+      const float* block = xt;
+      if (part.a_tiled) {
+        block = part.a + (b0 / kTile * o.cols + c0) * kTile;
+      } else if (!packed || part.a != packed->a || part.gate != packed->gate) {
         pack_tile(part.a, part.gate, B, o.cols, b0, kTileVectors, c0, nc, xt, kTile);
-      block_connections(*part.o, part.conn, blk, xt, yt + i * yt_stride);
+        packed = &part;
+      }
+      block_connections(*part.o, part.conn, blk, block, yt + i * yt_stride);
     }
   }
+  auto store = [&](const ProductPart& part, const float* y, int parts_summed) {
+    if (part.c_tiled)
+      store_tiled(y, yt_stride, parts_summed, o.rows, B, b0, bias, relu, part.c_gate, part.c);
+    else
+      store_tile(y, yt_stride, parts_summed, o.rows, B, b0, bias, relu, part.c);
+  };
   if (sum) {
-    store_tile(yt, yt_stride, count, o.rows, B, b0, bias, relu, parts[0].c);
+    store(parts[0], yt, count);
     return;
   }
-  for (int i = 0; i < count; ++i)
-    store_tile(yt + i * yt_stride, yt_stride, 1, o.rows, B, b0, bias, relu, parts[static_cast<size_t>(i)].c);
+  for (int i = 0; i < count; ++i) store(parts[static_cast<size_t>(i)], yt + i * yt_stride, 1);
 }
 
 // The sums of 16 vectors' lanes: lane i of the result is the sum of v[i]'s 16 lanes (a tree of
@@ -240,34 +279,44 @@ __attribute__((target("avx512f"))) inline __m512 lane_sums16(const __m512 v[16])
   return _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
 }
 
+// A weight-gradient operand over one tile of 256 rows: the element of feature k and row
+// 64·i + s (i < 4, s < 64) at p[k·feature + i·chunk + s]. A transposed tile [n, 256] has
+// feature 256 and chunk 64; a tiled array's four tiles have feature 64 and chunk n·64.
+struct GradOperand {
+  const float* p;
+  int64_t feature, chunk;
+  const float* vector(int64_t k, int v) const { return p + k * feature + (v / 4) * chunk + 16 * (v % 4); }
+};
+
 // The weight gradient's connections for one tile: acc[q] += the tile's dot product of x column
-// k and dy column j (xt [in, 256], dt [out, 256] transposed tiles). Each connection's 16 partial
-// sums wait in `pending` until 16 consecutive connections have theirs, which are then reduced
-// together and added to acc[q0 .. q0+16) in one vector.
-__attribute__((target("avx512f"))) void grad_tile(const MaskOrientation& o, const float* xt, const float* dt,
-                                                  float* acc) {
+// k and dy column j. Each connection's 16 partial sums wait in `pending` until 16 consecutive
+// connections have theirs, which are then reduced together and added to acc[q0 .. q0+16) in
+// one vector.
+__attribute__((target("avx512f"))) void grad_tile(const MaskOrientation& o, const GradOperand& x,
+                                                  const GradOperand& dy, float* acc) {
   const int64_t R = o.rows;
   __m512 pending[16];
   int waiting = 0;
   int64_t q0 = 0;  // the first pending connection
   for (int64_t blk = 0; blk < o.blocks(); ++blk) {
     const int32_t* p = &o.ptr[static_cast<size_t>(blk * (R + 1))];
-    const float* xblock = xt + blk * o.block * kGradTile;
+    const float* xblock = x.p + blk * o.block * x.feature;
     for (int64_t j = 0; j < R; ++j) {
       int32_t q = p[j];
       const int32_t e = p[j + 1];
       if (q == e) continue;
       __m512 d[kGradVectors];
-      for (int v = 0; v < kGradVectors; ++v) d[v] = _mm512_load_ps(dt + j * kGradTile + 16 * v);
+      for (int v = 0; v < kGradVectors; ++v) d[v] = _mm512_load_ps(dy.vector(j, v));
       for (; q < e; ++q) {
-        const float* xr = xblock + o.local[static_cast<size_t>(q)] * kGradTile;
+        const float* xr = xblock + o.local[static_cast<size_t>(q)] * x.feature;
         __m512 s0 = _mm512_mul_ps(d[0], _mm512_load_ps(xr)), s1 = _mm512_mul_ps(d[1], _mm512_load_ps(xr + 16));
         __m512 s2 = _mm512_mul_ps(d[2], _mm512_load_ps(xr + 32)), s3 = _mm512_mul_ps(d[3], _mm512_load_ps(xr + 48));
-        for (int v = 4; v < kGradVectors; v += 4) {
-          s0 = _mm512_fmadd_ps(d[v], _mm512_load_ps(xr + 16 * v), s0);
-          s1 = _mm512_fmadd_ps(d[v + 1], _mm512_load_ps(xr + 16 * v + 16), s1);
-          s2 = _mm512_fmadd_ps(d[v + 2], _mm512_load_ps(xr + 16 * v + 32), s2);
-          s3 = _mm512_fmadd_ps(d[v + 3], _mm512_load_ps(xr + 16 * v + 48), s3);
+        for (int v = 4; v < kGradVectors; v += 4) {  // rows 16·v ..: the next 64 rows, x.chunk further
+          xr += x.chunk;
+          s0 = _mm512_fmadd_ps(d[v], _mm512_load_ps(xr), s0);
+          s1 = _mm512_fmadd_ps(d[v + 1], _mm512_load_ps(xr + 16), s1);
+          s2 = _mm512_fmadd_ps(d[v + 2], _mm512_load_ps(xr + 32), s2);
+          s3 = _mm512_fmadd_ps(d[v + 3], _mm512_load_ps(xr + 48), s3);
         }
         pending[waiting++] = _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3));
         if (waiting == 16) {
@@ -292,14 +341,13 @@ float* aligned64(std::vector<float>& buffer, size_t n) {
   return buffer.data() + ((64 - address % 64) % 64) / sizeof(float);
 }
 
-// sums[j] += Σ of row j of a transposed gradient tile dt [out, 256] (the bias gradient).
-__attribute__((target("avx512f"))) void row_sums(const float* dt, int64_t out, float* sums) {
+// sums[j] += Σ of feature j over a gradient tile's 256 rows (the bias gradient).
+__attribute__((target("avx512f"))) void row_sums(const GradOperand& dy, int64_t out, float* sums) {
   for (int64_t j = 0; j < out; ++j) {
-    const float* row = dt + j * kGradTile;
-    __m512 s0 = _mm512_loadu_ps(row), s1 = _mm512_loadu_ps(row + 16);
+    __m512 s0 = _mm512_load_ps(dy.vector(j, 0)), s1 = _mm512_load_ps(dy.vector(j, 1));
     for (int v = 2; v < kGradVectors; v += 2) {
-      s0 = _mm512_add_ps(s0, _mm512_loadu_ps(row + 16 * v));
-      s1 = _mm512_add_ps(s1, _mm512_loadu_ps(row + 16 * v + 16));
+      s0 = _mm512_add_ps(s0, _mm512_load_ps(dy.vector(j, v)));
+      s1 = _mm512_add_ps(s1, _mm512_load_ps(dy.vector(j, v + 1)));
     }
     sums[j] += _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
   }
@@ -336,8 +384,18 @@ void product(std::vector<ProductPart> parts, Orient orient, const std::vector<Ma
       conn[q] = {o.local[static_cast<size_t>(q)] * kStride, w[o.pos[static_cast<size_t>(q)]]};
     conn += o.nnz();
   }
+  const int64_t R = parts[0].o->rows;
+  for (const ProductPart& part : parts) {
+    NCSREC_CHECK(!part.a_tiled || !part.gate, "a tiled operand of a sparse product must come gated");
+    NCSREC_CHECK(part.c_tiled || !part.c_gate, "a sparse product's output gate needs a tiled output");
+    NCSREC_CHECK(!part.a_tiled || reinterpret_cast<uintptr_t>(part.a) % 64 == 0,
+                 "a tiled operand of a sparse product must start on a 64-byte boundary");
+    NCSREC_CHECK(!part.c_tiled || (reinterpret_cast<uintptr_t>(part.c) % 64 == 0 &&
+                                   reinterpret_cast<uintptr_t>(part.c_gate) % 64 == 0),
+                 "a tiled output of a sparse product and its gate must start on a 64-byte boundary");
+  }
   const int64_t tiles = (B + kTile - 1) / kTile;
-  const int64_t yt_stride = round_up16(parts[0].o->rows) * kTile;
+  const int64_t yt_stride = round_up16(R) * kTile;
   const size_t yt_size = static_cast<size_t>(yt_stride) * parts.size();
 #pragma omp parallel for schedule(static) if (tiles > 1)
   for (int64_t t = 0; t < tiles; ++t) {
@@ -345,6 +403,10 @@ void product(std::vector<ProductPart> parts, Orient orient, const std::vector<Ma
     float* yt = scratch(1, yt_size);
     product_tile(parts, sum, B, bias, relu, t * kTile, xt, yt, yt_stride);
   }
+  // A tiled output's tiles past the batch's, up to its whole count, are zeros.
+  const int64_t end = masked_tiled_floats(B, R);
+  for (size_t i = 0; i < (sum ? 1 : parts.size()); ++i)
+    if (parts[i].c_tiled) std::fill(parts[i].c + tiles * R * kTile, parts[i].c + end, 0.0f);
 }
 
 }  // namespace
@@ -361,18 +423,48 @@ MaskedSparsePlan plan_masked_sparse(const BitMask& mask) {
 
 bool masked_sparse_available() { return cpu_has_avx512f(); }
 
+int64_t masked_tiled_floats(int64_t rows, int64_t n) {
+  return (rows + kMaskedTiledRows - 1) / kMaskedTiledRows * kMaskedTiledRows * n;
+}
+
+void to_masked_tiled(const float* a, int64_t rows, int64_t n, float* tiled) {
+  const int64_t padded = masked_tiled_floats(rows, n) / std::max<int64_t>(n, 1);
+  for (int64_t r = 0; r < padded; ++r)
+    for (int64_t k = 0; k < n; ++k)
+      tiled[(r / kTile * n + k) * kTile + r % kTile] = r < rows ? a[r * n + k] : 0.0f;
+}
+
+void from_masked_tiled(const float* tiled, int64_t rows, int64_t n, float* a) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < n; ++k) a[r * n + k] = tiled[(r / kTile * n + k) * kTile + r % kTile];
+}
+
 void masked_sparse_forward(const std::vector<MaskedSparseTask>& tasks, int64_t rows, const float* w,
                            const float* bias, bool relu) {
-  std::vector<ProductPart> parts;
-  for (const MaskedSparseTask& t : tasks) parts.push_back({nullptr, nullptr, t.x, nullptr, t.y});
+  std::vector<ProductPart> parts(tasks.size());
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    parts[i].a = tasks[i].x;
+    parts[i].a_tiled = tasks[i].x_tiled;
+    parts[i].c = tasks[i].y;
+    parts[i].c_tiled = tasks[i].y_tiled;
+  }
   product(parts, [](const MaskedSparsePlan& p) -> const MaskOrientation& { return p.by_output; }, tasks, rows, w,
           bias, relu, false);
 }
 
 void masked_sparse_input_grad(const std::vector<MaskedSparseTask>& tasks, int64_t rows, const float* w,
                               float* dx_sum) {
-  std::vector<ProductPart> parts;
-  for (const MaskedSparseTask& t : tasks) parts.push_back({nullptr, nullptr, t.dy, t.relu_y, dx_sum ? dx_sum : t.dx});
+  std::vector<ProductPart> parts(tasks.size());
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const MaskedSparseTask& t = tasks[i];
+    NCSREC_CHECK(!dx_sum || (!t.dx_tiled && !t.dx_gate), "a summed sparse input gradient is row-major and ungated");
+    parts[i].a = t.dy;
+    parts[i].gate = t.relu_y;
+    parts[i].a_tiled = t.dy_tiled;
+    parts[i].c = dx_sum ? dx_sum : t.dx;
+    parts[i].c_tiled = t.dx_tiled;
+    parts[i].c_gate = t.dx_gate;
+  }
   product(parts, [](const MaskedSparsePlan& p) -> const MaskOrientation& { return p.by_input; }, tasks, rows, w,
           nullptr, false, dx_sum != nullptr);
 }
@@ -400,23 +492,39 @@ void masked_sparse_weight_grad(const std::vector<MaskedSparseTask>& tasks, int64
   float* acc = partials.data();
   int64_t work = 0;
   for (const MaskedSparseTask& t : tasks) work += rows * t.plan->nnz();
+  for (const MaskedSparseTask& t : tasks) {
+    NCSREC_CHECK(!t.dy_tiled || !t.relu_y, "a tiled gradient of a sparse weight gradient must come gated");
+    NCSREC_CHECK((!t.x_tiled || reinterpret_cast<uintptr_t>(t.x) % 64 == 0) &&
+                     (!t.dy_tiled || reinterpret_cast<uintptr_t>(t.dy) % 64 == 0),
+                 "a tiled operand of a sparse weight gradient must start on a 64-byte boundary");
+  }
   const size_t xt_size = static_cast<size_t>(round_up16(in) * kGradTile),
                dt_size = static_cast<size_t>(round_up16(out) * kGradTile);
   const int count = static_cast<int>(tasks.size());
+  static_assert(kGradTile == kMaskedTiledRows && kGradTile == 4 * kTile, "a gradient tile is four tiles");
 #pragma omp parallel for schedule(static) if (groups > 1 && work >= (int64_t{1} << 20))
   for (int64_t g = 0; g < groups; ++g) {
     float* xt = scratch(0, xt_size);
     float* dt = scratch(1, dt_size);
     std::fill_n(acc + g * total, total, 0.0f);  // zeroed by the thread that sums into it
     for (int64_t t = tiles * g / groups; t < tiles * (g + 1) / groups; ++t) {
+      const float* packed_x = nullptr;  // the row-major x that xt holds for this tile
       for (int i = 0; i < count; ++i) {
         const MaskedSparseTask& task = tasks[static_cast<size_t>(i)];
-        if (i == 0 || task.x != tasks[static_cast<size_t>(i - 1)].x)  // one transposition of a shared input
+        GradOperand x{xt, kGradTile, kTile}, dy{dt, kGradTile, kTile};
+        if (task.x_tiled) {
+          x = {task.x + t * kGradTile * in, kTile, in * kTile};
+        } else if (task.x != packed_x) {  // one transposition of a shared input
           pack_tile(task.x, nullptr, rows, in, t * kGradTile, kGradVectors, 0, in, xt, kGradTile);
-        pack_tile(task.dy, task.relu_y, rows, out, t * kGradTile, kGradVectors, 0, out, dt, kGradTile);
+          packed_x = task.x;
+        }
+        if (task.dy_tiled)
+          dy = {task.dy + t * kGradTile * out, kTile, out * kTile};
+        else
+          pack_tile(task.dy, task.relu_y, rows, out, t * kGradTile, kGradVectors, 0, out, dt, kGradTile);
         float* a = acc + g * total + offsets[static_cast<size_t>(i)];
-        grad_tile(task.plan->for_grad, xt, dt, a);
-        if (db) row_sums(dt, out, a + task.plan->for_grad.nnz());
+        grad_tile(task.plan->for_grad, x, dy, a);
+        if (db) row_sums(dy, out, a + task.plan->for_grad.nnz());
       }
     }
   }

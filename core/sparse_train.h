@@ -19,7 +19,10 @@
 // the block of the transposed tile they read stays in L1 (128 inputs × 64 rows, 32 KiB).
 // Several tasks of one layer go in one call: a shared block's first layer reads one x for every
 // task, transposed once per tile for all of them, and its input gradient, the sum of the tasks',
-// is summed as it is made. Measured on the 2-core AVX-512 machine at batch 4096 and random masks,
+// is summed as it is made. A chain of masked layers (MaskedMLP) passes its activations and
+// their gradients between layers in the kernels' tiled layout (below), which the kernels read
+// in place and write without transposing; a gradient is gated by the ReLU below as it is
+// written. Measured on the 2-core AVX-512 machine at batch 4096 and random masks,
 // against the plain route's dense products (SkylakeX kernels) alternately in one process
 // (`ncsrec_bench_sparse --training`, 2 threads): 1.9–2.6× per product on the paper's three
 // layers at 20%, 1.2–1.4× at 40%, 1.0–1.2× at 50% (docs/results/bench.md). Every multiply-add
@@ -72,9 +75,24 @@ MaskedSparsePlan plan_masked_sparse(const BitMask& mask);
 // Whether this CPU runs the kernels (AVX-512F).
 bool masked_sparse_available();
 
+// The kernels' own layout of a [rows, n] array, which a chain of masked layers (MaskedMLP on
+// this route) keeps between its layers, so that no activation or gradient inside the chain is
+// transposed twice: tiles of kMaskedTileRows rows, tile i the [n, 64] block
+// a[64·i + s, k] at [i·n·64 + k·64 + s]. The rows are counted up to a multiple of
+// kMaskedTiledRows (the weight gradient reads four tiles at a time); rows past `rows` are zeros.
+// Every tiled array starts on a 64-byte boundary.
+constexpr int64_t kMaskedTileRows = 64;
+constexpr int64_t kMaskedTiledRows = 256;
+// Floats in the tiled layout of a [rows, n] array.
+int64_t masked_tiled_floats(int64_t rows, int64_t n);
+// Row-major [rows, n] to the tiled layout (padding rows written as zeros), and back.
+void to_masked_tiled(const float* a, int64_t rows, int64_t n, float* tiled);
+void from_masked_tiled(const float* tiled, int64_t rows, int64_t n, float* a);
+
 // One task's operands in a call for several tasks of one layer. Tasks whose input (x, or dy
 // with its gate) is the same array as the previous task's share the transposition of each of
-// its tiles: the first layer of a shared block reads one x for every task.
+// its tiles: the first layer of a shared block reads one x for every task. Each operand is
+// row-major unless its `_tiled` flag says it is in the tiled layout above.
 struct MaskedSparseTask {
   const MaskedSparsePlan* plan = nullptr;
   const float* x = nullptr;       // the layer's input [rows, in] (forward, weight gradient)
@@ -82,6 +100,11 @@ struct MaskedSparseTask {
   const float* relu_y = nullptr;  // the layer's ReLU output, the gate of dy; null: no activation
   float* y = nullptr;             // forward: the task's output [rows, out]
   float* dx = nullptr;            // input gradient: the task's own [rows, in] (when not summed)
+  bool x_tiled = false;           // x is tiled
+  bool y_tiled = false;           // the forward writes y tiled
+  bool dy_tiled = false;          // dy is tiled and already gated (relu_y must be null)
+  bool dx_tiled = false;          // the input gradient writes dx tiled, as dx ⊙ (dx_gate > 0)
+  const float* dx_gate = nullptr; // tiled [rows, in]: the ReLU output of the layer below; null: none
 };
 
 // The products of several tasks of one layer (same in and out). The results are bit-identical

@@ -300,7 +300,7 @@ void MaskedLinear::forward_tasks(const std::vector<int>& tasks, const std::vecto
   bool same_rows = true;
   for (size_t i = 0; i < tasks.size(); ++i) {
     NCSREC_CHECK(xs[i] != nullptr, "masked linear forward_tasks: input " << i << " is null");
-    check_input(tasks[i], *xs[i]);
+    check_input(tasks[i], *xs[i]).chained = false;
     NCSREC_CHECK(!seen[static_cast<size_t>(tasks[i])], "masked linear forward_tasks: task " << tasks[i] << " twice");
     seen[static_cast<size_t>(tasks[i])] = true;
     same_rows = same_rows && xs[i]->dim(0) == xs[0]->dim(0);
@@ -356,6 +356,8 @@ void MaskedLinear::set_score_grad(int task, const Tensor& grad) {
 }
 
 void MaskedLinear::check_output_grad(int task, const TaskState& t, const Tensor& dy) const {
+  NCSREC_CHECK(!t.chained, "masked linear backward for task " << task
+                               << ": its forward ran inside its masked MLP's chain; run the backward through the MLP");
   NCSREC_CHECK(t.x.defined(), "masked linear backward for task " << task << " before its forward");
   const int64_t B = t.x.dim(0);
   NCSREC_CHECK(dy.ndim() == 2 && dy.dim(0) == B && dy.dim(1) == out_,
@@ -497,21 +499,40 @@ MaskedMLP::MaskedMLP(ParamStore& store, const std::string& prefix, int64_t in, c
     layers_.emplace_back(store, prefix + "." + std::to_string(i), width, sizes[i], num_tasks, act);
     width = sizes[i];
   }
+  chains_.resize(static_cast<size_t>(std::max(num_tasks, 0)));
 }
 
 const Tensor& MaskedMLP::forward(int task, const Tensor& x) {
-  const Tensor* h = &x;
-  for (MaskedLinear& layer : layers_) h = &layer.forward(task, *h);
-  return *h;
+  forward_tasks({task}, x);
+  return output(task);
 }
 
 const Tensor& MaskedMLP::backward(int task, const Tensor& dy, bool need_dx) {
-  const Tensor* g = &dy;
-  for (size_t i = layers_.size(); i-- > 0;) g = &layers_[i].backward(task, *g, i > 0 || need_dx);
-  return *g;
+  backward_tasks({task}, {&dy}, need_dx);
+  return need_dx ? input_grad(task) : none_;
+}
+
+bool MaskedMLP::chained_route(const std::vector<int>& tasks, const Tensor& x) {
+  NCSREC_CHECK(!tasks.empty(), "masked MLP forward_tasks without a task");
+  std::vector<bool> seen(chains_.size(), false);
+  for (int task : tasks) {
+    layers_.front().check_input(task, x);  // the task's index, x's shape, dtype and device, the mask's shape
+    NCSREC_CHECK(!seen[static_cast<size_t>(task)], "masked MLP forward_tasks: task " << task << " twice");
+    seen[static_cast<size_t>(task)] = true;
+  }
+  if (layers_.size() < 2 || x.device() != Device::CPU || x.dtype() != DType::F32) return false;
+  for (MaskedLinear& layer : layers_)
+    if (!layer.fused_route(tasks, x.dim(0))) return false;
+  return true;
 }
 
 void MaskedMLP::forward_tasks(const std::vector<int>& tasks, const Tensor& x) {
+  const bool chained = chained_route(tasks, x);
+  for (int task : tasks) chains_[static_cast<size_t>(task)].on = chained;
+  if (chained) {
+    forward_chained(tasks, x);
+    return;
+  }
   std::vector<const Tensor*> inputs(tasks.size(), &x);
   for (size_t l = 0; l < layers_.size(); ++l) {
     if (l > 0)
@@ -520,14 +541,146 @@ void MaskedMLP::forward_tasks(const std::vector<int>& tasks, const Tensor& x) {
   }
 }
 
+void MaskedMLP::forward_chained(const std::vector<int>& tasks, const Tensor& x) {
+  const int64_t B = x.dim(0);
+  const size_t L = layers_.size();
+  for (int task : tasks) {
+    Chain& c = chains_[static_cast<size_t>(task)];
+    c.rows = B;
+    c.x = x;  // shares storage: the caller keeps x unchanged until backward
+    c.y_buf.resize(L - 1);
+    c.y.resize(L - 1);
+    c.dpre_buf.resize(L - 1);
+    c.dpre.resize(L - 1);
+    for (size_t l = 0; l + 1 < L; ++l) {
+      const int64_t n = layers_[l].out();
+      c.y[l] = ensure_buffer(c.y_buf[l], masked_tiled_floats(B, n) / n, n, DType::F32, Device::CPU);
+    }
+  }
+  for (size_t l = 0; l < L; ++l) {
+    MaskedLinear& layer = layers_[l];
+    const bool last = l + 1 == L;
+    std::vector<MaskedSparseTask> parts(tasks.size());
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      MaskedLinear::TaskState& t = layer.tasks_[static_cast<size_t>(tasks[i])];
+      NCSREC_CHECK(t.mask.same_shape(layer.in(), layer.out()),
+                   "task " << tasks[i] << " mask [" << t.mask.rows << ", " << t.mask.cols << "] no longer fits the ["
+                           << layer.in() << ", " << layer.out() << "] weight of masked layer " << l);
+      Chain& c = chains_[static_cast<size_t>(tasks[i])];
+      parts[i].plan = &layer.sparse_plan(t);
+      parts[i].x = l == 0 ? x.data<float>() : c.y[l - 1].data<float>();
+      parts[i].x_tiled = l > 0;
+      t.y = last ? ensure_buffer(t.y_buf, B, layer.out(), DType::F32, Device::CPU) : Tensor();
+      parts[i].y = last ? t.y.data<float>() : c.y[l].data<float>();
+      parts[i].y_tiled = !last;
+      t.x = Tensor();
+      t.dx = Tensor();
+      t.fused = true;
+      t.chained = true;
+    }
+    masked_sparse_forward(parts, B, layer.weight()->value.data<float>(), layer.bias()->value.data<float>(),
+                          layer.activation() == Activation::ReLU);
+  }
+}
+
+void MaskedMLP::backward_chained(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys, bool need_dx,
+                                 GradientSum* dx_sum) {
+  const size_t L = layers_.size();
+  const int64_t B = chains_[static_cast<size_t>(tasks[0])].rows;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const Tensor& dy = *dys[i];
+    NCSREC_CHECK(dy.ndim() == 2 && dy.dim(0) == B && dy.dim(1) == out() && dy.dtype() == DType::F32 &&
+                     dy.device() == Device::CPU,
+                 "masked MLP backward for task " << tasks[i] << " expects dy [" << B << ", " << out()
+                                                 << "] (f32, cpu), got " << dy.describe());
+    Chain& c = chains_[static_cast<size_t>(tasks[i])];
+    for (size_t l = 0; l + 1 < L; ++l) {
+      const int64_t n = layers_[l].out();
+      c.dpre[l] = ensure_buffer(c.dpre_buf[l], masked_tiled_floats(B, n) / n, n, DType::F32, Device::CPU);
+    }
+  }
+  for (size_t l = L; l-- > 0;) {
+    MaskedLinear& layer = layers_[l];
+    const bool last = l + 1 == L;
+    std::vector<MaskedSparseTask> parts(tasks.size());
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      MaskedLinear::TaskState& t = layer.tasks_[static_cast<size_t>(tasks[i])];
+      NCSREC_CHECK(t.chained && t.sparse, "masked MLP backward for task " << tasks[i] << ": layer " << l
+                                                                         << " ran outside the chain since its forward");
+      Chain& c = chains_[static_cast<size_t>(tasks[i])];
+      parts[i].plan = t.sparse.get();
+      parts[i].x = l == 0 ? c.x.data<float>() : c.y[l - 1].data<float>();
+      parts[i].x_tiled = l > 0;
+      if (last) {  // the MLP's output gradient, gated by the last layer's ReLU as the tiles are read
+        parts[i].dy = dys[i]->data<float>();
+        parts[i].relu_y = layer.activation() == Activation::ReLU ? t.y.data<float>() : nullptr;
+      } else {  // already gated, by the layer above as it wrote it
+        parts[i].dy = c.dpre[l].data<float>();
+        parts[i].dy_tiled = true;
+      }
+      t.dx = Tensor();
+      if (l > 0) {
+        parts[i].dx = c.dpre[l - 1].data<float>();
+        parts[i].dx_tiled = true;
+        if (layers_[l - 1].activation() == Activation::ReLU) parts[i].dx_gate = c.y[l - 1].data<float>();
+      } else if (need_dx && !dx_sum) {
+        t.dx = ensure_buffer(t.dx_buf, B, layer.in(), DType::F32, Device::CPU);
+        parts[i].dx = t.dx.data<float>();
+      }
+    }
+    masked_sparse_weight_grad(parts, B, layer.weight()->grad.data<float>(), layer.bias()->grad.data<float>());
+    const float* w = layer.weight()->value.data<float>();
+    if (l > 0 || (need_dx && !dx_sum)) {
+      masked_sparse_input_grad(parts, B, w, nullptr);
+    } else if (dx_sum) {
+      dx_sum->sum = ensure_buffer(dx_sum->buffer, B, in_, DType::F32, Device::CPU);
+      dx_sum->any = true;
+      masked_sparse_input_grad(parts, B, w, dx_sum->sum.data<float>());
+    }
+  }
+}
+
+const Tensor* MaskedMLP::backward_any(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys,
+                                      bool need_dx, bool sum) {
+  NCSREC_CHECK(!tasks.empty() && tasks.size() == dys.size(),
+               "masked MLP backward_tasks: " << tasks.size() << " tasks, " << dys.size() << " gradients");
+  bool all = true, none = true;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    NCSREC_CHECK(tasks[i] >= 0 && tasks[i] < num_tasks(), "masked MLP backward: task " << tasks[i] << " of "
+                                                                                       << num_tasks());
+    NCSREC_CHECK(dys[i] != nullptr, "masked MLP backward_tasks: gradient " << i << " is null");
+    const Chain& c = chains_[static_cast<size_t>(tasks[i])];
+    all = all && c.on && c.rows == chains_[static_cast<size_t>(tasks[0])].rows;
+    none = none && !c.on;
+  }
+  if (all) {
+    if (sum) dx_sum_.reset();
+    backward_chained(tasks, dys, need_dx, sum ? &dx_sum_ : nullptr);
+    return sum ? &dx_sum_.sum : nullptr;
+  }
+  if (none) {
+    const std::vector<const Tensor*> grads = backward_above_first(tasks, dys);
+    if (sum) return &layers_.front().backward_tasks_sum(tasks, grads);
+    layers_.front().backward_tasks(tasks, grads, need_dx);
+    return nullptr;
+  }
+  // Chained and unchained tasks (or chains of different batches): one task after the other, in
+  // order, which adds each layer's parameter gradients in the same order; the input gradients
+  // summed in task order.
+  dx_sum_.reset();
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    backward_any({tasks[i]}, {dys[i]}, need_dx || sum, false);
+    if (sum) dx_sum_.add(input_grad(tasks[i]));
+  }
+  return sum ? &dx_sum_.sum : nullptr;
+}
+
 void MaskedMLP::backward_tasks(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys, bool need_dx) {
-  const std::vector<const Tensor*> grads = backward_above_first(tasks, dys);
-  layers_.front().backward_tasks(tasks, grads, need_dx);
+  backward_any(tasks, dys, need_dx, false);
 }
 
 const Tensor& MaskedMLP::backward_tasks_sum(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys) {
-  const std::vector<const Tensor*> grads = backward_above_first(tasks, dys);
-  return layers_.front().backward_tasks_sum(tasks, grads);
+  return *backward_any(tasks, dys, true, true);
 }
 
 std::vector<const Tensor*> MaskedMLP::backward_above_first(const std::vector<int>& tasks,

@@ -131,6 +131,8 @@ class MaskedLinear {
   Param* bias() const { return bias_; }
 
  private:
+  friend class MaskedMLP;  // its chained route (MaskedMLP::forward_tasks) runs the layers' products itself
+
   struct TaskState {
     BitMask mask;             // [in, out]
     Tensor w_masked;          // [in, out]: W ⊙ M_t as of this task's last forward
@@ -140,6 +142,7 @@ class MaskedLinear {
     Tensor device_bits;       // the mask's bytes in the weight's device memory (a device layer)
     bool device_bits_stale = true;
     bool fused = false;       // the last forward took the fused route (its backward must too)
+    bool chained = false;     // the last forward ran inside its MaskedMLP's chain
     // The CPU's fused route: the plan of the last forward (its backward runs the same one).
     std::unique_ptr<const MaskedSparsePlan> sparse;
     uint32_t sparse_crc = 0;  // CRC-32C of the mask's bytes the plan was made from
@@ -184,6 +187,15 @@ class MaskedLinear {
 // A stack of MaskedLinear layers, ReLU between them; `<prefix>.<i>.weight` / `.bias`.
 // `final_activation` applies ReLU after the last layer too (the NCS shared MLP uses it, so its
 // 128-wide output feeds the unmasked task heads through a ReLU).
+//
+// The chained route. When every layer takes the CPU's fused route for the tasks of a forward
+// (core/sparse_train.h), the MLP runs them as one chain: the activations between its layers,
+// and their gradients, stay in the sparse kernels' tiled layout (never written row-major and
+// transposed again by the next layer), and the gradient coming down from a layer is gated by
+// the ReLU below as it is written. Only the MLP's input, output and their gradients are
+// row-major. The results are bit-identical to the layers one by one. Inside a chain, a layer's
+// own output, input gradient and backward are not available (its backward says so): go through
+// the MLP.
 class MaskedMLP {
  public:
   MaskedMLP(ParamStore& store, const std::string& prefix, int64_t in, const std::vector<int64_t>& sizes,
@@ -227,11 +239,33 @@ class MaskedMLP {
   MaskSplit split() const;
 
  private:
+  // A task's chained forward: its input and rows, and per layer but the last, the tiled output
+  // and the tiled gradient of that output (gated by its ReLU).
+  struct Chain {
+    bool on = false;
+    int64_t rows = 0;
+    Tensor x;
+    std::vector<Tensor> y_buf, y, dpre_buf, dpre;
+  };
+  // Whether `tasks` run chained on x: at least two layers, each taking the CPU's fused route.
+  bool chained_route(const std::vector<int>& tasks, const Tensor& x);
+  void forward_chained(const std::vector<int>& tasks, const Tensor& x);
+  // The backward of chained tasks of one batch size; with dx_sum, Σ_t dx_t goes there instead
+  // of each task's own dx (as MaskedLinear::backward_tasks_sum).
+  void backward_chained(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys, bool need_dx,
+                        GradientSum* dx_sum);
+  // backward_tasks, or with `sum` backward_tasks_sum (returning the sum), for any mix of chained
+  // and unchained tasks.
+  const Tensor* backward_any(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys, bool need_dx,
+                             bool sum);
   // The backward of every layer but the first, last to second; returns the first layer's dy.
   std::vector<const Tensor*> backward_above_first(const std::vector<int>& tasks, const std::vector<const Tensor*>& dys);
 
   int64_t in_;
   std::vector<MaskedLinear> layers_;
+  std::vector<Chain> chains_;  // by task
+  GradientSum dx_sum_;         // backward_tasks_sum's result when it is summed here
+  Tensor none_;
 };
 
 }  // namespace ncsrec
