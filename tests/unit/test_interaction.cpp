@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 
 #include "core/layers/interaction.h"
 #include "gradcheck.h"
@@ -76,30 +77,34 @@ TEST(PairwiseDot, TheF32ForwardOfDimension16MatchesADoubleReference) {
 }
 
 // f32 with 16-dimensional embeddings takes its own kernel on AVX-512 CPUs (one vector per
-// embedding): against a double reference, accumulating, the other columns untouched.
+// embedding, four fields at a time and the rest one by one): against a double reference,
+// accumulating, the other columns untouched; 20 fields (the paper's) and 7.
 TEST(PairwiseDot, TheF32BackwardOfDimension16MatchesADoubleReference) {
-  const int64_t B = 130, F = 20, d = 16, emb_col = 3, x_cols = emb_col + F * d + 5;
-  const Tensor x = testing::random_f32({B, x_cols}, 31), g = testing::random_f32({B, 2 + F * F}, 32);
-  const Tensor prior = testing::random_f32({B, x_cols}, 33);
-  Tensor dx = prior.clone();
-  pairwise_dot_backward(dx, emb_col, g, 2, x, F, d);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t c = 0; c < x_cols; ++c) {
-      const float got = dx.data<float>()[b * x_cols + c], was = prior.data<float>()[b * x_cols + c];
-      if (c < emb_col || c >= emb_col + F * d) {
-        ASSERT_EQ(got, was) << "column " << c << " is not an embedding column";
-        continue;
+  for (const int64_t F : {20, 7}) {
+    SCOPED_TRACE(std::to_string(F) + " fields");
+    const int64_t B = 130, d = 16, emb_col = 3, x_cols = emb_col + F * d + 5;
+    const Tensor x = testing::random_f32({B, x_cols}, 31), g = testing::random_f32({B, 2 + F * F}, 32);
+    const Tensor prior = testing::random_f32({B, x_cols}, 33);
+    Tensor dx = prior.clone();
+    pairwise_dot_backward(dx, emb_col, g, 2, x, F, d);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t c = 0; c < x_cols; ++c) {
+        const float got = dx.data<float>()[b * x_cols + c], was = prior.data<float>()[b * x_cols + c];
+        if (c < emb_col || c >= emb_col + F * d) {
+          ASSERT_EQ(got, was) << "column " << c << " is not an embedding column";
+          continue;
+        }
+        const int64_t i = (c - emb_col) / d, k = (c - emb_col) % d;
+        double sum = was, abs_sum = std::fabs(was);
+        for (int64_t j = 0; j < F; ++j) {
+          const double w = double(g.data<float>()[b * g.dim(1) + 2 + i * F + j]) + g.data<float>()[b * g.dim(1) + 2 + j * F + i];
+          const double p = w * x.data<float>()[b * x_cols + emb_col + j * d + k];
+          sum += p;
+          abs_sum += std::fabs(p);
+        }
+        ASSERT_NEAR(got, sum, 1e-6 * abs_sum) << "row " << b << ", column " << c;
       }
-      const int64_t i = (c - emb_col) / d, k = (c - emb_col) % d;
-      double sum = was, abs_sum = std::fabs(was);
-      for (int64_t j = 0; j < F; ++j) {
-        const double w = double(g.data<float>()[b * g.dim(1) + 2 + i * F + j]) + g.data<float>()[b * g.dim(1) + 2 + j * F + i];
-        const double p = w * x.data<float>()[b * x_cols + emb_col + j * d + k];
-        sum += p;
-        abs_sum += std::fabs(p);
-      }
-      ASSERT_NEAR(got, sum, 1e-6 * abs_sum) << "row " << b << ", column " << c;
-    }
+  }
 }
 
 }  // namespace
