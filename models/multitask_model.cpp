@@ -823,10 +823,12 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     std::vector<const Tensor*> dl;
     for (size_t t = 0; t < T; ++t) dl.push_back(&dlogit_views[t]);
     groups_[0].dx.add(three_tower_->backward(dl, T > 1 ? &dmixed : nullptr));
-  } else if (block_) groups_[0].dx.add(block_->backward(dtower));
-  else
+  } else if (block_) {
+    groups_[0].dx.adopt(block_->backward(dtower));  // the block's buffer, handed over: no copy
+  } else {
     for (size_t t = 0; t < T; ++t)
       if (dtower[t]) groups_[static_cast<size_t>(group_of_task_[t])].dx.add(*dtower[t]);
+  }
   if (condition_dim_ > 0)
     for (size_t t = 0; t < T; ++t) {
       if (!dtower[t] || !towers_[t]->dcondition().defined()) continue;

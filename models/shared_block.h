@@ -40,7 +40,8 @@ class SharedBlock {
   virtual void forward(const Tensor& x, const std::vector<bool>& active, const Pass& pass) = 0;
   // Task t's output of the last forward (t active then).
   virtual const Tensor& output(size_t task) = 0;
-  // dy[t]: dL/d output(t), null for a task not active. Returns dL/dx (the block's buffer).
+  // dy[t]: dL/d output(t), null for a task not active. Returns dL/dx (the block's buffer, which
+  // the caller may write into: the block does not read it again before its next backward).
   virtual const Tensor& backward(const std::vector<const Tensor*>& dy) = 0;
   // Every masked layer, in a stable order (empty for unmasked blocks).
   virtual std::vector<MaskedLayerRef> masked_layers() { return {}; }

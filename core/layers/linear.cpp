@@ -28,6 +28,12 @@ Tensor ensure_buffer(Tensor& buffer, int64_t rows, int64_t cols, DType dtype, De
   return buffer.dim(0) == rows ? buffer : buffer.slice_rows(0, rows);
 }
 
+void GradientSum::adopt(const Tensor& g) {
+  NCSREC_CHECK(!any, "a gradient sum adopts only its first contribution");
+  sum = g;
+  any = true;
+}
+
 void GradientSum::add(const Tensor& g) {
   if (!any) {
     sum = ensure_buffer(buffer, g.dim(0), g.dim(1), g.dtype(), g.device());

@@ -32,6 +32,10 @@ struct GradientSum {
   bool any = false;
   void reset() { any = false; }
   void add(const Tensor& g);
+  // The first contribution taken as it is, without a copy: `sum` shares g's storage, so a later
+  // add or a write into `sum` writes into g. For a g whose producer hands it over (it does not
+  // read it again before its next backward).
+  void adopt(const Tensor& g);
 };
 
 class Linear {
