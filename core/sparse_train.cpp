@@ -386,13 +386,16 @@ void product(std::vector<ProductPart> parts, Orient orient, const std::vector<Ma
   }
   const int64_t R = parts[0].o->rows;
   for (const ProductPart& part : parts) {
-    NCSREC_CHECK(!part.a_tiled || !part.gate, "a tiled operand of a sparse product must come gated");
-    NCSREC_CHECK(part.c_tiled || !part.c_gate, "a sparse product's output gate needs a tiled output");
+    NCSREC_CHECK(part.a && part.c, "a sparse product's operand or output is null");
+    NCSREC_CHECK(!part.a_tiled || !part.gate,
+                 "a tiled dy takes no relu_y: it must have been written gated already (dx_gate of the layer above)");
+    NCSREC_CHECK(part.c_tiled || !part.c_gate, "a sparse product's output gate (dx_gate) needs a tiled output");
     NCSREC_CHECK(!part.a_tiled || reinterpret_cast<uintptr_t>(part.a) % 64 == 0,
                  "a tiled operand of a sparse product must start on a 64-byte boundary");
-    NCSREC_CHECK(!part.c_tiled || (reinterpret_cast<uintptr_t>(part.c) % 64 == 0 &&
-                                   reinterpret_cast<uintptr_t>(part.c_gate) % 64 == 0),
-                 "a tiled output of a sparse product and its gate must start on a 64-byte boundary");
+    NCSREC_CHECK(!part.c_tiled || reinterpret_cast<uintptr_t>(part.c) % 64 == 0,
+                 "a tiled output of a sparse product must start on a 64-byte boundary");
+    NCSREC_CHECK(reinterpret_cast<uintptr_t>(part.c_gate) % 64 == 0,
+                 "a tiled output's gate (dx_gate) must start on a 64-byte boundary");
   }
   const int64_t tiles = (B + kTile - 1) / kTile;
   const int64_t yt_stride = round_up16(R) * kTile;
@@ -482,6 +485,7 @@ void masked_sparse_weight_grad(const std::vector<MaskedSparseTask>& tasks, int64
     widths.push_back(t.plan->for_grad.nnz() + (db ? out : 0));
     total += widths.back();
   }
+  if (rows == 0) return;  // no rows: nothing to add (and no group of partial sums to add it from)
   // The batch's tiles in a fixed number of consecutive groups (by the rows alone, never the
   // threads), each summed into its own partial arrays by one thread with no barrier; the
   // partials are then added in group order, task by task. The sums are the same on any thread
@@ -493,7 +497,9 @@ void masked_sparse_weight_grad(const std::vector<MaskedSparseTask>& tasks, int64
   int64_t work = 0;
   for (const MaskedSparseTask& t : tasks) work += rows * t.plan->nnz();
   for (const MaskedSparseTask& t : tasks) {
-    NCSREC_CHECK(!t.dy_tiled || !t.relu_y, "a tiled gradient of a sparse weight gradient must come gated");
+    NCSREC_CHECK(t.x && t.dy, "a sparse weight gradient's x or dy is null");
+    NCSREC_CHECK(!t.dy_tiled || !t.relu_y,
+                 "a tiled dy takes no relu_y: it must have been written gated already (dx_gate of the layer above)");
     NCSREC_CHECK((!t.x_tiled || reinterpret_cast<uintptr_t>(t.x) % 64 == 0) &&
                      (!t.dy_tiled || reinterpret_cast<uintptr_t>(t.dy) % 64 == 0),
                  "a tiled operand of a sparse weight gradient must start on a 64-byte boundary");
@@ -501,7 +507,8 @@ void masked_sparse_weight_grad(const std::vector<MaskedSparseTask>& tasks, int64
   const size_t xt_size = static_cast<size_t>(round_up16(in) * kGradTile),
                dt_size = static_cast<size_t>(round_up16(out) * kGradTile);
   const int count = static_cast<int>(tasks.size());
-  static_assert(kGradTile == kMaskedTiledRows && kGradTile == 4 * kTile, "a gradient tile is four tiles");
+  static_assert(kTile == kMaskedTileRows && kGradTile == kMaskedTiledRows && kGradTile == 4 * kTile,
+                "the tiled layout's tiles are the products' tiles, four to a gradient tile");
 #pragma omp parallel for schedule(static) if (groups > 1 && work >= (int64_t{1} << 20))
   for (int64_t g = 0; g < groups; ++g) {
     float* xt = scratch(0, xt_size);

@@ -824,7 +824,10 @@ StepLoss MultiTaskModel::train_step(const Block& batch, const std::vector<double
     for (size_t t = 0; t < T; ++t) dl.push_back(&dlogit_views[t]);
     groups_[0].dx.add(three_tower_->backward(dl, T > 1 ? &dmixed : nullptr));
   } else if (block_) {
-    groups_[0].dx.adopt(block_->backward(dtower));  // the block's buffer, handed over: no copy
+    const Tensor& dx = block_->backward(dtower);  // the block's buffer, handed over: no copy
+    for (const Tensor* d : dtower)
+      NCSREC_CHECK(!d || d->raw() != dx.raw(), "the shared block returned a tower's gradient as its own buffer");
+    groups_[0].dx.adopt(dx);
   } else {
     for (size_t t = 0; t < T; ++t)
       if (dtower[t]) groups_[static_cast<size_t>(group_of_task_[t])].dx.add(*dtower[t]);

@@ -340,12 +340,16 @@ void MaskedLinear::forward_tasks(const std::vector<int>& tasks, const std::vecto
 
 const Tensor& MaskedLinear::output(int task) const {
   NCSREC_CHECK(task >= 0 && task < num_tasks(), "masked linear output: task " << task << " of " << num_tasks());
-  return tasks_[static_cast<size_t>(task)].y;
+  const TaskState& t = tasks_[static_cast<size_t>(task)];
+  NCSREC_CHECK(!t.chained || t.y.defined(), "masked linear output for task "
+                                                << task << ": its forward ran inside its masked MLP's chain, which "
+                                                          "keeps only the MLP's output; read it from the MLP");
+  return t.y;
 }
 
 const Tensor& MaskedLinear::input_grad(int task) const {
   NCSREC_CHECK(task >= 0 && task < num_tasks(), "masked linear input_grad: task " << task << " of " << num_tasks());
-  return tasks_[static_cast<size_t>(task)].dx;
+  return tasks_[static_cast<size_t>(task)].dx;  // undefined when not asked for, or inside a chain
 }
 
 void MaskedLinear::set_score_grad(int task, const Tensor& grad) {
@@ -513,11 +517,11 @@ const Tensor& MaskedMLP::backward(int task, const Tensor& dy, bool need_dx) {
 }
 
 bool MaskedMLP::chained_route(const std::vector<int>& tasks, const Tensor& x) {
-  NCSREC_CHECK(!tasks.empty(), "masked MLP forward_tasks without a task");
+  NCSREC_CHECK(!tasks.empty(), "masked MLP forward without a task");
   std::vector<bool> seen(chains_.size(), false);
   for (int task : tasks) {
     layers_.front().check_input(task, x);  // the task's index, x's shape, dtype and device, the mask's shape
-    NCSREC_CHECK(!seen[static_cast<size_t>(task)], "masked MLP forward_tasks: task " << task << " twice");
+    NCSREC_CHECK(!seen[static_cast<size_t>(task)], "masked MLP forward: task " << task << " twice");
     seen[static_cast<size_t>(task)] = true;
   }
   if (layers_.size() < 2 || x.device() != Device::CPU || x.dtype() != DType::F32) return false;
@@ -645,11 +649,19 @@ const Tensor* MaskedMLP::backward_any(const std::vector<int>& tasks, const std::
   NCSREC_CHECK(!tasks.empty() && tasks.size() == dys.size(),
                "masked MLP backward_tasks: " << tasks.size() << " tasks, " << dys.size() << " gradients");
   bool all = true, none = true;
+  std::vector<bool> seen(chains_.size(), false);
   for (size_t i = 0; i < tasks.size(); ++i) {
     NCSREC_CHECK(tasks[i] >= 0 && tasks[i] < num_tasks(), "masked MLP backward: task " << tasks[i] << " of "
                                                                                        << num_tasks());
+    NCSREC_CHECK(!seen[static_cast<size_t>(tasks[i])], "masked MLP backward_tasks: task " << tasks[i] << " twice");
+    seen[static_cast<size_t>(tasks[i])] = true;
     NCSREC_CHECK(dys[i] != nullptr, "masked MLP backward_tasks: gradient " << i << " is null");
-    const Chain& c = chains_[static_cast<size_t>(tasks[i])];
+    // Chained: the MLP's last forward of the task ran the chain, and no layer has run the task
+    // on its own since (then the layers' own state is the one to go backward from).
+    Chain& c = chains_[static_cast<size_t>(tasks[i])];
+    bool layers_chained = false;
+    for (const MaskedLinear& layer : layers_) layers_chained = layers_chained || layer.tasks_[static_cast<size_t>(tasks[i])].chained;
+    c.on = c.on && layers_chained;
     all = all && c.on && c.rows == chains_[static_cast<size_t>(tasks[0])].rows;
     none = none && !c.on;
   }
@@ -670,7 +682,9 @@ const Tensor* MaskedMLP::backward_any(const std::vector<int>& tasks, const std::
   dx_sum_.reset();
   for (size_t i = 0; i < tasks.size(); ++i) {
     backward_any({tasks[i]}, {dys[i]}, need_dx || sum, false);
-    if (sum) dx_sum_.add(input_grad(tasks[i]));
+    if (!sum) continue;
+    dx_sum_.add(input_grad(tasks[i]));
+    layers_.front().tasks_[static_cast<size_t>(tasks[i])].dx = Tensor();  // as backward_tasks_sum promises
   }
   return sum ? &dx_sum_.sum : nullptr;
 }

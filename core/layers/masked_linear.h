@@ -194,8 +194,9 @@ class MaskedLinear {
 // transposed again by the next layer), and the gradient coming down from a layer is gated by
 // the ReLU below as it is written. Only the MLP's input, output and their gradients are
 // row-major. The results are bit-identical to the layers one by one. Inside a chain, a layer's
-// own output, input gradient and backward are not available (its backward says so): go through
-// the MLP.
+// own output and backward are not available (they say so) and its input gradient is undefined:
+// go through the MLP. A layer run on its own after a chained forward takes that task out of the
+// chain: the MLP's backward then goes through the layers.
 class MaskedMLP {
  public:
   MaskedMLP(ParamStore& store, const std::string& prefix, int64_t in, const std::vector<int64_t>& sizes,

@@ -476,6 +476,8 @@ std::vector<float> mlp_step(bool chained, bool summed, bool final_relu) {
     const Tensor* sum = nullptr;
     if (chained) {
       mlp.forward_tasks(tasks, x);
+      // Only a chain keeps a layer's own backward from running after the MLP's forward.
+      EXPECT_THROW(mlp.layer(1).backward(0, dy[0]), InternalError) << "the forward did not run as a chain";
       for (int t : tasks) all.insert(all.end(), mlp.output(t).data<float>(), mlp.output(t).data<float>() + mlp.output(t).numel());
       if (summed)
         sum = &mlp.backward_tasks_sum(tasks, dys);
@@ -528,14 +530,16 @@ TEST(SparseTrain, AChainedMaskedMlpGivesTheBitsOfItsLayersOneByOne) {
     }
 }
 
-// Tasks whose forwards ran apart (chained on batches of different sizes, or one unchained
-// because its mask is too dense for auto's rule) go backward one after the other: the
-// parameter gradients of the calls one task at a time and the input gradients summed in task
-// order. A layer inside a chain refuses a backward of its own.
+// Tasks whose forwards ran apart (two chained, one not because its mask is too dense for
+// auto's rule) go backward one after the other: the parameter gradients and the summed input
+// gradient are the bits of the same steps through the layers one by one (each layer's
+// backward_tasks, which runs a mix of routes task by task). A layer inside a chain refuses a
+// backward of its own, and a layer run on its own after a chained forward takes its task out
+// of the chain.
 TEST(SparseTrain, AMaskedMlpsTasksFromSeparateForwardsGoBackwardOneByOne) {
   SKIP_WITHOUT_AVX512();
   RouteScope scope(MaskedRoute::Auto);
-  auto run = [](bool together, std::vector<float>* out) {
+  auto run = [](bool through_mlp, std::vector<float>* out) {
     ParamStore store;
     MaskedMLP mlp(store, "m", 70, {90, 33}, 3, true);
     store.finalize(DType::F32, Device::CPU, 111);
@@ -545,27 +549,61 @@ TEST(SparseTrain, AMaskedMlpsTasksFromSeparateForwardsGoBackwardOneByOne) {
     const Tensor x = random_f32({300, 70}, 120);
     std::vector<Tensor> dy;
     for (int t = 0; t < 3; ++t) dy.push_back(random_f32({300, 33}, 121 + t));
-    mlp.forward_tasks({0, 1}, x);  // chained: 20% masks
-    mlp.forward_tasks({2}, x);     // not: 60% is past auto's rule
-    EXPECT_THROW(mlp.layer(1).backward(0, dy[0]), InternalError);
-    std::vector<float> sum;
-    if (together) {
-      const Tensor& s = mlp.backward_tasks_sum({0, 1, 2}, {&dy[0], &dy[1], &dy[2]});
-      sum.assign(s.data<float>(), s.data<float>() + s.numel());
+    const std::vector<const Tensor*> dys = {&dy[0], &dy[1], &dy[2]};
+    const Tensor* sum = nullptr;
+    if (through_mlp) {
+      mlp.forward_tasks({0, 1}, x);  // chained: 20% masks
+      mlp.forward_tasks({2}, x);     // not: 60% is past auto's rule
+      EXPECT_THROW(mlp.layer(1).backward(0, dy[0]), InternalError);
+      EXPECT_THROW(mlp.layer(0).output(0), InternalError) << "a chained layer's own output is not kept";
+      sum = &mlp.backward_tasks_sum({0, 1, 2}, dys);
+      for (int t = 0; t < 3; ++t) EXPECT_FALSE(mlp.input_grad(t).defined()) << "task " << t;
     } else {
-      std::vector<Tensor> dx;
-      for (int t = 0; t < 3; ++t) dx.push_back(mlp.backward(t, dy[static_cast<size_t>(t)]).clone());
-      for (int64_t i = 0; i < dx[0].numel(); ++i)
-        sum.push_back((dx[0].data<float>()[i] + dx[1].data<float>()[i]) + dx[2].data<float>()[i]);
+      for (const std::vector<int>& tasks : {std::vector<int>{0, 1}, std::vector<int>{2}}) {
+        std::vector<const Tensor*> in(tasks.size(), &x);
+        for (size_t l = 0; l < 2; ++l) {
+          mlp.layer(l).forward_tasks(tasks, in);
+          for (size_t i = 0; i < tasks.size(); ++i) in[i] = &mlp.layer(l).output(tasks[i]);
+        }
+      }
+      mlp.layer(1).backward_tasks({0, 1, 2}, dys, true);
+      sum = &mlp.layer(0).backward_tasks_sum(
+          {0, 1, 2}, {&mlp.layer(1).input_grad(0), &mlp.layer(1).input_grad(1), &mlp.layer(1).input_grad(2)});
     }
-    *out = sum;
+    out->assign(sum->data<float>(), sum->data<float>() + sum->numel());
     const Tensor& g = store.grads();
     out->insert(out->end(), g.data<float>(), g.data<float>() + g.numel());
   };
-  std::vector<float> together, one_by_one;
-  run(true, &together);
-  run(false, &one_by_one);
-  EXPECT_TRUE(same(together, one_by_one));
+  std::vector<float> through_mlp, layered;
+  run(true, &through_mlp);
+  run(false, &layered);
+  EXPECT_TRUE(same(through_mlp, layered));
+
+  // The layers run on their own after a chained forward: the MLP's backward goes through them.
+  ParamStore store;
+  MaskedMLP mlp(store, "m", 70, {90, 33}, 1, true);
+  store.finalize(DType::F32, Device::CPU, 131);
+  for (size_t l = 0; l < 2; ++l) mlp.layer(l).set_mask(0, random_mask(mlp.layer(l).in(), mlp.layer(l).out(), 0.2, 132 + l));
+  const Tensor x = random_f32({300, 70}, 133), dy = random_f32({300, 33}, 134);
+  mlp.forward_tasks({0}, x);  // chained
+  const Tensor& h = mlp.layer(0).forward(0, x);
+  mlp.layer(1).forward(0, h);
+  EXPECT_NO_THROW(mlp.backward(0, dy));
+  EXPECT_TRUE(mlp.input_grad(0).defined());
+}
+
+// No rows: the weight gradient adds nothing (not a previous call's partial sums).
+TEST(SparseTrain, AWeightGradientOfNoRowsAddsNothing) {
+  SKIP_WITHOUT_AVX512();
+  const BitMask mask = random_mask(96, 80, 0.2, 141);
+  const MaskedSparsePlan plan = plan_masked_sparse(mask);
+  const Tensor x = random_f32({300, 96}, 142), dy = random_f32({300, 80}, 143);
+  std::vector<float> dw(96 * 80, 0.0f), db(80, 0.0f);
+  masked_sparse_weight_grad(plan, 300, x.data<float>(), dy.data<float>(), nullptr, dw.data(), db.data());
+  const std::vector<float> before_dw = dw, before_db = db;
+  masked_sparse_weight_grad(plan, 0, x.data<float>(), dy.data<float>(), nullptr, dw.data(), db.data());
+  EXPECT_TRUE(same(dw, before_dw));
+  EXPECT_TRUE(same(db, before_db));
 }
 
 }  // namespace
