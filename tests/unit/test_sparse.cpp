@@ -182,6 +182,33 @@ TEST(CsrLinearForwardDeterminism, BitIdenticalForOneAndTwoThreads) {
   EXPECT_EQ(std::memcmp(y1.data<float>(), y2.data<float>(), y1.nbytes()), 0);
 }
 
+// The documented numerics, bit for bit: each output summed in f32 from 0 over its row's
+// nonzeros in CSR order (ascending input), a multiply then an add (no FMA), then the bias and
+// ReLU. Inputs over several of the kernel's 128-input blocks, and an odd number of outputs (its
+// rows go two at a time).
+TEST(CsrLinearForwardDeterminism, EachOutputIsItsRowsProductsAddedInCsrOrder) {
+  for (const ForwardCase& c : {ForwardCase{130, 300, 33, 0.2}, ForwardCase{7, 720, 31, 0.05}, ForwardCase{65, 129, 2, 1.0}}) {
+    SCOPED_TRACE(std::to_string(c.in) + " inputs, " + std::to_string(c.out) + " outputs");
+    const Tensor x = random_f32({c.batch, c.in}, 31), W = random_f32({c.in, c.out}, 32), b = random_f32({c.out}, 33);
+    const CsrMatrix csr = masked_to_csr(W, random_mask(c.in, c.out, c.density, 34));
+    Tensor y = Tensor::empty({c.batch, c.out}, DType::F32);
+    poison(y);
+    csr_linear_forward(y, x, csr, &b, true);
+    for (int64_t r = 0; r < c.batch; ++r)
+      for (int64_t o = 0; o < c.out; ++o) {
+        float s = 0.0f;
+        for (int64_t k = csr.row_ptr[static_cast<size_t>(o)]; k < csr.row_ptr[static_cast<size_t>(o + 1)]; ++k) {
+          volatile float p = csr.values[static_cast<size_t>(k)] * x.data<float>()[r * c.in + csr.col_idx[static_cast<size_t>(k)]];
+          s += p;
+        }
+        s += b.data<float>()[o];
+        const float want = s > 0.0f ? s : 0.0f;
+        ASSERT_EQ(std::memcmp(&y.data<float>()[r * c.out + o], &want, sizeof want), 0)
+            << "row " << r << ", output " << o << ": " << y.data<float>()[r * c.out + o] << " vs " << want;
+      }
+  }
+}
+
 TEST(CsrLinearForwardShapes, RejectsMismatchedInputsWithAClearError) {
   const Tensor W = random_f32({8, 5}, 31);
   const CsrMatrix csr = masked_to_csr(W, BitMask::ones(8, 5));
