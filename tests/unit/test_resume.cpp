@@ -19,6 +19,7 @@
 #include "tiny_data.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
+#include "tests/unit/route_scope.h"
 
 namespace ncsrec {
 namespace {
@@ -73,6 +74,7 @@ struct Case {
   const char* name;
   std::string model;  // the model: section and optimizers
   std::string train;  // extra train: keys
+  MaskedRoute route = MaskedRoute::Auto;  // the masked layers' route (set by the command, not the library)
 };
 
 class ResumeEquals : public ::testing::TestWithParam<Case> {};
@@ -80,6 +82,7 @@ class ResumeEquals : public ::testing::TestWithParam<Case> {};
 // 100 rows, 6 steps of 16 per epoch, 3 epochs; the stop at step 8 is in the middle of epoch 1.
 TEST_P(ResumeEquals, AnUninterruptedRun) {
   const Case& c = GetParam();
+  testing::RouteScope route(c.route);
   ScratchDir scratch(std::string("resume_") + c.name);
   write_day(scratch.path / "train", 100, 1);
   const std::string yaml = yaml_for(scratch.path / "train", c.model,
@@ -144,6 +147,13 @@ INSTANTIATE_TEST_SUITE_P(
              "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n"
              "optimizer: {type: adam, lr: 0.01}\nsparse_optimizer: {type: adagrad, lr: 0.05}\n",
              ", schedule: alternating"},
+        // The masked MLP chained on the CPU's sparse route (where the CPU has AVX-512F).
+        Case{"ncs_fused_route_chain_joint",
+             "model:\n  type: ncs\n  embedding_dim: 4\n  shared: [16, 8]\n  tower: []\n"
+             "  tables: {user: {rows: 50}, item: {rows: 50}}\n"
+             "  tasks: {ctr: {label: click}, cvr: {label: conversion, given: ctr}}\n"
+             "optimizer: {type: adam, lr: 0.01}\nsparse_optimizer: {type: adagrad, lr: 0.05}\n",
+             "", MaskedRoute::Fused},
         // user: 50 ids in 30 rows, admitted after 2 reads: pending ids and evictions are state too.
         Case{"hash_tables_admission_eviction_lazy_adam",
              "model:\n  type: esmm\n  embedding_dim: 4\n  tower: [8]\n"
