@@ -31,6 +31,9 @@ constexpr int64_t kGradGroups = 8;     // weight gradient: partial sums over at 
 
 int64_t round_up16(int64_t n) { return (n + 15) / 16 * 16; }
 
+// Whether p starts a cache line (null does): where the tiled layout's vector loads need it.
+bool on_cache_line(const void* p) { return reinterpret_cast<uintptr_t>(p) % 64 == 0; }
+
 MaskOrientation orient(const BitMask& mask, bool by_output, int64_t block) {
   const int64_t in = mask.rows, out = mask.cols;
   MaskOrientation o;
@@ -390,12 +393,9 @@ void product(std::vector<ProductPart> parts, Orient orient, const std::vector<Ma
     NCSREC_CHECK(!part.a_tiled || !part.gate,
                  "a tiled dy takes no relu_y: it must have been written gated already (dx_gate of the layer above)");
     NCSREC_CHECK(part.c_tiled || !part.c_gate, "a sparse product's output gate (dx_gate) needs a tiled output");
-    NCSREC_CHECK(!part.a_tiled || reinterpret_cast<uintptr_t>(part.a) % 64 == 0,
-                 "a tiled operand of a sparse product must start on a 64-byte boundary");
-    NCSREC_CHECK(!part.c_tiled || reinterpret_cast<uintptr_t>(part.c) % 64 == 0,
-                 "a tiled output of a sparse product must start on a 64-byte boundary");
-    NCSREC_CHECK(reinterpret_cast<uintptr_t>(part.c_gate) % 64 == 0,
-                 "a tiled output's gate (dx_gate) must start on a 64-byte boundary");
+    NCSREC_CHECK(!part.a_tiled || on_cache_line(part.a), "a tiled operand of a sparse product must start on a 64-byte boundary");
+    NCSREC_CHECK(!part.c_tiled || on_cache_line(part.c), "a tiled output of a sparse product must start on a 64-byte boundary");
+    NCSREC_CHECK(on_cache_line(part.c_gate), "a tiled output's gate (dx_gate) must start on a 64-byte boundary");
   }
   const int64_t tiles = (B + kTile - 1) / kTile;
   const int64_t yt_stride = round_up16(R) * kTile;
@@ -426,13 +426,12 @@ MaskedSparsePlan plan_masked_sparse(const BitMask& mask) {
 
 bool masked_sparse_available() { return cpu_has_avx512f(); }
 
-int64_t masked_tiled_floats(int64_t rows, int64_t n) {
-  return (rows + kMaskedTiledRows - 1) / kMaskedTiledRows * kMaskedTiledRows * n;
-}
+int64_t masked_tiled_rows(int64_t rows) { return (rows + kMaskedTiledRows - 1) / kMaskedTiledRows * kMaskedTiledRows; }
+
+int64_t masked_tiled_floats(int64_t rows, int64_t n) { return masked_tiled_rows(rows) * n; }
 
 void to_masked_tiled(const float* a, int64_t rows, int64_t n, float* tiled) {
-  const int64_t padded = masked_tiled_floats(rows, n) / std::max<int64_t>(n, 1);
-  for (int64_t r = 0; r < padded; ++r)
+  for (int64_t r = 0; r < masked_tiled_rows(rows); ++r)
     for (int64_t k = 0; k < n; ++k)
       tiled[(r / kTile * n + k) * kTile + r % kTile] = r < rows ? a[r * n + k] : 0.0f;
 }
@@ -479,11 +478,18 @@ void masked_sparse_weight_grad(const std::vector<MaskedSparseTask>& tasks, int64
   // Each task's partial sums: its connections, then the bias (widths[i] floats at offsets[i]).
   std::vector<int64_t> offsets, widths;
   int64_t total = 0;
+  int64_t work = 0;
   for (const MaskedSparseTask& t : tasks) {
     NCSREC_CHECK(t.plan->in == in && t.plan->out == out, "a sparse weight gradient of tasks with different shapes");
+    NCSREC_CHECK(t.x && t.dy, "a sparse weight gradient's x or dy is null");
+    NCSREC_CHECK(!t.dy_tiled || !t.relu_y,
+                 "a tiled dy takes no relu_y: it must have been written gated already (dx_gate of the layer above)");
+    NCSREC_CHECK((!t.x_tiled || on_cache_line(t.x)) && (!t.dy_tiled || on_cache_line(t.dy)),
+                 "a tiled operand of a sparse weight gradient must start on a 64-byte boundary");
     offsets.push_back(total);
     widths.push_back(t.plan->for_grad.nnz() + (db ? out : 0));
     total += widths.back();
+    work += rows * t.plan->nnz();
   }
   if (rows == 0) return;  // no rows: nothing to add (and no group of partial sums to add it from)
   // The batch's tiles in a fixed number of consecutive groups (by the rows alone, never the
@@ -494,16 +500,6 @@ void masked_sparse_weight_grad(const std::vector<MaskedSparseTask>& tasks, int64
   thread_local std::vector<float> partials;  // the calling thread's: the loops use the pointer
   if (partials.size() < static_cast<size_t>(groups * total)) partials.resize(static_cast<size_t>(groups * total));
   float* acc = partials.data();
-  int64_t work = 0;
-  for (const MaskedSparseTask& t : tasks) work += rows * t.plan->nnz();
-  for (const MaskedSparseTask& t : tasks) {
-    NCSREC_CHECK(t.x && t.dy, "a sparse weight gradient's x or dy is null");
-    NCSREC_CHECK(!t.dy_tiled || !t.relu_y,
-                 "a tiled dy takes no relu_y: it must have been written gated already (dx_gate of the layer above)");
-    NCSREC_CHECK((!t.x_tiled || reinterpret_cast<uintptr_t>(t.x) % 64 == 0) &&
-                     (!t.dy_tiled || reinterpret_cast<uintptr_t>(t.dy) % 64 == 0),
-                 "a tiled operand of a sparse weight gradient must start on a 64-byte boundary");
-  }
   const size_t xt_size = static_cast<size_t>(round_up16(in) * kGradTile),
                dt_size = static_cast<size_t>(round_up16(out) * kGradTile);
   const int count = static_cast<int>(tasks.size());

@@ -83,7 +83,9 @@ bool masked_sparse_available();
 // Every tiled array starts on a 64-byte boundary.
 constexpr int64_t kMaskedTileRows = 64;
 constexpr int64_t kMaskedTiledRows = 256;
-// Floats in the tiled layout of a [rows, n] array.
+// Rows in the tiled layout of `rows` rows (up to a multiple of kMaskedTiledRows), and floats in
+// the tiled layout of a [rows, n] array.
+int64_t masked_tiled_rows(int64_t rows);
 int64_t masked_tiled_floats(int64_t rows, int64_t n);
 // Row-major [rows, n] to the tiled layout (padding rows written as zeros), and back.
 void to_masked_tiled(const float* a, int64_t rows, int64_t n, float* tiled);

@@ -530,10 +530,14 @@ bool MaskedMLP::chained_route(const std::vector<int>& tasks, const Tensor& x) {
   return true;
 }
 
+bool MaskedMLP::chained(int task) const {
+  for (const MaskedLinear& layer : layers_)
+    if (layer.tasks_[static_cast<size_t>(task)].chained) return true;
+  return false;
+}
+
 void MaskedMLP::forward_tasks(const std::vector<int>& tasks, const Tensor& x) {
-  const bool chained = chained_route(tasks, x);
-  for (int task : tasks) chains_[static_cast<size_t>(task)].on = chained;
-  if (chained) {
+  if (chained_route(tasks, x)) {
     forward_chained(tasks, x);
     return;
   }
@@ -558,7 +562,7 @@ void MaskedMLP::forward_chained(const std::vector<int>& tasks, const Tensor& x) 
     c.dpre.resize(L - 1);
     for (size_t l = 0; l + 1 < L; ++l) {
       const int64_t n = layers_[l].out();
-      c.y[l] = ensure_buffer(c.y_buf[l], masked_tiled_floats(B, n) / n, n, DType::F32, Device::CPU);
+      c.y[l] = ensure_buffer(c.y_buf[l], masked_tiled_rows(B), n, DType::F32, Device::CPU);
     }
   }
   for (size_t l = 0; l < L; ++l) {
@@ -600,7 +604,7 @@ void MaskedMLP::backward_chained(const std::vector<int>& tasks, const std::vecto
     Chain& c = chains_[static_cast<size_t>(tasks[i])];
     for (size_t l = 0; l + 1 < L; ++l) {
       const int64_t n = layers_[l].out();
-      c.dpre[l] = ensure_buffer(c.dpre_buf[l], masked_tiled_floats(B, n) / n, n, DType::F32, Device::CPU);
+      c.dpre[l] = ensure_buffer(c.dpre_buf[l], masked_tiled_rows(B), n, DType::F32, Device::CPU);
     }
   }
   for (size_t l = L; l-- > 0;) {
@@ -656,14 +660,9 @@ const Tensor* MaskedMLP::backward_any(const std::vector<int>& tasks, const std::
     NCSREC_CHECK(!seen[static_cast<size_t>(tasks[i])], "masked MLP backward_tasks: task " << tasks[i] << " twice");
     seen[static_cast<size_t>(tasks[i])] = true;
     NCSREC_CHECK(dys[i] != nullptr, "masked MLP backward_tasks: gradient " << i << " is null");
-    // Chained: the MLP's last forward of the task ran the chain, and no layer has run the task
-    // on its own since (then the layers' own state is the one to go backward from).
-    Chain& c = chains_[static_cast<size_t>(tasks[i])];
-    bool layers_chained = false;
-    for (const MaskedLinear& layer : layers_) layers_chained = layers_chained || layer.tasks_[static_cast<size_t>(tasks[i])].chained;
-    c.on = c.on && layers_chained;
-    all = all && c.on && c.rows == chains_[static_cast<size_t>(tasks[0])].rows;
-    none = none && !c.on;
+    const bool on = chained(tasks[i]);
+    all = all && on && chains_[static_cast<size_t>(tasks[i])].rows == chains_[static_cast<size_t>(tasks[0])].rows;
+    none = none && !on;
   }
   if (all) {
     if (sum) dx_sum_.reset();

@@ -243,13 +243,15 @@ class MaskedMLP {
   // A task's chained forward: its input and rows, and per layer but the last, the tiled output
   // and the tiled gradient of that output (gated by its ReLU).
   struct Chain {
-    bool on = false;
     int64_t rows = 0;
     Tensor x;
     std::vector<Tensor> y_buf, y, dpre_buf, dpre;
   };
   // Whether `tasks` run chained on x: at least two layers, each taking the CPU's fused route.
   bool chained_route(const std::vector<int>& tasks, const Tensor& x);
+  // Whether the task's last forward ran the chain and it is still what its backward goes from:
+  // a layer that ran the task since (on its own, or through an unchained forward) has left it.
+  bool chained(int task) const;
   void forward_chained(const std::vector<int>& tasks, const Tensor& x);
   // The backward of chained tasks of one batch size; with dx_sum, Σ_t dx_t goes there instead
   // of each task's own dx (as MaskedLinear::backward_tasks_sum).
